@@ -1,0 +1,1 @@
+"""Monitoring consumers: join, drift, sampling and their Prometheus metrics."""

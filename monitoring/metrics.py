@@ -1,0 +1,32 @@
+"""Prometheus metrics of the monitoring process (one registry per process, no globals at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+@dataclass
+class MonitorMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter("nicheloop_events_consumed", "Events applied, by consumer and topic",
+                              ["consumer", "topic"], registry=r)
+        self.dead_letters = Counter("nicheloop_events_dead_lettered", "Events sent to the dead-letter topic",
+                                    ["consumer"], registry=r)
+        self.drift_score = Gauge("nicheloop_drift_score", "Latest drift score of a monitor (Evidently)",
+                                 ["monitor"], registry=r)
+        self.drift_detected = Gauge("nicheloop_drift_detected", "1 when the latest window drifted",
+                                    ["monitor"], registry=r)
+        self.drift_window = Gauge("nicheloop_drift_window_size", "Samples in the evaluated window",
+                                  ["monitor"], registry=r)
+        self.drift_last_eval = Gauge("nicheloop_drift_last_evaluation_timestamp_seconds",
+                                     "Unix time of the latest drift evaluation", ["monitor"], registry=r)
+        self.review_enqueued = Counter("nicheloop_review_enqueued", "Predictions queued for review", registry=r)
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose ``/metrics`` on ``host:port`` in a daemon thread."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,164 @@
+"""The ``nicheloop`` command: thin commands over typed functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nicheloop import stack as stack_mod
+from nicheloop.errors import NicheloopError
+from nicheloop.logs import configure_logging
+from nicheloop.settings import get_settings
+
+app = typer.Typer(help="nicheloop: a vision model that keeps improving from production feedback.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="The local stack: Kafka (KRaft), MLflow, Ray.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@app.callback()
+def _main(log_level: str = typer.Option("INFO", help="Logging level.")) -> None:
+    configure_logging(log_level)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(code=1)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka, MLflow and Ray (idempotent) and create the topics."""
+    from nicheloop.bus import ensure_topics
+
+    s = get_settings()
+    try:
+        stack_mod.up(s)
+        ensure_topics(s.bootstrap_servers)
+    except NicheloopError as exc:
+        _fail(exc)
+    _print_status()
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every process of the stack; nothing is left running."""
+    stopped = stack_mod.down(get_settings())
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Say what runs where."""
+    _print_status()
+
+
+def _print_status() -> None:
+    for st in stack_mod.status(get_settings()):
+        state = f"running (pid {st.pid})" if st.running else "stopped"
+        typer.echo(f"{st.name:8} {state:22} {st.address}")
+
+
+@app.command()
+def bootstrap(
+    data: Optional[Path] = typer.Option(None, help="ImageFolder root (<class>/<image>) of seed labels."),
+    synthetic: bool = typer.Option(False, help="Use generated images instead of --data."),
+    per_class: int = typer.Option(80, help="Synthetic images per class."),
+    epochs: int = typer.Option(6, help="Fine-tuning epochs."),
+    pretrained: bool = typer.Option(False, help="Start from the backbone's hub weights (needs the hub)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Start from a local backbone checkpoint file."),
+) -> None:
+    """Fine-tune a timm model on seed labels and register it as the first champion."""
+    from nicheloop.synthetic import write_image_folder
+    from training.config import TrainConfig
+    from training.data import read_image_folder
+    from training.pipeline import bootstrap as run_bootstrap
+
+    s = get_settings()
+    if (data is None) == (not synthetic):
+        _fail(ValueError("give exactly one of --data DIR or --synthetic"))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = data or write_image_folder(Path(tmp), per_class, seed=0, size=s.image_size)
+            items = read_image_folder(root)
+        result = run_bootstrap(s, items, TrainConfig(epochs=epochs), pretrained, checkpoint)
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"version": result.version.version, **result.metrics}))
+
+
+@app.command()
+def serve() -> None:
+    """Deploy (or update) the inference app on Ray Serve and wait until it is ready."""
+    from services.app import deploy
+
+    try:
+        url = deploy(get_settings())
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(f"serving on {url}")
+
+
+@app.command()
+def monitor(detach: bool = typer.Option(False, help="Run in the background, managed by `stack`.")) -> None:
+    """Consume predictions and feedback: join, sample for review, watch drift, export /metrics."""
+    s = get_settings()
+    if detach:
+        cmd = [sys.executable, "-m", "nicheloop.cli", "monitor"]
+        pid = stack_mod.start_process(s, "monitor", cmd, lambda: stack_mod.port_open(s.host, s.metrics_port))
+        typer.echo(f"monitor running (pid {pid}); metrics on http://{s.host}:{s.metrics_port}/metrics")
+        return
+    from monitoring.runner import run_monitor
+
+    run_monitor(s)
+
+
+@app.command()
+def train(epochs: int = typer.Option(6, help="Fine-tuning epochs.")) -> None:
+    """Fine-tune the champion on the labeled store; register the result as `candidate`."""
+    from training.config import TrainConfig
+    from training.pipeline import train as run_train
+
+    try:
+        result = run_train(get_settings(), TrainConfig(epochs=epochs))
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"version": result.version.version, **result.metrics}))
+
+
+@app.command()
+def promote(tolerance: float = typer.Option(0.0, help="Accuracy points the candidate may lose.")) -> None:
+    """Make the candidate the champion if it passes the offline gate; say why if not."""
+    from nicheloop.registry import Registry
+    from services.rollout import promote as run_promote
+
+    s = get_settings()
+    try:
+        result = run_promote(Registry(s.tracking_uri, s.model_name), tolerance)
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result.__dict__))
+
+
+@app.command()
+def demo(
+    keep_running: bool = typer.Option(False, help="Leave the stack and the service running at the end."),
+    predictions: int = typer.Option(300, help="Predictions to stream (half before the shift)."),
+) -> None:
+    """The whole loop on synthetic data against the real stack; the last line is JSON."""
+    from nicheloop.demo import run_demo
+
+    try:
+        summary = run_demo(get_settings(), predictions=predictions, keep_running=keep_running)
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,114 @@
+"""The contracts between stages: Kafka topics, event schemas and HTTP API schemas.
+
+This module imports no torch, ray, kafka or mlflow: every stage can depend on it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PREDICTIONS_TOPIC = "nicheloop.predictions.v1"
+FEEDBACK_TOPIC = "nicheloop.feedback.v1"
+DEAD_LETTER_TOPIC = "nicheloop.deadletter.v1"
+ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC)
+
+CHAMPION = "champion"
+CANDIDATE = "candidate"
+
+FeedbackSource = Literal["user", "reviewer", "seed"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: int = 1
+
+
+class PredictionEvent(_Event):
+    """One answer of the inference endpoint. Kafka key: ``prediction_id``."""
+
+    prediction_id: str
+    model_name: str
+    model_version: str
+    label: str
+    probs: list[float] = Field(description="Probabilities, in the order of class_names.")
+    class_names: list[str]
+    uncertainty: float = Field(ge=0.0, le=1.0)
+    embedding: list[float] = Field(description="Pre-logits features of the image.")
+    image_sha256: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FeedbackEvent(_Event):
+    """A label for a prediction, from the calling app or a reviewer. Kafka key: ``prediction_id``."""
+
+    feedback_id: str = Field(default_factory=new_id)
+    prediction_id: str
+    label: str
+    source: FeedbackSource = "user"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DeadLetter(_Event):
+    """A record that could not be parsed or applied, with the reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    reason: str
+    payload: str
+
+
+class PredictResponse(BaseModel):
+    prediction_id: str
+    model_version: str
+    label: str
+    probs: dict[str, float]
+    uncertainty: float
+
+
+class PredictJSON(BaseModel):
+    """JSON body of ``POST /v1/predict``: the image file's bytes, base64-encoded."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_b64: str = Field(min_length=1)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(min_length=1, max_length=128)
+    label: str = Field(min_length=1, max_length=128)
+    source: Literal["user"] = "user"
+
+
+class FeedbackAccepted(BaseModel):
+    feedback_id: str
+    prediction_id: str
+    label: str
+    source: FeedbackSource
+
+
+class ReviewTask(BaseModel):
+    task_id: int
+    prediction_id: str
+    predicted_label: str
+    uncertainty: float
+    class_names: list[str]
+    image_url: str
+
+
+class ReviewLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(min_length=1, max_length=128)

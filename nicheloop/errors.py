@@ -1,0 +1,29 @@
+"""Domain exceptions. Each message says what went wrong and what to do about it."""
+
+
+class NicheloopError(Exception):
+    """Base class of every error nicheloop raises on purpose."""
+
+
+class InvalidInput(NicheloopError):
+    """The caller sent something we cannot use (maps to HTTP 4xx)."""
+
+
+class NotFound(NicheloopError):
+    """An id the caller named does not exist (maps to HTTP 404)."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body is larger than the configured limit (maps to HTTP 413)."""
+
+
+class NotReady(NicheloopError):
+    """A component is not ready yet, e.g. no champion model is registered (HTTP 503)."""
+
+
+class StackError(NicheloopError):
+    """A local-stack process could not be started, reached or stopped."""
+
+
+class GateRefused(NicheloopError):
+    """A promotion gate refused the candidate; the message says which gate and why."""

@@ -1,0 +1,141 @@
+"""The only module that imports mlflow: register versions, move aliases, load, lineage.
+
+A registered version is an MLflow pyfunc model whose ``model`` artifact is a folder written by
+:func:`nicheloop.model.save_model` (weights, class names, data config) plus the reference
+embeddings of its validation set (``reference.npy``). Lineage lives in the version's tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from nicheloop.errors import NotFound, NotReady
+from nicheloop.model import META_FILE, NicheModel, load_model, save_model
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference.npy"
+EXPERIMENT = "nicheloop"
+
+
+class _NichePyfunc(mlflow.pyfunc.PythonModel):
+    """Lets ``mlflow.pyfunc.load_model`` serve a nicheloop version (input: a float array N×3×H×W)."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = load_model(Path(context.artifacts["model"]))
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import torch
+
+        probs, _ = self.model.infer(torch.as_tensor(np.asarray(model_input, dtype=np.float32)))
+        return probs
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    aliases: list[str]
+
+
+@dataclass
+class LoadedVersion:
+    info: VersionInfo
+    model: NicheModel
+    reference: np.ndarray  # (n, D) validation-set embeddings
+
+
+class Registry:
+    """MLflow tracking + model registry for one registered model name."""
+
+    def __init__(self, tracking_uri: str, model_name: str) -> None:
+        self.tracking_uri, self.name = tracking_uri, model_name
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def register(
+        self,
+        model: NicheModel,
+        reference: np.ndarray,
+        *,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        lineage: dict[str, str],
+        alias: str,
+        artifacts: dict[str, str] | None = None,
+    ) -> VersionInfo:
+        """Log a run with ``model`` and register it as a new version carrying ``alias``.
+
+        ``lineage`` (dataset snapshot hash, parent version, config hash…) becomes version tags.
+        """
+        mlflow.set_experiment(EXPERIMENT)
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{self.name}-{alias}") as run:
+            model_dir = save_model(model, Path(tmp) / "model")
+            np.save(model_dir / REFERENCE_FILE, reference.astype(np.float32))
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(lineage)
+            for name, text in (artifacts or {}).items():
+                mlflow.log_text(text, name)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=_NichePyfunc(), artifacts={"model": str(model_dir)},
+                pip_requirements=["torch", "timm", "numpy"], registered_model_name=self.name,
+            )
+        version = str(info.registered_model_version)
+        for key, value in {**lineage, "run_id": run.info.run_id}.items():
+            self.client.set_model_version_tag(self.name, version, key, str(value))
+        self.set_alias(alias, version)
+        log.info("registered %s version %s as %s", self.name, version, alias)
+        return self.version(version)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    def version(self, version: str) -> VersionInfo:
+        """Raises NotFound for an unknown version."""
+        try:
+            mv = self.client.get_model_version(self.name, version)
+        except MlflowException as exc:
+            raise NotFound(f"{self.name} has no version {version}: {exc.message}") from exc
+        return VersionInfo(self.name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
+
+    def resolve(self, alias: str) -> VersionInfo:
+        """The version ``alias`` points at.
+
+        Raises:
+            NotReady: if no version carries the alias (run `nicheloop bootstrap` first).
+        """
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException as exc:
+            raise NotReady(f"no version of {self.name} has alias {alias!r}; run `nicheloop bootstrap`") from exc
+        return VersionInfo(self.name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
+
+    def load(self, version: str, device: str = "cpu") -> LoadedVersion:
+        """Download and rebuild a version (model + reference embeddings)."""
+        info = self.version(version)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri))
+            model_dir = next(p.parent for p in root.rglob(META_FILE))
+            model = load_model(model_dir, device=device)
+            reference = np.load(model_dir / REFERENCE_FILE)
+        return LoadedVersion(info=info, model=model, reference=reference)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def versions(self) -> list[VersionInfo]:
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        return sorted((self.version(str(mv.version)) for mv in found), key=lambda v: int(v.version))

@@ -1,0 +1,88 @@
+"""Infrastructure settings, read from the environment (prefix ``NICHELOOP_``).
+
+Nothing here touches the disk or the network: entry points call :func:`get_settings` and
+pass the object down.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where every component lives and listens.
+
+    Every value has a working local default; production points the URLs at real clusters
+    (``NICHELOOP_KAFKA_BOOTSTRAP``, ``NICHELOOP_MLFLOW_TRACKING_URI``,
+    ``NICHELOOP_DATABASE_URL``, ``RAY_ADDRESS``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NICHELOOP_", extra="ignore")
+
+    home: Path = Field(Path(".nicheloop"), description="All local state lives under this folder.")
+    host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_bootstrap: str | None = Field(None, description="host:port list; default is the local broker.")
+    kafka_version: str = "4.1.1"
+    kafka_libs: Path | None = Field(None, description="Folder with the broker's jars (see Makefile).")
+    mlflow_port: int = 15000
+    mlflow_tracking_uri: str | None = None
+    database_url: str | None = None
+    ray_port: int = 16379
+    ray_worker_ports: tuple[int, int] = Field((30000, 31999), description="Port range of Ray workers.")
+    ray_address: str | None = Field(None, description="Ray cluster; default is the local head.")
+    ray_num_cpus: int = Field(4, description="Logical CPUs the local Ray head advertises.")
+    serve_port: int = 18000
+    metrics_port: int = 19100
+    model_name: str = "nicheloop-classifier"
+    backbone: str = "resnet18"
+    image_size: int = 64
+    max_upload_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    reload_interval_s: float = Field(2.0, description="How often serving checks the champion alias.")
+    batch_max_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    drift_window: int = 100
+    review_uncertainty_threshold: float = Field(
+        0.5, description="Predictions whose margin uncertainty is at least this are queued for review."
+    )
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve() / 'nicheloop.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home.resolve() / "blobs"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.host}:{self.serve_port}"
+
+    @property
+    def ray_head_address(self) -> str:
+        return self.ray_address or f"{self.host}:{self.ray_port}"
+
+    @property
+    def kafka_lib_dir(self) -> Path:
+        default = Path.home() / ".cache" / "nicheloop" / f"kafka-{self.kafka_version}" / "libs"
+        return self.kafka_libs or default
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

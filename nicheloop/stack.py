@@ -1,0 +1,244 @@
+"""The local stack: a single-node Kafka broker (KRaft), an MLflow server and a Ray head.
+
+Every process runs in its own session with a pid file under ``$NICHELOOP_HOME/run`` and a log
+under ``$NICHELOOP_HOME/logs``, so ``down`` can end each process group and leave nothing behind.
+Production replaces each part by a URL (see :class:`nicheloop.settings.Settings`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nicheloop.errors import StackError
+from nicheloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_KAFKA_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{cport}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions=3
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+"""
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {logfile}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+"""
+
+
+@dataclass(frozen=True)
+class ProcStatus:
+    name: str
+    pid: int | None
+    running: bool
+    address: str
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _run_dir(s: Settings) -> Path:
+    return s.home.resolve() / "run"
+
+
+def _pid(s: Settings, name: str) -> int | None:
+    path = _run_dir(s) / f"{name}.pid"
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def start_process(s: Settings, name: str, cmd: list[str], ready: Callable[[], bool],
+                  timeout: float = 120.0, env: dict[str, str] | None = None) -> int:
+    """Start ``cmd`` in its own session unless ``name`` already runs; wait until ``ready()``.
+
+    Raises:
+        StackError: if the process exits or is not ready within ``timeout`` seconds (the
+            message names its log file).
+    """
+    existing = _pid(s, name)
+    if existing is not None:
+        return existing
+    logs = s.home.resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    _run_dir(s).mkdir(parents=True, exist_ok=True)
+    logfile = logs / f"{name}.log"
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    (_run_dir(s) / f"{name}.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{name} exited with code {proc.returncode} while starting; see {logfile}")
+        if ready():
+            log.info("%s is up (pid %d)", name, proc.pid)
+            return proc.pid
+        time.sleep(0.5)
+    stop_process(s, name)
+    raise StackError(f"{name} was not ready after {timeout:.0f}s; see {logfile}")
+
+
+def stop_process(s: Settings, name: str, grace: float = 20.0) -> bool:
+    """End the process group of ``name`` (SIGTERM, then SIGKILL). Returns True if it ran."""
+    pid = _pid(s, name)
+    (_run_dir(s) / f"{name}.pid").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(pid):
+            time.sleep(0.2)
+        if not _group_alive(pid):
+            return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+    return False
+
+
+# -- the three infrastructure processes -------------------------------------------------------
+def kafka_classpath(s: Settings) -> str:
+    libs = s.kafka_lib_dir
+    if not libs.is_dir() or not any(libs.glob("kafka_2.13-*.jar")):
+        raise StackError(f"Kafka jars not found in {libs}; run `make setup` (resolves them with Maven)")
+    return f"{libs}/*"
+
+
+def start_kafka(s: Settings) -> int:
+    home = s.home.resolve() / "kafka"
+    data = home / "data"
+    home.mkdir(parents=True, exist_ok=True)
+    props = home / "server.properties"
+    props.write_text(_KAFKA_PROPERTIES.format(host=s.host, port=s.kafka_port, cport=s.kafka_controller_port, data=data))
+    log4j = home / "log4j2.properties"
+    log4j.write_text(_LOG4J2.format(logfile=s.home.resolve() / "logs" / "kafka-server.log"))
+    java = shutil.which("java") or "java"
+    cp = kafka_classpath(s)
+    if not (data / "meta.properties").exists():
+        subprocess.run([java, "-cp", cp, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool", "format",
+                        "-t", uuid.uuid4().hex[:22], "-c", str(props)], check=True, capture_output=True)
+    cmd = [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
+           "-cp", cp, "kafka.Kafka", str(props)]
+    return start_process(s, "kafka", cmd, lambda: port_open(s.host, s.kafka_port), timeout=90)
+
+
+def start_mlflow(s: Settings) -> int:
+    home = s.home.resolve() / "mlflow"
+    home.mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
+           "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+           "--artifacts-destination", str(home / "artifacts"),
+           "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1"]
+    return start_process(s, "mlflow", cmd, lambda: _http_ok(f"{s.tracking_uri}/health"), timeout=180)
+
+
+def start_ray(s: Settings) -> int:
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+           "--node-ip-address", s.host, "--port", str(s.ray_port), "--num-cpus", str(s.ray_num_cpus),
+           "--include-dashboard", "false", "--disable-usage-stats",
+           # keep Ray's own ports off ours (and off a second stack's, e.g. the tests')
+           "--ray-client-server-port", str(s.ray_port + 1), "--dashboard-agent-listen-port", str(s.ray_port + 2),
+           "--min-worker-port", str(s.ray_worker_ports[0]), "--max-worker-port", str(s.ray_worker_ports[1])]
+    return start_process(s, "ray", cmd, lambda: port_open(s.host, s.ray_port), timeout=120,
+                         env={"RAY_USAGE_STATS_ENABLED": "0"})
+
+
+INFRA = {"kafka": start_kafka, "mlflow": start_mlflow, "ray": start_ray}
+SERVICES = ("monitor",)  # processes of the loop itself, started by their own commands
+
+
+def up(s: Settings, only: list[str] | None = None) -> list[ProcStatus]:
+    """Start every infrastructure process that is not running yet (idempotent)."""
+    for name, start in INFRA.items():
+        if only is None or name in only:
+            start(s)
+    return status(s)
+
+
+def down(s: Settings) -> list[str]:
+    """Stop the loop's services, then the infrastructure; returns the names that were running."""
+    return [name for name in (*SERVICES, "ray", "mlflow", "kafka") if stop_process(s, name)]
+
+
+def status(s: Settings) -> list[ProcStatus]:
+    addresses = {
+        "kafka": s.bootstrap_servers, "mlflow": s.tracking_uri, "ray": s.ray_head_address,
+        "monitor": f"http://{s.host}:{s.metrics_port}/metrics",
+    }
+    out = []
+    for name, address in addresses.items():
+        pid = _pid(s, name)
+        out.append(ProcStatus(name, pid, pid is not None, address))
+    return out

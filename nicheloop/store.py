@@ -1,0 +1,242 @@
+"""The SQL store (SQLAlchemy 2): SQLite by default, PostgreSQL in production.
+
+Writes are idempotent: predictions by ``prediction_id``, feedback by ``feedback_id``, labeled
+examples by ``(prediction_id, source)``. A labeled example exists once both its prediction and
+its feedback have arrived, in whichever order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON, DateTime, Float, Integer, LargeBinary, String, UniqueConstraint, create_engine, event,
+    func, select, update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
+from nicheloop.errors import InvalidInput, NotFound
+
+HOLDOUT_BUCKETS = 5  # one image in five (by content hash) is held out from training
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    prediction_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(128))
+    probs: Mapped[list] = mapped_column(JSON)
+    class_names: Mapped[list] = mapped_column(JSON)
+    uncertainty: Mapped[float] = mapped_column(Float)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    feedback_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    prediction_id: Mapped[str] = mapped_column(String(128), index=True)
+    label: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LabeledExample(Base):
+    __tablename__ = "labeled_examples"
+    __table_args__ = (UniqueConstraint("prediction_id", "source"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(128))
+    predicted_label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    holdout: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewItem(Base):
+    __tablename__ = "review_queue"
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[str] = mapped_column(String(128), unique=True)
+    priority: Mapped[float] = mapped_column(Float, index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def is_holdout(image_sha256: str) -> bool:
+    """Deterministic split by image content: the same image is always on the same side."""
+    return int(hashlib.sha256(image_sha256.encode()).hexdigest()[:8], 16) % HOLDOUT_BUCKETS == 0
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Store:
+    """Typed access to the tables; every public method runs in its own transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+
+    def _insert_ignore(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+
+    # -- predictions and feedback ------------------------------------------------------------
+    def add_prediction(self, ev: PredictionEvent) -> bool:
+        """Store a prediction (and join any feedback already here). Returns True if new."""
+        values = dict(
+            prediction_id=ev.prediction_id, model_version=ev.model_version, label=ev.label,
+            probs=ev.probs, class_names=ev.class_names, uncertainty=ev.uncertainty,
+            image_sha256=ev.image_sha256, created_at=ev.created_at,
+            embedding=np.asarray(ev.embedding, dtype=np.float32).tobytes(),
+        )
+        with Session(self.engine) as s, s.begin():
+            new = s.execute(self._insert_ignore(Prediction, values, ["prediction_id"])).rowcount > 0
+            self._join(s, ev.prediction_id)
+        return new
+
+    def add_feedback(self, ev: FeedbackEvent) -> bool:
+        """Store a feedback event (and join it if its prediction is here). Returns True if new."""
+        values = dict(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id, label=ev.label,
+                      source=ev.source, created_at=ev.created_at)
+        with Session(self.engine) as s, s.begin():
+            new = s.execute(self._insert_ignore(Feedback, values, ["feedback_id"])).rowcount > 0
+            self._join(s, ev.prediction_id)
+        return new
+
+    def _join(self, s: Session, prediction_id: str) -> None:
+        pred = s.get(Prediction, prediction_id)
+        if pred is None:
+            return
+        latest: dict[str, Feedback] = {}
+        for fb in s.scalars(select(Feedback).where(Feedback.prediction_id == prediction_id)
+                            .order_by(Feedback.created_at, Feedback.feedback_id)):
+            latest[fb.source] = fb  # the newest label per source wins
+        for source, fb in latest.items():
+            row = s.scalar(select(LabeledExample).where(
+                LabeledExample.prediction_id == prediction_id, LabeledExample.source == source))
+            if row is None:
+                s.add(LabeledExample(
+                    prediction_id=prediction_id, source=source, image_sha256=pred.image_sha256,
+                    label=fb.label, predicted_label=pred.label, model_version=pred.model_version,
+                    holdout=is_holdout(pred.image_sha256), created_at=fb.created_at))
+            elif row.label != fb.label:
+                row.label, row.created_at = fb.label, fb.created_at
+
+    def add_seed_example(self, image_sha256: str, label: str) -> bool:
+        """A labeled image that came with the seed set (no prediction behind it)."""
+        values = dict(prediction_id=f"seed-{image_sha256}", source="seed", image_sha256=image_sha256,
+                      label=label, holdout=is_holdout(image_sha256), created_at=utcnow())
+        with Session(self.engine) as s, s.begin():
+            return s.execute(self._insert_ignore(LabeledExample, values, ["prediction_id", "source"])).rowcount > 0
+
+    def prediction(self, prediction_id: str) -> Prediction:
+        """Raises NotFound if the prediction has not been stored (yet)."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            row = s.get(Prediction, prediction_id)
+        if row is None:
+            raise NotFound(f"unknown prediction_id {prediction_id!r}")
+        return row
+
+    def recent_embeddings(self, limit: int, model_version: str | None = None) -> np.ndarray:
+        """The embeddings of the newest ``limit`` predictions, shape (n, D), oldest first."""
+        q = select(Prediction.embedding).order_by(Prediction.created_at.desc()).limit(limit)
+        if model_version is not None:
+            q = q.where(Prediction.model_version == model_version)
+        with Session(self.engine) as s:
+            rows = list(s.scalars(q))[::-1]
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([np.frombuffer(r, dtype=np.float32) for r in rows])
+
+    def labeled_examples(self, holdout: bool | None = None) -> list[LabeledExample]:
+        """Labeled examples, one per image (reviewer > user > seed when an image has several)."""
+        rank = {"reviewer": 0, "user": 1, "seed": 2}
+        with Session(self.engine, expire_on_commit=False) as s:
+            q = select(LabeledExample)
+            if holdout is not None:
+                q = q.where(LabeledExample.holdout == holdout)
+            rows = list(s.scalars(q))
+        best: dict[str, LabeledExample] = {}
+        for r in sorted(rows, key=lambda r: (rank.get(r.source, 9), r.created_at), reverse=True):
+            best[r.image_sha256] = r
+        return sorted(best.values(), key=lambda r: r.image_sha256)
+
+    # -- review queue ------------------------------------------------------------------------
+    def enqueue_review(self, prediction_id: str, priority: float) -> bool:
+        values = dict(prediction_id=prediction_id, priority=priority, status="queued", created_at=utcnow())
+        with Session(self.engine) as s, s.begin():
+            return s.execute(self._insert_ignore(ReviewItem, values, ["prediction_id"])).rowcount > 0
+
+    def claim_review(self) -> ReviewItem | None:
+        """Hand out the most uncertain queued item; None when the queue is empty."""
+        for _ in range(5):
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                task_id = s.scalar(select(ReviewItem.task_id).where(ReviewItem.status == "queued")
+                                   .order_by(ReviewItem.priority.desc(), ReviewItem.task_id).limit(1))
+                if task_id is None:
+                    return None
+                claimed = s.execute(update(ReviewItem).where(
+                    ReviewItem.task_id == task_id, ReviewItem.status == "queued",
+                ).values(status="claimed", claimed_at=utcnow())).rowcount
+                if claimed:
+                    return s.get(ReviewItem, task_id)
+        return None
+
+    def review_item(self, task_id: int) -> ReviewItem:
+        """Raises NotFound for an unknown task, InvalidInput for one already labeled."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            item = s.get(ReviewItem, task_id)
+        if item is None:
+            raise NotFound(f"unknown review task {task_id}")
+        if item.status == "done":
+            raise InvalidInput(f"review task {task_id} is already labeled ({item.label!r})")
+        return item
+
+    def complete_review(self, task_id: int, label: str) -> ReviewItem:
+        """Mark a claimed task done with ``label``.
+
+        Raises:
+            NotFound: unknown task id.
+            InvalidInput: the task was already labeled.
+        """
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            item = s.get(ReviewItem, task_id)
+            if item is None:
+                raise NotFound(f"unknown review task {task_id}")
+            if item.status == "done":
+                raise InvalidInput(f"review task {task_id} is already labeled ({item.label!r})")
+            item.status, item.label = "done", label
+        return item
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, plus review items by status."""
+        with Session(self.engine) as s:
+            out = {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                   for t in (Prediction, Feedback, LabeledExample, ReviewItem)}
+            for status, n in s.execute(select(ReviewItem.status, func.count()).group_by(ReviewItem.status)):
+                out[f"review_{status}"] = n
+        return out

@@ -1,0 +1,1 @@
+"""Online services on Ray Serve: inference, feedback, review and rollout."""

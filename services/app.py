@@ -1,0 +1,55 @@
+"""Build and deploy the nicheloop application on Ray Serve."""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+
+import ray
+from ray import serve
+from ray.serve import Application
+
+from nicheloop.errors import NotReady
+from nicheloop.settings import Settings
+from services.gateway import Gateway
+from services.inference import PredictorDeployment
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "nicheloop"
+
+
+def build_app(settings: Settings) -> Application:
+    """The ingress bound to one predictor deployment (settings travel as a plain dict)."""
+    config = settings.model_dump(mode="json")
+    config["home"] = str(settings.home.resolve())
+    return Gateway.bind(PredictorDeployment.bind(config), config)
+
+
+def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
+    """Deploy (or update) the app on the Ray cluster and wait until /readyz says ready.
+
+    Raises:
+        NotReady: if the endpoint is not ready in time (no champion registered, say).
+    """
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_head_address, log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    deadline = time.monotonic() + wait_ready_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{settings.serve_url}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return settings.serve_url
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise NotReady(f"{settings.serve_url}/readyz not ready after {wait_ready_s:.0f}s; is a champion registered?")
+
+
+def undeploy(settings: Settings) -> None:
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_head_address, log_to_driver=False)
+    serve.shutdown()

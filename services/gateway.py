@@ -1,0 +1,106 @@
+"""The HTTP ingress on Ray Serve: /v1/predict, /v1/feedback, /v1/review, health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from nicheloop.blobs import BlobStore
+from nicheloop.bus import Publisher
+from nicheloop.contracts import (
+    PREDICTIONS_TOPIC, FeedbackAccepted, FeedbackRequest, PredictionEvent, PredictResponse,
+    ReviewLabel, ReviewTask,
+)
+from nicheloop.errors import NotReady
+from nicheloop.images import decode_image
+from nicheloop.logs import configure_logging
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from services.feedback import record_feedback
+from services.http import image_bytes, install_error_handlers
+from services.ids import load_or_create_key, new_prediction_id
+from services.review import claim_next, submit_review
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="nicheloop", version="0.1.0")
+install_error_handlers(api)
+
+
+@serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, predictor: DeploymentHandle, settings: dict[str, Any]) -> None:
+        configure_logging()
+        self.settings = Settings(**settings)
+        self.predictor = predictor
+        self.key = load_or_create_key(self.settings.home)
+        self.blobs = BlobStore(str(self.settings.blob_dir))
+        self.store = Store(self.settings.db_url)
+        self.publisher = Publisher(self.settings.bootstrap_servers)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        state = await self.predictor.ready.remote()
+        return JSONResponse(status_code=200 if state["ready"] else 503, content=state)
+
+    @api.post("/v1/predict", response_model=PredictResponse)
+    async def predict(self, request: Request) -> PredictResponse:
+        s = self.settings
+        data = await image_bytes(request, s.max_upload_bytes)
+        image = decode_image(data, s.max_upload_bytes, s.max_image_pixels)
+        digest = await asyncio.to_thread(self.blobs.put, data)
+        out = await self.predictor.predict.remote(image)
+        prediction_id = new_prediction_id(self.key)
+        best = max(range(len(out.probs)), key=out.probs.__getitem__)
+        event = PredictionEvent(
+            prediction_id=prediction_id, model_name=s.model_name, model_version=out.model_version,
+            label=out.class_names[best], probs=out.probs, class_names=out.class_names,
+            uncertainty=out.uncertainty, embedding=out.embedding, image_sha256=digest,
+        )
+        self.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)
+        return PredictResponse(prediction_id=prediction_id, model_version=out.model_version,
+                               label=event.label, probs=dict(zip(out.class_names, out.probs)),
+                               uncertainty=out.uncertainty)
+
+    @api.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
+    async def feedback(self, body: FeedbackRequest) -> FeedbackAccepted:
+        classes = await self._class_names()
+        ev = await asyncio.to_thread(record_feedback, self.publisher, self.key, body.prediction_id,
+                                     body.label, classes, body.source)
+        return FeedbackAccepted(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id,
+                                label=ev.label, source=ev.source)
+
+    @api.get("/v1/review/next", response_model=ReviewTask, responses={204: {"description": "queue empty"}})
+    async def review_next(self) -> Any:
+        task = await asyncio.to_thread(claim_next, self.store)
+        return task if task is not None else Response(status_code=204)
+
+    @api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
+    async def review_submit(self, task_id: int, body: ReviewLabel) -> FeedbackAccepted:
+        classes = await self._class_names()
+        ev = await asyncio.to_thread(submit_review, self.store, self.publisher, self.key, task_id,
+                                     body.label, classes)
+        return FeedbackAccepted(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id,
+                                label=ev.label, source=ev.source)
+
+    @api.get("/v1/images/{sha256}")
+    async def image(self, sha256: str) -> Response:
+        data = await asyncio.to_thread(self.blobs.get, sha256)
+        return Response(content=data, media_type="application/octet-stream")
+
+    async def _class_names(self) -> list[str]:
+        state = await self.predictor.ready.remote()
+        if not state["ready"]:
+            raise NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
+        return await self.predictor.class_names.remote()

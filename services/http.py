@@ -1,0 +1,89 @@
+"""HTTP plumbing shared by the routers: body limits and domain-error → status mapping."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from nicheloop.errors import InvalidInput, NotFound, NotReady, PayloadTooLarge
+
+STATUS = {PayloadTooLarge: 413, NotFound: 404, NotReady: 503, InvalidInput: 400}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors become JSON ``{"detail": ...}`` with a 4xx/503 status, never a 500."""
+    for exc_type, code in STATUS.items():
+        app.add_exception_handler(exc_type, _handler(code))
+
+
+def _handler(code: int):  # type: ignore[no-untyped-def]
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+    return handle
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all.
+
+    Raises:
+        PayloadTooLarge: declared or actual size over ``limit``.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request, limit: int) -> bytes:
+    """Image bytes from a multipart upload (any file field), JSON ``{"image_b64"}`` or a raw body.
+
+    Raises:
+        InvalidInput: no image in the request, or invalid base64/JSON.
+        PayloadTooLarge: body over ``limit``.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # Multipart and base64 add overhead: allow the body a margin over the image limit.
+    body = await read_body(request, limit * 4 // 3 + 64 * 1024)
+    if not body:
+        raise InvalidInput("empty body: send an image as multipart field `image`, JSON {\"image_b64\"} or raw bytes")
+    if ctype == "multipart/form-data":
+        return await _from_multipart(request, body)
+    if ctype == "application/json":
+        return _from_json(body)
+    return body
+
+
+async def _from_multipart(request: Request, body: bytes) -> bytes:
+    request._body = body  # starlette re-parses the cached body
+    try:
+        form = await request.form()
+    except Exception as exc:  # malformed multipart framing
+        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+    for value in form.values():
+        if hasattr(value, "read"):
+            return await value.read()
+    raise InvalidInput("multipart body has no file field; upload the image as field `image`")
+
+
+def _from_json(body: bytes) -> bytes:
+    try:
+        payload = json.loads(body)
+        encoded = payload["image_b64"] if isinstance(payload, dict) else None
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+        raise InvalidInput('JSON body must be {"image_b64": "<base64 of the image file>"}') from exc
+    if not isinstance(encoded, str) or not encoded:
+        raise InvalidInput('"image_b64" must be a non-empty base64 string')
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"image_b64 is not valid base64: {exc}") from exc

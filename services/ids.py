@@ -1,0 +1,42 @@
+"""Prediction ids that the feedback API can check without a lookup.
+
+A prediction id is ``<uuid hex>.<hmac>``: feedback naming an id this service never issued is
+refused at once with a 404, even before the prediction event reached the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from pathlib import Path
+
+_TAG_CHARS = 16
+
+
+def load_or_create_key(home: Path) -> bytes:
+    """The signing key kept in ``home/secret.key`` (created with 0600 permissions if missing)."""
+    path = home.resolve() / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _tag(key: bytes, raw: str) -> str:
+    return hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()[:_TAG_CHARS]
+
+
+def new_prediction_id(key: bytes) -> str:
+    raw = uuid.uuid4().hex
+    return f"{raw}.{_tag(key, raw)}"
+
+
+def is_issued(key: bytes, prediction_id: str) -> bool:
+    """True when ``prediction_id`` was made by :func:`new_prediction_id` with ``key``."""
+    raw, _, tag = prediction_id.partition(".")
+    if len(raw) != 32 or len(tag) != _TAG_CHARS:
+        return False
+    return hmac.compare_digest(tag, _tag(key, raw))

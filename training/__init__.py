@@ -1,0 +1,1 @@
+"""Training: snapshots of the labeled store, Ray Train fine-tuning, evaluation, registration."""

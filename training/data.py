@@ -1,0 +1,90 @@
+"""Datasets: ImageFolder directories, snapshots of the labeled store, torch datasets over blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from nicheloop.blobs import BlobStore
+from nicheloop.errors import InvalidInput
+from nicheloop.images import decode_image
+from nicheloop.store import Store
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Example:
+    image_sha256: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of labeled data: training and held-out examples, and a content hash."""
+
+    train: tuple[Example, ...]
+    holdout: tuple[Example, ...]
+
+    @property
+    def digest(self) -> str:
+        lines = [f"{side}:{e.image_sha256}:{e.label}" for side, part in (("t", self.train), ("h", self.holdout))
+                 for e in part]
+        return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+    def manifest(self) -> str:
+        return json.dumps({"digest": self.digest,
+                           "train": [[e.image_sha256, e.label] for e in self.train],
+                           "holdout": [[e.image_sha256, e.label] for e in self.holdout]})
+
+
+def read_image_folder(root: Path) -> list[tuple[bytes, str]]:
+    """(file bytes, class name) for every image under ``root/<class>/``.
+
+    Raises:
+        InvalidInput: if ``root`` has fewer than two class folders with images.
+    """
+    if not root.is_dir():
+        raise InvalidInput(f"{root} is not a directory; pass an ImageFolder root (<class>/<image>)")
+    items = [(path.read_bytes(), cls.name)
+             for cls in sorted(p for p in root.iterdir() if p.is_dir())
+             for path in sorted(cls.iterdir())
+             if path.suffix.lower() in IMAGE_SUFFIXES and path.stat().st_size <= MAX_FILE_BYTES]
+    if len({label for _, label in items}) < 2:
+        raise InvalidInput(f"{root} needs at least two class folders with images")
+    return items
+
+
+def snapshot(store: Store) -> Snapshot:
+    """Freeze the labeled store; the held-out side is fixed by image content (see store.is_holdout)."""
+    rows = store.labeled_examples()
+    train = tuple(Example(r.image_sha256, r.label) for r in rows if not r.holdout)
+    holdout = tuple(Example(r.image_sha256, r.label) for r in rows if r.holdout)
+    return Snapshot(train=train, holdout=holdout)
+
+
+class BlobImageDataset(Dataset):
+    """Images from the blob store through a model's transform; yields (tensor, class index)."""
+
+    def __init__(self, blobs: BlobStore, examples: list[Example] | tuple[Example, ...],
+                 class_names: list[str], transform: Any, max_pixels: int = 4096 * 4096) -> None:
+        unknown = {e.label for e in examples} - set(class_names)
+        if unknown:
+            raise InvalidInput(f"labels {sorted(unknown)} are not classes of the model {class_names}")
+        self.blobs, self.examples, self.transform, self.max_pixels = blobs, list(examples), transform, max_pixels
+        self.index = {c: i for i, c in enumerate(class_names)}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        ex = self.examples[i]
+        img = decode_image(self.blobs.get(ex.image_sha256), MAX_FILE_BYTES, self.max_pixels)
+        return self.transform(img), self.index[ex.label]

@@ -34,7 +34,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
                 raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
             img.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"not a decodable image: {exc}") from exc
+        raise InvalidInput(f"not a decodable image; send a file in one of {sorted(ALLOWED_FORMATS)}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"corrupt or truncated image: {exc}") from exc
     return img.convert("RGB")

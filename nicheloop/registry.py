@@ -8,6 +8,7 @@ embeddings of its validation set (``reference.npy``). Lineage lives in the versi
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class _NichePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model = load_model(Path(context.artifacts["model"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # mlflow reads hints
         import torch
 
         probs, _ = self.model.infer(torch.as_tensor(np.asarray(model_input, dtype=np.float32)))
@@ -61,6 +62,7 @@ class Registry:
 
     def __init__(self, tracking_uri: str, model_name: str) -> None:
         self.tracking_uri, self.name = tracking_uri, model_name
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
 

@@ -6,6 +6,7 @@ pass the object down.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,6 +81,16 @@ class Settings(BaseSettings):
     def kafka_lib_dir(self) -> Path:
         default = Path.home() / ".cache" / "nicheloop" / f"kafka-{self.kafka_version}" / "libs"
         return self.kafka_libs or default
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a child process read exactly ``settings``."""
+    env = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            env[f"NICHELOOP_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["NICHELOOP_HOME"] = str(settings.home.resolve())
+    return env
 
 
 @lru_cache(maxsize=1)

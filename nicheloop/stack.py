@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nicheloop.errors import StackError
-from nicheloop.settings import Settings
+from nicheloop.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def start_process(s: Settings, name: str, cmd: list[str], ready: Callable[[], bo
     logfile = logs / f"{name}.log"
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
+                                start_new_session=True, env={**os.environ, **settings_env(s), **(env or {})})
     (_run_dir(s) / f"{name}.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

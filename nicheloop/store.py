@@ -239,4 +239,6 @@ class Store:
                    for t in (Prediction, Feedback, LabeledExample, ReviewItem)}
             for status, n in s.execute(select(ReviewItem.status, func.count()).group_by(ReviewItem.status)):
                 out[f"review_{status}"] = n
+            for source, n in s.execute(select(LabeledExample.source, func.count()).group_by(LabeledExample.source)):
+                out[f"labeled_{source}"] = n
         return out

@@ -1,6 +1,5 @@
 """The HTTP ingress on Ray Serve: /v1/predict, /v1/feedback, /v1/review, health and readiness."""
 
-from __future__ import annotations
 
 import asyncio
 import logging

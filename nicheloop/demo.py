@@ -1,0 +1,169 @@
+"""The demo of the whole loop (an entry point, like cli.py): real stack, synthetic niche images.
+
+bootstrap → serve → stream predictions (a shift half-way) → feedback → review → train →
+promote → the service answers with the new champion. Every figure in the summary is read back
+from the real systems: Kafka offsets, SQL rows, the MLflow registry, Prometheus, the endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from nicheloop import stack
+from nicheloop.bus import ensure_topics, topic_offsets
+from nicheloop.contracts import CHAMPION, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
+from nicheloop.errors import NicheloopError
+from nicheloop.registry import Registry
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from nicheloop.synthetic import DEMO_SHIFT, Shift, SyntheticStream, png_bytes, write_image_folder
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_FRACTION = 0.5
+REVIEW_BUDGET = 80
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 180.0, every: float = 1.0) -> None:
+    """Poll ``check`` until it is true. Raises NicheloopError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise NicheloopError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def scrape(settings: Settings, metric: str, labels: str = "") -> float | None:
+    """One sample of the monitor's /metrics (None when absent)."""
+    text = httpx.get(f"http://{settings.host}:{settings.metrics_port}/metrics", timeout=10).text
+    pattern = rf"^{re.escape(metric)}(\{{[^}}]*{re.escape(labels)}[^}}]*\}})? ([0-9.eE+-]+|NaN)$"
+    m = re.search(pattern, text, re.M)
+    return float(m.group(2)) if m else None
+
+
+def stream(client: httpx.Client, images: list[tuple[Any, str]], truth: dict[str, str]) -> None:
+    """POST every image to /v1/predict (8 at a time, so serving batches them)."""
+    def one(item: tuple[Any, str]) -> None:
+        resp = client.post("/v1/predict", files={"image": ("img.png", png_bytes(item[0]), "image/png")})
+        resp.raise_for_status()
+        truth[resp.json()["prediction_id"]] = item[1]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, images))
+
+
+def wait_consumed(settings: Settings, topic: str, expected: int) -> None:
+    label = f'topic="{topic}"'
+    wait_for(f"the monitor to consume {expected} events of {topic}",
+             lambda: (scrape(settings, "nicheloop_events_consumed_total", label) or 0) >= expected)
+
+
+def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> int:
+    """Label queued items with their true class, as a reviewer would; returns how many."""
+    done = 0
+    while done < budget:
+        resp = client.get("/v1/review/next")
+        if resp.status_code == 204:
+            break
+        resp.raise_for_status()
+        task = resp.json()
+        client.post(f"/v1/review/{task['task_id']}", json={"label": truth[task["prediction_id"]]}).raise_for_status()
+        done += 1
+    return done
+
+
+def _start(settings: Settings) -> None:
+    from services.app import deploy
+    from training.config import TrainConfig
+    from training.data import read_image_folder
+    from training.pipeline import bootstrap
+
+    stack.up(settings)
+    ensure_topics(settings.bootstrap_servers)
+    seed_dir = settings.home / "seed"
+    items = read_image_folder(write_image_folder(seed_dir, per_class=80, seed=0, size=settings.image_size))
+    bootstrap(settings, items, TrainConfig(epochs=6))
+    deploy(settings)
+    stack.start_process(settings, "monitor", [sys.executable, "-m", "nicheloop.cli", "monitor"],
+                        lambda: stack.port_open(settings.host, settings.metrics_port))
+
+
+def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = False) -> dict[str, Any]:
+    """Run the loop once from a clean demo home; returns the summary (figures from real systems)."""
+    settings = settings.model_copy(update={"home": settings.home.resolve() / "demo"})
+    stack.down(settings)
+    shutil.rmtree(settings.home, ignore_errors=True)
+    try:
+        return _loop(settings, predictions)
+    finally:
+        if not keep_running:
+            stack.down(settings)
+
+
+def _loop(settings: Settings, predictions: int) -> dict[str, Any]:
+    from services.rollout import promote
+    from training.config import TrainConfig
+    from training.pipeline import train
+
+    _start(settings)
+    registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
+    champion_before = registry.resolve(CHAMPION).version
+    client = httpx.Client(base_url=settings.serve_url, timeout=60)
+    images, truth = SyntheticStream(seed=42, size=settings.image_size), {}
+    half = predictions // 2
+    stream(client, images.take(half), truth)
+    wait_consumed(settings, PREDICTIONS_TOPIC, half)
+    drift_before = scrape(settings, "nicheloop_drift_score", 'monitor="embeddings"')
+    stream(client, images.take(predictions - half, DEMO_SHIFT), truth)
+    wait_consumed(settings, PREDICTIONS_TOPIC, predictions)
+    drift_after = scrape(settings, "nicheloop_drift_score", 'monitor="embeddings"')
+
+    rng = random.Random(7)
+    for pid in rng.sample(sorted(truth), int(len(truth) * FEEDBACK_FRACTION)):
+        client.post("/v1/feedback", json={"prediction_id": pid, "label": truth[pid]}).raise_for_status()
+    reviewed = review_queue(client, truth, REVIEW_BUDGET)
+    feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)
+    wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
+
+    result = train(settings, TrainConfig(epochs=6))
+    promotion = promote(registry)
+    wait_for("the service to serve the new champion",
+             lambda: _served_version(client, images) == promotion.promoted, timeout=120, every=2.0)
+    served_after = _served_version(client, images)
+    wait_consumed(settings, PREDICTIONS_TOPIC, topic_offsets(settings.bootstrap_servers, PREDICTIONS_TOPIC))
+    counts = store.counts()
+    return {
+        "predictions_served": counts["predictions"],
+        "prediction_events_in_kafka": topic_offsets(settings.bootstrap_servers, PREDICTIONS_TOPIC),
+        "feedback_events_in_kafka": feedback_sent,
+        "feedback_joined": counts.get("labeled_user", 0) + counts.get("labeled_reviewer", 0),
+        "reviewed": counts.get("review_done", 0),
+        "review_queued": counts["review_queue"],
+        "drift_score_before": drift_before,
+        "drift_score_after_shift": drift_after,
+        "champion_version_before": champion_before,
+        "champion_version_after": registry.resolve(CHAMPION).version,
+        "served_version_after": served_after,
+        "holdout_accuracy_before": result.metrics["parent_holdout_accuracy"],
+        "holdout_accuracy_after": result.metrics["holdout_accuracy"],
+        "holdout_examples": int(result.metrics["holdout_n"]),
+        "reviewed_by_demo": reviewed,
+    }
+
+
+def _served_version(client: httpx.Client, images: SyntheticStream) -> str:
+    img, _ = images.take(1, Shift())[0]
+    resp = client.post("/v1/predict", files={"image": ("probe.png", png_bytes(img), "image/png")})
+    resp.raise_for_status()
+    return str(resp.json()["model_version"])

@@ -38,7 +38,7 @@ class Pipeline:
 
         self.metrics = metrics
         self.joiner = Joiner(store)
-        self.sampler = UncertaintySampler(store, settings.review_uncertainty_threshold)
+        self.sampler = UncertaintySampler(store, settings.review_top_fraction)
         self.drift = DriftMonitor(reference_for, metrics, window=settings.drift_window)
 
     def __call__(self, topic: str, event: BaseModel) -> None:

@@ -83,7 +83,8 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
     return done
 
 
-def _start(settings: Settings) -> None:
+def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None:
+    """Stack up, bootstrap a champion on synthetic seed labels, deploy serving, start the monitor."""
     from services.app import deploy
     from training.config import TrainConfig
     from training.data import read_image_folder
@@ -92,8 +93,8 @@ def _start(settings: Settings) -> None:
     stack.up(settings)
     ensure_topics(settings.bootstrap_servers)
     seed_dir = settings.home / "seed"
-    items = read_image_folder(write_image_folder(seed_dir, per_class=80, seed=0, size=settings.image_size))
-    bootstrap(settings, items, TrainConfig(epochs=6))
+    items = read_image_folder(write_image_folder(seed_dir, per_class=per_class, seed=0, size=settings.image_size))
+    bootstrap(settings, items, TrainConfig(epochs=epochs))
     deploy(settings)
     stack.start_process(settings, "monitor", [sys.executable, "-m", "nicheloop.cli", "monitor"],
                         lambda: stack.port_open(settings.host, settings.metrics_port))
@@ -105,18 +106,19 @@ def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = Fa
     stack.down(settings)
     shutil.rmtree(settings.home, ignore_errors=True)
     try:
-        return _loop(settings, predictions)
+        start_loop(settings)
+        return run_loop(settings, predictions)
     finally:
         if not keep_running:
             stack.down(settings)
 
 
-def _loop(settings: Settings, predictions: int) -> dict[str, Any]:
+def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str, Any]:
+    """Traffic with a shift half-way, feedback, review, train, promote; the figures read back."""
     from services.rollout import promote
     from training.config import TrainConfig
     from training.pipeline import train
 
-    _start(settings)
     registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
     champion_before = registry.resolve(CHAMPION).version
     client = httpx.Client(base_url=settings.serve_url, timeout=60)
@@ -136,7 +138,7 @@ def _loop(settings: Settings, predictions: int) -> dict[str, Any]:
     feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)
     wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
 
-    result = train(settings, TrainConfig(epochs=6))
+    result = train(settings, TrainConfig(epochs=epochs))
     promotion = promote(registry)
     wait_for("the service to serve the new champion",
              lambda: _served_version(client, images) == promotion.promoted, timeout=120, every=2.0)

@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     batch_max_size: int = 16
     batch_wait_timeout_s: float = 0.01
     drift_window: int = 100
-    review_uncertainty_threshold: float = Field(
-        0.5, description="Predictions whose margin uncertainty is at least this are queued for review."
+    review_top_fraction: float = Field(
+        0.2, gt=0, le=1, description="Share of traffic (the most uncertain) queued for review."
     )
 
     @property

@@ -42,21 +42,22 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _draw_defect(draw: ImageDraw.ImageDraw, cls: str, rng: np.random.Generator, size: int) -> None:
     r = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    k = size / 64.0  # geometry is designed at 64 px and scaled to any size
     if cls == "scratches":
         for _ in range(int(rng.integers(1, 4))):
             x0, x1 = r(0, size), r(0, size)
-            draw.line([(x0, 0), (x1, size)], fill=int(r(200, 255)), width=int(rng.integers(1, 3)))
+            draw.line([(x0, 0), (x1, size)], fill=int(r(200, 255)), width=max(1, int(rng.integers(1, 3) * k)))
     elif cls == "inclusion":
         for _ in range(int(rng.integers(3, 7))):
-            cx, cy, w, h = r(4, size - 4), r(4, size - 4), r(2, 4), r(5, 12)
+            cx, cy, w, h = r(0.06, 0.94) * size, r(0.06, 0.94) * size, r(2, 4) * k, r(5, 12) * k
             draw.ellipse([cx - w, cy - h, cx + w, cy + h], fill=int(r(20, 70)))
     elif cls == "patches":
         for _ in range(int(rng.integers(2, 4))):
-            cx, cy, rad = r(8, size - 8), r(8, size - 8), r(6, size / 4)
+            cx, cy, rad = r(0.12, 0.88) * size, r(0.12, 0.88) * size, r(6, 16) * k
             draw.ellipse([cx - rad, cy - rad * r(0.6, 1.4), cx + rad, cy + rad], fill=int(r(40, 90)))
     elif cls == "crazing":
         for _ in range(int(rng.integers(25, 45))):
-            x, y, ang, ln = r(0, size), r(0, size), r(0, np.pi), r(3, 8)
+            x, y, ang, ln = r(0, size), r(0, size), r(0, np.pi), r(3, 8) * k
             draw.line([(x, y), (x + ln * np.cos(ang), y + ln * np.sin(ang))], fill=int(r(30, 80)), width=1)
     else:
         raise ValueError(f"unknown synthetic class {cls!r}; choose from {CLASSES}")

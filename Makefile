@@ -1,0 +1,57 @@
+# nicheloop: every target is idempotent. `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAFKA_VERSION ?= 4.1.1
+KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
+PYTEST_ARGS ?=
+
+.PHONY: setup python-deps kafka-jars demo test test-unit test-integration lint stack-up stack-down clean
+
+setup: python-deps kafka-jars
+
+python-deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11 or 3.12)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@# torchvision must match torch (DESIGN.md, pitfalls); timm imports it: check here, not at run time.
+	$(PY) -c "import timm, torchvision, ray, mlflow, evidently, faiss, kafka; print('python deps ok: torch', __import__('torch').__version__, 'timm', timm.__version__)"
+	touch $@
+
+kafka-jars: $(KAFKA_LIBS)/.resolved
+
+$(KAFKA_LIBS)/.resolved: deploy/local/kafka/pom.xml
+	@command -v java >/dev/null || { echo "need Java 17+ on PATH for the Kafka broker"; exit 1; }
+	@command -v mvn >/dev/null || { echo "need Maven on PATH to resolve the Kafka broker's jars"; exit 1; }
+	rm -rf $(KAFKA_LIBS) && mkdir -p $(KAFKA_LIBS)
+	mvn -q -B -f deploy/local/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	    -Dkafka.version=$(KAFKA_VERSION) -DoutputDirectory=$(KAFKA_LIBS)
+	touch $@
+
+demo: setup
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(VENV)/bin/nicheloop demo
+
+test: setup
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+
+lint: python-deps
+	$(VENV)/bin/lint-imports
+
+stack-up: setup
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(VENV)/bin/nicheloop stack up
+
+stack-down:
+	$(VENV)/bin/nicheloop stack down
+
+clean: stack-down
+	rm -rf .nicheloop

@@ -1,0 +1,32 @@
+"""One real stack for the integration tests: Kafka (KRaft), MLflow, Ray, Ray Serve, the monitor.
+
+It runs on its own ports and its own home, so it never touches a stack you have running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from nicheloop import stack
+from nicheloop.demo import start_loop
+from nicheloop.settings import Settings
+
+
+def _test_settings(home) -> Settings:
+    return Settings(home=home, kafka_port=29092, kafka_controller_port=29093, mlflow_port=25000,
+                    ray_port=26379, ray_worker_ports=(32000, 33999), serve_port=28000, metrics_port=29100)
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    settings = _test_settings(tmp_path_factory.mktemp("nicheloop-home"))
+    try:
+        start_loop(settings, per_class=60, epochs=5)
+        yield settings
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        stack.down(settings)

@@ -1,0 +1,97 @@
+"""The loop of the demo against the real broker, MLflow, Ray Train and Ray Serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from kafka import KafkaProducer
+
+from nicheloop.bus import dead_letters
+from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
+from nicheloop.demo import run_loop
+from nicheloop.registry import Registry
+from nicheloop.settings import Settings, settings_env
+
+pytestmark = pytest.mark.integration
+
+PREDICTIONS = 160
+
+
+def test_the_whole_loop_counts_agree_across_systems(live: Settings) -> None:
+    summary = run_loop(live, predictions=PREDICTIONS, epochs=5)
+    print(json.dumps(summary))
+    # every served prediction is one event in Kafka and one row in the store
+    assert summary["predictions_served"] == summary["prediction_events_in_kafka"] >= PREDICTIONS
+    # every feedback event (user and reviewer) was joined into a labeled example
+    assert summary["feedback_joined"] == summary["feedback_events_in_kafka"] >= PREDICTIONS // 2
+    assert summary["reviewed"] == summary["reviewed_by_demo"] >= 1
+    # the shift is seen by the drift monitor, the unshifted stream is not
+    assert summary["drift_score_before"] < 0.55 < summary["drift_score_after_shift"]
+    # a new version was trained, passed the gate and is what the endpoint serves now
+    after = str(int(summary["champion_version_before"]) + 1)
+    assert summary["champion_version_after"] == summary["served_version_after"] == after
+    assert summary["holdout_accuracy_after"] >= summary["holdout_accuracy_before"]
+
+
+def test_the_new_champion_carries_lineage(live: Settings) -> None:
+    registry = Registry(live.tracking_uri, live.model_name)
+    champion = registry.resolve(CHAMPION)
+    loaded = registry.load(champion.version)
+    assert len(champion.tags["snapshot_digest"]) == 64 and champion.tags["parent_version"].isdigit()
+    assert json.loads(champion.tags["train_config"])["epochs"] >= 1
+    assert loaded.reference.ndim == 2 and loaded.reference.shape[1] > 0
+    assert loaded.model.class_names == ["crazing", "inclusion", "patches", "scratches"]
+
+
+@pytest.mark.parametrize("kwargs, status", [
+    ({"content": b"definitely not an image", "headers": {"content-type": "image/png"}}, 400),
+    ({"content": b""}, 400),
+    ({"files": {"image": ("x.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")}}, 400),
+    ({"json": {"image_b64": "***"}}, 400),
+    ({"content": b"0" * (20 * 1024 * 1024)}, 413),
+])
+def test_bad_predict_requests_get_4xx(live: Settings, kwargs, status: int) -> None:
+    resp = httpx.post(f"{live.serve_url}/v1/predict", timeout=60, **kwargs)
+    assert resp.status_code == status and resp.json()["detail"]
+
+
+def test_bad_feedback_and_review_get_4xx(live: Settings, png: bytes) -> None:
+    c = httpx.Client(base_url=live.serve_url, timeout=60)
+    pid = c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
+    unknown_id = c.post("/v1/feedback", json={"prediction_id": "0" * 32 + ".0123456789abcdef", "label": "crazing"})
+    assert unknown_id.status_code == 404 and "unknown prediction_id" in unknown_id.json()["detail"]
+    unknown_label = c.post("/v1/feedback", json={"prediction_id": pid, "label": "rust"})
+    assert unknown_label.status_code == 400 and "unknown label" in unknown_label.json()["detail"]
+    assert c.post("/v1/feedback", json={"label": "crazing"}).status_code == 422
+    assert c.post("/v1/review/987654", json={"label": "crazing"}).status_code == 404
+    assert c.get("/v1/images/" + "0" * 64).status_code == 404
+    assert c.get("/healthz").status_code == 200 and c.get("/readyz").json()["ready"] is True
+
+
+def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> None:
+    producer = KafkaProducer(bootstrap_servers=live.bootstrap_servers)
+    producer.send(PREDICTIONS_TOPIC, key=b"garbage-1", value=b"{not json")
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        letters = [d for d in dead_letters(live.bootstrap_servers) if d.key == "garbage-1"]
+        if letters:
+            assert letters[0].topic == PREDICTIONS_TOPIC and "PredictionEvent" in letters[0].reason
+            return
+        time.sleep(1)
+    pytest.fail("the malformed record never reached the dead-letter topic")
+
+
+def test_stack_status_says_what_runs_where(live: Settings) -> None:
+    out = subprocess.run([sys.executable, "-m", "nicheloop.cli", "stack", "status"], capture_output=True,
+                         text=True, env={**os.environ, **settings_env(live)}, check=True).stdout
+    for name, address in (("kafka", live.bootstrap_servers), ("mlflow", live.tracking_uri), ("monitor", "/metrics")):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert "running" in line and address in line

@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nicheloop import stack
+from nicheloop.bus import parse_event
+from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent
+from nicheloop.errors import InvalidInput, StackError
+from nicheloop.settings import Settings, settings_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_derive_local_urls(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, kafka_port=1234, mlflow_port=2345)
+    assert s.bootstrap_servers == "127.0.0.1:1234" and s.tracking_uri == "http://127.0.0.1:2345"
+    assert s.db_url == f"sqlite:///{tmp_path.resolve() / 'nicheloop.db'}"
+    assert Settings(kafka_bootstrap="kafka:9092").bootstrap_servers == "kafka:9092"
+
+
+def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, ray_worker_ports=(40000, 40999), drift_window=77)
+    for key, value in settings_env(s).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == s.model_copy(update={"home": tmp_path.resolve()})
+
+
+def test_parse_event_accepts_valid_and_refuses_malformed() -> None:
+    ev = FeedbackEvent(prediction_id="p", label="a")
+    assert parse_event(FEEDBACK_TOPIC, ev.model_dump_json().encode()) == ev
+    for raw in (b"not json", b"{}", json.dumps({**ev.model_dump(mode="json"), "extra": 1}).encode(), None):
+        with pytest.raises(InvalidInput):
+            parse_event(FEEDBACK_TOPIC, raw)
+    with pytest.raises(InvalidInput, match="no event schema"):
+        parse_event("other.topic", b"{}")
+    with pytest.raises(InvalidInput, match="PredictionEvent"):
+        parse_event(PREDICTIONS_TOPIC, ev.model_dump_json().encode())
+
+
+def test_process_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path)
+    port = 29876
+    # a parent with a child in the same session: down must end both
+    code = (f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+            f"import http.server; http.server.HTTPServer(('127.0.0.1', {port}), http.server.BaseHTTPRequestHandler)"
+            f".serve_forever()")
+    pid = stack.start_process(s, "monitor", [sys.executable, "-c", code], lambda: stack.port_open("127.0.0.1", port))
+    assert stack.start_process(s, "monitor", ["false"], lambda: True) == pid  # idempotent
+    assert [st.running for st in stack.status(s) if st.name == "monitor"] == [True]
+    assert stack.down(s) == ["monitor"]
+    assert not stack._group_alive(pid) and not stack.port_open("127.0.0.1", port)
+    assert [st.running for st in stack.status(s) if st.name == "monitor"] == [False]
+
+
+def test_a_process_that_dies_at_start_names_its_log(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path)
+    with pytest.raises(StackError, match="monitor.log"):
+        stack.start_process(s, "monitor", [sys.executable, "-c", "raise SystemExit(3)"], lambda: False, timeout=10)
+
+
+def test_missing_kafka_jars_say_how_to_get_them(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="make setup"):
+        stack.kafka_classpath(Settings(home=tmp_path, kafka_libs=tmp_path / "none"))
+
+
+def test_import_contracts_hold() -> None:
+    """services, monitoring and training never import each other; only bus/registry touch kafka/mlflow."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,95 @@
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
+from nicheloop.errors import InvalidInput, NotFound
+from nicheloop.store import Store, is_holdout
+
+CLASSES = ["a", "b"]
+
+
+def prediction(pid: str, sha: str = "0" * 64, uncertainty: float = 0.5) -> PredictionEvent:
+    return PredictionEvent(prediction_id=pid, model_name="m", model_version="1", label="a", probs=[0.7, 0.3],
+                           class_names=CLASSES, uncertainty=uncertainty, embedding=[0.1, 0.2, 0.3],
+                           image_sha256=sha)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def test_prediction_then_feedback_makes_one_labeled_example(store: Store) -> None:
+    assert store.add_prediction(prediction("p1"))
+    assert store.add_feedback(FeedbackEvent(prediction_id="p1", label="b"))
+    rows = store.labeled_examples()
+    assert [(r.prediction_id, r.label, r.predicted_label, r.source) for r in rows] == [("p1", "b", "a", "user")]
+
+
+def test_feedback_before_its_prediction_is_joined_when_it_arrives(store: Store) -> None:
+    store.add_feedback(FeedbackEvent(prediction_id="p1", label="b"))
+    assert store.labeled_examples() == []
+    store.add_prediction(prediction("p1"))
+    assert [r.label for r in store.labeled_examples()] == ["b"]
+
+
+def test_replays_are_idempotent(store: Store) -> None:
+    fb = FeedbackEvent(prediction_id="p1", label="b")
+    assert store.add_prediction(prediction("p1")) and store.add_feedback(fb)
+    assert not store.add_prediction(prediction("p1")) and not store.add_feedback(fb)
+    counts = store.counts()
+    assert (counts["predictions"], counts["feedback"], counts["labeled_examples"]) == (1, 1, 1)
+
+
+def test_newest_label_per_source_wins_and_reviewer_outranks_user(store: Store) -> None:
+    store.add_prediction(prediction("p1"))
+    t0 = utcnow()
+    store.add_feedback(FeedbackEvent(prediction_id="p1", label="a", created_at=t0))
+    store.add_feedback(FeedbackEvent(prediction_id="p1", label="b", created_at=t0 + timedelta(seconds=1)))
+    assert [r.label for r in store.labeled_examples()] == ["b"]
+    store.add_feedback(FeedbackEvent(prediction_id="p1", label="a", source="reviewer"))
+    assert store.counts()["labeled_examples"] == 2
+    assert [(r.label, r.source) for r in store.labeled_examples()] == [("a", "reviewer")]
+
+
+def test_recent_embeddings_oldest_first(store: Store) -> None:
+    for i in range(3):
+        store.add_prediction(prediction(f"p{i}").model_copy(update={"embedding": [float(i)] * 3,
+                                                                     "created_at": utcnow() + timedelta(seconds=i)}))
+    emb = store.recent_embeddings(2)
+    np.testing.assert_array_equal(emb[:, 0], [1.0, 2.0])
+
+
+def test_review_queue_claims_most_uncertain_once(store: Store) -> None:
+    for pid, pri in (("p1", 0.6), ("p2", 0.9)):
+        store.add_prediction(prediction(pid))
+        assert store.enqueue_review(pid, pri)
+    assert not store.enqueue_review("p1", 0.99)  # already queued
+    first, second = store.claim_review(), store.claim_review()
+    assert (first.prediction_id, second.prediction_id) == ("p2", "p1")
+    assert store.claim_review() is None
+    store.complete_review(first.task_id, "b")
+    with pytest.raises(InvalidInput, match="already labeled"):
+        store.review_item(first.task_id)
+    with pytest.raises(NotFound):
+        store.complete_review(999, "a")
+
+
+def test_unknown_prediction_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="unknown prediction_id"):
+        store.prediction("nope")
+
+
+def test_holdout_split_is_deterministic_and_about_one_in_five() -> None:
+    shas = [f"{i:064x}" for i in range(2000)]
+    share = sum(map(is_holdout, shas)) / len(shas)
+    assert 0.15 < share < 0.25
+    assert [is_holdout(s) for s in shas[:50]] == [is_holdout(s) for s in shas[:50]]
+
+
+def test_seed_examples_are_labeled_without_a_prediction(store: Store) -> None:
+    assert store.add_seed_example("f" * 64, "a") and not store.add_seed_example("f" * 64, "a")
+    assert [(r.source, r.label) for r in store.labeled_examples()] == [("seed", "a")]

@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 KAFKA_VERSION ?= 4.1.1
 KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup python-deps kafka-jars demo test test-unit test-integration lint stack-up stack-down clean
 
@@ -33,7 +34,7 @@ $(KAFKA_LIBS)/.resolved: deploy/local/kafka/pom.xml
 	touch $@
 
 demo: setup
-	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(VENV)/bin/nicheloop demo
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(VENV)/bin/nicheloop demo $(DEMO_ARGS)
 
 test: setup
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m pytest $(PYTEST_ARGS)

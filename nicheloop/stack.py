@@ -149,14 +149,15 @@ def stop_process(s: Settings, name: str, grace: float = 20.0) -> bool:
         except ProcessLookupError:
             return True
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _group_alive(pid):
+        while time.monotonic() < deadline and process_group_alive(pid):
             time.sleep(0.2)
-        if not _group_alive(pid):
+        if not process_group_alive(pid):
             return True
     return True
 
 
-def _group_alive(pgid: int) -> bool:
+def process_group_alive(pgid: int) -> bool:
+    """True while any non-zombie process of group ``pgid`` exists."""
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:

@@ -53,3 +53,11 @@ def undeploy(settings: Settings) -> None:
     if not ray.is_initialized():
         ray.init(address=settings.ray_head_address, log_to_driver=False)
     serve.shutdown()
+
+
+def app_builder(args: dict[str, str] | None = None) -> Application:
+    """Entry for `serve run services.app:app_builder` and KubeRay's RayService.
+
+    Settings come from the environment (``NICHELOOP_*``); ``args`` may override any of them.
+    """
+    return build_app(Settings(**(args or {})))

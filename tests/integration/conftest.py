@@ -29,4 +29,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        groups = [st.pid for st in stack.status(settings) if st.pid is not None]
         stack.down(settings)
+        left = [pid for pid in groups if stack.process_group_alive(pid)]
+        assert not left, f"`stack down` left process groups {left} running"

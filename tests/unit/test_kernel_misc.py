@@ -51,7 +51,7 @@ def test_process_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
     assert stack.start_process(s, "monitor", ["false"], lambda: True) == pid  # idempotent
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [True]
     assert stack.down(s) == ["monitor"]
-    assert not stack._group_alive(pid) and not stack.port_open("127.0.0.1", port)
+    assert not stack.process_group_alive(pid) and not stack.port_open("127.0.0.1", port)
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [False]
 
 

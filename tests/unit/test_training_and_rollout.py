@@ -77,3 +77,17 @@ def test_refuses_and_says_why(aliases, parent, metrics, words) -> None:
     with pytest.raises(GateRefused, match=words):
         promote(reg)  # type: ignore[arg-type]
     assert reg.moves == []
+
+
+def test_read_image_folder_reads_any_imagefolder(tmp_path) -> None:
+    from nicheloop.errors import InvalidInput
+    from nicheloop.synthetic import write_image_folder
+    from training.data import read_image_folder
+
+    items = read_image_folder(write_image_folder(tmp_path / "ds", per_class=3, size=16))
+    assert len(items) == 12 and {label for _, label in items} == {"crazing", "inclusion", "patches", "scratches"}
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    with pytest.raises(InvalidInput, match="two class folders"):
+        read_image_folder(tmp_path / "one")
+    with pytest.raises(InvalidInput, match="not a directory"):
+        read_image_folder(tmp_path / "missing")

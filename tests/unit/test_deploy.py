@@ -1,0 +1,36 @@
+"""The deploy files parse and point at things that exist in the code."""
+
+import importlib
+import json
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_compose_services_and_env() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    assert {"kafka", "postgres", "mlflow", "ray", "monitor", "prometheus"} <= set(compose["services"])
+    assert compose["services"]["monitor"]["environment"]["NICHELOOP_KAFKA_BOOTSTRAP"] == "kafka:9092"
+
+
+def test_rayservice_import_path_resolves() -> None:
+    service = yaml.safe_load((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    module, attr = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_alert_rules_use_exported_metric_names() -> None:
+    from monitoring.metrics import MonitorMetrics
+
+    exported = {m.name for m in MonitorMetrics().registry.collect()}
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    for rule in rules:
+        assert any(name in rule["expr"] for name in exported), rule["expr"]
+
+
+def test_grafana_dashboard_is_json_with_panels() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "nicheloop.json").read_text())
+    assert dash["uid"] == "nicheloop" and all(p["targets"][0]["expr"] for p in dash["panels"])

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(2.0, description="How often serving checks the champion alias.")
     batch_max_size: int = 16
     batch_wait_timeout_s: float = 0.01
+    secret_key: str | None = Field(
+        None, description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
+        "(set it explicitly when gateway replicas run on several nodes)."
+    )
     drift_window: int = 100
     review_top_fraction: float = Field(
         0.2, gt=0, le=1, description="Share of traffic (the most uncertain) queued for review."

@@ -39,7 +39,7 @@ class Gateway:
         configure_logging()
         self.settings = Settings(**settings)
         self.predictor = predictor
-        self.key = load_or_create_key(self.settings.home)
+        self.key = load_or_create_key(self.settings.home, self.settings.secret_key)
         self.blobs = BlobStore(str(self.settings.blob_dir))
         self.store = Store(self.settings.db_url)
         self.publisher = Publisher(self.settings.bootstrap_servers)

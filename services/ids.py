@@ -12,11 +12,25 @@ import secrets
 import uuid
 from pathlib import Path
 
+from nicheloop.errors import InvalidInput
+
 _TAG_CHARS = 16
 
 
-def load_or_create_key(home: Path) -> bytes:
-    """The signing key kept in ``home/secret.key`` (created with 0600 permissions if missing)."""
+def load_or_create_key(home: Path, configured: str | None = None) -> bytes:
+    """The signing key: ``configured`` (hex) if given, else ``home/secret.key`` (created 0600).
+
+    Raises:
+        InvalidInput: if ``configured`` is not a hex string of at least 32 bytes.
+    """
+    if configured is not None:
+        try:
+            key = bytes.fromhex(configured)
+        except ValueError as exc:
+            raise InvalidInput("NICHELOOP_SECRET_KEY must be hex (e.g. `openssl rand -hex 32`)") from exc
+        if len(key) < 32:
+            raise InvalidInput("NICHELOOP_SECRET_KEY must hold at least 32 bytes (64 hex digits)")
+        return key
     path = home.resolve() / "secret.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,3 +56,11 @@ def test_write_image_folder(tmp_path: Path) -> None:
     write_image_folder(tmp_path, per_class=2, size=16)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CLASSES)
     assert len(list(tmp_path.rglob("*.png"))) == 2 * len(CLASSES)
+
+
+def test_a_configured_key_is_used_and_checked(tmp_path: Path) -> None:
+    assert load_or_create_key(tmp_path, "ab" * 32) == bytes.fromhex("ab" * 32)
+    assert not (tmp_path / "secret.key").exists()
+    for bad in ("zz" * 32, "ab"):
+        with pytest.raises(InvalidInput, match="NICHELOOP_SECRET_KEY"):
+            load_or_create_key(tmp_path, bad)

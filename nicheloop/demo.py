@@ -126,10 +126,10 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     half = predictions // 2
     stream(client, images.take(half), truth)
     wait_consumed(settings, PREDICTIONS_TOPIC, half)
-    drift_before = scrape(settings, "nicheloop_drift_score", 'monitor="embeddings"')
+    drift_before = _drift(settings)
     stream(client, images.take(predictions - half, DEMO_SHIFT), truth)
     wait_consumed(settings, PREDICTIONS_TOPIC, predictions)
-    drift_after = scrape(settings, "nicheloop_drift_score", 'monitor="embeddings"')
+    drift_after = _drift(settings)
 
     rng = random.Random(7)
     for pid in rng.sample(sorted(truth), int(len(truth) * FEEDBACK_FRACTION)):
@@ -152,8 +152,10 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
         "feedback_joined": counts.get("labeled_user", 0) + counts.get("labeled_reviewer", 0),
         "reviewed": counts.get("review_done", 0),
         "review_queued": counts["review_queue"],
-        "drift_score_before": drift_before,
-        "drift_score_after_shift": drift_after,
+        "drift_score_before": drift_before[0],
+        "drift_detected_before": drift_before[1],
+        "drift_score_after_shift": drift_after[0],
+        "drift_detected_after_shift": drift_after[1],
         "champion_version_before": champion_before,
         "champion_version_after": registry.resolve(CHAMPION).version,
         "served_version_after": served_after,
@@ -162,6 +164,14 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
         "holdout_examples": int(result.metrics["holdout_n"]),
         "reviewed_by_demo": reviewed,
     }
+
+
+def _drift(settings: Settings) -> tuple[float | None, bool | None]:
+    """The monitor's latest embedding-drift score (MMD²) and whether it tripped."""
+    labels = 'monitor="embeddings"'
+    score = scrape(settings, "nicheloop_drift_score", labels)
+    detected = scrape(settings, "nicheloop_drift_detected", labels)
+    return score, None if detected is None else bool(detected)
 
 
 def _served_version(client: httpx.Client, images: SyntheticStream) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -18,6 +22,7 @@ from nicheloop.contracts import (
     PredictionEvent,
 )
 from nicheloop.errors import InvalidInput
+from nicheloop.spool import Spool, SpoolFull, orphans
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +48,159 @@ def ensure_topics(bootstrap: str, partitions: int = 3, topics: Iterable[str] = A
 
 
 class Publisher:
-    """Publishes events keyed by ``prediction_id``: acks=all, idempotent, batched."""
+    """Publishes events keyed by ``prediction_id`` (acks=all, idempotent, batched by linger).
 
-    def __init__(self, bootstrap: str, linger_ms: int = 5) -> None:
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=linger_ms,
-            retries=2**31 - 1,
-            key_serializer=lambda k: k.encode(),
-            value_serializer=lambda v: v.encode(),
-            client_id="nicheloop-publisher",
+    Never blocks serving on the broker for long: when the broker is unreachable, or a send
+    fails, or older events still wait in the spool, events go to the durable local
+    :class:`~nicheloop.spool.Spool`; a background thread delivers the spool, oldest first,
+    when the broker is back.
+    """
+
+    def __init__(self, bootstrap: str, spool_dir: Path, name: str = "publisher",
+                 spool_max_events: int = 100_000, linger_ms: int = 5, retry_s: float = 1.0) -> None:
+        self.bootstrap, self.linger_ms, self.retry_s = bootstrap, linger_ms, retry_s
+        self.spool = Spool(spool_dir / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.spool", spool_max_events)
+        self._producer: KafkaProducer | None = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._drainer = threading.Thread(target=self._drain_forever, name="nicheloop-spool-drainer", daemon=True)
+        self._drainer.start()
+
+    def _make_producer(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
+            max_block_ms=1000, request_timeout_ms=5000, delivery_timeout_ms=20000,
+            reconnect_backoff_max_ms=2000, key_serializer=lambda k: k.encode(),
+            value_serializer=lambda v: v.encode(), client_id="nicheloop-publisher",
         )
 
-    def publish(self, topic: str, key: str, event: BaseModel) -> Any:
-        """Send asynchronously; returns kafka-python's future (``.get()`` waits for the ack)."""
-        future = self._producer.send(topic, key=key, value=event.model_dump_json())
-        future.add_errback(lambda exc: log.error("event %s on %s not delivered: %s", key, topic, exc))
+    def _connected_producer(self) -> KafkaProducer | None:
+        """The producer if connected; never connects (the request path must not wait on it)."""
+        return self._producer
+
+    def _get_producer(self) -> KafkaProducer | None:
+        """Connect if needed (background thread only: connecting can take many seconds)."""
+        with self._lock:
+            if self._producer is None and time.monotonic() >= self._retry_at:
+                try:
+                    self._producer = self._make_producer()
+                except KafkaError as exc:
+                    log.warning("broker %s unreachable (%s); spooling events to %s", self.bootstrap, exc,
+                                self.spool.path)
+                    self._retry_at = time.monotonic() + self.retry_s
+            return self._producer
+
+    @property
+    def spool_depth(self) -> int:
+        return len(self.spool)
+
+    def publish(self, topic: str, key: str, event: BaseModel) -> None:
+        """Hand ``event`` over without waiting for the broker's acknowledgement.
+
+        Raises:
+            SpoolFull: the broker is unreachable and the spool is at its bound.
+        """
+        value = event.model_dump_json()
+        if not self._try_send(topic, key, value):
+            self.spool.append(topic, key, value)
+
+    def publish_durable(self, topic: str, key: str, event: BaseModel, ack_timeout_s: float = 5.0) -> None:
+        """Return only once the event is acknowledged by the broker or fsynced into the spool.
+
+        A send that times out is spooled as well: the broker may then get it twice, which the
+        consumers' idempotent writes absorb. Raises SpoolFull like :meth:`publish`.
+        """
+        value = event.model_dump_json()
+        future = self._try_send(topic, key, value)
+        if future is not None:
+            try:
+                future.get(timeout=ack_timeout_s)
+                return
+            except KafkaError as exc:
+                log.warning("no ack for %s on %s within %.0fs (%s); spooling it", key, topic, ack_timeout_s, exc)
+        self.spool.append(topic, key, value)
+
+    def _try_send(self, topic: str, key: str, value: str) -> Any:
+        if len(self.spool):
+            return None  # older events wait: keep the order
+        producer = self._connected_producer()
+        if producer is None:
+            return None
+        try:
+            future = producer.send(topic, key=key, value=value)
+        except KafkaError as exc:
+            log.warning("send of %s to %s failed (%s); spooling it", key, topic, exc)
+            return None
+        future.add_errback(self._spool_failed, topic, key, value)
         return future
 
+    def _spool_failed(self, topic: str, key: str, value: str, exc: Exception) -> None:
+        log.warning("event %s on %s not delivered (%s); spooling it", key, topic, exc)
+        try:
+            self.spool.append(topic, key, value)
+        except SpoolFull:
+            log.error("event %s on %s lost: the spool is full", key, topic)
+
+    def drain_once(self, batch: int = 500, timeout_s: float = 10.0) -> int:
+        """Deliver up to ``batch`` spooled events, oldest first; returns how many were acknowledged."""
+        pending = self.spool.head(batch)
+        producer = self._get_producer() if pending else None
+        if producer is None:
+            return 0
+        sent = []
+        for item in pending:
+            try:
+                sent.append((item.id, producer.send(item.topic, key=item.key, value=item.value)))
+            except KafkaError:
+                break
+        try:
+            producer.flush(timeout=timeout_s)
+        except KafkaError:
+            pass
+        acked = [i for i, future in sent if future.is_done and future.succeeded()]
+        self.spool.remove(acked)
+        return len(acked)
+
+    def _drain_forever(self) -> None:
+        self._get_producer()
+        self._adopt_orphans()
+        while not self._stop.wait(0.2 if len(self.spool) else 1.0):
+            try:
+                if len(self.spool) and self.drain_once() == 0:
+                    self._stop.wait(self.retry_s)
+            except Exception:  # noqa: BLE001 - the drainer must outlive any broker error
+                log.exception("spool drain failed; retrying")
+                self._stop.wait(self.retry_s)
+
+    def _adopt_orphans(self) -> None:
+        """Deliver the spools of publishers that ended (a restarted replica, say), then delete them."""
+        for orphan in orphans(self.spool.path.parent, exclude=self.spool.path):
+            log.info("delivering %d events left in %s", len(orphan), orphan.path)
+            while len(orphan) and not self._stop.is_set():
+                for item in orphan.head(500):
+                    self.spool.append(item.topic, item.key, item.value)
+                    orphan.remove([item.id])
+            orphan.destroy()
+
     def flush(self, timeout: float | None = None) -> None:
-        self._producer.flush(timeout=timeout)
+        """Wait until buffered sends are acknowledged and the spool is delivered (or ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        producer = self._connected_producer()
+        if producer is not None:
+            producer.flush(timeout=timeout)
+        while len(self.spool) and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.1)
 
     def close(self) -> None:
-        self._producer.close()
+        self._stop.set()
+        self._drainer.join(timeout=5)
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+        if len(self.spool):
+            self.spool.close()  # kept on disk: the next publisher delivers it
+        else:
+            self.spool.destroy()
 
 
 def parse_event(topic: str, raw: bytes | None) -> BaseModel:

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
         None, description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
         "(set it explicitly when gateway replicas run on several nodes)."
     )
+    spool_max_events: int = Field(200_000, ge=1, description="Events kept on disk while Kafka is unreachable.")
     drift_window: int = 100
     review_top_fraction: float = Field(
         0.2, gt=0, le=1, description="Share of traffic (the most uncertain) queued for review."

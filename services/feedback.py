@@ -7,7 +7,7 @@ from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent, FeedbackSource
 from nicheloop.errors import InvalidInput, NotFound
 from services.ids import is_issued
 
-FEEDBACK_ACK_TIMEOUT_S = 30.0
+FEEDBACK_ACK_TIMEOUT_S = 5.0  # then the label is fsynced to the spool instead
 
 
 def check_label(label: str, class_names: list[str]) -> str:
@@ -19,7 +19,8 @@ def check_label(label: str, class_names: list[str]) -> str:
 
 def record_feedback(publisher: Publisher, key: bytes, prediction_id: str, label: str,
                     class_names: list[str], source: FeedbackSource) -> FeedbackEvent:
-    """Validate and publish one label; returns once the broker has acknowledged it.
+    """Validate and publish one label; returns once it is durable (acknowledged by the broker, or
+    in the local spool while the broker is unreachable).
 
     Raises:
         NotFound: ``prediction_id`` was not issued by this service.
@@ -28,5 +29,5 @@ def record_feedback(publisher: Publisher, key: bytes, prediction_id: str, label:
     if not is_issued(key, prediction_id):
         raise NotFound(f"unknown prediction_id {prediction_id!r}: use the id returned by /v1/predict")
     event = FeedbackEvent(prediction_id=prediction_id, label=check_label(label, class_names), source=source)
-    publisher.publish(FEEDBACK_TOPIC, prediction_id, event).get(timeout=FEEDBACK_ACK_TIMEOUT_S)
+    publisher.publish_durable(FEEDBACK_TOPIC, prediction_id, event, ack_timeout_s=FEEDBACK_ACK_TIMEOUT_S)
     return event

@@ -42,7 +42,8 @@ class Gateway:
         self.key = load_or_create_key(self.settings.home, self.settings.secret_key)
         self.blobs = BlobStore(str(self.settings.blob_dir))
         self.store = Store(self.settings.db_url)
-        self.publisher = Publisher(self.settings.bootstrap_servers)
+        self.publisher = Publisher(self.settings.bootstrap_servers, self.settings.home / "spool", name="gateway",
+                                   spool_max_events=self.settings.spool_max_events)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -10,8 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from nicheloop.errors import InvalidInput, NotFound, NotReady, PayloadTooLarge
+from nicheloop.spool import SpoolFull
 
-STATUS = {PayloadTooLarge: 413, NotFound: 404, NotReady: 503, InvalidInput: 400}
+STATUS = {PayloadTooLarge: 413, NotFound: 404, NotReady: 503, SpoolFull: 503, InvalidInput: 400}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,60 @@
+import logging
+from pathlib import Path
+
+import pytest
+
+from nicheloop.bus import Publisher
+from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent
+from nicheloop.spool import Spool, SpoolBusy, SpoolFull, orphans
+
+
+def test_fifo_and_durable_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "a.spool"
+    spool = Spool(path)
+    for i in range(5):
+        spool.append("t", f"k{i}", f"v{i}")
+    head = spool.head(3)
+    assert [h.key for h in head] == ["k0", "k1", "k2"]
+    spool.remove([h.id for h in head[:2]])
+    spool.close()
+    again = Spool(path)
+    assert len(again) == 3 and [h.value for h in again.head(10)] == ["v2", "v3", "v4"]
+
+
+def test_bound_refuses_and_warns_when_near(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path / "b.spool", max_events=5)
+    with caplog.at_level(logging.ERROR):
+        for i in range(5):
+            spool.append("t", "k", str(i))
+    assert any("80% full" in r.message for r in caplog.records)
+    with pytest.raises(SpoolFull, match="NICHELOOP_SPOOL_MAX_EVENTS"):
+        spool.append("t", "k", "overflow")
+    assert len(spool) == 5
+
+
+def test_a_live_spool_is_locked_and_an_ended_one_is_an_orphan(tmp_path: Path) -> None:
+    live = Spool(tmp_path / "live.spool")
+    with pytest.raises(SpoolBusy):
+        Spool(tmp_path / "live.spool")
+    ended = Spool(tmp_path / "ended.spool")
+    ended.append("t", "k", "v")
+    ended.close()
+    found = orphans(tmp_path)
+    assert [o.path.name for o in found] == ["ended.spool"] and len(found[0]) == 1
+    found[0].remove([found[0].head(1)[0].id])
+    found[0].destroy()
+    assert not (tmp_path / "ended.spool").exists() and len(live) == 0
+
+
+def test_publisher_spools_when_the_broker_is_unreachable(tmp_path: Path) -> None:
+    publisher = Publisher("127.0.0.1:1", tmp_path, retry_s=30.0)
+    try:
+        for i in range(20):
+            publisher.publish(FEEDBACK_TOPIC, f"p{i}", FeedbackEvent(prediction_id=f"p{i}", label="a"))
+        publisher.publish_durable(FEEDBACK_TOPIC, "last", FeedbackEvent(prediction_id="last", label="a"))
+        assert publisher.spool_depth == 21
+        assert [s.key for s in publisher.spool.head(3)] == ["p0", "p1", "p2"]
+    finally:
+        publisher.close()
+    # the events outlive the publisher, for the next one to deliver
+    assert sum(len(o) for o in orphans(tmp_path)) == 21

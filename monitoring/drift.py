@@ -70,7 +70,7 @@ class DriftMonitor:
         if not isinstance(event, PredictionEvent):
             return None
         if event.model_version != self.version:  # a new champion brings its own reference
-            self.version, self.reference = event.model_version, self.reference_for(event.model_version)
+            self.version, self.reference = event.model_version, self._reference(event.model_version)
             self.window.clear()
             self.seen = 0
         self.window.append(np.asarray(event.embedding, dtype=np.float32))
@@ -78,6 +78,14 @@ class DriftMonitor:
         if self.seen % self.every or len(self.window) < self.min_samples:
             return None
         return self.evaluate()
+
+    def _reference(self, version: str) -> np.ndarray | None:
+        """The version's reference; None (drift not scored, joins go on) if the registry fails."""
+        try:
+            return self.reference_for(version)
+        except Exception as exc:  # noqa: BLE001 - a registry outage must not stall the consumer
+            log.warning("no drift reference for version %s (%s); drift not scored for it", version, exc)
+            return None
 
     def evaluate(self) -> DriftResult | None:
         """Score the window; None (and a log line) when the data cannot be compared."""

@@ -25,6 +25,10 @@ class MonitorMetrics:
                                   ["monitor"], registry=r)
         self.drift_last_eval = Gauge("nicheloop_drift_last_evaluation_timestamp_seconds",
                                      "Unix time of the latest drift evaluation", ["monitor"], registry=r)
+        self.feedback_expired = Counter("nicheloop_feedback_expired", "Feedback whose prediction never came "
+                                        "within the TTL", registry=r)
+        self.feedback_pending = Gauge("nicheloop_feedback_pending", "Feedback waiting for its prediction",
+                                      registry=r)
         self.review_enqueued = Counter("nicheloop_review_enqueued", "Predictions queued for review", registry=r)
 
     def serve(self, host: str, port: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import timedelta
 from functools import lru_cache
 
 import numpy as np
@@ -25,10 +26,19 @@ log = logging.getLogger(__name__)
 GROUP = "nicheloop-monitor"
 
 
-class Pipeline:
-    """join → sample → drift, in that order, for every event (so a queued item is always joined)."""
+STAGES = ("join", "sample", "drift")
 
-    def __init__(self, settings: Settings, metrics: MonitorMetrics) -> None:
+
+class Pipeline:
+    """join → sample → drift, in that order, for every event (so a queued item is always joined).
+
+    ``stages`` picks a subset (e.g. ``("join",)`` for a joiner that needs no MLflow).
+    """
+
+    def __init__(self, settings: Settings, metrics: MonitorMetrics, stages: tuple[str, ...] = STAGES) -> None:
+        unknown = set(stages) - set(STAGES)
+        if unknown or "join" not in stages:
+            raise ValueError(f"stages must include 'join' and come from {STAGES}, got {stages}")
         store = Store(settings.db_url)
         registry = Registry(settings.tracking_uri, settings.model_name)
 
@@ -37,19 +47,35 @@ class Pipeline:
             return registry.load(version).reference
 
         self.metrics = metrics
-        self.joiner = Joiner(store)
-        self.sampler = UncertaintySampler(store, settings.review_top_fraction)
-        self.drift = DriftMonitor(reference_for, metrics, window=settings.drift_window)
+        self.handlers: list = [Joiner(store)]
+        if "sample" in stages:
+            sampler = UncertaintySampler(store, settings.review_top_fraction)
+            self.handlers.append(lambda topic, ev: sampler(topic, ev) and metrics.review_enqueued.inc())
+        if "drift" in stages:
+            self.handlers.append(DriftMonitor(reference_for, metrics, window=settings.drift_window))
 
     def __call__(self, topic: str, event: BaseModel) -> None:
-        self.joiner(topic, event)
-        if self.sampler(topic, event):
-            self.metrics.review_enqueued.inc()
-        self.drift(topic, event)
+        for handler in self.handlers:
+            handler(topic, event)
         self.metrics.events.labels(GROUP, topic).inc()
 
 
-def run_monitor(settings: Settings, stop: threading.Event | None = None) -> None:
+def _sweep_pending(settings: Settings, metrics: MonitorMetrics, stop: threading.Event,
+                   every_s: float = 60.0) -> None:
+    """Count feedback that waited past its TTL for a prediction (it is kept, never dropped)."""
+    store, ttl = Store(settings.db_url), timedelta(seconds=settings.pending_feedback_ttl_s)
+    while not stop.wait(every_s):
+        try:
+            expired = store.expire_pending(ttl)
+            metrics.feedback_expired.inc(expired)
+            metrics.feedback_pending.set(store.counts()["feedback_pending"])
+            if expired:
+                log.warning("%d feedback events expired waiting for their predictions", expired)
+        except Exception:  # noqa: BLE001 - a database hiccup must not end the sweeper
+            log.exception("pending-feedback sweep failed; retrying in %.0fs", every_s)
+
+
+def run_monitor(settings: Settings, stop: threading.Event | None = None, stages: tuple[str, ...] = STAGES) -> None:
     """Consume until SIGTERM/SIGINT (or ``stop``); metrics on ``settings.metrics_port``."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -59,7 +85,9 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> None
     metrics.serve(settings.host, settings.metrics_port)
     ensure_topics(settings.bootstrap_servers)
     consumer = EventConsumer(settings.bootstrap_servers, [PREDICTIONS_TOPIC, FEEDBACK_TOPIC], GROUP,
-                             Pipeline(settings, metrics), on_dead_letter=metrics.dead_letters.labels(GROUP).inc)
+                             Pipeline(settings, metrics, stages), on_dead_letter=metrics.dead_letters.labels(GROUP).inc)
+    threading.Thread(target=_sweep_pending, args=(settings, metrics, stop), name="pending-sweeper",
+                     daemon=True).start()
     log.info("monitoring %s and %s; metrics on :%d", PREDICTIONS_TOPIC, FEEDBACK_TOPIC, settings.metrics_port)
     try:
         consumer.run(stop)

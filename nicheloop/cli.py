@@ -105,17 +105,23 @@ def serve() -> None:
 
 
 @app.command()
-def monitor(detach: bool = typer.Option(False, help="Run in the background, managed by `stack`.")) -> None:
+def monitor(
+    detach: bool = typer.Option(False, help="Run in the background, managed by `stack`."),
+    stages: str = typer.Option("join,sample,drift", help="Comma-separated subset; join is required."),
+) -> None:
     """Consume predictions and feedback: join, sample for review, watch drift, export /metrics."""
     s = get_settings()
     if detach:
-        cmd = [sys.executable, "-m", "nicheloop.cli", "monitor"]
+        cmd = [sys.executable, "-m", "nicheloop.cli", "monitor", "--stages", stages]
         pid = stack_mod.start_process(s, "monitor", cmd, lambda: stack_mod.port_open(s.host, s.metrics_port))
         typer.echo(f"monitor running (pid {pid}); metrics on http://{s.host}:{s.metrics_port}/metrics")
         return
     from monitoring.runner import run_monitor
 
-    run_monitor(s)
+    try:
+        run_monitor(s, stages=tuple(x.strip() for x in stages.split(",") if x.strip()))
+    except ValueError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         "(set it explicitly when gateway replicas run on several nodes)."
     )
     spool_max_events: int = Field(200_000, ge=1, description="Events kept on disk while Kafka is unreachable.")
+    pending_feedback_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Feedback waiting longer than "
+                                          "this for its prediction is counted as expired (it still joins).")
     drift_window: int = 100
     review_top_fraction: float = Field(
         0.2, gt=0, le=1, description="Share of traffic (the most uncertain) queued for review."

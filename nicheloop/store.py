@@ -8,7 +8,7 @@ its feedback have arrived, in whichever order.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,8 @@ class Feedback(Base):
     label: Mapped[str] = mapped_column(String(128))
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    joined: Mapped[bool] = mapped_column(default=False, index=True)
+    expired: Mapped[bool] = mapped_column(default=False)
 
 
 class LabeledExample(Base):
@@ -135,6 +137,7 @@ class Store:
         for fb in s.scalars(select(Feedback).where(Feedback.prediction_id == prediction_id)
                             .order_by(Feedback.created_at, Feedback.feedback_id)):
             latest[fb.source] = fb  # the newest label per source wins
+        s.execute(update(Feedback).where(Feedback.prediction_id == prediction_id).values(joined=True))
         for source, fb in latest.items():
             row = s.scalar(select(LabeledExample).where(
                 LabeledExample.prediction_id == prediction_id, LabeledExample.source == source))
@@ -145,6 +148,31 @@ class Store:
                     holdout=is_holdout(pred.image_sha256), created_at=fb.created_at))
             elif row.label != fb.label:
                 row.label, row.created_at = fb.label, fb.created_at
+
+    def expire_pending(self, ttl: timedelta, now: datetime | None = None) -> int:
+        """Mark feedback still waiting for its prediction after ``ttl`` as expired; returns how many.
+
+        Expired feedback is kept (and still joins if its prediction ever arrives); it is counted
+        so that an operator sees labels whose predictions never came.
+        """
+        cutoff = (now or utcnow()) - ttl
+        with Session(self.engine) as s, s.begin():
+            return s.execute(update(Feedback).where(
+                Feedback.joined.is_(False), Feedback.expired.is_(False), Feedback.created_at < cutoff,
+            ).values(expired=True)).rowcount
+
+    def content_hash(self) -> str:
+        """SHA-256 over the labeled examples' content (not their row ids): equal stores, equal hash."""
+        digest = hashlib.sha256()
+        with Session(self.engine) as s:
+            rows = s.execute(select(
+                LabeledExample.prediction_id, LabeledExample.source, LabeledExample.image_sha256,
+                LabeledExample.label, LabeledExample.predicted_label, LabeledExample.model_version,
+                LabeledExample.holdout,
+            ).order_by(LabeledExample.prediction_id, LabeledExample.source))
+            for row in rows:
+                digest.update(repr(tuple(row)).encode())
+        return digest.hexdigest()
 
     def add_seed_example(self, image_sha256: str, label: str) -> bool:
         """A labeled image that came with the seed set (no prediction behind it)."""
@@ -241,4 +269,8 @@ class Store:
                 out[f"review_{status}"] = n
             for source, n in s.execute(select(LabeledExample.source, func.count()).group_by(LabeledExample.source)):
                 out[f"labeled_{source}"] = n
+            out["feedback_pending"] = s.scalar(select(func.count()).select_from(Feedback).where(
+                Feedback.joined.is_(False))) or 0
+            out["feedback_expired"] = s.scalar(select(func.count()).select_from(Feedback).where(
+                Feedback.expired.is_(True))) or 0
         return out

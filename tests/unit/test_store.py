@@ -93,3 +93,30 @@ def test_holdout_split_is_deterministic_and_about_one_in_five() -> None:
 def test_seed_examples_are_labeled_without_a_prediction(store: Store) -> None:
     assert store.add_seed_example("f" * 64, "a") and not store.add_seed_example("f" * 64, "a")
     assert [(r.source, r.label) for r in store.labeled_examples()] == [("seed", "a")]
+
+
+def test_pending_feedback_expires_after_its_ttl_but_still_joins(store: Store) -> None:
+    old = utcnow() - timedelta(days=8)
+    store.add_feedback(FeedbackEvent(prediction_id="late", label="a", created_at=old))
+    store.add_feedback(FeedbackEvent(prediction_id="fresh", label="a"))
+    assert store.counts()["feedback_pending"] == 2
+    assert store.expire_pending(timedelta(days=7)) == 1
+    assert store.expire_pending(timedelta(days=7)) == 0  # counted once
+    assert store.counts()["feedback_expired"] == 1
+    store.add_prediction(prediction("late"))  # days later: still joined
+    assert [r.prediction_id for r in store.labeled_examples()] == ["late"]
+    assert store.counts()["feedback_pending"] == 1
+
+
+def test_content_hash_ignores_row_ids_and_arrival_order(tmp_path: Path) -> None:
+    a, b = Store(f"sqlite:///{tmp_path / 'a.db'}"), Store(f"sqlite:///{tmp_path / 'b.db'}")
+    t = utcnow()
+    events = [prediction("p1", "1" * 64), prediction("p2", "2" * 64),
+              FeedbackEvent(feedback_id="f1", prediction_id="p1", label="b", created_at=t),
+              FeedbackEvent(feedback_id="f2", prediction_id="p2", label="a", created_at=t)]
+    for store, order in ((a, events), (b, events[::-1])):
+        for ev in order:
+            (store.add_prediction if isinstance(ev, PredictionEvent) else store.add_feedback)(ev)
+    assert a.content_hash() == b.content_hash()
+    a.add_feedback(FeedbackEvent(prediction_id="p1", label="a", source="reviewer"))
+    assert a.content_hash() != b.content_hash()

@@ -156,6 +156,22 @@ def stop_process(s: Settings, name: str, grace: float = 20.0) -> bool:
     return True
 
 
+def kill_process(s: Settings, name: str, timeout: float = 10.0) -> bool:
+    """SIGKILL the process group of ``name`` at once (fault injection); True if it ran."""
+    pid = _pid(s, name)
+    (_run_dir(s) / f"{name}.pid").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process_group_alive(pid):
+        time.sleep(0.1)
+    return True
+
+
 def process_group_alive(pgid: int) -> bool:
     """True while any non-zombie process of group ``pgid`` exists."""
     for proc in Path("/proc").iterdir():

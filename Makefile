@@ -8,7 +8,9 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars demo test test-unit test-integration lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres demo test test-unit test-integration soak bench lint stack-up stack-down clean
+
+TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
 setup: python-deps kafka-jars
 
@@ -36,14 +38,24 @@ $(KAFKA_LIBS)/.resolved: deploy/local/kafka/pom.xml
 demo: setup
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(VENV)/bin/nicheloop demo $(DEMO_ARGS)
 
-test: setup
-	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m pytest $(PYTEST_ARGS)
+postgres:
+	deploy/local/postgres.sh start
+
+test: setup postgres
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup
-	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+test-integration: setup postgres
+	$(TEST_ENV) $(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+
+# Full-size fault injection: 10,000 feedback events, 5 broker kills, 3 consumer kills; last line JSON.
+soak: setup
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m tests.integration.faults --events 10000 --broker-kills 5 --consumer-kills 3
+
+bench: setup
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) benchmarks/event_logging.py
 
 lint: python-deps
 	$(VENV)/bin/lint-imports

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     kafka_libs: Path | None = Field(None, description="Folder with the broker's jars (see Makefile).")
     mlflow_port: int = 15000
     mlflow_tracking_uri: str | None = None
+    mlflow_backend_uri: str | None = Field(None, description="Backend store of the local MLflow server; "
+                                           "default SQLite under home, e.g. postgresql+psycopg://… in production.")
     database_url: str | None = None
     ray_port: int = 16379
     ray_worker_ports: tuple[int, int] = Field((30000, 31999), description="Port range of Ray workers.")

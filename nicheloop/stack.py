@@ -215,7 +215,7 @@ def start_mlflow(s: Settings) -> int:
     home = s.home.resolve() / "mlflow"
     home.mkdir(parents=True, exist_ok=True)
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+           "--backend-store-uri", s.mlflow_backend_uri or f"sqlite:///{home / 'mlflow.db'}",
            "--artifacts-destination", str(home / "artifacts"),
            "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1"]
     return start_process(s, "mlflow", cmd, lambda: _http_ok(f"{s.tracking_uri}/health"), timeout=180)

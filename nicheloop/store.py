@@ -99,12 +99,17 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
 
-    def _insert_ignore(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
+    def _insert_ignore(self, s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
+        """INSERT … ON CONFLICT DO NOTHING; True if the row was new.
+
+        Uses RETURNING rather than rowcount, which psycopg reports as -1 for ORM inserts.
+        """
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        return insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+        stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+        return s.execute(stmt.returning(*table.__table__.primary_key.columns)).first() is not None
 
     # -- predictions and feedback ------------------------------------------------------------
     def add_prediction(self, ev: PredictionEvent) -> bool:
@@ -116,7 +121,7 @@ class Store:
             embedding=np.asarray(ev.embedding, dtype=np.float32).tobytes(),
         )
         with Session(self.engine) as s, s.begin():
-            new = s.execute(self._insert_ignore(Prediction, values, ["prediction_id"])).rowcount > 0
+            new = self._insert_ignore(s, Prediction, values, ["prediction_id"])
             self._join(s, ev.prediction_id)
         return new
 
@@ -125,7 +130,7 @@ class Store:
         values = dict(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id, label=ev.label,
                       source=ev.source, created_at=ev.created_at)
         with Session(self.engine) as s, s.begin():
-            new = s.execute(self._insert_ignore(Feedback, values, ["feedback_id"])).rowcount > 0
+            new = self._insert_ignore(s, Feedback, values, ["feedback_id"])
             self._join(s, ev.prediction_id)
         return new
 
@@ -179,7 +184,7 @@ class Store:
         values = dict(prediction_id=f"seed-{image_sha256}", source="seed", image_sha256=image_sha256,
                       label=label, holdout=is_holdout(image_sha256), created_at=utcnow())
         with Session(self.engine) as s, s.begin():
-            return s.execute(self._insert_ignore(LabeledExample, values, ["prediction_id", "source"])).rowcount > 0
+            return self._insert_ignore(s, LabeledExample, values, ["prediction_id", "source"])
 
     def prediction(self, prediction_id: str) -> Prediction:
         """Raises NotFound if the prediction has not been stored (yet)."""
@@ -217,7 +222,7 @@ class Store:
     def enqueue_review(self, prediction_id: str, priority: float) -> bool:
         values = dict(prediction_id=prediction_id, priority=priority, status="queued", created_at=utcnow())
         with Session(self.engine) as s, s.begin():
-            return s.execute(self._insert_ignore(ReviewItem, values, ["prediction_id"])).rowcount > 0
+            return self._insert_ignore(s, ReviewItem, values, ["prediction_id"])
 
     def claim_review(self) -> ReviewItem | None:
         """Hand out the most uncertain queued item; None when the queue is empty."""

@@ -22,3 +22,28 @@ def jpeg() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((24, 24, 3), 128, dtype=np.uint8)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def postgres_database(name: str) -> str:
+    """A new, empty PostgreSQL database on the test server; returns its SQLAlchemy URL.
+
+    The server comes from NICHELOOP_TEST_POSTGRES_URL (``make test`` starts one with
+    deploy/local/postgres.sh and sets it).
+    """
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    base = os.environ.get("NICHELOOP_TEST_POSTGRES_URL")
+    if not base:
+        pytest.fail("NICHELOOP_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL, "
+                    "or start it with deploy/local/postgres.sh and export the URL it prints with `url`")
+    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{base}/{name}"
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]

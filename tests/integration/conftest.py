@@ -13,16 +13,22 @@ import ray
 from nicheloop import stack
 from nicheloop.demo import start_loop
 from nicheloop.settings import Settings
+from tests.conftest import postgres_database
 
 
-def _test_settings(home) -> Settings:
+def _test_settings(home, backend: str) -> Settings:
+    """Local ports apart from a default stack; with ``postgresql`` the store and MLflow use it."""
+    urls = {}
+    if backend == "postgresql":
+        urls = {"database_url": postgres_database("loop_store"), "mlflow_backend_uri": postgres_database("loop_mlflow")}
     return Settings(home=home, kafka_port=29092, kafka_controller_port=29093, mlflow_port=25000,
-                    ray_port=26379, ray_worker_ports=(32000, 33999), serve_port=28000, metrics_port=29100)
+                    ray_port=26379, ray_worker_ports=(32000, 33999), serve_port=28000, metrics_port=29100, **urls)
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    settings = _test_settings(tmp_path_factory.mktemp("nicheloop-home"))
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The whole stack, once on the embedded defaults (SQLite) and once on PostgreSQL."""
+    settings = _test_settings(tmp_path_factory.mktemp("nicheloop-home"), request.param)
     try:
         start_loop(settings, per_class=60, epochs=5)
         yield settings

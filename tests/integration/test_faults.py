@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import postgres_database
 from tests.integration.faults import FaultRig, replay_into, run
 
 pytestmark = pytest.mark.integration
@@ -17,9 +18,10 @@ pytestmark = pytest.mark.integration
 EVENTS = int(os.environ.get("NICHELOOP_FAULT_EVENTS", "300"))
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
-    rig = FaultRig(tmp_path_factory.mktemp("faults"), base_port=39092)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
+    url = postgres_database("faults") if request.param == "postgresql" else None
+    rig = FaultRig(tmp_path_factory.mktemp("faults"), base_port=39092, database_url=url)
     try:
         rig.start_broker()
         rig.start_joiner()
@@ -43,6 +45,8 @@ def test_join_consumer_killed_three_times_mid_batch(rig: FaultRig) -> None:
 
 
 def test_replaying_both_topics_rebuilds_an_identical_store(rig: FaultRig, tmp_path: Path) -> None:
-    fresh = replay_into(rig, f"sqlite:///{tmp_path / 'replayed.db'}", group="replay-test")
+    url = f"sqlite:///{tmp_path / 'replayed.db'}" if rig.store.engine.dialect.name == "sqlite" \
+        else postgres_database("faults_replayed")
+    fresh = replay_into(rig, url, group=f"replay-{rig.store.engine.dialect.name}")
     assert fresh.counts()["labeled_examples"] == rig.store.counts()["labeled_examples"] > 0
     assert fresh.content_hash() == rig.store.content_hash()

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from nicheloop.bus import dead_letters
+from nicheloop import stack
+from nicheloop.bus import dead_letters, read_topic
 from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
 from nicheloop.demo import run_loop
 from nicheloop.registry import Registry
@@ -96,3 +97,29 @@ def test_stack_status_says_what_runs_where(live: Settings) -> None:
     for name, address in (("kafka", live.bootstrap_servers), ("mlflow", live.tracking_uri), ("monitor", "/metrics")):
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert "running" in line and address in line
+
+
+def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) -> None:
+    """Every request is answered during the outage; every event reaches Kafka after it (runs last)."""
+    outage_s = float(os.environ.get("NICHELOOP_OUTAGE_S", "60"))
+    stack.kill_process(live, "kafka")
+    answered, statuses = [], []
+    with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+        deadline = time.monotonic() + outage_s
+        while time.monotonic() < deadline:
+            resp = client.post("/v1/predict", files={"image": ("x.png", png, "image/png")})
+            statuses.append(resp.status_code)
+            if resp.status_code == 200:
+                answered.append(resp.json()["prediction_id"])
+    stack.start_kafka(live)
+    assert answered and statuses.count(200) == len(statuses), f"not all answered: {set(statuses)}"
+    missing = set(answered)
+    deadline = time.monotonic() + 240
+    while missing and time.monotonic() < deadline:
+        time.sleep(5)
+        try:
+            missing -= {k for k, _ in read_topic(live.bootstrap_servers, PREDICTIONS_TOPIC)}
+        except Exception:  # noqa: BLE001 - the broker may still be starting
+            continue
+    print(json.dumps({"outage_s": outage_s, "answered": len(answered), "undelivered": len(missing)}))
+    assert not missing, f"{len(missing)} of {len(answered)} prediction events never reached Kafka"

@@ -57,7 +57,7 @@ class Publisher:
     """
 
     def __init__(self, bootstrap: str, spool_dir: Path, name: str = "publisher",
-                 spool_max_events: int = 100_000, linger_ms: int = 5, retry_s: float = 1.0) -> None:
+                 spool_max_events: int = 100_000, linger_ms: int = 50, retry_s: float = 1.0) -> None:
         self.bootstrap, self.linger_ms, self.retry_s = bootstrap, linger_ms, retry_s
         self.spool = Spool(spool_dir / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.spool", spool_max_events)
         self._producer: KafkaProducer | None = None

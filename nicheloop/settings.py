@@ -54,6 +54,7 @@ class Settings(BaseSettings):
         None, description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
         "(set it explicitly when gateway replicas run on several nodes)."
     )
+    event_logging: bool = Field(True, description="Publish prediction events (off only to measure its cost).")
     spool_max_events: int = Field(200_000, ge=1, description="Events kept on disk while Kafka is unreachable.")
     pending_feedback_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Feedback waiting longer than "
                                           "this for its prediction is counted as expired (it still joins).")

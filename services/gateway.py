@@ -68,7 +68,8 @@ class Gateway:
             label=out.class_names[best], probs=out.probs, class_names=out.class_names,
             uncertainty=out.uncertainty, embedding=out.embedding, image_sha256=digest,
         )
-        self.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)
+        if s.event_logging:
+            self.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)
         return PredictResponse(prediction_id=prediction_id, model_version=out.model_version,
                                label=event.label, probs=dict(zip(out.class_names, out.probs)),
                                uncertainty=out.uncertainty)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from ray import serve
@@ -19,6 +20,8 @@ from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+EMBEDDING_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,10 @@ class Predictor:
             raise NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
         probs, emb = await asyncio.to_thread(lambda: model.infer(model.preprocess(images)))
         unc = margin_uncertainty(probs)
+        # 6 decimals keep float32 precision for these magnitudes and halve the events' JSON size
+        emb_rounded = np.round(emb.astype(np.float64), EMBEDDING_DECIMALS)
         return [ModelOutput(version, model.class_names, p.tolist(), float(u), e.tolist())
-                for p, u, e in zip(probs, unc, emb)]
+                for p, u, e in zip(probs, unc, emb_rounded)]
 
     async def predict(self, image: Image.Image) -> ModelOutput:
         return await self.predict_batch(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -56,9 +57,15 @@ class Publisher:
     when the broker is back.
     """
 
+    DELIVERY_TIMEOUT_MS = 20_000
+
     def __init__(self, bootstrap: str, spool_dir: Path, name: str = "publisher",
-                 spool_max_events: int = 100_000, linger_ms: int = 50, retry_s: float = 1.0) -> None:
-        self.bootstrap, self.linger_ms, self.retry_s = bootstrap, linger_ms, retry_s
+                 spool_max_events: int = 100_000, linger_ms: int = 50, retry_s: float = 1.0,
+                 stall_s: float = 45.0) -> None:
+        self.bootstrap, self.linger_ms, self.retry_s, self.stall_s = bootstrap, linger_ms, retry_s, stall_s
+        # records handed to the producer and not yet acknowledged: token -> (sent at, topic, key, value)
+        self._inflight: dict[int, tuple[float, str, str, str]] = {}
+        self._tokens = itertools.count()
         self.spool = Spool(spool_dir / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.spool", spool_max_events)
         self._producer: KafkaProducer | None = None
         self._retry_at = 0.0
@@ -70,7 +77,7 @@ class Publisher:
     def _make_producer(self) -> KafkaProducer:
         return KafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
-            max_block_ms=1000, request_timeout_ms=5000, delivery_timeout_ms=20000,
+            max_block_ms=1000, request_timeout_ms=5000, delivery_timeout_ms=self.DELIVERY_TIMEOUT_MS,
             reconnect_backoff_max_ms=2000, key_serializer=lambda k: k.encode(),
             value_serializer=lambda v: v.encode(), client_id="nicheloop-publisher",
         )
@@ -127,20 +134,59 @@ class Publisher:
         producer = self._connected_producer()
         if producer is None:
             return None
+        token = next(self._tokens)
+        self._inflight[token] = (time.monotonic(), topic, key, value)
         try:
             future = producer.send(topic, key=key, value=value)
         except KafkaError as exc:
             log.warning("send of %s to %s failed (%s); spooling it", key, topic, exc)
+            self._inflight.pop(token, None)
             return None
-        future.add_errback(self._spool_failed, topic, key, value)
+        future.add_callback(lambda _meta: self._inflight.pop(token, None))
+        future.add_errback(self._spool_failed, token)
         return future
 
-    def _spool_failed(self, topic: str, key: str, value: str, exc: Exception) -> None:
+    def _spool_failed(self, token: int, exc: Exception) -> None:
+        item = self._inflight.pop(token, None)
+        if item is None:
+            return  # the stall watchdog spooled it already
+        _, topic, key, value = item
         log.warning("event %s on %s not delivered (%s); spooling it", key, topic, exc)
+        self._spool_or_log(topic, key, value)
+
+    def _spool_or_log(self, topic: str, key: str, value: str) -> None:
         try:
             self.spool.append(topic, key, value)
         except SpoolFull:
             log.error("event %s on %s lost: the spool is full", key, topic)
+
+    def _check_stalled(self) -> bool:
+        """Spool what a wedged producer holds and replace the producer. Returns True if it did.
+
+        kafka-python can leave a batch unacknowledged forever after broker restarts; its
+        delivery timeout does not always fire. Nothing may stay in memory that long: the
+        records are spooled (the old producer may still deliver some: the consumers' idempotent
+        writes absorb the duplicates) and a new producer takes over.
+        """
+        oldest = min((sent for sent, *_ in list(self._inflight.values())), default=None)
+        if oldest is None or time.monotonic() - oldest < self.stall_s:
+            return False
+        with self._lock:
+            stuck = list(self._inflight.items())
+            self._inflight.clear()
+        log.error("producer stalled: %d records unacknowledged for %.0fs; spooling them and reconnecting",
+                  len(stuck), self.stall_s)
+        for _, (_, topic, key, value) in sorted(stuck):
+            self._spool_or_log(topic, key, value)
+        self._reset_producer()
+        return True
+
+    def _reset_producer(self) -> None:
+        """Drop the current producer (closed in the background); the drainer connects a new one."""
+        with self._lock:
+            old, self._producer = self._producer, None
+        if old is not None:
+            threading.Thread(target=old.close, kwargs={"timeout": 0}, daemon=True).start()
 
     def drain_once(self, batch: int = 500, timeout_s: float = 10.0) -> int:
         """Deliver up to ``batch`` spooled events, oldest first; returns how many were acknowledged."""
@@ -165,10 +211,20 @@ class Publisher:
     def _drain_forever(self) -> None:
         self._get_producer()
         self._adopt_orphans()
+        progress_at = time.monotonic()
         while not self._stop.wait(0.2 if len(self.spool) else 1.0):
             try:
-                if len(self.spool) and self.drain_once() == 0:
-                    self._stop.wait(self.retry_s)
+                self._check_stalled()
+                if self._producer is None:
+                    self._get_producer()
+                if not len(self.spool) or self.drain_once() > 0:
+                    progress_at = time.monotonic()
+                    continue
+                if self._producer is not None and time.monotonic() - progress_at > self.stall_s:
+                    log.error("spool not draining for %.0fs with a connected producer; reconnecting", self.stall_s)
+                    self._reset_producer()
+                    progress_at = time.monotonic()
+                self._stop.wait(self.retry_s)
             except Exception:  # noqa: BLE001 - the drainer must outlive any broker error
                 log.exception("spool drain failed; retrying")
                 self._stop.wait(self.retry_s)
@@ -188,8 +244,11 @@ class Publisher:
         deadline = None if timeout is None else time.monotonic() + timeout
         producer = self._connected_producer()
         if producer is not None:
-            producer.flush(timeout=timeout)
-        while len(self.spool) and (deadline is None or time.monotonic() < deadline):
+            try:
+                producer.flush(timeout=min(5.0, timeout or 5.0))
+            except KafkaError:
+                pass  # what is still in flight is watched (and spooled if stalled) below
+        while (len(self.spool) or self._inflight) and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.1)
 
     def close(self) -> None:

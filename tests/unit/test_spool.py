@@ -1,4 +1,5 @@
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,17 @@ def test_publisher_spools_when_the_broker_is_unreachable(tmp_path: Path) -> None
         publisher.close()
     # the events outlive the publisher, for the next one to deliver
     assert sum(len(o) for o in orphans(tmp_path)) == 21
+
+
+def test_records_stuck_in_a_wedged_producer_are_spooled(tmp_path: Path) -> None:
+    publisher = Publisher("127.0.0.1:1", tmp_path, retry_s=30.0, stall_s=5.0)
+    try:
+        publisher._inflight[1] = (time.monotonic() - 60, FEEDBACK_TOPIC, "old", "{}")
+        publisher._inflight[2] = (time.monotonic(), FEEDBACK_TOPIC, "new", "{}")
+        assert publisher._check_stalled()
+        assert [s.key for s in publisher.spool.head(5)] == ["old", "new"] and not publisher._inflight
+        publisher._spool_failed(1, RuntimeError("late errback"))  # already spooled: not twice
+        assert publisher.spool_depth == 2
+        assert not publisher._check_stalled()
+    finally:
+        publisher.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
 
 import numpy as np
 from pydantic import BaseModel
 
-from nicheloop.bus import EventConsumer, ensure_topics
+from nicheloop.bus import BrokerError, EventConsumer, ensure_topics
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.registry import Registry
 from nicheloop.settings import Settings
@@ -75,6 +76,20 @@ def _sweep_pending(settings: Settings, metrics: MonitorMetrics, stop: threading.
             log.exception("pending-feedback sweep failed; retrying in %.0fs", every_s)
 
 
+def _retry_until_connected(connect: Callable[[], EventConsumer], stop: threading.Event,
+                           bootstrap: str) -> EventConsumer | None:
+    """Connect to the broker, retrying while it is down (it may be restarting); None if stopped."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return connect()
+        except BrokerError as exc:
+            log.warning("broker %s not reachable yet (%s); retrying in %.0fs", bootstrap, exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 15.0)
+    return None
+
+
 def run_monitor(settings: Settings, stop: threading.Event | None = None, stages: tuple[str, ...] = STAGES) -> None:
     """Consume until SIGTERM/SIGINT (or ``stop``); metrics on ``settings.metrics_port``."""
     stop = stop or threading.Event()
@@ -83,9 +98,16 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None, stages:
             signal.signal(sig, lambda *_: stop.set())
     metrics = MonitorMetrics()
     metrics.serve(settings.host, settings.metrics_port)
-    ensure_topics(settings.bootstrap_servers)
-    consumer = EventConsumer(settings.bootstrap_servers, [PREDICTIONS_TOPIC, FEEDBACK_TOPIC], GROUP,
-                             Pipeline(settings, metrics, stages), on_dead_letter=metrics.dead_letters.labels(GROUP).inc)
+    pipeline = Pipeline(settings, metrics, stages)
+
+    def connect() -> EventConsumer:
+        ensure_topics(settings.bootstrap_servers)
+        return EventConsumer(settings.bootstrap_servers, [PREDICTIONS_TOPIC, FEEDBACK_TOPIC], GROUP, pipeline,
+                             on_dead_letter=metrics.dead_letters.labels(GROUP).inc)
+
+    consumer = _retry_until_connected(connect, stop, settings.bootstrap_servers)
+    if consumer is None:
+        return
     threading.Thread(target=_sweep_pending, args=(settings, metrics, stop), name="pending-sweeper",
                      daemon=True).start()
     log.info("monitoring %s and %s; metrics on :%d", PREDICTIONS_TOPIC, FEEDBACK_TOPIC, settings.metrics_port)

@@ -27,6 +27,8 @@ from nicheloop.spool import Spool, SpoolFull, orphans
 
 log = logging.getLogger(__name__)
 
+BrokerError = KafkaError  # what callers outside this module catch for "the broker failed"
+
 EVENT_TYPES: dict[str, type[BaseModel]] = {
     PREDICTIONS_TOPIC: PredictionEvent,
     FEEDBACK_TOPIC: FeedbackEvent,
@@ -101,6 +103,10 @@ class Publisher:
     @property
     def spool_depth(self) -> int:
         return len(self.spool)
+
+    @property
+    def spool_capacity(self) -> int:
+        return self.spool.max_events
 
     def publish(self, topic: str, key: str, event: BaseModel) -> None:
         """Hand ``event`` over without waiting for the broker's acknowledgement.
@@ -186,7 +192,7 @@ class Publisher:
         with self._lock:
             old, self._producer = self._producer, None
         if old is not None:
-            threading.Thread(target=old.close, kwargs={"timeout": 0}, daemon=True).start()
+            threading.Thread(target=_close_quietly, args=(old,), daemon=True).start()
 
     def drain_once(self, batch: int = 500, timeout_s: float = 10.0) -> int:
         """Deliver up to ``batch`` spooled events, oldest first; returns how many were acknowledged."""
@@ -260,6 +266,14 @@ class Publisher:
             self.spool.close()  # kept on disk: the next publisher delivers it
         else:
             self.spool.destroy()
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    """Close a producer we gave up on; what it still held was spooled already."""
+    try:
+        producer.close(timeout=0)
+    except Exception as exc:  # noqa: BLE001 - a wedged producer fails its own flush on close
+        log.info("closed a stalled producer: %s", exc)
 
 
 def parse_event(topic: str, raw: bytes | None) -> BaseModel:

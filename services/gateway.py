@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -44,6 +45,16 @@ class Gateway:
         self.store = Store(self.settings.db_url)
         self.publisher = Publisher(self.settings.bootstrap_servers, self.settings.home / "spool", name="gateway",
                                    spool_max_events=self.settings.spool_max_events)
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        """This replica's event-spool metrics in Prometheus text format."""
+        registry = CollectorRegistry()
+        Gauge("nicheloop_event_spool_depth", "Events waiting on local disk for the broker",
+              registry=registry).set(self.publisher.spool_depth)
+        Gauge("nicheloop_event_spool_capacity", "The spool's bound (NICHELOOP_SPOOL_MAX_EVENTS)",
+              registry=registry).set(self.publisher.spool_capacity)
+        return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -28,6 +28,7 @@ from nicheloop.store import LabeledExample, Store
 
 log = logging.getLogger(__name__)
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
+SECONDS_PER_KILL = 20.0
 
 
 @dataclass
@@ -117,8 +118,12 @@ def run(rig: FaultRig, events: int, broker_kills: int, consumer_kills: int, pref
 
     thread = threading.Thread(target=killer, name="killer")
     thread.start()
-    acked = 0
+    # Pace the traffic over the kills (a kill and restart take ~15 s): otherwise, once the first
+    # kill sends events to the fast local spool, the rest is sent before the next kill comes.
+    duration = max(10.0, SECONDS_PER_KILL * (broker_kills + consumer_kills))
+    started, acked = time.monotonic(), 0
     for i in range(events):
+        time.sleep(max(0.0, started + i * duration / events - time.monotonic()))
         pred, fb = _events(prefix, i)
         publisher.publish(PREDICTIONS_TOPIC, pred.prediction_id, pred)
         publisher.publish_durable(FEEDBACK_TOPIC, fb.prediction_id, fb)
@@ -164,12 +169,15 @@ def main() -> None:
     parser.add_argument("--broker-kills", type=int, default=5)
     parser.add_argument("--consumer-kills", type=int, default=3)
     parser.add_argument("--base-port", type=int, default=39092)
+    parser.add_argument("--home", type=Path, default=None, help="Keep state and logs here (default: a temp dir).")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="nicheloop-soak-") as home:
-        rig = FaultRig(Path(home), args.base_port)
+    with tempfile.TemporaryDirectory(prefix="nicheloop-soak-") as tmp:
+        home = args.home or Path(tmp)
+        home.mkdir(parents=True, exist_ok=True)
+        rig = FaultRig(home, args.base_port)
         try:
             rig.start_broker()
             rig.start_joiner()

@@ -111,8 +111,10 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
             statuses.append(resp.status_code)
             if resp.status_code == 200:
                 answered.append(resp.json()["prediction_id"])
+    depth_during = _spool_depth(live)
     stack.start_kafka(live)
     assert answered and statuses.count(200) == len(statuses), f"not all answered: {set(statuses)}"
+    assert depth_during > 0, "the gateway should spool events while the broker is down"
     missing = set(answered)
     deadline = time.monotonic() + 240
     while missing and time.monotonic() < deadline:
@@ -121,5 +123,16 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
             missing -= {k for k, _ in read_topic(live.bootstrap_servers, PREDICTIONS_TOPIC)}
         except Exception:  # noqa: BLE001 - the broker may still be starting
             continue
-    print(json.dumps({"outage_s": outage_s, "answered": len(answered), "undelivered": len(missing)}))
+    print(json.dumps({"outage_s": outage_s, "answered": len(answered), "spooled_at_end_of_outage": depth_during,
+                      "undelivered": len(missing)}))
     assert not missing, f"{len(missing)} of {len(answered)} prediction events never reached Kafka"
+    deadline = time.monotonic() + 60
+    while _spool_depth(live) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _spool_depth(live) == 0
+
+
+def _spool_depth(live: Settings) -> int:
+    text = httpx.get(f"{live.serve_url}/metrics", timeout=30).text
+    return int(float(next(line.split()[-1] for line in text.splitlines()
+                          if line.startswith("nicheloop_event_spool_depth"))))

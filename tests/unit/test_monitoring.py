@@ -82,3 +82,25 @@ def test_drift_monitor_scores_every_n_events_and_resets_on_a_new_version() -> No
     assert metrics.registry.get_sample_value("nicheloop_drift_score", {"monitor": "embeddings"}) == scored[-1].score
     monitor("t", event("new", 0.1, list(rng.normal(size=8)), version="2"))
     assert loaded == ["1", "2"] and len(monitor.window) == 1
+
+
+def test_monitor_waits_for_a_broker_that_is_down_at_start() -> None:
+    import threading
+
+    from monitoring import runner
+    from nicheloop.bus import BrokerError
+
+    attempts = []
+
+    def connect():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise BrokerError("no brokers available")
+        return "consumer"
+
+    stop = threading.Event()
+    original = stop.wait
+    stop.wait = lambda timeout=None: original(0)  # type: ignore[method-assign]  # no real back-off
+    assert runner._retry_until_connected(connect, stop, "broker:9092") == "consumer" and len(attempts) == 3
+    stop.set()
+    assert runner._retry_until_connected(connect, stop, "broker:9092") is None

@@ -30,6 +30,16 @@ class MonitorMetrics:
         self.feedback_pending = Gauge("nicheloop_feedback_pending", "Feedback waiting for its prediction",
                                       registry=r)
         self.review_enqueued = Counter("nicheloop_review_enqueued", "Predictions queued for review", registry=r)
+        self.duplicates_suppressed = Counter("nicheloop_sampling_duplicates_suppressed", "Candidates dropped as "
+                                             "duplicates of labeled or queued images", ["kind"], registry=r)
+        self.index_size = Gauge("nicheloop_sampling_index_vectors", "Embeddings in the covered-set index",
+                                registry=r)
+        self.index_memory = Gauge("nicheloop_sampling_index_memory_bytes", "Memory held by the covered-set index",
+                                  registry=r)
+        self.index_recall = Gauge("nicheloop_sampling_index_recall", "Recall@1 of the covered-set index against "
+                                  "exact search (1 while exact)", registry=r)
+        self.index_approximate = Gauge("nicheloop_sampling_index_approximate", "1 once the index is HNSW",
+                                       registry=r)
 
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` on ``host:port`` in a daemon thread."""

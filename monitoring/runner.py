@@ -15,12 +15,13 @@ from pydantic import BaseModel
 from nicheloop.bus import BrokerError, EventConsumer, ensure_topics
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.registry import Registry
+from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from monitoring.drift import DriftMonitor
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
-from monitoring.sampling import UncertaintySampler
+from monitoring.sampling import ActiveSampler, SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class Pipeline:
         self.metrics = metrics
         self.handlers: list = [Joiner(store)]
         if "sample" in stages:
-            sampler = UncertaintySampler(store, settings.review_top_fraction)
-            self.handlers.append(lambda topic, ev: sampler(topic, ev) and metrics.review_enqueued.inc())
+            self.handlers.append(ActiveSampler(store, ReviewQueue(store, QueuePolicy.from_settings(settings)),
+                                               settings.home.resolve() / "sampling", sampler_config(settings),
+                                               reference_for, metrics))
         if "drift" in stages:
             self.handlers.append(DriftMonitor(reference_for, metrics, window=settings.drift_window))
 
@@ -59,6 +61,12 @@ class Pipeline:
         for handler in self.handlers:
             handler(topic, event)
         self.metrics.events.labels(GROUP, topic).inc()
+
+
+def sampler_config(settings: Settings) -> SamplerConfig:
+    return SamplerConfig(strategy=settings.sampling_strategy, every=settings.sampling_every,
+                         batch=settings.sampling_batch, pool=settings.sampling_pool,
+                         class_quota=settings.sampling_class_quota, approx_after=settings.sampling_approx_after)
 
 
 def _sweep_pending(settings: Settings, metrics: MonitorMetrics, stop: threading.Event,

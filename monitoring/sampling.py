@@ -1,51 +1,180 @@
-"""The review sampler: queue the predictions the model is least sure about (margin uncertainty).
+"""The active sampler: every few predictions, queue the batch of recent traffic most worth a label.
 
-"Least sure" is relative: a prediction is queued when its uncertainty is among the top
-``top_fraction`` of the recent window, so a poorly calibrated model does not flood the queue
-and a confident one still sends its hardest cases to reviewers.
+It keeps the last ``pool`` unlabeled predictions of the served model version and, every
+``every`` predictions, runs :func:`monitoring.selection.select_batch` (the hybrid strategy by
+default) against the covered set: a FAISS index of the embeddings already labeled or queued,
+seeded with the version's reference embeddings, kept up to date from feedback events and
+persisted under ``$NICHELOOP_HOME/sampling``. Batches never overflow the queue's
+``max_depth``. A new model version brings a new embedding space, hence its own index.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-from nicheloop.contracts import PredictionEvent
+from nicheloop.contracts import FeedbackEvent, PredictionEvent
+from nicheloop.errors import NotFound
+from nicheloop.review_queue import ReviewQueue
 from nicheloop.store import Store
+from monitoring.index import EmbeddingIndex
+from monitoring.metrics import MonitorMetrics
+from monitoring.selection import NEAR_RADIUS, select_batch
+from monitoring.strategies import Context, Pool, strategy
+
+log = logging.getLogger(__name__)
 
 
-class UncertaintySampler:
-    """Queues a prediction whose uncertainty reaches the recent window's top-fraction quantile.
+@dataclass(frozen=True)
+class SamplerConfig:
+    strategy: str = "default"
+    every: int = 50
+    batch: int = 10
+    pool: int = 2000
+    class_quota: float = 0.3
+    approx_after: int = 50_000
+    near_radius: float = NEAR_RADIUS
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    sha: str
+    label: str
+    probs: np.ndarray
+    embedding: np.ndarray
+
+
+class ActiveSampler:
+    """A monitoring stage: ``sampler(topic, event)`` returns how many items it queued (0 mostly).
 
     Args:
-        top_fraction: share of traffic worth a human look, in (0, 1].
-        window: how many recent scores define "recent".
-        min_uncertainty: never queue below this score, whatever the quantile.
+        reference_for: the reference embeddings (n, D) of a model version; they seed the covered
+            set and their mean centres the embedding space.
     """
 
-    def __init__(self, store: Store, top_fraction: float = 0.2, window: int = 200,
-                 min_uncertainty: float = 0.05) -> None:
-        if not 0.0 < top_fraction <= 1.0:
-            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
-        self.store, self.top_fraction, self.min_uncertainty = store, top_fraction, min_uncertainty
-        self.recent: deque[float] = deque(maxlen=window)
+    def __init__(self, store: Store, queue: ReviewQueue, index_dir: Path, config: SamplerConfig,
+                 reference_for: Callable[[str], np.ndarray], metrics: MonitorMetrics) -> None:
+        strategy(config.strategy)  # unknown names fail at start, not at the first batch
+        self.store, self.queue, self.index_dir, self.config = store, queue, index_dir, config
+        self.reference_for, self.metrics = reference_for, metrics
+        self.version: str | None = None
+        self.index: EmbeddingIndex | None = None
+        self.pool: OrderedDict[str, _Candidate] = OrderedDict()
+        self.covered_hashes: set[str] = set()
+        self.seen = 0
 
-    def score(self, event: PredictionEvent) -> float:
-        return event.uncertainty
-
-    def cutoff(self) -> float:
-        """The score a prediction needs now to be queued."""
-        quantile = float(np.quantile(np.fromiter(self.recent, float), 1.0 - self.top_fraction))
-        return max(self.min_uncertainty, quantile)
-
-    def __call__(self, topic: str, event: BaseModel) -> bool:
-        """Returns True if the event was queued (False if not uncertain enough or already queued)."""
+    def __call__(self, topic: str, event: BaseModel) -> int:
+        if isinstance(event, FeedbackEvent):
+            self._on_feedback(event)
+            return 0
         if not isinstance(event, PredictionEvent):
-            return False
-        score = self.score(event)
-        self.recent.append(score)
-        if score < self.cutoff():
-            return False
-        return self.store.enqueue_review(event.prediction_id, priority=score)
+            return 0
+        if event.model_version != self.version:
+            self._switch(event.model_version, len(event.embedding))
+        self.pool[event.prediction_id] = _Candidate(event.image_sha256, event.label, np.asarray(event.probs, np.float32),
+                                                    np.asarray(event.embedding, np.float32))
+        while len(self.pool) > self.config.pool:
+            self.pool.popitem(last=False)
+        self.seen += 1
+        return self.select() if self.seen % self.config.every == 0 else 0
+
+    def _index_path(self, version: str) -> Path:
+        return self.index_dir / f"covered-v{version}.npz"
+
+    def _switch(self, version: str, dim: int) -> None:
+        """Load (or build) the covered set of ``version``; the pool of the old version is dropped."""
+        if self.index is not None and self.version is not None:
+            self.index.save(self._index_path(self.version))
+        self.version, self.pool = version, OrderedDict()
+        path = self._index_path(version)
+        index = None
+        if path.exists():
+            try:
+                index = EmbeddingIndex.load(path)
+            except ValueError as exc:
+                log.error("%s; rebuilding the covered set from the store", exc)
+        if index is None or index.dim != dim:
+            reference = self._reference(version, dim)
+            index = EmbeddingIndex(dim, self.config.approx_after,
+                                   center=reference.mean(axis=0) if len(reference) else None)
+            index.add(index.prepare(reference), [f"reference-{i}" for i in range(len(reference))])
+        ids, hashes, emb = self.store.covered_embeddings(version)
+        if ids and emb.shape[1] == dim:
+            index.add(index.prepare(emb), ids)
+        self.index, self.covered_hashes = index, self.store.covered_hashes()
+        self._export_index()
+        log.info("sampler on model version %s: %d covered embeddings", version, len(index))
+
+    def _reference(self, version: str, dim: int) -> np.ndarray:
+        try:
+            reference = np.asarray(self.reference_for(version), np.float32)
+        except Exception as exc:  # noqa: BLE001 - no reference: start cold (typicality), do not stop
+            log.warning("no reference embeddings for version %s (%s); sampling starts cold", version, exc)
+            return np.zeros((0, dim), np.float32)
+        return reference if reference.ndim == 2 and reference.shape[1] == dim else np.zeros((0, dim), np.float32)
+
+    def _on_feedback(self, event: FeedbackEvent) -> None:
+        """A labeled prediction joins the covered set (if it was made by the current version)."""
+        self.pool.pop(event.prediction_id, None)
+        if self.index is None or event.prediction_id in self.index:
+            return
+        try:
+            pred = self.store.prediction(event.prediction_id)
+        except NotFound:  # its prediction has not arrived yet; the next selection catches it
+            return
+        if pred.model_version == self.version:
+            self.index.add(self.index.prepare(np.frombuffer(pred.embedding, np.float32)), [event.prediction_id])
+            self.covered_hashes.add(pred.image_sha256)
+
+    def select(self) -> int:
+        """Queue one batch from the pool; returns how many items were queued."""
+        if self.index is None or not self.pool:
+            return 0
+        ids = list(self.pool)
+        done = self.store.labeled_ids(ids) | self.queue.known(ids)
+        for pid in done:
+            cand = self.pool.pop(pid)
+            self.index.add(self.index.prepare(cand.embedding), [pid])
+            self.covered_hashes.add(cand.sha)
+        k = min(self.config.batch, self.queue.room(), len(self.pool))
+        if k == 0:
+            return 0
+        ids = list(self.pool)
+        cands = list(self.pool.values())
+        x = self.index.prepare(np.stack([c.embedding for c in cands]))
+        sel = select_batch(Pool(np.stack([c.probs for c in cands]), x), k,
+                           Context(covered=self.index, seed=self.seen), self.config.strategy,
+                           hashes=[c.sha for c in cands], covered_hashes=frozenset(self.covered_hashes),
+                           near_radius=self.config.near_radius, class_quota=self.config.class_quota)
+        queued = 0
+        for i, priority in zip(sel.indices.tolist(), sel.priorities.tolist()):
+            pid, cand = ids[i], cands[i]
+            queued += self.queue.enqueue(pid, priority, predicted_label=cand.label)
+            self.index.add(x[[i]], [pid])
+            self.covered_hashes.add(cand.sha)
+            self.pool.pop(pid)
+        self._count(queued, sel.exact_duplicates, sel.near_duplicates)
+        self.index.save(self._index_path(self.version or "none"))
+        return queued
+
+    def _count(self, queued: int, exact: int, near: int) -> None:
+        m = self.metrics
+        m.review_enqueued.inc(queued)
+        m.duplicates_suppressed.labels("exact").inc(exact)
+        m.duplicates_suppressed.labels("near").inc(near)
+        self._export_index()
+
+    def _export_index(self) -> None:
+        if self.index is None:
+            return
+        m = self.metrics
+        m.index_size.set(len(self.index))
+        m.index_memory.set(self.index.memory_bytes())
+        m.index_recall.set(self.index.recall if self.index.recall is not None else 1.0)
+        m.index_approximate.set(1.0 if self.index.approximate else 0.0)

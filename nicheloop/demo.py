@@ -73,12 +73,13 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
     """Label queued items with their true class, as a reviewer would; returns how many."""
     done = 0
     while done < budget:
-        resp = client.get("/v1/review/next")
-        if resp.status_code == 204:
+        resp = client.get("/v1/review/next", headers={"X-Reviewer": "demo"})
+        if resp.status_code in (204, 429):  # queue empty, or the labeling budget is spent
             break
         resp.raise_for_status()
         task = resp.json()
-        client.post(f"/v1/review/{task['task_id']}", json={"label": truth[task["prediction_id"]]}).raise_for_status()
+        client.post(f"/v1/review/{task['task_id']}", json={"label": truth[task["prediction_id"]],
+                                                           "lease_token": task["lease_token"]}).raise_for_status()
         done += 1
     return done
 

@@ -27,3 +27,15 @@ class StackError(NicheloopError):
 
 class GateRefused(NicheloopError):
     """A promotion gate refused the candidate; the message says which gate and why."""
+
+
+class Conflict(NicheloopError):
+    """The request clashes with the resource's current state, e.g. a lease held by someone else (409)."""
+
+
+class BudgetSpent(NicheloopError):
+    """A rate budget is used up (HTTP 429); ``retry_after_s`` says when to come back."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -59,9 +59,20 @@ class Settings(BaseSettings):
     pending_feedback_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Feedback waiting longer than "
                                           "this for its prediction is counted as expired (it still joins).")
     drift_window: int = 100
-    review_top_fraction: float = Field(
-        0.2, gt=0, le=1, description="Share of traffic (the most uncertain) queued for review."
-    )
+    review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in any rolling hour.")
+    review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")
+    review_lease_s: float = Field(600.0, gt=0, description="How long a claimed task stays with its reviewer.")
+    review_item_ttl_s: float = Field(3 * 24 * 3600.0, gt=0, description="Queued items older than this expire.")
+    review_max_skips: int = Field(3, ge=1, description="Skips after which an item is retired as unlabelable.")
+    review_max_depth: int = Field(600, ge=1, description="Most items waiting in the queue at once.")
+    sampling_strategy: str = Field("default", description="random, least_confidence, margin, entropy, novelty, "
+                                   "coreset, typicality, hybrid; 'default' is the hybrid.")
+    sampling_every: int = Field(50, ge=1, description="Select a review batch every this many predictions.")
+    sampling_batch: int = Field(10, ge=1, description="Most items one selection queues.")
+    sampling_pool: int = Field(2000, ge=10, description="Recent unlabeled predictions a selection chooses from.")
+    sampling_class_quota: float = Field(0.3, ge=0, le=1, description="Share of a batch reserved for each "
+                                        "predicted class, in equal parts.")
+    sampling_approx_after: int = Field(50_000, ge=1, description="Covered-set size past which FAISS goes HNSW.")
 
     @property
     def bootstrap_servers(self) -> str:

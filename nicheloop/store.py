@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import (
     JSON, DateTime, Float, Integer, LargeBinary, String, UniqueConstraint, create_engine, event,
-    func, select, update,
+    func, inspect, select, text, update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
-from nicheloop.errors import InvalidInput, NotFound
+from nicheloop.errors import NotFound
 
 HOLDOUT_BUCKETS = 5  # one image in five (by content hash) is held out from training
 
@@ -68,6 +68,13 @@ class LabeledExample(Base):
 
 
 class ReviewItem(Base):
+    """One prediction queued for a human label.
+
+    Life cycle: ``queued`` → ``claimed`` (a lease: ``lease_token`` until ``lease_expires_at``) →
+    ``done``; a skip returns it to ``queued`` (retired as ``skipped`` after too many skips); a
+    queued item past ``expires_at`` becomes ``expired``; an expired lease makes it claimable again.
+    """
+
     __tablename__ = "review_queue"
     task_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     prediction_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -76,6 +83,22 @@ class ReviewItem(Base):
     label: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    predicted_label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    skips: Mapped[int | None] = mapped_column(Integer, nullable=True, default=0)
+    skipped_by: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+
+
+class ReviewLock(Base):
+    """One row per lock name: claims update it first, so they run one at a time on any database."""
+
+    __tablename__ = "review_locks"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    counter: Mapped[int] = mapped_column(Integer, default=0)
 
 
 def is_holdout(image_sha256: str) -> bool:
@@ -90,6 +113,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a database made by an older release up to date: add the (nullable) columns it lacks."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as conn:
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+
+
 class Store:
     """Typed access to the tables; every public method runs in its own transaction."""
 
@@ -98,6 +133,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def _insert_ignore(self, s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
         """INSERT … ON CONFLICT DO NOTHING; True if the row was new.
@@ -218,52 +254,36 @@ class Store:
             best[r.image_sha256] = r
         return sorted(best.values(), key=lambda r: r.image_sha256)
 
-    # -- review queue ------------------------------------------------------------------------
-    def enqueue_review(self, prediction_id: str, priority: float) -> bool:
-        values = dict(prediction_id=prediction_id, priority=priority, status="queued", created_at=utcnow())
-        with Session(self.engine) as s, s.begin():
-            return self._insert_ignore(s, ReviewItem, values, ["prediction_id"])
+    def covered_embeddings(self, model_version: str) -> tuple[list[str], list[str], np.ndarray]:
+        """Predictions of ``model_version`` that are labeled or were queued for review:
+        (prediction ids, image hashes, embeddings of shape (n, D))."""
+        labeled = select(LabeledExample.prediction_id)
+        queued = select(ReviewItem.prediction_id)
+        q = (select(Prediction.prediction_id, Prediction.image_sha256, Prediction.embedding)
+             .where(Prediction.model_version == model_version)
+             .where(Prediction.prediction_id.in_(labeled) | Prediction.prediction_id.in_(queued)))
+        with Session(self.engine) as s:
+            rows = s.execute(q).all()
+        if not rows:
+            return [], [], np.zeros((0, 0), dtype=np.float32)
+        return ([r[0] for r in rows], [r[1] for r in rows],
+                np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows]))
 
-    def claim_review(self) -> ReviewItem | None:
-        """Hand out the most uncertain queued item; None when the queue is empty."""
-        for _ in range(5):
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                task_id = s.scalar(select(ReviewItem.task_id).where(ReviewItem.status == "queued")
-                                   .order_by(ReviewItem.priority.desc(), ReviewItem.task_id).limit(1))
-                if task_id is None:
-                    return None
-                claimed = s.execute(update(ReviewItem).where(
-                    ReviewItem.task_id == task_id, ReviewItem.status == "queued",
-                ).values(status="claimed", claimed_at=utcnow())).rowcount
-                if claimed:
-                    return s.get(ReviewItem, task_id)
-        return None
+    def covered_hashes(self) -> set[str]:
+        """Content hashes of every labeled or queued image (exact-duplicate suppression)."""
+        queued = select(Prediction.image_sha256).join(ReviewItem, ReviewItem.prediction_id == Prediction.prediction_id)
+        with Session(self.engine) as s:
+            return set(s.scalars(select(LabeledExample.image_sha256))) | set(s.scalars(queued))
 
-    def review_item(self, task_id: int) -> ReviewItem:
-        """Raises NotFound for an unknown task, InvalidInput for one already labeled."""
-        with Session(self.engine, expire_on_commit=False) as s:
-            item = s.get(ReviewItem, task_id)
-        if item is None:
-            raise NotFound(f"unknown review task {task_id}")
-        if item.status == "done":
-            raise InvalidInput(f"review task {task_id} is already labeled ({item.label!r})")
-        return item
-
-    def complete_review(self, task_id: int, label: str) -> ReviewItem:
-        """Mark a claimed task done with ``label``.
-
-        Raises:
-            NotFound: unknown task id.
-            InvalidInput: the task was already labeled.
-        """
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            item = s.get(ReviewItem, task_id)
-            if item is None:
-                raise NotFound(f"unknown review task {task_id}")
-            if item.status == "done":
-                raise InvalidInput(f"review task {task_id} is already labeled ({item.label!r})")
-            item.status, item.label = "done", label
-        return item
+    def labeled_ids(self, prediction_ids: list[str]) -> set[str]:
+        """Those of ``prediction_ids`` that have a label (from any source)."""
+        found: set[str] = set()
+        with Session(self.engine) as s:
+            for start in range(0, len(prediction_ids), 500):
+                chunk = prediction_ids[start:start + 500]
+                found.update(s.scalars(select(LabeledExample.prediction_id)
+                                       .where(LabeledExample.prediction_id.in_(chunk))))
+        return found
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, plus review items by status."""

@@ -5,7 +5,7 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from ray import serve
@@ -15,11 +15,12 @@ from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
 from nicheloop.contracts import (
     PREDICTIONS_TOPIC, FeedbackAccepted, FeedbackRequest, PredictionEvent, PredictResponse,
-    ReviewLabel, ReviewTask,
+    ReviewLabel, ReviewSkip, ReviewStats, ReviewTask,
 )
 from nicheloop.errors import NotReady
 from nicheloop.images import decode_image
 from nicheloop.logs import configure_logging
+from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.feedback import record_feedback
@@ -43,6 +44,7 @@ class Gateway:
         self.key = load_or_create_key(self.settings.home, self.settings.secret_key)
         self.blobs = BlobStore(str(self.settings.blob_dir))
         self.store = Store(self.settings.db_url)
+        self.queue = ReviewQueue(self.store, QueuePolicy.from_settings(self.settings))
         self.publisher = Publisher(self.settings.bootstrap_servers, self.settings.home / "spool", name="gateway",
                                    spool_max_events=self.settings.spool_max_events)
 
@@ -93,18 +95,30 @@ class Gateway:
         return FeedbackAccepted(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id,
                                 label=ev.label, source=ev.source)
 
-    @api.get("/v1/review/next", response_model=ReviewTask, responses={204: {"description": "queue empty"}})
-    async def review_next(self) -> Any:
-        task = await asyncio.to_thread(claim_next, self.store)
+    @api.get("/v1/review/next", response_model=ReviewTask,
+             responses={204: {"description": "queue empty"}, 429: {"description": "budget spent"}})
+    async def review_next(self, x_reviewer: str = Header("anonymous", max_length=128)) -> Any:
+        """Lease the next task to the reviewer named in ``X-Reviewer`` (label or skip it with its token)."""
+        task = await asyncio.to_thread(claim_next, self.queue, self.store, x_reviewer)
         return task if task is not None else Response(status_code=204)
+
+    @api.get("/v1/review/stats", response_model=ReviewStats)
+    async def review_stats(self) -> ReviewStats:
+        return ReviewStats.model_validate(await asyncio.to_thread(self.queue.stats))
 
     @api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
     async def review_submit(self, task_id: int, body: ReviewLabel) -> FeedbackAccepted:
         classes = await self._class_names()
-        ev = await asyncio.to_thread(submit_review, self.store, self.publisher, self.key, task_id,
-                                     body.label, classes)
+        ev = await asyncio.to_thread(submit_review, self.queue, self.publisher, self.key, task_id,
+                                     body.label, body.lease_token, classes)
         return FeedbackAccepted(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id,
                                 label=ev.label, source=ev.source)
+
+    @api.post("/v1/review/{task_id}/skip", status_code=200)
+    async def review_skip(self, task_id: int, body: ReviewSkip) -> dict[str, Any]:
+        """Give a leased task back unlabeled; it is not offered to the same reviewer again."""
+        item = await asyncio.to_thread(self.queue.skip, task_id, body.lease_token)
+        return {"task_id": item.task_id, "status": item.status, "skips": item.skips}
 
     @api.get("/v1/images/{sha256}")
     async def image(self, sha256: str) -> Response:

@@ -9,10 +9,11 @@ import json
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from nicheloop.errors import InvalidInput, NotFound, NotReady, PayloadTooLarge
+from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from nicheloop.spool import SpoolFull
 
-STATUS = {PayloadTooLarge: 413, NotFound: 404, NotReady: 503, SpoolFull: 503, InvalidInput: 400}
+STATUS = {PayloadTooLarge: 413, NotFound: 404, NotReady: 503, SpoolFull: 503, InvalidInput: 400, Conflict: 409,
+          BudgetSpent: 429}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -23,7 +24,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _handler(code: int):  # type: ignore[no-untyped-def]
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+        retry = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(int(retry + 0.999))} if retry is not None else None
+        return JSONResponse(status_code=code, content={"detail": str(exc)}, headers=headers)
     return handle
 
 

@@ -16,8 +16,11 @@ from nicheloop import stack
 from nicheloop.bus import dead_letters, read_topic
 from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
 from nicheloop.demo import run_loop
+from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
+from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings, settings_env
+from nicheloop.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +74,50 @@ def test_bad_feedback_and_review_get_4xx(live: Settings, png: bytes) -> None:
     unknown_label = c.post("/v1/feedback", json={"prediction_id": pid, "label": "rust"})
     assert unknown_label.status_code == 400 and "unknown label" in unknown_label.json()["detail"]
     assert c.post("/v1/feedback", json={"label": "crazing"}).status_code == 422
-    assert c.post("/v1/review/987654", json={"label": "crazing"}).status_code == 404
+    assert c.post("/v1/review/987654", json={"label": "crazing", "lease_token": "t"}).status_code == 404
+    assert c.post("/v1/review/987654/skip", json={"lease_token": "t"}).status_code == 404
+    assert c.post("/v1/review/987654", json={"label": "crazing"}).status_code == 422  # no lease token
     assert c.get("/v1/images/" + "0" * 64).status_code == 404
     assert c.get("/healthz").status_code == 200 and c.get("/readyz").json()["ready"] is True
+
+
+def _wait(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except NotFound:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_two_reviewers_over_http_leases_skips_labels_and_stats(live: Settings, png: bytes) -> None:
+    c = httpx.Client(base_url=live.serve_url, timeout=60)
+    store = Store(live.db_url)
+    queue = ReviewQueue(store, QueuePolicy.from_settings(live))
+    pids = [c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
+            for _ in range(2)]
+    for i, pid in enumerate(pids):
+        _wait("the monitor to store the prediction", lambda pid=pid: store.prediction(pid))
+        queue.enqueue(pid, priority=100.0 + i)  # ahead of anything the sampler queued
+    ann = c.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
+    bob = c.get("/v1/review/next", headers={"X-Reviewer": "bob"}).json()
+    assert ann["task_id"] != bob["task_id"] and {ann["prediction_id"], bob["prediction_id"]} == set(pids)
+    stolen = c.post(f"/v1/review/{ann['task_id']}", json={"label": "crazing", "lease_token": bob["lease_token"]})
+    assert stolen.status_code == 409 and "not leased to you" in stolen.json()["detail"]
+    skipped = c.post(f"/v1/review/{ann['task_id']}/skip", json={"lease_token": ann["lease_token"]})
+    assert skipped.status_code == 200 and skipped.json()["status"] == "queued"
+    done = c.post(f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]})
+    assert done.status_code == 202 and done.json()["source"] == "reviewer"
+    again = c.post(f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]})
+    assert again.status_code == 409
+    stats = c.get("/v1/review/stats").json()
+    assert stats["done"] >= 1 and stats["budget"]["left_hour"] < live.review_budget_per_hour
+    # the label came back through Kafka as reviewer feedback and was joined
+    _wait("the reviewer label to be joined", lambda: store.labeled_ids([bob["prediction_id"]]))
+    assert c.get("/v1/review/next", headers={"X-Reviewer": "bob"}).json()["task_id"] == ann["task_id"]
 
 
 def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> None:

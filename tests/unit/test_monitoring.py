@@ -6,7 +6,6 @@ import pytest
 from monitoring.drift import DriftMonitor, embedding_drift
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
-from monitoring.sampling import UncertaintySampler
 from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.errors import InvalidInput
 from nicheloop.store import Store
@@ -21,28 +20,6 @@ def event(pid: str, uncertainty: float, emb: list[float] | None = None, version:
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-
-
-def test_sampler_queues_the_most_uncertain_share(store: Store) -> None:
-    sampler = UncertaintySampler(store, top_fraction=0.2, window=100)
-    rng = np.random.default_rng(0)
-    scores = rng.uniform(0.1, 0.9, size=500)
-    queued = [sampler("t", event(f"p{i}", float(u))) for i, u in enumerate(scores)]
-    share = sum(queued) / len(queued)
-    assert 0.12 < share < 0.3
-    assert np.mean(scores[np.array(queued)]) > np.mean(scores) + 0.2
-    assert not sampler("t", FeedbackEvent(prediction_id="p1", label="a"))
-    assert store.counts()["review_queue"] == sum(queued)
-
-
-def test_sampler_never_queues_confident_predictions(store: Store) -> None:
-    sampler = UncertaintySampler(store, top_fraction=0.5, min_uncertainty=0.05)
-    assert not any(sampler("t", event(f"p{i}", 0.01)) for i in range(20))
-
-
-def test_sampler_rejects_a_fraction_outside_unit_interval(store: Store) -> None:
-    with pytest.raises(ValueError):
-        UncertaintySampler(store, top_fraction=1.5)
 
 
 def test_joiner_dead_letters_inconsistent_predictions(store: Store) -> None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
-from nicheloop.errors import InvalidInput, NotFound
+from nicheloop.errors import NotFound
 from nicheloop.store import Store, is_holdout
 
 CLASSES = ["a", "b"]
@@ -61,21 +61,6 @@ def test_recent_embeddings_oldest_first(store: Store) -> None:
                                                                      "created_at": utcnow() + timedelta(seconds=i)}))
     emb = store.recent_embeddings(2)
     np.testing.assert_array_equal(emb[:, 0], [1.0, 2.0])
-
-
-def test_review_queue_claims_most_uncertain_once(store: Store) -> None:
-    for pid, pri in (("p1", 0.6), ("p2", 0.9)):
-        store.add_prediction(prediction(pid))
-        assert store.enqueue_review(pid, pri)
-    assert not store.enqueue_review("p1", 0.99)  # already queued
-    first, second = store.claim_review(), store.claim_review()
-    assert (first.prediction_id, second.prediction_id) == ("p2", "p1")
-    assert store.claim_review() is None
-    store.complete_review(first.task_id, "b")
-    with pytest.raises(InvalidInput, match="already labeled"):
-        store.review_item(first.task_id)
-    with pytest.raises(NotFound):
-        store.complete_review(999, "a")
 
 
 def test_unknown_prediction_is_not_found(store: Store) -> None:

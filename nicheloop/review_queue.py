@@ -1,0 +1,211 @@
+"""The review queue: priorities, leases, skips, expiry and a labeling budget, on the SQL store.
+
+Guarantees, on SQLite and PostgreSQL alike:
+
+- **One reviewer per item.** Every claim first updates the ``claim`` row of ``review_locks``,
+  so claims run one at a time (a row lock on PostgreSQL, the write lock on SQLite) and the
+  queue state a claim reads cannot change under it.
+- **Leases.** A claim holds the item for ``lease_s`` under a random ``lease_token``; a label or
+  skip must present it. An expired lease makes the item claimable again; the late reviewer's
+  label is then refused with a Conflict rather than silently overwriting another's.
+- **Budget.** At most ``per_hour`` / ``per_day`` items are labeled or held under a live lease
+  in any rolling hour / day; past it a claim raises :class:`BudgetSpent` with a retry time.
+- **Nothing stale.** Queued items past their ``expires_at`` become ``expired``; an item skipped
+  ``max_skips`` times is retired as ``skipped``; a reviewer is never offered an item they skipped.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from nicheloop.contracts import utcnow
+from nicheloop.errors import BudgetSpent, Conflict, NotFound
+from nicheloop.settings import Settings
+from nicheloop.store import ReviewItem, ReviewLock, Store
+
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """The knobs of the queue (from settings: ``NICHELOOP_REVIEW_*``)."""
+
+    per_hour: int = 120
+    per_day: int = 600
+    lease_s: float = 600.0
+    item_ttl_s: float = 3 * 24 * 3600.0
+    max_skips: int = 3
+    max_depth: int = 600
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QueuePolicy:
+        """The queue's budget, lease and expiry, from ``NICHELOOP_REVIEW_*``."""
+        return cls(per_hour=settings.review_budget_per_hour, per_day=settings.review_budget_per_day,
+                   lease_s=settings.review_lease_s, item_ttl_s=settings.review_item_ttl_s,
+                   max_skips=settings.review_max_skips, max_depth=settings.review_max_depth)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every timestamp here is UTC."""
+    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+
+
+class ReviewQueue:
+    """Typed operations on ``review_queue``; every public method is one transaction."""
+
+    def __init__(self, store: Store, policy: QueuePolicy | None = None) -> None:
+        self.store, self.policy, self.engine = store, policy or QueuePolicy(), store.engine
+        with Session(self.engine) as s, s.begin():
+            store._insert_ignore(s, ReviewLock, {"name": "claim", "counter": 0}, ["name"])
+
+    # -- producing -------------------------------------------------------------------------
+    def enqueue(self, prediction_id: str, priority: float, predicted_label: str | None = None,
+                now: datetime | None = None) -> bool:
+        """Queue a prediction (idempotent: False if it was ever queued before)."""
+        now = now or utcnow()
+        values = dict(prediction_id=prediction_id, priority=float(priority), status="queued", created_at=now,
+                      predicted_label=predicted_label, skips=0, skipped_by=[],
+                      expires_at=now + timedelta(seconds=self.policy.item_ttl_s))
+        with Session(self.engine) as s, s.begin():
+            return self.store._insert_ignore(s, ReviewItem, values, ["prediction_id"])
+
+    def room(self) -> int:
+        """How many more items may be queued before the queue holds ``max_depth`` waiting items."""
+        with Session(self.engine) as s:
+            waiting = s.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "queued"))
+        return max(0, self.policy.max_depth - int(waiting or 0))
+
+    def known(self, prediction_ids: list[str]) -> set[str]:
+        """Those of ``prediction_ids`` that were ever queued (whatever their status)."""
+        found: set[str] = set()
+        with Session(self.engine) as s:
+            for start in range(0, len(prediction_ids), 500):
+                chunk = prediction_ids[start:start + 500]
+                found.update(s.scalars(select(ReviewItem.prediction_id).where(ReviewItem.prediction_id.in_(chunk))))
+        return found
+
+    # -- reviewing ---------------------------------------------------------------------------
+    def claim(self, reviewer: str, now: datetime | None = None) -> ReviewItem | None:
+        """Lease the highest-priority claimable item to ``reviewer``; None when nothing is left.
+
+        Raises:
+            BudgetSpent: the hourly or daily labeling budget is used up (``retry_after_s`` says when).
+        """
+        now = now or utcnow()
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            s.execute(update(ReviewLock).where(ReviewLock.name == "claim").values(counter=ReviewLock.counter + 1))
+            self._check_budget(s, now)
+            s.execute(update(ReviewItem).where(ReviewItem.status == "queued", ReviewItem.expires_at < now)
+                      .values(status="expired"))
+            claimable = or_(ReviewItem.status == "queued",
+                            (ReviewItem.status == "claimed") & (ReviewItem.lease_expires_at < now))
+            rows = s.scalars(select(ReviewItem).where(claimable)
+                             .order_by(ReviewItem.priority.desc(), ReviewItem.task_id).limit(CANDIDATES))
+            item = next((r for r in rows if reviewer not in (r.skipped_by or [])), None)
+            if item is None:
+                return None
+            item.status, item.claimed_by, item.claimed_at = "claimed", reviewer, now
+            item.lease_token = uuid.uuid4().hex
+            item.lease_expires_at = now + timedelta(seconds=self.policy.lease_s)
+        return item
+
+    def check_lease(self, task_id: int, lease_token: str) -> ReviewItem:
+        """The item, if ``lease_token`` is its current lease.
+
+        Raises:
+            NotFound: unknown task. Conflict: already labeled, not claimed, or the lease went to
+            another reviewer after it expired.
+        """
+        with Session(self.engine, expire_on_commit=False) as s:
+            return self._leased(s, task_id, lease_token)
+
+    def complete(self, task_id: int, label: str, lease_token: str, now: datetime | None = None) -> ReviewItem:
+        """Record ``label`` for the task under lease ``lease_token``.
+
+        Raises:
+            NotFound, Conflict: as :meth:`check_lease`.
+        """
+        now = now or utcnow()
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            item = self._leased(s, task_id, lease_token, for_update=True)
+            item.status, item.label, item.done_at, item.lease_expires_at = "done", label, now, None
+        return item
+
+    def skip(self, task_id: int, lease_token: str, now: datetime | None = None) -> ReviewItem:
+        """Give the task back unlabeled; it is never offered to this reviewer again, and after
+        ``max_skips`` skips it is retired as ``skipped``.
+
+        Raises:
+            NotFound, Conflict: as :meth:`check_lease`.
+        """
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            item = self._leased(s, task_id, lease_token, for_update=True)
+            item.skips = (item.skips or 0) + 1
+            item.skipped_by = [*(item.skipped_by or []), item.claimed_by]
+            item.status = "skipped" if item.skips >= self.policy.max_skips else "queued"
+            item.lease_token = item.lease_expires_at = item.claimed_by = None
+        return item
+
+    def _leased(self, s: Session, task_id: int, lease_token: str, for_update: bool = False) -> ReviewItem:
+        q = select(ReviewItem).where(ReviewItem.task_id == task_id)
+        item = s.scalar(q.with_for_update() if for_update else q)
+        if item is None:
+            raise NotFound(f"unknown review task {task_id}")
+        if item.status == "done":
+            raise Conflict(f"review task {task_id} is already labeled ({item.label!r}); claim the next one")
+        if item.status != "claimed" or not lease_token or item.lease_token != lease_token:
+            raise Conflict(f"review task {task_id} is not leased to you (the lease expired and the task was "
+                           "handed out again, or it was never claimed); claim a task with GET /v1/review/next")
+        return item
+
+    # -- budget and figures ----------------------------------------------------------------
+    def _used(self, s: Session, now: datetime, window: timedelta) -> int:
+        since = now - window
+        done = s.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.done_at >= since))
+        live = s.scalar(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.status == "claimed", ReviewItem.lease_expires_at >= now, ReviewItem.claimed_at >= since))
+        return int(done or 0) + int(live or 0)
+
+    def _check_budget(self, s: Session, now: datetime) -> None:
+        for window, limit, name in ((HOUR, self.policy.per_hour, "hourly"), (DAY, self.policy.per_day, "daily")):
+            if self._used(s, now, window) >= limit:
+                oldest = s.scalar(select(func.min(ReviewItem.done_at)).where(ReviewItem.done_at >= now - window))
+                retry = (_aware(oldest) + window - now).total_seconds() if oldest is not None else self.policy.lease_s
+                raise BudgetSpent(f"the {name} review budget of {limit} labels is spent; "
+                                  f"try again in {retry:.0f}s", retry_after_s=max(1.0, retry))
+
+    def stats(self, now: datetime | None = None) -> dict[str, object]:
+        """Depth by status, throughput over the last hour and day, budget left, oldest waiting item."""
+        now = now or utcnow()
+        with Session(self.engine) as s:
+            by_status = dict(s.execute(select(ReviewItem.status, func.count()).group_by(ReviewItem.status)).all())
+            stale_leases = s.scalar(select(func.count()).select_from(ReviewItem).where(
+                ReviewItem.status == "claimed", ReviewItem.lease_expires_at < now)) or 0
+            oldest = s.scalar(select(func.min(ReviewItem.created_at)).where(ReviewItem.status == "queued"))
+            recent = s.execute(select(ReviewItem.claimed_at, ReviewItem.done_at)
+                               .where(ReviewItem.done_at >= now - DAY)).all()
+            used_hour, used_day = self._used(s, now, HOUR), self._used(s, now, DAY)
+        seconds = [(_aware(d) - _aware(c)).total_seconds() for c, d in recent if c is not None]
+        done_hour = sum(1 for _, d in recent if _aware(d) >= now - HOUR)
+        return {
+            "queued": int(by_status.get("queued", 0)) + int(stale_leases),
+            "in_review": int(by_status.get("claimed", 0)) - int(stale_leases),
+            "done": int(by_status.get("done", 0)),
+            "skipped": int(by_status.get("skipped", 0)),
+            "expired": int(by_status.get("expired", 0)),
+            "oldest_queued_age_s": round((now - _aware(oldest)).total_seconds(), 1) if oldest else None,
+            "labeled_last_hour": done_hour,
+            "labeled_last_day": len(recent),
+            "median_seconds_per_label": round(statistics.median(seconds), 1) if seconds else None,
+            "budget": {"per_hour": self.policy.per_hour, "per_day": self.policy.per_day,
+                       "left_hour": max(0, self.policy.per_hour - used_hour),
+                       "left_day": max(0, self.policy.per_day - used_day)},
+            "lease_s": self.policy.lease_s,
+        }

@@ -1,0 +1,154 @@
+"""The review queue: leases, concurrency, skips, expiry and the budget, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from nicheloop.contracts import PredictionEvent, utcnow
+from nicheloop.errors import BudgetSpent, Conflict, NotFound
+from nicheloop.review_queue import QueuePolicy, ReviewQueue
+from nicheloop.store import Store
+from tests.conftest import BACKENDS, postgres_database
+
+
+def prediction(pid: str) -> PredictionEvent:
+    return PredictionEvent(prediction_id=pid, model_name="m", model_version="1", label="a", probs=[0.6, 0.4],
+                           class_names=["a", "b"], uncertainty=0.8, embedding=[0.1, 0.2], image_sha256=pid.ljust(64, "0"))
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "postgresql":
+        return Store(postgres_database(f"queue_{request.node.name[:20].lower().replace('[', '_').replace(']', '')}"))
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def filled(store: Store, n: int, **policy: float) -> ReviewQueue:
+    queue = ReviewQueue(store, QueuePolicy(**policy))
+    for i in range(n):
+        store.add_prediction(prediction(f"p{i}"))
+        assert queue.enqueue(f"p{i}", priority=i / n, predicted_label="a")
+    return queue
+
+
+def test_claims_follow_priority_and_labels_need_the_lease(store: Store) -> None:
+    queue = filled(store, 3)
+    assert not queue.enqueue("p1", 0.99)  # queued once, ever
+    first = queue.claim("ann")
+    assert first.prediction_id == "p2" and first.claimed_by == "ann" and first.lease_token
+    with pytest.raises(Conflict, match="not leased to you"):
+        queue.complete(first.task_id, "b", "forged-token")
+    queue.complete(first.task_id, "b", first.lease_token)
+    with pytest.raises(Conflict, match="already labeled"):
+        queue.complete(first.task_id, "a", first.lease_token)
+    unclaimed = queue.claim("ann")
+    with pytest.raises(NotFound):
+        queue.complete(9999, "a", "x")
+    assert queue.claim("bob").prediction_id == "p0" and unclaimed.prediction_id == "p1"
+    assert queue.claim("bob") is None
+
+
+def test_two_reviewers_claiming_at_once_never_get_the_same_item(store: Store) -> None:
+    queue = filled(store, 40)
+    got: dict[str, list[int]] = {"ann": [], "bob": []}
+    start = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        start.wait()
+        while (item := queue.claim(name)) is not None:
+            got[name].append(item.task_id)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not set(got["ann"]) & set(got["bob"])
+    assert sorted(got["ann"] + got["bob"]) == sorted(range(1, 41)) and got["ann"] and got["bob"]
+
+
+def test_an_expired_lease_returns_the_item_and_the_late_label_is_refused(store: Store) -> None:
+    queue = filled(store, 1, lease_s=60)
+    now = utcnow()
+    ann = queue.claim("ann", now=now)
+    assert queue.claim("bob", now=now + timedelta(seconds=30)) is None  # still leased
+    bob = queue.claim("bob", now=now + timedelta(seconds=61))
+    assert bob.task_id == ann.task_id and bob.lease_token != ann.lease_token
+    with pytest.raises(Conflict, match="handed out again"):
+        queue.complete(ann.task_id, "a", ann.lease_token)
+    assert queue.complete(bob.task_id, "b", bob.lease_token).label == "b"
+
+
+def test_a_skipped_item_goes_to_someone_else_and_retires_after_max_skips(store: Store) -> None:
+    queue = filled(store, 1, max_skips=2)
+    item = queue.claim("ann")
+    assert queue.skip(item.task_id, item.lease_token).status == "queued"
+    assert queue.claim("ann") is None  # never offered again to who skipped it
+    again = queue.claim("bob")
+    assert queue.skip(again.task_id, again.lease_token).status == "skipped"
+    assert queue.claim("cid") is None and queue.stats()["skipped"] == 1
+
+
+def test_stale_items_expire_instead_of_being_handed_out(store: Store) -> None:
+    queue = filled(store, 2, item_ttl_s=3600)
+    later = utcnow() + timedelta(hours=2)
+    assert queue.claim("ann", now=later) is None
+    assert queue.stats(now=later)["expired"] == 2
+
+
+def test_a_spent_budget_stops_claims_and_says_when_to_come_back(store: Store) -> None:
+    queue = filled(store, 5, per_hour=2, per_day=3)
+    now = utcnow()
+    for _ in range(2):
+        item = queue.claim("ann", now=now)
+        queue.complete(item.task_id, "a", item.lease_token, now=now)
+    with pytest.raises(BudgetSpent, match="hourly") as spent:
+        queue.claim("ann", now=now + timedelta(minutes=1))
+    assert 3500 < spent.value.retry_after_s <= 3600
+    stats = queue.stats(now=now + timedelta(minutes=1))
+    assert stats["budget"]["left_hour"] == 0 and stats["budget"]["left_day"] == 1 and stats["queued"] == 3
+    item = queue.claim("ann", now=now + timedelta(hours=1, minutes=1))  # the hour rolled on
+    queue.complete(item.task_id, "a", item.lease_token, now=now + timedelta(hours=1, minutes=1))
+    with pytest.raises(BudgetSpent, match="daily"):
+        queue.claim("ann", now=now + timedelta(hours=3))
+
+
+def test_live_leases_count_against_the_budget(store: Store) -> None:
+    queue = filled(store, 3, per_hour=1)
+    queue.claim("ann")
+    with pytest.raises(BudgetSpent):
+        queue.claim("bob")
+
+
+def test_stats_report_depth_throughput_and_budget(store: Store) -> None:
+    queue = filled(store, 4, lease_s=60)
+    now = utcnow()
+    done = queue.claim("ann", now=now)
+    queue.complete(done.task_id, "a", done.lease_token, now=now + timedelta(seconds=12))
+    queue.claim("bob", now=now)
+    stale = queue.claim("cid", now=now - timedelta(seconds=120))  # its lease has run out
+    stats = queue.stats(now=now + timedelta(seconds=20))
+    assert (stats["queued"], stats["in_review"], stats["done"]) == (2, 1, 1)
+    assert stats["labeled_last_hour"] == stats["labeled_last_day"] == 1
+    assert stats["median_seconds_per_label"] == 12.0 and stats["oldest_queued_age_s"] >= 0
+    assert stats["budget"]["left_hour"] == 120 - 2 and stale is not None
+    assert queue.room() == 600 - 1
+
+
+def test_an_older_database_gains_the_new_queue_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    with create_engine(url).begin() as conn:
+        conn.execute(text("CREATE TABLE review_queue (task_id INTEGER PRIMARY KEY, prediction_id VARCHAR(128) "
+                          "UNIQUE, priority FLOAT, status VARCHAR(16), label VARCHAR(128), created_at DATETIME, "
+                          "claimed_at DATETIME)"))
+        conn.execute(text("INSERT INTO review_queue VALUES (1, 'old', 0.5, 'queued', NULL, '2026-01-01', NULL)"))
+    store = Store(url)
+    store.add_prediction(prediction("old"))
+    item = ReviewQueue(store).claim("ann")
+    assert item.prediction_id == "old" and item.lease_token
+

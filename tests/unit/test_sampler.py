@@ -1,0 +1,116 @@
+"""The active sampler as a monitoring stage: batches, covered set, persistence, versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitoring.metrics import MonitorMetrics
+from monitoring.sampling import ActiveSampler, SamplerConfig
+from nicheloop.contracts import FeedbackEvent, PredictionEvent
+from nicheloop.review_queue import QueuePolicy, ReviewQueue
+from nicheloop.store import Store
+
+D = 8
+
+
+def event(i: int, rng: np.random.Generator, version: str = "1", sha: str | None = None) -> PredictionEvent:
+    p = rng.dirichlet([1.0, 1.0, 1.0])
+    return PredictionEvent(prediction_id=f"p{version}-{i}", model_name="m", model_version=version,
+                           label="abc"[int(np.argmax(p))], probs=p.tolist(), class_names=["a", "b", "c"],
+                           uncertainty=0.5, embedding=rng.normal(size=D).tolist(),
+                           image_sha256=sha or f"{version}-{i}".ljust(64, "0"))
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Store, ReviewQueue, MonitorMetrics]:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    return store, ReviewQueue(store, QueuePolicy(max_depth=25)), MonitorMetrics()
+
+
+def sampler(parts, tmp_path: Path, reference=None, **config) -> ActiveSampler:  # type: ignore[no-untyped-def]
+    store, queue, metrics = parts
+    ref = reference if reference is not None else np.random.default_rng(5).normal(size=(30, D)).astype(np.float32)
+    return ActiveSampler(store, queue, tmp_path / "sampling", SamplerConfig(every=10, batch=4, **config),
+                         lambda version: ref, metrics)
+
+
+def feed(s: ActiveSampler, store: Store, events: list[PredictionEvent]) -> int:
+    queued = 0
+    for ev in events:
+        store.add_prediction(ev)  # the joiner runs before the sampler
+        queued += s("t", ev)
+    return queued
+
+
+def test_queues_a_batch_every_n_predictions_within_the_queue_depth(parts, tmp_path: Path) -> None:
+    store, queue, metrics = parts
+    s = sampler(parts, tmp_path)
+    rng = np.random.default_rng(0)
+    assert feed(s, store, [event(i, rng) for i in range(9)]) == 0
+    assert feed(s, store, [event(9, rng)]) == 4
+    assert feed(s, store, [event(i, rng) for i in range(10, 100)]) == 21  # capped by max_depth 25
+    assert queue.stats()["queued"] == 25 and queue.room() == 0
+    assert metrics.registry.get_sample_value("nicheloop_review_enqueued_total") == 25
+    assert metrics.registry.get_sample_value("nicheloop_sampling_index_vectors") == 30 + 25  # reference + queued
+
+
+def test_labeled_and_duplicate_images_are_never_queued(parts, tmp_path: Path) -> None:
+    store, queue, _ = parts
+    s = sampler(parts, tmp_path)
+    rng = np.random.default_rng(1)
+    events = [event(i, rng, sha="f" * 64 if i < 5 else None) for i in range(10)]  # five copies of one image
+    for ev in events[5:9]:
+        store.add_feedback(FeedbackEvent(prediction_id=ev.prediction_id, label="a"))
+    feed(s, store, events)
+    queued = queue.known([e.prediction_id for e in events])
+    assert not queued & {e.prediction_id for e in events[5:9]}
+    assert len(queued & {e.prediction_id for e in events[:5]}) == 1
+
+
+def test_feedback_joins_the_covered_set_and_the_index_survives_a_restart(parts, tmp_path: Path) -> None:
+    store, _, _ = parts
+    s = sampler(parts, tmp_path)
+    rng = np.random.default_rng(2)
+    events = [event(i, rng) for i in range(10)]
+    feed(s, store, events)
+    before = len(s.index)
+    s("t", FeedbackEvent(prediction_id=events[0].prediction_id, label="a"))
+    s("t", FeedbackEvent(prediction_id="never-seen", label="a"))  # prediction not here yet: ignored
+    assert len(s.index) == before + (events[0].prediction_id not in queue_ids(parts, events))
+    s.select()
+    restarted = sampler(parts, tmp_path)
+    feed(restarted, store, [event(100, rng)])
+    assert set(s.index.keys) <= set(restarted.index.keys)
+    assert (tmp_path / "sampling" / "covered-v1.npz").is_file()
+
+
+def queue_ids(parts, events) -> set[str]:  # type: ignore[no-untyped-def]
+    return parts[1].known([e.prediction_id for e in events])
+
+
+def test_a_new_model_version_gets_its_own_index_and_pool(parts, tmp_path: Path) -> None:
+    store, _, _ = parts
+    s = sampler(parts, tmp_path)
+    rng = np.random.default_rng(3)
+    feed(s, store, [event(i, rng) for i in range(5)])
+    feed(s, store, [event(0, rng, version="2")])
+    assert s.version == "2" and len(s.pool) == 1 and (tmp_path / "sampling" / "covered-v1.npz").is_file()
+
+
+def test_without_a_reference_it_starts_cold_and_still_queues(parts, tmp_path: Path) -> None:
+    store, _, _ = parts
+
+    def broken(version: str) -> np.ndarray:
+        raise RuntimeError("registry down")
+
+    s = ActiveSampler(store, parts[1], tmp_path / "sampling", SamplerConfig(every=10, batch=4), broken, parts[2])
+    rng = np.random.default_rng(4)
+    assert feed(s, store, [event(i, rng) for i in range(10)]) == 4
+
+
+def test_an_unknown_strategy_fails_at_start(parts, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        sampler(parts, tmp_path, strategy="clairvoyant")

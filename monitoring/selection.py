@@ -97,7 +97,7 @@ def select_batch(pool: Pool, k: int, ctx: Context | None = None, strategy_name: 
     order_fn = strategy(strategy_name)
     if k == 0 or len(pool) == 0:
         return Selection(np.zeros(0, np.int64), np.zeros(0), 0, 0)
-    order = order_fn(pool, min(len(pool), 4 * k), ctx)
+    order = order_fn(pool, k, ctx)
     known = dict(zip(order.tolist(), novelty(pool.embeddings[order], ctx.covered).tolist()))
     batch = _Batch(pool, k, hashes, covered_hashes, near_radius, known, ctx, [], set())
     _fill_quotas(batch, order, class_quota)

@@ -204,6 +204,9 @@ def typicality(x: np.ndarray, k: int, neighbours: int = 20, seed: int = 0,
 
 
 # -- the strategies ------------------------------------------------------------------------------
+SPARE = 4  # an order holds up to SPARE·k candidates, so duplicates and quotas can fall back on more
+
+
 @dataclass(frozen=True)
 class Context:
     """What a strategy may use besides the pool."""
@@ -211,41 +214,31 @@ class Context:
     covered: Covered | None = None
     temperature: float = 1.0
     seed: int = 0
-    prefilter: int = 10_000  # candidates the hybrid's k-center pass looks at (never the whole pool)
+    prefilter: int = 10_000  # most candidates a batch strategy works on (never the whole pool)
 
 
 Order = Callable[[Pool, int, Context], np.ndarray]
+"""``order(pool, k, ctx)``: pool indices for a batch of ``k``, best first, up to ``SPARE·k`` long."""
 
 
 def _scored(score: Callable[[Pool, Context], np.ndarray]) -> Order:
-    return lambda pool, limit, ctx: rank(score(pool, ctx), limit)
+    return lambda pool, k, ctx: rank(score(pool, ctx), SPARE * k)
 
 
-def _random(pool: Pool, limit: int, ctx: Context) -> np.ndarray:
+def _random(pool: Pool, k: int, ctx: Context) -> np.ndarray:
     rng = np.random.default_rng(ctx.seed)
-    return rng.permutation(len(pool))[:limit].astype(np.int64)
+    return rng.permutation(len(pool))[:SPARE * k].astype(np.int64)
 
 
-def _coreset(pool: Pool, limit: int, ctx: Context) -> np.ndarray:
-    cand = _random(pool, ctx.prefilter, ctx) if len(pool) > ctx.prefilter else np.arange(len(pool))
+def _coreset(pool: Pool, k: int, ctx: Context) -> np.ndarray:
+    cand = _random(pool, ctx.prefilter // SPARE, ctx) if len(pool) > ctx.prefilter else np.arange(len(pool))
     x = pool.embeddings[cand]
     nov = novelty(x, ctx.covered) if ctx.covered is not None and len(ctx.covered) else None
-    return cand[k_center_greedy(x, limit, nov)]
+    return cand[k_center_greedy(x, SPARE * k, nov)]
 
 
-def _typical(pool: Pool, limit: int, ctx: Context) -> np.ndarray:
-    return typicality(pool.embeddings, limit, seed=ctx.seed)
-
-
-def redundancy_gate(nov: np.ndarray, quantile: float = 0.1) -> np.ndarray:
-    """Novelty as a gate in [0, 1]: 1 for candidates at least as far from the covered set as the
-    ``quantile`` of the candidates' distances, less for those closer (near-redundant with labels).
-
-    Far candidates get no bonus: on NEU with a linear head, rewarding distance picked outliers and
-    needed more labels than random (benchmarks/sampling_efficiency.py, strategy "novelty").
-    """
-    floor = float(np.quantile(nov, quantile)) if len(nov) else 0.0
-    return np.minimum(1.0, nov / floor) if floor > 0 else np.ones_like(nov)
+def _typical(pool: Pool, k: int, ctx: Context) -> np.ndarray:
+    return typicality(pool.embeddings, SPARE * k, seed=ctx.seed)
 
 
 def hybrid_scores(probs: np.ndarray, embeddings: np.ndarray, ctx: Context) -> np.ndarray:
@@ -253,32 +246,32 @@ def hybrid_scores(probs: np.ndarray, embeddings: np.ndarray, ctx: Context) -> np
     return margin(calibrate(probs, ctx.temperature)) * np.sqrt(novelty(embeddings, ctx.covered) / 4.0)
 
 
-def _hybrid(pool: Pool, limit: int, ctx: Context) -> np.ndarray:
-    """The default: uncertainty, novelty and diversity (a cluster-margin scheme).
+def _hybrid(pool: Pool, k: int, ctx: Context) -> np.ndarray:
+    """The default: uncertainty, diversity and novelty (a cluster-margin scheme).
 
-    Cold start (nothing covered): typicality. Otherwise the ``5·limit`` most uncertain
-    candidates (margin) are clustered into ``limit`` k-means clusters (diversity); each cluster
-    offers its candidate with the best uncertainty × redundancy gate (novelty), clusters in the
-    order of those values; the remaining candidates follow by the same value.
+    Cold start (nothing covered): typicality. Otherwise the ``5·SPARE·k`` most uncertain
+    candidates (margin; at most ``prefilter``) are clustered into ``SPARE·k`` k-means clusters
+    (diversity), and each cluster offers its most uncertain candidate, most uncertain first.
+    Novelty removes near-copies of labeled or queued images (:mod:`monitoring.selection`) and
+    ranks the queue (:func:`hybrid_scores`), but never picks: on NEU any bonus for distance to
+    the labeled set chose outliers and cost labels (label ratio to random 0.65 to 1.03 with it,
+    0.55 without; benchmarks/sampling_efficiency.py).
     """
     if ctx.covered is None or len(ctx.covered) == 0:
-        return _typical(pool, limit, ctx)
+        return _typical(pool, k, ctx)
     unc = margin(calibrate(pool.probs, ctx.temperature))
-    cand = rank(unc, min(ctx.prefilter, max(5 * limit, 1)))
-    x = np.ascontiguousarray(pool.embeddings[cand])
-    value = unc[cand] * redundancy_gate(novelty(x, ctx.covered))
-    clusters = min(limit, len(cand))
+    cand = rank(unc, min(ctx.prefilter, 5 * SPARE * k))  # most uncertain first
+    clusters = min(SPARE * k, len(cand) // 2)
     if clusters < 2:
-        return cand[np.argsort(-value, kind="stable")]
-    km = faiss.Kmeans(x.shape[1], clusters, niter=20, seed=ctx.seed, min_points_per_centroid=1,
+        return cand
+    x = np.ascontiguousarray(pool.embeddings[cand])
+    km = faiss.Kmeans(x.shape[1], clusters, niter=10, seed=ctx.seed, min_points_per_centroid=1,
                       max_points_per_centroid=256)
     km.train(x)
     assign = km.index.search(x, 1)[1][:, 0]
-    by_value = np.argsort(-value, kind="stable")
-    _, first_of_cluster = np.unique(assign[by_value], return_index=True)
-    heads = by_value[np.sort(first_of_cluster)]
-    rest = by_value[~np.isin(by_value, heads)]
-    return cand[np.concatenate([heads, rest])]
+    _, heads = np.unique(assign, return_index=True)  # first of each cluster in cand: its most uncertain
+    heads = np.sort(heads)
+    return cand[np.concatenate([heads, np.setdiff1d(np.arange(len(cand)), heads)])][:SPARE * k]
 
 
 STRATEGIES: dict[str, Order] = {

@@ -11,6 +11,7 @@ persisted under ``$NICHELOOP_HOME/sampling``. Batches never overflow the queue's
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class SamplerConfig:
     class_quota: float = 0.3
     approx_after: int = 50_000
     near_radius: float = NEAR_RADIUS
+    save_every_s: float = 60.0  # the index is also rebuilt from the store at start, so nothing is lost
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class ActiveSampler:
         self.pool: OrderedDict[str, _Candidate] = OrderedDict()
         self.covered_hashes: set[str] = set()
         self.seen = 0
+        self.saved_at = 0.0
 
     def __call__(self, topic: str, event: BaseModel) -> int:
         if isinstance(event, FeedbackEvent):
@@ -89,8 +92,7 @@ class ActiveSampler:
 
     def _switch(self, version: str, dim: int) -> None:
         """Load (or build) the covered set of ``version``; the pool of the old version is dropped."""
-        if self.index is not None and self.version is not None:
-            self.index.save(self._index_path(self.version))
+        self.save()
         self.version, self.pool = version, OrderedDict()
         path = self._index_path(version)
         index = None
@@ -160,8 +162,15 @@ class ActiveSampler:
             self.covered_hashes.add(cand.sha)
             self.pool.pop(pid)
         self._count(queued, sel.exact_duplicates, sel.near_duplicates)
-        self.index.save(self._index_path(self.version or "none"))
+        if time.monotonic() - self.saved_at >= self.config.save_every_s:
+            self.save()
         return queued
+
+    def save(self) -> None:
+        """Persist the current version's covered set (between selections at most every ``save_every_s``)."""
+        if self.index is not None and self.version is not None:
+            self.index.save(self._index_path(self.version))
+            self.saved_at = time.monotonic()
 
     def _count(self, queued: int, exact: int, near: int) -> None:
         m = self.metrics

@@ -13,7 +13,7 @@ batch actually queued:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class _Batch:
     seen_hashes: set[str]
     exact: int = 0
     near: int = 0
+    taken_set: set[int] = field(default_factory=set)
 
     def distance_to_covered(self, i: int) -> float:
         if i not in self.nov:
@@ -53,7 +54,7 @@ class _Batch:
 
     def admit(self, i: int) -> bool:
         """Take candidate ``i`` unless it duplicates something covered or already taken."""
-        if i in self.taken:
+        if i in self.taken_set:
             return False
         digest = self.hashes[i] if self.hashes is not None else None
         if digest is not None and (digest in self.covered_hashes or digest in self.seen_hashes):
@@ -65,6 +66,7 @@ class _Batch:
             self.near += 1
             return False
         self.taken.append(i)
+        self.taken_set.add(i)
         if digest is not None:
             self.seen_hashes.add(digest)
         return True

@@ -34,18 +34,20 @@ class Selection:
 
 @dataclass
 class _Batch:
+    """The batch being built: what is taken, and the duplicates turned away."""
+
     pool: Pool
     k: int
+    ctx: Context
     hashes: Sequence[str] | None
     covered_hashes: frozenset[str]
     near_radius: float
-    nov: dict[int, float]
-    ctx: Context
-    taken: list[int]
-    seen_hashes: set[str]
+    nov: dict[int, float]  # squared distance to the covered set, by candidate
+    taken: list[int] = field(default_factory=list)
+    taken_set: set[int] = field(default_factory=set)
+    seen_hashes: set[str] = field(default_factory=set)
     exact: int = 0
     near: int = 0
-    taken_set: set[int] = field(default_factory=set)
 
     def distance_to_covered(self, i: int) -> float:
         if i not in self.nov:
@@ -101,7 +103,7 @@ def select_batch(pool: Pool, k: int, ctx: Context | None = None, strategy_name: 
         return Selection(np.zeros(0, np.int64), np.zeros(0), 0, 0)
     order = order_fn(pool, k, ctx)
     known = dict(zip(order.tolist(), novelty(pool.embeddings[order], ctx.covered).tolist()))
-    batch = _Batch(pool, k, hashes, covered_hashes, near_radius, known, ctx, [], set())
+    batch = _Batch(pool, k, ctx, hashes, covered_hashes, near_radius, known)
     _fill_quotas(batch, order, class_quota)
     for i in order:
         if len(batch.taken) >= k:

@@ -84,12 +84,7 @@ class ReviewQueue:
 
     def known(self, prediction_ids: list[str]) -> set[str]:
         """Those of ``prediction_ids`` that were ever queued (whatever their status)."""
-        found: set[str] = set()
-        with Session(self.engine) as s:
-            for start in range(0, len(prediction_ids), 500):
-                chunk = prediction_ids[start:start + 500]
-                found.update(s.scalars(select(ReviewItem.prediction_id).where(ReviewItem.prediction_id.in_(chunk))))
-        return found
+        return self.store.existing(ReviewItem.prediction_id, prediction_ids)
 
     # -- reviewing ---------------------------------------------------------------------------
     def claim(self, reviewer: str, now: datetime | None = None) -> ReviewItem | None:

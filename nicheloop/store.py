@@ -277,12 +277,14 @@ class Store:
 
     def labeled_ids(self, prediction_ids: list[str]) -> set[str]:
         """Those of ``prediction_ids`` that have a label (from any source)."""
+        return self.existing(LabeledExample.prediction_id, prediction_ids)
+
+    def existing(self, column: Any, values: list[str]) -> set[str]:
+        """Those of ``values`` present in ``column`` (queried 500 at a time)."""
         found: set[str] = set()
         with Session(self.engine) as s:
-            for start in range(0, len(prediction_ids), 500):
-                chunk = prediction_ids[start:start + 500]
-                found.update(s.scalars(select(LabeledExample.prediction_id)
-                                       .where(LabeledExample.prediction_id.in_(chunk))))
+            for start in range(0, len(values), 500):
+                found.update(s.scalars(select(column).where(column.in_(values[start:start + 500]))))
         return found
 
     def counts(self) -> dict[str, int]:

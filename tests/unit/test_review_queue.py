@@ -56,12 +56,14 @@ def test_claims_follow_priority_and_labels_need_the_lease(store: Store) -> None:
 def test_two_reviewers_claiming_at_once_never_get_the_same_item(store: Store) -> None:
     queue = filled(store, 40)
     got: dict[str, list[int]] = {"ann": [], "bob": []}
-    start = threading.Barrier(2)
+    rounds = threading.Barrier(2)
 
     def work(name: str) -> None:
-        start.wait()
-        while (item := queue.claim(name)) is not None:
-            got[name].append(item.task_id)
+        for _ in range(20):  # every round, both claims race each other
+            rounds.wait()
+            item = queue.claim(name)
+            if item is not None:
+                got[name].append(item.task_id)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in got]
     for t in threads:
@@ -69,7 +71,9 @@ def test_two_reviewers_claiming_at_once_never_get_the_same_item(store: Store) ->
     for t in threads:
         t.join()
     assert not set(got["ann"]) & set(got["bob"])
-    assert sorted(got["ann"] + got["bob"]) == sorted(range(1, 41)) and got["ann"] and got["bob"]
+    assert sorted(got["ann"] + got["bob"]) == sorted(range(1, 41))
+    assert len(got["ann"]) == len(got["bob"]) == 20
+    assert queue.claim("cid") is None
 
 
 def test_an_expired_lease_returns_the_item_and_the_late_label_is_refused(store: Store) -> None:

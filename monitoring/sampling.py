@@ -106,7 +106,7 @@ class ActiveSampler:
             index = EmbeddingIndex(dim, self.config.approx_after,
                                    center=reference.mean(axis=0) if len(reference) else None)
             index.add(index.prepare(reference), [f"reference-{i}" for i in range(len(reference))])
-        ids, hashes, emb = self.store.covered_embeddings(version)
+        ids, emb = self.store.covered_embeddings(version)
         if ids and emb.shape[1] == dim:
             index.add(index.prepare(emb), ids)
         self.index, self.covered_hashes = index, self.store.covered_hashes()

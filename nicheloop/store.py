@@ -254,20 +254,19 @@ class Store:
             best[r.image_sha256] = r
         return sorted(best.values(), key=lambda r: r.image_sha256)
 
-    def covered_embeddings(self, model_version: str) -> tuple[list[str], list[str], np.ndarray]:
+    def covered_embeddings(self, model_version: str) -> tuple[list[str], np.ndarray]:
         """Predictions of ``model_version`` that are labeled or were queued for review:
-        (prediction ids, image hashes, embeddings of shape (n, D))."""
+        (prediction ids, embeddings of shape (n, D))."""
         labeled = select(LabeledExample.prediction_id)
         queued = select(ReviewItem.prediction_id)
-        q = (select(Prediction.prediction_id, Prediction.image_sha256, Prediction.embedding)
+        q = (select(Prediction.prediction_id, Prediction.embedding)
              .where(Prediction.model_version == model_version)
              .where(Prediction.prediction_id.in_(labeled) | Prediction.prediction_id.in_(queued)))
         with Session(self.engine) as s:
             rows = s.execute(q).all()
         if not rows:
-            return [], [], np.zeros((0, 0), dtype=np.float32)
-        return ([r[0] for r in rows], [r[1] for r in rows],
-                np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows]))
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return [r[0] for r in rows], np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
     def covered_hashes(self) -> set[str]:
         """Content hashes of every labeled or queued image (exact-duplicate suppression)."""

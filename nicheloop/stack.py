@@ -138,51 +138,81 @@ def start_process(s: Settings, name: str, cmd: list[str], ready: Callable[[], bo
 
 
 def stop_process(s: Settings, name: str, grace: float = 20.0) -> bool:
-    """End the process group of ``name`` (SIGTERM, then SIGKILL). Returns True if it ran."""
-    pid = _pid(s, name)
-    (_run_dir(s) / f"{name}.pid").unlink(missing_ok=True)
-    if pid is None:
-        return False
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and process_group_alive(pid):
-            time.sleep(0.2)
-        if not process_group_alive(pid):
-            return True
-    return True
+    """End the process group of ``name`` and every process it started (SIGTERM, then SIGKILL).
+
+    Descendants that left the group are ended too (Ray's workers run in sessions of their own and
+    would otherwise outlive their raylet, holding ports the next head hands out). Returns True if it ran.
+    """
+    return _end(s, name, ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)))
 
 
 def kill_process(s: Settings, name: str, timeout: float = 10.0) -> bool:
-    """SIGKILL the process group of ``name`` at once (fault injection); True if it ran."""
+    """SIGKILL the process group of ``name`` and its descendants at once (fault injection); True if it ran."""
+    return _end(s, name, ((signal.SIGKILL, timeout),))
+
+
+def _end(s: Settings, name: str, steps: tuple[tuple[signal.Signals, float], ...]) -> bool:
     pid = _pid(s, name)
     (_run_dir(s) / f"{name}.pid").unlink(missing_ok=True)
     if pid is None:
         return False
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process_group_alive(pid):
-        time.sleep(0.1)
+    members = family(pid)
+    for sig, wait in steps:
+        _signal(pid, members, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and alive(members):
+            time.sleep(0.1)
+        if not alive(members):
+            break
     return True
 
 
-def process_group_alive(pgid: int) -> bool:
-    """True while any non-zombie process of group ``pgid`` exists."""
+def _signal(pgid: int, pids: set[int], sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, state) for every process in /proc."""
+    table = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if fields[2] == str(pgid) and fields[0] != "Z":
-                return True
-    return False
+            table[int(proc.name)] = (int(fields[1]), int(fields[2]), fields[0])
+    return table
+
+
+def family(pgid: int) -> set[int]:
+    """The live processes of group ``pgid`` and all their descendants, whatever group they moved to."""
+    table = _processes()
+    members = {pid for pid, (_, group, state) in table.items() if group == pgid and state != "Z"}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _, state) in table.items() if ppid in members and state != "Z"}
+        grew = not children <= members
+        members |= children
+    return members
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that still run (zombies do not count)."""
+    table = _processes()
+    return {pid for pid in pids if pid in table and table[pid][2] != "Z"}
+
+
+def process_group_alive(pgid: int) -> bool:
+    """True while any non-zombie process of group ``pgid`` exists."""
+    return any(group == pgid and state != "Z" for _, group, state in _processes().values())
 
 
 # -- the three infrastructure processes -------------------------------------------------------
@@ -228,8 +258,42 @@ def start_ray(s: Settings) -> int:
            # keep Ray's own ports off ours (and off a second stack's, e.g. the tests')
            "--ray-client-server-port", str(s.ray_port + 1), "--dashboard-agent-listen-port", str(s.ray_port + 2),
            "--min-worker-port", str(s.ray_worker_ports[0]), "--max-worker-port", str(s.ray_worker_ports[1])]
-    return start_process(s, "ray", cmd, lambda: port_open(s.host, s.ray_port), timeout=120,
-                         env={"RAY_USAGE_STATS_ENABLED": "0"})
+    # Ready when the GCS listens and the head's raylet has started its agent (a driver that connects
+    # before the raylet registers fails), so the agent's port is waited for as well.
+    return start_process(s, "ray", cmd, lambda: port_open(s.host, s.ray_port) and port_open(s.host, s.ray_port + 2),
+                         timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def connect_ray(s: Settings, timeout: float = 90.0) -> None:
+    """Connect this process to the Ray cluster at ``s.ray_head_address`` unless it already is.
+
+    A head that is still starting (GCS up, raylet not yet registered) is retried until ``timeout``.
+
+    Raises:
+        StackError: if no connection is made in time; the message names the head's log.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    deadline, attempt = time.monotonic() + timeout, 0
+    host, _, port = s.ray_head_address.rpartition(":")
+    while True:
+        attempt += 1
+        try:
+            # ray.init hangs for many minutes on a GCS that does not listen: look first.
+            if port.isdigit() and "://" not in host and not port_open(host, int(port), timeout=2.0):
+                raise ConnectionError(f"nothing listens on {s.ray_head_address}")
+            ray.init(address=s.ray_head_address, log_to_driver=False)
+            return
+        except (ConnectionError, RuntimeError) as exc:
+            ray.shutdown()
+            if time.monotonic() >= deadline:
+                raise StackError(f"cannot connect to the Ray cluster at {s.ray_head_address} after {attempt} "
+                                 f"attempts ({exc}); is it up (`nicheloop stack up`)? The local head logs to "
+                                 f"{s.home.resolve() / 'logs' / 'ray.log'}") from exc
+            log.warning("Ray at %s not reachable yet (%s); retrying", s.ray_head_address, exc)
+            time.sleep(2.0)
 
 
 INFRA = {"kafka": start_kafka, "mlflow": start_mlflow, "ray": start_ray}

@@ -6,11 +6,11 @@ import logging
 import time
 import urllib.request
 
-import ray
 from ray import serve
 from ray.serve import Application
 
 from nicheloop.errors import NotReady
+from nicheloop.stack import connect_ray
 from nicheloop.settings import Settings
 from services.gateway import Gateway
 from services.inference import PredictorDeployment
@@ -33,8 +33,7 @@ def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
     Raises:
         NotReady: if the endpoint is not ready in time (no champion registered, say).
     """
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_head_address, log_to_driver=False)
+    connect_ray(settings)
     serve.start(http_options={"host": settings.host, "port": settings.serve_port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     deadline = time.monotonic() + wait_ready_s
@@ -50,8 +49,7 @@ def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
 
 
 def undeploy(settings: Settings) -> None:
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_head_address, log_to_driver=False)
+    connect_ray(settings)
     serve.shutdown()
 
 

@@ -22,7 +22,7 @@ def _test_settings(home, backend: str) -> Settings:
     if backend == "postgresql":
         urls = {"database_url": postgres_database("loop_store"), "mlflow_backend_uri": postgres_database("loop_mlflow")}
     return Settings(home=home, kafka_port=29092, kafka_controller_port=29093, mlflow_port=25000,
-                    ray_port=26379, ray_worker_ports=(32000, 33999), serve_port=28000, metrics_port=29100, **urls)
+                    ray_port=26379, ray_worker_ports=(20000, 21999), serve_port=28000, metrics_port=29100, **urls)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -35,7 +35,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        groups = [st.pid for st in stack.status(settings) if st.pid is not None]
+        started = set().union(*(stack.family(st.pid) for st in stack.status(settings) if st.pid is not None))
         stack.down(settings)
-        left = [pid for pid in groups if stack.process_group_alive(pid)]
-        assert not left, f"`stack down` left process groups {left} running"
+        left = stack.alive(started)
+        assert not left, f"`stack down` left processes {sorted(left)} running"

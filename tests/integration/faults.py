@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--broker-kills", type=int, default=5)
     parser.add_argument("--consumer-kills", type=int, default=3)
-    parser.add_argument("--base-port", type=int, default=39092)
+    parser.add_argument("--base-port", type=int, default=24092)
     parser.add_argument("--home", type=Path, default=None, help="Keep state and logs here (default: a temp dir).")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")

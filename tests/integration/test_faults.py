@@ -21,7 +21,7 @@ EVENTS = int(os.environ.get("NICHELOOP_FAULT_EVENTS", "300"))
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
     url = postgres_database("faults") if request.param == "postgresql" else None
-    rig = FaultRig(tmp_path_factory.mktemp("faults"), base_port=39092, database_url=url)
+    rig = FaultRig(tmp_path_factory.mktemp("faults"), base_port=24092, database_url=url)
     try:
         rig.start_broker()
         rig.start_joiner()

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,15 +44,19 @@ def test_parse_event_accepts_valid_and_refuses_malformed() -> None:
 def test_process_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
     s = Settings(home=tmp_path)
     port = 29876
-    # a parent with a child in the same session: down must end both
-    code = (f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+    # a parent with a child in the same session and one in a session of its own (as Ray starts its
+    # workers): down must end all three
+    sleeper = "[sys.executable, '-c', 'import time; time.sleep(600)']"
+    code = (f"import subprocess, sys; subprocess.Popen({sleeper}); subprocess.Popen({sleeper}, start_new_session=True);"
             f"import http.server; http.server.HTTPServer(('127.0.0.1', {port}), http.server.BaseHTTPRequestHandler)"
             f".serve_forever()")
     pid = stack.start_process(s, "monitor", [sys.executable, "-c", code], lambda: stack.port_open("127.0.0.1", port))
     assert stack.start_process(s, "monitor", ["false"], lambda: True) == pid  # idempotent
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [True]
+    members = stack.family(pid)
+    assert len(members) == 3 and sum(os.getpgid(p) == pid for p in members) == 2  # one left the group
     assert stack.down(s) == ["monitor"]
-    assert not stack.process_group_alive(pid) and not stack.port_open("127.0.0.1", port)
+    assert not stack.alive(members) and not stack.port_open("127.0.0.1", port)
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [False]
 
 
@@ -71,3 +76,17 @@ def test_import_contracts_hold() -> None:
     lint = Path(sys.executable).parent / "lint-imports"
     result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_connect_ray_to_a_head_that_is_not_up_fails_fast_and_names_the_log(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = Settings(home=tmp_path, ray_port=port)
+    with pytest.raises(StackError, match=rf"127\.0\.0\.1:{port}.*stack up.*{tmp_path.name}/logs/ray\.log"):
+        stack.connect_ray(s, timeout=0.5)
+    import ray
+
+    assert not ray.is_initialized()

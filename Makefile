@@ -8,7 +8,7 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres demo test test-unit test-integration soak bench bench-sampling lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres demo test test-unit test-integration soak bench bench-sampling bench-train lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
@@ -58,6 +58,11 @@ bench: setup
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) benchmarks/event_logging.py
 
 # Active sampling: labels saved against random (NEU when ../shared/datasets/neu-steel is there), and scale.
+# Training: Ray Train over a plain loop; transfer with few labels (NEU when ../shared/datasets/neu-steel is there).
+bench-train: python-deps
+	$(PY) benchmarks/train_overhead.py --threads 1
+	$(PY) benchmarks/transfer.py
+
 bench-sampling: python-deps
 	$(PY) benchmarks/sampling_efficiency.py
 	$(PY) benchmarks/sampling_scale.py

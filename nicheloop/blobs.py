@@ -51,5 +51,12 @@ class BlobStore:
         with self.fs.open(path, "rb") as fh:
             return fh.read()
 
+    def digests(self) -> list[str]:
+        """Every stored blob's digest, sorted (a listing of the whole store: use for batch jobs only)."""
+        if not self.fs.exists(self.root):
+            return []
+        names = (path.rsplit("/", 1)[-1] for path in self.fs.find(self.root))
+        return sorted(n for n in names if _SHA256.match(n))
+
     def exists(self, digest: str) -> bool:
         return self.fs.exists(self._path(digest))

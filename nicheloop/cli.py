@@ -6,7 +6,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -64,32 +64,75 @@ def _print_status() -> None:
         typer.echo(f"{st.name:8} {state:22} {st.address}")
 
 
+RECIPE_HELP = "YAML training recipe (see recipes/); its keys are training.config.TrainConfig's."
+SET_HELP = "Override a recipe key: --set epochs=10 --set freeze=gradual (repeatable)."
+
+
+def _recipe(recipe: Optional[Path], overrides: list[str], **flags: Any) -> Any:
+    """The recipe file with CLI flags (when given) and --set overrides on top."""
+    from training.config import load_recipe
+
+    return load_recipe(recipe, overrides, {k: v for k, v in flags.items() if v is not None})
+
+
 @app.command()
 def bootstrap(
     data: Optional[Path] = typer.Option(None, help="ImageFolder root (<class>/<image>) of seed labels."),
     synthetic: bool = typer.Option(False, help="Use generated images instead of --data."),
     per_class: int = typer.Option(80, help="Synthetic images per class."),
-    epochs: int = typer.Option(6, help="Fine-tuning epochs."),
+    recipe: Optional[Path] = typer.Option(None, help=RECIPE_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
     pretrained: bool = typer.Option(False, help="Start from the backbone's hub weights (needs the hub)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Start from a local backbone checkpoint file."),
 ) -> None:
     """Fine-tune a timm model on seed labels and register it as the first champion."""
     from nicheloop.synthetic import write_image_folder
-    from training.config import TrainConfig
     from training.data import read_image_folder
     from training.pipeline import bootstrap as run_bootstrap
 
     s = get_settings()
     if (data is None) == (not synthetic):
         _fail(ValueError("give exactly one of --data DIR or --synthetic"))
+    weights = f"file:{checkpoint.resolve()}" if checkpoint else ("hub" if pretrained else None)
     try:
+        cfg = _recipe(recipe, set_, epochs=epochs, weights=weights)
         with tempfile.TemporaryDirectory() as tmp:
             root = data or write_image_folder(Path(tmp), per_class, seed=0, size=s.image_size)
             items = read_image_folder(root)
-        result = run_bootstrap(s, items, TrainConfig(epochs=epochs), pretrained, checkpoint)
+        result = run_bootstrap(s, items, cfg)
     except NicheloopError as exc:
         _fail(exc)
     typer.echo(json.dumps({"version": result.version.version, **result.metrics}))
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(..., help="Where to write the backbone checkpoint (use as weights: file:OUT)."),
+    data: Optional[Path] = typer.Option(None, help="Also add the images under this folder to the blob store."),
+    backbone: Optional[str] = typer.Option(None, help="timm backbone (default: the service's)."),
+    epochs: int = typer.Option(50, help="SimSiam epochs."),
+    batch_size: int = typer.Option(64, help="Images per step."),
+) -> None:
+    """Self-supervised in-domain pretraining (SimSiam) on the unlabeled images of the blob store."""
+    from nicheloop.blobs import BlobStore
+    from training.data import IMAGE_SUFFIXES
+    from training.pretrain import PretrainConfig, pretrain as run_pretrain, usable_images
+
+    s = get_settings()
+    blobs = BlobStore(str(s.blob_dir))
+    try:
+        if data is not None:
+            for path in sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                blobs.put(path.read_bytes())
+        cfg = PretrainConfig(backbone=backbone or s.backbone, image_size=s.image_size, epochs=epochs,
+                             batch_size=batch_size)
+        digests = usable_images(blobs)
+        stack_mod.connect_ray(s)
+        metrics = run_pretrain(str(s.blob_dir), digests, cfg, out, s.home / "ray_results")
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"checkpoint": str(out), "images": len(digests), **metrics}))
 
 
 @app.command()
@@ -125,13 +168,16 @@ def monitor(
 
 
 @app.command()
-def train(epochs: int = typer.Option(6, help="Fine-tuning epochs.")) -> None:
-    """Fine-tune the champion on the labeled store; register the result as `candidate`."""
-    from training.config import TrainConfig
+def train(
+    recipe: Optional[Path] = typer.Option(None, help=RECIPE_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
+) -> None:
+    """Fine-tune the champion on new labels (with replay) and register the result as `candidate`."""
     from training.pipeline import train as run_train
 
     try:
-        result = run_train(get_settings(), TrainConfig(epochs=epochs))
+        result = run_train(get_settings(), _recipe(recipe, set_, epochs=epochs))
     except NicheloopError as exc:
         _fail(exc)
     typer.echo(json.dumps({"version": result.version.version, **result.metrics}))

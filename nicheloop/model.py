@@ -43,19 +43,31 @@ class NicheModel:
 
     def transform(self, training: bool = False) -> Any:
         """timm's transform for this model's data config (train-time augmentation if asked)."""
-        cfg = {k: v for k, v in self.data_config.items() if k != "crop_mode"}
         if training:
+            cfg = {k: v for k, v in self.data_config.items() if k != "crop_mode"}
             return create_transform(**cfg, is_training=True, hflip=0.5, vflip=0.5, scale=(0.6, 1.0))
-        return create_transform(**cfg, is_training=False)
+        return eval_transform(self.data_config)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> float tensor of shape (N, 3, H, W) ready for :meth:`infer`."""
         tf = self.transform(training=False)
         return torch.stack([tf(img.convert("RGB")) for img in images])
 
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature fitted on validation data (1.0: none); :meth:`infer` divides logits by it."""
+        return float(self.extra.get("temperature", 1.0))
+
+    def logits(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (uncalibrated) logits (N, K) and pre-logit embeddings (N, D), on the model's device."""
+        device = next(self.net.parameters()).device
+        feats = self.net.forward_features(batch.to(device))
+        emb = self.net.forward_head(feats, pre_logits=True)
+        return self.net.get_classifier()(emb), emb
+
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Run the model once.
+        """Run the model once; probabilities are temperature-scaled (calibrated).
 
         Args:
             batch: (N, 3, H, W) preprocessed images.
@@ -64,12 +76,14 @@ class NicheModel:
             probs of shape (N, num_classes) and embeddings of shape (N, D), both float32.
         """
         self.net.eval()
-        device = next(self.net.parameters()).device
-        feats = self.net.forward_features(batch.to(device))
-        emb = self.net.forward_head(feats, pre_logits=True)
-        logits = self.net.get_classifier()(emb)
-        probs = torch.softmax(logits.float(), dim=1)
+        logits, emb = self.logits(batch)
+        probs = torch.softmax(logits.float() / self.temperature, dim=1)
         return probs.cpu().numpy().astype(np.float32), emb.float().cpu().numpy().astype(np.float32)
+
+
+def eval_transform(data_config: dict[str, Any]) -> Any:
+    """timm's evaluation transform for a data config (PIL RGB image -> normalised tensor)."""
+    return create_transform(**{k: v for k, v in data_config.items() if k != "crop_mode"}, is_training=False)
 
 
 def build_model(
@@ -78,6 +92,7 @@ def build_model(
     image_size: int,
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
+    dropout: float = 0.0,
 ) -> NicheModel:
     """Create a timm backbone with a fresh head for ``class_names``.
 
@@ -86,10 +101,13 @@ def build_model(
         class_names: labels, in head order; at least two, unique.
         image_size: square input side in pixels (overrides the model's default).
         pretrained: load hub weights (needs network access to the model hub).
-        checkpoint_path: a local backbone checkpoint (timm/torch state dict) to start from.
+        checkpoint_path: a local checkpoint (a torch state dict, e.g. from `nicheloop pretrain`) whose
+            backbone weights are loaded; its head is used only if it has the same classes' shape.
+        dropout: dropout rate before the classifier.
 
     Raises:
-        InvalidInput: on fewer than two or duplicate class names, or an unknown backbone.
+        InvalidInput: on fewer than two or duplicate class names, an unknown backbone, or a
+            checkpoint that is unreadable or holds no weights of this backbone.
     """
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise InvalidInput(f"need at least two unique class names, got {class_names!r}")
@@ -99,12 +117,59 @@ def build_model(
         backbone,
         pretrained=pretrained,
         num_classes=len(class_names),
-        checkpoint_path=str(checkpoint_path) if checkpoint_path else "",
+        drop_rate=dropout,
     )
+    if checkpoint_path:
+        init_backbone(net, read_checkpoint(Path(checkpoint_path)))
     cfg = resolve_model_data_config(net)
     cfg["input_size"] = (3, image_size, image_size)
     cfg["crop_pct"] = 1.0
     return NicheModel(backbone=backbone, class_names=list(class_names), data_config=cfg, net=net)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A torch state dict from ``path`` (plain, or under a ``state_dict``/``model`` key).
+
+    Raises:
+        InvalidInput: if the file is missing or not a torch state dict.
+    """
+    if not path.is_file():
+        raise InvalidInput(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise InvalidInput(f"checkpoint {path} is not a readable torch state dict: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidInput(f"checkpoint {path} holds no state dict of tensors")
+    return state
+
+
+def init_backbone(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy every weight of ``state`` whose name and shape match ``net``; returns how many.
+
+    A head of another shape (other classes) is skipped, so a backbone trained elsewhere starts a
+    new classifier.
+
+    Raises:
+        InvalidInput: if ``state`` matches no weight of the backbone (another architecture).
+    """
+    own, prefix = net.state_dict(), _head_prefix(net) + "."
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    body = [k for k in own if not k.startswith(prefix)]
+    missing = [k for k in body if k not in usable]
+    if not usable or len(missing) > len(body) // 2:
+        raise InvalidInput(f"checkpoint does not fit this backbone: {len(missing)} of {len(body)} backbone "
+                           f"weights missing or of another shape (e.g. {missing[:3]}); was it made for another model?")
+    net.load_state_dict(usable, strict=False)
+    return len(usable)
+
+
+def _head_prefix(net: torch.nn.Module) -> str:
+    head = net.get_classifier()
+    return next((name for name, m in net.named_modules() if m is head), "")
 
 
 def margin_uncertainty(probs: np.ndarray) -> np.ndarray:

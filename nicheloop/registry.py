@@ -135,6 +135,13 @@ class Registry:
             reference = np.load(model_dir / REFERENCE_FILE)
         return LoadedVersion(info=info, model=model, reference=reference)
 
+    def artifact_text(self, run_id: str, name: str) -> str | None:
+        """A text artifact of a run (e.g. ``snapshot_manifest.json``); None if the run has none by that name."""
+        try:
+            return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+        except (MlflowException, OSError):
+            return None
+
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 

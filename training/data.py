@@ -88,3 +88,44 @@ class BlobImageDataset(Dataset):
         ex = self.examples[i]
         img = decode_image(self.blobs.get(ex.image_sha256), MAX_FILE_BYTES, self.max_pixels)
         return self.transform(img), self.index[ex.label]
+
+
+def _rank(seed: int, example: Example) -> str:
+    return hashlib.sha256(f"{seed}:{example.image_sha256}".encode()).hexdigest()
+
+
+def split_validation(examples: tuple[Example, ...] | list[Example], fraction: float, seed: int = 0
+                     ) -> tuple[list[Example], list[Example]]:
+    """(train, validation): ``fraction`` of each class (classes with fewer than 3 labels stay whole),
+    chosen by a seeded hash of the image, so the split is the same on every run and every worker."""
+    train: list[Example] = []
+    val: list[Example] = []
+    for label in sorted({e.label for e in examples}):
+        members = sorted((e for e in examples if e.label == label), key=lambda e: _rank(seed, e))
+        k = int(round(fraction * len(members))) if len(members) >= 3 else 0
+        val += members[:k]
+        train += members[k:]
+    return train, val
+
+
+def replay_buffer(old: tuple[Example, ...] | list[Example], per_class: int, seed: int = 0) -> list[Example]:
+    """Class-balanced replay: at most ``per_class`` of ``old`` for every class, chosen by a seeded
+    hash of the image (stable: the same old examples are replayed run after run)."""
+    out: list[Example] = []
+    for label in sorted({e.label for e in old}):
+        out += sorted((e for e in old if e.label == label), key=lambda e: _rank(seed, e))[:per_class]
+    return out
+
+
+def parse_manifest(text: str) -> Snapshot:
+    """The :class:`Snapshot` a run's ``snapshot_manifest.json`` artifact describes.
+
+    Raises:
+        InvalidInput: if ``text`` is not such a manifest.
+    """
+    try:
+        data = json.loads(text)
+        return Snapshot(train=tuple(Example(s, lbl) for s, lbl in data["train"]),
+                        holdout=tuple(Example(s, lbl) for s, lbl in data["holdout"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"not a snapshot manifest: {exc}") from exc

@@ -1,6 +1,10 @@
-"""Evaluation on held-out examples: accuracy, macro-F1 and the embeddings used as drift reference."""
+"""Evaluation that looks past accuracy: macro-F1, per-class precision and recall, the confusion
+matrix, precision at a required recall for critical classes, calibration (ECE) and slices."""
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -8,20 +12,51 @@ from torch.utils.data import DataLoader
 
 from nicheloop.blobs import BlobStore
 from nicheloop.model import NicheModel
+from training.calibrate import expected_calibration_error, softmax
 from training.data import BlobImageDataset, Example
 
+BRIGHTNESS_SLICES = ((0.0, 85.0, "dark"), (85.0, 170.0, "mid"), (170.0, 256.0, "bright"))
 
+
+@dataclass(frozen=True)
+class Predictions:
+    """A model's raw outputs on labeled examples."""
+
+    logits: np.ndarray       # (N, K), before temperature scaling
+    embeddings: np.ndarray   # (N, D)
+    y: np.ndarray            # (N,) true class indices
+    brightness: np.ndarray   # (N,) mean grey level of each image, 0..255
+
+
+@dataclass
+class Report:
+    """Scalar metrics (logged to MLflow) and the confusion matrix (rows: truth, columns: prediction)."""
+
+    metrics: dict[str, float]
+    confusion: list[list[int]] = field(default_factory=list)
+
+
+def metric_key(text: str) -> str:
+    """A class or slice name made safe for an MLflow metric key."""
+    return re.sub(r"[^0-9A-Za-z_.\-/]", "_", text)
+
+
+@torch.inference_mode()
 def predict_all(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example],
-                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (probs (N, K), embeddings (N, D), true class indices (N,))."""
+                batch_size: int = 64) -> Predictions:
+    """Run ``model`` over ``examples`` (evaluation transform, no temperature)."""
+    model.net.eval()
     ds = BlobImageDataset(blobs, examples, model.class_names, model.transform(training=False))
-    probs, embs, ys = [], [], []
+    logits, embs, ys, light = [], [], [], []
     for x, y in DataLoader(ds, batch_size=batch_size):
-        p, e = model.infer(x)
-        probs.append(p), embs.append(e), ys.append(y.numpy())
-    if not probs:
-        return np.zeros((0, model.num_classes)), np.zeros((0, 0)), np.zeros(0, dtype=int)
-    return np.concatenate(probs), np.concatenate(embs), np.concatenate(ys)
+        lg, e = model.logits(x)
+        logits.append(lg.float().cpu().numpy()), embs.append(e.float().cpu().numpy()), ys.append(y.numpy())
+        mean = torch.tensor(model.data_config["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(model.data_config["std"]).view(1, 3, 1, 1)
+        light.append(((x * std + mean).mean(dim=(1, 2, 3)) * 255).numpy())
+    if not logits:
+        return Predictions(np.zeros((0, model.num_classes)), np.zeros((0, 0)), np.zeros(0, dtype=int), np.zeros(0))
+    return Predictions(*(np.concatenate(a) for a in (logits, embs, ys, light)))
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -39,9 +74,62 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -
             "n": float(len(y))}
 
 
-@torch.inference_mode()
-def evaluate(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example]
-             ) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics on ``examples`` and their embeddings (N, D)."""
-    probs, embs, y = predict_all(model, blobs, examples)
-    return classification_metrics(probs, y, model.num_classes), embs
+def confusion_matrix(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = true class, columns = predicted class."""
+    return np.bincount(y * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class(conf: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """precision_<class> and recall_<class> from a confusion matrix (0.0 where undefined)."""
+    out: dict[str, float] = {}
+    for k, name in enumerate(class_names):
+        tp, predicted, actual = conf[k, k], conf[:, k].sum(), conf[k, :].sum()
+        out[f"precision_{metric_key(name)}"] = float(tp / predicted) if predicted else 0.0
+        out[f"recall_{metric_key(name)}"] = float(tp / actual) if actual else 0.0
+    return out
+
+
+def precision_at_recall(scores: np.ndarray, positive: np.ndarray, target: float) -> tuple[float, float]:
+    """Best precision over thresholds on ``scores`` that reach recall >= ``target``; (precision, threshold).
+
+    Returns (0.0, 1.0) when there are no positives.
+    """
+    if not positive.any():
+        return 0.0, 1.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(positive[order])
+    precision, recall = tp / np.arange(1, len(order) + 1), tp / positive.sum()
+    ok = np.flatnonzero(recall >= target - 1e-12)
+    best = ok[np.argmax(precision[ok])]
+    return float(precision[best]), float(scores[order][best])
+
+
+def report(model: NicheModel, preds: Predictions, critical: list[str] | None = None,
+           target_recall: float = 0.9) -> Report:
+    """Every metric of ``preds`` (probabilities calibrated with the model's temperature)."""
+    k, names = model.num_classes, model.class_names
+    probs, raw = softmax(preds.logits, model.temperature), softmax(preds.logits)
+    m = classification_metrics(probs, preds.y, k)
+    if len(preds.y) == 0:
+        return Report(m, [[0] * k for _ in range(k)])
+    conf = confusion_matrix(probs.argmax(1), preds.y, k)
+    m |= per_class(conf, names)
+    m |= {"ece": expected_calibration_error(probs, preds.y), "ece_uncalibrated": expected_calibration_error(raw, preds.y),
+          "temperature": model.temperature}
+    for name in critical or []:
+        if name in names:
+            c = names.index(name)
+            m[f"precision_at_recall_{metric_key(name)}"] = precision_at_recall(probs[:, c], preds.y == c, target_recall)[0]
+    for lo, hi, slice_name in BRIGHTNESS_SLICES:
+        sel = (preds.brightness >= lo) & (preds.brightness < hi)
+        if sel.any():
+            m[f"slice_{slice_name}_accuracy"] = float((probs[sel].argmax(1) == preds.y[sel]).mean())
+            m[f"slice_{slice_name}_n"] = float(sel.sum())
+    return Report(m, conf.tolist())
+
+
+def evaluate(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example],
+             critical: list[str] | None = None, target_recall: float = 0.9) -> tuple[Report, np.ndarray]:
+    """The :class:`Report` on ``examples`` and their embeddings (N, D) (the drift reference)."""
+    preds = predict_all(model, blobs, examples)
+    return report(model, preds, critical, target_recall), preds.embeddings

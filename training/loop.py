@@ -1,94 +1,133 @@
-"""Fine-tuning on Ray Train (TorchTrainer): GPU when the cluster has one, CPU otherwise."""
+"""Fine-tuning on Ray Train (TorchTrainer): DDP over ``num_workers``, GPU when the cluster has one,
+a checkpoint per epoch, and resumption from it when a worker dies."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_data_loader, prepare_model
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from nicheloop.blobs import BlobStore
 from nicheloop.model import NicheModel
 from training.config import TrainConfig
-from training.data import BlobImageDataset, Example
+from training.data import Example
+from training.engine import Job, Progress, checkpoint_state, local_job, make_optimizer, restore, run_epoch
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+PROGRESS_FILE = "progress.jsonl"
 
 
-def param_groups(net: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Discriminative learning rates: the new head learns at ``lr_head``, the body at ``lr_backbone``."""
-    head = {id(p) for p in net.get_classifier().parameters()}
-    body = [p for p in net.parameters() if id(p) not in head and p.requires_grad]
-    return [{"params": list(net.get_classifier().parameters()), "lr": cfg.lr_head},
-            {"params": body, "lr": cfg.lr_backbone}]
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(t)
+    return t
+
+
+def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
+    """Fault injection for tests: the first time ``epoch`` is reached, the worker process dies."""
+    marker = config.get("fail_marker")
+    if marker and epoch == config.get("fail_at_epoch") and not Path(marker).exists():
+        Path(marker).write_text(str(epoch))
+        os._exit(1)
+
+
+def _job(config: dict[str, Any], cfg: TrainConfig) -> Job:
+    """This rank's :class:`Job`: the local one, with the network wrapped for DDP when world > 1."""
+    ctx = ray.train.get_context()
+    model: NicheModel = ray.get(config["model_ref"])
+    job = local_job(model, BlobStore(config["blob_root"]), config["train"], config["val"], cfg, get_device())
+    world = ctx.get_world_size()
+    return dataclasses.replace(job, net=prepare_model(job.raw), rank=ctx.get_world_rank(), world=world,
+                               all_reduce=_all_reduce if world > 1 else job.all_reduce)
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: one epoch loop, a report (and checkpoint) per epoch."""
+    """Runs on every Ray Train worker: resume if a checkpoint exists, then one report (+ checkpoint) per epoch."""
     cfg = TrainConfig(**config["cfg"])
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(config["threads"])
-    model: NicheModel = ray.get(config["model_ref"])
-    ds = BlobImageDataset(BlobStore(config["blob_root"]), config["examples"], model.class_names,
-                          model.transform(training=True))
-    loader = prepare_data_loader(DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0))
-    net = prepare_model(model.net)
-    raw = net.module if hasattr(net, "module") else net
-    opt = torch.optim.AdamW(param_groups(raw, cfg), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * max(1, len(loader)))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    for epoch in range(cfg.epochs):
-        net.train()
-        total, seen = 0.0, 0
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + loss.item() * len(y), seen + len(y)
-        metrics = {"epoch": epoch, "train_loss": total / max(1, seen)}
+    job = _job(config, cfg)
+    opt, prog, best = make_optimizer(job.raw, cfg), Progress(), {}
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            prog, best = restore(job, opt, torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True))
+    first = prog.next_epoch
+    while prog.next_epoch < cfg.epochs and not prog.stopped_early:
+        _maybe_fail(config, prog.next_epoch)
+        metrics = run_epoch(job, opt, cfg, prog, best) | {
+            "resumed_from_epoch": float(first), "best_epoch": float(prog.best_epoch),
+            "stopped_early": float(prog.stopped_early), "device": str(job.device), "reported_at": time.time()}
+        # Synchronous upload: when report returns the epoch is safe, so a worker that dies later
+        # resumes from here (an asynchronous upload lost two epochs in a GPU run when the worker died).
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if ray.train.get_context().get_world_rank() == 0:
-                torch.save(raw.state_dict(), Path(tmp) / STATE_FILE)
+            if job.rank == 0:
+                torch.save(checkpoint_state(job, opt, prog, best), Path(tmp) / STATE_FILE)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def fit(model: NicheModel, examples: tuple[Example, ...] | list[Example], blob_root: str,
-        cfg: TrainConfig, storage_path: Path, run_name: str) -> tuple[NicheModel, list[dict[str, Any]]]:
-    """Fine-tune ``model`` in place on ``examples`` with Ray Train; returns it and per-epoch metrics.
+class ProgressLog(UserCallback):
+    """Makes a run visible while it trains: one JSON line per epoch in ``path`` and in the log."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(metrics[0], default=str) + "\n")
+            log.info("epoch %s: %s", metrics[0].get("epoch"), metrics[0])
+
+
+def fit(model: NicheModel, train: tuple[Example, ...] | list[Example], val: tuple[Example, ...] | list[Example],
+        blob_root: str, cfg: TrainConfig, storage_path: Path, run_name: str,
+        fault: dict[str, Any] | None = None) -> tuple[NicheModel, list[dict[str, Any]]]:
+    """Fine-tune ``model`` in place with Ray Train; returns it (best epoch's weights) and per-epoch metrics.
+
+    Progress is appended to ``storage_path/run_name/progress.jsonl`` while it runs. ``fault``
+    ({"fail_at_epoch": E, "fail_marker": PATH}) kills a worker once, for resumption tests.
     ``ray.init`` must have been called (entry points connect to the cluster).
+
+    Raises:
+        RuntimeError: if the run ends without a checkpoint (its logs are under ``storage_path``).
     """
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.num_workers)
+    progress = storage_path.resolve() / run_name / PROGRESS_FILE
+    log.info("training %s on %d examples (validation %d, gpu=%s); progress in %s",
+             run_name, len(train), len(val), use_gpu, progress)
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "model_ref": ray.put(model), "examples": list(examples),
-                           "blob_root": blob_root, "threads": threads},
+        train_loop_config={"cfg": cfg.model_dump(), "model_ref": ray.put(model), "train": list(train),
+                           "val": list(val), "blob_root": blob_root, "threads": threads, **(fault or {})},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1}),
-        run_config=RunConfig(name=run_name, storage_path=str(storage_path.resolve())),
+        run_config=RunConfig(name=run_name, storage_path=str(storage_path.resolve()),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[ProgressLog(progress)]),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name} produced no checkpoint; see its logs under {storage_path}")
     with result.checkpoint.as_directory() as ckpt:
         state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
-    model.net.load_state_dict(state)
+    model.net.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     model.net.eval()
-    history = [dict(m) for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])]
-    log.info("trained %s for %d epochs on %d examples (gpu=%s)", run_name, cfg.epochs, len(examples), use_gpu)
-    return model, history
+    return model, state["progress"]["history"]

@@ -1,27 +1,38 @@
-"""The two training entry points: ``bootstrap`` (the first champion) and ``train`` (a candidate)."""
+"""The two training entry points: ``bootstrap`` (the first champion) and ``train`` (a candidate).
+
+Both: snapshot the labeled store, split off validation, fine-tune on Ray Train, fit the
+calibration temperature, evaluate on the held-out side, and register the version in MLflow with
+its lineage (snapshot manifest, parent version, recipe, code version). ``train`` is continual:
+it learns from the labels that are new since the parent, with a class-balanced replay of the
+parent's labels, and reports how much the new version forgot of the parent's held-out data.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 
 from nicheloop.blobs import BlobStore
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
-from nicheloop.model import NicheModel, build_model
+from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.registry import Registry, VersionInfo
 from nicheloop.settings import Settings
+from nicheloop.stack import connect_ray
 from nicheloop.store import Store
-from training.config import TrainConfig
-from training.data import Snapshot, snapshot
-from training.evaluate import evaluate
+from training.calibrate import fit_temperature
+from training.config import TrainConfig, dump_recipe
+from training.data import Example, Snapshot, parse_manifest, replay_buffer, snapshot, split_validation
+from training.evaluate import evaluate, predict_all
 from training.loop import fit
 
 log = logging.getLogger(__name__)
+MANIFEST = "snapshot_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -31,57 +42,145 @@ class TrainResult:
     snapshot_digest: str
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """What one fine-tune sees: new labels, replayed old labels, and the validation split of both."""
+
+    train: list[Example]
+    val: list[Example]
+    new: int
+    replayed: int
+
+
 def seed_store(settings: Settings, items: list[tuple[bytes, str]]) -> int:
     """Put seed images into the blob store and the labeled store; returns how many were new."""
     blobs, store = BlobStore(str(settings.blob_dir)), Store(settings.db_url)
     return sum(store.add_seed_example(blobs.put(data), label) for data, label in items)
 
 
-def _connect(settings: Settings) -> None:
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_head_address, log_to_driver=False)
+def code_version() -> str:
+    """The git commit of the code that trains (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
-def _fit_evaluate_register(settings: Settings, model: NicheModel, snap: Snapshot, cfg: TrainConfig,
-                           alias: str, parent: str, extra_metrics: dict[str, float]) -> TrainResult:
-    if not snap.train or not snap.holdout:
-        raise InvalidInput(f"need labeled examples on both sides (train {len(snap.train)}, "
+def start_model(settings: Settings, cfg: TrainConfig, classes: list[str]) -> NicheModel:
+    """A fresh model for ``classes`` with the recipe's starting weights (none, hub, file or MLflow).
+
+    Raises:
+        InvalidInput: if the weights cannot be found or do not fit the backbone.
+    """
+    backbone = cfg.backbone or settings.backbone
+    kind, _, where = cfg.weights.partition(":")
+    model = build_model(backbone, classes, settings.image_size, pretrained=kind == "hub",
+                        checkpoint_path=Path(where).expanduser() if kind == "file" else None, dropout=cfg.dropout)
+    if kind == "mlflow":
+        registry = Registry(settings.tracking_uri, settings.model_name)
+        version = registry.resolve(where[1:]).version if where.startswith("@") else where
+        source = registry.load(version).model
+        if source.backbone.split(".")[0] != backbone.split(".")[0]:
+            raise InvalidInput(f"weights {cfg.weights} are a {source.backbone}, the recipe asks for {backbone}")
+        init_backbone(model.net, source.net.state_dict())
+    return model
+
+
+def _calibrate(model: NicheModel, blobs: BlobStore, val: list[Example], cfg: TrainConfig) -> None:
+    """Fit the temperature on validation logits and store it with the model (serving applies it)."""
+    if cfg.calibrate and len(val) >= 2:
+        preds = predict_all(model, blobs, val)
+        model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
+
+
+def _fit_evaluate_register(settings: Settings, model: NicheModel, snap: Snapshot, data: TrainingSet,
+                           cfg: TrainConfig, alias: str, parent: NicheModel | None, parent_version: str,
+                           extra_metrics: dict[str, float], old_holdout: tuple[Example, ...] = ()) -> TrainResult:
+    if not data.train or not snap.holdout:
+        raise InvalidInput(f"need labeled examples on both sides (train {len(data.train)}, "
                            f"held out {len(snap.holdout)}); label more data first")
-    _connect(settings)
+    connect_ray(settings)
     blobs = BlobStore(str(settings.blob_dir))
-    model, history = fit(model, snap.train, str(settings.blob_dir), cfg,
+    model, history = fit(model, data.train, data.val, str(settings.blob_dir), cfg,
                          settings.home / "ray_results", f"{alias}-{snap.digest[:12]}")
-    metrics, reference = evaluate(model, blobs, snap.holdout)
-    all_metrics = {f"holdout_{k}": v for k, v in metrics.items()} | extra_metrics | {
-        "train_examples": float(len(snap.train)),
+    _calibrate(model, blobs, data.val, cfg)
+    rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
+    all_metrics = {f"holdout_{k}": v for k, v in rep.metrics.items()} | extra_metrics | {
+        "train_examples": float(len(data.train)), "val_examples": float(len(data.val)),
+        "new_examples": float(data.new), "replayed_examples": float(data.replayed),
+        "epochs_run": float(len(history)),
         "final_train_loss": float(history[-1]["train_loss"]) if history else float("nan")}
-    lineage = {"snapshot_digest": snap.digest, "parent_version": parent, "backbone": model.backbone,
-               "train_config": cfg.model_dump_json()}
+    if parent is not None:
+        all_metrics |= forgetting(parent, model, blobs, old_holdout)
+    lineage = {"snapshot_digest": snap.digest, "parent_version": parent_version, "backbone": model.backbone,
+               "weights": cfg.weights, "code_version": code_version(), "train_config": cfg.model_dump_json()}
     registry = Registry(settings.tracking_uri, settings.model_name)
     info = registry.register(model, reference, params=cfg.model_dump(), metrics=all_metrics, lineage=lineage,
-                             alias=alias, artifacts={"snapshot_manifest.json": snap.manifest(),
+                             alias=alias, artifacts={MANIFEST: snap.manifest(), "recipe.yaml": dump_recipe(cfg),
+                                                     "confusion_matrix.json": json.dumps(
+                                                         {"classes": model.class_names, "matrix": rep.confusion}),
                                                      "train_history.json": json.dumps(history, default=str)})
     return TrainResult(info, all_metrics, snap.digest)
 
 
-def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConfig,
-              pretrained: bool = False, checkpoint: Path | None = None) -> TrainResult:
+def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConfig) -> TrainResult:
     """Fine-tune a fresh timm model on a seed set and register it as the first ``champion``."""
     seed_store(settings, items)
-    classes = sorted({label for _, label in items})
-    model = build_model(settings.backbone, classes, settings.image_size, pretrained, checkpoint)
-    return _fit_evaluate_register(settings, model, snapshot(Store(settings.db_url)), cfg, CHAMPION, "none", {})
+    model = start_model(settings, cfg, sorted({label for _, label in items}))
+    snap = snapshot(Store(settings.db_url))
+    train, val = split_validation(snap.train, cfg.val_fraction, cfg.seed)
+    data = TrainingSet(train, val, new=len(snap.train), replayed=0)
+    return _fit_evaluate_register(settings, model, snap, data, cfg, CHAMPION, None, "none", {})
+
+
+def continual_set(snap: Snapshot, parent: Snapshot | None, cfg: TrainConfig) -> TrainingSet:
+    """New labels since ``parent`` plus a class-balanced replay of the parent's, split for validation.
+
+    Without a parent manifest every label counts as new.
+
+    Raises:
+        InvalidInput: if nothing is new since the parent (label more data first).
+    """
+    seen = {(e.image_sha256, e.label) for e in parent.train} if parent else set()
+    new = [e for e in snap.train if (e.image_sha256, e.label) not in seen]
+    if not new:
+        raise InvalidInput("no labels are new since the champion was trained; label more data first")
+    new_shas = {e.image_sha256 for e in new}
+    old = [e for e in snap.train if (e.image_sha256, e.label) in seen and e.image_sha256 not in new_shas]
+    replay = replay_buffer(old, cfg.replay_per_class, cfg.seed)
+    train, val = split_validation(new + replay, cfg.val_fraction, cfg.seed)
+    return TrainingSet(train, val, new=len(new), replayed=len(replay))
+
+
+def forgetting(before: NicheModel, after: NicheModel, blobs: BlobStore, old: list[Example] | tuple[Example, ...]
+               ) -> dict[str, float]:
+    """Accuracy points lost on the parent's held-out data (positive: forgot; negative: improved)."""
+    if not old:
+        return {}
+    acc = []
+    for m in (before, after):
+        preds = predict_all(m, blobs, old)
+        acc.append(float((preds.logits.argmax(1) == preds.y).mean()))
+    return {"old_data_accuracy_before": acc[0], "old_data_accuracy_after": acc[1],
+            "forgetting_points": 100.0 * (acc[0] - acc[1])}
 
 
 def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
-    """Fine-tune the champion on the labeled store; register the result as ``candidate``.
+    """Fine-tune the champion continually on the labeled store; register the result as ``candidate``.
 
     The champion is evaluated on the same held-out split, so the promotion gate compares like with like.
     """
     registry = Registry(settings.tracking_uri, settings.model_name)
     champion = registry.load(registry.resolve(CHAMPION).version)
+    manifest = registry.artifact_text(champion.info.run_id, MANIFEST)
+    parent_snap = parse_manifest(manifest) if manifest else None
     snap = snapshot(Store(settings.db_url))
-    parent_metrics, _ = evaluate(champion.model, BlobStore(str(settings.blob_dir)), snap.holdout)
-    extra = {f"parent_holdout_{k}": v for k, v in parent_metrics.items()}
-    # the champion's weights are the starting point; they are fine-tuned in place from here on
-    return _fit_evaluate_register(settings, champion.model, snap, cfg, CANDIDATE, champion.info.version, extra)
+    data = continual_set(snap, parent_snap, cfg)
+    blobs = BlobStore(str(settings.blob_dir))
+    parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
+    extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
+    before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
+    return _fit_evaluate_register(settings, champion.model, snap, data, cfg, CANDIDATE, before,
+                                  champion.info.version, extra, parent_snap.holdout if parent_snap else ())

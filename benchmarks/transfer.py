@@ -1,0 +1,224 @@
+"""Transfer learning with few labels: what pretraining, recipes, replay and calibration buy.
+
+On an ImageFolder (default ../shared/datasets/neu-steel when present, else generated images):
+
+- accuracy and macro-F1 at 5, 10 and 25 labels per class for random initialisation (``scratch``),
+  in-domain SimSiam pretraining on the unlabeled images then fine-tuning (``ssl_pretrained``:
+  gradual unfreezing with layer-wise LR decay), and ablations on the same pretrained backbone
+  (``ssl_frozen`` linear probe, ``ssl_full`` fine-tuning, ``ssl_no_layer_decay``);
+- forgetting: a model trained on clean images is fine-tuned on shifted ones (darker, blurred);
+  accuracy points lost on the clean test set, with and without class-balanced replay;
+- calibration: ECE on the test set before and after temperature scaling (fitted on validation).
+
+Every run uses the product's own engine (the code Ray Train workers run), in-process. The test
+images are never seen, not even unlabeled. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nicheloop.blobs import BlobStore  # noqa: E402
+from nicheloop.model import build_model  # noqa: E402
+from nicheloop.synthetic import write_image_folder  # noqa: E402
+from training.calibrate import expected_calibration_error, fit_temperature, softmax  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.data import Example, read_image_folder, replay_buffer, split_validation  # noqa: E402
+from training.engine import fit_local, local_job  # noqa: E402
+from training.evaluate import classification_metrics, predict_all  # noqa: E402
+from training.pretrain import PretrainConfig, make_simsiam, ssl_epoch, ssl_loader, ssl_optimizer  # noqa: E402
+
+log = logging.getLogger("transfer")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "neu-steel"
+BUDGETS = (5, 10, 25)
+
+
+def shifted(data: bytes) -> bytes:
+    """The same surface under other conditions: darker, lower contrast, out of focus."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img = ImageEnhance.Brightness(img).enhance(0.6)
+    img = ImageEnhance.Contrast(img).enhance(0.7).filter(ImageFilter.GaussianBlur(1.2))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def split(items: list[tuple[str, str]], test_per_class: int, seed: int) -> tuple[dict[str, list[Example]], list[Example]]:
+    """(pool per class, test): the test images are fixed per class and kept apart from everything else."""
+    rng = np.random.default_rng(seed)
+    pool: dict[str, list[Example]] = {}
+    test: list[Example] = []
+    for label in sorted({lbl for _, lbl in items}):
+        members = [Example(sha, lbl) for sha, lbl in items if lbl == label]
+        members = [members[i] for i in rng.permutation(len(members))]
+        test += members[:test_per_class]
+        pool[label] = members[test_per_class:]
+    return pool, test
+
+
+def take(pool: dict[str, list[Example]], per_class: int, offset: int = 0) -> list[Example]:
+    return [e for members in pool.values() for e in members[offset: offset + per_class]]
+
+
+def pretrain_backbone(blobs: BlobStore, digests: list[str], args: argparse.Namespace, out: Path, device: torch.device
+                      ) -> dict[str, float]:
+    cfg = PretrainConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.ssl_epochs,
+                         batch_size=args.ssl_batch, loader_workers=args.ssl_loader_workers, seed=args.seed)
+    model = make_simsiam(cfg).to(device)
+    opt, loader, last = ssl_optimizer(model, cfg), ssl_loader(blobs, digests, cfg), {}
+    for epoch in range(cfg.epochs):
+        last = ssl_epoch(model, loader, opt, cfg, epoch, device)
+        if epoch % 10 == 0 or epoch == cfg.epochs - 1:
+            log.info("ssl epoch %d: %s", epoch, last)
+    torch.save(model.backbone.state_dict(), out)
+    return last
+
+
+def finetune(classes: list[str], blobs: BlobStore, train: list[Example], cfg: TrainConfig, args: argparse.Namespace,
+             checkpoint: Path | None, device: torch.device, start_state: dict | None = None):
+    model = build_model(args.backbone, classes, args.image_size, checkpoint_path=checkpoint, dropout=cfg.dropout)
+    if start_state is not None:
+        model.net.load_state_dict(start_state)
+    tr, val = split_validation(train, cfg.val_fraction, cfg.seed)
+    fit_local(local_job(model, blobs, tr, val, cfg, device), cfg)
+    model.net.eval()
+    return model, val
+
+
+def scores(model, blobs: BlobStore, examples: list[Example]) -> dict[str, float]:
+    preds = predict_all(model, blobs, examples, batch_size=256)
+    return classification_metrics(softmax(preds.logits), preds.y, model.num_classes)
+
+
+def recipes(args: argparse.Namespace) -> dict[str, tuple[bool, TrainConfig]]:
+    """variant -> (starts from the SSL backbone, recipe)."""
+    base = dict(epochs=args.epochs, batch_size=args.batch, lr_head=3e-3, lr_backbone=1e-3, augment=0.6,
+                class_balance="sampler", val_fraction=0.2, label_smoothing=args.label_smoothing, early_stopping_patience=0, dropout=0.1,
+                loader_workers=args.loader_workers, seed=args.seed)
+    gradual = dict(freeze="gradual", head_only_epochs=max(1, args.epochs // 6), unfreeze_every=max(1, args.epochs // 8),
+                   layer_decay=0.7)
+    return {
+        "scratch": (False, TrainConfig(**base, freeze="none", layer_decay=1.0)),
+        "ssl_pretrained": (True, TrainConfig(**base, **gradual)),
+        "ssl_frozen": (True, TrainConfig(**base, freeze="backbone")),
+        "ssl_full": (True, TrainConfig(**base, freeze="none", layer_decay=1.0)),
+        "ssl_no_layer_decay": (True, TrainConfig(**base, **(gradual | {"layer_decay": 1.0}))),
+    }
+
+
+def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device) -> dict[str, float]:
+    """Task A on clean images, then a fine-tune on shifted images with and without replay."""
+    variants = recipes(args)
+    start = "ssl_pretrained" if ckpt is not None else "scratch"  # no gradual unfreezing of random weights
+    cfg_a = variants[start][1].model_copy(update={"val_fraction": args.calibration_fraction})
+    first = take(pool, args.task_a_per_class)
+    model_a, val_a = finetune(classes, blobs, first, cfg_a, args, ckpt, device)
+    before = scores(model_a, blobs, test)["accuracy"]
+    val_preds, test_preds = predict_all(model_a, blobs, val_a), predict_all(model_a, blobs, test, batch_size=256)
+    t = fit_temperature(val_preds.logits, val_preds.y)
+    out = {"task_a_accuracy": before, "temperature": t,
+           "ece_before_scaling": expected_calibration_error(softmax(test_preds.logits), test_preds.y),
+           "ece_after_scaling": expected_calibration_error(softmax(test_preds.logits, t), test_preds.y)}
+    new = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label)
+           for e in take(pool, args.shift_per_class, offset=args.task_a_per_class)]
+    shifted_test = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label) for e in test]
+    state = {k: v.detach().cpu().clone() for k, v in model_a.net.state_dict().items()}
+    cont = TrainConfig(**{**cfg_a.model_dump(), "freeze": "none", "epochs": max(2, args.epochs // 2), "lr_head": 1e-3,
+                          "lr_backbone": 3e-4, "layer_decay": 0.8})
+    for name, replay in (("with_replay", replay_buffer(first, args.replay_per_class, args.seed)), ("without_replay", [])):
+        model_b, _ = finetune(classes, blobs, new + replay, cont, args, None, device, start_state=state)
+        after = scores(model_b, blobs, test)["accuracy"]
+        out[f"forgetting_points_{name}"] = 100.0 * (before - after)
+        out[f"shifted_accuracy_{name}"] = scores(model_b, blobs, shifted_test)["accuracy"]
+    out["shifted_accuracy_before"] = scores(model_a, blobs, shifted_test)["accuracy"]
+    return out
+
+
+def goals(accuracy: dict[str, dict[str, float]], extra: dict[str, float]) -> dict[str, bool]:
+    """The issue's goals, for the parts that ran."""
+    out = {}
+    if accuracy:
+        out["ssl_above_scratch_at_10"] = accuracy["ssl_pretrained"]["10"] > accuracy["scratch"]["10"]
+    if extra:
+        out["forgetting_with_replay_le_1"] = extra["forgetting_points_with_replay"] <= 1.0
+        out["ece_after_scaling_le_0.03"] = extra["ece_after_scaling"] <= 0.03
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--ssl-epochs", type=int, default=40)
+    p.add_argument("--ssl-batch", type=int, default=128)
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--task-a-per-class", type=int, default=100)
+    p.add_argument("--shift-per-class", type=int, default=25)
+    p.add_argument("--replay-per-class", type=int, default=TrainConfig().replay_per_class)
+    p.add_argument("--calibration-fraction", type=float, default=0.2,
+                   help="Share of task A's labels held out to fit the temperature (and stop early).")
+    p.add_argument("--loader-workers", type=int, default=0, help="Image-decoding processes while fine-tuning.")
+    p.add_argument("--ssl-loader-workers", type=int, default=0, help="Image-decoding processes while pretraining.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-smoothing", type=float, default=TrainConfig().label_smoothing)
+    p.add_argument("--parts", default="accuracy,forgetting", help="accuracy (label budgets and ablations), "
+                   "forgetting (replay and calibration); --ssl-epochs 0 starts task A from scratch.")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if "accuracy" in args.parts and not args.ssl_epochs:
+        p.error("the accuracy part compares against SSL pretraining: give --ssl-epochs > 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    torch.manual_seed(args.seed)
+    device, t0 = torch.device(args.device), time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data or write_image_folder(Path(tmp) / "data", 120, seed=args.seed, size=args.image_size)
+        blobs = BlobStore(str(Path(tmp) / "blobs"))
+        items = [(blobs.put(data), label) for data, label in read_image_folder(root)]
+        classes = sorted({label for _, label in items})
+        pool, test = split(items, args.test_per_class, args.seed)
+        unlabeled = sorted({e.image_sha256 for members in pool.values() for e in members})
+        ckpt = Path(tmp) / "ssl_backbone.pt"
+        ssl_metrics = pretrain_backbone(blobs, unlabeled, args, ckpt, device) if args.ssl_epochs else {}
+        t_ssl = time.perf_counter() - t0
+        accuracy: dict[str, dict[str, float]] = {}
+        macro_f1: dict[str, dict[str, float]] = {}
+        for variant, (from_ssl, cfg) in recipes(args).items() if "accuracy" in args.parts else ():
+            for n in BUDGETS:
+                model, _ = finetune(classes, blobs, take(pool, n), cfg, args, ckpt if from_ssl else None, device)
+                m = scores(model, blobs, test)
+                accuracy.setdefault(variant, {})[str(n)] = round(m["accuracy"], 4)
+                macro_f1.setdefault(variant, {})[str(n)] = round(m["macro_f1"], 4)
+                log.info("%s @ %d/class: %s", variant, n, m)
+        extra = (forgetting_and_calibration(classes, blobs, pool, test, ckpt if args.ssl_epochs else None, args, device)
+                 if "forgetting" in args.parts else {})
+    result = {
+        "data": str(args.data or "synthetic"), "backbone": args.backbone, "image_size": args.image_size,
+        "device": str(device), "classes": len(classes), "test_images": len(test), "unlabeled_images": len(unlabeled),
+        "accuracy": accuracy, "macro_f1": macro_f1,
+        **{k: round(v, 4) for k, v in extra.items()},
+        "ssl_epochs": args.ssl_epochs, "ssl_final": {k: round(v, 4) for k, v in ssl_metrics.items()},
+        "ssl_seconds": round(t_ssl, 1), "finetune_epochs": args.epochs,
+        "goals_met": goals(accuracy, extra),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Training against the real parts: Ray Train (a worker killed and resumed), SimSiam pretraining on
+Ray, and the whole continual pipeline registering versions with lineage in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import ray
+import torch
+
+from nicheloop.blobs import BlobStore, sha256_hex
+from nicheloop.errors import InvalidInput
+from nicheloop.model import build_model
+from nicheloop.registry import Registry
+from nicheloop.settings import Settings
+from nicheloop.store import Store, is_holdout
+from nicheloop.synthetic import Shift, write_image_folder
+from training.config import TrainConfig, load_recipe
+from training.data import Example, read_image_folder, split_validation
+from training.loop import PROGRESS_FILE, fit
+from training.pipeline import MANIFEST, bootstrap, start_model, train
+from training.pretrain import PretrainConfig, pretrain, usable_images
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def on_ray() -> Iterator[None]:
+    """A local Ray instance (or the cluster an earlier test connected to)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("train-home")
+    return Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home}/mlflow.db", backbone="test_resnet",
+                    image_size=32, model_name="train-it")
+
+
+def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tmp_path: Path) -> None:
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    examples = [Example(blobs.put(d), lbl) for d, lbl in
+                read_image_folder(write_image_folder(tmp_path / "imgs", 8, seed=0, size=32))]
+    train_ex, val = split_validation(examples, 0.25)
+    model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
+    cfg = TrainConfig(epochs=4, batch_size=8, max_failures=1)
+    model, history = fit(model, train_ex, val, str(tmp_path / "blobs"), cfg, tmp_path / "ray", "resume",
+                         fault={"fail_at_epoch": 2, "fail_marker": str(tmp_path / "killed")})
+    assert (tmp_path / "killed").read_text() == "2"  # the worker really died at the start of epoch 2
+    assert [h["epoch"] for h in history] == [0.0, 1.0, 2.0, 3.0]  # each epoch trained once, none lost
+    reports = [json.loads(x) for x in (tmp_path / "ray" / "resume" / PROGRESS_FILE).read_text().splitlines()]
+    # resumed from the last checkpoint the controller had registered (epoch 1's or epoch 2's start), not from scratch
+    resumed = {r["resumed_from_epoch"] for r in reports if r["resumed_from_epoch"] > 0}
+    assert len(resumed) == 1 and resumed <= {1.0, 2.0}
+    assert all(r["device"] == "cpu" for r in reports)
+    assert all(torch.isfinite(p).all() for p in model.net.parameters())
+
+
+def test_without_failures_to_spare_a_dead_worker_fails_the_run(on_ray: None, tmp_path: Path) -> None:
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    examples = [Example(blobs.put(d), lbl) for d, lbl in
+                read_image_folder(write_image_folder(tmp_path / "imgs", 3, seed=0, size=32))]
+    model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
+    with pytest.raises(Exception, match="(?i)fail|died|error"):
+        fit(model, examples, [], str(tmp_path / "blobs"), TrainConfig(epochs=2, batch_size=4, max_failures=0),
+            tmp_path / "ray", "nofail", fault={"fail_at_epoch": 1, "fail_marker": str(tmp_path / "killed")})
+
+
+def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None, settings: Settings,
+                                                                    tmp_path: Path) -> None:
+    seed = read_image_folder(write_image_folder(tmp_path / "seed", 16, seed=0, size=32))
+    blobs = BlobStore(str(settings.blob_dir))
+    for data, _ in seed:
+        blobs.put(data)
+    ckpt = tmp_path / "ssl.pt"
+    ssl = pretrain(str(settings.blob_dir), usable_images(blobs),
+                   PretrainConfig(backbone="test_resnet", image_size=32, epochs=2, batch_size=16, proj_dim=32,
+                                  pred_dim=8), ckpt, settings.home / "ray_results")
+    assert ckpt.is_file() and ssl["epoch"] == 1.0
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"weights: file:{ckpt}\nepochs: 2\nbatch_size: 8\nfreeze: gradual\nlayer_decay: 0.7\n"
+                      "critical_classes: [scratches]\n")
+    first = bootstrap(settings, seed, load_recipe(recipe))
+    registry = Registry(settings.tracking_uri, settings.model_name)
+    champion = registry.load(first.version.version)
+    tags = first.version.tags
+    assert tags["parent_version"] == "none" and tags["weights"] == f"file:{ckpt}" and len(tags["code_version"]) >= 7
+    assert json.loads(tags["train_config"])["freeze"] == "gradual"
+    for key in ("holdout_accuracy", "holdout_macro_f1", "holdout_ece", "holdout_ece_uncalibrated",
+                "holdout_precision_at_recall_scratches", "holdout_recall_crazing", "holdout_temperature"):
+        assert key in first.metrics, key
+    assert champion.model.temperature == pytest.approx(first.metrics["holdout_temperature"])
+    assert load_recipe(_artifact(registry, first, "recipe.yaml")) == load_recipe(recipe)
+    confusion = json.loads(registry.artifact_text(first.version.run_id, "confusion_matrix.json") or "{}")
+    assert sum(map(sum, confusion["matrix"])) == first.metrics["holdout_n"]
+    manifest = json.loads(registry.artifact_text(first.version.run_id, MANIFEST) or "{}")
+    assert manifest["digest"] == tags["snapshot_digest"]
+
+    # the recipe may start from a registered version instead of a file
+    same = start_model(settings, TrainConfig(weights="mlflow:@champion"), champion.model.class_names)
+    body = [k for k in same.net.state_dict() if not k.startswith("fc.")]
+    assert all(torch.equal(same.net.state_dict()[k], champion.model.net.state_dict()[k]) for k in body)
+
+    # new labels arrive from a shifted line: a continual fine-tune with replay, forgetting reported
+    store = Store(settings.db_url)
+    shifted = read_image_folder(write_image_folder(tmp_path / "new", 6, seed=5, size=32,
+                                                   shift=Shift(blur_radius=1.0, brightness=-0.2)))
+    for data, label in shifted:
+        store.add_seed_example(blobs.put(data), label)
+    second = train(settings, TrainConfig(epochs=2, batch_size=8, replay_per_class=3))
+    m = second.metrics
+    assert second.version.tags["parent_version"] == first.version.version
+    assert m["new_examples"] == sum(not is_holdout(sha256_hex(data)) for data, _ in shifted)
+    assert m["replayed_examples"] == 3 * 4
+    assert {"forgetting_points", "old_data_accuracy_before", "old_data_accuracy_after"} <= set(m)
+    assert m["forgetting_points"] == pytest.approx(100 * (m["old_data_accuracy_before"] - m["old_data_accuracy_after"]))
+    assert registry.run_metrics(second.version.run_id)["forgetting_points"] == pytest.approx(m["forgetting_points"])
+
+    with pytest.raises(InvalidInput, match="no labels are new"):
+        registry.set_alias("champion", second.version.version)
+        train(settings, TrainConfig(epochs=1))
+
+
+def _artifact(registry: Registry, result, name: str) -> Path:  # type: ignore[no-untyped-def]
+    text = registry.artifact_text(result.version.run_id, name)
+    assert text is not None, name
+    path = Path(registry.tracking_uri.split("///", 1)[1]).parent / name
+    path.write_text(text)
+    return path

@@ -147,7 +147,7 @@ def ssl_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, 
         opt.zero_grad(set_to_none=True)
         loss.float().backward()
         opt.step()
-        losses.append(float(loss)), spreads.append(float(spread))
+        losses.append(loss.item()), spreads.append(spread.item())
     return {"epoch": float(epoch), "ssl_loss": float(np.mean(losses)), "z_std": float(np.mean(spreads))}
 
 

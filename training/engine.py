@@ -103,8 +103,8 @@ def train_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: i
         opt.step()
         total += torch.stack([loss.detach().float() * len(y), torch.tensor(float(len(y)), device=job.device)])
     total = job.all_reduce(total)
-    return {"train_loss": float(total[0] / total[1].clamp(min=1)), "frozen_tensors": float(len(frozen_params)),
-            "lr_factor": lr_factor(cfg, epoch + 1)}
+    return {"train_loss": float(total[0] / total[1].clamp(min=1)), "train_images": float(total[1]),
+            "frozen_tensors": float(len(frozen_params)), "lr_factor": lr_factor(cfg, epoch + 1)}
 
 
 @torch.no_grad()
@@ -123,7 +123,7 @@ def validate(job: Job, cfg: TrainConfig) -> dict[str, float]:
                              (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=job.device)])
     sums = job.all_reduce(sums)
     n = float(sums[2].clamp(min=1))
-    return {"val_loss": float(sums[0]) / n, "val_accuracy": float(sums[1]) / n}
+    return {"val_loss": float(sums[0]) / n, "val_accuracy": float(sums[1]) / n, "val_images": float(sums[2])}
 
 
 def run_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, prog: Progress,

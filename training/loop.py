@@ -70,7 +70,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         _maybe_fail(config, prog.next_epoch)
         metrics = run_epoch(job, opt, cfg, prog, best) | {
             "resumed_from_epoch": float(first), "best_epoch": float(prog.best_epoch),
-            "stopped_early": float(prog.stopped_early), "device": str(job.device), "reported_at": time.time()}
+            "stopped_early": float(prog.stopped_early), "device": str(job.device), "world": float(job.world), "reported_at": time.time()}
         # Synchronous upload: when report returns the epoch is safe, so a worker that dies later
         # resumes from here (an asynchronous upload lost two epochs in a GPU run when the worker died).
         with tempfile.TemporaryDirectory() as tmp:

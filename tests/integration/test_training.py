@@ -20,6 +20,7 @@ from nicheloop.store import Store, is_holdout
 from nicheloop.synthetic import Shift, write_image_folder
 from training.config import TrainConfig, load_recipe
 from training.data import Example, read_image_folder, split_validation
+from training.evaluate import predict_all
 from training.loop import PROGRESS_FILE, fit
 from training.pipeline import MANIFEST, bootstrap, start_model, train
 from training.pretrain import PretrainConfig, pretrain, usable_images
@@ -62,6 +63,25 @@ def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tm
     assert len(resumed) == 1 and resumed <= {1.0, 2.0}
     assert all(r["device"] == "cpu" for r in reports)
     assert all(torch.isfinite(p).all() for p in model.net.parameters())
+
+
+def test_two_workers_train_with_ddp_on_disjoint_shares(on_ray: None, tmp_path: Path) -> None:
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    examples = [Example(blobs.put(d), lbl) for d, lbl in
+                read_image_folder(write_image_folder(tmp_path / "imgs", 9, seed=1, size=32))]
+    train_ex, val = split_validation(examples, 0.3)
+    model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
+    cfg = TrainConfig(epochs=2, batch_size=4, num_workers=2, class_balance="none")
+    model, history = fit(model, train_ex, val, str(tmp_path / "blobs"), cfg, tmp_path / "ray", "ddp")
+    reports = [json.loads(x) for x in (tmp_path / "ray" / "ddp" / PROGRESS_FILE).read_text().splitlines()]
+    assert [r["world"] for r in reports] == [2.0, 2.0]
+    # each rank trained on its own half and the sums were all-reduced: every image counted once
+    assert all(h["train_images"] == len(train_ex) - len(train_ex) % 2 for h in history)
+    assert all(h["val_images"] == len(val) for h in history)
+    # the reduced validation accuracy is what the returned (best-epoch) weights score in one process
+    best = min(history, key=lambda h: h["val_loss"])
+    preds = predict_all(model, blobs, val)
+    assert best["val_accuracy"] == pytest.approx(float((preds.logits.argmax(1) == preds.y).mean()))
 
 
 def test_without_failures_to_spare_a_dead_worker_fails_the_run(on_ray: None, tmp_path: Path) -> None:

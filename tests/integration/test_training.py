@@ -4,6 +4,9 @@ Ray, and the whole continual pipeline registering versions with lineage in MLflo
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +18,7 @@ from nicheloop.blobs import BlobStore, sha256_hex
 from nicheloop.errors import InvalidInput
 from nicheloop.model import build_model
 from nicheloop.registry import Registry
-from nicheloop.settings import Settings
+from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store, is_holdout
 from nicheloop.synthetic import Shift, write_image_folder
 from training.config import TrainConfig, load_recipe
@@ -23,7 +26,7 @@ from training.data import Example, read_image_folder, split_validation
 from training.evaluate import predict_all
 from training.loop import PROGRESS_FILE, fit
 from training.pipeline import MANIFEST, bootstrap, start_model, train
-from training.pretrain import PretrainConfig, pretrain, usable_images
+from training.pretrain import usable_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -98,13 +101,16 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None,
                                                                     tmp_path: Path) -> None:
     seed = read_image_folder(write_image_folder(tmp_path / "seed", 16, seed=0, size=32))
     blobs = BlobStore(str(settings.blob_dir))
-    for data, _ in seed:
-        blobs.put(data)
     ckpt = tmp_path / "ssl.pt"
-    ssl = pretrain(str(settings.blob_dir), usable_images(blobs),
-                   PretrainConfig(backbone="test_resnet", image_size=32, epochs=2, batch_size=16, proj_dim=32,
-                                  pred_dim=8), ckpt, settings.home / "ray_results")
-    assert ckpt.is_file() and ssl["epoch"] == 1.0
+    # `nicheloop pretrain` as an operator runs it: the images go into the blob store, SimSiam runs on Ray
+    env = {**os.environ, **settings_env(settings), "NICHELOOP_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out = subprocess.run([sys.executable, "-m", "nicheloop.cli", "pretrain", "--data", str(tmp_path / "seed"),
+                          "--backbone", "test_resnet", "--epochs", "2", "--batch-size", "16", "--out", str(ckpt)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ssl = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ssl["checkpoint"] == str(ckpt) and ckpt.is_file() and ssl["epoch"] == 1.0
+    assert ssl["images"] == len(usable_images(blobs)) == len({sha256_hex(data) for data, _ in seed})
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"weights: file:{ckpt}\nepochs: 2\nbatch_size: 8\nfreeze: gradual\nlayer_decay: 0.7\n"

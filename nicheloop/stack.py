@@ -260,8 +260,12 @@ def start_ray(s: Settings) -> int:
            "--min-worker-port", str(s.ray_worker_ports[0]), "--max-worker-port", str(s.ray_worker_ports[1])]
     # Ready when the GCS listens and the head's raylet has started its agent (a driver that connects
     # before the raylet registers fails), so the agent's port is waited for as well.
+    # Ray turns token authentication on for a head when ~/.ray/auth_token exists (any local
+    # ``ray.init()`` writes one), while drivers that connect by address leave it off and are refused:
+    # the mode is pinned (RAY_AUTH_MODE from the environment wins, e.g. ``token`` with RAY_AUTH_TOKEN).
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     return start_process(s, "ray", cmd, lambda: port_open(s.host, s.ray_port) and port_open(s.host, s.ray_port + 2),
-                         timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0"})
+                         timeout=120, env=env)
 
 
 def connect_ray(s: Settings, timeout: float = 90.0) -> None:
@@ -289,8 +293,12 @@ def connect_ray(s: Settings, timeout: float = 90.0) -> None:
         except (ConnectionError, RuntimeError) as exc:
             ray.shutdown()
             if time.monotonic() >= deadline:
+                root = exc
+                while root.__cause__ is not None:
+                    root = root.__cause__
+                reason = str(root).strip().splitlines()[-1] if str(root).strip() else type(root).__name__
                 raise StackError(f"cannot connect to the Ray cluster at {s.ray_head_address} after {attempt} "
-                                 f"attempts ({exc}); is it up (`nicheloop stack up`)? The local head logs to "
+                                 f"attempts ({reason}); is it up (`nicheloop stack up`)? The local head logs to "
                                  f"{s.home.resolve() / 'logs' / 'ray.log'}") from exc
             log.warning("Ray at %s not reachable yet (%s); retrying", s.ray_head_address, exc)
             time.sleep(2.0)

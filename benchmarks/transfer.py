@@ -131,7 +131,11 @@ def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device) -
     t = fit_temperature(val_preds.logits, val_preds.y)
     out = {"task_a_accuracy": before, "temperature": t,
            "ece_before_scaling": expected_calibration_error(softmax(test_preds.logits), test_preds.y),
-           "ece_after_scaling": expected_calibration_error(softmax(test_preds.logits, t), test_preds.y)}
+           "ece_after_scaling": expected_calibration_error(softmax(test_preds.logits, t), test_preds.y),
+           # which way the error goes: mean top-class confidence next to the accuracy it should match
+           "test_confidence_before_scaling": float(softmax(test_preds.logits).max(1).mean()),
+           "test_confidence_after_scaling": float(softmax(test_preds.logits, t).max(1).mean()),
+           "calibration_images": len(val_a)}
     new = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label)
            for e in take(pool, args.shift_per_class, offset=args.task_a_per_class)]
     shifted_test = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label) for e in test]

@@ -8,7 +8,11 @@ On an ImageFolder (default ../shared/datasets/neu-steel when present, else gener
   (``ssl_frozen`` linear probe, ``ssl_full`` fine-tuning, ``ssl_no_layer_decay``);
 - forgetting: a model trained on clean images is fine-tuned on shifted ones (darker, blurred);
   accuracy points lost on the clean test set, with and without class-balanced replay;
-- calibration: ECE on the test set before and after temperature scaling (fitted on validation).
+  task A uses the recipe that scored best at 25 labels per class (the one a user would pick);
+- calibration: ECE on the test set before and after temperature scaling (fitted on validation),
+  with a bootstrap 95% interval and the ECE a perfectly calibrated model with the same confidences
+  would show on this many test images (binned ECE is biased upwards on small test sets: about 0.03
+  at 85% accuracy on 600 images, 0.02 at 92%).
 
 Every run uses the product's own engine (the code Ray Train workers run), in-process. The test
 images are never seen, not even unlabeled. The last line is one JSON object.
@@ -119,13 +123,37 @@ def recipes(args: argparse.Namespace) -> dict[str, tuple[bool, TrainConfig]]:
     }
 
 
-def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device) -> dict[str, float]:
-    """Task A on clean images, then a fine-tune on shifted images with and without replay."""
-    variants = recipes(args)
-    start = "ssl_pretrained" if ckpt is not None else "scratch"  # no gradual unfreezing of random weights
-    cfg_a = variants[start][1].model_copy(update={"val_fraction": args.calibration_fraction})
+def ece_interval(probs: np.ndarray, y: np.ndarray, seed: int, rounds: int = 500) -> list[float]:
+    """Bootstrap 95% interval of the ECE over test images: how much of it is the test set's size."""
+    rng = np.random.default_rng(seed)
+    draws = [expected_calibration_error(probs[i], y[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(rounds))]
+    return [round(float(q), 4) for q in np.percentile(draws, [2.5, 97.5])]
+
+
+def ece_floor(probs: np.ndarray, seed: int, rounds: int = 300) -> float:
+    """The ECE a perfectly calibrated model with these confidences shows on this many images (mean
+    over draws where each prediction is right with probability equal to its confidence)."""
+    rng = np.random.default_rng(seed)
+    top, k = probs.argmax(1), probs.shape[1]
+    draws = [expected_calibration_error(probs, np.where(rng.random(len(top)) < probs.max(1), top, (top + 1) % k))
+             for _ in range(rounds)]
+    return float(np.mean(draws))
+
+
+def task_a_recipe(accuracy: dict[str, dict[str, float]], ssl_available: bool) -> str:
+    """The recipe a user would pick: the best at the largest label budget when the table ran."""
+    if accuracy:
+        top = str(max(BUDGETS))
+        return max(accuracy, key=lambda v: accuracy[v][top])
+    return "ssl_pretrained" if ssl_available else "scratch"  # no gradual unfreezing of random weights
+
+
+def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device, start: str) -> dict[str, float]:
+    """Task A on clean images (recipe ``start``), then a fine-tune on shifted images with and without replay."""
+    from_ssl, cfg = recipes(args)[start]
+    cfg_a = cfg.model_copy(update={"val_fraction": args.calibration_fraction})
     first = take(pool, args.task_a_per_class)
-    model_a, val_a = finetune(classes, blobs, first, cfg_a, args, ckpt, device)
+    model_a, val_a = finetune(classes, blobs, first, cfg_a, args, ckpt if from_ssl else None, device)
     before = scores(model_a, blobs, test)["accuracy"]
     val_preds, test_preds = predict_all(model_a, blobs, val_a), predict_all(model_a, blobs, test, batch_size=256)
     t = fit_temperature(val_preds.logits, val_preds.y)
@@ -136,6 +164,8 @@ def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device) -
            "test_confidence_before_scaling": float(softmax(test_preds.logits).max(1).mean()),
            "test_confidence_after_scaling": float(softmax(test_preds.logits, t).max(1).mean()),
            "calibration_images": len(val_a)}
+    out["ece_after_scaling_ci95"] = ece_interval(softmax(test_preds.logits, t), test_preds.y, args.seed)
+    out["ece_floor_if_calibrated"] = ece_floor(softmax(test_preds.logits, t), args.seed)
     new = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label)
            for e in take(pool, args.shift_per_class, offset=args.task_a_per_class)]
     shifted_test = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label) for e in test]
@@ -209,13 +239,14 @@ def main() -> None:
                 accuracy.setdefault(variant, {})[str(n)] = round(m["accuracy"], 4)
                 macro_f1.setdefault(variant, {})[str(n)] = round(m["macro_f1"], 4)
                 log.info("%s @ %d/class: %s", variant, n, m)
-        extra = (forgetting_and_calibration(classes, blobs, pool, test, ckpt if args.ssl_epochs else None, args, device)
-                 if "forgetting" in args.parts else {})
+        start = task_a_recipe(accuracy, bool(args.ssl_epochs))
+        extra = (forgetting_and_calibration(classes, blobs, pool, test, ckpt if args.ssl_epochs else None, args, device,
+                                            start) | {"task_a_recipe": start} if "forgetting" in args.parts else {})
     result = {
         "data": str(args.data or "synthetic"), "backbone": args.backbone, "image_size": args.image_size,
         "device": str(device), "classes": len(classes), "test_images": len(test), "unlabeled_images": len(unlabeled),
         "accuracy": accuracy, "macro_f1": macro_f1,
-        **{k: round(v, 4) for k, v in extra.items()},
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in extra.items()},
         "ssl_epochs": args.ssl_epochs, "ssl_final": {k: round(v, 4) for k, v in ssl_metrics.items()},
         "ssl_seconds": round(t_ssl, 1), "finetune_epochs": args.epochs,
         "goals_met": goals(accuracy, extra),

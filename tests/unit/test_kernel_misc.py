@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,9 +85,11 @@ def test_connect_ray_to_a_head_that_is_not_up_fails_fast_and_names_the_log(tmp_p
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    s = Settings(home=tmp_path, ray_port=port)
-    with pytest.raises(StackError, match=rf"127\.0\.0\.1:{port}.*stack up.*{tmp_path.name}/logs/ray\.log"):
-        stack.connect_ray(s, timeout=0.5)
-    import ray
-
-    assert not ray.is_initialized()
+    # in a fresh process: this one may already be connected to a cluster (connect_ray then returns)
+    code = ("import pathlib, sys, ray; from nicheloop.settings import Settings; from nicheloop.stack import connect_ray\n"
+            f"try:\n    connect_ray(Settings(home=pathlib.Path({str(tmp_path)!r}), ray_port={port}), timeout=0.5)\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc, ray.is_initialized()); sys.exit(3)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert re.search(rf"^StackError .*127\.0\.0\.1:{port}.*stack up.*{tmp_path.name}/logs/ray\.log False$",
+                     out.stdout.strip()), out.stdout

@@ -210,11 +210,6 @@ def alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if pid in table and table[pid][2] != "Z"}
 
 
-def process_group_alive(pgid: int) -> bool:
-    """True while any non-zombie process of group ``pgid`` exists."""
-    return any(group == pgid and state != "Z" for _, group, state in _processes().values())
-
-
 # -- the three infrastructure processes -------------------------------------------------------
 def kafka_classpath(s: Settings) -> str:
     libs = s.kafka_lib_dir

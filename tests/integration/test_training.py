@@ -49,10 +49,15 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
                     image_size=32, model_name="train-it")
 
 
-def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tmp_path: Path) -> None:
+def _labeled(tmp_path: Path, per_class: int, seed: int) -> tuple[BlobStore, list[Example]]:
+    """Generated images of every class, stored in a blob store under ``tmp_path``."""
     blobs = BlobStore(str(tmp_path / "blobs"))
-    examples = [Example(blobs.put(d), lbl) for d, lbl in
-                read_image_folder(write_image_folder(tmp_path / "imgs", 8, seed=0, size=32))]
+    return blobs, [Example(blobs.put(d), lbl) for d, lbl in
+                   read_image_folder(write_image_folder(tmp_path / "imgs", per_class, seed=seed, size=32))]
+
+
+def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tmp_path: Path) -> None:
+    _, examples = _labeled(tmp_path, 8, seed=0)
     train_ex, val = split_validation(examples, 0.25)
     model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
     cfg = TrainConfig(epochs=4, batch_size=8, max_failures=1)
@@ -69,9 +74,7 @@ def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tm
 
 
 def test_two_workers_train_with_ddp_on_disjoint_shares(on_ray: None, tmp_path: Path) -> None:
-    blobs = BlobStore(str(tmp_path / "blobs"))
-    examples = [Example(blobs.put(d), lbl) for d, lbl in
-                read_image_folder(write_image_folder(tmp_path / "imgs", 9, seed=1, size=32))]
+    blobs, examples = _labeled(tmp_path, 9, seed=1)
     train_ex, val = split_validation(examples, 0.3)
     model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
     cfg = TrainConfig(epochs=2, batch_size=4, num_workers=2, class_balance="none")
@@ -88,9 +91,7 @@ def test_two_workers_train_with_ddp_on_disjoint_shares(on_ray: None, tmp_path: P
 
 
 def test_without_failures_to_spare_a_dead_worker_fails_the_run(on_ray: None, tmp_path: Path) -> None:
-    blobs = BlobStore(str(tmp_path / "blobs"))
-    examples = [Example(blobs.put(d), lbl) for d, lbl in
-                read_image_folder(write_image_folder(tmp_path / "imgs", 3, seed=0, size=32))]
+    _, examples = _labeled(tmp_path, 3, seed=0)
     model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
     with pytest.raises(Exception, match="(?i)fail|died|error"):
         fit(model, examples, [], str(tmp_path / "blobs"), TrainConfig(epochs=2, batch_size=4, max_failures=0),

@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -44,12 +44,23 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """What one fine-tune sees: new labels, replayed old labels, and the validation split of both."""
+    """What one fine-tune sees: new labels and replayed old labels, split three ways.
+
+    ``val`` picks the best epoch (and stops early); ``calibration`` fits the temperature and nothing else.
+    """
 
     train: list[Example]
     val: list[Example]
     new: int
     replayed: int
+    calibration: list[Example] = field(default_factory=list)
+
+
+def training_set(examples: list[Example], cfg: TrainConfig, new: int, replayed: int) -> TrainingSet:
+    """Split ``examples`` into training, selection (``val``) and calibration labels, per class and stably."""
+    train, held_out = split_validation(examples, cfg.val_fraction, cfg.seed)
+    val, calibration = split_validation(held_out, cfg.calibration_fraction, cfg.seed)  # small classes: all select
+    return TrainingSet(train, val, new=new, replayed=replayed, calibration=calibration)
 
 
 def seed_store(settings: Settings, items: list[tuple[bytes, str]]) -> int:
@@ -88,11 +99,24 @@ def start_model(settings: Settings, cfg: TrainConfig, classes: list[str]) -> Nic
     return model
 
 
-def _calibrate(model: NicheModel, blobs: BlobStore, val: list[Example], cfg: TrainConfig) -> None:
-    """Fit the temperature on validation logits and store it with the model (serving applies it)."""
-    if cfg.calibrate and len(val) >= 2:
-        preds = predict_all(model, blobs, val)
-        model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
+def _calibrate(model: NicheModel, blobs: BlobStore, data: TrainingSet, cfg: TrainConfig) -> dict[str, float]:
+    """Fit the temperature and store it with the model (serving applies it); returns what it was fitted on.
+
+    It is fitted on the calibration labels; when there are fewer than two of them (few labels, or
+    ``calibration_fraction`` 0) it falls back to the selection labels and says so.
+    """
+    if not cfg.calibrate:
+        return {}
+    labels = data.calibration if len(data.calibration) >= 2 else data.val
+    if len(labels) < 2:
+        log.warning("no temperature fitted: fewer than two held-out labels; serving uses T=1")
+        return {"calibration_examples": 0.0}
+    if labels is data.val and cfg.calibration_fraction > 0:
+        log.warning("temperature fitted on the %d labels that picked the epoch (only %d calibration labels): "
+                    "it may over-sharpen; label more data or raise val_fraction", len(labels), len(data.calibration))
+    preds = predict_all(model, blobs, labels)
+    model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
+    return {"calibration_examples": float(len(labels)), "calibration_on_selection": float(labels is data.val)}
 
 
 def _fit_evaluate_register(settings: Settings, model: NicheModel, snap: Snapshot, data: TrainingSet,
@@ -105,10 +129,10 @@ def _fit_evaluate_register(settings: Settings, model: NicheModel, snap: Snapshot
     blobs = BlobStore(str(settings.blob_dir))
     model, history = fit(model, data.train, data.val, str(settings.blob_dir), cfg,
                          settings.home / "ray_results", f"{alias}-{snap.digest[:12]}")
-    _calibrate(model, blobs, data.val, cfg)
+    calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     all_metrics = {f"holdout_{k}": v for k, v in rep.metrics.items()} | extra_metrics | {
-        "train_examples": float(len(data.train)), "val_examples": float(len(data.val)),
+        "train_examples": float(len(data.train)), "val_examples": float(len(data.val)), **calibration,
         "new_examples": float(data.new), "replayed_examples": float(data.replayed),
         "epochs_run": float(len(history)),
         "final_train_loss": float(history[-1]["train_loss"]) if history else float("nan")}
@@ -130,8 +154,7 @@ def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConf
     seed_store(settings, items)
     model = start_model(settings, cfg, sorted({label for _, label in items}))
     snap = snapshot(Store(settings.db_url))
-    train, val = split_validation(snap.train, cfg.val_fraction, cfg.seed)
-    data = TrainingSet(train, val, new=len(snap.train), replayed=0)
+    data = training_set(list(snap.train), cfg, new=len(snap.train), replayed=0)
     return _fit_evaluate_register(settings, model, snap, data, cfg, CHAMPION, None, "none", {})
 
 
@@ -150,8 +173,7 @@ def continual_set(snap: Snapshot, parent: Snapshot | None, cfg: TrainConfig) -> 
     new_shas = {e.image_sha256 for e in new}
     old = [e for e in snap.train if (e.image_sha256, e.label) in seen and e.image_sha256 not in new_shas]
     replay = replay_buffer(old, cfg.replay_per_class, cfg.seed)
-    train, val = split_validation(new + replay, cfg.val_fraction, cfg.seed)
-    return TrainingSet(train, val, new=len(new), replayed=len(replay))
+    return training_set(new + replay, cfg, new=len(new), replayed=len(replay))
 
 
 def forgetting(before: NicheModel, after: NicheModel, blobs: BlobStore, old: list[Example] | tuple[Example, ...]

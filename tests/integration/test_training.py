@@ -126,6 +126,7 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None,
                 "holdout_precision_at_recall_scratches", "holdout_recall_crazing", "holdout_temperature"):
         assert key in first.metrics, key
     assert champion.model.temperature == pytest.approx(first.metrics["holdout_temperature"])
+    assert first.metrics["calibration_examples"] >= 2 and "calibration_on_selection" in first.metrics
     assert load_recipe(_artifact(registry, first, "recipe.yaml")) == load_recipe(recipe)
     confusion = json.loads(registry.artifact_text(first.version.run_id, "confusion_matrix.json") or "{}")
     assert sum(map(sum, confusion["matrix"])) == first.metrics["holdout_n"]

@@ -27,6 +27,7 @@ from nicheloop.model import build_model
 from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 from nicheloop.synthetic import SyntheticStream, png_bytes
+from nicheloop.reference import Reference  # noqa: E402
 from services.app import deploy
 
 ROUNDS, REQUESTS, CONCURRENCY = 3, 300, 8
@@ -35,7 +36,7 @@ ROUNDS, REQUESTS, CONCURRENCY = 3, 300, 8
 def _register_champion(settings: Settings) -> None:
     model = build_model(settings.backbone, ["crazing", "inclusion", "patches", "scratches"], settings.image_size)
     Registry(settings.tracking_uri, settings.model_name).register(
-        model, np.random.default_rng(0).normal(size=(32, 512)).astype(np.float32),
+        model, Reference.embeddings_only(np.random.default_rng(0).normal(size=(32, 512)).astype(np.float32)),
         params={"benchmark": "event_logging"}, metrics={}, lineage={"parent_version": "none"}, alias=CHAMPION)
 
 

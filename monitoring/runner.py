@@ -9,19 +9,20 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
 
-import numpy as np
 from pydantic import BaseModel
 
 from nicheloop.bus import BrokerError, EventConsumer, ensure_topics
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC
+from nicheloop.reference import Reference
 from nicheloop.registry import Registry
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from monitoring.drift import DriftMonitor
+from monitoring.drift_service import DriftConfig, DriftMonitor
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
 from monitoring.sampling import ActiveSampler, SamplerConfig
+from monitoring.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Pipeline:
         registry = Registry(settings.tracking_uri, settings.model_name)
 
         @lru_cache(maxsize=4)
-        def reference_for(version: str) -> np.ndarray:
+        def reference_for(version: str) -> Reference:
             return registry.load(version).reference
 
         self.metrics = metrics
@@ -53,14 +54,21 @@ class Pipeline:
         if "sample" in stages:
             self.handlers.append(ActiveSampler(store, ReviewQueue(store, QueuePolicy.from_settings(settings)),
                                                settings.home.resolve() / "sampling", sampler_config(settings),
-                                               reference_for, metrics))
+                                               lambda version: reference_for(version).embeddings, metrics))
         if "drift" in stages:
-            self.handlers.append(DriftMonitor(reference_for, metrics, window=settings.drift_window))
+            self.handlers.append(DriftMonitor(reference_for, metrics, drift_config(settings)))
 
     def __call__(self, topic: str, event: BaseModel) -> None:
         for handler in self.handlers:
             handler(topic, event)
         self.metrics.events.labels(GROUP, topic).inc()
+
+
+def drift_config(settings: Settings) -> DriftConfig:
+    window = WindowSpec(settings.drift_window_kind, settings.drift_window, settings.drift_window_step,  # type: ignore[arg-type]
+                        settings.drift_window_seconds)
+    return DriftConfig(window=window, alpha=settings.drift_alpha, min_samples=settings.drift_min_samples,
+                       embedding_method=settings.drift_embedding_method)  # type: ignore[arg-type]
 
 
 def sampler_config(settings: Settings) -> SamplerConfig:

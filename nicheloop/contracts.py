@@ -5,16 +5,22 @@ This module imports no torch, ray, kafka or mlflow: every stage can depend on it
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PREDICTIONS_TOPIC = "nicheloop.predictions.v1"
 FEEDBACK_TOPIC = "nicheloop.feedback.v1"
 DEAD_LETTER_TOPIC = "nicheloop.deadletter.v1"
 ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC)
+
+# The input-drift features of an image, in the order monitors and references keep them
+# (computed by nicheloop.images.image_statistics at the gateway and for each reference).
+IMAGE_STATS = ("brightness", "contrast", "sharpness", "noise", "blockiness", "width", "height",
+               "red_mean", "green_mean", "blue_mean", "red_std", "green_std", "blue_std")
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
@@ -47,7 +53,26 @@ class PredictionEvent(_Event):
     uncertainty: float = Field(ge=0.0, le=1.0)
     embedding: list[float] = Field(description="Pre-logits features of the image.")
     image_sha256: str
+    image_stats: dict[str, float] = Field(default_factory=dict, description="Input-drift features of the image "
+                                          "(IMAGE_STATS); empty from older gateways.")
     created_at: datetime = Field(default_factory=utcnow)
+
+
+    @field_validator("probs", "embedding")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("must hold finite numbers only")
+        return values
+
+    @field_validator("image_stats")
+    @classmethod
+    def _known_stats(cls, stats: dict[str, float]) -> dict[str, float]:
+        if stats and set(stats) != set(IMAGE_STATS):
+            raise ValueError(f"image_stats must have exactly the keys {list(IMAGE_STATS)}")
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise ValueError("image_stats must hold finite numbers only")
+        return stats
 
 
 class FeedbackEvent(_Event):

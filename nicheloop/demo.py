@@ -168,11 +168,15 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
 
 
 def _drift(settings: Settings) -> tuple[float | None, bool | None]:
-    """The monitor's latest embedding-drift score (MMD²) and whether it tripped."""
-    labels = 'monitor="embeddings"'
-    score = scrape(settings, "nicheloop_drift_score", labels)
-    detected = scrape(settings, "nicheloop_drift_detected", labels)
-    return score, None if detected is None else bool(detected)
+    """The highest latest drift score of the input and prediction monitors (1 - p-value), and
+    whether any of their alarms is raised."""
+    scores, alarms = [], []
+    for monitor in ("image", "embedding", "prediction"):
+        labels = f'monitor="{monitor}"'
+        score, detected = (scrape(settings, name, labels) for name in ("nicheloop_drift_score", "nicheloop_drift_detected"))
+        scores += [score] if score is not None else []
+        alarms += [bool(detected)] if detected is not None else []
+    return (max(scores) if scores else None), (any(alarms) if alarms else None)
 
 
 def _served_version(client: httpx.Client, images: SyntheticStream) -> str:

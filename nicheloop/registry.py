@@ -1,8 +1,9 @@
 """The only module that imports mlflow: register versions, move aliases, load, lineage.
 
 A registered version is an MLflow pyfunc model whose ``model`` artifact is a folder written by
-:func:`nicheloop.model.save_model` (weights, class names, data config) plus the reference
-embeddings of its validation set (``reference.npy``). Lineage lives in the version's tags.
+:func:`nicheloop.model.save_model` (weights, class names, data config) plus the drift reference
+of its validation set (:class:`~nicheloop.reference.Reference`, ``reference.npz``). Lineage lives
+in the version's tags.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from mlflow.tracking import MlflowClient
 
 from nicheloop.errors import NotFound, NotReady
 from nicheloop.model import META_FILE, NicheModel, load_model, save_model
+from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference.npy"
 EXPERIMENT = "nicheloop"
 
 
@@ -54,7 +55,7 @@ class VersionInfo:
 class LoadedVersion:
     info: VersionInfo
     model: NicheModel
-    reference: np.ndarray  # (n, D) validation-set embeddings
+    reference: Reference  # what the validation set looked like to this version
 
 
 class Registry:
@@ -69,7 +70,7 @@ class Registry:
     def register(
         self,
         model: NicheModel,
-        reference: np.ndarray,
+        reference: Reference,
         *,
         params: dict[str, Any],
         metrics: dict[str, float],
@@ -84,7 +85,7 @@ class Registry:
         mlflow.set_experiment(EXPERIMENT)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{self.name}-{alias}") as run:
             model_dir = save_model(model, Path(tmp) / "model")
-            np.save(model_dir / REFERENCE_FILE, reference.astype(np.float32))
+            reference.save(model_dir)
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics(metrics)
             mlflow.set_tags(lineage)
@@ -125,14 +126,14 @@ class Registry:
         return VersionInfo(self.name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
 
     def load(self, version: str, device: str = "cpu") -> LoadedVersion:
-        """Download and rebuild a version (model + reference embeddings)."""
+        """Download and rebuild a version (model + drift reference)."""
         info = self.version(version)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri))
             model_dir = next(p.parent for p in root.rglob(META_FILE))
             model = load_model(model_dir, device=device)
-            reference = np.load(model_dir / REFERENCE_FILE)
+            reference = Reference.load(model_dir)
         return LoadedVersion(info=info, model=model, reference=reference)
 
     def artifact_text(self, run_id: str, name: str) -> str | None:

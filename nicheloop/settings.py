@@ -58,7 +58,15 @@ class Settings(BaseSettings):
     spool_max_events: int = Field(200_000, ge=1, description="Events kept on disk while Kafka is unreachable.")
     pending_feedback_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Feedback waiting longer than "
                                           "this for its prediction is counted as expired (it still joins).")
-    drift_window: int = 100
+    drift_window: int = Field(200, ge=1, description="Events in a drift window (count windows; the cap of "
+                              "time windows).")
+    drift_window_kind: str = Field("sliding", pattern="^(sliding|tumbling)$", description="sliding or tumbling.")
+    drift_window_step: int = Field(50, ge=1, description="Sliding windows: events between evaluations.")
+    drift_window_seconds: float = Field(0.0, ge=0, description="> 0: windows by time of this length instead of count.")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="False-alarm level of each monitor per evaluation.")
+    drift_min_samples: int = Field(50, ge=10, description="Fewer events in a window: insufficient data, no score.")
+    drift_embedding_method: str = Field("novelty", pattern="^(novelty|mmd|distance|model)$",
+                                        description="Embedding test (benchmarks/drift.py compares them).")
     review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in any rolling hour.")
     review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")
     review_lease_s: float = Field(600.0, gt=0, description="How long a claimed task stays with its reviewer.")

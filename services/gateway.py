@@ -18,7 +18,7 @@ from nicheloop.contracts import (
     ReviewLabel, ReviewSkip, ReviewStats, ReviewTask,
 )
 from nicheloop.errors import NotReady
-from nicheloop.images import decode_image
+from nicheloop.images import decode_image, image_statistics
 from nicheloop.logs import configure_logging
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
@@ -80,6 +80,7 @@ class Gateway:
             prediction_id=prediction_id, model_name=s.model_name, model_version=out.model_version,
             label=out.class_names[best], probs=out.probs, class_names=out.class_names,
             uncertainty=out.uncertainty, embedding=out.embedding, image_sha256=digest,
+            image_stats=await asyncio.to_thread(image_statistics, image),
         )
         if s.event_logging:
             self.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from nicheloop.blobs import BlobStore
 from nicheloop.errors import InvalidInput
-from nicheloop.images import decode_image
+from nicheloop.images import IMAGE_STATS, decode_image, image_statistics
 from nicheloop.store import Store
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -71,22 +71,28 @@ def snapshot(store: Store) -> Snapshot:
 
 
 class BlobImageDataset(Dataset):
-    """Images from the blob store through a model's transform; yields (tensor, class index)."""
+    """Images from the blob store through a model's transform; yields (tensor, class index), and
+    the image's statistics (the drift monitors' input features) when ``with_stats``."""
 
     def __init__(self, blobs: BlobStore, examples: list[Example] | tuple[Example, ...],
-                 class_names: list[str], transform: Any, max_pixels: int = 4096 * 4096) -> None:
+                 class_names: list[str], transform: Any, max_pixels: int = 4096 * 4096,
+                 with_stats: bool = False) -> None:
         unknown = {e.label for e in examples} - set(class_names)
         if unknown:
             raise InvalidInput(f"labels {sorted(unknown)} are not classes of the model {class_names}")
         self.blobs, self.examples, self.transform, self.max_pixels = blobs, list(examples), transform, max_pixels
         self.index = {c: i for i, c in enumerate(class_names)}
+        self.with_stats = with_stats
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         ex = self.examples[i]
         img = decode_image(self.blobs.get(ex.image_sha256), MAX_FILE_BYTES, self.max_pixels)
+        if self.with_stats:
+            stats = image_statistics(img)
+            return self.transform(img), self.index[ex.label], torch.tensor([stats[k] for k in IMAGE_STATS])
         return self.transform(img), self.index[ex.label]
 
 

@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from nicheloop.blobs import BlobStore
+from nicheloop.contracts import IMAGE_STATS
 from nicheloop.model import NicheModel
+from nicheloop.reference import Reference
 from training.calibrate import expected_calibration_error, softmax
 from training.data import BlobImageDataset, Example
 
@@ -25,7 +27,12 @@ class Predictions:
     logits: np.ndarray       # (N, K), before temperature scaling
     embeddings: np.ndarray   # (N, D)
     y: np.ndarray            # (N,) true class indices
-    brightness: np.ndarray   # (N,) mean grey level of each image, 0..255
+    stats: np.ndarray        # (N, len(IMAGE_STATS)) image statistics, as serving computes them
+
+    @property
+    def brightness(self) -> np.ndarray:
+        """(N,) mean grey level of each image, 0..255."""
+        return self.stats[:, IMAGE_STATS.index("brightness")]
 
 
 @dataclass
@@ -46,17 +53,16 @@ def predict_all(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ..
                 batch_size: int = 64) -> Predictions:
     """Run ``model`` over ``examples`` (evaluation transform, no temperature)."""
     model.net.eval()
-    ds = BlobImageDataset(blobs, examples, model.class_names, model.transform(training=False))
-    logits, embs, ys, light = [], [], [], []
-    for x, y in DataLoader(ds, batch_size=batch_size):
+    ds = BlobImageDataset(blobs, examples, model.class_names, model.transform(training=False), with_stats=True)
+    logits, embs, ys, stats = [], [], [], []
+    for x, y, st in DataLoader(ds, batch_size=batch_size):
         lg, e = model.logits(x)
         logits.append(lg.float().cpu().numpy()), embs.append(e.float().cpu().numpy()), ys.append(y.numpy())
-        mean = torch.tensor(model.data_config["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(model.data_config["std"]).view(1, 3, 1, 1)
-        light.append(((x * std + mean).mean(dim=(1, 2, 3)) * 255).numpy())
+        stats.append(st.numpy())
     if not logits:
-        return Predictions(np.zeros((0, model.num_classes)), np.zeros((0, 0)), np.zeros(0, dtype=int), np.zeros(0))
-    return Predictions(*(np.concatenate(a) for a in (logits, embs, ys, light)))
+        return Predictions(np.zeros((0, model.num_classes)), np.zeros((0, 0)), np.zeros(0, dtype=int),
+                           np.zeros((0, len(IMAGE_STATS))))
+    return Predictions(*(np.concatenate(a) for a in (logits, embs, ys, stats)))
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -129,7 +135,10 @@ def report(model: NicheModel, preds: Predictions, critical: list[str] | None = N
 
 
 def evaluate(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example],
-             critical: list[str] | None = None, target_recall: float = 0.9) -> tuple[Report, np.ndarray]:
-    """The :class:`Report` on ``examples`` and their embeddings (N, D) (the drift reference)."""
+             critical: list[str] | None = None, target_recall: float = 0.9) -> tuple[Report, Reference]:
+    """The :class:`Report` on ``examples`` and the drift :class:`Reference` they make for this model."""
     preds = predict_all(model, blobs, examples)
-    return report(model, preds, critical, target_recall), preds.embeddings
+    rep = report(model, preds, critical, target_recall)
+    reference = Reference(preds.embeddings, preds.stats, softmax(preds.logits, model.temperature), preds.y,
+                          tuple(model.class_names), rep.metrics["accuracy"], rep.metrics["macro_f1"])
+    return rep, reference

@@ -50,7 +50,9 @@ def test_the_new_champion_carries_lineage(live: Settings) -> None:
     loaded = registry.load(champion.version)
     assert len(champion.tags["snapshot_digest"]) == 64 and champion.tags["parent_version"].isdigit()
     assert json.loads(champion.tags["train_config"])["epochs"] >= 1
-    assert loaded.reference.ndim == 2 and loaded.reference.shape[1] > 0
+    ref = loaded.reference
+    assert ref.embeddings.ndim == 2 and ref.embeddings.shape[1] > 0 and len(ref.stats) == len(ref.embeddings)
+    assert len(ref.probs) == len(ref.labels) == len(ref.embeddings) and 0.0 <= ref.accuracy <= 1.0
     assert loaded.model.class_names == ["crazing", "inclusion", "patches", "scratches"]
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nicheloop.blobs import BlobStore
+from nicheloop.contracts import IMAGE_STATS
 from nicheloop.errors import InvalidInput
 from nicheloop.model import build_model, init_backbone, load_model, read_checkpoint, save_model
 from training.calibrate import expected_calibration_error, fit_temperature, nll, softmax
@@ -95,7 +96,9 @@ def test_report_has_every_metric_and_applies_the_temperature() -> None:
     logits = rng.normal(0, 1, (40, 4))
     y = logits.argmax(1)
     y[:8] = (y[:8] + 1) % 4
-    preds = Predictions(logits, rng.normal(size=(40, 8)), y, np.linspace(10, 250, 40))
+    stats = np.zeros((40, len(IMAGE_STATS)))
+    stats[:, IMAGE_STATS.index("brightness")] = np.linspace(10, 250, 40)
+    preds = Predictions(logits, rng.normal(size=(40, 8)), y, stats)
     model.extra["temperature"] = 0.5
     rep = report(model, preds, critical=["scratches", "not_a_class"], target_recall=0.9)
     m = rep.metrics
@@ -186,14 +189,15 @@ def test_temperature_is_fitted_on_calibration_labels_and_falls_back_to_selection
     blobs, rng = BlobStore(str(tmp_path)), np.random.default_rng(0)
     classes = ["crazing", "scratches"]
     labeled = [Example(blobs.put(png_bytes(make_image(c, rng, 32))), c) for c in classes for _ in range(6)]
-    model = build_model("test_resnet", classes, image_size=32)
     torch.manual_seed(0)
-    with torch.no_grad():
-        model.net.get_classifier().weight.mul_(50.0)  # confident and often wrong: T far from 1
+    model = build_model("test_resnet", classes, image_size=32)
     model.net.eval()
-    val, calibration = labeled[0::2], labeled[1::2]
+    # the same images, labeled as they are for selection and the other way round for calibration:
+    # the two sets' logits are equal, so only where the temperature is fitted can make it differ
+    val = labeled
+    calibration = [Example(e.image_sha256, classes[1 - classes.index(e.label)]) for e in labeled]
     data = TrainingSet(train=[], val=val, new=0, replayed=0, calibration=calibration)
-    assert _calibrate(model, blobs, data, TrainConfig()) == {"calibration_examples": 6.0,
+    assert _calibrate(model, blobs, data, TrainConfig()) == {"calibration_examples": 12.0,
                                                               "calibration_on_selection": 0.0}
     on_calibration = model.extra["temperature"]
     preds = predict_all(model, blobs, calibration)

@@ -1,0 +1,163 @@
+"""The drift stage of the monitoring process: events in, windows, monitors, alarms, metrics out.
+
+Every prediction of the version being served adds one row (image statistics, embedding,
+probabilities) to the input window; every user label of such a prediction adds one row to the
+label window (reviewers' labels are left out: the sampler picks uncertain images, so their
+accuracy says nothing about the traffic). When a window is due, the monitors of
+:mod:`monitoring.drift` score it against that version's reference; a new version brings its own
+reference and starts empty windows. An alarm per monitor (:class:`monitoring.windows.Alarm`)
+turns evaluations into one ``raised`` and one ``cleared`` transition per shift, which
+``on_transition`` receives (the runner publishes them as drift events).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel
+
+from monitoring.drift import EmbeddingDrift, EmbeddingMethod, ImageDrift, MonitorResult, label_drift, prediction_drift
+from monitoring.metrics import MonitorMetrics
+from monitoring.windows import Alarm, Window, WindowSpec
+from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.reference import Reference
+
+log = logging.getLogger(__name__)
+REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for the label monitor)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    window: WindowSpec = field(default_factory=WindowSpec)
+    label_window: WindowSpec = field(default_factory=lambda: WindowSpec("sliding", 300, 25))
+    alpha: float = 0.01           # per monitor and evaluation
+    min_samples: int = 50         # fewer rows: "insufficient data", never a score
+    embedding_method: EmbeddingMethod = "novelty"
+    clear_above: float = 0.1
+    clear_after: int = 3
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An alarm that was raised or cleared by one evaluation."""
+
+    state: str
+    model_version: str
+    result: MonitorResult
+
+
+@dataclass
+class _Row:
+    stats: np.ndarray
+    embedding: np.ndarray
+    probs: np.ndarray
+
+
+class _VersionMonitors:
+    """The monitors, windows and alarms of one model version."""
+
+    def __init__(self, version: str, reference: Reference | None, cfg: DriftConfig) -> None:
+        self.version, self.reference, self.cfg = version, reference, cfg
+        self.window: Window[_Row] = Window(cfg.window)
+        self.labels: Window[tuple[int, int]] = Window(cfg.label_window)
+        self.alarms = {m: Alarm(cfg.clear_above, cfg.clear_after) for m in ("image", "embedding", "prediction", "label")}
+        if reference is not None:
+            self.image = ImageDrift(reference, cfg.alpha, cfg.min_samples)
+            self.embedding = EmbeddingDrift(reference.embeddings, cfg.embedding_method, alpha=cfg.alpha,
+                                            min_samples=cfg.min_samples)
+
+    def inputs(self, rows: list[_Row]) -> list[MonitorResult]:
+        if self.reference is None:
+            return [MonitorResult.insufficient(m, len(rows)) for m in ("image", "embedding", "prediction")]
+        stats = np.stack([r.stats for r in rows if r.stats.size]) if any(r.stats.size for r in rows) else \
+            np.zeros((0, len(IMAGE_STATS)))
+        return [self.image(stats), self.embedding(np.stack([r.embedding for r in rows])),
+                prediction_drift(self.reference, np.stack([r.probs for r in rows]), self.cfg.alpha,
+                                 self.cfg.min_samples)]
+
+    def outcomes(self, rows: list[tuple[int, int]]) -> MonitorResult:
+        if self.reference is None:
+            return MonitorResult.insufficient("label", len(rows))
+        truth, predicted = (np.array(a, dtype=np.int64) for a in zip(*rows))
+        return label_drift(self.reference, truth, predicted, self.cfg.alpha, self.cfg.min_samples)
+
+
+class DriftMonitor:
+    """Handler for the monitoring consumer (``(topic, event) -> None``)."""
+
+    def __init__(self, reference_for: Callable[[str], Reference], metrics: MonitorMetrics,
+                 config: DriftConfig | None = None,
+                 on_transition: Callable[[Transition], None] | None = None) -> None:
+        self.reference_for, self.metrics = reference_for, metrics
+        self.cfg = config or DriftConfig()
+        self.on_transition = on_transition
+        self.current: _VersionMonitors | None = None
+        self.predicted: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.last: dict[str, MonitorResult] = {}
+
+    def __call__(self, topic: str, event: BaseModel) -> list[MonitorResult]:
+        if isinstance(event, PredictionEvent):
+            return self._prediction(event)
+        if isinstance(event, FeedbackEvent) and event.source == "user":
+            return self._feedback(event)
+        return []
+
+    def _monitors(self, version: str) -> _VersionMonitors:
+        if self.current is None or self.current.version != version:  # a new champion brings its own reference
+            self.current = _VersionMonitors(version, self._reference(version), self.cfg)
+        return self.current
+
+    def _reference(self, version: str) -> Reference | None:
+        """The version's reference; None (monitors report insufficient data) if the registry fails."""
+        try:
+            return self.reference_for(version)
+        except Exception as exc:  # noqa: BLE001 - a registry outage must not stall the consumer
+            log.warning("no drift reference for version %s (%s); drift not scored for it", version, exc)
+            return None
+
+    def _prediction(self, event: PredictionEvent) -> list[MonitorResult]:
+        mon = self._monitors(event.model_version)
+        self.predicted[event.prediction_id] = (event.model_version, int(np.argmax(event.probs)))
+        if len(self.predicted) > REMEMBERED_PREDICTIONS:
+            self.predicted.popitem(last=False)
+        stats = np.array([event.image_stats[k] for k in IMAGE_STATS]) if event.image_stats else np.zeros(0)
+        row = _Row(stats, np.asarray(event.embedding, np.float64), np.asarray(event.probs, np.float64))
+        due = mon.window.add(row, event.created_at.timestamp())
+        return self._record(mon, mon.inputs(due)) if due is not None else []
+
+    def _feedback(self, event: FeedbackEvent) -> list[MonitorResult]:
+        known = self.predicted.get(event.prediction_id)
+        mon = self.current
+        if known is None or mon is None or known[0] != mon.version or mon.reference is None:
+            return []
+        if event.label not in mon.reference.class_names:
+            return []
+        row = (mon.reference.class_names.index(event.label), known[1])
+        due = mon.labels.add(row, event.created_at.timestamp())
+        return self._record(mon, [mon.outcomes(due)]) if due is not None else []
+
+    def _record(self, mon: _VersionMonitors, results: list[MonitorResult]) -> list[MonitorResult]:
+        m, now = self.metrics, time.time()
+        for r in results:
+            self.last[r.monitor] = r
+            m.drift_window.labels(r.monitor).set(r.n)
+            m.drift_last_eval.labels(r.monitor).set(now)
+            m.drift_insufficient.labels(r.monitor).set(float(r.status == "insufficient_data"))
+            if r.status != "ok":
+                continue
+            m.drift_score.labels(r.monitor).set(r.score if r.score is not None else float("nan"))
+            m.drift_p_value.labels(r.monitor).set(r.p_value if r.p_value is not None else float("nan"))
+            change = mon.alarms[r.monitor].update(r.drifted, r.p_value)
+            m.drift_detected.labels(r.monitor).set(float(mon.alarms[r.monitor].raised))
+            if change is not None:
+                m.drift_alarms.labels(r.monitor, change).inc()
+                log.warning("drift alarm %s: %s of version %s (p=%s, n=%d)", change, r.monitor, mon.version,
+                            r.p_value, r.n)
+                if self.on_transition is not None:
+                    self.on_transition(Transition(change, mon.version, r))
+        return results

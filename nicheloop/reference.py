@@ -1,0 +1,61 @@
+"""The drift reference a model version carries: what its validation images looked like to it.
+
+Embeddings, image statistics, calibrated probabilities and true labels of the held-out set the
+version was evaluated on, with the accuracy and macro-F1 it scored there. Stored next to the
+weights in the registry (``reference.npz``), so a new champion brings its own reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nicheloop.contracts import IMAGE_STATS
+
+FILE = "reference.npz"
+LEGACY_FILE = "reference.npy"  # versions registered before image statistics: embeddings only
+
+
+@dataclass(frozen=True)
+class Reference:
+    embeddings: np.ndarray  # (n, D) pre-logits features
+    stats: np.ndarray       # (n, len(IMAGE_STATS)) image statistics, IMAGE_STATS order
+    probs: np.ndarray       # (n, K) calibrated probabilities
+    labels: np.ndarray      # (n,) true class indices
+    class_names: tuple[str, ...]
+    accuracy: float = float("nan")
+    macro_f1: float = float("nan")
+
+    def __post_init__(self) -> None:
+        n = len(self.embeddings)
+        if any(len(a) != n for a in (self.stats, self.probs, self.labels) if a.size):
+            raise ValueError("reference arrays must have one row per validation image")
+
+    @classmethod
+    def embeddings_only(cls, embeddings: np.ndarray) -> Reference:
+        """A reference from a version that stored nothing but embeddings (input and prediction
+        monitors report insufficient data for it)."""
+        return cls(np.asarray(embeddings, np.float32), np.zeros((0, len(IMAGE_STATS)), np.float32),
+                   np.zeros((0, 0), np.float32), np.zeros(0, np.int64), ())
+
+    def save(self, folder: Path) -> Path:
+        path = folder / FILE
+        np.savez_compressed(path, embeddings=self.embeddings.astype(np.float32), stats=self.stats.astype(np.float32),
+                            probs=self.probs.astype(np.float32), labels=self.labels.astype(np.int64),
+                            class_names=np.array(self.class_names, dtype=str), stat_names=np.array(IMAGE_STATS),
+                            scores=np.array([self.accuracy, self.macro_f1], dtype=np.float64))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> Reference:
+        """Raises FileNotFoundError if the folder holds no reference of either format."""
+        if not (folder / FILE).is_file():
+            return cls.embeddings_only(np.load(folder / LEGACY_FILE))
+        with np.load(folder / FILE, allow_pickle=False) as z:
+            stats = z["stats"]
+            if tuple(z["stat_names"]) != IMAGE_STATS:  # statistics changed since: compare only what matches
+                stats = np.zeros((0, len(IMAGE_STATS)), np.float32)
+            return cls(z["embeddings"], stats, z["probs"], z["labels"], tuple(map(str, z["class_names"])),
+                       float(z["scores"][0]), float(z["scores"][1]))

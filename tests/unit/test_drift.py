@@ -1,0 +1,257 @@
+"""Drift monitors: image statistics, the reference, the tests, windows, alarms and the stage."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+from pydantic import ValidationError
+
+from monitoring.drift import EmbeddingDrift, ImageDrift, Novelty, label_drift, macro_f1, prediction_drift
+from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
+from monitoring.metrics import MonitorMetrics
+from monitoring.windows import Alarm, Window, WindowSpec
+from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.images import image_statistics
+from nicheloop.reference import Reference
+from nicheloop.synthetic import make_image
+
+# -- image statistics ------------------------------------------------------------------------------
+
+
+def _texture(seed: int = 0, size: int = 200) -> Image.Image:
+    return make_image("crazing", np.random.default_rng(seed), size).convert("RGB")
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+
+
+def test_image_statistics_move_with_the_shift_they_are_for() -> None:
+    img = _texture()
+    base = image_statistics(img)
+    assert list(base) == list(IMAGE_STATS) and base["width"] == base["height"] == 200.0
+    assert image_statistics(img.filter(ImageFilter.GaussianBlur(2)))["sharpness"] < 0.5 * base["sharpness"]
+    assert image_statistics(ImageEnhance.Brightness(img).enhance(0.6))["brightness"] < 0.7 * base["brightness"]
+    assert image_statistics(ImageEnhance.Contrast(img).enhance(0.5))["contrast"] < 0.7 * base["contrast"]
+    noisy = np.clip(np.asarray(img, np.float32) + np.random.default_rng(1).normal(0, 12, (200, 200, 1)), 0, 255)
+    assert image_statistics(Image.fromarray(noisy.astype(np.uint8)))["noise"] > base["noise"] + 5
+    assert image_statistics(_jpeg(img, 15))["blockiness"] > base["blockiness"] + 0.2
+    grey = image_statistics(img.convert("L"))
+    assert grey["red_mean"] == grey["green_mean"] == grey["blue_mean"]
+    assert image_statistics(Image.new("RGB", (4, 3)))["blockiness"] == 1.0  # too small for a block grid
+
+
+# -- reference ---------------------------------------------------------------------------------------
+
+
+def _reference(n: int = 400, d: int = 8, k: int = 3, seed: int = 0, accuracy: float = 0.9) -> Reference:
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(k) * 0.5, n)
+    return Reference(rng.normal(size=(n, d)), rng.normal(100, 10, (n, len(IMAGE_STATS))), probs,
+                     probs.argmax(1), tuple("abc"[:k]), accuracy, 0.85)
+
+
+def test_reference_round_trip_and_legacy_embeddings(tmp_path: Path) -> None:
+    ref = _reference(50)
+    ref.save(tmp_path)
+    back = Reference.load(tmp_path)
+    assert np.allclose(back.embeddings, ref.embeddings) and np.allclose(back.stats, ref.stats)
+    assert back.class_names == ref.class_names and back.accuracy == pytest.approx(0.9)
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    np.save(legacy / "reference.npy", np.ones((5, 3), np.float32))
+    old = Reference.load(legacy)
+    assert old.embeddings.shape == (5, 3) and len(old.stats) == 0 and np.isnan(old.accuracy)
+    with pytest.raises(ValueError, match="one row"):
+        Reference(np.zeros((3, 2)), np.zeros((2, len(IMAGE_STATS))), np.zeros((3, 2)), np.zeros(3), ("a", "b"))
+
+
+# -- monitors ------------------------------------------------------------------------------------------
+
+
+def test_vectorised_ks_matches_scipy() -> None:
+    from scipy.stats import ks_2samp
+
+    from monitoring.drift import ks_columns
+
+    rng = np.random.default_rng(2)
+    ref, cur = rng.normal(size=(600, 4)), rng.normal(size=(150, 4)) + [0.0, 0.1, 0.3, 0.6]
+    ours = ks_columns(np.sort(ref, axis=0), cur)
+    theirs = [ks_2samp(ref[:, j], cur[:, j]).pvalue for j in range(4)]
+    assert np.allclose(ours, theirs, atol=0.01, rtol=0.05)
+    later = ks_columns(np.sort(ref[:, :1], axis=0), cur[:, 3:4], "greater")[0]
+    assert later < 1e-6 and ks_columns(np.sort(ref[:, :1], axis=0), -cur[:, 3:4], "greater")[0] > 0.5
+
+
+def test_novelty_tests_hold_their_level_on_unshifted_windows_and_see_a_small_mixture() -> None:
+    rng = np.random.default_rng(3)
+    nov = Novelty(rng.normal(size=(600, 6)))
+    null = [min(nov.p_values(rng.normal(size=(150, 6))).values()) < 0.01 for _ in range(200)]
+    assert np.mean(null) <= 0.04
+    mixed = np.vstack([rng.normal(size=(120, 6)), rng.normal(size=(30, 6)) + 4.0])  # 20% far away
+    assert nov.p_values(mixed)["novelty_tail"] < 1e-6
+
+
+def test_image_monitor_flags_a_mixture_and_reports_insufficient_data() -> None:
+    ref = _reference()
+    mon = ImageDrift(ref, alpha=0.01, min_samples=30)
+    rng = np.random.default_rng(4)
+    same = mon(rng.normal(100, 10, (200, len(IMAGE_STATS))))
+    shifted = rng.normal(100, 10, (200, len(IMAGE_STATS)))
+    shifted[:40, IMAGE_STATS.index("sharpness")] *= 0.1  # 20% blurred
+    moved = mon(shifted)
+    assert same.status == "ok" and not same.drifted and moved.drifted and moved.p_value < same.p_value
+    assert moved.details["p_marginal"] <= 1.0 and "p_novelty_tail" in moved.details
+    few = mon(shifted[:10])
+    assert few.status == "insufficient_data" and few.p_value is None and few.score is None
+    assert ImageDrift(_reference(19), 0.01, 30)(shifted).status == "insufficient_data"  # reference too small
+    assert ImageDrift(_reference(20), 0.01, 30)(shifted).status == "ok"
+
+
+@pytest.mark.parametrize("method", ["novelty", "mmd", "distance", "model"])
+def test_embedding_methods_separate_shifted_from_unshifted(method: str) -> None:
+    rng = np.random.default_rng(5)
+    mon = EmbeddingDrift(rng.normal(size=(300, 32)), method, components=8, alpha=0.01, min_samples=30)
+    same, moved = mon(rng.normal(size=(150, 32))), mon(rng.normal(size=(150, 32)) + 0.8)
+    assert moved.drifted and moved.score > same.score
+    assert method != "novelty" or not same.drifted  # Evidently's bootstrap nulls are looser: benchmarks/drift.py
+    assert mon(rng.normal(size=(150, 31))).status == "insufficient_data"  # another model's embeddings
+
+
+def test_prediction_and_label_monitors() -> None:
+    ref = _reference(600, accuracy=0.9)
+    rng = np.random.default_rng(6)
+    same = prediction_drift(ref, rng.dirichlet(np.ones(3) * 0.5, 200), 0.01, 50)
+    skewed = rng.dirichlet([5.0, 0.2, 0.2], 200)  # nearly everything predicted as class 0
+    assert not same.drifted and prediction_drift(ref, skewed, 0.01, 50).drifted
+    truth = ref.labels[:200]
+    good = label_drift(ref, truth, truth.copy(), 0.01, 50)
+    bad_pred = truth.copy()
+    bad_pred[:60] = (bad_pred[:60] + 1) % 3  # accuracy 0.7 against 0.9 on validation
+    bad = label_drift(ref, truth, bad_pred, 0.01, 50)
+    assert not good.drifted and bad.drifted and bad.details["accuracy"] == pytest.approx(0.7)
+    assert bad.details["macro_f1"] == pytest.approx(macro_f1(truth, bad_pred))
+    assert label_drift(ref, truth[:10], truth[:10], 0.01, 50).status == "insufficient_data"
+    assert label_drift(Reference.embeddings_only(np.zeros((5, 2))), truth, truth, 0.01, 50).status == \
+        "insufficient_data"
+
+
+# -- windows and alarms ----------------------------------------------------------------------------------
+
+
+def test_sliding_and_tumbling_count_windows() -> None:
+    sliding: Window[int] = Window(WindowSpec("sliding", size=4, step=2))
+    due = [sliding.add(i, float(i)) for i in range(6)]
+    assert due == [None, [0, 1], None, [0, 1, 2, 3], None, [2, 3, 4, 5]]
+    tumbling: Window[int] = Window(WindowSpec("tumbling", size=3))
+    due = [tumbling.add(i, float(i)) for i in range(7)]
+    assert due == [None, None, [0, 1, 2], None, None, [3, 4, 5], None]
+
+
+def test_time_windows() -> None:
+    sliding: Window[int] = Window(WindowSpec("sliding", size=100, step=1, seconds=10))
+    assert [sliding.add(i, t) for i, t in enumerate([0.0, 5.0, 12.0])][-1] == [1, 2]  # event at 0 fell out
+    tumbling: Window[int] = Window(WindowSpec("tumbling", size=100, seconds=10))
+    due = [tumbling.add(i, t) for i, t in enumerate([0.0, 3.0, 9.9, 10.0, 15.0, 31.0])]
+    assert due == [None, None, None, [0, 1, 2], None, [3, 4]]
+    with pytest.raises(ValueError, match="kind"):
+        WindowSpec("hopping")  # type: ignore[arg-type]
+
+
+def test_alarm_hysteresis_raises_once_and_clears_after_calm() -> None:
+    alarm = Alarm(clear_above=0.1, clear_after=2)
+    seq = [(True, 0.001), (False, 0.05), (True, 0.002), (False, 0.3), (False, 0.04), (False, 0.5), (False, 0.6)]
+    assert [alarm.update(d, p) for d, p in seq] == ["raised", None, None, None, None, None, "cleared"]
+
+
+# -- the stage -----------------------------------------------------------------------------------------------
+
+
+def _event(i: int, ref: Reference, rng: np.random.Generator, shift: float = 0.0, version: str = "1",
+           at: datetime | None = None) -> PredictionEvent:
+    """A new event drawn like :func:`_reference`'s rows, moved by ``shift``."""
+    stats = dict(zip(IMAGE_STATS, (rng.normal(100, 10, len(IMAGE_STATS)) * (1 - shift)).tolist()))
+    probs = rng.dirichlet(np.ones(len(ref.class_names)) * 0.5)
+    return PredictionEvent(prediction_id=f"p{i}", model_name="m", model_version=version,
+                           label=ref.class_names[int(probs.argmax())], probs=probs.tolist(),
+                           class_names=list(ref.class_names), uncertainty=0.1,
+                           embedding=(rng.normal(size=ref.embeddings.shape[1]) + 3 * shift).tolist(),
+                           image_sha256="1" * 64,
+                           image_stats=stats, created_at=at or datetime.now(timezone.utc))
+
+
+def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() -> None:
+    ref, rng = _reference(600, seed=7), np.random.default_rng(8)
+    loaded: list[str] = []
+    transitions: list[Transition] = []
+
+    def reference_for(version: str) -> Reference:
+        loaded.append(version)
+        return ref
+
+    metrics = MonitorMetrics()
+    cfg = DriftConfig(window=WindowSpec("sliding", 100, 25), min_samples=50)
+    stage = DriftMonitor(reference_for, metrics, cfg, transitions.append)
+    clean = [r for i in range(100) for r in stage("t", _event(i, ref, rng))]
+    assert {r.monitor for r in clean} == {"image", "embedding", "prediction"}
+    assert clean[0].status == "insufficient_data" and not any(r.drifted for r in clean)
+    assert metrics.registry.get_sample_value("nicheloop_drift_insufficient_data", {"monitor": "image"}) == 0.0
+    for i in range(100, 300):
+        stage("t", _event(i, ref, rng, shift=0.5))
+    raised = [t for t in transitions if t.state == "raised"]
+    assert {t.result.monitor for t in raised} >= {"image", "embedding"}
+    assert len(raised) == len({t.result.monitor for t in raised})  # one alarm per monitor, no flapping
+    assert metrics.registry.get_sample_value("nicheloop_drift_detected", {"monitor": "image"}) == 1.0
+    assert metrics.registry.get_sample_value("nicheloop_drift_alarms_total", {"monitor": "image",
+                                                                              "state": "raised"}) == 1.0
+    for i in range(300, 600):
+        stage("t", _event(i, ref, rng))
+    assert any(t.state == "cleared" and t.result.monitor == "image" for t in transitions)
+    stage("t", _event(600, ref, rng, version="2"))
+    assert loaded == ["1", "2"] and stage.current is not None and len(stage.current.window.rows) == 1
+
+
+def test_drift_stage_scores_user_labels_only() -> None:
+    ref, rng = _reference(600, seed=9, accuracy=0.95), np.random.default_rng(10)
+    stage = DriftMonitor(lambda v: ref, MonitorMetrics(), DriftConfig(label_window=WindowSpec("sliding", 60, 60),
+                                                                      min_samples=50))
+    events = [_event(i, ref, rng) for i in range(60)]
+    for e in events:
+        stage("t", e)
+    wrong = [ref.class_names[(ref.class_names.index(e.label) + 1) % 3] for e in events]  # every label disagrees
+    reviewer = [r for e, lbl in zip(events, wrong)
+                for r in stage("t", FeedbackEvent(prediction_id=e.prediction_id, label=lbl, source="reviewer"))]
+    assert reviewer == []
+    results = [r for e, lbl in zip(events, wrong) for r in stage("t", FeedbackEvent(prediction_id=e.prediction_id,
+                                                                                   label=lbl))]
+    assert len(results) == 1 and results[0].monitor == "label" and results[0].drifted
+    assert stage("t", FeedbackEvent(prediction_id="unknown", label="a")) == []
+
+
+def test_a_reference_that_cannot_load_means_insufficient_data_not_a_crash() -> None:
+    def broken(version: str) -> Reference:
+        raise OSError("registry down")
+
+    stage = DriftMonitor(broken, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 10)))
+    ref, rng = _reference(50), np.random.default_rng(0)
+    out = [r for i in range(10) for r in stage("t", _event(i, ref, rng))]
+    assert out and all(r.status == "insufficient_data" for r in out)
+
+
+def test_prediction_events_refuse_non_finite_or_unknown_statistics() -> None:
+    ref, rng = _reference(5), np.random.default_rng(0)
+    good = _event(0, ref, rng)
+    with pytest.raises(ValidationError, match="finite"):
+        PredictionEvent(**(good.model_dump() | {"embedding": [float("nan")] * 8}))
+    with pytest.raises(ValidationError, match="exactly the keys"):
+        PredictionEvent(**(good.model_dump() | {"image_stats": {"brightness": 1.0}}))
+    with pytest.raises(ValidationError, match="finite"):
+        PredictionEvent(**(good.model_dump() | {"image_stats": dict.fromkeys(IMAGE_STATS, float("inf"))}))
+    assert PredictionEvent(**(good.model_dump() | {"image_stats": {}})).image_stats == {}

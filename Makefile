@@ -8,7 +8,7 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres demo test test-unit test-integration soak bench bench-sampling bench-train lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres demo test test-unit test-integration soak bench bench-sampling bench-train bench-drift lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
@@ -66,6 +66,9 @@ bench-train: python-deps
 bench-sampling: python-deps
 	$(PY) benchmarks/sampling_efficiency.py
 	$(PY) benchmarks/sampling_scale.py
+
+bench-drift: python-deps
+	$(PY) benchmarks/drift.py
 
 lint: python-deps
 	$(VENV)/bin/lint-imports

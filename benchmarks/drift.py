@@ -138,7 +138,8 @@ def window(rng: np.random.Generator, n: int, mixture: float, pool: int, only: np
     """(clean rows, shifted rows) of one window of distinct stream images: each event is shifted
     with probability ``mixture``; ``only`` restricts the shifted events to those images."""
     k = int(rng.binomial(n, mixture))
-    shifted = rng.choice(only if only is not None else pool, k, replace=False)
+    source = only if only is not None else np.arange(pool)
+    shifted = rng.choice(source, k, replace=k > len(source))  # a class has ~100 images: repeats past that
     rest = np.setdiff1d(np.arange(pool), shifted)
     return rng.choice(rest, n - k, replace=False), shifted
 

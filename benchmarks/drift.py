@@ -133,15 +133,25 @@ def detect(mon: Monitors, idx: np.ndarray, served: Served,
             "prediction": prediction_drift(mon.ref, probs, mon.alpha, 10).drifted}
 
 
-def window(rng: np.random.Generator, n: int, mixture: float, pool: int, only: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+def window(rng: np.random.Generator, n: int, mixture: float, pool: int) -> tuple[np.ndarray, np.ndarray]:
     """(clean rows, shifted rows) of one window of distinct stream images: each event is shifted
-    with probability ``mixture``; ``only`` restricts the shifted events to those images."""
+    with probability ``mixture``."""
     k = int(rng.binomial(n, mixture))
-    source = only if only is not None else np.arange(pool)
-    shifted = rng.choice(source, k, replace=k > len(source))  # a class has ~100 images: repeats past that
-    rest = np.setdiff1d(np.arange(pool), shifted)
-    return rng.choice(rest, n - k, replace=False), shifted
+    chosen = rng.choice(pool, n, replace=False)
+    return chosen[k:], chosen[:k]
+
+
+def class_mix_window(rng: np.random.Generator, n: int, mixture: float, labels: np.ndarray, favoured: int
+                     ) -> np.ndarray:
+    """Rows of one window whose events come from class ``favoured`` with probability ``mixture``
+    and from the stream's own class mix otherwise: per-class counts are drawn first, then that
+    many distinct images of each class (repeating images only past a class's ~100)."""
+    classes, shares = np.unique(labels, return_counts=True)
+    p = (1 - mixture) * shares / shares.sum() + mixture * (classes == favoured)
+    counts = rng.multinomial(n, p)
+    rows = [rng.choice(np.flatnonzero(labels == c), k, replace=k > shares[i])
+            for i, (c, k) in enumerate(zip(classes, counts))]
+    return np.concatenate(rows)
 
 
 def champion(classes: list[str], labeled: list[tuple[bytes, str]], args: argparse.Namespace) -> NicheModel:
@@ -240,7 +250,6 @@ def main() -> None:
              1 + len(IMAGE_SHIFTS), time.perf_counter() - t0)
     accuracy = {"clean": float((clean.probs.argmax(1) == stream_y).mean())} | {
         s: float((v.probs.argmax(1) == stream_y).mean()) for s, v in shifted.items()}
-    one_class = np.flatnonzero(stream_y == 0)  # class mix: the shifted events are all of one class
     mon = Monitors(ref, ImageDrift(ref, args.alpha, 10), EmbeddingDrift(ref.embeddings, alpha=args.alpha,
                                                                          min_samples=10), args.alpha)
     pool = len(stream_y)
@@ -257,8 +266,7 @@ def main() -> None:
                 hits = 0
                 for _ in range(args.trials):
                     if shift == "class_mix":
-                        a, s_idx = window(rng, n, m, pool, one_class)
-                        hits += any(detect(mon, a, clean, s_idx, clean).values())
+                        hits += any(detect(mon, class_mix_window(rng, n, m, stream_y, 0), clean).values())
                     else:
                         a, s_idx = window(rng, n, m, pool)
                         hits += any(detect(mon, a, clean, s_idx, shifted[shift]).values())

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from monitoring.drift import EmbeddingDrift, EmbeddingMethod, ImageDrift, MonitorResult, label_drift, prediction_drift
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
-from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, PredictionEvent
 from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,14 @@ class Transition:
     state: str
     model_version: str
     result: MonitorResult
+
+    def event(self, model_name: str) -> DriftEvent:
+        """The drift event that tells the world (``nicheloop.drift.v1``)."""
+        r = self.result
+        finite = {k: v for k, v in r.details.items() if np.isfinite(v)}
+        return DriftEvent(model_name=model_name, model_version=self.model_version, monitor=r.monitor,  # type: ignore[arg-type]
+                          state=self.state, p_value=r.p_value, score=r.score, window_size=r.n,  # type: ignore[arg-type]
+                          details=finite)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from monitoring.drift import EmbeddingDrift, ImageDrift, Novelty, label_drift, m
 from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
-from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.bus import parse_event
+from nicheloop.contracts import DRIFT_TOPIC, IMAGE_STATS, FeedbackEvent, PredictionEvent
 from nicheloop.images import image_statistics
 from nicheloop.reference import Reference
 from nicheloop.synthetic import make_image
@@ -214,6 +215,10 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
     for i in range(300, 600):
         stage("t", _event(i, ref, rng))
     assert any(t.state == "cleared" and t.result.monitor == "image" for t in transitions)
+    event = raised[0].event("m")
+    assert (event.model_version, event.state, event.monitor) == ("1", "raised", raised[0].result.monitor)
+    assert event.window_size == raised[0].result.n and event.p_value == raised[0].result.p_value
+    assert parse_event(DRIFT_TOPIC, event.model_dump_json().encode()) == event
     stage("t", _event(600, ref, rng, version="2"))
     assert loaded == ["1", "2"] and stage.current is not None and len(stage.current.window.rows) == 1
 

@@ -18,6 +18,7 @@ from nicheloop.registry import Registry
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
+from monitoring.drift_report import ReportWriter
 from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
@@ -62,7 +63,8 @@ class Pipeline:
                     publish(DRIFT_TOPIC, f"{change.model_version}:{change.result.monitor}",
                             change.event(settings.model_name))
 
-            self.handlers.append(DriftMonitor(reference_for, metrics, drift_config(settings), announce))
+            self.handlers.append(DriftMonitor(reference_for, metrics, drift_config(settings), announce,
+                                              ReportWriter(settings.drift_report_dir, settings.drift_report_every_s)))
 
     def __call__(self, topic: str, event: BaseModel) -> None:
         for handler in self.handlers:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from kafka import KafkaProducer
 from nicheloop import stack
 from nicheloop.bus import dead_letters, parse_event, read_topic
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
+from monitoring.drift_report import list_reports
 from nicheloop.demo import run_loop
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
@@ -42,6 +44,10 @@ def test_the_whole_loop_counts_agree_across_systems(live: Settings) -> None:
     drift = [parse_event(DRIFT_TOPIC, raw) for _, raw in read_topic(live.bootstrap_servers, DRIFT_TOPIC)]
     raised = [e.monitor for e in drift if e.state == "raised" and e.model_version == summary["champion_version_before"]]
     assert raised and len(raised) == len(set(raised))
+    # each alarm came with an Evidently report of its window, indexed for `nicheloop drift report`
+    reports = [e for e in drift if e.state == "raised" and e.report]
+    assert reports and all(Path(e.report).is_file() for e in reports if e.report)
+    assert any("raised" in entry["reason"] for entry in list_reports(live.drift_report_dir))
     # a new version was trained, passed the gate and is what the endpoint serves now
     after = str(int(summary["champion_version_before"]) + 1)
     assert summary["champion_version_after"] == summary["served_version_after"] == after

@@ -8,7 +8,7 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres demo test test-unit test-integration soak bench bench-sampling bench-train bench-drift lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-sampling bench-train bench-drift lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
@@ -41,10 +41,13 @@ demo: setup
 postgres:
 	deploy/local/postgres.sh start
 
-test: setup postgres
+promtool:
+	deploy/local/promtool.sh >/dev/null
+
+test: setup postgres promtool
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: setup
+test-unit: setup promtool
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: setup postgres

@@ -22,9 +22,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from monitoring.drift import EmbeddingDrift, EmbeddingMethod, ImageDrift, MonitorResult, label_drift, prediction_drift
+from monitoring.drift_report import ReportWriter
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
-from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, PredictionEvent
 from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,15 @@ class Transition:
     state: str
     model_version: str
     result: MonitorResult
+    report: str | None = None
+
+    def event(self, model_name: str) -> DriftEvent:
+        """The drift event that tells the world (``nicheloop.drift.v1``)."""
+        r = self.result
+        finite = {k: v for k, v in r.details.items() if np.isfinite(v)}
+        return DriftEvent(model_name=model_name, model_version=self.model_version, monitor=r.monitor,  # type: ignore[arg-type]
+                          state=self.state, p_value=r.p_value, score=r.score, window_size=r.n,  # type: ignore[arg-type]
+                          details=finite, report=self.report)
 
 
 @dataclass
@@ -92,10 +102,11 @@ class DriftMonitor:
 
     def __init__(self, reference_for: Callable[[str], Reference], metrics: MonitorMetrics,
                  config: DriftConfig | None = None,
-                 on_transition: Callable[[Transition], None] | None = None) -> None:
+                 on_transition: Callable[[Transition], None] | None = None,
+                 reports: ReportWriter | None = None) -> None:
         self.reference_for, self.metrics = reference_for, metrics
         self.cfg = config or DriftConfig()
-        self.on_transition = on_transition
+        self.on_transition, self.reports = on_transition, reports
         self.current: _VersionMonitors | None = None
         self.predicted: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self.last: dict[str, MonitorResult] = {}
@@ -128,7 +139,7 @@ class DriftMonitor:
         stats = np.array([event.image_stats[k] for k in IMAGE_STATS]) if event.image_stats else np.zeros(0)
         row = _Row(stats, np.asarray(event.embedding, np.float64), np.asarray(event.probs, np.float64))
         due = mon.window.add(row, event.created_at.timestamp())
-        return self._record(mon, mon.inputs(due)) if due is not None else []
+        return self._record(mon, mon.inputs(due), due) if due is not None else []
 
     def _feedback(self, event: FeedbackEvent) -> list[MonitorResult]:
         known = self.predicted.get(event.prediction_id)
@@ -141,8 +152,10 @@ class DriftMonitor:
         due = mon.labels.add(row, event.created_at.timestamp())
         return self._record(mon, [mon.outcomes(due)]) if due is not None else []
 
-    def _record(self, mon: _VersionMonitors, results: list[MonitorResult]) -> list[MonitorResult]:
+    def _record(self, mon: _VersionMonitors, results: list[MonitorResult],
+                rows: list[_Row] | None = None) -> list[MonitorResult]:
         m, now = self.metrics, time.time()
+        changes: list[Transition] = []
         for r in results:
             self.last[r.monitor] = r
             m.drift_window.labels(r.monitor).set(r.n)
@@ -158,6 +171,21 @@ class DriftMonitor:
                 m.drift_alarms.labels(r.monitor, change).inc()
                 log.warning("drift alarm %s: %s of version %s (p=%s, n=%d)", change, r.monitor, mon.version,
                             r.p_value, r.n)
-                if self.on_transition is not None:
-                    self.on_transition(Transition(change, mon.version, r))
+                changes.append(Transition(change, mon.version, r))
+        report = self._report(mon, results, rows, changes)
+        for change in changes:
+            if self.on_transition is not None:
+                self.on_transition(Transition(change.state, change.model_version, change.result, report))
         return results
+
+    def _report(self, mon: _VersionMonitors, results: list[MonitorResult], rows: list[_Row] | None,
+                changes: list[Transition]) -> str | None:
+        """An HTML report of an input window when an alarm moved, or when the periodic one is due."""
+        if self.reports is None or not rows or mon.reference is None or not self.reports.due(bool(changes)):
+            return None
+        with_stats = [r for r in rows if r.stats.size]
+        stats = np.stack([r.stats for r in with_stats]) if with_stats else np.zeros((0, len(IMAGE_STATS)))
+        reason = ", ".join(f"{c.result.monitor} {c.state}" for c in changes) or "periodic"
+        path = self.reports.write(mon.version, mon.reference, stats, np.stack([r.probs for r in rows]), results,
+                                  reason)
+        return str(path) if path is not None else None

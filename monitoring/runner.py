@@ -11,14 +11,15 @@ from functools import lru_cache
 
 from pydantic import BaseModel
 
-from nicheloop.bus import BrokerError, EventConsumer, ensure_topics
-from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC
+from nicheloop.bus import BrokerError, EventConsumer, Publisher, ensure_topics
+from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.reference import Reference
 from nicheloop.registry import Registry
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from monitoring.drift_service import DriftConfig, DriftMonitor
+from monitoring.drift_report import ReportWriter
+from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
 from monitoring.sampling import ActiveSampler, SamplerConfig
@@ -38,7 +39,8 @@ class Pipeline:
     ``stages`` picks a subset (e.g. ``("join",)`` for a joiner that needs no MLflow).
     """
 
-    def __init__(self, settings: Settings, metrics: MonitorMetrics, stages: tuple[str, ...] = STAGES) -> None:
+    def __init__(self, settings: Settings, metrics: MonitorMetrics, stages: tuple[str, ...] = STAGES,
+                 publish: Callable[[str, str, BaseModel], None] | None = None) -> None:
         unknown = set(stages) - set(STAGES)
         if unknown or "join" not in stages:
             raise ValueError(f"stages must include 'join' and come from {STAGES}, got {stages}")
@@ -56,7 +58,13 @@ class Pipeline:
                                                settings.home.resolve() / "sampling", sampler_config(settings),
                                                lambda version: reference_for(version).embeddings, metrics))
         if "drift" in stages:
-            self.handlers.append(DriftMonitor(reference_for, metrics, drift_config(settings)))
+            def announce(change: Transition) -> None:
+                if publish is not None:
+                    publish(DRIFT_TOPIC, f"{change.model_version}:{change.result.monitor}",
+                            change.event(settings.model_name))
+
+            self.handlers.append(DriftMonitor(reference_for, metrics, drift_config(settings), announce,
+                                              ReportWriter(settings.drift_report_dir, settings.drift_report_every_s)))
 
     def __call__(self, topic: str, event: BaseModel) -> None:
         for handler in self.handlers:
@@ -114,7 +122,10 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None, stages:
             signal.signal(sig, lambda *_: stop.set())
     metrics = MonitorMetrics()
     metrics.serve(settings.host, settings.metrics_port)
-    pipeline = Pipeline(settings, metrics, stages)
+    # drift events go through the same durable publisher as serving's: spooled while Kafka is down
+    publisher = Publisher(settings.bootstrap_servers, settings.home / "spool", name="monitor",
+                          spool_max_events=settings.spool_max_events) if "drift" in stages else None
+    pipeline = Pipeline(settings, metrics, stages, publisher.publish if publisher else None)
 
     def connect() -> EventConsumer:
         ensure_topics(settings.bootstrap_servers)
@@ -123,6 +134,8 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None, stages:
 
     consumer = _retry_until_connected(connect, stop, settings.bootstrap_servers)
     if consumer is None:
+        if publisher is not None:
+            publisher.close()
         return
     threading.Thread(target=_sweep_pending, args=(settings, metrics, stop), name="pending-sweeper",
                      daemon=True).start()
@@ -131,3 +144,5 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None, stages:
         consumer.run(stop)
     finally:
         consumer.close()
+        if publisher is not None:
+            publisher.close()

@@ -19,8 +19,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ValidationError
 
 from nicheloop.contracts import (
-    ALL_TOPICS, DEAD_LETTER_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC, DeadLetter, FeedbackEvent,
-    PredictionEvent,
+    ALL_TOPICS, DEAD_LETTER_TOPIC, DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC, DeadLetter, DriftEvent,
+    FeedbackEvent, PredictionEvent,
 )
 from nicheloop.errors import InvalidInput
 from nicheloop.spool import Spool, SpoolFull, orphans
@@ -32,6 +32,7 @@ BrokerError = KafkaError  # what callers outside this module catch for "the brok
 EVENT_TYPES: dict[str, type[BaseModel]] = {
     PREDICTIONS_TOPIC: PredictionEvent,
     FEEDBACK_TOPIC: FeedbackEvent,
+    DRIFT_TOPIC: DriftEvent,
 }
 
 

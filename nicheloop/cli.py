@@ -19,6 +19,8 @@ app = typer.Typer(help="nicheloop: a vision model that keeps improving from prod
                   no_args_is_help=True, pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft), MLflow, Ray.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+drift_app = typer.Typer(help="Drift monitoring: the reports of evaluated windows.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
 
 
 @app.callback()
@@ -165,6 +167,29 @@ def monitor(
         run_monitor(s, stages=tuple(x.strip() for x in stages.split(",") if x.strip()))
     except ValueError as exc:
         _fail(exc)
+
+
+@drift_app.command("report")
+def drift_report(
+    version: Optional[str] = typer.Option(None, help="Only this model version's reports."),
+    limit: int = typer.Option(20, min=1, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    """List the drift reports (Evidently HTML) the monitor wrote: when, version, why, drifted monitors."""
+    from monitoring.drift_report import list_reports
+
+    entries = list_reports(get_settings().drift_report_dir, version, limit)
+    if not entries:
+        typer.echo("no drift reports yet: the monitor writes one when an alarm is raised or cleared, "
+                   "and one per NICHELOOP_DRIFT_REPORT_EVERY_S otherwise", err=True)
+        return
+    for e in entries:
+        if as_json:
+            typer.echo(json.dumps(e))
+            continue
+        drifted = ",".join(m for m, r in e.get("monitors", {}).items() if r.get("drifted")) or "-"
+        typer.echo(f"{e['created_at']}  v{e['model_version']:<4} n={e['window']:<5} drifted={drifted:<28} "
+                   f"{e['reason']:<30} {e['path']}")
 
 
 @app.command()

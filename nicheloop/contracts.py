@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 PREDICTIONS_TOPIC = "nicheloop.predictions.v1"
 FEEDBACK_TOPIC = "nicheloop.feedback.v1"
 DEAD_LETTER_TOPIC = "nicheloop.deadletter.v1"
-ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC)
+DRIFT_TOPIC = "nicheloop.drift.v1"
+ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC, DRIFT_TOPIC)
 
 # The input-drift features of an image, in the order monitors and references keep them
 # (computed by nicheloop.images.image_statistics at the gateway and for each reference).
@@ -82,6 +83,26 @@ class FeedbackEvent(_Event):
     prediction_id: str
     label: str
     source: FeedbackSource = "user"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DriftEvent(_Event):
+    """A drift alarm of one monitor was raised or cleared. Kafka key: ``model_version:monitor``.
+
+    Alarms have hysteresis: one shift gives one ``raised`` and, once traffic is calm again for
+    several windows, one ``cleared``.
+    """
+
+    drift_id: str = Field(default_factory=new_id)
+    model_name: str
+    model_version: str
+    monitor: Literal["image", "embedding", "prediction", "label"]
+    state: Literal["raised", "cleared"]
+    p_value: float | None = Field(None, ge=0.0, le=1.0)
+    score: float | None = None
+    window_size: int = Field(ge=0)
+    details: dict[str, float] = Field(default_factory=dict, description="Per-test p-values and figures.")
+    report: str | None = Field(None, description="Path of the window's HTML report, when one was written.")
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -7,14 +7,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from kafka import KafkaProducer
 
 from nicheloop import stack
-from nicheloop.bus import dead_letters, read_topic
-from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
+from nicheloop.bus import dead_letters, parse_event, read_topic
+from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
+from monitoring.drift_report import list_reports
 from nicheloop.demo import run_loop
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
@@ -38,6 +40,14 @@ def test_the_whole_loop_counts_agree_across_systems(live: Settings) -> None:
     # the shift is seen by the drift monitor, the unshifted stream is not
     assert summary["drift_detected_before"] is False and summary["drift_detected_after_shift"] is True
     assert summary["drift_score_after_shift"] > summary["drift_score_before"]
+    # the alarm went out as drift events: raised for the served version, once per monitor
+    drift = [parse_event(DRIFT_TOPIC, raw) for _, raw in read_topic(live.bootstrap_servers, DRIFT_TOPIC)]
+    raised = [e.monitor for e in drift if e.state == "raised" and e.model_version == summary["champion_version_before"]]
+    assert raised and len(raised) == len(set(raised))
+    # each alarm came with an Evidently report of its window, indexed for `nicheloop drift report`
+    reports = [e for e in drift if e.state == "raised" and e.report]
+    assert reports and all(Path(e.report).is_file() for e in reports if e.report)
+    assert any("raised" in entry["reason"] for entry in list_reports(live.drift_report_dir))
     # a new version was trained, passed the gate and is what the endpoint serves now
     after = str(int(summary["champion_version_before"]) + 1)
     assert summary["champion_version_after"] == summary["served_version_after"] == after

@@ -34,3 +34,16 @@ def test_alert_rules_use_exported_metric_names() -> None:
 def test_grafana_dashboard_is_json_with_panels() -> None:
     dash = json.loads((DEPLOY / "grafana" / "nicheloop.json").read_text())
     assert dash["uid"] == "nicheloop" and all(p["targets"][0]["expr"] for p in dash["panels"])
+
+
+def test_promtool_accepts_the_alert_rules_and_their_unit_tests() -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run deploy/local/promtool.sh (make test does)"
+    rules = DEPLOY / "prometheus"
+    check = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=rules, capture_output=True, text=True)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    tested = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=rules, capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -15,7 +15,8 @@ from monitoring.drift import EmbeddingDrift, ImageDrift, Novelty, label_drift, m
 from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
-from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.bus import parse_event
+from nicheloop.contracts import DRIFT_TOPIC, IMAGE_STATS, FeedbackEvent, PredictionEvent
 from nicheloop.images import image_statistics
 from nicheloop.reference import Reference
 from nicheloop.synthetic import make_image
@@ -214,6 +215,10 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
     for i in range(300, 600):
         stage("t", _event(i, ref, rng))
     assert any(t.state == "cleared" and t.result.monitor == "image" for t in transitions)
+    event = raised[0].event("m")
+    assert (event.model_version, event.state, event.monitor) == ("1", "raised", raised[0].result.monitor)
+    assert event.window_size == raised[0].result.n and event.p_value == raised[0].result.p_value
+    assert parse_event(DRIFT_TOPIC, event.model_dump_json().encode()) == event
     stage("t", _event(600, ref, rng, version="2"))
     assert loaded == ["1", "2"] and stage.current is not None and len(stage.current.window.rows) == 1
 
@@ -255,3 +260,51 @@ def test_prediction_events_refuse_non_finite_or_unknown_statistics() -> None:
     with pytest.raises(ValidationError, match="finite"):
         PredictionEvent(**(good.model_dump() | {"image_stats": dict.fromkeys(IMAGE_STATS, float("inf"))}))
     assert PredictionEvent(**(good.model_dump() | {"image_stats": {}})).image_stats == {}
+
+
+def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Path) -> None:
+    from monitoring.drift_report import INDEX, ReportWriter, list_reports
+
+    ref, rng = _reference(300, seed=11), np.random.default_rng(12)
+    transitions: list[Transition] = []
+    writer = ReportWriter(tmp_path, every_s=1e9)
+    stage = DriftMonitor(lambda v: ref, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 100)),
+                         transitions.append, writer)
+    for i in range(100):
+        stage("t", _event(i, ref, rng))
+    assert list_reports(tmp_path) == [] or list_reports(tmp_path)[0]["reason"] == "periodic"
+    for i in range(100, 200):
+        stage("t", _event(i, ref, rng, shift=0.5))
+    raised = [t for t in transitions if t.state == "raised"]
+    assert raised and all(t.report == raised[0].report for t in raised)
+    html = Path(raised[0].report or "")
+    text = html.read_text() if html.is_file() else ""
+    assert html.parent.name == "1" and text.lstrip().lower().startswith("<!doctype html")
+    assert all(column in text for column in ("sharpness", "blockiness", "confidence", "predicted_class"))
+    newest = list_reports(tmp_path)[0]
+    assert newest["path"] == str(html) and "raised" in newest["reason"] and newest["window"] == 100
+    assert newest["monitors"]["image"]["drifted"] is True
+    with (tmp_path / INDEX).open("a") as f:
+        f.write('{"torn')  # a crash mid-write leaves half a line: it is skipped
+    assert list_reports(tmp_path, version="1")[0] == newest and list_reports(tmp_path, version="9") == []
+
+
+def test_drift_report_command_lists_the_index(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "drift" / "reports"
+    folder.mkdir(parents=True)
+    entry = {"path": str(folder / "3" / "x.html"), "model_version": "3", "created_at": "2026-11-23T10:00:00+00:00",
+             "reason": "image raised", "window": 200, "monitors": {"image": {"drifted": True}}}
+    (folder / "index.jsonl").write_text(json.dumps(entry) + "\n")
+    env = {**os.environ, "NICHELOOP_HOME": str(tmp_path)}
+    run = [sys.executable, "-m", "nicheloop.cli", "drift", "report"]
+    table = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "v3" in table.stdout and "drifted=image" in table.stdout
+    as_json = subprocess.run([*run, "--json", "--version", "3"], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(as_json.stdout.splitlines()[0]) == entry
+    none = subprocess.run([*run, "--version", "4"], env=env, capture_output=True, text=True, timeout=120)
+    assert none.returncode == 0 and none.stdout == "" and "no drift reports yet" in none.stderr

@@ -1,0 +1,100 @@
+"""Evidently HTML reports of evaluated drift windows, kept under the data directory, and their index.
+
+A report shows the window's image statistics, top-class confidence and predicted class against
+the version's reference (Evidently's DataDriftPreset), next to the monitors' own verdicts. A
+report costs about 1.5 s of CPU, so the drift stage writes one for every alarm transition and
+otherwise at most one per ``every_s`` seconds; ``index.jsonl`` lists them for
+``nicheloop drift report``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring.drift import MonitorResult
+from nicheloop.contracts import IMAGE_STATS
+from nicheloop.reference import Reference
+
+log = logging.getLogger(__name__)
+INDEX = "index.jsonl"
+
+
+def _frame(stats: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(stats, columns=list(IMAGE_STATS)) if len(stats) else pd.DataFrame()
+    if len(probs):
+        frame["confidence"] = probs.max(1)
+        frame["predicted_class"] = [class_names[i] if i < len(class_names) else str(i) for i in probs.argmax(1)]
+    return frame
+
+
+def render(reference: Reference, stats: np.ndarray, probs: np.ndarray, path: Path) -> Path:
+    """Write Evidently's data-drift report of a window against ``reference`` to ``path``."""
+    from evidently import DataDefinition, Dataset, Report  # heavy: imported when a report is due
+    from evidently.presets import DataDriftPreset
+
+    cur = _frame(stats, probs, reference.class_names)
+    ref = _frame(reference.stats, reference.probs, reference.class_names)
+    cols = [c for c in cur.columns if c in ref.columns]
+    numeric = [c for c in cols if c != "predicted_class"]
+    definition = DataDefinition(numerical_columns=numeric,
+                                categorical_columns=["predicted_class"] if "predicted_class" in cols else [])
+    snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(cur[cols], data_definition=definition),
+                                               Dataset.from_pandas(ref[cols], data_definition=definition))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    return path
+
+
+class ReportWriter:
+    """Writes reports under ``folder`` (one sub-folder per model version) and indexes them."""
+
+    def __init__(self, folder: Path, every_s: float = 3600.0) -> None:
+        self.folder, self.every_s = folder, every_s
+        self.last_at = float("-inf")
+
+    def due(self, transition: bool) -> bool:
+        return transition or time.monotonic() - self.last_at >= self.every_s
+
+    def write(self, version: str, reference: Reference, stats: np.ndarray, probs: np.ndarray,
+              results: list[MonitorResult], reason: str) -> Path | None:
+        """Render and index one window's report; None (and a log line) if rendering fails."""
+        self.last_at = time.monotonic()
+        at = datetime.now(timezone.utc)
+        path = self.folder / version / f"{at:%Y%m%dT%H%M%S%fZ}-{len(probs)}.html"
+        try:
+            render(reference, stats, probs, path)
+        except Exception:  # noqa: BLE001 - a report must never stop the monitor
+            log.exception("drift report for version %s not written", version)
+            return None
+        entry: dict[str, Any] = {"path": str(path), "model_version": version, "created_at": at.isoformat(),
+                                 "reason": reason, "window": len(probs),
+                                 "monitors": {r.monitor: {k: v for k, v in asdict(r).items() if k != "details"}
+                                              for r in results}}
+        with (self.folder / INDEX).open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return path
+
+
+def list_reports(folder: Path, version: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Index entries, newest first; lines that are not JSON are skipped (a torn last write)."""
+    index = folder / INDEX
+    if not index.is_file():
+        return []
+    entries = []
+    for line in index.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if version is None or entry.get("model_version") == version:
+            entries.append(entry)
+    return entries[::-1][:limit]

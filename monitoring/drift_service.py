@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel
 
-from monitoring.drift import EmbeddingDrift, EmbeddingMethod, ImageDrift, MonitorResult, label_drift, prediction_drift
+from monitoring.drift import (MONITORS, EmbeddingDrift, EmbeddingMethod, ImageDrift, MonitorResult, label_drift,
+                              prediction_drift)
 from monitoring.drift_report import ReportWriter
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
@@ -68,6 +69,12 @@ class _Row:
     probs: np.ndarray
 
 
+def _stats(rows: list[_Row]) -> np.ndarray:
+    """The image statistics of the rows that carry them (events from older gateways do not)."""
+    with_stats = [r.stats for r in rows if r.stats.size]
+    return np.stack(with_stats) if with_stats else np.zeros((0, len(IMAGE_STATS)))
+
+
 class _VersionMonitors:
     """The monitors, windows and alarms of one model version."""
 
@@ -75,7 +82,7 @@ class _VersionMonitors:
         self.version, self.reference, self.cfg = version, reference, cfg
         self.window: Window[_Row] = Window(cfg.window)
         self.labels: Window[tuple[int, int]] = Window(cfg.label_window)
-        self.alarms = {m: Alarm(cfg.clear_above, cfg.clear_after) for m in ("image", "embedding", "prediction", "label")}
+        self.alarms = {m: Alarm(cfg.clear_above, cfg.clear_after) for m in MONITORS}
         if reference is not None:
             self.image = ImageDrift(reference, cfg.alpha, cfg.min_samples)
             self.embedding = EmbeddingDrift(reference.embeddings, cfg.embedding_method, alpha=cfg.alpha,
@@ -84,9 +91,7 @@ class _VersionMonitors:
     def inputs(self, rows: list[_Row]) -> list[MonitorResult]:
         if self.reference is None:
             return [MonitorResult.insufficient(m, len(rows)) for m in ("image", "embedding", "prediction")]
-        stats = np.stack([r.stats for r in rows if r.stats.size]) if any(r.stats.size for r in rows) else \
-            np.zeros((0, len(IMAGE_STATS)))
-        return [self.image(stats), self.embedding(np.stack([r.embedding for r in rows])),
+        return [self.image(_stats(rows)), self.embedding(np.stack([r.embedding for r in rows])),
                 prediction_drift(self.reference, np.stack([r.probs for r in rows]), self.cfg.alpha,
                                  self.cfg.min_samples)]
 
@@ -109,7 +114,6 @@ class DriftMonitor:
         self.on_transition, self.reports = on_transition, reports
         self.current: _VersionMonitors | None = None
         self.predicted: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self.last: dict[str, MonitorResult] = {}
 
     def __call__(self, topic: str, event: BaseModel) -> list[MonitorResult]:
         if isinstance(event, PredictionEvent):
@@ -157,7 +161,6 @@ class DriftMonitor:
         m, now = self.metrics, time.time()
         changes: list[Transition] = []
         for r in results:
-            self.last[r.monitor] = r
             m.drift_window.labels(r.monitor).set(r.n)
             m.drift_last_eval.labels(r.monitor).set(now)
             m.drift_insufficient.labels(r.monitor).set(float(r.status == "insufficient_data"))
@@ -183,9 +186,7 @@ class DriftMonitor:
         """An HTML report of an input window when an alarm moved, or when the periodic one is due."""
         if self.reports is None or not rows or mon.reference is None or not self.reports.due(bool(changes)):
             return None
-        with_stats = [r for r in rows if r.stats.size]
-        stats = np.stack([r.stats for r in with_stats]) if with_stats else np.zeros((0, len(IMAGE_STATS)))
         reason = ", ".join(f"{c.result.monitor} {c.state}" for c in changes) or "periodic"
-        path = self.reports.write(mon.version, mon.reference, stats, np.stack([r.probs for r in rows]), results,
+        path = self.reports.write(mon.version, mon.reference, _stats(rows), np.stack([r.probs for r in rows]), results,
                                   reason)
         return str(path) if path is not None else None

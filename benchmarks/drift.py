@@ -129,7 +129,7 @@ def detect(mon: Monitors, idx: np.ndarray, served: Served,
         stats = np.concatenate([stats, shifted.stats[shifted_idx]])
         embs = np.concatenate([embs, shifted.embeddings[shifted_idx]])
         probs = np.concatenate([probs, shifted.probs[shifted_idx]])
-    return {"image": mon.image(stats).drifted, "embedding": mon.embedding(embs).drifted,
+    return {"image": mon.image(stats, probs.argmax(1)).drifted, "embedding": mon.embedding(embs).drifted,
             "prediction": prediction_drift(mon.ref, probs, mon.alpha, 10).drifted}
 
 

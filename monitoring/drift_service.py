@@ -69,10 +69,13 @@ class _Row:
     probs: np.ndarray
 
 
-def _stats(rows: list[_Row]) -> np.ndarray:
-    """The image statistics of the rows that carry them (events from older gateways do not)."""
-    with_stats = [r.stats for r in rows if r.stats.size]
-    return np.stack(with_stats) if with_stats else np.zeros((0, len(IMAGE_STATS)))
+def _stats(rows: list[_Row]) -> tuple[np.ndarray, np.ndarray]:
+    """The image statistics of the rows that carry them (events from older gateways do not), and
+    the class the model predicted for each of those rows."""
+    with_stats = [r for r in rows if r.stats.size]
+    if not with_stats:
+        return np.zeros((0, len(IMAGE_STATS))), np.zeros(0, np.int64)
+    return np.stack([r.stats for r in with_stats]), np.array([int(np.argmax(r.probs)) for r in with_stats])
 
 
 class _VersionMonitors:
@@ -91,7 +94,7 @@ class _VersionMonitors:
     def inputs(self, rows: list[_Row]) -> list[MonitorResult]:
         if self.reference is None:
             return [MonitorResult.insufficient(m, len(rows)) for m in ("image", "embedding", "prediction")]
-        return [self.image(_stats(rows)), self.embedding(np.stack([r.embedding for r in rows])),
+        return [self.image(*_stats(rows)), self.embedding(np.stack([r.embedding for r in rows])),
                 prediction_drift(self.reference, np.stack([r.probs for r in rows]), self.cfg.alpha,
                                  self.cfg.min_samples)]
 
@@ -187,6 +190,6 @@ class DriftMonitor:
         if self.reports is None or not rows or mon.reference is None or not self.reports.due(bool(changes)):
             return None
         reason = ", ".join(f"{c.result.monitor} {c.state}" for c in changes) or "periodic"
-        path = self.reports.write(mon.version, mon.reference, _stats(rows), np.stack([r.probs for r in rows]), results,
+        path = self.reports.write(mon.version, mon.reference, _stats(rows)[0], np.stack([r.probs for r in rows]), results,
                                   reason)
         return str(path) if path is not None else None

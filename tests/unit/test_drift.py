@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
-from monitoring.drift import EmbeddingDrift, ImageDrift, Novelty, label_drift, macro_f1, prediction_drift
+from monitoring.drift import (EmbeddingDrift, ImageDrift, MeanShift, Novelty, WithinClass, label_drift, macro_f1,
+                              prediction_drift)
 from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
@@ -114,6 +115,51 @@ def test_image_monitor_flags_a_mixture_and_reports_insufficient_data() -> None:
     assert few.status == "insufficient_data" and few.p_value is None and few.score is None
     assert ImageDrift(_reference(19), 0.01, 30)(shifted).status == "insufficient_data"  # reference too small
     assert ImageDrift(_reference(20), 0.01, 30)(shifted).status == "ok"
+
+
+def _classed(n: int, rng: np.random.Generator, shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of three classes whose brightness and contrast differ far more between classes than
+    within one (steel surfaces), R, G and B equal to the brightness (grey images), and their classes."""
+    y = rng.choice(3, n, p=shares)
+    stats = rng.normal(1.0, 0.05, (n, len(IMAGE_STATS)))
+    level = np.array([60.0, 120.0, 180.0])[y]
+    brightness = level * (1 + rng.normal(0, 0.05, n))
+    for name in ("brightness", "red_mean", "green_mean", "blue_mean"):
+        stats[:, IMAGE_STATS.index(name)] = brightness
+    stats[:, IMAGE_STATS.index("contrast")] = level / 4 * (1 + rng.normal(0, 0.05, n))
+    return stats, y
+
+
+def test_mean_shift_holds_its_level_and_spends_no_freedom_on_copied_columns() -> None:
+    rng = np.random.default_rng(11)
+    ref = rng.normal(size=(400, 3))
+    shift = MeanShift(np.hstack([ref, ref[:, :1], np.ones((400, 1))]))  # a copied column and a constant one
+    assert shift.k == 3
+    null = [shift.p_value(np.hstack([x, x[:, :1], np.ones((100, 1))])) < 0.01
+            for x in (rng.normal(size=(100, 3)) for _ in range(300))]
+    assert np.mean(null) <= 0.03
+    moved = rng.normal(size=(100, 3)) + [0.8, 0.0, 0.0]
+    assert shift.p_value(np.hstack([moved, moved[:, :1], np.ones((100, 1))])) < 1e-4
+
+
+def test_within_class_test_sees_a_darker_fifth_that_hides_in_the_spread_between_classes() -> None:
+    rng = np.random.default_rng(12)
+    ref_stats, ref_y = _classed(600, rng)
+    ref = Reference(rng.normal(size=(600, 8)), ref_stats, np.eye(3)[ref_y], ref_y, tuple("abc"), 0.9, 0.9)
+    mon = ImageDrift(ref, alpha=0.01, min_samples=30)
+    assert isinstance(mon.within_class, WithinClass)
+    darker, y = _classed(200, rng)
+    darker[:40, [IMAGE_STATS.index(n) for n in ("brightness", "red_mean", "green_mean", "blue_mean")]] *= 0.8
+    darker[:40, IMAGE_STATS.index("contrast")] *= 0.8
+    with_classes, without = mon(darker, y), mon(darker)
+    assert with_classes.drifted and with_classes.details["p_within_class"] < 1e-4
+    assert "p_within_class" not in without.details and not without.drifted  # across classes it hides
+    # a changed class mix moves the global mean, not the within-class one: the prediction monitor's job
+    mix, mix_y = _classed(200, rng, (0.6, 0.2, 0.2))
+    assert mon(mix, mix_y).details["p_within_class"] > 0.01
+    calm = [mon(*_classed(150, rng)).drifted for _ in range(100)]
+    assert np.mean(calm) <= 0.03
 
 
 @pytest.mark.parametrize("method", ["novelty", "mmd", "distance", "model"])

@@ -3,7 +3,7 @@
 A report shows the window's image statistics, top-class confidence and predicted class against
 the version's reference (Evidently's DataDriftPreset), next to the monitors' own verdicts. A
 report costs about 1.5 s of CPU, so the drift stage writes one for every alarm transition and
-otherwise at most one per ``every_s`` seconds; ``index.jsonl`` lists them for
+otherwise at most one per ``every_s`` seconds (0: every evaluated window); ``index.jsonl`` lists them for
 ``nicheloop drift report``.
 """
 

@@ -335,6 +335,19 @@ def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Pa
     assert list_reports(tmp_path, version="1")[0] == newest and list_reports(tmp_path, version="9") == []
 
 
+def test_report_every_evaluated_window_when_asked(tmp_path: Path) -> None:
+    from monitoring.drift_report import ReportWriter, list_reports
+
+    ref, rng = _reference(300, seed=13), np.random.default_rng(14)
+    stage = DriftMonitor(lambda v: ref, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 50)),
+                         reports=ReportWriter(tmp_path, every_s=0))
+    for i in range(150):
+        stage("t", _event(i, ref, rng))
+    reports = list_reports(tmp_path)
+    assert len(reports) == 3 and all(r["reason"] == "periodic" and r["window"] == 50 for r in reports)
+    assert len({r["path"] for r in reports}) == 3 and all(Path(r["path"]).is_file() for r in reports)
+
+
 def test_drift_report_command_lists_the_index(tmp_path: Path) -> None:
     import json
     import os

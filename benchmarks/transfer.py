@@ -213,9 +213,10 @@ def main() -> None:
     p.add_argument("--replay-per-class", type=int, default=TrainConfig().replay_per_class)
     p.add_argument("--calibration-fraction", type=float, default=0.2,
                    help="Share of task A's labels held out for validation (best epoch, early stopping).")
-    p.add_argument("--calibration-per-class", type=int, default=30,
-                   help="Labeled images per class, apart from task A's, to fit the temperature on "
-                        "(0: fit it on task A's validation split).")
+    p.add_argument("--calibration-per-class", type=int, default=75,
+                   help="Labeled images per class, apart from task A's and the shifted ones, to fit the "
+                        "temperature on (default: the rest of NEU's pool; 0: fit it on task A's validation split). "
+                        "With 30 per class the fitted temperature swung with the 180 images' accuracy.")
     p.add_argument("--loader-workers", type=int, default=0, help="Image-decoding processes while fine-tuning.")
     p.add_argument("--ssl-loader-workers", type=int, default=0, help="Image-decoding processes while pretraining.")
     p.add_argument("--seed", type=int, default=0)

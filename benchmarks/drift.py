@@ -16,8 +16,9 @@ is the smallest n whose detection rate over the trials is at least 90% (null: ne
 largest n). ``false_alarm_rate`` is the share of unshifted windows flagged, over every n.
 ``cpu_ratio`` is the monitors' CPU time per event (image statistics at the gateway plus the
 drift service's windows and tests at its default cadence, on a replayed stream) divided by the
-model's CPU time per event (serving batches of 16). Embedding methods (Evidently's ``mmd``,
-``distance``, ``model`` against per-component ``ks``) are compared on the 20% mixtures.
+model's CPU time per event (serving batches of 16). Embedding methods (Evidently's ``distance``,
+the product's default, ``mmd`` and ``model``, against ``novelty``) are compared alone on the 20%
+mixtures.
 The last line is one JSON object.
 """
 
@@ -222,8 +223,8 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--train-epochs", type=int, default=8, help="Fine-tuning epochs of the served model.")
-    p.add_argument("--trials", type=int, default=40, help="Windows per shift, mixture and size.")
-    p.add_argument("--null-trials", type=int, default=150, help="Unshifted windows per size.")
+    p.add_argument("--trials", type=int, default=100, help="Windows per shift, mixture and size.")
+    p.add_argument("--null-trials", type=int, default=300, help="Unshifted windows per size.")
     p.add_argument("--method-trials", type=int, default=15, help="Windows per cell in the embedding-method table.")
     p.add_argument("--alpha", type=float, default=0.01, help="Per-monitor false-alarm level (the product default).")
     p.add_argument("--seed", type=int, default=0)

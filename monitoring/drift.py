@@ -7,9 +7,10 @@ drift decision) for one window against the version's :class:`~nicheloop.referenc
   per-channel moments): the novelty of each image against the reference (k-NN distance, K-S and
   tail tests against held-out reference images), the mean of the window (Hotelling) over all
   rows and within the class predicted for each, and a K-S test per statistic, Bonferroni-combined;
-- ``embedding``: pre-logits features on the reference's principal components, tested the same
-  way (``novelty``), or with one of Evidently's embedding methods (``mmd``, ``distance``,
-  ``model``); benchmarks/drift.py compares them;
+- ``embedding``: pre-logits features on the reference's principal components, tested by default
+  with Evidently's ``distance`` method (its bootstrap drawn once per window size), or with
+  Evidently's ``mmd`` or ``model``, or the same way as the image statistics (``novelty``);
+  benchmarks/drift.py compares them;
 - ``prediction``: the predicted class mix (two-sample chi-square) and the top-class confidence (K-S);
 - ``label``: the class mix of the labels users send (two-sample chi-square) and the accuracy on them
   against the version's validation accuracy (one-sided binomial test); macro-F1 is reported.
@@ -26,8 +27,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from evidently.legacy.metrics.data_drift.embedding_drift_methods import (DistanceDriftMethod, MMDDriftMethod,
-                                                                         ModelDriftMethod)
+from evidently.legacy.metrics.data_drift.embedding_drift_methods import N_BOOTSTRAP, MMDDriftMethod, ModelDriftMethod
 from scipy.special import kolmogorov
 from scipy.stats import binomtest, chi2_contingency, fisher_exact
 from scipy.stats import f as f_dist
@@ -305,16 +305,58 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(f1)) if f1 else 0.0
 
 
+class MeanDistance:
+    """Evidently's ``distance`` embedding method, its bootstrap drawn once per window size.
+
+    Evidently measures the Euclidean distance between the reference's and the window's mean
+    embeddings and calls drift when it exceeds the ``quantile`` of 100 seeded bootstrap distances
+    between resamples of the reference. That null depends only on the reference and the window's
+    size, yet Evidently redraws it through pandas on every call (about 100 ms); here it is drawn
+    with the same seeds and sizes once per size, so the decisions are Evidently's
+    (tests/unit/test_drift.py checks them against it) at a fraction of a millisecond. The p-value is
+    the share of bootstrap distances at least as large as the window's (plus one, over 101).
+    """
+
+    def __init__(self, reference: np.ndarray, quantile: float, cache_sizes: int = 256) -> None:
+        self.reference = np.asarray(reference, np.float64)
+        self.mean, self.quantile, self.cache_sizes = self.reference.mean(0), quantile, cache_sizes
+        self._null: dict[int, np.ndarray] = {}
+
+    def null(self, n: int) -> np.ndarray:
+        """The bootstrap distances for windows of ``n`` rows (Evidently's draws: the same seeds and sizes)."""
+        if n not in self._null:
+            m = len(self.reference)
+            b_ref, b_cur = int(m * m / (m + n)), int(n * m / (m + n))
+            weights, rs = np.empty((N_BOOTSTRAP, m)), np.random.RandomState()
+            for i in range(N_BOOTSTRAP):
+                rs.seed(i)  # the stream of Evidently's np.random.seed(i), without touching the global one
+                a, b = rs.choice(m, b_ref), rs.choice(m, b_cur)
+                # mean of the resample a minus mean of the resample b, as weights on the reference's rows
+                weights[i] = np.bincount(a, minlength=m) / max(1, b_ref) - np.bincount(b, minlength=m) / max(1, b_cur)
+            if len(self._null) >= self.cache_sizes:  # time windows vary in size: keep the cache bounded
+                self._null.pop(next(iter(self._null)))
+            self._null[n] = np.linalg.norm(weights @ self.reference, axis=1)
+        return self._null[n]
+
+    def __call__(self, rows: np.ndarray) -> tuple[float, bool, float, float]:
+        """(distance, drifted, p-value, threshold) of one window."""
+        distance = float(np.linalg.norm(np.asarray(rows, np.float64).mean(0) - self.mean))
+        null = self.null(len(rows))
+        threshold = float(np.percentile(null, 100 * self.quantile))
+        return distance, distance > threshold, float((1 + (null >= distance).sum()) / (1 + len(null))), threshold
+
+
 class EmbeddingDrift:
     """Embedding drift against one reference: its principal components are fitted once.
 
-    ``novelty`` tests the k-NN novelty of each row in the (robustly scaled) components, each
-    component (K-S) and their mean (Hotelling), Bonferroni-combined; ``mmd``, ``distance`` and ``model``
-    are Evidently's embedding methods, run on the projected window and reference, with their
-    bootstrap decision at ``1 - alpha``.
+    ``distance`` (the default) is Evidently's distance between mean embeddings
+    (:class:`MeanDistance`); ``mmd`` and ``model`` are Evidently's other embedding methods, run on
+    the projected window and reference; all three decide at their bootstrap's ``1 - alpha``
+    quantile. ``novelty`` tests the k-NN novelty of each row in the (robustly scaled) components,
+    each component (K-S) and their mean (Hotelling), Bonferroni-combined.
     """
 
-    def __init__(self, reference: np.ndarray, method: EmbeddingMethod = "novelty", components: int = 16,
+    def __init__(self, reference: np.ndarray, method: EmbeddingMethod = "distance", components: int = 16,
                  alpha: float = 0.01, min_samples: int = 30) -> None:
         ref = np.asarray(reference, np.float64)
         self.method, self.alpha, self.min_samples = method, alpha, min_samples
@@ -332,8 +374,8 @@ class EmbeddingDrift:
         self.held_out = np.sort(held, axis=0)
         self.held_shift = MeanShift(held)
         self.novelty = Novelty(self.features(ref)) if method == "novelty" else None
+        self.distance = MeanDistance(self.reference, 1 - alpha) if method == "distance" else None
         self._evidently = {"mmd": MMDDriftMethod(bootstrap=True, quantile_probability=1 - alpha),
-                           "distance": DistanceDriftMethod(bootstrap=True, quantile_probability=1 - alpha),
                            "model": ModelDriftMethod(bootstrap=True, quantile_probability=1 - alpha)}.get(method)
 
     def project(self, embeddings: np.ndarray) -> np.ndarray:
@@ -358,6 +400,10 @@ class EmbeddingDrift:
             combined = bonferroni(p)
             return MonitorResult("embedding", "ok", len(cur), combined < self.alpha, combined, 1.0 - combined,
                                  {f"p_{k}": v for k, v in p.items()})
+        if self.distance is not None:
+            distance, drifted, p_value, threshold = self.distance(proj)
+            return MonitorResult("embedding", "ok", len(cur), drifted, p_value, distance,
+                                 {"distance": distance, "threshold": threshold})
         cols = [f"pc{j}" for j in range(proj.shape[1])]
         score, drifted, _ = self._evidently(pd.DataFrame(proj, columns=cols), pd.DataFrame(self.reference, columns=cols))
         return MonitorResult("embedding", "ok", len(cur), bool(drifted), None, float(score))

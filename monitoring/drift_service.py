@@ -39,7 +39,7 @@ class DriftConfig:
     label_window: WindowSpec = field(default_factory=lambda: WindowSpec("sliding", 300, 25))
     alpha: float = 0.01           # per monitor and evaluation
     min_samples: int = 50         # fewer rows: "insufficient data", never a score
-    embedding_method: EmbeddingMethod = "novelty"
+    embedding_method: EmbeddingMethod = "distance"
     clear_above: float = 0.1
     clear_after: int = 3
 

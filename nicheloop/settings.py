@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     drift_report_every_s: float = Field(3600.0, ge=0, description="A drift report at least this often "
                                         "(one is always written when an alarm is raised or cleared; 0: one "
                                         "for every evaluated window, about 1.5 s of CPU each).")
-    drift_embedding_method: str = Field("novelty", pattern="^(novelty|mmd|distance|model)$",
+    drift_embedding_method: str = Field("distance", pattern="^(novelty|mmd|distance|model)$",
                                         description="Embedding test (benchmarks/drift.py compares them).")
     review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in any rolling hour.")
     review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
-from monitoring.drift import (EmbeddingDrift, ImageDrift, MeanShift, Novelty, WithinClass, label_drift, macro_f1,
-                              prediction_drift)
+from monitoring.drift import (EmbeddingDrift, ImageDrift, MeanDistance, MeanShift, Novelty, WithinClass, label_drift,
+                              macro_f1, prediction_drift)
 from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
@@ -170,6 +170,28 @@ def test_embedding_methods_separate_shifted_from_unshifted(method: str) -> None:
     assert moved.drifted and moved.score > same.score
     assert method != "novelty" or not same.drifted  # Evidently's bootstrap nulls are looser: benchmarks/drift.py
     assert mon(rng.normal(size=(150, 31))).status == "insufficient_data"  # another model's embeddings
+
+
+def test_cached_distance_method_decides_as_evidently_does() -> None:
+    import pandas as pd
+    from evidently.legacy.metrics.data_drift.embedding_drift_methods import DistanceDriftMethod
+
+    rng = np.random.default_rng(15)
+    ref = rng.normal(size=(300, 6))
+    ours, theirs = MeanDistance(ref, 0.99), DistanceDriftMethod(bootstrap=True, quantile_probability=0.99)
+    state = np.random.get_state()
+    decisions = []
+    for n, shift in ((100, 0.0), (100, 0.15), (100, 0.3), (200, 0.1), (200, 0.25), (60, 0.5)):
+        cur = rng.normal(size=(n, 6)) + shift
+        distance, drifted, p_value, threshold = ours(cur)
+        score, decided, _ = theirs(pd.DataFrame(cur), pd.DataFrame(ref))
+        assert distance == pytest.approx(score, rel=1e-9) and drifted == decided
+        assert (p_value <= 2 / 101) == drifted or abs(distance - threshold) < 0.05 * threshold
+        decisions.append(drifted)
+    assert decisions[0] is False and decisions[-1] is True  # both answers occur: the comparison can fail
+    ours(rng.normal(size=(100, 6)))
+    assert set(ours._null) == {100, 200, 60}  # one bootstrap per window size
+    np.random.set_state(state)
 
 
 def test_prediction_and_label_monitors() -> None:

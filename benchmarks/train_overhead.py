@@ -59,7 +59,9 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--images-per-class", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10,
+                   help="Epochs per side; the median after the first is compared (a fresh local Ray "
+                        "cluster's own processes are still starting during its first few epochs).")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

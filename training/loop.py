@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,28 @@ def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
         os._exit(1)
 
 
+def _staging_dir(state_bytes: int) -> str | None:
+    """Where a checkpoint is written before Ray persists it: memory (``/dev/shm``) when it has room
+    for four times the state, so the state is written to disk once (by Ray's copy), not twice;
+    otherwise the default temporary directory."""
+    shm = Path("/dev/shm")
+    try:
+        return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > 4 * state_bytes else None
+    except OSError:
+        return None
+
+
+def _state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
 def _job(config: dict[str, Any], cfg: TrainConfig) -> Job:
     """This rank's :class:`Job`: the local one, with the network wrapped for DDP when world > 1."""
     ctx = ray.train.get_context()
@@ -73,10 +96,11 @@ def _train_worker(config: dict[str, Any]) -> None:
             "stopped_early": float(prog.stopped_early), "device": str(job.device), "world": float(job.world), "reported_at": time.time()}
         # Synchronous upload: when report returns the epoch is safe, so a worker that dies later
         # resumes from here (an asynchronous upload lost two epochs in a GPU run when the worker died).
-        with tempfile.TemporaryDirectory() as tmp:
+        state = checkpoint_state(job, opt, prog, best) if job.rank == 0 else None
+        with tempfile.TemporaryDirectory(dir=_staging_dir(_state_bytes(state))) as tmp:
             checkpoint = None
-            if job.rank == 0:
-                torch.save(checkpoint_state(job, opt, prog, best), Path(tmp) / STATE_FILE)
+            if state is not None:
+                torch.save(state, Path(tmp) / STATE_FILE)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -233,3 +233,21 @@ def test_loss_weighting_and_no_balance_also_train(data) -> None:
         _, job = _job(data, cfg)
         prog = fit_local(job, cfg)
         assert np.isfinite(prog.history[0]["train_loss"])
+
+
+def test_checkpoints_are_staged_in_memory_only_when_it_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from training import loop
+
+    state = {"model": {"w": torch.zeros(10, 10)}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(5)}}},
+             "progress": {"epoch": 3}, "best": None}
+    assert loop._state_bytes(state) == (100 + 5) * 4
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**6))
+    monkeypatch.setattr(Path, "is_dir", lambda self: True)
+    assert loop._staging_dir(200_000) == "/dev/shm"  # 4 x 200 kB fit in 1 MB free
+    assert loop._staging_dir(300_000) is None  # they do not: the default temporary directory
+    monkeypatch.setattr(Path, "is_dir", lambda self: False)
+    assert loop._staging_dir(1) is None  # no /dev/shm (macOS, some containers)

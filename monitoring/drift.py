@@ -190,26 +190,22 @@ class WithinClass:
     def __init__(self, reference: np.ndarray, predicted: np.ndarray, classes: int, min_rows: int = 8) -> None:
         ref, predicted = np.asarray(reference, np.float64), np.asarray(predicted, np.int64)
         base, base_pred = ref[0::2], predicted[0::2]
-        overall_mean, overall_sd = base.mean(0), base.std(0)
-        self.means = np.tile(overall_mean, (classes, 1))
-        self.sds = np.tile(overall_sd, (classes, 1))
+        # one row per class, then the whole half's row (for small classes and unknown indices)
+        self.means = np.tile(base.mean(0), (classes + 1, 1))
+        sds = np.tile(base.std(0), (classes + 1, 1))
         for c in range(classes):
             members = base[base_pred == c]
             if len(members) >= min_rows:
-                self.means[c], self.sds[c] = members.mean(0), members.std(0)
-        self.sds = np.where(self.sds > 1e-12, self.sds, 1.0)
-        self.overall = (overall_mean, np.where(overall_sd > 1e-12, overall_sd, 1.0))
+                self.means[c], sds[c] = members.mean(0), members.std(0)
+        self.sds = np.where(sds > 1e-12, sds, 1.0)
         self.shift = MeanShift(self.residuals(ref[1::2], predicted[1::2]))
 
     def residuals(self, rows: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Each row minus its predicted class's mean, over its spread (a class index beyond the
-        reference's: the overall ones)."""
-        predicted = np.asarray(predicted, np.int64)
-        known = (predicted >= 0) & (predicted < len(self.means))
-        idx = np.where(known, predicted, 0)
-        mean = np.where(known[:, None], self.means[idx], self.overall[0])
-        sd = np.where(known[:, None], self.sds[idx], self.overall[1])
-        return (np.asarray(rows, np.float64) - mean) / sd
+        reference's: the whole half's)."""
+        predicted, overall = np.asarray(predicted, np.int64), len(self.means) - 1
+        idx = np.where((predicted >= 0) & (predicted < overall), predicted, overall)
+        return (np.asarray(rows, np.float64) - self.means[idx]) / self.sds[idx]
 
     def p_value(self, rows: np.ndarray, predicted: np.ndarray) -> float:
         return self.shift.p_value(self.residuals(rows, predicted))
@@ -244,9 +240,9 @@ class ImageDrift:
             self.ref_sorted = np.sort(self.ref, axis=0)
             self.novelty = Novelty(self.ref)
             self.mean_shift = MeanShift(self.ref)
-            self.classes = ref.probs.shape[1] if ref.probs.ndim == 2 else 0
-            self.within_class = (WithinClass(self.ref, ref.probs.argmax(1), self.classes)
-                                 if len(ref.probs) == len(ref.stats) and self.classes else None)
+            classes = ref.probs.shape[1] if ref.probs.ndim == 2 else 0
+            self.within_class = (WithinClass(self.ref, ref.probs.argmax(1), classes)
+                                 if len(ref.probs) == len(ref.stats) and classes else None)
 
     def __call__(self, stats: np.ndarray, predicted: np.ndarray | None = None) -> MonitorResult:
         """``predicted``: the class index the model gave each row (leave out to skip the per-class test)."""

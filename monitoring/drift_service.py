@@ -12,6 +12,7 @@ turns evaluations into one ``raised`` and one ``cleared`` transition per shift, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -181,7 +182,7 @@ class DriftMonitor:
         report = self._report(mon, results, rows, changes)
         for change in changes:
             if self.on_transition is not None:
-                self.on_transition(Transition(change.state, change.model_version, change.result, report))
+                self.on_transition(dataclasses.replace(change, report=report))
         return results
 
     def _report(self, mon: _VersionMonitors, results: list[MonitorResult], rows: list[_Row] | None,

@@ -78,7 +78,7 @@ class Window(Generic[T]):
 
 @dataclass
 class Alarm:
-    """Hysteresis: raise when ``p < raise_below`` (or the monitor says drifted), clear only after
+    """Hysteresis: raise when the monitor says drifted, clear only after
     ``clear_after`` evaluations in a row with ``p > clear_above``; in between the state holds, so
     a shift that hovers near the threshold raises one alarm, not a flapping series."""
 

@@ -58,7 +58,6 @@ class PredictionEvent(_Event):
                                           "(IMAGE_STATS); empty from older gateways.")
     created_at: datetime = Field(default_factory=utcnow)
 
-
     @field_validator("probs", "embedding")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
@@ -71,8 +70,7 @@ class PredictionEvent(_Event):
     def _known_stats(cls, stats: dict[str, float]) -> dict[str, float]:
         if stats and set(stats) != set(IMAGE_STATS):
             raise ValueError(f"image_stats must have exactly the keys {list(IMAGE_STATS)}")
-        if not all(math.isfinite(v) for v in stats.values()):
-            raise ValueError("image_stats must hold finite numbers only")
+        cls._finite(list(stats.values()))
         return stats
 
 

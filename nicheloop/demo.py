@@ -8,6 +8,7 @@ from the real systems: Kafka offsets, SQL rows, the MLflow registry, Prometheus,
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import shutil
@@ -173,8 +174,11 @@ def _drift(settings: Settings) -> tuple[float | None, bool | None]:
     scores, alarms = [], []
     for monitor in ("image", "embedding", "prediction"):
         labels = f'monitor="{monitor}"'
-        score, detected = (scrape(settings, name, labels) for name in ("nicheloop_drift_score", "nicheloop_drift_detected"))
-        scores += [score] if score is not None else []
+        # from the p-value: the score gauge holds the method's own statistic for some embedding
+        # methods (Evidently's distance), on another scale than the others' 1 - p
+        p_value, detected = (scrape(settings, name, labels) for name in ("nicheloop_drift_p_value",
+                                                                         "nicheloop_drift_detected"))
+        scores += [1.0 - p_value] if p_value is not None and math.isfinite(p_value) else []
         alarms += [bool(detected)] if detected is not None else []
     return (max(scores) if scores else None), (any(alarms) if alarms else None)
 

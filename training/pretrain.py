@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import ray.train
 import timm
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -32,7 +31,7 @@ from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from training.augment import ssl_transform
 from training.data import MAX_FILE_BYTES
-from training.loop import PROGRESS_FILE, ProgressLog
+from training.loop import report_epoch, run_config, run_directory
 
 log = logging.getLogger(__name__)
 STATE_FILE = "ssl_state.pt"
@@ -176,10 +175,8 @@ def _ssl_worker(config: dict[str, Any]) -> None:
         start = state["epoch"] + 1
     for epoch in range(start, cfg.epochs):
         metrics = ssl_epoch(model, loader, opt, cfg, epoch, device) | {"resumed_from_epoch": float(start)}
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                        "backbone": raw.backbone.state_dict(), "history_tail": metrics}, Path(tmp) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        report_epoch(metrics, {"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                               "history_tail": metrics}, Path(config["run_dir"]), epoch, STATE_FILE)
 
 
 def pretrain(blob_root: str, digests: list[str], cfg: PretrainConfig, out: Path, storage_path: Path,
@@ -195,13 +192,11 @@ def pretrain(blob_root: str, digests: list[str], cfg: PretrainConfig, out: Path,
     trainer = TorchTrainer(
         _ssl_worker,
         train_loop_config={"cfg": cfg.model_dump(), "digests": digests, "blob_root": blob_root,
-                           "threads": cfg.threads_per_worker or max(1, os.cpu_count() or 1)},
+                           "threads": cfg.threads_per_worker or max(1, os.cpu_count() or 1),
+                           "run_dir": str(run_directory(storage_path, run_name))},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu,
                                      resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1}),
-        run_config=RunConfig(name=run_name, storage_path=str(storage_path.resolve()),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[ProgressLog(storage_path.resolve() / run_name / PROGRESS_FILE)]),
+        run_config=run_config(storage_path, run_name, cfg.max_failures),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -209,6 +204,7 @@ def pretrain(blob_root: str, digests: list[str], cfg: PretrainConfig, out: Path,
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state["backbone"], out)
+    prefix = "backbone."  # SimSiam's own state holds the backbone's under this name
+    torch.save({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}, out)
     log.info("wrote a %s backbone pretrained on %d images to %s", cfg.backbone, len(digests), out)
     return state["history_tail"]

@@ -235,19 +235,28 @@ def test_loss_weighting_and_no_balance_also_train(data) -> None:
         assert np.isfinite(prog.history[0]["train_loss"])
 
 
-def test_checkpoints_are_staged_in_memory_only_when_it_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
-    from collections import namedtuple
+def test_an_epoch_checkpoint_is_written_once_into_the_run_directory(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.serialization import config
 
     from training import loop
 
-    state = {"model": {"w": torch.zeros(10, 10)}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(5)}}},
-             "progress": {"epoch": 3}, "best": None}
-    assert loop._state_bytes(state) == (100 + 5) * 4
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**6))
-    monkeypatch.setattr(Path, "is_dir", lambda self: True)
-    assert loop._staging_dir(200_000) == "/dev/shm"  # 4 x 200 kB fit in 1 MB free
-    assert loop._staging_dir(300_000) is None  # they do not: the default temporary directory
-    monkeypatch.setattr(Path, "is_dir", lambda self: False)
-    assert loop._staging_dir(1) is None  # no /dev/shm (macOS, some containers)
+    state = {"model": {"w": torch.arange(12.0).reshape(3, 4)}, "progress": {"next_epoch": 4}, "best": None,
+             "optimizer": {"state": {0: {"exp_avg": torch.ones(5)}}}}
+    checkpoint = loop.write_checkpoint(state, tmp_path / "run", 3)
+    directory = tmp_path / "run" / "checkpoint_epoch_0003"
+    assert Path(checkpoint.path) == directory  # Ray registers it where it lies: no second copy
+    assert sorted(p.name for p in directory.iterdir()) == [loop.STATE_FILE]
+    loaded = torch.load(directory / loop.STATE_FILE, weights_only=True)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["progress"] == {"next_epoch": 4}
+    assert config.save.compute_crc32  # switched off for the checkpoint only
+
+    def dies(obj, path) -> None:  # the worker dies half-way through writing the next epoch
+        Path(path).write_bytes(b"PK half a zip")
+        raise OSError("killed")
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(OSError):
+        loop.write_checkpoint(state, tmp_path / "run", 4)
+    # nothing a resumed worker could read half of
+    assert not (tmp_path / "run" / "checkpoint_epoch_0004" / loop.STATE_FILE).exists()

@@ -35,7 +35,7 @@ from nicheloop.synthetic import write_image_folder  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import Example, read_image_folder  # noqa: E402
 from training.engine import Progress, local_job, make_optimizer, run_epoch  # noqa: E402
-from training.loop import PROGRESS_FILE, fit  # noqa: E402
+from training.loop import PROGRESS_FILE, fit, run_directory  # noqa: E402
 
 
 def plain_epochs(classes, blobs, train, cfg, args) -> list[float]:
@@ -56,7 +56,7 @@ def ray_epochs(classes, blobs_root, train, cfg, args, storage: Path, name: str) 
     t = time.perf_counter()
     fit(model, train, [], blobs_root, cfg, storage, name)
     total = time.perf_counter() - t
-    reports = [json.loads(line) for line in (storage / name / PROGRESS_FILE).read_text().splitlines()]
+    reports = [json.loads(line) for line in (run_directory(storage, name) / PROGRESS_FILE).read_text().splitlines()]
     intervals = list(np.diff([r["reported_at"] for r in reports]))
     compute = [r["epoch_s"] for r in reports]
     # what an epoch costs beyond its compute: the previous epoch's checkpoint and report

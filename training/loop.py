@@ -47,8 +47,8 @@ def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
     marker = config.get("fail_marker")
     if marker and epoch == config.get("fail_at_epoch") and not Path(marker).exists():
         progress, deadline = Path(config["run_dir"]) / PROGRESS_FILE, time.monotonic() + 120
-        while epoch > 0 and time.monotonic() < deadline and not (
-                progress.exists() and any(json.loads(line)["epoch"] == epoch - 1 for line in progress.open())):
+        while epoch > 0 and time.monotonic() < deadline and not (progress.exists() and any(
+                json.loads(line)["epoch"] == epoch - 1 for line in progress.read_text().splitlines())):
             time.sleep(0.1)
         Path(marker).write_text(str(epoch))
         os._exit(1)

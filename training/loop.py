@@ -74,22 +74,45 @@ def write_checkpoint(state: dict[str, Any], run_dir: Path, epoch: int,
 
 def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, run_dir: Path, epoch: int,
                  filename: str = STATE_FILE) -> None:
-    """Report an epoch to Ray Train, with this rank's checkpoint ``state`` (None on ranks that keep none).
+    """Report an epoch to Ray Train, with this rank's checkpoint ``state`` (None on ranks that keep none),
+    adding ``checkpoint_s`` (the time the write took) to ``metrics``.
 
     The state is on disk before the report returns. Ray Train takes the report on its next poll of
     the worker (every 2 s): a worker that dies after that resumes from this epoch, one that dies
     sooner loses the report with it and resumes from the epoch before.
     """
+    started = time.perf_counter()
     checkpoint = write_checkpoint(state, run_dir, epoch, filename) if state is not None else None
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+    ray.train.report(metrics | {"checkpoint_s": time.perf_counter() - started}, checkpoint=checkpoint,
+                     checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+
+# The environment of Ray Train's worker processes, for what differs there from a plain training process:
+# - Niceness: Ray renices every worker process to 15 so that tasks yield to its daemons. A run also
+#   keeps about eight of Ray Train's own actors alive (controller, synchronisation, placement-group
+#   cleaner, ...), whose main threads each wake 100 times a second (Ray's signal check). At nice 15
+#   the training worker is preempted at each of these wake-ups; at 0 it keeps its cores, as a plain
+#   process would. Only the training workers get it: the actors stay at 15.
+# - Allocator: Ray Train runs the training function in a thread, and glibc gives a thread an arena of
+#   its own. Measured on CPU (resnet18, 134 MB checkpoint): from such a thread every checkpoint took
+#   0.15-0.22 s to write, against 0.04 s from a main thread once its first three were written, and
+#   with glibc's default thresholds an epoch faults 100-250k pages in either. One arena, no mmap below
+#   256 MiB and no trim below 1 GiB: 0.04 s from the thread, almost no faults, epochs 5-10 % faster.
+TRAIN_WORKER_ENV = {
+    "RAY_worker_niceness": "0",
+    "GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=268435456"
+                      ":glibc.malloc.trim_threshold=1073741824",
+}
 
 
 def run_config(storage_path: Path, run_name: str, max_failures: int) -> RunConfig:
     """How every Ray Train run here keeps its state: in ``storage_path/run_name`` (:func:`run_directory`),
-    the last two epochs' checkpoints (:func:`write_checkpoint`), a progress line per epoch."""
+    the last two epochs' checkpoints (:func:`write_checkpoint`), a progress line per epoch; its workers
+    run in :data:`TRAIN_WORKER_ENV`."""
     return RunConfig(name=run_name, storage_path=str(storage_path.resolve()),
                      failure_config=FailureConfig(max_failures=max_failures),
                      checkpoint_config=CheckpointConfig(num_to_keep=2),
+                     worker_runtime_env={"env_vars": TRAIN_WORKER_ENV},
                      callbacks=[ProgressLog(run_directory(storage_path, run_name) / PROGRESS_FILE)])
 
 
@@ -126,7 +149,8 @@ def _train_worker(config: dict[str, Any]) -> None:
         metrics = run_epoch(job, opt, cfg, prog, best)
         metrics |= {"epoch_s": time.perf_counter() - started, "resumed_from_epoch": float(first),
                     "best_epoch": float(prog.best_epoch), "stopped_early": float(prog.stopped_early),
-                    "device": str(job.device), "world": float(job.world), "reported_at": time.time()}
+                    "device": str(job.device), "world": float(job.world), "niceness": float(os.nice(0)),
+                    "reported_at": time.time()}
         report_epoch(metrics, checkpoint_state(job, opt, prog, best) if job.rank == 0 else None,
                      Path(config["run_dir"]), prog.next_epoch - 1)
 

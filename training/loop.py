@@ -7,6 +7,8 @@ import dataclasses
 import json
 import logging
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,25 @@ def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
             time.sleep(0.1)
         Path(marker).write_text(str(epoch))
         os._exit(1)
+
+
+def yield_ray_task_loop() -> None:
+    """Lower the priority of this worker's main thread, Ray's task loop, to nice 19; call it from the
+    training function, which Ray Train runs in a thread of its own.
+
+    While the function runs, that loop has nothing to execute, yet it wakes every 10 ms to check for
+    signals, taking the GIL each time, and on a machine whose cores all train, every wake-up preempts
+    a training thread. Measured on 2 CPU cores, two torch threads: the same epochs run 8 % slower in a
+    Ray actor's thread than in a plain process, 3-5 % once the loop is at nice 19. Only Linux
+    renices one thread (elsewhere this does nothing); raising niceness needs no privilege.
+    """
+    main = threading.main_thread()
+    if sys.platform != "linux" or threading.current_thread() is main or main.native_id is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, main.native_id, 19)
+    except OSError as exc:  # the thread is gone, or a sandbox forbids it: training goes on as it was
+        log.warning("could not lower the priority of Ray's task loop thread: %s", exc)
 
 
 def write_checkpoint(state: dict[str, Any], run_dir: Path, epoch: int,
@@ -133,6 +154,7 @@ def _job(config: dict[str, Any], cfg: TrainConfig) -> Job:
 
 def _train_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: resume if a checkpoint exists, then one report (+ checkpoint) per epoch."""
+    yield_ray_task_loop()
     cfg = TrainConfig(**config["cfg"])
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(config["threads"])

@@ -31,7 +31,7 @@ from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from training.augment import ssl_transform
 from training.data import MAX_FILE_BYTES
-from training.loop import report_epoch, run_config, run_directory
+from training.loop import report_epoch, run_config, run_directory, yield_ray_task_loop
 
 log = logging.getLogger(__name__)
 STATE_FILE = "ssl_state.pt"
@@ -159,6 +159,7 @@ def ssl_loader(blobs: BlobStore, digests: list[str], cfg: PretrainConfig) -> Dat
 
 
 def _ssl_worker(config: dict[str, Any]) -> None:
+    yield_ray_task_loop()
     cfg = PretrainConfig(**config["cfg"])
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(config["threads"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,26 @@ def test_an_epoch_checkpoint_is_written_once_into_the_run_directory(tmp_path: Pa
         loop.write_checkpoint(state, tmp_path / "run", 4)
     # nothing a resumed worker could read half of
     assert not (tmp_path / "run" / "checkpoint_epoch_0004" / loop.STATE_FILE).exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux sets a niceness per thread")
+def test_the_training_thread_sends_rays_task_loop_to_nice_19_and_keeps_its_own_priority() -> None:
+    # in a child process: the niceness it gives the main thread cannot be taken back without privilege
+    probe = """
+import os, threading
+from training.loop import yield_ray_task_loop
+before = os.getpriority(os.PRIO_PROCESS, 0)
+yield_ray_task_loop()  # from the main thread itself: nothing to yield to
+on_main = os.getpriority(os.PRIO_PROCESS, 0)
+own = []
+def train():
+    yield_ray_task_loop()
+    own.append(os.getpriority(os.PRIO_PROCESS, 0))
+t = threading.Thread(target=train); t.start(); t.join()
+print(before, on_main, os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id), own[0])
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    before, on_main, main_after, training = map(int, out)
+    assert on_main == before  # the main thread alone: unchanged
+    assert main_after == 19 and training == before  # the loop yields, the training thread does not

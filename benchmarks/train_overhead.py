@@ -105,11 +105,12 @@ def main() -> None:
             finally:
                 ray.shutdown()
 
-    def median(rows: list, key: str | None = None) -> float:
-        return float(np.median([x for row in rows for x in (row[key] if key else row)]))
+    def pooled(rows: list, key: str | None = None) -> list[float]:
+        """Every round's values (of ``key``, for Ray's rows) in one list."""
+        return [x for row in rows for x in (row[key] if key else row)]
 
-    def mean(rows: list, key: str | None = None) -> float:
-        return float(np.mean([x for row in rows for x in (row[key] if key else row)]))
+    def median(rows: list, key: str | None = None) -> float:
+        return float(np.median(pooled(rows, key)))
 
     plain_s, ray_s = median(plain), median(on_ray, "intervals")
     print(json.dumps({
@@ -118,10 +119,10 @@ def main() -> None:
         "plain_epoch_s": round(plain_s, 3), "ray_epoch_s": round(ray_s, 3), "ray_over_plain": round(ray_s / plain_s, 3),
         "ray_over_plain_by_round": [round(median([r["intervals"]]) / median([p]), 3) for p, r in zip(plain, on_ray)],
         "ray_compute_over_plain": round(median(on_ray, "compute") / plain_s, 3),
-        "ray_over_plain_mean": round(mean(on_ray, "intervals") / mean(plain), 3),
+        "ray_over_plain_mean": round(float(np.mean(pooled(on_ray, "intervals")) / np.mean(pooled(plain))), 3),
         "ray_checkpoint_and_report_s": round(median(on_ray, "checkpoint_and_report"), 3),
         "ray_checkpoint_write_s": round(median(on_ray, "write"), 3),
-        "ray_checkpoint_write_max_s": round(max(x for r in on_ray for x in r["write"]), 3),
+        "ray_checkpoint_write_max_s": round(max(pooled(on_ray, "write")), 3),
         "ray_startup_s": round(float(np.median([r["startup"] for r in on_ray])), 1),
         "ray_fit_total_s": round(float(np.median([r["total"] for r in on_ray])), 1),
         "goal_met": ray_s / plain_s <= 1.10}))

@@ -62,9 +62,10 @@ def yield_ray_task_loop() -> None:
 
     While the function runs, that loop has nothing to execute, yet it wakes every 10 ms to check for
     signals, taking the GIL each time, and on a machine whose cores all train, every wake-up preempts
-    a training thread. Measured on 2 CPU cores, two torch threads: the same epochs run 8 % slower in a
-    Ray actor's thread than in a plain process, 3-5 % once the loop is at nice 19. Only Linux
-    renices one thread (elsewhere this does nothing); raising niceness needs no privilege.
+    a training thread. Measured on 2 CPU cores, two torch threads, with seven idle actors beside it as
+    Ray Train keeps: the same epochs run 12-20 % slower in a Ray actor's thread than in a plain
+    process, 5-10 % once the loop is at nice 19. Only Linux renices one thread (elsewhere this does
+    nothing); raising niceness needs no privilege.
     """
     main = threading.main_thread()
     if sys.platform != "linux" or threading.current_thread() is main or main.native_id is None:

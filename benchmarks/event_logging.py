@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import ray
 
-from nicheloop import stack
+from deploy.local import stack
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
 from nicheloop.model import build_model
@@ -58,7 +58,7 @@ def main() -> None:
         base = Settings(home=Path(home), kafka_port=39192, kafka_controller_port=39193, mlflow_port=39150,
                         ray_port=39379, ray_worker_ports=(34000, 35999), serve_port=39180, metrics_port=39199)
         try:
-            stack.up(base)
+            stack.up(base, only=["kafka", "mlflow", "ray"])  # no monitor: it would share the CPU being measured
             ensure_topics(base.bootstrap_servers)
             _register_champion(base)
             images = [png_bytes(img) for img, _ in SyntheticStream(seed=1, size=base.image_size).take(REQUESTS)]

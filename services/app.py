@@ -10,7 +10,7 @@ from ray import serve
 from ray.serve import Application
 
 from nicheloop.errors import NotReady
-from nicheloop.stack import connect_ray
+from nicheloop.cluster import connect_ray
 from nicheloop.settings import Settings
 from services.gateway import Gateway
 from services.inference import PredictorDeployment

@@ -23,7 +23,7 @@ from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.registry import Registry, VersionInfo
 from nicheloop.settings import Settings
-from nicheloop.stack import connect_ray
+from nicheloop.cluster import connect_ray
 from nicheloop.store import Store
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, dump_recipe

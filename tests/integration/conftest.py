@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from nicheloop import stack
-from nicheloop.demo import start_loop
+from deploy.local import stack
+from cli.demo import start_loop
 from nicheloop.settings import Settings
 from tests.conftest import postgres_database
 

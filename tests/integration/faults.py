@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from nicheloop import stack
+from deploy.local import stack
 from nicheloop.bus import EventConsumer, Publisher, dead_letters, ensure_topics, read_topic
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent, PredictionEvent
 from nicheloop.settings import Settings
@@ -71,8 +71,7 @@ class FaultRig:
 
     def start_joiner(self) -> None:
         s = self.settings
-        stack.start_process(s, "monitor", [sys.executable, "-m", "nicheloop.cli", "monitor", "--stages", "join"],
-                            lambda: stack.port_open(s.host, s.metrics_port))
+        stack.start_monitor(s, stages="join")
 
     def kill_joiner(self) -> None:
         stack.kill_process(self.settings, "monitor")

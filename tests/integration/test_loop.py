@@ -13,11 +13,11 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from nicheloop import stack
+from deploy.local import stack
 from nicheloop.bus import dead_letters, parse_event, read_topic
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
 from monitoring.drift_report import list_reports
-from nicheloop.demo import run_loop
+from cli.demo import run_loop
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
@@ -148,7 +148,7 @@ def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> Non
 
 
 def test_stack_status_says_what_runs_where(live: Settings) -> None:
-    out = subprocess.run([sys.executable, "-m", "nicheloop.cli", "stack", "status"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "stack", "status"], capture_output=True,
                          text=True, env={**os.environ, **settings_env(live)}, check=True).stdout
     for name, address in (("kafka", live.bootstrap_servers), ("mlflow", live.tracking_uri), ("monitor", "/metrics")):
         line = next(line for line in out.splitlines() if line.startswith(name))

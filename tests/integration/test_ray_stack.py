@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from nicheloop import stack
+from deploy.local import stack
 from nicheloop.settings import Settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-CONNECT = ("import json, ray; from nicheloop.settings import get_settings; from nicheloop.stack import connect_ray; "
+CONNECT = ("import json, ray; from nicheloop.settings import get_settings; from nicheloop.cluster import connect_ray; "
            "connect_ray(get_settings(), timeout=20); print(json.dumps(ray.cluster_resources()))")
 
 

@@ -110,7 +110,7 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None,
     ckpt = tmp_path / "ssl.pt"
     # `nicheloop pretrain` as an operator runs it: the images go into the blob store, SimSiam runs on Ray
     env = {**os.environ, **settings_env(settings), "NICHELOOP_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    out = subprocess.run([sys.executable, "-m", "nicheloop.cli", "pretrain", "--data", str(tmp_path / "seed"),
+    out = subprocess.run([sys.executable, "-m", "cli", "pretrain", "--data", str(tmp_path / "seed"),
                           "--backbone", "test_resnet", "--epochs", "2", "--batch-size", "16", "--out", str(ckpt)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

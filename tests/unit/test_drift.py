@@ -382,7 +382,7 @@ def test_drift_report_command_lists_the_index(tmp_path: Path) -> None:
              "reason": "image raised", "window": 200, "monitors": {"image": {"drifted": True}}}
     (folder / "index.jsonl").write_text(json.dumps(entry) + "\n")
     env = {**os.environ, "NICHELOOP_HOME": str(tmp_path)}
-    run = [sys.executable, "-m", "nicheloop.cli", "drift", "report"]
+    run = [sys.executable, "-m", "cli", "drift", "report"]
     table = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "v3" in table.stdout and "drifted=image" in table.stdout
     as_json = subprocess.run([*run, "--json", "--version", "3"], env=env, capture_output=True, text=True, timeout=120)

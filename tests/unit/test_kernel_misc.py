@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nicheloop import stack
+from deploy.local import stack
+from nicheloop.cluster import port_open
 from nicheloop.bus import parse_event
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent
 from nicheloop.errors import InvalidInput, StackError
@@ -51,13 +52,13 @@ def test_process_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
     code = (f"import subprocess, sys; subprocess.Popen({sleeper}); subprocess.Popen({sleeper}, start_new_session=True);"
             f"import http.server; http.server.HTTPServer(('127.0.0.1', {port}), http.server.BaseHTTPRequestHandler)"
             f".serve_forever()")
-    pid = stack.start_process(s, "monitor", [sys.executable, "-c", code], lambda: stack.port_open("127.0.0.1", port))
+    pid = stack.start_process(s, "monitor", [sys.executable, "-c", code], lambda: port_open("127.0.0.1", port))
     assert stack.start_process(s, "monitor", ["false"], lambda: True) == pid  # idempotent
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [True]
     members = stack.family(pid)
     assert len(members) == 3 and sum(os.getpgid(p) == pid for p in members) == 2  # one left the group
     assert stack.down(s) == ["monitor"]
-    assert not stack.alive(members) and not stack.port_open("127.0.0.1", port)
+    assert not stack.alive(members) and not port_open("127.0.0.1", port)
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [False]
 
 
@@ -86,7 +87,7 @@ def test_connect_ray_to_a_head_that_is_not_up_fails_fast_and_names_the_log(tmp_p
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # in a fresh process: this one may already be connected to a cluster (connect_ray then returns)
-    code = ("import pathlib, sys, ray; from nicheloop.settings import Settings; from nicheloop.stack import connect_ray\n"
+    code = ("import pathlib, sys, ray; from nicheloop.settings import Settings; from nicheloop.cluster import connect_ray\n"
             f"try:\n    connect_ray(Settings(home=pathlib.Path({str(tmp_path)!r}), ray_port={port}), timeout=0.5)\n"
             "except Exception as exc:\n    print(type(exc).__name__, exc, ray.is_initialized()); sys.exit(3)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -5,7 +5,7 @@ import pytest
 
 from nicheloop.errors import GateRefused
 from nicheloop.registry import VersionInfo
-from services.rollout import PREVIOUS, promote
+from rollout.promote import PREVIOUS, promote
 from training.config import TrainConfig
 from training.data import Example, Snapshot
 from training.evaluate import classification_metrics

@@ -1,4 +1,4 @@
-"""The local stack: a single-node Kafka broker (KRaft), an MLflow server and a Ray head.
+"""The local-stack launcher (an entry point, above the stages):  a single-node Kafka broker (KRaft), an MLflow server and a Ray head.
 
 Every process runs in its own session with a pid file under ``$NICHELOOP_HOME/run`` and a log
 under ``$NICHELOOP_HOME/logs``, so ``down`` can end each process group and leave nothing behind.
@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nicheloop.cluster import port_open
 from nicheloop.errors import StackError
 from nicheloop.settings import Settings, settings_env
 
@@ -62,14 +62,6 @@ class ProcStatus:
     pid: int | None
     running: bool
     address: str
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _http_ok(url: str) -> bool:
@@ -263,49 +255,21 @@ def start_ray(s: Settings) -> int:
                          timeout=120, env=env)
 
 
-def connect_ray(s: Settings, timeout: float = 90.0) -> None:
-    """Connect this process to the Ray cluster at ``s.ray_head_address`` unless it already is.
-
-    A head that is still starting (GCS up, raylet not yet registered) is retried until ``timeout``.
-
-    Raises:
-        StackError: if no connection is made in time; the message names the head's log.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    deadline, attempt = time.monotonic() + timeout, 0
-    host, _, port = s.ray_head_address.rpartition(":")
-    while True:
-        attempt += 1
-        try:
-            # ray.init hangs for many minutes on a GCS that does not listen: look first.
-            if port.isdigit() and "://" not in host and not port_open(host, int(port), timeout=2.0):
-                raise ConnectionError(f"nothing listens on {s.ray_head_address}")
-            ray.init(address=s.ray_head_address, log_to_driver=False)
-            return
-        except (ConnectionError, RuntimeError) as exc:
-            ray.shutdown()
-            if time.monotonic() >= deadline:
-                root = exc
-                while root.__cause__ is not None:
-                    root = root.__cause__
-                reason = str(root).strip().splitlines()[-1] if str(root).strip() else type(root).__name__
-                raise StackError(f"cannot connect to the Ray cluster at {s.ray_head_address} after {attempt} "
-                                 f"attempts ({reason}); is it up (`nicheloop stack up`)? The local head logs to "
-                                 f"{s.home.resolve() / 'logs' / 'ray.log'}") from exc
-            log.warning("Ray at %s not reachable yet (%s); retrying", s.ray_head_address, exc)
-            time.sleep(2.0)
+def start_monitor(s: Settings, *, stages: str = "join,sample,drift") -> int:
+    """The monitor (join, sample, drift, /metrics) as a process of the stack, ready once /metrics listens."""
+    cmd = [sys.executable, "-m", "cli", "monitor", "--stages", stages]
+    return start_process(s, "monitor", cmd, lambda: port_open(s.host, s.metrics_port))
 
 
-INFRA = {"kafka": start_kafka, "mlflow": start_mlflow, "ray": start_ray}
-SERVICES = ("monitor",)  # processes of the loop itself, started by their own commands
+# In start order; ``down`` stops them in reverse (the monitor first, Kafka last).
+PROCESSES: dict[str, Callable[[Settings], int]] = {
+    "kafka": start_kafka, "mlflow": start_mlflow, "ray": start_ray, "monitor": start_monitor,
+}
 
 
-def up(s: Settings, only: list[str] | None = None) -> list[ProcStatus]:
-    """Start every infrastructure process that is not running yet (idempotent)."""
-    for name, start in INFRA.items():
+def up(s: Settings, *, only: list[str] | None = None) -> list[ProcStatus]:
+    """Start every process of the stack that is not running yet (idempotent); ``only`` picks some."""
+    for name, start in PROCESSES.items():
         if only is None or name in only:
             start(s)
     return status(s)
@@ -313,7 +277,7 @@ def up(s: Settings, only: list[str] | None = None) -> list[ProcStatus]:
 
 def down(s: Settings) -> list[str]:
     """Stop the loop's services, then the infrastructure; returns the names that were running."""
-    return [name for name in (*SERVICES, "ray", "mlflow", "kafka") if stop_process(s, name)]
+    return [name for name in reversed(PROCESSES) if stop_process(s, name)]
 
 
 def status(s: Settings) -> list[ProcStatus]:

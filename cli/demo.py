@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from nicheloop import stack
+from deploy.local import stack
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.errors import NicheloopError
@@ -86,7 +86,7 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
 
 
 def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None:
-    """Stack up, bootstrap a champion on synthetic seed labels, deploy serving, start the monitor."""
+    """Stack up (the monitor with it), bootstrap a champion on synthetic seed labels, deploy serving."""
     from services.app import deploy
     from training.config import TrainConfig
     from training.data import read_image_folder
@@ -98,8 +98,6 @@ def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None
     items = read_image_folder(write_image_folder(seed_dir, per_class=per_class, seed=0, size=settings.image_size))
     bootstrap(settings, items, TrainConfig(epochs=epochs))
     deploy(settings)
-    stack.start_process(settings, "monitor", [sys.executable, "-m", "nicheloop.cli", "monitor"],
-                        lambda: stack.port_open(settings.host, settings.metrics_port))
 
 
 def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = False) -> dict[str, Any]:
@@ -117,7 +115,7 @@ def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = Fa
 
 def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str, Any]:
     """Traffic with a shift half-way, feedback, review, train, promote; the figures read back."""
-    from services.rollout import promote
+    from rollout.promote import promote
     from training.config import TrainConfig
     from training.pipeline import train
 

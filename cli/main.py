@@ -10,14 +10,15 @@ from typing import Any, Optional
 
 import typer
 
-from nicheloop import stack as stack_mod
+from deploy.local import stack as stack_mod
+from nicheloop.cluster import connect_ray
 from nicheloop.errors import NicheloopError
 from nicheloop.logs import configure_logging
 from nicheloop.settings import get_settings
 
 app = typer.Typer(help="nicheloop: a vision model that keeps improving from production feedback.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-stack_app = typer.Typer(help="The local stack: Kafka (KRaft), MLflow, Ray.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local stack: Kafka (KRaft), MLflow, Ray and the monitor.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 drift_app = typer.Typer(help="Drift monitoring: the reports of evaluated windows.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
@@ -35,7 +36,7 @@ def _fail(exc: Exception) -> None:
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start Kafka, MLflow and Ray (idempotent) and create the topics."""
+    """Start Kafka, MLflow, Ray and the monitor (idempotent) and create the topics."""
     from nicheloop.bus import ensure_topics
 
     s = get_settings()
@@ -130,7 +131,7 @@ def pretrain(
         cfg = PretrainConfig(backbone=backbone or s.backbone, image_size=s.image_size, epochs=epochs,
                              batch_size=batch_size)
         digests = usable_images(blobs)
-        stack_mod.connect_ray(s)
+        connect_ray(s)
         metrics = run_pretrain(str(s.blob_dir), digests, cfg, out, s.home / "ray_results")
     except NicheloopError as exc:
         _fail(exc)
@@ -157,8 +158,7 @@ def monitor(
     """Consume predictions and feedback: join, sample for review, watch drift, export /metrics."""
     s = get_settings()
     if detach:
-        cmd = [sys.executable, "-m", "nicheloop.cli", "monitor", "--stages", stages]
-        pid = stack_mod.start_process(s, "monitor", cmd, lambda: stack_mod.port_open(s.host, s.metrics_port))
+        pid = stack_mod.start_monitor(s, stages=stages)
         typer.echo(f"monitor running (pid {pid}); metrics on http://{s.host}:{s.metrics_port}/metrics")
         return
     from monitoring.runner import run_monitor
@@ -209,17 +209,19 @@ def train(
 
 
 @app.command()
-def promote(tolerance: float = typer.Option(0.0, help="Accuracy points the candidate may lose.")) -> None:
+def promote(
+    tolerance: float = typer.Option(0.0, help="Held-out accuracy the candidate may lose (a fraction: 0.005)."),
+) -> None:
     """Make the candidate the champion if it passes the offline gate; say why if not."""
     from nicheloop.registry import Registry
-    from services.rollout import promote as run_promote
+    from rollout.promote import promote as run_promote
 
     s = get_settings()
     try:
-        result = run_promote(Registry(s.tracking_uri, s.model_name), tolerance)
+        result = run_promote(Registry(s.tracking_uri, s.model_name), tolerance=tolerance)
     except NicheloopError as exc:
         _fail(exc)
-    typer.echo(json.dumps(result.__dict__))
+    typer.echo(json.dumps(result.summary()))
 
 
 @app.command()
@@ -228,7 +230,7 @@ def demo(
     predictions: int = typer.Option(300, help="Predictions to stream (half before the shift)."),
 ) -> None:
     """The whole loop on synthetic data against the real stack; the last line is JSON."""
-    from nicheloop.demo import run_demo
+    from cli.demo import run_demo
 
     try:
         summary = run_demo(get_settings(), predictions=predictions, keep_running=keep_running)

@@ -1,0 +1,1 @@
+"""The rollout stage: gates a candidate must pass, and the only code that moves MLflow aliases."""

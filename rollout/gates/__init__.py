@@ -1,0 +1,86 @@
+"""Rollout gates as plug-ins: a gate is one class in this package, registered with :func:`register_gate`.
+
+A gate looks at the evidence about a candidate and answers a :class:`GateResult` (verdict, reason,
+figures). Every module of this package is imported by :func:`gates`, so adding a gate touches one
+file (plus its test); nothing lists gates by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
+
+from nicheloop.registry import VersionInfo
+
+Verdict = Literal["pass", "fail", "hold"]
+Phase = Literal["offline", "shadow", "canary"]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's answer: ``hold`` means too little evidence yet (never a pass)."""
+
+    gate: str
+    verdict: Verdict
+    reason: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+
+class RegistryView(Protocol):
+    """What gates read from the model registry (:class:`nicheloop.registry.Registry` has it)."""
+
+    def run_metrics(self, run_id: str) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a gate may look at: the two versions, the registry, and the operator's tolerances."""
+
+    registry: RegistryView
+    champion: VersionInfo
+    candidate: VersionInfo
+    accuracy_tolerance: float = 0.0  # accuracy (fraction) the candidate may lose against the champion
+
+
+class Gate(Protocol):
+    """A rollout gate: ``name`` is its key, ``phase`` the step of a rollout it decides."""
+
+    name: ClassVar[str]
+    phase: ClassVar[Phase]
+
+    def __call__(self, evidence: Evidence) -> GateResult: ...
+
+
+_GATES: dict[str, type[Gate]] = {}
+
+
+def register_gate(cls: type[Gate]) -> type[Gate]:
+    """Class decorator: make ``cls`` a rollout gate under ``cls.name``.
+
+    Raises:
+        ValueError: another gate already has that name.
+    """
+    if cls.name in _GATES and _GATES[cls.name] is not cls:
+        raise ValueError(f"two rollout gates are named {cls.name!r}: rename one of them")
+    _GATES[cls.name] = cls
+    return cls
+
+
+def gates(phase: Phase | None = None) -> dict[str, type[Gate]]:
+    """Every registered gate (of ``phase`` when given), by name, in registration order."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return {name: g for name, g in _GATES.items() if phase is None or g.phase == phase}
+
+
+def evaluate(evidence: Evidence, phase: Phase) -> list[GateResult]:
+    """Every gate of ``phase`` on ``evidence``, in registration order."""
+    runners: list[Callable[[Evidence], GateResult]] = [g() for g in gates(phase).values()]
+    return [run(evidence) for run in runners]

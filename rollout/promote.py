@@ -1,0 +1,75 @@
+"""Promotion: the candidate becomes champion only when every offline gate passes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from nicheloop.contracts import CANDIDATE, CHAMPION
+from nicheloop.errors import GateRefused
+from nicheloop.registry import VersionInfo
+from rollout.gates import Evidence, GateResult, evaluate
+
+log = logging.getLogger(__name__)
+
+PREVIOUS = "previous-champion"
+
+
+class AliasRegistry(Protocol):
+    """The registry operations promotion needs (:class:`nicheloop.registry.Registry` has them)."""
+
+    def resolve(self, alias: str) -> VersionInfo: ...
+    def run_metrics(self, run_id: str) -> dict[str, float]: ...
+    def set_alias(self, alias: str, version: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Promotion:
+    previous: str
+    promoted: str
+    gates: tuple[GateResult, ...]
+
+    @property
+    def candidate_accuracy(self) -> float | None:
+        return self._figure("candidate_accuracy")
+
+    @property
+    def champion_accuracy(self) -> float | None:
+        return self._figure("champion_accuracy")
+
+    def _figure(self, name: str) -> float | None:
+        return next((g.figures[name] for g in self.gates if name in g.figures), None)
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready account: the versions and every gate's verdict, reason and figures."""
+        return {"previous": self.previous, "promoted": self.promoted,
+                "gates": [{"gate": g.gate, "verdict": g.verdict, "reason": g.reason, **g.figures}
+                          for g in self.gates]}
+
+
+def offline_gates(registry: AliasRegistry, *, tolerance: float = 0.0) -> Promotion:
+    """Run the offline gates on the candidate against the champion, moving no alias.
+
+    Raises:
+        GateRefused: a gate failed or held; the message is its reason.
+    """
+    champ, cand = registry.resolve(CHAMPION), registry.resolve(CANDIDATE)
+    results = evaluate(Evidence(registry, champ, cand, accuracy_tolerance=tolerance), "offline")
+    for result in results:
+        if not result.passed:
+            raise GateRefused(f"{result.gate} gate: {result.reason}; not promoted")
+    return Promotion(champ.version, cand.version, tuple(results))
+
+
+def promote(registry: AliasRegistry, *, tolerance: float = 0.0) -> Promotion:
+    """Move ``champion`` to the candidate if it passes the offline gates; serving picks it up by itself.
+
+    Raises:
+        GateRefused: as :func:`offline_gates`.
+    """
+    result = offline_gates(registry, tolerance=tolerance)
+    registry.set_alias(PREVIOUS, result.previous)
+    registry.set_alias(CHAMPION, result.promoted)
+    log.info("promoted version %s to champion (was %s)", result.promoted, result.previous)
+    return result

@@ -4,7 +4,8 @@ On an ImageFolder (default ../shared/datasets/neu-steel when present, else gener
 split per class into a training part, the reference (what the champion's validation set would
 be) and a stream pool. The served model is the product's (resnet18 by default) fine-tuned on the
 first part by the product's training engine from timm's seeded initialisation (no weights can be
-downloaded here), its temperature fitted on a held-out fifth of that part. Every stream image is served clean and under each shift:
+downloaded here), its temperature fitted on a held-out fifth of that part. Every stream image is served clean
+and under each shift:
 
 - ``blur`` (Gaussian, radius 1.5), ``brightness_contrast`` (x0.75 light, x0.7 contrast),
   ``noise`` (Gaussian, sigma 10 grey levels), ``jpeg`` (re-encoded at quality 25),
@@ -88,12 +89,14 @@ class Served:
 
     def __init__(self, model: NicheModel, images: list[Image.Image], batch: int = 16) -> None:
         cpu = time.process_time()
-        self.stats = np.array([[s[k] for k in IMAGE_STATS] for s in map(image_statistics, images)], np.float32)
+        self.stats = np.array(
+            [[s[k] for k in IMAGE_STATS] for s in map(image_statistics, images)], np.float32
+        )
         self.stats_cpu_per_event = (time.process_time() - cpu) / max(1, len(images))
         probs, embs = [], []
         cpu = time.process_time()
         for i in range(0, len(images), batch):
-            p, e = model.infer(model.preprocess(images[i:i + batch]))
+            p, e = model.infer(model.preprocess(images[i : i + batch]))
             probs.append(p), embs.append(e)
         self.model_cpu_per_event = (time.process_time() - cpu) / max(1, len(images))
         self.probs, self.embeddings = np.concatenate(probs), np.concatenate(embs)
@@ -107,7 +110,7 @@ def split(items: list[tuple[bytes, str]], seed: int) -> tuple[list, list, list]:
         members = [it for it in items if it[1] == label]
         members = [members[i] for i in rng.permutation(len(members))]
         third = len(members) // 3
-        for part, chunk in zip(parts, (members[:third], members[third:2 * third], members[2 * third:])):
+        for part, chunk in zip(parts, (members[:third], members[third : 2 * third], members[2 * third :])):
             part.extend(chunk)
     return parts
 
@@ -122,16 +125,24 @@ class Monitors:
     alpha: float
 
 
-def detect(mon: Monitors, idx: np.ndarray, served: Served,
-           shifted_idx: np.ndarray | None = None, shifted: Served | None = None) -> dict[str, bool]:
+def detect(
+    mon: Monitors,
+    idx: np.ndarray,
+    served: Served,
+    shifted_idx: np.ndarray | None = None,
+    shifted: Served | None = None,
+) -> dict[str, bool]:
     """Each monitor's verdict on the window ``idx`` of ``served`` (some rows from ``shifted``)."""
     stats, embs, probs = served.stats[idx], served.embeddings[idx], served.probs[idx]
     if shifted is not None and shifted_idx is not None and len(shifted_idx):
         stats = np.concatenate([stats, shifted.stats[shifted_idx]])
         embs = np.concatenate([embs, shifted.embeddings[shifted_idx]])
         probs = np.concatenate([probs, shifted.probs[shifted_idx]])
-    return {"image": mon.image(stats, probs.argmax(1)).drifted, "embedding": mon.embedding(embs).drifted,
-            "prediction": prediction_drift(mon.ref, probs, mon.alpha, 10).drifted}
+    return {
+        "image": mon.image(stats, probs.argmax(1)).drifted,
+        "embedding": mon.embedding(embs).drifted,
+        "prediction": prediction_drift(mon.ref, probs, mon.alpha, 10).drifted,
+    }
 
 
 def window(rng: np.random.Generator, n: int, mixture: float, pool: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,16 +153,19 @@ def window(rng: np.random.Generator, n: int, mixture: float, pool: int) -> tuple
     return chosen[k:], chosen[:k]
 
 
-def class_mix_window(rng: np.random.Generator, n: int, mixture: float, labels: np.ndarray, favoured: int
-                     ) -> np.ndarray:
+def class_mix_window(
+    rng: np.random.Generator, n: int, mixture: float, labels: np.ndarray, favoured: int
+) -> np.ndarray:
     """Rows of one window whose events come from class ``favoured`` with probability ``mixture``
     and from the stream's own class mix otherwise: per-class counts are drawn first, then that
     many distinct images of each class (repeating images only past a class's ~100)."""
     classes, shares = np.unique(labels, return_counts=True)
     p = (1 - mixture) * shares / shares.sum() + mixture * (classes == favoured)
     counts = rng.multinomial(n, p)
-    rows = [rng.choice(np.flatnonzero(labels == c), k, replace=k > shares[i])
-            for i, (c, k) in enumerate(zip(classes, counts))]
+    rows = [
+        rng.choice(np.flatnonzero(labels == c), k, replace=k > shares[i])
+        for i, (c, k) in enumerate(zip(classes, counts))
+    ]
     return np.concatenate(rows)
 
 
@@ -163,8 +177,15 @@ def champion(classes: list[str], labeled: list[tuple[bytes, str]], args: argpars
     with tempfile.TemporaryDirectory() as tmp:
         blobs = BlobStore(tmp)
         examples = [Example(blobs.put(data), label) for data, label in labeled]
-        cfg = TrainConfig(epochs=args.train_epochs, batch_size=32, lr_head=3e-3, lr_backbone=1e-3, augment=0.3,
-                          val_fraction=0.2, seed=args.seed)
+        cfg = TrainConfig(
+            epochs=args.train_epochs,
+            batch_size=32,
+            lr_head=3e-3,
+            lr_backbone=1e-3,
+            augment=0.3,
+            val_fraction=0.2,
+            seed=args.seed,
+        )
         train, val = split_validation(examples, cfg.val_fraction, cfg.seed)
         fit_local(local_job(model, blobs, train, val, cfg), cfg)
         model.net.eval()
@@ -176,8 +197,13 @@ def champion(classes: list[str], labeled: list[tuple[bytes, str]], args: argpars
 METHOD_SIZE = 200
 
 
-def compare_embedding_methods(ref: Reference, clean: Served, shifted: dict[str, Served], args: argparse.Namespace,
-                              rng: np.random.Generator) -> dict[str, dict[str, float]]:
+def compare_embedding_methods(
+    ref: Reference,
+    clean: Served,
+    shifted: dict[str, Served],
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+) -> dict[str, dict[str, float]]:
     """Each embedding method alone, windows of 200 at 20% mixtures: detection rate per shift, false
     alarms on unshifted windows, and CPU milliseconds per evaluation."""
     out: dict[str, dict[str, float]] = {}
@@ -206,11 +232,22 @@ def stage_cpu_per_event(ref: Reference, served: list[Served], classes: list[str]
     rng = np.random.default_rng(0)
     transitions: list[Transition] = []
     stage = DriftMonitor(lambda version: ref, MonitorMetrics(), DriftConfig(), transitions.append)
-    events = [PredictionEvent(prediction_id=f"p{part}-{i}", model_name="bench", model_version="1",
-                              label=classes[int(s.probs[i].argmax())], probs=s.probs[i].tolist(), class_names=classes,
-                              uncertainty=0.0, embedding=s.embeddings[i].tolist(), image_sha256="0" * 64,
-                              image_stats=dict(zip(IMAGE_STATS, map(float, s.stats[i]))))
-              for part, s in enumerate(served) for i in rng.permutation(len(s.probs))]
+    events = [
+        PredictionEvent(
+            prediction_id=f"p{part}-{i}",
+            model_name="bench",
+            model_version="1",
+            label=classes[int(s.probs[i].argmax())],
+            probs=s.probs[i].tolist(),
+            class_names=classes,
+            uncertainty=0.0,
+            embedding=s.embeddings[i].tolist(),
+            image_sha256="0" * 64,
+            image_stats=dict(zip(IMAGE_STATS, map(float, s.stats[i]))),
+        )
+        for part, s in enumerate(served)
+        for i in rng.permutation(len(s.probs))
+    ]
     cpu = time.process_time()
     for e in events:
         stage(PREDICTIONS_TOPIC, e)
@@ -225,8 +262,12 @@ def main() -> None:
     p.add_argument("--train-epochs", type=int, default=8, help="Fine-tuning epochs of the served model.")
     p.add_argument("--trials", type=int, default=100, help="Windows per shift, mixture and size.")
     p.add_argument("--null-trials", type=int, default=300, help="Unshifted windows per size.")
-    p.add_argument("--method-trials", type=int, default=15, help="Windows per cell in the embedding-method table.")
-    p.add_argument("--alpha", type=float, default=0.01, help="Per-monitor false-alarm level (the product default).")
+    p.add_argument(
+        "--method-trials", type=int, default=15, help="Windows per cell in the embedding-method table."
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.01, help="Per-monitor false-alarm level (the product default)."
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -241,23 +282,40 @@ def main() -> None:
     model = champion(classes, head_part, args)
     ref_served = Served(model, decode(ref_part))
     ref_y = np.array([classes.index(lbl) for _, lbl in ref_part])
-    ref = Reference(ref_served.embeddings, ref_served.stats, ref_served.probs, ref_y, tuple(classes),
-                    float((ref_served.probs.argmax(1) == ref_y).mean()))
+    ref = Reference(
+        ref_served.embeddings,
+        ref_served.stats,
+        ref_served.probs,
+        ref_y,
+        tuple(classes),
+        float((ref_served.probs.argmax(1) == ref_y).mean()),
+    )
     stream_images = decode(stream_part)
     stream_y = np.array([classes.index(lbl) for _, lbl in stream_part])
     clean = Served(model, stream_images)
     shifted = {s: Served(model, [shift_image(img, s, rng) for img in stream_images]) for s in IMAGE_SHIFTS}
-    log.info("served %d reference and %d x %d stream images (%.0fs)", len(ref_part), len(stream_part),
-             1 + len(IMAGE_SHIFTS), time.perf_counter() - t0)
+    log.info(
+        "served %d reference and %d x %d stream images (%.0fs)",
+        len(ref_part),
+        len(stream_part),
+        1 + len(IMAGE_SHIFTS),
+        time.perf_counter() - t0,
+    )
     accuracy = {"clean": float((clean.probs.argmax(1) == stream_y).mean())} | {
-        s: float((v.probs.argmax(1) == stream_y).mean()) for s, v in shifted.items()}
-    mon = Monitors(ref, ImageDrift(ref, args.alpha, 10), EmbeddingDrift(ref.embeddings, alpha=args.alpha,
-                                                                         min_samples=10), args.alpha)
+        s: float((v.probs.argmax(1) == stream_y).mean()) for s, v in shifted.items()
+    }
+    mon = Monitors(
+        ref,
+        ImageDrift(ref, args.alpha, 10),
+        EmbeddingDrift(ref.embeddings, alpha=args.alpha, min_samples=10),
+        args.alpha,
+    )
     pool = len(stream_y)
     null_flags: dict[int, list[bool]] = {}
     for n in SIZES:
-        null_flags[n] = [any(detect(mon, window(rng, n, 0.0, pool)[0], clean).values())
-                         for _ in range(args.null_trials)]
+        null_flags[n] = [
+            any(detect(mon, window(rng, n, 0.0, pool)[0], clean).values()) for _ in range(args.null_trials)
+        ]
     samples_to_detect: dict[str, dict[str, int | None]] = {}
     power: dict[str, dict[str, dict[str, float]]] = {}
     for shift in (*IMAGE_SHIFTS, "class_mix"):
@@ -282,14 +340,22 @@ def main() -> None:
     stage_cpu, alarms = stage_cpu_per_event(ref, [clean, shifted["blur"]], classes)
     monitor_cpu = clean.stats_cpu_per_event + stage_cpu
     result = {
-        "benchmark": "drift", "data": str(args.data or "synthetic"), "backbone": args.backbone,
-        "image_size": args.image_size, "reference_images": len(ref_part), "stream_images": pool,
-        "alpha_per_monitor": args.alpha, "trials": args.trials,
+        "benchmark": "drift",
+        "data": str(args.data or "synthetic"),
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "reference_images": len(ref_part),
+        "stream_images": pool,
+        "alpha_per_monitor": args.alpha,
+        "trials": args.trials,
         "samples_to_detect": samples_to_detect,
-        "goals_met": {"every_20pct_shift_within_300": all(v["0.2"] is not None and v["0.2"] <= 300
-                                                          for v in samples_to_detect.values()),
-                      "false_alarms_le_5pct": float(np.mean(all_null)) <= 0.05,
-                      "cpu_ratio_le_0_05": monitor_cpu / clean.model_cpu_per_event <= 0.05},
+        "goals_met": {
+            "every_20pct_shift_within_300": all(
+                v["0.2"] is not None and v["0.2"] <= 300 for v in samples_to_detect.values()
+            ),
+            "false_alarms_le_5pct": float(np.mean(all_null)) <= 0.05,
+            "cpu_ratio_le_0_05": monitor_cpu / clean.model_cpu_per_event <= 0.05,
+        },
         "false_alarm_rate": round(float(np.mean(all_null)), 4),
         "false_alarm_rate_by_size": {str(n): round(float(np.mean(f)), 4) for n, f in null_flags.items()},
         "accuracy_under_shift": {k: round(v, 4) for k, v in accuracy.items()},
@@ -297,8 +363,10 @@ def main() -> None:
         "embedding_methods_at_20pct_n200": methods,
         "power": power,
         "cpu_ratio": round(monitor_cpu / clean.model_cpu_per_event, 4),
-        "monitor_cpu_ms_per_event": {"image_statistics": round(1000 * clean.stats_cpu_per_event, 3),
-                                     "drift_stage": round(1000 * stage_cpu, 3)},
+        "monitor_cpu_ms_per_event": {
+            "image_statistics": round(1000 * clean.stats_cpu_per_event, 3),
+            "drift_stage": round(1000 * stage_cpu, 3),
+        },
         "model_cpu_ms_per_event": round(1000 * clean.model_cpu_per_event, 3),
         "replayed_stream_alarms": alarms,
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -24,25 +24,33 @@ from deploy.local import stack
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
 from nicheloop.model import build_model
+from nicheloop.reference import Reference  # noqa: E402
 from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 from nicheloop.synthetic import SyntheticStream, png_bytes
-from nicheloop.reference import Reference  # noqa: E402
 from services.app import deploy
 
 ROUNDS, REQUESTS, CONCURRENCY = 3, 300, 8
 
 
 def _register_champion(settings: Settings) -> None:
-    model = build_model(settings.backbone, ["crazing", "inclusion", "patches", "scratches"], settings.image_size)
+    model = build_model(
+        settings.backbone, ["crazing", "inclusion", "patches", "scratches"], settings.image_size
+    )
     Registry(settings.tracking_uri, settings.model_name).register(
-        model, Reference.embeddings_only(np.random.default_rng(0).normal(size=(32, 512)).astype(np.float32)),
-        params={"benchmark": "event_logging"}, metrics={}, lineage={"parent_version": "none"}, alias=CHAMPION)
+        model,
+        Reference.embeddings_only(np.random.default_rng(0).normal(size=(32, 512)).astype(np.float32)),
+        params={"benchmark": "event_logging"},
+        metrics={},
+        lineage={"parent_version": "none"},
+        alias=CHAMPION,
+    )
 
 
 def _throughput(url: str, images: list[bytes]) -> tuple[float, int]:
     """Requests per second over ``images`` and how many succeeded."""
     with httpx.Client(base_url=url, timeout=60) as client:
+
         def one(data: bytes) -> int:
             return client.post("/v1/predict", files={"image": ("x.png", data, "image/png")}).status_code
 
@@ -55,13 +63,25 @@ def _throughput(url: str, images: list[bytes]) -> tuple[float, int]:
 def main() -> None:
     logging.basicConfig(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="nicheloop-bench-") as home:
-        base = Settings(home=Path(home), kafka_port=39192, kafka_controller_port=39193, mlflow_port=39150,
-                        ray_port=39379, ray_worker_ports=(34000, 35999), serve_port=39180, metrics_port=39199)
+        base = Settings(
+            home=Path(home),
+            kafka_port=39192,
+            kafka_controller_port=39193,
+            mlflow_port=39150,
+            ray_port=39379,
+            ray_worker_ports=(34000, 35999),
+            serve_port=39180,
+            metrics_port=39199,
+        )
         try:
-            stack.up(base, only=["kafka", "mlflow", "ray"])  # no monitor: it would share the CPU being measured
+            stack.up(
+                base, only=["kafka", "mlflow", "ray"]
+            )  # no monitor: it would share the CPU being measured
             ensure_topics(base.bootstrap_servers)
             _register_champion(base)
-            images = [png_bytes(img) for img, _ in SyntheticStream(seed=1, size=base.image_size).take(REQUESTS)]
+            images = [
+                png_bytes(img) for img, _ in SyntheticStream(seed=1, size=base.image_size).take(REQUESTS)
+            ]
             rates: dict[bool, list[float]] = {True: [], False: []}
             sent = 0
             for logging_on in [True, False] * ROUNDS:
@@ -74,7 +94,10 @@ def main() -> None:
                 rates[logging_on].append(rate)
                 sent += ok if logging_on else 0
             deadline = time.monotonic() + 120
-            while topic_offsets(base.bootstrap_servers, PREDICTIONS_TOPIC) < sent and time.monotonic() < deadline:
+            while (
+                topic_offsets(base.bootstrap_servers, PREDICTIONS_TOPIC) < sent
+                and time.monotonic() < deadline
+            ):
                 time.sleep(1)
             delivered = topic_offsets(base.bootstrap_servers, PREDICTIONS_TOPIC)
         finally:
@@ -82,12 +105,21 @@ def main() -> None:
                 ray.shutdown()
             stack.down(base)
     on, off = statistics.median(rates[True]), statistics.median(rates[False])
-    print(json.dumps({
-        "predictions_per_s_logging_on": round(on, 2), "predictions_per_s_logging_off": round(off, 2),
-        "rounds": ROUNDS, "requests_per_round": REQUESTS, "concurrency": CONCURRENCY,
-        "events_sent": sent, "events_delivered": delivered,
-        "throughput_ratio_logging_on_over_off": round(on / off, 4), "delivered_equals_sent": delivered == sent,
-    }))
+    print(
+        json.dumps(
+            {
+                "predictions_per_s_logging_on": round(on, 2),
+                "predictions_per_s_logging_off": round(off, 2),
+                "rounds": ROUNDS,
+                "requests_per_round": REQUESTS,
+                "concurrency": CONCURRENCY,
+                "events_sent": sent,
+                "events_delivered": delivered,
+                "throughput_ratio_logging_on_over_off": round(on / off, 4),
+                "delivered_equals_sent": delivered == sent,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

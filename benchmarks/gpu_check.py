@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nicheloop.blobs import BlobStore  # noqa: E402
 from nicheloop.model import build_model  # noqa: E402
 from nicheloop.synthetic import write_image_folder  # noqa: E402
+from training.calibrate import softmax  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import Example, read_image_folder, split_validation  # noqa: E402
 from training.evaluate import classification_metrics, predict_all  # noqa: E402
-from training.calibrate import softmax  # noqa: E402
 from training.loop import PROGRESS_FILE, fit  # noqa: E402
 from training.pretrain import PretrainConfig, pretrain  # noqa: E402
 
@@ -38,30 +38,63 @@ def main() -> None:
         examples = [Example(blobs.put(d), lbl) for d, lbl in read_image_folder(root)]
         train, val = split_validation(examples, 0.2)
         classes = sorted({e.label for e in examples})
-        cfg = TrainConfig(epochs=5, batch_size=64, use_gpu=True, loader_workers=4, freeze="gradual",
-                          layer_decay=0.7, class_balance="sampler", augment=0.5)
+        cfg = TrainConfig(
+            epochs=5,
+            batch_size=64,
+            use_gpu=True,
+            loader_workers=4,
+            freeze="gradual",
+            layer_decay=0.7,
+            class_balance="sampler",
+            augment=0.5,
+        )
         model = build_model("resnet18", classes, 128)
         t = time.perf_counter()
-        model, history = fit(model, train, val, str(Path(tmp) / "blobs"), cfg, Path(tmp) / "ray", "gpu",
-                             fault={"fail_at_epoch": 2, "fail_marker": str(Path(tmp) / "killed")})
-        reports = [json.loads(x) for x in (Path(tmp) / "ray" / "gpu" / PROGRESS_FILE).read_text().splitlines()]
+        model, history = fit(
+            model,
+            train,
+            val,
+            str(Path(tmp) / "blobs"),
+            cfg,
+            Path(tmp) / "ray",
+            "gpu",
+            fault={"fail_at_epoch": 2, "fail_marker": str(Path(tmp) / "killed")},
+        )
+        reports = [
+            json.loads(x) for x in (Path(tmp) / "ray" / "gpu" / PROGRESS_FILE).read_text().splitlines()
+        ]
         preds = predict_all(model, blobs, val)
-        out |= {"fit_s": round(time.perf_counter() - t, 1), "worker_killed_at_epoch": 2,
-                "worker_was_killed": (Path(tmp) / "killed").exists(),
-                "reported_epochs": [int(r["epoch"]) for r in reports],
-                "resumed_from_epoch": max(int(r["resumed_from_epoch"]) for r in reports),
-                "worker_devices": sorted({r["device"] for r in reports}), "amp_bf16": cfg.amp is None,
-                "history_epochs": len(history),
-                "val_accuracy": round(classification_metrics(softmax(preds.logits), preds.y, len(classes))["accuracy"], 4)}
+        out |= {
+            "fit_s": round(time.perf_counter() - t, 1),
+            "worker_killed_at_epoch": 2,
+            "worker_was_killed": (Path(tmp) / "killed").exists(),
+            "reported_epochs": [int(r["epoch"]) for r in reports],
+            "resumed_from_epoch": max(int(r["resumed_from_epoch"]) for r in reports),
+            "worker_devices": sorted({r["device"] for r in reports}),
+            "amp_bf16": cfg.amp is None,
+            "history_epochs": len(history),
+            "val_accuracy": round(
+                classification_metrics(softmax(preds.logits), preds.y, len(classes))["accuracy"], 4
+            ),
+        }
         print(json.dumps(out), file=sys.stderr, flush=True)
         t = time.perf_counter()
         ckpt = Path(tmp) / "ssl.pt"
-        ssl = pretrain(str(Path(tmp) / "blobs"), [e.image_sha256 for e in train],
-                       PretrainConfig(backbone="resnet18", image_size=128, epochs=3, batch_size=64, use_gpu=True,
-                                      loader_workers=4), ckpt, Path(tmp) / "ray")
+        ssl = pretrain(
+            str(Path(tmp) / "blobs"),
+            [e.image_sha256 for e in train],
+            PretrainConfig(
+                backbone="resnet18", image_size=128, epochs=3, batch_size=64, use_gpu=True, loader_workers=4
+            ),
+            ckpt,
+            Path(tmp) / "ray",
+        )
         build_model("resnet18", classes, 128, checkpoint_path=ckpt)
-        out |= {"pretrain_s": round(time.perf_counter() - t, 1), "pretrain_final": ssl,
-                "pretrained_checkpoint_loads": True}
+        out |= {
+            "pretrain_s": round(time.perf_counter() - t, 1),
+            "pretrain_final": ssl,
+            "pretrained_checkpoint_loads": True,
+        }
     print(json.dumps(out, default=str))
 
 

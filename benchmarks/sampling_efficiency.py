@@ -51,7 +51,7 @@ def embed(items: list[tuple[bytes, str]], backbone: str, image_size: int) -> tup
     model = build_model(backbone, classes, image_size)
     feats = []
     for start in range(0, len(items), 100):
-        images = [decode_image(data, 64 << 20, 4096 * 4096) for data, _ in items[start:start + 100]]
+        images = [decode_image(data, 64 << 20, 4096 * 4096) for data, _ in items[start : start + 100]]
         feats.append(model.infer(model.preprocess(images))[1])
     return np.concatenate(feats), np.asarray([classes.index(label) for _, label in items])
 
@@ -65,7 +65,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + WEIGHT_DECAY * (w ** 2).sum()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + WEIGHT_DECAY * (w**2).sum()
         loss.backward()
         return loss
 
@@ -91,8 +91,17 @@ def split(y: np.ndarray, seed: int, test_share: float = 0.2) -> tuple[np.ndarray
     return np.asarray(pool), np.asarray(test)
 
 
-def run_curve(name: str, x: np.ndarray, emb: np.ndarray, y: np.ndarray, hashes: list[str], pool_idx: np.ndarray,
-              test_idx: np.ndarray, seed: int, budgets: tuple[int, ...]) -> list[float]:
+def run_curve(
+    name: str,
+    x: np.ndarray,
+    emb: np.ndarray,
+    y: np.ndarray,
+    hashes: list[str],
+    pool_idx: np.ndarray,
+    test_idx: np.ndarray,
+    seed: int,
+    budgets: tuple[int, ...],
+) -> list[float]:
     """Test accuracy after each budget of ``budgets`` labels chosen by strategy ``name``.
 
     The head trains on standardised features ``x``; the sampler sees the raw embeddings ``emb``
@@ -107,19 +116,32 @@ def run_curve(name: str, x: np.ndarray, emb: np.ndarray, y: np.ndarray, hashes: 
         unlabeled = np.setdiff1d(pool_idx, labeled)
         want = min(budget - len(labeled), len(unlabeled))
         cold = head is None and name not in ("hybrid", "coreset", "typicality")
-        probs = np.full((len(unlabeled), k), 1.0 / k) if head is None else softmax(x[unlabeled] @ head[0] + head[1])
-        sel = select_batch(Pool(probs, emb[unlabeled]), want, Context(covered=index, seed=seed + len(labeled)),
-                           "random" if cold else name, hashes=[hashes[i] for i in unlabeled],
-                           covered_hashes=frozenset(hashes[i] for i in labeled),
-                           class_quota=0.0 if cold or name == "random" else CLASS_QUOTA)
+        probs = (
+            np.full((len(unlabeled), k), 1.0 / k)
+            if head is None
+            else softmax(x[unlabeled] @ head[0] + head[1])
+        )
+        sel = select_batch(
+            Pool(probs, emb[unlabeled]),
+            want,
+            Context(covered=index, seed=seed + len(labeled)),
+            "random" if cold else name,
+            hashes=[hashes[i] for i in unlabeled],
+            covered_hashes=frozenset(hashes[i] for i in labeled),
+            class_quota=0.0 if cold or name == "random" else CLASS_QUOTA,
+        )
         chosen = unlabeled[sel.indices]
         if len(chosen) < want:  # duplicates suppressed below the budget: top up at random
             rest = np.setdiff1d(unlabeled, chosen)
-            chosen = np.concatenate([chosen, np.random.default_rng(seed).choice(rest, want - len(chosen), False)])
+            chosen = np.concatenate(
+                [chosen, np.random.default_rng(seed).choice(rest, want - len(chosen), False)]
+            )
         labeled.extend(int(i) for i in chosen)
         index.add(emb[chosen], [str(i) for i in chosen])
         head = fit_head(x[labeled], y[labeled], k) if len(np.unique(y[labeled])) > 1 else None
-        curve.append(float(np.mean((x[test_idx] @ head[0] + head[1]).argmax(1) == y[test_idx])) if head else 1.0 / k)
+        curve.append(
+            float(np.mean((x[test_idx] @ head[0] + head[1]).argmax(1) == y[test_idx])) if head else 1.0 / k
+        )
     return curve
 
 
@@ -180,17 +202,31 @@ def main() -> None:
     mean = {name: np.mean(c, axis=0).round(4).tolist() for name, c in curves.items()}
     need = {name: labels_to_reach(m, budgets, target) for name, m in mean.items()}
     key = lambda name: "default" if name == "hybrid" else name  # noqa: E731
-    ratio = {key(n): (round(v / need["random"], 3) if v is not None and need.get("random") else None)
-             for n, v in need.items()}
-    print(json.dumps({
-        "benchmark": "sampling_efficiency", "data": source, "images": len(items),
-        "exact_duplicates_dropped": exact_dupes, "backbone": args.backbone, "image_size": args.image_size,
-        "seeds": args.seeds, "full_label_accuracy": round(float(np.mean(full)), 4), "target_accuracy": round(target, 4),
-        "label_ratio_vs_random": ratio, "labels_to_target": {key(n): v and round(v, 1) for n, v in need.items()},
-        "budgets": list(budgets), "accuracy_curves": {key(n): m for n, m in mean.items()},
-        "goal_default_ratio_le_0_6": ratio.get("default") is not None and ratio["default"] <= 0.6,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }))
+    ratio = {
+        key(n): (round(v / need["random"], 3) if v is not None and need.get("random") else None)
+        for n, v in need.items()
+    }
+    print(
+        json.dumps(
+            {
+                "benchmark": "sampling_efficiency",
+                "data": source,
+                "images": len(items),
+                "exact_duplicates_dropped": exact_dupes,
+                "backbone": args.backbone,
+                "image_size": args.image_size,
+                "seeds": args.seeds,
+                "full_label_accuracy": round(float(np.mean(full)), 4),
+                "target_accuracy": round(target, 4),
+                "label_ratio_vs_random": ratio,
+                "labels_to_target": {key(n): v and round(v, 1) for n, v in need.items()},
+                "budgets": list(budgets),
+                "accuracy_curves": {key(n): m for n, m in mean.items()},
+                "goal_default_ratio_le_0_6": ratio.get("default") is not None and ratio["default"] <= 0.6,
+                "wall_s": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ def embeddings(n: int, rng: np.random.Generator, centres: np.ndarray, chunk: int
     out = np.empty((n, DIM), dtype=np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        rows = centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, DIM), dtype=np.float32) * 0.04
-        out[start:start + m] = normalize(rows)
+        rows = (
+            centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, DIM), dtype=np.float32) * 0.04
+        )
+        out[start : start + m] = normalize(rows)
     return out
 
 
@@ -51,8 +53,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def time_selection(n: int, k: int, rng: np.random.Generator, centres: np.ndarray, head: np.ndarray,
-                   covered: EmbeddingIndex) -> tuple[float, int]:
+def time_selection(
+    n: int, k: int, rng: np.random.Generator, centres: np.ndarray, head: np.ndarray, covered: EmbeddingIndex
+) -> tuple[float, int]:
     x = embeddings(n, rng, centres)
     pool = Pool(probabilities(x, head), x)
     start = time.perf_counter()
@@ -60,7 +63,9 @@ def time_selection(n: int, k: int, rng: np.random.Generator, centres: np.ndarray
     return time.perf_counter() - start, len(sel.indices)
 
 
-def index_lifecycle(rng: np.random.Generator, centres: np.ndarray, n: int, approx_after: int) -> dict[str, float]:
+def index_lifecycle(
+    rng: np.random.Generator, centres: np.ndarray, n: int, approx_after: int
+) -> dict[str, float]:
     index = EmbeddingIndex(DIM, approx_after=approx_after)
     start = time.perf_counter()
     for s in range(0, n, 10_000):
@@ -70,9 +75,14 @@ def index_lifecycle(rng: np.random.Generator, centres: np.ndarray, n: int, appro
     start = time.perf_counter()
     index.nearest(queries)
     search = time.perf_counter() - start
-    return {"index_vectors": len(index), "index_approximate": index.approximate,
-            "index_recall_at_1": round(index.recall or 1.0, 4), "index_memory_mb": round(index.memory_bytes() / 2**20, 1),
-            "index_build_s": round(build, 2), "index_search_ms_per_query": round(1000 * search / len(queries), 3)}
+    return {
+        "index_vectors": len(index),
+        "index_approximate": index.approximate,
+        "index_recall_at_1": round(index.recall or 1.0, 4),
+        "index_memory_mb": round(index.memory_bytes() / 2**20, 1),
+        "index_build_s": round(build, 2),
+        "index_search_ms_per_query": round(1000 * search / len(queries), 3),
+    }
 
 
 def main() -> None:

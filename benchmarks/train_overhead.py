@@ -54,19 +54,29 @@ def plain_epochs(classes, blobs, train, cfg, args) -> list[float]:
     return times
 
 
-def ray_epochs(classes, blobs_root, train, cfg, args, storage: Path, name: str) -> dict[str, list[float] | float]:
-    """One Ray Train fit: intervals between epoch reports, each epoch's compute and checkpoint write, the total."""
+def ray_epochs(
+    classes, blobs_root, train, cfg, args, storage: Path, name: str
+) -> dict[str, list[float] | float]:
+    """One Ray Train fit: intervals between epoch reports, each epoch's compute and checkpoint write,
+    the total."""
     model = build_model(args.backbone, classes, args.image_size)
     t = time.perf_counter()
     fit(model, train, [], blobs_root, cfg, storage, name)
     total = time.perf_counter() - t
-    reports = [json.loads(line) for line in (run_directory(storage, name) / PROGRESS_FILE).read_text().splitlines()]
+    reports = [
+        json.loads(line) for line in (run_directory(storage, name) / PROGRESS_FILE).read_text().splitlines()
+    ]
     intervals = list(np.diff([r["reported_at"] for r in reports]))
     compute = [r["epoch_s"] for r in reports]
     # what an epoch costs beyond its compute: the previous epoch's checkpoint and report
-    return {"intervals": intervals, "compute": compute[1:], "total": total,
-            "checkpoint_and_report": [i - c for i, c in zip(intervals, compute[1:])],
-            "write": [r["checkpoint_s"] for r in reports], "startup": total - sum(intervals) - compute[0]}
+    return {
+        "intervals": intervals,
+        "compute": compute[1:],
+        "total": total,
+        "checkpoint_and_report": [i - c for i, c in zip(intervals, compute[1:])],
+        "write": [r["checkpoint_s"] for r in reports],
+        "startup": total - sum(intervals) - compute[0],
+    }
 
 
 def main() -> None:
@@ -74,8 +84,12 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--images-per-class", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=10,
-                   help="Epochs per side per round; the first plain epoch of each round is warm-up.")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="Epochs per side per round; the first plain epoch of each round is warm-up.",
+    )
     p.add_argument("--rounds", type=int, default=3, help="Alternations of the plain loop and Ray Train.")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -86,8 +100,13 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": allocator})
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # as the stack's head runs
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, threads_per_worker=args.threads, augment=0.5,
-                      use_gpu=args.device.startswith("cuda"))
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch,
+        threads_per_worker=args.threads,
+        augment=0.5,
+        use_gpu=args.device.startswith("cuda"),
+    )
     plain: list[list[float]] = []
     on_ray: list[dict[str, list[float] | float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,11 +116,24 @@ def main() -> None:
         classes = sorted({e.label for e in train})
         for round_ in range(args.rounds):
             plain.append(plain_epochs(classes, blobs, train, cfg, args)[1:])
-            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
-                     log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=max(2, os.cpu_count() or 1),
+                include_dashboard=False,
+                log_to_driver=False,
+            )
             try:
-                on_ray.append(ray_epochs(classes, str(Path(tmp) / "blobs"), train, cfg, args, Path(tmp) / "ray",
-                                         f"overhead-{round_}"))
+                on_ray.append(
+                    ray_epochs(
+                        classes,
+                        str(Path(tmp) / "blobs"),
+                        train,
+                        cfg,
+                        args,
+                        Path(tmp) / "ray",
+                        f"overhead-{round_}",
+                    )
+                )
             finally:
                 ray.shutdown()
 
@@ -113,19 +145,36 @@ def main() -> None:
         return float(np.median(pooled(rows, key)))
 
     plain_s, ray_s = median(plain), median(on_ray, "intervals")
-    print(json.dumps({
-        "backbone": args.backbone, "image_size": args.image_size, "images": len(train), "batch": args.batch,
-        "threads": args.threads, "device": args.device, "epochs": args.epochs, "rounds": args.rounds,
-        "plain_epoch_s": round(plain_s, 3), "ray_epoch_s": round(ray_s, 3), "ray_over_plain": round(ray_s / plain_s, 3),
-        "ray_over_plain_by_round": [round(median([r["intervals"]]) / median([p]), 3) for p, r in zip(plain, on_ray)],
-        "ray_compute_over_plain": round(median(on_ray, "compute") / plain_s, 3),
-        "ray_over_plain_mean": round(float(np.mean(pooled(on_ray, "intervals")) / np.mean(pooled(plain))), 3),
-        "ray_checkpoint_and_report_s": round(median(on_ray, "checkpoint_and_report"), 3),
-        "ray_checkpoint_write_s": round(median(on_ray, "write"), 3),
-        "ray_checkpoint_write_max_s": round(max(pooled(on_ray, "write")), 3),
-        "ray_startup_s": round(float(np.median([r["startup"] for r in on_ray])), 1),
-        "ray_fit_total_s": round(float(np.median([r["total"] for r in on_ray])), 1),
-        "goal_met": ray_s / plain_s <= 1.10}))
+    print(
+        json.dumps(
+            {
+                "backbone": args.backbone,
+                "image_size": args.image_size,
+                "images": len(train),
+                "batch": args.batch,
+                "threads": args.threads,
+                "device": args.device,
+                "epochs": args.epochs,
+                "rounds": args.rounds,
+                "plain_epoch_s": round(plain_s, 3),
+                "ray_epoch_s": round(ray_s, 3),
+                "ray_over_plain": round(ray_s / plain_s, 3),
+                "ray_over_plain_by_round": [
+                    round(median([r["intervals"]]) / median([p]), 3) for p, r in zip(plain, on_ray)
+                ],
+                "ray_compute_over_plain": round(median(on_ray, "compute") / plain_s, 3),
+                "ray_over_plain_mean": round(
+                    float(np.mean(pooled(on_ray, "intervals")) / np.mean(pooled(plain))), 3
+                ),
+                "ray_checkpoint_and_report_s": round(median(on_ray, "checkpoint_and_report"), 3),
+                "ray_checkpoint_write_s": round(median(on_ray, "write"), 3),
+                "ray_checkpoint_write_max_s": round(max(pooled(on_ray, "write")), 3),
+                "ray_startup_s": round(float(np.median([r["startup"] for r in on_ray])), 1),
+                "ray_fit_total_s": round(float(np.median([r["total"] for r in on_ray])), 1),
+                "goal_met": ray_s / plain_s <= 1.10,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def shifted(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def split(items: list[tuple[str, str]], test_per_class: int, seed: int) -> tuple[dict[str, list[Example]], list[Example]]:
+def split(
+    items: list[tuple[str, str]], test_per_class: int, seed: int
+) -> tuple[dict[str, list[Example]], list[Example]]:
     """(pool per class, test): the test images are fixed per class and kept apart from everything else."""
     rng = np.random.default_rng(seed)
     pool: dict[str, list[Example]] = {}
@@ -76,13 +78,20 @@ def split(items: list[tuple[str, str]], test_per_class: int, seed: int) -> tuple
 
 
 def take(pool: dict[str, list[Example]], per_class: int, offset: int = 0) -> list[Example]:
-    return [e for members in pool.values() for e in members[offset: offset + per_class]]
+    return [e for members in pool.values() for e in members[offset : offset + per_class]]
 
 
-def pretrain_backbone(blobs: BlobStore, digests: list[str], args: argparse.Namespace, out: Path, device: torch.device
-                      ) -> dict[str, float]:
-    cfg = PretrainConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.ssl_epochs,
-                         batch_size=args.ssl_batch, loader_workers=args.ssl_loader_workers, seed=args.seed)
+def pretrain_backbone(
+    blobs: BlobStore, digests: list[str], args: argparse.Namespace, out: Path, device: torch.device
+) -> dict[str, float]:
+    cfg = PretrainConfig(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        epochs=args.ssl_epochs,
+        batch_size=args.ssl_batch,
+        loader_workers=args.ssl_loader_workers,
+        seed=args.seed,
+    )
     model = make_simsiam(cfg).to(device)
     opt, loader, last = ssl_optimizer(model, cfg), ssl_loader(blobs, digests, cfg), {}
     for epoch in range(cfg.epochs):
@@ -93,9 +102,19 @@ def pretrain_backbone(blobs: BlobStore, digests: list[str], args: argparse.Names
     return last
 
 
-def finetune(classes: list[str], blobs: BlobStore, train: list[Example], cfg: TrainConfig, args: argparse.Namespace,
-             checkpoint: Path | None, device: torch.device, start_state: dict | None = None):
-    model = build_model(args.backbone, classes, args.image_size, checkpoint_path=checkpoint, dropout=cfg.dropout)
+def finetune(
+    classes: list[str],
+    blobs: BlobStore,
+    train: list[Example],
+    cfg: TrainConfig,
+    args: argparse.Namespace,
+    checkpoint: Path | None,
+    device: torch.device,
+    start_state: dict | None = None,
+):
+    model = build_model(
+        args.backbone, classes, args.image_size, checkpoint_path=checkpoint, dropout=cfg.dropout
+    )
     if start_state is not None:
         model.net.load_state_dict(start_state)
     tr, val = split_validation(train, cfg.val_fraction, cfg.seed)
@@ -111,11 +130,26 @@ def scores(model, blobs: BlobStore, examples: list[Example]) -> dict[str, float]
 
 def recipes(args: argparse.Namespace) -> dict[str, tuple[bool, TrainConfig]]:
     """variant -> (starts from the SSL backbone, recipe)."""
-    base = dict(epochs=args.epochs, batch_size=args.batch, lr_head=3e-3, lr_backbone=1e-3, augment=0.6,
-                class_balance="sampler", val_fraction=0.2, label_smoothing=args.label_smoothing, early_stopping_patience=0, dropout=0.1,
-                loader_workers=args.loader_workers, seed=args.seed)
-    gradual = dict(freeze="gradual", head_only_epochs=max(1, args.epochs // 6), unfreeze_every=max(1, args.epochs // 8),
-                   layer_decay=0.7)
+    base = dict(
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr_head=3e-3,
+        lr_backbone=1e-3,
+        augment=0.6,
+        class_balance="sampler",
+        val_fraction=0.2,
+        label_smoothing=args.label_smoothing,
+        early_stopping_patience=0,
+        dropout=0.1,
+        loader_workers=args.loader_workers,
+        seed=args.seed,
+    )
+    gradual = dict(
+        freeze="gradual",
+        head_only_epochs=max(1, args.epochs // 6),
+        unfreeze_every=max(1, args.epochs // 8),
+        layer_decay=0.7,
+    )
     return {
         "scratch": (False, TrainConfig(**base, freeze="none", layer_decay=1.0)),
         "ssl_pretrained": (True, TrainConfig(**base, freeze="none", layer_decay=1.0)),  # scratch's recipe
@@ -128,7 +162,10 @@ def recipes(args: argparse.Namespace) -> dict[str, tuple[bool, TrainConfig]]:
 def ece_interval(probs: np.ndarray, y: np.ndarray, seed: int, rounds: int = 500) -> list[float]:
     """Bootstrap 95% interval of the ECE over test images: how much of it is the test set's size."""
     rng = np.random.default_rng(seed)
-    draws = [expected_calibration_error(probs[i], y[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(rounds))]
+    draws = [
+        expected_calibration_error(probs[i], y[i])
+        for i in (rng.integers(0, len(y), len(y)) for _ in range(rounds))
+    ]
     return [round(float(q), 4) for q in np.percentile(draws, [2.5, 97.5])]
 
 
@@ -137,8 +174,10 @@ def ece_floor(probs: np.ndarray, seed: int, rounds: int = 300) -> float:
     over draws where each prediction is right with probability equal to its confidence)."""
     rng = np.random.default_rng(seed)
     top, k = probs.argmax(1), probs.shape[1]
-    draws = [expected_calibration_error(probs, np.where(rng.random(len(top)) < probs.max(1), top, (top + 1) % k))
-             for _ in range(rounds)]
+    draws = [
+        expected_calibration_error(probs, np.where(rng.random(len(top)) < probs.max(1), top, (top + 1) % k))
+        for _ in range(rounds)
+    ]
     return float(np.mean(draws))
 
 
@@ -150,8 +189,11 @@ def task_a_recipe(accuracy: dict[str, dict[str, float]], ssl_available: bool) ->
     return "ssl_gradual" if ssl_available else "scratch"  # no gradual unfreezing of random weights
 
 
-def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device, start: str) -> dict[str, float]:
-    """Task A on clean images (recipe ``start``), then a fine-tune on shifted images with and without replay."""
+def forgetting_and_calibration(
+    classes, blobs, pool, test, ckpt, args, device, start: str
+) -> dict[str, float]:
+    """Task A on clean images (recipe ``start``), then a fine-tune on shifted images, with and
+    without replay."""
     from_ssl, cfg = recipes(args)[start]
     cfg_a = cfg.model_copy(update={"val_fraction": args.calibration_fraction})
     first = take(pool, args.task_a_per_class)
@@ -159,26 +201,48 @@ def forgetting_and_calibration(classes, blobs, pool, test, ckpt, args, device, s
     before = scores(model_a, blobs, test)["accuracy"]
     # the temperature is fitted on labels that picked nothing: validation chose the best epoch, so its
     # NLL is optimistic and a temperature fitted there over-sharpens (measured: 0.935 confidence at 0.90)
-    calib = (take(pool, args.calibration_per_class, offset=args.task_a_per_class + args.shift_per_class)
-             if args.calibration_per_class else val_a)
-    val_preds, test_preds = predict_all(model_a, blobs, calib), predict_all(model_a, blobs, test, batch_size=256)
+    calib = (
+        take(pool, args.calibration_per_class, offset=args.task_a_per_class + args.shift_per_class)
+        if args.calibration_per_class
+        else val_a
+    )
+    val_preds, test_preds = (
+        predict_all(model_a, blobs, calib),
+        predict_all(model_a, blobs, test, batch_size=256),
+    )
     t = fit_temperature(val_preds.logits, val_preds.y)
-    out = {"task_a_accuracy": before, "temperature": t,
-           "ece_before_scaling": expected_calibration_error(softmax(test_preds.logits), test_preds.y),
-           "ece_after_scaling": expected_calibration_error(softmax(test_preds.logits, t), test_preds.y),
-           # which way the error goes: mean top-class confidence next to the accuracy it should match
-           "test_confidence_before_scaling": float(softmax(test_preds.logits).max(1).mean()),
-           "test_confidence_after_scaling": float(softmax(test_preds.logits, t).max(1).mean()),
-           "calibration_images": len(calib)}
+    out = {
+        "task_a_accuracy": before,
+        "temperature": t,
+        "ece_before_scaling": expected_calibration_error(softmax(test_preds.logits), test_preds.y),
+        "ece_after_scaling": expected_calibration_error(softmax(test_preds.logits, t), test_preds.y),
+        # which way the error goes: mean top-class confidence next to the accuracy it should match
+        "test_confidence_before_scaling": float(softmax(test_preds.logits).max(1).mean()),
+        "test_confidence_after_scaling": float(softmax(test_preds.logits, t).max(1).mean()),
+        "calibration_images": len(calib),
+    }
     out["ece_after_scaling_ci95"] = ece_interval(softmax(test_preds.logits, t), test_preds.y, args.seed)
     out["ece_floor_if_calibrated"] = ece_floor(softmax(test_preds.logits, t), args.seed)
-    new = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label)
-           for e in take(pool, args.shift_per_class, offset=args.task_a_per_class)]
+    new = [
+        Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label)
+        for e in take(pool, args.shift_per_class, offset=args.task_a_per_class)
+    ]
     shifted_test = [Example(blobs.put(shifted(blobs.get(e.image_sha256))), e.label) for e in test]
     state = {k: v.detach().cpu().clone() for k, v in model_a.net.state_dict().items()}
-    cont = TrainConfig(**{**cfg_a.model_dump(), "freeze": "none", "epochs": max(2, args.epochs // 2), "lr_head": 1e-3,
-                          "lr_backbone": 3e-4, "layer_decay": 0.8})
-    for name, replay in (("with_replay", replay_buffer(first, args.replay_per_class, args.seed)), ("without_replay", [])):
+    cont = TrainConfig(
+        **{
+            **cfg_a.model_dump(),
+            "freeze": "none",
+            "epochs": max(2, args.epochs // 2),
+            "lr_head": 1e-3,
+            "lr_backbone": 3e-4,
+            "layer_decay": 0.8,
+        }
+    )
+    for name, replay in (
+        ("with_replay", replay_buffer(first, args.replay_per_class, args.seed)),
+        ("without_replay", []),
+    ):
         model_b, _ = finetune(classes, blobs, new + replay, cont, args, None, device, start_state=state)
         after = scores(model_b, blobs, test)["accuracy"]
         out[f"forgetting_points_{name}"] = 100.0 * (before - after)
@@ -211,18 +275,34 @@ def main() -> None:
     p.add_argument("--task-a-per-class", type=int, default=100)
     p.add_argument("--shift-per-class", type=int, default=25)
     p.add_argument("--replay-per-class", type=int, default=TrainConfig().replay_per_class)
-    p.add_argument("--calibration-fraction", type=float, default=0.2,
-                   help="Share of task A's labels held out for validation (best epoch, early stopping).")
-    p.add_argument("--calibration-per-class", type=int, default=75,
-                   help="Labeled images per class, apart from task A's and the shifted ones, to fit the "
-                        "temperature on (default: the rest of NEU's pool; 0: fit it on task A's validation split). "
-                        "With 30 per class the fitted temperature swung with the 180 images' accuracy.")
-    p.add_argument("--loader-workers", type=int, default=0, help="Image-decoding processes while fine-tuning.")
-    p.add_argument("--ssl-loader-workers", type=int, default=0, help="Image-decoding processes while pretraining.")
+    p.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.2,
+        help="Share of task A's labels held out for validation (best epoch, early stopping).",
+    )
+    p.add_argument(
+        "--calibration-per-class",
+        type=int,
+        default=75,
+        help="Labeled images per class, apart from task A's and the shifted ones, to fit the "
+        "temperature on (default: the rest of NEU's pool; 0: fit it on task A's validation split). "
+        "With 30 per class the fitted temperature swung with the 180 images' accuracy.",
+    )
+    p.add_argument(
+        "--loader-workers", type=int, default=0, help="Image-decoding processes while fine-tuning."
+    )
+    p.add_argument(
+        "--ssl-loader-workers", type=int, default=0, help="Image-decoding processes while pretraining."
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-smoothing", type=float, default=TrainConfig().label_smoothing)
-    p.add_argument("--parts", default="accuracy,forgetting", help="accuracy (label budgets and ablations), "
-                   "forgetting (replay and calibration); --ssl-epochs 0 starts task A from scratch.")
+    p.add_argument(
+        "--parts",
+        default="accuracy,forgetting",
+        help="accuracy (label budgets and ablations), "
+        "forgetting (replay and calibration); --ssl-epochs 0 starts task A from scratch.",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if "accuracy" in args.parts and not args.ssl_epochs:
@@ -244,21 +324,37 @@ def main() -> None:
         macro_f1: dict[str, dict[str, float]] = {}
         for variant, (from_ssl, cfg) in recipes(args).items() if "accuracy" in args.parts else ():
             for n in BUDGETS:
-                model, _ = finetune(classes, blobs, take(pool, n), cfg, args, ckpt if from_ssl else None, device)
+                model, _ = finetune(
+                    classes, blobs, take(pool, n), cfg, args, ckpt if from_ssl else None, device
+                )
                 m = scores(model, blobs, test)
                 accuracy.setdefault(variant, {})[str(n)] = round(m["accuracy"], 4)
                 macro_f1.setdefault(variant, {})[str(n)] = round(m["macro_f1"], 4)
                 log.info("%s @ %d/class: %s", variant, n, m)
         start = task_a_recipe(accuracy, bool(args.ssl_epochs))
-        extra = (forgetting_and_calibration(classes, blobs, pool, test, ckpt if args.ssl_epochs else None, args, device,
-                                            start) | {"task_a_recipe": start} if "forgetting" in args.parts else {})
+        extra = (
+            forgetting_and_calibration(
+                classes, blobs, pool, test, ckpt if args.ssl_epochs else None, args, device, start
+            )
+            | {"task_a_recipe": start}
+            if "forgetting" in args.parts
+            else {}
+        )
     result = {
-        "data": str(args.data or "synthetic"), "backbone": args.backbone, "image_size": args.image_size,
-        "device": str(device), "classes": len(classes), "test_images": len(test), "unlabeled_images": len(unlabeled),
-        "accuracy": accuracy, "macro_f1": macro_f1,
+        "data": str(args.data or "synthetic"),
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "device": str(device),
+        "classes": len(classes),
+        "test_images": len(test),
+        "unlabeled_images": len(unlabeled),
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in extra.items()},
-        "ssl_epochs": args.ssl_epochs, "ssl_final": {k: round(v, 4) for k, v in ssl_metrics.items()},
-        "ssl_seconds": round(t_ssl, 1), "finetune_epochs": args.epochs,
+        "ssl_epochs": args.ssl_epochs,
+        "ssl_final": {k: round(v, 4) for k, v in ssl_metrics.items()},
+        "ssl_seconds": round(t_ssl, 1),
+        "finetune_epochs": args.epochs,
         "goals_met": goals(accuracy, extra),
         "wall_s": round(time.perf_counter() - t0, 1),
     }

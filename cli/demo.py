@@ -12,7 +12,6 @@ import math
 import random
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +54,7 @@ def scrape(settings: Settings, metric: str, labels: str = "") -> float | None:
 
 def stream(client: httpx.Client, images: list[tuple[Any, str]], truth: dict[str, str]) -> None:
     """POST every image to /v1/predict (8 at a time, so serving batches them)."""
+
     def one(item: tuple[Any, str]) -> None:
         resp = client.post("/v1/predict", files={"image": ("img.png", png_bytes(item[0]), "image/png")})
         resp.raise_for_status()
@@ -66,8 +66,10 @@ def stream(client: httpx.Client, images: list[tuple[Any, str]], truth: dict[str,
 
 def wait_consumed(settings: Settings, topic: str, expected: int) -> None:
     label = f'topic="{topic}"'
-    wait_for(f"the monitor to consume {expected} events of {topic}",
-             lambda: (scrape(settings, "nicheloop_events_consumed_total", label) or 0) >= expected)
+    wait_for(
+        f"the monitor to consume {expected} events of {topic}",
+        lambda: (scrape(settings, "nicheloop_events_consumed_total", label) or 0) >= expected,
+    )
 
 
 def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> int:
@@ -79,8 +81,10 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
             break
         resp.raise_for_status()
         task = resp.json()
-        client.post(f"/v1/review/{task['task_id']}", json={"label": truth[task["prediction_id"]],
-                                                           "lease_token": task["lease_token"]}).raise_for_status()
+        client.post(
+            f"/v1/review/{task['task_id']}",
+            json={"label": truth[task["prediction_id"]], "lease_token": task["lease_token"]},
+        ).raise_for_status()
         done += 1
     return done
 
@@ -95,7 +99,9 @@ def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None
     stack.up(settings)
     ensure_topics(settings.bootstrap_servers)
     seed_dir = settings.home / "seed"
-    items = read_image_folder(write_image_folder(seed_dir, per_class=per_class, seed=0, size=settings.image_size))
+    items = read_image_folder(
+        write_image_folder(seed_dir, per_class=per_class, seed=0, size=settings.image_size)
+    )
     bootstrap(settings, items, TrainConfig(epochs=epochs))
     deploy(settings)
 
@@ -140,8 +146,12 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
 
     result = train(settings, TrainConfig(epochs=epochs))
     promotion = promote(registry)
-    wait_for("the service to serve the new champion",
-             lambda: _served_version(client, images) == promotion.promoted, timeout=120, every=2.0)
+    wait_for(
+        "the service to serve the new champion",
+        lambda: _served_version(client, images) == promotion.promoted,
+        timeout=120,
+        every=2.0,
+    )
     served_after = _served_version(client, images)
     wait_consumed(settings, PREDICTIONS_TOPIC, topic_offsets(settings.bootstrap_servers, PREDICTIONS_TOPIC))
     counts = store.counts()
@@ -174,8 +184,9 @@ def _drift(settings: Settings) -> tuple[float | None, bool | None]:
         labels = f'monitor="{monitor}"'
         # from the p-value: the score gauge holds the method's own statistic for some embedding
         # methods (Evidently's distance), on another scale than the others' 1 - p
-        p_value, detected = (scrape(settings, name, labels) for name in ("nicheloop_drift_p_value",
-                                                                         "nicheloop_drift_detected"))
+        p_value, detected = (
+            scrape(settings, name, labels) for name in ("nicheloop_drift_p_value", "nicheloop_drift_detected")
+        )
         scores += [1.0 - p_value] if p_value is not None and math.isfinite(p_value) else []
         alarms += [bool(detected)] if detected is not None else []
     return (max(scores) if scores else None), (any(alarms) if alarms else None)

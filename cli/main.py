@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -16,9 +15,14 @@ from nicheloop.errors import NicheloopError
 from nicheloop.logs import configure_logging
 from nicheloop.settings import get_settings
 
-app = typer.Typer(help="nicheloop: a vision model that keeps improving from production feedback.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-stack_app = typer.Typer(help="The local stack: Kafka (KRaft), MLflow, Ray and the monitor.", no_args_is_help=True)
+app = typer.Typer(
+    help="nicheloop: a vision model that keeps improving from production feedback.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(
+    help="The local stack: Kafka (KRaft), MLflow, Ray and the monitor.", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 drift_app = typer.Typer(help="Drift monitoring: the reports of evaluated windows.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
@@ -71,7 +75,7 @@ RECIPE_HELP = "YAML training recipe (see recipes/); its keys are training.config
 SET_HELP = "Override a recipe key: --set epochs=10 --set freeze=gradual (repeatable)."
 
 
-def _recipe(recipe: Optional[Path], overrides: list[str], **flags: Any) -> Any:
+def _recipe(recipe: Path | None, overrides: list[str], **flags: Any) -> Any:
     """The recipe file with CLI flags (when given) and --set overrides on top."""
     from training.config import load_recipe
 
@@ -80,14 +84,14 @@ def _recipe(recipe: Optional[Path], overrides: list[str], **flags: Any) -> Any:
 
 @app.command()
 def bootstrap(
-    data: Optional[Path] = typer.Option(None, help="ImageFolder root (<class>/<image>) of seed labels."),
+    data: Path | None = typer.Option(None, help="ImageFolder root (<class>/<image>) of seed labels."),
     synthetic: bool = typer.Option(False, help="Use generated images instead of --data."),
     per_class: int = typer.Option(80, help="Synthetic images per class."),
-    recipe: Optional[Path] = typer.Option(None, help=RECIPE_HELP),
+    recipe: Path | None = typer.Option(None, help=RECIPE_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
     pretrained: bool = typer.Option(False, help="Start from the backbone's hub weights (needs the hub)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Start from a local backbone checkpoint file."),
+    checkpoint: Path | None = typer.Option(None, help="Start from a local backbone checkpoint file."),
 ) -> None:
     """Fine-tune a timm model on seed labels and register it as the first champion."""
     from nicheloop.synthetic import write_image_folder
@@ -112,15 +116,16 @@ def bootstrap(
 @app.command()
 def pretrain(
     out: Path = typer.Option(..., help="Where to write the backbone checkpoint (use as weights: file:OUT)."),
-    data: Optional[Path] = typer.Option(None, help="Also add the images under this folder to the blob store."),
-    backbone: Optional[str] = typer.Option(None, help="timm backbone (default: the service's)."),
+    data: Path | None = typer.Option(None, help="Also add the images under this folder to the blob store."),
+    backbone: str | None = typer.Option(None, help="timm backbone (default: the service's)."),
     epochs: int = typer.Option(50, help="SimSiam epochs."),
     batch_size: int = typer.Option(64, help="Images per step."),
 ) -> None:
     """Self-supervised in-domain pretraining (SimSiam) on the unlabeled images of the blob store."""
     from nicheloop.blobs import BlobStore
     from training.data import IMAGE_SUFFIXES
-    from training.pretrain import PretrainConfig, pretrain as run_pretrain, usable_images
+    from training.pretrain import PretrainConfig, usable_images
+    from training.pretrain import pretrain as run_pretrain
 
     s = get_settings()
     blobs = BlobStore(str(s.blob_dir))
@@ -128,8 +133,9 @@ def pretrain(
         if data is not None:
             for path in sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
                 blobs.put(path.read_bytes())
-        cfg = PretrainConfig(backbone=backbone or s.backbone, image_size=s.image_size, epochs=epochs,
-                             batch_size=batch_size)
+        cfg = PretrainConfig(
+            backbone=backbone or s.backbone, image_size=s.image_size, epochs=epochs, batch_size=batch_size
+        )
         digests = usable_images(blobs)
         connect_ray(s)
         metrics = run_pretrain(str(s.blob_dir), digests, cfg, out, s.home / "ray_results")
@@ -171,7 +177,7 @@ def monitor(
 
 @drift_app.command("report")
 def drift_report(
-    version: Optional[str] = typer.Option(None, help="Only this model version's reports."),
+    version: str | None = typer.Option(None, help="Only this model version's reports."),
     limit: int = typer.Option(20, min=1, help="How many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
@@ -180,23 +186,28 @@ def drift_report(
 
     entries = list_reports(get_settings().drift_report_dir, version, limit)
     if not entries:
-        typer.echo("no drift reports yet: the monitor writes one when an alarm is raised or cleared, "
-                   "and one per NICHELOOP_DRIFT_REPORT_EVERY_S otherwise", err=True)
+        typer.echo(
+            "no drift reports yet: the monitor writes one when an alarm is raised or cleared, "
+            "and one per NICHELOOP_DRIFT_REPORT_EVERY_S otherwise",
+            err=True,
+        )
         return
     for e in entries:
         if as_json:
             typer.echo(json.dumps(e))
             continue
         drifted = ",".join(m for m, r in e.get("monitors", {}).items() if r.get("drifted")) or "-"
-        typer.echo(f"{e['created_at']}  v{e['model_version']:<4} n={e['window']:<5} drifted={drifted:<28} "
-                   f"{e['reason']:<30} {e['path']}")
+        typer.echo(
+            f"{e['created_at']}  v{e['model_version']:<4} n={e['window']:<5} drifted={drifted:<28} "
+            f"{e['reason']:<30} {e['path']}"
+        )
 
 
 @app.command()
 def train(
-    recipe: Optional[Path] = typer.Option(None, help=RECIPE_HELP),
+    recipe: Path | None = typer.Option(None, help=RECIPE_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
 ) -> None:
     """Fine-tune the champion on new labels (with replay) and register the result as `candidate`."""
     from training.pipeline import train as run_train
@@ -210,7 +221,9 @@ def train(
 
 @app.command()
 def promote(
-    tolerance: float = typer.Option(0.0, help="Held-out accuracy the candidate may lose (a fraction: 0.005)."),
+    tolerance: float = typer.Option(
+        0.0, help="Held-out accuracy the candidate may lose (a fraction: 0.005)."
+    ),
 ) -> None:
     """Make the candidate the champion if it passes the offline gate; say why if not."""
     from nicheloop.registry import Registry

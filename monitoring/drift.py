@@ -27,7 +27,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from evidently.legacy.metrics.data_drift.embedding_drift_methods import N_BOOTSTRAP, MMDDriftMethod, ModelDriftMethod
+from evidently.legacy.metrics.data_drift.embedding_drift_methods import (
+    N_BOOTSTRAP,
+    MMDDriftMethod,
+    ModelDriftMethod,
+)
 from scipy.special import kolmogorov
 from scipy.stats import binomtest, chi2_contingency, fisher_exact
 from scipy.stats import f as f_dist
@@ -66,7 +70,10 @@ def ks_columns(ref_sorted: np.ndarray, cur: np.ndarray, alternative: str = "two-
     at 30 columns an evaluation is more than the monitors' whole CPU budget. ``greater``: the
     window's values are larger than the reference's (one-sided).
     """
-    ref_sorted, cur = np.atleast_2d(ref_sorted.T).T, np.sort(np.atleast_2d(np.asarray(cur, np.float64).T).T, axis=0)
+    ref_sorted, cur = (
+        np.atleast_2d(ref_sorted.T).T,
+        np.sort(np.atleast_2d(np.asarray(cur, np.float64).T).T, axis=0),
+    )
     m, n = len(ref_sorted), len(cur)
     d = np.empty(ref_sorted.shape[1])
     for j in range(ref_sorted.shape[1]):
@@ -132,7 +139,7 @@ class Novelty:
     def scores(self, rows: np.ndarray) -> np.ndarray:
         x = (np.asarray(rows, np.float64) - self.center) / self.scale
         d2 = (x * x).sum(1)[:, None] - 2 * x @ self.base.T + (self.base * self.base).sum(1)[None, :]
-        nearest = np.partition(np.maximum(d2, 0.0), self.k - 1, axis=1)[:, :self.k]
+        nearest = np.partition(np.maximum(d2, 0.0), self.k - 1, axis=1)[:, : self.k]
         return np.sqrt(nearest).mean(1)
 
     def p_values(self, rows: np.ndarray) -> dict[str, float]:
@@ -140,8 +147,10 @@ class Novelty:
         rows beyond the null's 95th percentile than 5% (Fisher's exact test)."""
         s = self.scores(rows)
         # two-sided: a shift can also pull images together (darker, flatter images embed closer)
-        return {"novelty_ks": float(ks_columns(self.null_sorted, s[:, None])[0]),
-                "novelty_tail": _tail(self.null > self.threshold, s > self.threshold)}
+        return {
+            "novelty_ks": float(ks_columns(self.null_sorted, s[:, None])[0]),
+            "novelty_tail": _tail(self.null > self.threshold, s > self.threshold),
+        }
 
 
 class MeanShift:
@@ -241,38 +250,68 @@ class ImageDrift:
             self.novelty = Novelty(self.ref)
             self.mean_shift = MeanShift(self.ref)
             classes = ref.probs.shape[1] if ref.probs.ndim == 2 else 0
-            self.within_class = (WithinClass(self.ref, ref.probs.argmax(1), classes)
-                                 if len(ref.probs) == len(ref.stats) and classes else None)
+            self.within_class = (
+                WithinClass(self.ref, ref.probs.argmax(1), classes)
+                if len(ref.probs) == len(ref.stats) and classes
+                else None
+            )
 
     def __call__(self, stats: np.ndarray, predicted: np.ndarray | None = None) -> MonitorResult:
         """``predicted``: the class index the model gave each row (leave out to skip the per-class test)."""
         if not self.ready or len(stats) < self.min_samples:
             return MonitorResult.insufficient("image", len(stats))
         cur = stat_features(stats)
-        varies = ~((self.ref.min(0) == self.ref.max(0)) & (cur.min(0) == cur.max(0)) & (cur[0] == self.ref[0]))
+        varies = ~(
+            (self.ref.min(0) == self.ref.max(0)) & (cur.min(0) == cur.max(0)) & (cur[0] == self.ref[0])
+        )
         p_cols = ks_columns(self.ref_sorted[:, varies], cur[:, varies])
         marginal = dict(zip((n for n, v in zip(IMAGE_STATS, varies) if v), map(float, p_cols)))
-        p = self.novelty.p_values(cur) | {"marginal": bonferroni(marginal), "mean_shift": self.mean_shift.p_value(cur)}
+        p = self.novelty.p_values(cur) | {
+            "marginal": bonferroni(marginal),
+            "mean_shift": self.mean_shift.p_value(cur),
+        }
         if self.within_class is not None and predicted is not None and len(predicted) == len(cur):
             p["within_class"] = self.within_class.p_value(cur, predicted)
         combined = bonferroni(p)
-        return MonitorResult("image", "ok", len(cur), combined < self.alpha, combined, 1.0 - combined,
-                             {f"p_{k}": v for k, v in (p | marginal).items()})
+        return MonitorResult(
+            "image",
+            "ok",
+            len(cur),
+            combined < self.alpha,
+            combined,
+            1.0 - combined,
+            {f"p_{k}": v for k, v in (p | marginal).items()},
+        )
 
 
 def prediction_drift(ref: Reference, probs: np.ndarray, alpha: float, min_samples: int) -> MonitorResult:
     """Class mix (chi-square on the predicted class) and confidence (K-S on the top probability)."""
     if len(probs) < min_samples or len(ref.probs) < MIN_REFERENCE or probs.shape[1] != ref.probs.shape[1]:
         return MonitorResult.insufficient("prediction", len(probs))
-    p = {"class_mix": _chi2(ref.probs.argmax(1), probs.argmax(1)),
-         "confidence": _ks(ref.probs.max(1), probs.max(1))}
+    p = {
+        "class_mix": _chi2(ref.probs.argmax(1), probs.argmax(1)),
+        "confidence": _ks(ref.probs.max(1), probs.max(1)),
+    }
     combined = bonferroni(p)
-    return MonitorResult("prediction", "ok", len(probs), combined < alpha, combined, 1.0 - combined,
-                         {f"p_{k}": v for k, v in p.items()} | {"mean_confidence": float(probs.max(1).mean())})
+    return MonitorResult(
+        "prediction",
+        "ok",
+        len(probs),
+        combined < alpha,
+        combined,
+        1.0 - combined,
+        {f"p_{k}": v for k, v in p.items()} | {"mean_confidence": float(probs.max(1).mean())},
+    )
 
 
-def label_drift(ref: Reference, truth: np.ndarray, predicted: np.ndarray, alpha: float, min_samples: int,
-                tolerance: float = 0.02) -> MonitorResult:
+def label_drift(
+    ref: Reference,
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    alpha: float,
+    min_samples: int,
+    tolerance: float = 0.02,
+) -> MonitorResult:
     """Labels users sent (``truth``) against what was predicted for those images.
 
     Drift: their class mix differs from the validation labels' (chi-square), or the accuracy on
@@ -282,13 +321,26 @@ def label_drift(ref: Reference, truth: np.ndarray, predicted: np.ndarray, alpha:
         return MonitorResult.insufficient("label", len(truth))
     correct = int((truth == predicted).sum())
     expected = max(1e-6, min(1 - 1e-6, ref.accuracy - tolerance))
-    p = {"label_mix": _chi2(ref.labels, truth),
-         "accuracy": float(binomtest(correct, len(truth), expected, alternative="less").pvalue)}
+    p = {
+        "label_mix": _chi2(ref.labels, truth),
+        "accuracy": float(binomtest(correct, len(truth), expected, alternative="less").pvalue),
+    }
     combined = bonferroni(p)
-    return MonitorResult("label", "ok", len(truth), combined < alpha, combined, 1.0 - combined,
-                         {f"p_{k}": v for k, v in p.items()} | {
-                             "accuracy": correct / len(truth), "macro_f1": macro_f1(truth, predicted),
-                             "reference_accuracy": ref.accuracy, "reference_macro_f1": ref.macro_f1})
+    return MonitorResult(
+        "label",
+        "ok",
+        len(truth),
+        combined < alpha,
+        combined,
+        1.0 - combined,
+        {f"p_{k}": v for k, v in p.items()}
+        | {
+            "accuracy": correct / len(truth),
+            "macro_f1": macro_f1(truth, predicted),
+            "reference_accuracy": ref.accuracy,
+            "reference_macro_f1": ref.macro_f1,
+        },
+    )
 
 
 def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -328,7 +380,9 @@ class MeanDistance:
                 rs.seed(i)  # the stream of Evidently's np.random.seed(i), without touching the global one
                 a, b = rs.choice(m, b_ref), rs.choice(m, b_cur)
                 # mean of the resample a minus mean of the resample b, as weights on the reference's rows
-                weights[i] = np.bincount(a, minlength=m) / max(1, b_ref) - np.bincount(b, minlength=m) / max(1, b_cur)
+                weights[i] = np.bincount(a, minlength=m) / max(1, b_ref) - np.bincount(b, minlength=m) / max(
+                    1, b_cur
+                )
             if len(self._null) >= self.cache_sizes:  # time windows vary in size: keep the cache bounded
                 self._null.pop(next(iter(self._null)))
             self._null[n] = np.linalg.norm(weights @ self.reference, axis=1)
@@ -339,7 +393,12 @@ class MeanDistance:
         distance = float(np.linalg.norm(np.asarray(rows, np.float64).mean(0) - self.mean))
         null = self.null(len(rows))
         threshold = float(np.percentile(null, 100 * self.quantile))
-        return distance, distance > threshold, float((1 + (null >= distance).sum()) / (1 + len(null))), threshold
+        return (
+            distance,
+            distance > threshold,
+            float((1 + (null >= distance).sum()) / (1 + len(null))),
+            threshold,
+        )
 
 
 class EmbeddingDrift:
@@ -352,8 +411,14 @@ class EmbeddingDrift:
     each component (K-S) and their mean (Hotelling), Bonferroni-combined.
     """
 
-    def __init__(self, reference: np.ndarray, method: EmbeddingMethod = "distance", components: int = 16,
-                 alpha: float = 0.01, min_samples: int = 30) -> None:
+    def __init__(
+        self,
+        reference: np.ndarray,
+        method: EmbeddingMethod = "distance",
+        components: int = 16,
+        alpha: float = 0.01,
+        min_samples: int = 30,
+    ) -> None:
         ref = np.asarray(reference, np.float64)
         self.method, self.alpha, self.min_samples = method, alpha, min_samples
         self.dim = ref.shape[1] if ref.ndim == 2 else 0
@@ -364,15 +429,17 @@ class EmbeddingDrift:
         self.mean = fit.mean(0)
         _, _, vt = np.linalg.svd(fit - self.mean, full_matrices=False)
         # a handful of reference rows per component, or the held-out covariance is singular
-        self.basis = vt[:max(1, min(components, len(vt), len(fit) // 10))].T  # (D, k)
+        self.basis = vt[: max(1, min(components, len(vt), len(fit) // 10))].T  # (D, k)
         self.reference = self.project(ref)
         held = self.project(ref[1::2])
         self.held_out = np.sort(held, axis=0)
         self.held_shift = MeanShift(held)
         self.novelty = Novelty(self.features(ref)) if method == "novelty" else None
         self.distance = MeanDistance(self.reference, 1 - alpha) if method == "distance" else None
-        self._evidently = {"mmd": MMDDriftMethod(bootstrap=True, quantile_probability=1 - alpha),
-                           "model": ModelDriftMethod(bootstrap=True, quantile_probability=1 - alpha)}.get(method)
+        self._evidently = {
+            "mmd": MMDDriftMethod(bootstrap=True, quantile_probability=1 - alpha),
+            "model": ModelDriftMethod(bootstrap=True, quantile_probability=1 - alpha),
+        }.get(method)
 
     def project(self, embeddings: np.ndarray) -> np.ndarray:
         return (np.asarray(embeddings, np.float64) - self.mean) @ self.basis
@@ -390,16 +457,36 @@ class EmbeddingDrift:
             return MonitorResult.insufficient("embedding", len(cur))
         proj = self.project(cur)
         if self.novelty is not None:
-            components = dict(zip((f"pc{j}" for j in range(proj.shape[1])), map(float, ks_columns(self.held_out, proj))))
-            p = self.novelty.p_values(self.features(cur)) | {"components": bonferroni(components),
-                                                             "mean_shift": self.held_shift.p_value(proj)}
+            components = dict(
+                zip((f"pc{j}" for j in range(proj.shape[1])), map(float, ks_columns(self.held_out, proj)))
+            )
+            p = self.novelty.p_values(self.features(cur)) | {
+                "components": bonferroni(components),
+                "mean_shift": self.held_shift.p_value(proj),
+            }
             combined = bonferroni(p)
-            return MonitorResult("embedding", "ok", len(cur), combined < self.alpha, combined, 1.0 - combined,
-                                 {f"p_{k}": v for k, v in p.items()})
+            return MonitorResult(
+                "embedding",
+                "ok",
+                len(cur),
+                combined < self.alpha,
+                combined,
+                1.0 - combined,
+                {f"p_{k}": v for k, v in p.items()},
+            )
         if self.distance is not None:
             distance, drifted, p_value, threshold = self.distance(proj)
-            return MonitorResult("embedding", "ok", len(cur), drifted, p_value, distance,
-                                 {"distance": distance, "threshold": threshold})
+            return MonitorResult(
+                "embedding",
+                "ok",
+                len(cur),
+                drifted,
+                p_value,
+                distance,
+                {"distance": distance, "threshold": threshold},
+            )
         cols = [f"pc{j}" for j in range(proj.shape[1])]
-        score, drifted, _ = self._evidently(pd.DataFrame(proj, columns=cols), pd.DataFrame(self.reference, columns=cols))
+        score, drifted, _ = self._evidently(
+            pd.DataFrame(proj, columns=cols), pd.DataFrame(self.reference, columns=cols)
+        )
         return MonitorResult("embedding", "ok", len(cur), bool(drifted), None, float(score))

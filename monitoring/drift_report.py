@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ def _frame(stats: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -
     frame = pd.DataFrame(stats, columns=list(IMAGE_STATS)) if len(stats) else pd.DataFrame()
     if len(probs):
         frame["confidence"] = probs.max(1)
-        frame["predicted_class"] = [class_names[i] if i < len(class_names) else str(i) for i in probs.argmax(1)]
+        frame["predicted_class"] = [
+            class_names[i] if i < len(class_names) else str(i) for i in probs.argmax(1)
+        ]
     return frame
 
 
@@ -45,10 +47,14 @@ def render(reference: Reference, stats: np.ndarray, probs: np.ndarray, path: Pat
     ref = _frame(reference.stats, reference.probs, reference.class_names)
     cols = [c for c in cur.columns if c in ref.columns]
     numeric = [c for c in cols if c != "predicted_class"]
-    definition = DataDefinition(numerical_columns=numeric,
-                                categorical_columns=["predicted_class"] if "predicted_class" in cols else [])
-    snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(cur[cols], data_definition=definition),
-                                               Dataset.from_pandas(ref[cols], data_definition=definition))
+    definition = DataDefinition(
+        numerical_columns=numeric,
+        categorical_columns=["predicted_class"] if "predicted_class" in cols else [],
+    )
+    snapshot = Report([DataDriftPreset()]).run(
+        Dataset.from_pandas(cur[cols], data_definition=definition),
+        Dataset.from_pandas(ref[cols], data_definition=definition),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
     return path
@@ -64,21 +70,32 @@ class ReportWriter:
     def due(self, transition: bool) -> bool:
         return transition or time.monotonic() - self.last_at >= self.every_s
 
-    def write(self, version: str, reference: Reference, stats: np.ndarray, probs: np.ndarray,
-              results: list[MonitorResult], reason: str) -> Path | None:
+    def write(
+        self,
+        version: str,
+        reference: Reference,
+        stats: np.ndarray,
+        probs: np.ndarray,
+        results: list[MonitorResult],
+        reason: str,
+    ) -> Path | None:
         """Render and index one window's report; None (and a log line) if rendering fails."""
         self.last_at = time.monotonic()
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         path = self.folder / version / f"{at:%Y%m%dT%H%M%S%fZ}-{len(probs)}.html"
         try:
             render(reference, stats, probs, path)
         except Exception:  # noqa: BLE001 - a report must never stop the monitor
             log.exception("drift report for version %s not written", version)
             return None
-        entry: dict[str, Any] = {"path": str(path), "model_version": version, "created_at": at.isoformat(),
-                                 "reason": reason, "window": len(probs),
-                                 "monitors": {r.monitor: {k: v for k, v in asdict(r).items() if k != "details"}
-                                              for r in results}}
+        entry: dict[str, Any] = {
+            "path": str(path),
+            "model_version": version,
+            "created_at": at.isoformat(),
+            "reason": reason,
+            "window": len(probs),
+            "monitors": {r.monitor: {k: v for k, v in asdict(r).items() if k != "details"} for r in results},
+        }
         with (self.folder / INDEX).open("a") as f:
             f.write(json.dumps(entry) + "\n")
         return path

@@ -22,8 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel
 
-from monitoring.drift import (MONITORS, EmbeddingDrift, EmbeddingMethod, ImageDrift, MonitorResult, label_drift,
-                              prediction_drift)
+from monitoring.drift import (
+    MONITORS,
+    EmbeddingDrift,
+    EmbeddingMethod,
+    ImageDrift,
+    MonitorResult,
+    label_drift,
+    prediction_drift,
+)
 from monitoring.drift_report import ReportWriter
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
@@ -38,8 +45,8 @@ REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for 
 class DriftConfig:
     window: WindowSpec = field(default_factory=WindowSpec)
     label_window: WindowSpec = field(default_factory=lambda: WindowSpec("sliding", 300, 25))
-    alpha: float = 0.01           # per monitor and evaluation
-    min_samples: int = 50         # fewer rows: "insufficient data", never a score
+    alpha: float = 0.01  # per monitor and evaluation
+    min_samples: int = 50  # fewer rows: "insufficient data", never a score
     embedding_method: EmbeddingMethod = "distance"
     clear_above: float = 0.1
     clear_after: int = 3
@@ -58,9 +65,17 @@ class Transition:
         """The drift event that tells the world (``nicheloop.drift.v1``)."""
         r = self.result
         finite = {k: v for k, v in r.details.items() if np.isfinite(v)}
-        return DriftEvent(model_name=model_name, model_version=self.model_version, monitor=r.monitor,  # type: ignore[arg-type]
-                          state=self.state, p_value=r.p_value, score=r.score, window_size=r.n,  # type: ignore[arg-type]
-                          details=finite, report=self.report)
+        return DriftEvent(
+            model_name=model_name,
+            model_version=self.model_version,
+            monitor=r.monitor,  # type: ignore[arg-type]
+            state=self.state,
+            p_value=r.p_value,
+            score=r.score,
+            window_size=r.n,  # type: ignore[arg-type]
+            details=finite,
+            report=self.report,
+        )
 
 
 @dataclass
@@ -89,15 +104,20 @@ class _VersionMonitors:
         self.alarms = {m: Alarm(cfg.clear_above, cfg.clear_after) for m in MONITORS}
         if reference is not None:
             self.image = ImageDrift(reference, cfg.alpha, cfg.min_samples)
-            self.embedding = EmbeddingDrift(reference.embeddings, cfg.embedding_method, alpha=cfg.alpha,
-                                            min_samples=cfg.min_samples)
+            self.embedding = EmbeddingDrift(
+                reference.embeddings, cfg.embedding_method, alpha=cfg.alpha, min_samples=cfg.min_samples
+            )
 
     def inputs(self, rows: list[_Row]) -> list[MonitorResult]:
         if self.reference is None:
             return [MonitorResult.insufficient(m, len(rows)) for m in ("image", "embedding", "prediction")]
-        return [self.image(*_stats(rows)), self.embedding(np.stack([r.embedding for r in rows])),
-                prediction_drift(self.reference, np.stack([r.probs for r in rows]), self.cfg.alpha,
-                                 self.cfg.min_samples)]
+        return [
+            self.image(*_stats(rows)),
+            self.embedding(np.stack([r.embedding for r in rows])),
+            prediction_drift(
+                self.reference, np.stack([r.probs for r in rows]), self.cfg.alpha, self.cfg.min_samples
+            ),
+        ]
 
     def outcomes(self, rows: list[tuple[int, int]]) -> MonitorResult:
         if self.reference is None:
@@ -109,10 +129,14 @@ class _VersionMonitors:
 class DriftMonitor:
     """Handler for the monitoring consumer (``(topic, event) -> None``)."""
 
-    def __init__(self, reference_for: Callable[[str], Reference], metrics: MonitorMetrics,
-                 config: DriftConfig | None = None,
-                 on_transition: Callable[[Transition], None] | None = None,
-                 reports: ReportWriter | None = None) -> None:
+    def __init__(
+        self,
+        reference_for: Callable[[str], Reference],
+        metrics: MonitorMetrics,
+        config: DriftConfig | None = None,
+        on_transition: Callable[[Transition], None] | None = None,
+        reports: ReportWriter | None = None,
+    ) -> None:
         self.reference_for, self.metrics = reference_for, metrics
         self.cfg = config or DriftConfig()
         self.on_transition, self.reports = on_transition, reports
@@ -160,8 +184,9 @@ class DriftMonitor:
         due = mon.labels.add(row, event.created_at.timestamp())
         return self._record(mon, [mon.outcomes(due)]) if due is not None else []
 
-    def _record(self, mon: _VersionMonitors, results: list[MonitorResult],
-                rows: list[_Row] | None = None) -> list[MonitorResult]:
+    def _record(
+        self, mon: _VersionMonitors, results: list[MonitorResult], rows: list[_Row] | None = None
+    ) -> list[MonitorResult]:
         m, now = self.metrics, time.time()
         changes: list[Transition] = []
         for r in results:
@@ -176,8 +201,14 @@ class DriftMonitor:
             m.drift_detected.labels(r.monitor).set(float(mon.alarms[r.monitor].raised))
             if change is not None:
                 m.drift_alarms.labels(r.monitor, change).inc()
-                log.warning("drift alarm %s: %s of version %s (p=%s, n=%d)", change, r.monitor, mon.version,
-                            r.p_value, r.n)
+                log.warning(
+                    "drift alarm %s: %s of version %s (p=%s, n=%d)",
+                    change,
+                    r.monitor,
+                    mon.version,
+                    r.p_value,
+                    r.n,
+                )
                 changes.append(Transition(change, mon.version, r))
         report = self._report(mon, results, rows, changes)
         for change in changes:
@@ -185,12 +216,18 @@ class DriftMonitor:
                 self.on_transition(dataclasses.replace(change, report=report))
         return results
 
-    def _report(self, mon: _VersionMonitors, results: list[MonitorResult], rows: list[_Row] | None,
-                changes: list[Transition]) -> str | None:
+    def _report(
+        self,
+        mon: _VersionMonitors,
+        results: list[MonitorResult],
+        rows: list[_Row] | None,
+        changes: list[Transition],
+    ) -> str | None:
         """An HTML report of an input window when an alarm moved, or when the periodic one is due."""
         if self.reports is None or not rows or mon.reference is None or not self.reports.due(bool(changes)):
             return None
         reason = ", ".join(f"{c.result.monitor} {c.state}" for c in changes) or "periodic"
-        path = self.reports.write(mon.version, mon.reference, _stats(rows)[0], np.stack([r.probs for r in rows]), results,
-                                  reason)
+        path = self.reports.write(
+            mon.version, mon.reference, _stats(rows)[0], np.stack([r.probs for r in rows]), results, reason
+        )
         return str(path) if path is not None else None

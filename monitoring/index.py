@@ -40,8 +40,9 @@ class EmbeddingIndex:
             version's reference embeddings; None for no centring.
     """
 
-    def __init__(self, dim: int, approx_after: int = 50_000, ef_search: int = 128,
-                 center: np.ndarray | None = None) -> None:
+    def __init__(
+        self, dim: int, approx_after: int = 50_000, ef_search: int = 128, center: np.ndarray | None = None
+    ) -> None:
         if dim <= 0 or approx_after <= 0:
             raise ValueError(f"need dim > 0 and approx_after > 0, got dim={dim}, approx_after={approx_after}")
         if center is not None and np.shape(center) != (dim,):
@@ -92,7 +93,8 @@ class EmbeddingIndex:
         return len(fresh)
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
-        """Squared L2 distance of each prepared query to its nearest indexed vector, shape (n,); 4.0 if empty."""
+        """Squared L2 distance of each prepared query to its nearest indexed vector, shape (n,);
+        4.0 if empty."""
         if len(self) == 0:
             return np.full(len(queries), 4.0, dtype=np.float32)
         dist, _ = self.index.search(normalize(queries), 1)
@@ -118,8 +120,9 @@ class EmbeddingIndex:
         self.recall = self.measure_recall(vectors)
         log.info("covered-set index now HNSW at %d vectors; recall@1 vs exact %.3f", len(self), self.recall)
 
-    def measure_recall(self, vectors: np.ndarray | None = None, queries: int = RECALL_QUERIES,
-                       seed: int = 0) -> float:
+    def measure_recall(
+        self, vectors: np.ndarray | None = None, queries: int = RECALL_QUERIES, seed: int = 0
+    ) -> float:
         """Recall@1 of this index against exact search, on perturbed copies of stored vectors."""
         vectors = self._vectors() if vectors is None else vectors
         if len(vectors) == 0:
@@ -137,8 +140,13 @@ class EmbeddingIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, index=faiss.serialize_index(self.index), keys=np.asarray(self.keys, dtype=str),
-                     meta=np.asarray([self.dim, self.approx_after, self.ef_search]), center=self.center)
+            np.savez(
+                fh,
+                index=faiss.serialize_index(self.index),
+                keys=np.asarray(self.keys, dtype=str),
+                meta=np.asarray([self.dim, self.approx_after, self.ef_search]),
+                center=self.center,
+            )
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -157,7 +165,9 @@ class EmbeddingIndex:
                 index, keys = faiss.deserialize_index(data["index"]), [str(k) for k in data["keys"]]
                 center = np.asarray(data["center"], np.float32)
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{path} is not a readable covered-set index ({exc}); delete it to rebuild") from exc
+            raise ValueError(
+                f"{path} is not a readable covered-set index ({exc}); delete it to rebuild"
+            ) from exc
         out = cls(dim, approx_after, ef_search, center)
         out.index, out.keys, out._key_set = index, keys, set(keys)
         if out.approximate:

@@ -11,6 +11,12 @@ from functools import lru_cache
 
 from pydantic import BaseModel
 
+from monitoring.drift_report import ReportWriter
+from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
+from monitoring.join import Joiner
+from monitoring.metrics import MonitorMetrics
+from monitoring.sampling import ActiveSampler, SamplerConfig
+from monitoring.windows import WindowSpec
 from nicheloop.bus import BrokerError, EventConsumer, Publisher, ensure_topics
 from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.reference import Reference
@@ -18,12 +24,6 @@ from nicheloop.registry import Registry
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from monitoring.drift_report import ReportWriter
-from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
-from monitoring.join import Joiner
-from monitoring.metrics import MonitorMetrics
-from monitoring.sampling import ActiveSampler, SamplerConfig
-from monitoring.windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,13 @@ class Pipeline:
     ``stages`` picks a subset (e.g. ``("join",)`` for a joiner that needs no MLflow).
     """
 
-    def __init__(self, settings: Settings, metrics: MonitorMetrics, stages: tuple[str, ...] = STAGES,
-                 publish: Callable[[str, str, BaseModel], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: MonitorMetrics,
+        stages: tuple[str, ...] = STAGES,
+        publish: Callable[[str, str, BaseModel], None] | None = None,
+    ) -> None:
         unknown = set(stages) - set(STAGES)
         if unknown or "join" not in stages:
             raise ValueError(f"stages must include 'join' and come from {STAGES}, got {stages}")
@@ -54,17 +59,35 @@ class Pipeline:
         self.metrics = metrics
         self.handlers: list = [Joiner(store)]
         if "sample" in stages:
-            self.handlers.append(ActiveSampler(store, ReviewQueue(store, QueuePolicy.from_settings(settings)),
-                                               settings.home.resolve() / "sampling", sampler_config(settings),
-                                               lambda version: reference_for(version).embeddings, metrics))
+            self.handlers.append(
+                ActiveSampler(
+                    store,
+                    ReviewQueue(store, QueuePolicy.from_settings(settings)),
+                    settings.home.resolve() / "sampling",
+                    sampler_config(settings),
+                    lambda version: reference_for(version).embeddings,
+                    metrics,
+                )
+            )
         if "drift" in stages:
+
             def announce(change: Transition) -> None:
                 if publish is not None:
-                    publish(DRIFT_TOPIC, f"{change.model_version}:{change.result.monitor}",
-                            change.event(settings.model_name))
+                    publish(
+                        DRIFT_TOPIC,
+                        f"{change.model_version}:{change.result.monitor}",
+                        change.event(settings.model_name),
+                    )
 
-            self.handlers.append(DriftMonitor(reference_for, metrics, drift_config(settings), announce,
-                                              ReportWriter(settings.drift_report_dir, settings.drift_report_every_s)))
+            self.handlers.append(
+                DriftMonitor(
+                    reference_for,
+                    metrics,
+                    drift_config(settings),
+                    announce,
+                    ReportWriter(settings.drift_report_dir, settings.drift_report_every_s),
+                )
+            )
 
     def __call__(self, topic: str, event: BaseModel) -> None:
         for handler in self.handlers:
@@ -73,20 +96,34 @@ class Pipeline:
 
 
 def drift_config(settings: Settings) -> DriftConfig:
-    window = WindowSpec(settings.drift_window_kind, settings.drift_window, settings.drift_window_step,  # type: ignore[arg-type]
-                        settings.drift_window_seconds)
-    return DriftConfig(window=window, alpha=settings.drift_alpha, min_samples=settings.drift_min_samples,
-                       embedding_method=settings.drift_embedding_method)  # type: ignore[arg-type]
+    window = WindowSpec(
+        settings.drift_window_kind,
+        settings.drift_window,
+        settings.drift_window_step,  # type: ignore[arg-type]
+        settings.drift_window_seconds,
+    )
+    return DriftConfig(
+        window=window,
+        alpha=settings.drift_alpha,
+        min_samples=settings.drift_min_samples,
+        embedding_method=settings.drift_embedding_method,
+    )  # type: ignore[arg-type]
 
 
 def sampler_config(settings: Settings) -> SamplerConfig:
-    return SamplerConfig(strategy=settings.sampling_strategy, every=settings.sampling_every,
-                         batch=settings.sampling_batch, pool=settings.sampling_pool,
-                         class_quota=settings.sampling_class_quota, approx_after=settings.sampling_approx_after)
+    return SamplerConfig(
+        strategy=settings.sampling_strategy,
+        every=settings.sampling_every,
+        batch=settings.sampling_batch,
+        pool=settings.sampling_pool,
+        class_quota=settings.sampling_class_quota,
+        approx_after=settings.sampling_approx_after,
+    )
 
 
-def _sweep_pending(settings: Settings, metrics: MonitorMetrics, stop: threading.Event,
-                   every_s: float = 60.0) -> None:
+def _sweep_pending(
+    settings: Settings, metrics: MonitorMetrics, stop: threading.Event, every_s: float = 60.0
+) -> None:
     """Count feedback that waited past its TTL for a prediction (it is kept, never dropped)."""
     store, ttl = Store(settings.db_url), timedelta(seconds=settings.pending_feedback_ttl_s)
     while not stop.wait(every_s):
@@ -100,8 +137,9 @@ def _sweep_pending(settings: Settings, metrics: MonitorMetrics, stop: threading.
             log.exception("pending-feedback sweep failed; retrying in %.0fs", every_s)
 
 
-def _retry_until_connected(connect: Callable[[], EventConsumer], stop: threading.Event,
-                           bootstrap: str) -> EventConsumer | None:
+def _retry_until_connected(
+    connect: Callable[[], EventConsumer], stop: threading.Event, bootstrap: str
+) -> EventConsumer | None:
     """Connect to the broker, retrying while it is down (it may be restarting); None if stopped."""
     delay = 1.0
     while not stop.is_set():
@@ -114,7 +152,9 @@ def _retry_until_connected(connect: Callable[[], EventConsumer], stop: threading
     return None
 
 
-def run_monitor(settings: Settings, stop: threading.Event | None = None, stages: tuple[str, ...] = STAGES) -> None:
+def run_monitor(
+    settings: Settings, stop: threading.Event | None = None, stages: tuple[str, ...] = STAGES
+) -> None:
     """Consume until SIGTERM/SIGINT (or ``stop``); metrics on ``settings.metrics_port``."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -123,22 +163,36 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None, stages:
     metrics = MonitorMetrics()
     metrics.serve(settings.host, settings.metrics_port)
     # drift events go through the same durable publisher as serving's: spooled while Kafka is down
-    publisher = Publisher(settings.bootstrap_servers, settings.home / "spool", name="monitor",
-                          spool_max_events=settings.spool_max_events) if "drift" in stages else None
+    publisher = (
+        Publisher(
+            settings.bootstrap_servers,
+            settings.home / "spool",
+            name="monitor",
+            spool_max_events=settings.spool_max_events,
+        )
+        if "drift" in stages
+        else None
+    )
     pipeline = Pipeline(settings, metrics, stages, publisher.publish if publisher else None)
 
     def connect() -> EventConsumer:
         ensure_topics(settings.bootstrap_servers)
-        return EventConsumer(settings.bootstrap_servers, [PREDICTIONS_TOPIC, FEEDBACK_TOPIC], GROUP, pipeline,
-                             on_dead_letter=metrics.dead_letters.labels(GROUP).inc)
+        return EventConsumer(
+            settings.bootstrap_servers,
+            [PREDICTIONS_TOPIC, FEEDBACK_TOPIC],
+            GROUP,
+            pipeline,
+            on_dead_letter=metrics.dead_letters.labels(GROUP).inc,
+        )
 
     consumer = _retry_until_connected(connect, stop, settings.bootstrap_servers)
     if consumer is None:
         if publisher is not None:
             publisher.close()
         return
-    threading.Thread(target=_sweep_pending, args=(settings, metrics, stop), name="pending-sweeper",
-                     daemon=True).start()
+    threading.Thread(
+        target=_sweep_pending, args=(settings, metrics, stop), name="pending-sweeper", daemon=True
+    ).start()
     log.info("monitoring %s and %s; metrics on :%d", PREDICTIONS_TOPIC, FEEDBACK_TOPIC, settings.metrics_port)
     try:
         consumer.run(stop)

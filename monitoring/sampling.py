@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from nicheloop.contracts import FeedbackEvent, PredictionEvent
-from nicheloop.errors import NotFound
-from nicheloop.review_queue import ReviewQueue
-from nicheloop.store import Store
 from monitoring.index import EmbeddingIndex
 from monitoring.metrics import MonitorMetrics
 from monitoring.selection import NEAR_RADIUS, select_batch
 from monitoring.strategies import Context, Pool, strategy
+from nicheloop.contracts import FeedbackEvent, PredictionEvent
+from nicheloop.errors import NotFound
+from nicheloop.review_queue import ReviewQueue
+from nicheloop.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,15 @@ class ActiveSampler:
             set and their mean centres the embedding space.
     """
 
-    def __init__(self, store: Store, queue: ReviewQueue, index_dir: Path, config: SamplerConfig,
-                 reference_for: Callable[[str], np.ndarray], metrics: MonitorMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        queue: ReviewQueue,
+        index_dir: Path,
+        config: SamplerConfig,
+        reference_for: Callable[[str], np.ndarray],
+        metrics: MonitorMetrics,
+    ) -> None:
         strategy(config.strategy)  # unknown names fail at start, not at the first batch
         self.store, self.queue, self.index_dir, self.config = store, queue, index_dir, config
         self.reference_for, self.metrics = reference_for, metrics
@@ -80,8 +87,12 @@ class ActiveSampler:
             return 0
         if event.model_version != self.version:
             self._switch(event.model_version, len(event.embedding))
-        self.pool[event.prediction_id] = _Candidate(event.image_sha256, event.label, np.asarray(event.probs, np.float32),
-                                                    np.asarray(event.embedding, np.float32))
+        self.pool[event.prediction_id] = _Candidate(
+            event.image_sha256,
+            event.label,
+            np.asarray(event.probs, np.float32),
+            np.asarray(event.embedding, np.float32),
+        )
         while len(self.pool) > self.config.pool:
             self.pool.popitem(last=False)
         self.seen += 1
@@ -103,8 +114,9 @@ class ActiveSampler:
                 log.error("%s; rebuilding the covered set from the store", exc)
         if index is None or index.dim != dim:
             reference = self._reference(version, dim)
-            index = EmbeddingIndex(dim, self.config.approx_after,
-                                   center=reference.mean(axis=0) if len(reference) else None)
+            index = EmbeddingIndex(
+                dim, self.config.approx_after, center=reference.mean(axis=0) if len(reference) else None
+            )
             index.add(index.prepare(reference), [f"reference-{i}" for i in range(len(reference))])
         ids, emb = self.store.covered_embeddings(version)
         if ids and emb.shape[1] == dim:
@@ -119,7 +131,9 @@ class ActiveSampler:
         except Exception as exc:  # noqa: BLE001 - no reference: start cold (typicality), do not stop
             log.warning("no reference embeddings for version %s (%s); sampling starts cold", version, exc)
             return np.zeros((0, dim), np.float32)
-        return reference if reference.ndim == 2 and reference.shape[1] == dim else np.zeros((0, dim), np.float32)
+        return (
+            reference if reference.ndim == 2 and reference.shape[1] == dim else np.zeros((0, dim), np.float32)
+        )
 
     def _on_feedback(self, event: FeedbackEvent) -> None:
         """A labeled prediction joins the covered set (if it was made by the current version)."""
@@ -131,7 +145,9 @@ class ActiveSampler:
         except NotFound:  # its prediction has not arrived yet; the next selection catches it
             return
         if pred.model_version == self.version:
-            self.index.add(self.index.prepare(np.frombuffer(pred.embedding, np.float32)), [event.prediction_id])
+            self.index.add(
+                self.index.prepare(np.frombuffer(pred.embedding, np.float32)), [event.prediction_id]
+            )
             self.covered_hashes.add(pred.image_sha256)
 
     def select(self) -> int:
@@ -150,10 +166,16 @@ class ActiveSampler:
         ids = list(self.pool)
         cands = list(self.pool.values())
         x = self.index.prepare(np.stack([c.embedding for c in cands]))
-        sel = select_batch(Pool(np.stack([c.probs for c in cands]), x), k,
-                           Context(covered=self.index, seed=self.seen), self.config.strategy,
-                           hashes=[c.sha for c in cands], covered_hashes=frozenset(self.covered_hashes),
-                           near_radius=self.config.near_radius, class_quota=self.config.class_quota)
+        sel = select_batch(
+            Pool(np.stack([c.probs for c in cands]), x),
+            k,
+            Context(covered=self.index, seed=self.seen),
+            self.config.strategy,
+            hashes=[c.sha for c in cands],
+            covered_hashes=frozenset(self.covered_hashes),
+            near_radius=self.config.near_radius,
+            class_quota=self.config.class_quota,
+        )
         queued = 0
         for i, priority in zip(sel.indices.tolist(), sel.priorities.tolist()):
             pid, cand = ids[i], cands[i]

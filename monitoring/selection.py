@@ -64,7 +64,9 @@ class _Batch:
             return False
         x = self.pool.embeddings[i]
         if self.distance_to_covered(i) < self.near_radius or (
-                self.taken and float(np.min(2.0 - 2.0 * (self.pool.embeddings[self.taken] @ x))) < self.near_radius):
+            self.taken
+            and float(np.min(2.0 - 2.0 * (self.pool.embeddings[self.taken] @ x))) < self.near_radius
+        ):
             self.near += 1
             return False
         self.taken.append(i)
@@ -74,9 +76,16 @@ class _Batch:
         return True
 
 
-def select_batch(pool: Pool, k: int, ctx: Context | None = None, strategy_name: str = "default",
-                 hashes: Sequence[str] | None = None, covered_hashes: frozenset[str] = frozenset(),
-                 near_radius: float = NEAR_RADIUS, class_quota: float = 0.3) -> Selection:
+def select_batch(
+    pool: Pool,
+    k: int,
+    ctx: Context | None = None,
+    strategy_name: str = "default",
+    hashes: Sequence[str] | None = None,
+    covered_hashes: frozenset[str] = frozenset(),
+    near_radius: float = NEAR_RADIUS,
+    class_quota: float = 0.3,
+) -> Selection:
     """Choose up to ``k`` candidates of ``pool`` for review.
 
     Args:

@@ -49,8 +49,10 @@ class Pool:
 
     def __post_init__(self) -> None:
         if self.probs.ndim != 2 or self.embeddings.ndim != 2 or len(self.probs) != len(self.embeddings):
-            raise ValueError(f"probs {self.probs.shape} and embeddings {self.embeddings.shape} must be "
-                             "(n, K) and (n, D) with the same n")
+            raise ValueError(
+                f"probs {self.probs.shape} and embeddings {self.embeddings.shape} must be "
+                "(n, K) and (n, D) with the same n"
+            )
         object.__setattr__(self, "embeddings", normalize(self.embeddings))
 
     def __len__(self) -> int:
@@ -84,8 +86,11 @@ def rank(scores: np.ndarray, limit: int | None = None) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     finite = np.flatnonzero(np.isfinite(scores))
     if len(finite) < len(scores):
-        log.warning("%d of %d candidates have a non-finite score; they are not ranked",
-                    len(scores) - len(finite), len(scores))
+        log.warning(
+            "%d of %d candidates have a non-finite score; they are not ranked",
+            len(scores) - len(finite),
+            len(scores),
+        )
     limit = len(finite) if limit is None else min(limit, len(finite))
     if limit <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -134,13 +139,14 @@ def novelty(embeddings: np.ndarray, covered: Covered | None) -> np.ndarray:
         return np.full(len(embeddings), 4.0, dtype=np.float32)
     out = np.empty(len(embeddings), dtype=np.float32)
     for start in range(0, len(embeddings), CHUNK):
-        out[start:start + CHUNK] = covered.nearest(embeddings[start:start + CHUNK])
+        out[start : start + CHUNK] = covered.nearest(embeddings[start : start + CHUNK])
     return out
 
 
 # -- batch strategies ----------------------------------------------------------------------------
-def k_center_greedy(x: np.ndarray, k: int, min_dist: np.ndarray | None = None,
-                    weights: np.ndarray | None = None) -> np.ndarray:
+def k_center_greedy(
+    x: np.ndarray, k: int, min_dist: np.ndarray | None = None, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Greedy k-center (coreset): repeatedly take the point farthest from everything chosen so far.
 
     Args:
@@ -154,7 +160,9 @@ def k_center_greedy(x: np.ndarray, k: int, min_dist: np.ndarray | None = None,
         Up to ``k`` distinct indices in pick order. O(n·k·D) time, O(n) extra memory.
     """
     n = len(x)
-    dist = np.full(n, np.inf, dtype=np.float64) if min_dist is None else np.asarray(min_dist, np.float64).copy()
+    dist = (
+        np.full(n, np.inf, dtype=np.float64) if min_dist is None else np.asarray(min_dist, np.float64).copy()
+    )
     w = np.ones(n) if weights is None else np.nan_to_num(np.asarray(weights, np.float64), nan=0.0)
     dist[~np.isfinite(w)] = -np.inf
     picks: list[int] = []
@@ -169,8 +177,9 @@ def k_center_greedy(x: np.ndarray, k: int, min_dist: np.ndarray | None = None,
     return np.asarray(picks, dtype=np.int64)
 
 
-def typicality(x: np.ndarray, k: int, neighbours: int = 20, seed: int = 0,
-               max_points: int = 20_000) -> np.ndarray:
+def typicality(
+    x: np.ndarray, k: int, neighbours: int = 20, seed: int = 0, max_points: int = 20_000
+) -> np.ndarray:
     """TypiClust's cold start: k clusters, and the most typical point of each, densest clusters first.
 
     Typicality is the inverse mean distance to a point's ``neighbours`` nearest neighbours. Large
@@ -183,8 +192,9 @@ def typicality(x: np.ndarray, k: int, neighbours: int = 20, seed: int = 0,
     subset = np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else np.arange(n)
     xs = np.ascontiguousarray(x[subset])
     clusters = min(k, len(xs))
-    km = faiss.Kmeans(xs.shape[1], clusters, niter=20, seed=seed, min_points_per_centroid=1,
-                      max_points_per_centroid=10_000)
+    km = faiss.Kmeans(
+        xs.shape[1], clusters, niter=20, seed=seed, min_points_per_centroid=1, max_points_per_centroid=10_000
+    )
     km.train(xs)
     _, assign = km.index.search(xs, 1)
     index = faiss.IndexFlatL2(xs.shape[1])
@@ -192,8 +202,8 @@ def typicality(x: np.ndarray, k: int, neighbours: int = 20, seed: int = 0,
     m = min(neighbours + 1, len(xs))
     typ = np.empty(len(xs))
     for start in range(0, len(xs), CHUNK):
-        d, _ = index.search(xs[start:start + CHUNK], m)
-        typ[start:start + CHUNK] = 1.0 / (d[:, 1:].mean(axis=1) + 1e-6) if m > 1 else 1.0
+        d, _ = index.search(xs[start : start + CHUNK], m)
+        typ[start : start + CHUNK] = 1.0 / (d[:, 1:].mean(axis=1) + 1e-6) if m > 1 else 1.0
     best = {}
     for i, c in enumerate(assign[:, 0]):
         if c not in best or typ[i] > typ[best[c]]:
@@ -227,7 +237,7 @@ def _scored(score: Callable[[Pool, Context], np.ndarray]) -> Order:
 
 def _random(pool: Pool, k: int, ctx: Context) -> np.ndarray:
     rng = np.random.default_rng(ctx.seed)
-    return rng.permutation(len(pool))[:SPARE * k].astype(np.int64)
+    return rng.permutation(len(pool))[: SPARE * k].astype(np.int64)
 
 
 def _coreset(pool: Pool, k: int, ctx: Context) -> np.ndarray:
@@ -265,13 +275,14 @@ def _hybrid(pool: Pool, k: int, ctx: Context) -> np.ndarray:
     if clusters < 2:
         return cand
     x = np.ascontiguousarray(pool.embeddings[cand])
-    km = faiss.Kmeans(x.shape[1], clusters, niter=10, seed=ctx.seed, min_points_per_centroid=1,
-                      max_points_per_centroid=256)
+    km = faiss.Kmeans(
+        x.shape[1], clusters, niter=10, seed=ctx.seed, min_points_per_centroid=1, max_points_per_centroid=256
+    )
     km.train(x)
     assign = km.index.search(x, 1)[1][:, 0]
     _, heads = np.unique(assign, return_index=True)  # first of each cluster in cand: its most uncertain
     heads = np.sort(heads)
-    return cand[np.concatenate([heads, np.setdiff1d(np.arange(len(cand)), heads)])][:SPARE * k]
+    return cand[np.concatenate([heads, np.setdiff1d(np.arange(len(cand)), heads)])][: SPARE * k]
 
 
 STRATEGIES: dict[str, Order] = {
@@ -295,5 +306,7 @@ def strategy(name: str) -> Order:
     """
     key = DEFAULT_STRATEGY if name == "default" else name
     if key not in STRATEGIES:
-        raise ValueError(f"unknown sampling strategy {name!r}; choose one of {sorted(STRATEGIES)} or 'default'")
+        raise ValueError(
+            f"unknown sampling strategy {name!r}; choose one of {sorted(STRATEGIES)} or 'default'"
+        )
     return STRATEGIES[key]

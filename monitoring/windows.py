@@ -22,8 +22,8 @@ Kind = Literal["sliding", "tumbling"]
 @dataclass(frozen=True)
 class WindowSpec:
     kind: Kind = "sliding"
-    size: int = 200       # rows (count windows; also the cap of time windows)
-    step: int = 50        # sliding: rows between evaluations
+    size: int = 200  # rows (count windows; also the cap of time windows)
+    step: int = 50  # sliding: rows between evaluations
     seconds: float = 0.0  # > 0: time windows of this length
 
     def __post_init__(self) -> None:

@@ -19,8 +19,15 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ValidationError
 
 from nicheloop.contracts import (
-    ALL_TOPICS, DEAD_LETTER_TOPIC, DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC, DeadLetter, DriftEvent,
-    FeedbackEvent, PredictionEvent,
+    ALL_TOPICS,
+    DEAD_LETTER_TOPIC,
+    DRIFT_TOPIC,
+    FEEDBACK_TOPIC,
+    PREDICTIONS_TOPIC,
+    DeadLetter,
+    DriftEvent,
+    FeedbackEvent,
+    PredictionEvent,
 )
 from nicheloop.errors import InvalidInput
 from nicheloop.spool import Spool, SpoolFull, orphans
@@ -41,7 +48,9 @@ def ensure_topics(bootstrap: str, partitions: int = 3, topics: Iterable[str] = A
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="nicheloop-admin")
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        missing = [
+            NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing
+        ]
         if missing:
             try:
                 admin.create_topics(missing)
@@ -62,9 +71,16 @@ class Publisher:
 
     DELIVERY_TIMEOUT_MS = 20_000
 
-    def __init__(self, bootstrap: str, spool_dir: Path, name: str = "publisher",
-                 spool_max_events: int = 100_000, linger_ms: int = 50, retry_s: float = 1.0,
-                 stall_s: float = 45.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        spool_dir: Path,
+        name: str = "publisher",
+        spool_max_events: int = 100_000,
+        linger_ms: int = 50,
+        retry_s: float = 1.0,
+        stall_s: float = 45.0,
+    ) -> None:
         self.bootstrap, self.linger_ms, self.retry_s, self.stall_s = bootstrap, linger_ms, retry_s, stall_s
         # records handed to the producer and not yet acknowledged: token -> (sent at, topic, key, value)
         self._inflight: dict[int, tuple[float, str, str, str]] = {}
@@ -74,15 +90,24 @@ class Publisher:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._drainer = threading.Thread(target=self._drain_forever, name="nicheloop-spool-drainer", daemon=True)
+        self._drainer = threading.Thread(
+            target=self._drain_forever, name="nicheloop-spool-drainer", daemon=True
+        )
         self._drainer.start()
 
     def _make_producer(self) -> KafkaProducer:
         return KafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
-            max_block_ms=1000, request_timeout_ms=5000, delivery_timeout_ms=self.DELIVERY_TIMEOUT_MS,
-            reconnect_backoff_max_ms=2000, key_serializer=lambda k: k.encode(),
-            value_serializer=lambda v: v.encode(), client_id="nicheloop-publisher",
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.linger_ms,
+            max_block_ms=1000,
+            request_timeout_ms=5000,
+            delivery_timeout_ms=self.DELIVERY_TIMEOUT_MS,
+            reconnect_backoff_max_ms=2000,
+            key_serializer=lambda k: k.encode(),
+            value_serializer=lambda v: v.encode(),
+            client_id="nicheloop-publisher",
         )
 
     def _connected_producer(self) -> KafkaProducer | None:
@@ -96,8 +121,12 @@ class Publisher:
                 try:
                     self._producer = self._make_producer()
                 except KafkaError as exc:
-                    log.warning("broker %s unreachable (%s); spooling events to %s", self.bootstrap, exc,
-                                self.spool.path)
+                    log.warning(
+                        "broker %s unreachable (%s); spooling events to %s",
+                        self.bootstrap,
+                        exc,
+                        self.spool.path,
+                    )
                     self._retry_at = time.monotonic() + self.retry_s
             return self._producer
 
@@ -132,7 +161,9 @@ class Publisher:
                 future.get(timeout=ack_timeout_s)
                 return
             except KafkaError as exc:
-                log.warning("no ack for %s on %s within %.0fs (%s); spooling it", key, topic, ack_timeout_s, exc)
+                log.warning(
+                    "no ack for %s on %s within %.0fs (%s); spooling it", key, topic, ack_timeout_s, exc
+                )
         self.spool.append(topic, key, value)
 
     def _try_send(self, topic: str, key: str, value: str) -> Any:
@@ -181,8 +212,11 @@ class Publisher:
         with self._lock:
             stuck = list(self._inflight.items())
             self._inflight.clear()
-        log.error("producer stalled: %d records unacknowledged for %.0fs; spooling them and reconnecting",
-                  len(stuck), self.stall_s)
+        log.error(
+            "producer stalled: %d records unacknowledged for %.0fs; spooling them and reconnecting",
+            len(stuck),
+            self.stall_s,
+        )
         for _, (_, topic, key, value) in sorted(stuck):
             self._spool_or_log(topic, key, value)
         self._reset_producer()
@@ -228,7 +262,9 @@ class Publisher:
                     progress_at = time.monotonic()
                     continue
                 if self._producer is not None and time.monotonic() - progress_at > self.stall_s:
-                    log.error("spool not draining for %.0fs with a connected producer; reconnecting", self.stall_s)
+                    log.error(
+                        "spool not draining for %.0fs with a connected producer; reconnecting", self.stall_s
+                    )
                     self._reset_producer()
                     progress_at = time.monotonic()
                 self._stop.wait(self.retry_s)
@@ -302,20 +338,33 @@ class EventConsumer:
     and the partition moves on.
     """
 
-    def __init__(self, bootstrap: str, topics: list[str], group_id: str, handler: Handler,
-                 on_dead_letter: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        group_id: str,
+        handler: Handler,
+        on_dead_letter: Callable[[], None] | None = None,
+    ) -> None:
         self.topics, self.handler, self.on_dead_letter = topics, handler, on_dead_letter
         self._consumer = KafkaConsumer(
-            *topics, bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=group_id, max_poll_records=200,
+            *topics,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id=group_id,
+            max_poll_records=200,
         )
-        self._dlq = KafkaProducer(bootstrap_servers=bootstrap, acks="all", value_serializer=lambda v: v.encode())
+        self._dlq = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", value_serializer=lambda v: v.encode()
+        )
 
     def poll_once(self, timeout_ms: int = 500) -> int:
         """Handle one batch; returns the number of records handled (dead letters included)."""
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         handled = 0
-        for tp, records in batches.items():
+        for records in batches.values():
             for rec in records:
                 self._handle(rec)
                 handled += 1
@@ -332,8 +381,14 @@ class EventConsumer:
 
     def dead_letter(self, rec: Any, reason: str) -> None:
         key = rec.key.decode(errors="replace") if rec.key else None
-        letter = DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key,
-                            reason=reason, payload=(rec.value or b"").decode(errors="replace")[:100_000])
+        letter = DeadLetter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=key,
+            reason=reason,
+            payload=(rec.value or b"").decode(errors="replace")[:100_000],
+        )
         log.warning("dead-lettered %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
         self._dlq.send(DEAD_LETTER_TOPIC, letter.model_dump_json())
         if self.on_dead_letter is not None:
@@ -349,7 +404,9 @@ class EventConsumer:
             try:
                 self.poll_once()
             except Exception as exc:  # noqa: BLE001 - any failure: retry the uncommitted batch
-                log.warning("consumer %s: %s; rewinding to the committed offsets and retrying", self.topics, exc)
+                log.warning(
+                    "consumer %s: %s; rewinding to the committed offsets and retrying", self.topics, exc
+                )
                 stop.wait(2.0)
                 self._rewind()
 
@@ -385,8 +442,12 @@ def topic_offsets(bootstrap: str, topic: str) -> int:
 
 def read_topic(bootstrap: str, topic: str, timeout_ms: int = 3000) -> list[tuple[str | None, bytes]]:
     """Every retained record of ``topic`` as (key, value), read without a consumer group."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=timeout_ms)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=timeout_ms,
+    )
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
         consumer.assign(tps)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,8 +20,21 @@ ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC, DRIFT_TOPIC)
 
 # The input-drift features of an image, in the order monitors and references keep them
 # (computed by nicheloop.images.image_statistics at the gateway and for each reference).
-IMAGE_STATS = ("brightness", "contrast", "sharpness", "noise", "blockiness", "width", "height",
-               "red_mean", "green_mean", "blue_mean", "red_std", "green_std", "blue_std")
+IMAGE_STATS = (
+    "brightness",
+    "contrast",
+    "sharpness",
+    "noise",
+    "blockiness",
+    "width",
+    "height",
+    "red_mean",
+    "green_mean",
+    "blue_mean",
+    "red_std",
+    "green_std",
+    "blue_std",
+)
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
@@ -30,7 +43,7 @@ FeedbackSource = Literal["user", "reviewer", "seed"]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -54,8 +67,10 @@ class PredictionEvent(_Event):
     uncertainty: float = Field(ge=0.0, le=1.0)
     embedding: list[float] = Field(description="Pre-logits features of the image.")
     image_sha256: str
-    image_stats: dict[str, float] = Field(default_factory=dict, description="Input-drift features of the image "
-                                          "(IMAGE_STATS); empty from older gateways.")
+    image_stats: dict[str, float] = Field(
+        default_factory=dict,
+        description="Input-drift features of the image (IMAGE_STATS); empty from older gateways.",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
     @field_validator("probs", "embedding")

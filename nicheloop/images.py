@@ -30,7 +30,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.format not in ALLOWED_FORMATS:
-                raise InvalidInput(f"image format {img.format} is not accepted; use one of {sorted(ALLOWED_FORMATS)}")
+                raise InvalidInput(
+                    f"image format {img.format} is not accepted; use one of {sorted(ALLOWED_FORMATS)}"
+                )
             width, height = img.size
             if width * height > max_pixels:
                 raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
@@ -74,7 +76,7 @@ def _centre(luma: np.ndarray) -> np.ndarray:
     """The central STAT_SIDE x STAT_SIDE pixels, starting on the 8-pixel grid (texture statistics
     are as good on them and several times cheaper than on the whole image)."""
     top, left = ((max(0, side - STAT_SIDE) // 2) // 8 * 8 for side in luma.shape)
-    return np.ascontiguousarray(luma[top:top + STAT_SIDE, left:left + STAT_SIDE])
+    return np.ascontiguousarray(luma[top : top + STAT_SIDE, left : left + STAT_SIDE])
 
 
 def _noise_sigma(luma: np.ndarray) -> float:
@@ -94,8 +96,9 @@ def image_statistics(img: Image.Image) -> dict[str, float]:
 
     Brightness and contrast are the mean and standard deviation of the luma (0..255); sharpness
     is the variance of the Laplacian of the luma, the image reduced by a whole factor to 128-255
-    pixels a side (falls with blur, rises with noise); noise is Immerkær's estimate of its standard deviation; blockiness compares steps across and inside 8×8 blocks on the image as
-    sent (JPEG quality); width and height in pixels; the per-channel means and standard deviations.
+    pixels a side (falls with blur, rises with noise); noise is Immerkær's estimate of its standard
+    deviation; blockiness compares steps across and inside 8×8 blocks on the image as sent (JPEG
+    quality); width and height in pixels; the per-channel means and standard deviations.
     """
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     width, height = rgb.size
@@ -108,8 +111,21 @@ def image_statistics(img: Image.Image) -> dict[str, float]:
     lap = luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1] - 4 * luma[1:-1, 1:-1]
     # noise and JPEG blocks live at the pixels' own scale: a native crop, on the 8x8 grid
     box = (*(max(0, (side - STAT_SIDE) // 2 // 8 * 8) for side in (width, height)),)
-    native = rgb.crop((box[0], box[1], box[0] + STAT_SIDE, box[1] + STAT_SIDE)).convert("L") if factor > 1 else grey
+    native = (
+        rgb.crop((box[0], box[1], box[0] + STAT_SIDE, box[1] + STAT_SIDE)).convert("L")
+        if factor > 1
+        else grey
+    )
     native_luma = _centre(np.asarray(native, dtype=np.float32))
-    values = (light_mean[0], light_std[0], float(lap.var()), _noise_sigma(native_luma), _blockiness(native_luma),
-              width, height, *colour_mean, *colour_std)
+    values = (
+        light_mean[0],
+        light_std[0],
+        float(lap.var()),
+        _noise_sigma(native_luma),
+        _blockiness(native_luma),
+        width,
+        height,
+        *colour_mean,
+        *colour_std,
+    )
     return dict(zip(IMAGE_STATS, map(float, values)))

@@ -55,7 +55,8 @@ class NicheModel:
 
     @property
     def temperature(self) -> float:
-        """Calibration temperature fitted on validation data (1.0: none); :meth:`infer` divides logits by it."""
+        """Calibration temperature fitted on validation data (1.0: none); :meth:`infer` divides the
+        logits by it."""
         return float(self.extra.get("temperature", 1.0))
 
     def logits(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,8 +162,10 @@ def init_backbone(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
     body = [k for k in own if not k.startswith(prefix)]
     missing = [k for k in body if k not in usable]
     if not usable or len(missing) > len(body) // 2:
-        raise InvalidInput(f"checkpoint does not fit this backbone: {len(missing)} of {len(body)} backbone "
-                           f"weights missing or of another shape (e.g. {missing[:3]}); was it made for another model?")
+        raise InvalidInput(
+            f"checkpoint does not fit this backbone: {len(missing)} of {len(body)} backbone "
+            f"weights missing or of another shape (e.g. {missing[:3]}); was it made for another model?"
+        )
     net.load_state_dict(usable, strict=False)
     return len(usable)
 
@@ -200,7 +203,9 @@ def load_model(directory: Path, device: str = "cpu") -> NicheModel:
     """
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
-        raise InvalidInput(f"{directory} is not a saved nicheloop model (needs {META_FILE} and {WEIGHTS_FILE})")
+        raise InvalidInput(
+            f"{directory} is not a saved nicheloop model (needs {META_FILE} and {WEIGHTS_FILE})"
+        )
     meta = json.loads(meta_path.read_text())
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["data_config"].items()}
     net = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["class_names"]))

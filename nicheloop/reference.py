@@ -21,9 +21,9 @@ LEGACY_FILE = "reference.npy"  # versions registered before image statistics: em
 @dataclass(frozen=True)
 class Reference:
     embeddings: np.ndarray  # (n, D) pre-logits features
-    stats: np.ndarray       # (n, len(IMAGE_STATS)) image statistics, IMAGE_STATS order
-    probs: np.ndarray       # (n, K) calibrated probabilities
-    labels: np.ndarray      # (n,) true class indices
+    stats: np.ndarray  # (n, len(IMAGE_STATS)) image statistics, IMAGE_STATS order
+    probs: np.ndarray  # (n, K) calibrated probabilities
+    labels: np.ndarray  # (n,) true class indices
     class_names: tuple[str, ...]
     accuracy: float = float("nan")
     macro_f1: float = float("nan")
@@ -37,15 +37,26 @@ class Reference:
     def embeddings_only(cls, embeddings: np.ndarray) -> Reference:
         """A reference from a version that stored nothing but embeddings (input and prediction
         monitors report insufficient data for it)."""
-        return cls(np.asarray(embeddings, np.float32), np.zeros((0, len(IMAGE_STATS)), np.float32),
-                   np.zeros((0, 0), np.float32), np.zeros(0, np.int64), ())
+        return cls(
+            np.asarray(embeddings, np.float32),
+            np.zeros((0, len(IMAGE_STATS)), np.float32),
+            np.zeros((0, 0), np.float32),
+            np.zeros(0, np.int64),
+            (),
+        )
 
     def save(self, folder: Path) -> Path:
         path = folder / FILE
-        np.savez_compressed(path, embeddings=self.embeddings.astype(np.float32), stats=self.stats.astype(np.float32),
-                            probs=self.probs.astype(np.float32), labels=self.labels.astype(np.int64),
-                            class_names=np.array(self.class_names, dtype=str), stat_names=np.array(IMAGE_STATS),
-                            scores=np.array([self.accuracy, self.macro_f1], dtype=np.float64))
+        np.savez_compressed(
+            path,
+            embeddings=self.embeddings.astype(np.float32),
+            stats=self.stats.astype(np.float32),
+            probs=self.probs.astype(np.float32),
+            labels=self.labels.astype(np.int64),
+            class_names=np.array(self.class_names, dtype=str),
+            stat_names=np.array(IMAGE_STATS),
+            scores=np.array([self.accuracy, self.macro_f1], dtype=np.float64),
+        )
         return path
 
     @classmethod
@@ -57,5 +68,12 @@ class Reference:
             stats = z["stats"]
             if tuple(z["stat_names"]) != IMAGE_STATS:  # statistics changed since: compare only what matches
                 stats = np.zeros((0, len(IMAGE_STATS)), np.float32)
-            return cls(z["embeddings"], stats, z["probs"], z["labels"], tuple(map(str, z["class_names"])),
-                       float(z["scores"][0]), float(z["scores"][1]))
+            return cls(
+                z["embeddings"],
+                stats,
+                z["probs"],
+                z["labels"],
+                tuple(map(str, z["class_names"])),
+                float(z["scores"][0]),
+                float(z["scores"][1]),
+            )

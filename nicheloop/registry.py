@@ -92,8 +92,11 @@ class Registry:
             for name, text in (artifacts or {}).items():
                 mlflow.log_text(text, name)
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=_NichePyfunc(), artifacts={"model": str(model_dir)},
-                pip_requirements=["torch", "timm", "numpy"], registered_model_name=self.name,
+                name="model",
+                python_model=_NichePyfunc(),
+                artifacts={"model": str(model_dir)},
+                pip_requirements=["torch", "timm", "numpy"],
+                registered_model_name=self.name,
             )
         version = str(info.registered_model_version)
         for key, value in {**lineage, "run_id": run.info.run_id}.items():
@@ -122,22 +125,30 @@ class Registry:
         try:
             mv = self.client.get_model_version_by_alias(self.name, alias)
         except MlflowException as exc:
-            raise NotReady(f"no version of {self.name} has alias {alias!r}; run `nicheloop bootstrap`") from exc
+            raise NotReady(
+                f"no version of {self.name} has alias {alias!r}; run `nicheloop bootstrap`"
+            ) from exc
         return VersionInfo(self.name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
 
     def load(self, version: str, device: str = "cpu") -> LoadedVersion:
         """Download and rebuild a version (model + drift reference)."""
         info = self.version(version)
         with tempfile.TemporaryDirectory() as tmp:
-            root = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri))
+            root = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version}",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+            )
             model_dir = next(p.parent for p in root.rglob(META_FILE))
             model = load_model(model_dir, device=device)
             reference = Reference.load(model_dir)
         return LoadedVersion(info=info, model=model, reference=reference)
 
     def artifact_text(self, run_id: str, name: str) -> str | None:
-        """A text artifact of a run (e.g. ``snapshot_manifest.json``); None if the run has none by that name."""
+        """A text artifact of a run (e.g. ``snapshot_manifest.json``); None if the run has none by
+        that name."""
         try:
             return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
         except (MlflowException, OSError):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -47,14 +47,19 @@ class QueuePolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> QueuePolicy:
         """The queue's budget, lease and expiry, from ``NICHELOOP_REVIEW_*``."""
-        return cls(per_hour=settings.review_budget_per_hour, per_day=settings.review_budget_per_day,
-                   lease_s=settings.review_lease_s, item_ttl_s=settings.review_item_ttl_s,
-                   max_skips=settings.review_max_skips, max_depth=settings.review_max_depth)
+        return cls(
+            per_hour=settings.review_budget_per_hour,
+            per_day=settings.review_budget_per_day,
+            lease_s=settings.review_lease_s,
+            item_ttl_s=settings.review_item_ttl_s,
+            max_skips=settings.review_max_skips,
+            max_depth=settings.review_max_depth,
+        )
 
 
 def _aware(ts: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every timestamp here is UTC."""
-    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
 class ReviewQueue:
@@ -66,20 +71,34 @@ class ReviewQueue:
             store._insert_ignore(s, ReviewLock, {"name": "claim", "counter": 0}, ["name"])
 
     # -- producing -------------------------------------------------------------------------
-    def enqueue(self, prediction_id: str, priority: float, predicted_label: str | None = None,
-                now: datetime | None = None) -> bool:
+    def enqueue(
+        self,
+        prediction_id: str,
+        priority: float,
+        predicted_label: str | None = None,
+        now: datetime | None = None,
+    ) -> bool:
         """Queue a prediction (idempotent: False if it was ever queued before)."""
         now = now or utcnow()
-        values = dict(prediction_id=prediction_id, priority=float(priority), status="queued", created_at=now,
-                      predicted_label=predicted_label, skips=0, skipped_by=[],
-                      expires_at=now + timedelta(seconds=self.policy.item_ttl_s))
+        values = dict(
+            prediction_id=prediction_id,
+            priority=float(priority),
+            status="queued",
+            created_at=now,
+            predicted_label=predicted_label,
+            skips=0,
+            skipped_by=[],
+            expires_at=now + timedelta(seconds=self.policy.item_ttl_s),
+        )
         with Session(self.engine) as s, s.begin():
             return self.store._insert_ignore(s, ReviewItem, values, ["prediction_id"])
 
     def room(self) -> int:
         """How many more items may be queued before the queue holds ``max_depth`` waiting items."""
         with Session(self.engine) as s:
-            waiting = s.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "queued"))
+            waiting = s.scalar(
+                select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "queued")
+            )
         return max(0, self.policy.max_depth - int(waiting or 0))
 
     def known(self, prediction_ids: list[str]) -> set[str]:
@@ -95,14 +114,25 @@ class ReviewQueue:
         """
         now = now or utcnow()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            s.execute(update(ReviewLock).where(ReviewLock.name == "claim").values(counter=ReviewLock.counter + 1))
+            s.execute(
+                update(ReviewLock).where(ReviewLock.name == "claim").values(counter=ReviewLock.counter + 1)
+            )
             self._check_budget(s, now)
-            s.execute(update(ReviewItem).where(ReviewItem.status == "queued", ReviewItem.expires_at < now)
-                      .values(status="expired"))
-            claimable = or_(ReviewItem.status == "queued",
-                            (ReviewItem.status == "claimed") & (ReviewItem.lease_expires_at < now))
-            rows = s.scalars(select(ReviewItem).where(claimable)
-                             .order_by(ReviewItem.priority.desc(), ReviewItem.task_id).limit(CANDIDATES))
+            s.execute(
+                update(ReviewItem)
+                .where(ReviewItem.status == "queued", ReviewItem.expires_at < now)
+                .values(status="expired")
+            )
+            claimable = or_(
+                ReviewItem.status == "queued",
+                (ReviewItem.status == "claimed") & (ReviewItem.lease_expires_at < now),
+            )
+            rows = s.scalars(
+                select(ReviewItem)
+                .where(claimable)
+                .order_by(ReviewItem.priority.desc(), ReviewItem.task_id)
+                .limit(CANDIDATES)
+            )
             item = next((r for r in rows if reviewer not in (r.skipped_by or [])), None)
             if item is None:
                 return None
@@ -156,36 +186,65 @@ class ReviewQueue:
         if item.status == "done":
             raise Conflict(f"review task {task_id} is already labeled ({item.label!r}); claim the next one")
         if item.status != "claimed" or not lease_token or item.lease_token != lease_token:
-            raise Conflict(f"review task {task_id} is not leased to you (the lease expired and the task was "
-                           "handed out again, or it was never claimed); claim a task with GET /v1/review/next")
+            raise Conflict(
+                f"review task {task_id} is not leased to you (the lease expired and the task was "
+                "handed out again, or it was never claimed); claim a task with GET /v1/review/next"
+            )
         return item
 
     # -- budget and figures ----------------------------------------------------------------
     def _used(self, s: Session, now: datetime, window: timedelta) -> int:
         since = now - window
         done = s.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.done_at >= since))
-        live = s.scalar(select(func.count()).select_from(ReviewItem).where(
-            ReviewItem.status == "claimed", ReviewItem.lease_expires_at >= now, ReviewItem.claimed_at >= since))
+        live = s.scalar(
+            select(func.count())
+            .select_from(ReviewItem)
+            .where(
+                ReviewItem.status == "claimed",
+                ReviewItem.lease_expires_at >= now,
+                ReviewItem.claimed_at >= since,
+            )
+        )
         return int(done or 0) + int(live or 0)
 
     def _check_budget(self, s: Session, now: datetime) -> None:
-        for window, limit, name in ((HOUR, self.policy.per_hour, "hourly"), (DAY, self.policy.per_day, "daily")):
+        for window, limit, name in (
+            (HOUR, self.policy.per_hour, "hourly"),
+            (DAY, self.policy.per_day, "daily"),
+        ):
             if self._used(s, now, window) >= limit:
-                oldest = s.scalar(select(func.min(ReviewItem.done_at)).where(ReviewItem.done_at >= now - window))
-                retry = (_aware(oldest) + window - now).total_seconds() if oldest is not None else self.policy.lease_s
-                raise BudgetSpent(f"the {name} review budget of {limit} labels is spent; "
-                                  f"try again in {retry:.0f}s", retry_after_s=max(1.0, retry))
+                oldest = s.scalar(
+                    select(func.min(ReviewItem.done_at)).where(ReviewItem.done_at >= now - window)
+                )
+                retry = (
+                    (_aware(oldest) + window - now).total_seconds()
+                    if oldest is not None
+                    else self.policy.lease_s
+                )
+                raise BudgetSpent(
+                    f"the {name} review budget of {limit} labels is spent; try again in {retry:.0f}s",
+                    retry_after_s=max(1.0, retry),
+                )
 
     def stats(self, now: datetime | None = None) -> dict[str, object]:
         """Depth by status, throughput over the last hour and day, budget left, oldest waiting item."""
         now = now or utcnow()
         with Session(self.engine) as s:
-            by_status = dict(s.execute(select(ReviewItem.status, func.count()).group_by(ReviewItem.status)).all())
-            stale_leases = s.scalar(select(func.count()).select_from(ReviewItem).where(
-                ReviewItem.status == "claimed", ReviewItem.lease_expires_at < now)) or 0
+            by_status = dict(
+                s.execute(select(ReviewItem.status, func.count()).group_by(ReviewItem.status)).all()
+            )
+            stale_leases = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(ReviewItem)
+                    .where(ReviewItem.status == "claimed", ReviewItem.lease_expires_at < now)
+                )
+                or 0
+            )
             oldest = s.scalar(select(func.min(ReviewItem.created_at)).where(ReviewItem.status == "queued"))
-            recent = s.execute(select(ReviewItem.claimed_at, ReviewItem.done_at)
-                               .where(ReviewItem.done_at >= now - DAY)).all()
+            recent = s.execute(
+                select(ReviewItem.claimed_at, ReviewItem.done_at).where(ReviewItem.done_at >= now - DAY)
+            ).all()
             used_hour, used_day = self._used(s, now, HOUR), self._used(s, now, DAY)
         seconds = [(_aware(d) - _aware(c)).total_seconds() for c, d in recent if c is not None]
         done_hour = sum(1 for _, d in recent if _aware(d) >= now - HOUR)
@@ -199,8 +258,11 @@ class ReviewQueue:
             "labeled_last_hour": done_hour,
             "labeled_last_day": len(recent),
             "median_seconds_per_label": round(statistics.median(seconds), 1) if seconds else None,
-            "budget": {"per_hour": self.policy.per_hour, "per_day": self.policy.per_day,
-                       "left_hour": max(0, self.policy.per_hour - used_hour),
-                       "left_day": max(0, self.policy.per_day - used_day)},
+            "budget": {
+                "per_hour": self.policy.per_hour,
+                "per_day": self.policy.per_day,
+                "left_hour": max(0, self.policy.per_hour - used_hour),
+                "left_day": max(0, self.policy.per_day - used_day),
+            },
             "lease_s": self.policy.lease_s,
         }

@@ -33,8 +33,11 @@ class Settings(BaseSettings):
     kafka_libs: Path | None = Field(None, description="Folder with the broker's jars (see Makefile).")
     mlflow_port: int = 15000
     mlflow_tracking_uri: str | None = None
-    mlflow_backend_uri: str | None = Field(None, description="Backend store of the local MLflow server; "
-                                           "default SQLite under home, e.g. postgresql+psycopg://… in production.")
+    mlflow_backend_uri: str | None = Field(
+        None,
+        description="Backend store of the local MLflow server; "
+        "default SQLite under home, e.g. postgresql+psycopg://… in production.",
+    )
     database_url: str | None = None
     ray_port: int = 16379
     ray_worker_ports: tuple[int, int] = Field((30000, 31999), description="Port range of Ray workers.")
@@ -51,39 +54,74 @@ class Settings(BaseSettings):
     batch_max_size: int = 16
     batch_wait_timeout_s: float = 0.01
     secret_key: str | None = Field(
-        None, description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
-        "(set it explicitly when gateway replicas run on several nodes)."
+        None,
+        description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
+        "(set it explicitly when gateway replicas run on several nodes).",
     )
     event_logging: bool = Field(True, description="Publish prediction events (off only to measure its cost).")
-    spool_max_events: int = Field(200_000, ge=1, description="Events kept on disk while Kafka is unreachable.")
-    pending_feedback_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Feedback waiting longer than "
-                                          "this for its prediction is counted as expired (it still joins).")
-    drift_window: int = Field(200, ge=1, description="Events in a drift window (count windows; the cap of "
-                              "time windows).")
-    drift_window_kind: str = Field("sliding", pattern="^(sliding|tumbling)$", description="sliding or tumbling.")
+    spool_max_events: int = Field(
+        200_000, ge=1, description="Events kept on disk while Kafka is unreachable."
+    )
+    pending_feedback_ttl_s: float = Field(
+        7 * 24 * 3600,
+        gt=0,
+        description="Feedback waiting longer than "
+        "this for its prediction is counted as expired (it still joins).",
+    )
+    drift_window: int = Field(
+        200, ge=1, description="Events in a drift window (count windows; the cap of time windows)."
+    )
+    drift_window_kind: str = Field(
+        "sliding", pattern="^(sliding|tumbling)$", description="sliding or tumbling."
+    )
     drift_window_step: int = Field(50, ge=1, description="Sliding windows: events between evaluations.")
-    drift_window_seconds: float = Field(0.0, ge=0, description="> 0: windows by time of this length instead of count.")
-    drift_alpha: float = Field(0.01, gt=0, lt=1, description="False-alarm level of each monitor per evaluation.")
-    drift_min_samples: int = Field(50, ge=10, description="Fewer events in a window: insufficient data, no score.")
-    drift_report_every_s: float = Field(3600.0, ge=0, description="A drift report at least this often "
-                                        "(one is always written when an alarm is raised or cleared; 0: one "
-                                        "for every evaluated window, about 1.5 s of CPU each).")
-    drift_embedding_method: str = Field("distance", pattern="^(novelty|mmd|distance|model)$",
-                                        description="Embedding test (benchmarks/drift.py compares them).")
-    review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in any rolling hour.")
+    drift_window_seconds: float = Field(
+        0.0, ge=0, description="> 0: windows by time of this length instead of count."
+    )
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="False-alarm level of each monitor per evaluation."
+    )
+    drift_min_samples: int = Field(
+        50, ge=10, description="Fewer events in a window: insufficient data, no score."
+    )
+    drift_report_every_s: float = Field(
+        3600.0,
+        ge=0,
+        description="A drift report at least this often "
+        "(one is always written when an alarm is raised or cleared; 0: one "
+        "for every evaluated window, about 1.5 s of CPU each).",
+    )
+    drift_embedding_method: str = Field(
+        "distance",
+        pattern="^(novelty|mmd|distance|model)$",
+        description="Embedding test (benchmarks/drift.py compares them).",
+    )
+    review_budget_per_hour: int = Field(
+        120, ge=0, description="Labels reviewers may give in any rolling hour."
+    )
     review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")
     review_lease_s: float = Field(600.0, gt=0, description="How long a claimed task stays with its reviewer.")
-    review_item_ttl_s: float = Field(3 * 24 * 3600.0, gt=0, description="Queued items older than this expire.")
+    review_item_ttl_s: float = Field(
+        3 * 24 * 3600.0, gt=0, description="Queued items older than this expire."
+    )
     review_max_skips: int = Field(3, ge=1, description="Skips after which an item is retired as unlabelable.")
     review_max_depth: int = Field(600, ge=1, description="Most items waiting in the queue at once.")
-    sampling_strategy: str = Field("default", description="random, least_confidence, margin, entropy, novelty, "
-                                   "coreset, typicality, hybrid; 'default' is the hybrid.")
+    sampling_strategy: str = Field(
+        "default",
+        description="random, least_confidence, margin, entropy, novelty, "
+        "coreset, typicality, hybrid; 'default' is the hybrid.",
+    )
     sampling_every: int = Field(50, ge=1, description="Select a review batch every this many predictions.")
     sampling_batch: int = Field(10, ge=1, description="Most items one selection queues.")
-    sampling_pool: int = Field(2000, ge=10, description="Recent unlabeled predictions a selection chooses from.")
-    sampling_class_quota: float = Field(0.3, ge=0, le=1, description="Share of a batch reserved for each "
-                                        "predicted class, in equal parts.")
-    sampling_approx_after: int = Field(50_000, ge=1, description="Covered-set size past which FAISS goes HNSW.")
+    sampling_pool: int = Field(
+        2000, ge=10, description="Recent unlabeled predictions a selection chooses from."
+    )
+    sampling_class_quota: float = Field(
+        0.3, ge=0, le=1, description="Share of a batch reserved for each predicted class, in equal parts."
+    )
+    sampling_approx_after: int = Field(
+        50_000, ge=1, description="Covered-set size past which FAISS goes HNSW."
+    )
 
     @property
     def bootstrap_servers(self) -> str:

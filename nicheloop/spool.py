@@ -60,8 +60,10 @@ class Spool:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL)"
+        )
         self._depth = self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
         self._warned = False
 
@@ -76,20 +78,29 @@ class Spool:
         """
         with self._lock:
             if self._depth >= self.max_events:
-                raise SpoolFull(f"event spool {self.path} holds {self._depth} events (its bound); the broker "
-                                f"has been unreachable too long; retry later or raise NICHELOOP_SPOOL_MAX_EVENTS")
+                raise SpoolFull(
+                    f"event spool {self.path} holds {self._depth} events (its bound); the broker "
+                    f"has been unreachable too long; retry later or raise NICHELOOP_SPOOL_MAX_EVENTS"
+                )
             self._db.execute("INSERT INTO spool (topic, key, value) VALUES (?, ?, ?)", (topic, key, value))
             self._depth += 1
             if self._depth >= NEAR_FULL * self.max_events and not self._warned:
-                log.error("event spool %s is %d%% full (%d of %d): is the broker down?", self.path,
-                          100 * self._depth // self.max_events, self._depth, self.max_events)
+                log.error(
+                    "event spool %s is %d%% full (%d of %d): is the broker down?",
+                    self.path,
+                    100 * self._depth // self.max_events,
+                    self._depth,
+                    self.max_events,
+                )
                 self._warned = True
             return self._depth
 
     def head(self, limit: int) -> list[Spooled]:
         """The oldest ``limit`` events, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id, topic, key, value FROM spool ORDER BY id LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(
+                "SELECT id, topic, key, value FROM spool ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
         return [Spooled(*row) for row in rows]
 
     def remove(self, ids: list[int]) -> None:

@@ -13,8 +13,20 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    JSON, DateTime, Float, Integer, LargeBinary, String, UniqueConstraint, create_engine, event,
-    func, inspect, select, text, update,
+    JSON,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -122,7 +134,7 @@ def _add_missing_columns(engine: Engine) -> None:
             if column.name not in have and column.nullable:
                 kind = column.type.compile(dialect=engine.dialect)
                 with engine.begin() as conn:
-                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 class Store:
@@ -151,9 +163,14 @@ class Store:
     def add_prediction(self, ev: PredictionEvent) -> bool:
         """Store a prediction (and join any feedback already here). Returns True if new."""
         values = dict(
-            prediction_id=ev.prediction_id, model_version=ev.model_version, label=ev.label,
-            probs=ev.probs, class_names=ev.class_names, uncertainty=ev.uncertainty,
-            image_sha256=ev.image_sha256, created_at=ev.created_at,
+            prediction_id=ev.prediction_id,
+            model_version=ev.model_version,
+            label=ev.label,
+            probs=ev.probs,
+            class_names=ev.class_names,
+            uncertainty=ev.uncertainty,
+            image_sha256=ev.image_sha256,
+            created_at=ev.created_at,
             embedding=np.asarray(ev.embedding, dtype=np.float32).tobytes(),
         )
         with Session(self.engine) as s, s.begin():
@@ -163,8 +180,13 @@ class Store:
 
     def add_feedback(self, ev: FeedbackEvent) -> bool:
         """Store a feedback event (and join it if its prediction is here). Returns True if new."""
-        values = dict(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id, label=ev.label,
-                      source=ev.source, created_at=ev.created_at)
+        values = dict(
+            feedback_id=ev.feedback_id,
+            prediction_id=ev.prediction_id,
+            label=ev.label,
+            source=ev.source,
+            created_at=ev.created_at,
+        )
         with Session(self.engine) as s, s.begin():
             new = self._insert_ignore(s, Feedback, values, ["feedback_id"])
             self._join(s, ev.prediction_id)
@@ -175,18 +197,32 @@ class Store:
         if pred is None:
             return
         latest: dict[str, Feedback] = {}
-        for fb in s.scalars(select(Feedback).where(Feedback.prediction_id == prediction_id)
-                            .order_by(Feedback.created_at, Feedback.feedback_id)):
+        for fb in s.scalars(
+            select(Feedback)
+            .where(Feedback.prediction_id == prediction_id)
+            .order_by(Feedback.created_at, Feedback.feedback_id)
+        ):
             latest[fb.source] = fb  # the newest label per source wins
         s.execute(update(Feedback).where(Feedback.prediction_id == prediction_id).values(joined=True))
         for source, fb in latest.items():
-            row = s.scalar(select(LabeledExample).where(
-                LabeledExample.prediction_id == prediction_id, LabeledExample.source == source))
+            row = s.scalar(
+                select(LabeledExample).where(
+                    LabeledExample.prediction_id == prediction_id, LabeledExample.source == source
+                )
+            )
             if row is None:
-                s.add(LabeledExample(
-                    prediction_id=prediction_id, source=source, image_sha256=pred.image_sha256,
-                    label=fb.label, predicted_label=pred.label, model_version=pred.model_version,
-                    holdout=is_holdout(pred.image_sha256), created_at=fb.created_at))
+                s.add(
+                    LabeledExample(
+                        prediction_id=prediction_id,
+                        source=source,
+                        image_sha256=pred.image_sha256,
+                        label=fb.label,
+                        predicted_label=pred.label,
+                        model_version=pred.model_version,
+                        holdout=is_holdout(pred.image_sha256),
+                        created_at=fb.created_at,
+                    )
+                )
             elif row.label != fb.label:
                 row.label, row.created_at = fb.label, fb.created_at
 
@@ -198,27 +234,45 @@ class Store:
         """
         cutoff = (now or utcnow()) - ttl
         with Session(self.engine) as s, s.begin():
-            return s.execute(update(Feedback).where(
-                Feedback.joined.is_(False), Feedback.expired.is_(False), Feedback.created_at < cutoff,
-            ).values(expired=True)).rowcount
+            return s.execute(
+                update(Feedback)
+                .where(
+                    Feedback.joined.is_(False),
+                    Feedback.expired.is_(False),
+                    Feedback.created_at < cutoff,
+                )
+                .values(expired=True)
+            ).rowcount
 
     def content_hash(self) -> str:
         """SHA-256 over the labeled examples' content (not their row ids): equal stores, equal hash."""
         digest = hashlib.sha256()
         with Session(self.engine) as s:
-            rows = s.execute(select(
-                LabeledExample.prediction_id, LabeledExample.source, LabeledExample.image_sha256,
-                LabeledExample.label, LabeledExample.predicted_label, LabeledExample.model_version,
-                LabeledExample.holdout,
-            ).order_by(LabeledExample.prediction_id, LabeledExample.source))
+            rows = s.execute(
+                select(
+                    LabeledExample.prediction_id,
+                    LabeledExample.source,
+                    LabeledExample.image_sha256,
+                    LabeledExample.label,
+                    LabeledExample.predicted_label,
+                    LabeledExample.model_version,
+                    LabeledExample.holdout,
+                ).order_by(LabeledExample.prediction_id, LabeledExample.source)
+            )
             for row in rows:
                 digest.update(repr(tuple(row)).encode())
         return digest.hexdigest()
 
     def add_seed_example(self, image_sha256: str, label: str) -> bool:
         """A labeled image that came with the seed set (no prediction behind it)."""
-        values = dict(prediction_id=f"seed-{image_sha256}", source="seed", image_sha256=image_sha256,
-                      label=label, holdout=is_holdout(image_sha256), created_at=utcnow())
+        values = dict(
+            prediction_id=f"seed-{image_sha256}",
+            source="seed",
+            image_sha256=image_sha256,
+            label=label,
+            holdout=is_holdout(image_sha256),
+            created_at=utcnow(),
+        )
         with Session(self.engine) as s, s.begin():
             return self._insert_ignore(s, LabeledExample, values, ["prediction_id", "source"])
 
@@ -259,9 +313,11 @@ class Store:
         (prediction ids, embeddings of shape (n, D))."""
         labeled = select(LabeledExample.prediction_id)
         queued = select(ReviewItem.prediction_id)
-        q = (select(Prediction.prediction_id, Prediction.embedding)
-             .where(Prediction.model_version == model_version)
-             .where(Prediction.prediction_id.in_(labeled) | Prediction.prediction_id.in_(queued)))
+        q = (
+            select(Prediction.prediction_id, Prediction.embedding)
+            .where(Prediction.model_version == model_version)
+            .where(Prediction.prediction_id.in_(labeled) | Prediction.prediction_id.in_(queued))
+        )
         with Session(self.engine) as s:
             rows = s.execute(q).all()
         if not rows:
@@ -270,7 +326,9 @@ class Store:
 
     def covered_hashes(self) -> set[str]:
         """Content hashes of every labeled or queued image (exact-duplicate suppression)."""
-        queued = select(Prediction.image_sha256).join(ReviewItem, ReviewItem.prediction_id == Prediction.prediction_id)
+        queued = select(Prediction.image_sha256).join(
+            ReviewItem, ReviewItem.prediction_id == Prediction.prediction_id
+        )
         with Session(self.engine) as s:
             return set(s.scalars(select(LabeledExample.image_sha256))) | set(s.scalars(queued))
 
@@ -283,20 +341,26 @@ class Store:
         found: set[str] = set()
         with Session(self.engine) as s:
             for start in range(0, len(values), 500):
-                found.update(s.scalars(select(column).where(column.in_(values[start:start + 500]))))
+                found.update(s.scalars(select(column).where(column.in_(values[start : start + 500]))))
         return found
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, plus review items by status."""
         with Session(self.engine) as s:
-            out = {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
-                   for t in (Prediction, Feedback, LabeledExample, ReviewItem)}
+            out = {
+                t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                for t in (Prediction, Feedback, LabeledExample, ReviewItem)
+            }
             for status, n in s.execute(select(ReviewItem.status, func.count()).group_by(ReviewItem.status)):
                 out[f"review_{status}"] = n
-            for source, n in s.execute(select(LabeledExample.source, func.count()).group_by(LabeledExample.source)):
+            for source, n in s.execute(
+                select(LabeledExample.source, func.count()).group_by(LabeledExample.source)
+            ):
                 out[f"labeled_{source}"] = n
-            out["feedback_pending"] = s.scalar(select(func.count()).select_from(Feedback).where(
-                Feedback.joined.is_(False))) or 0
-            out["feedback_expired"] = s.scalar(select(func.count()).select_from(Feedback).where(
-                Feedback.expired.is_(True))) or 0
+            out["feedback_pending"] = (
+                s.scalar(select(func.count()).select_from(Feedback).where(Feedback.joined.is_(False))) or 0
+            )
+            out["feedback_expired"] = (
+                s.scalar(select(func.count()).select_from(Feedback).where(Feedback.expired.is_(True))) or 0
+            )
         return out

@@ -103,7 +103,9 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_image_folder(root: Path, per_class: int, seed: int = 0, size: int = 64, shift: Shift = Shift()) -> Path:
+def write_image_folder(
+    root: Path, per_class: int, seed: int = 0, size: int = 64, shift: Shift = Shift()
+) -> Path:
     """Write ``per_class`` PNGs per class into ``root/<class>/<i>.png`` (ImageFolder layout)."""
     stream = SyntheticStream(seed=seed, size=size)
     for cls in stream.classes:

@@ -43,9 +43,13 @@ class Promotion:
 
     def summary(self) -> dict[str, object]:
         """A JSON-ready account: the versions and every gate's verdict, reason and figures."""
-        return {"previous": self.previous, "promoted": self.promoted,
-                "gates": [{"gate": g.gate, "verdict": g.verdict, "reason": g.reason, **g.figures}
-                          for g in self.gates]}
+        return {
+            "previous": self.previous,
+            "promoted": self.promoted,
+            "gates": [
+                {"gate": g.gate, "verdict": g.verdict, "reason": g.reason, **g.figures} for g in self.gates
+            ],
+        }
 
 
 def offline_gates(registry: AliasRegistry, *, tolerance: float = 0.0) -> Promotion:

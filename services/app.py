@@ -9,8 +9,8 @@ import urllib.request
 from ray import serve
 from ray.serve import Application
 
-from nicheloop.errors import NotReady
 from nicheloop.cluster import connect_ray
+from nicheloop.errors import NotReady
 from nicheloop.settings import Settings
 from services.gateway import Gateway
 from services.inference import PredictorDeployment
@@ -45,7 +45,9 @@ def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
         except OSError:
             pass
         time.sleep(1.0)
-    raise NotReady(f"{settings.serve_url}/readyz not ready after {wait_ready_s:.0f}s; is a champion registered?")
+    raise NotReady(
+        f"{settings.serve_url}/readyz not ready after {wait_ready_s:.0f}s; is a champion registered?"
+    )
 
 
 def undeploy(settings: Settings) -> None:

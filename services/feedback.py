@@ -17,8 +17,14 @@ def check_label(label: str, class_names: list[str]) -> str:
     return label
 
 
-def record_feedback(publisher: Publisher, key: bytes, prediction_id: str, label: str,
-                    class_names: list[str], source: FeedbackSource) -> FeedbackEvent:
+def record_feedback(
+    publisher: Publisher,
+    key: bytes,
+    prediction_id: str,
+    label: str,
+    class_names: list[str],
+    source: FeedbackSource,
+) -> FeedbackEvent:
     """Validate and publish one label; returns once it is durable (acknowledged by the broker, or
     in the local spool while the broker is unreachable).
 

@@ -1,6 +1,5 @@
 """The HTTP ingress on Ray Serve: /v1/predict, /v1/feedback, /v1/review, health and readiness."""
 
-
 import asyncio
 import logging
 from typing import Any
@@ -14,8 +13,15 @@ from ray.serve.handle import DeploymentHandle
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
 from nicheloop.contracts import (
-    PREDICTIONS_TOPIC, FeedbackAccepted, FeedbackRequest, PredictionEvent, PredictResponse,
-    ReviewLabel, ReviewSkip, ReviewStats, ReviewTask,
+    PREDICTIONS_TOPIC,
+    FeedbackAccepted,
+    FeedbackRequest,
+    PredictionEvent,
+    PredictResponse,
+    ReviewLabel,
+    ReviewSkip,
+    ReviewStats,
+    ReviewTask,
 )
 from nicheloop.errors import NotReady
 from nicheloop.images import decode_image, image_statistics
@@ -45,17 +51,25 @@ class Gateway:
         self.blobs = BlobStore(str(self.settings.blob_dir))
         self.store = Store(self.settings.db_url)
         self.queue = ReviewQueue(self.store, QueuePolicy.from_settings(self.settings))
-        self.publisher = Publisher(self.settings.bootstrap_servers, self.settings.home / "spool", name="gateway",
-                                   spool_max_events=self.settings.spool_max_events)
+        self.publisher = Publisher(
+            self.settings.bootstrap_servers,
+            self.settings.home / "spool",
+            name="gateway",
+            spool_max_events=self.settings.spool_max_events,
+        )
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
         """This replica's event-spool metrics in Prometheus text format."""
         registry = CollectorRegistry()
-        Gauge("nicheloop_event_spool_depth", "Events waiting on local disk for the broker",
-              registry=registry).set(self.publisher.spool_depth)
-        Gauge("nicheloop_event_spool_capacity", "The spool's bound (NICHELOOP_SPOOL_MAX_EVENTS)",
-              registry=registry).set(self.publisher.spool_capacity)
+        Gauge(
+            "nicheloop_event_spool_depth", "Events waiting on local disk for the broker", registry=registry
+        ).set(self.publisher.spool_depth)
+        Gauge(
+            "nicheloop_event_spool_capacity",
+            "The spool's bound (NICHELOOP_SPOOL_MAX_EVENTS)",
+            registry=registry,
+        ).set(self.publisher.spool_capacity)
         return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz")
@@ -77,27 +91,42 @@ class Gateway:
         prediction_id = new_prediction_id(self.key)
         best = max(range(len(out.probs)), key=out.probs.__getitem__)
         event = PredictionEvent(
-            prediction_id=prediction_id, model_name=s.model_name, model_version=out.model_version,
-            label=out.class_names[best], probs=out.probs, class_names=out.class_names,
-            uncertainty=out.uncertainty, embedding=out.embedding, image_sha256=digest,
+            prediction_id=prediction_id,
+            model_name=s.model_name,
+            model_version=out.model_version,
+            label=out.class_names[best],
+            probs=out.probs,
+            class_names=out.class_names,
+            uncertainty=out.uncertainty,
+            embedding=out.embedding,
+            image_sha256=digest,
             image_stats=await asyncio.to_thread(image_statistics, image),
         )
         if s.event_logging:
             self.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)
-        return PredictResponse(prediction_id=prediction_id, model_version=out.model_version,
-                               label=event.label, probs=dict(zip(out.class_names, out.probs)),
-                               uncertainty=out.uncertainty)
+        return PredictResponse(
+            prediction_id=prediction_id,
+            model_version=out.model_version,
+            label=event.label,
+            probs=dict(zip(out.class_names, out.probs)),
+            uncertainty=out.uncertainty,
+        )
 
     @api.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
     async def feedback(self, body: FeedbackRequest) -> FeedbackAccepted:
         classes = await self._class_names()
-        ev = await asyncio.to_thread(record_feedback, self.publisher, self.key, body.prediction_id,
-                                     body.label, classes, body.source)
-        return FeedbackAccepted(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id,
-                                label=ev.label, source=ev.source)
+        ev = await asyncio.to_thread(
+            record_feedback, self.publisher, self.key, body.prediction_id, body.label, classes, body.source
+        )
+        return FeedbackAccepted(
+            feedback_id=ev.feedback_id, prediction_id=ev.prediction_id, label=ev.label, source=ev.source
+        )
 
-    @api.get("/v1/review/next", response_model=ReviewTask,
-             responses={204: {"description": "queue empty"}, 429: {"description": "budget spent"}})
+    @api.get(
+        "/v1/review/next",
+        response_model=ReviewTask,
+        responses={204: {"description": "queue empty"}, 429: {"description": "budget spent"}},
+    )
     async def review_next(self, x_reviewer: str = Header("anonymous", max_length=128)) -> Any:
         """Lease the next task to the reviewer named in ``X-Reviewer`` (label or skip it with its token)."""
         task = await asyncio.to_thread(claim_next, self.queue, self.store, x_reviewer)
@@ -110,10 +139,19 @@ class Gateway:
     @api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
     async def review_submit(self, task_id: int, body: ReviewLabel) -> FeedbackAccepted:
         classes = await self._class_names()
-        ev = await asyncio.to_thread(submit_review, self.queue, self.publisher, self.key, task_id,
-                                     body.label, body.lease_token, classes)
-        return FeedbackAccepted(feedback_id=ev.feedback_id, prediction_id=ev.prediction_id,
-                                label=ev.label, source=ev.source)
+        ev = await asyncio.to_thread(
+            submit_review,
+            self.queue,
+            self.publisher,
+            self.key,
+            task_id,
+            body.label,
+            body.lease_token,
+            classes,
+        )
+        return FeedbackAccepted(
+            feedback_id=ev.feedback_id, prediction_id=ev.prediction_id, label=ev.label, source=ev.source
+        )
 
     @api.post("/v1/review/{task_id}/skip", status_code=200)
     async def review_skip(self, task_id: int, body: ReviewSkip) -> dict[str, Any]:

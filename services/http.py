@@ -12,8 +12,15 @@ from fastapi.responses import JSONResponse
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from nicheloop.spool import SpoolFull
 
-STATUS = {PayloadTooLarge: 413, NotFound: 404, NotReady: 503, SpoolFull: 503, InvalidInput: 400, Conflict: 409,
-          BudgetSpent: 429}
+STATUS = {
+    PayloadTooLarge: 413,
+    NotFound: 404,
+    NotReady: 503,
+    SpoolFull: 503,
+    InvalidInput: 400,
+    Conflict: 409,
+    BudgetSpent: 429,
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -27,6 +34,7 @@ def _handler(code: int):  # type: ignore[no-untyped-def]
         retry = getattr(exc, "retry_after_s", None)
         headers = {"Retry-After": str(int(retry + 0.999))} if retry is not None else None
         return JSONResponse(status_code=code, content={"detail": str(exc)}, headers=headers)
+
     return handle
 
 
@@ -59,7 +67,9 @@ async def image_bytes(request: Request, limit: int) -> bytes:
     # Multipart and base64 add overhead: allow the body a margin over the image limit.
     body = await read_body(request, limit * 4 // 3 + 64 * 1024)
     if not body:
-        raise InvalidInput("empty body: send an image as multipart field `image`, JSON {\"image_b64\"} or raw bytes")
+        raise InvalidInput(
+            'empty body: send an image as multipart field `image`, JSON {"image_b64"} or raw bytes'
+        )
     if ctype == "multipart/form-data":
         return await _from_multipart(request, body)
     if ctype == "application/json":

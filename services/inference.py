@@ -84,8 +84,10 @@ class Predictor:
         unc = margin_uncertainty(probs)
         # 6 decimals keep float32 precision for these magnitudes and halve the events' JSON size
         emb_rounded = np.round(emb.astype(np.float64), EMBEDDING_DECIMALS)
-        return [ModelOutput(version, model.class_names, p.tolist(), float(u), e.tolist())
-                for p, u, e in zip(probs, unc, emb_rounded)]
+        return [
+            ModelOutput(version, model.class_names, p.tolist(), float(u), e.tolist())
+            for p, u, e in zip(probs, unc, emb_rounded)
+        ]
 
     async def predict(self, image: Image.Image) -> ModelOutput:
         return await self.predict_batch(image)

@@ -24,14 +24,28 @@ def claim_next(queue: ReviewQueue, store: Store, reviewer: str) -> ReviewTask | 
     if item is None:
         return None
     pred = store.prediction(item.prediction_id)
-    return ReviewTask(task_id=item.task_id, prediction_id=item.prediction_id, predicted_label=pred.label,
-                      uncertainty=pred.uncertainty, priority=item.priority, class_names=list(pred.class_names),
-                      image_url=f"/v1/images/{pred.image_sha256}", lease_token=item.lease_token or "",
-                      lease_expires_at=item.lease_expires_at)
+    return ReviewTask(
+        task_id=item.task_id,
+        prediction_id=item.prediction_id,
+        predicted_label=pred.label,
+        uncertainty=pred.uncertainty,
+        priority=item.priority,
+        class_names=list(pred.class_names),
+        image_url=f"/v1/images/{pred.image_sha256}",
+        lease_token=item.lease_token or "",
+        lease_expires_at=item.lease_expires_at,
+    )
 
 
-def submit_review(queue: ReviewQueue, publisher: Publisher, key: bytes, task_id: int, label: str,
-                  lease_token: str, class_names: list[str]) -> FeedbackEvent:
+def submit_review(
+    queue: ReviewQueue,
+    publisher: Publisher,
+    key: bytes,
+    task_id: int,
+    label: str,
+    lease_token: str,
+    class_names: list[str],
+) -> FeedbackEvent:
     """Publish a reviewer's label for a leased task as reviewer feedback, then close the task.
 
     The label is durable (on Kafka or in the spool) before the task is marked done, so a crash
@@ -47,5 +61,7 @@ def submit_review(queue: ReviewQueue, publisher: Publisher, key: bytes, task_id:
     try:
         queue.complete(task_id, label, lease_token)
     except Conflict:  # the lease ran out while publishing: the label is kept, the task stays open
-        log.warning("review task %d: lease expired while its label was published; label kept as feedback", task_id)
+        log.warning(
+            "review task %d: lease expired while its label was published; label kept as feedback", task_id
+        )
     return event

@@ -36,8 +36,10 @@ def postgres_database(name: str) -> str:
 
     base = os.environ.get("NICHELOOP_TEST_POSTGRES_URL")
     if not base:
-        pytest.fail("NICHELOOP_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL, "
-                    "or start it with deploy/local/postgres.sh and export the URL it prints with `url`")
+        pytest.fail(
+            "NICHELOOP_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL, "
+            "or start it with deploy/local/postgres.sh and export the URL it prints with `url`"
+        )
     admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -16,8 +16,11 @@ from torchvision.transforms import v2
 
 from nicheloop.model import eval_transform
 
-_INTERP = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
-           "nearest": v2.InterpolationMode.NEAREST}
+_INTERP = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
 
 
 class _RightAngle(v2.Transform):
@@ -43,13 +46,24 @@ def train_transform(data_config: dict[str, Any], intensity: float) -> v2.Compose
         return v2.Compose([v2.RGB(), eval_transform(data_config)])
     ops: list[Any] = [v2.ToImage(), v2.RGB()]
     if i > 0:
-        ops += [v2.RandomResizedCrop(size, scale=(1 - 0.4 * i, 1.0), ratio=(1 - 0.2 * i, 1 + 0.2 * i),
-                                     interpolation=interp, antialias=True),
-                v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5), v2.RandomApply([_RightAngle()], p=i),
-                v2.ColorJitter(brightness=0.3 * i, contrast=0.3 * i),
-                v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 0.1 + 0.9 * i))], p=0.2 * i)]
-    ops += [v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))]
+        ops += [
+            v2.RandomResizedCrop(
+                size,
+                scale=(1 - 0.4 * i, 1.0),
+                ratio=(1 - 0.2 * i, 1 + 0.2 * i),
+                interpolation=interp,
+                antialias=True,
+            ),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.5),
+            v2.RandomApply([_RightAngle()], p=i),
+            v2.ColorJitter(brightness=0.3 * i, contrast=0.3 * i),
+            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 0.1 + 0.9 * i))], p=0.2 * i),
+        ]
+    ops += [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
+    ]
     return v2.Compose(ops)
 
 
@@ -57,12 +71,17 @@ def ssl_transform(data_config: dict[str, Any]) -> v2.Compose:
     """One view for self-supervised pretraining: the SimSiam recipe's crops, flips, jitter and blur,
     without hue or saturation changes (grey-level surfaces)."""
     size = tuple(data_config["input_size"][-2:])
-    return v2.Compose([
-        v2.ToImage(), v2.RGB(),
-        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5), v2.RandomApply([_RightAngle()], p=0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
-        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.5),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RGB(),
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.5),
+            v2.RandomApply([_RightAngle()], p=0.5),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.5),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
+        ]
+    )

@@ -1,4 +1,5 @@
-"""The typed training recipe: YAML file -> :class:`TrainConfig`, overridable from the CLI, saved with every run.
+"""The typed training recipe: YAML file -> :class:`TrainConfig`, overridable from the CLI, saved
+with every run.
 
 A recipe is everything that decides how a fine-tune adapts a pretrained backbone to a niche
 domain: where the weights come from, which layers train when, at which learning rates, with
@@ -23,9 +24,12 @@ class TrainConfig(BaseModel):
 
     # -- where the starting weights come from ---------------------------------------------------
     backbone: str | None = Field(None, description="timm model name; None: the service's backbone setting.")
-    weights: str = Field("none", description="'none' (random init), 'hub' (timm hub tag of the backbone), "
-                                             "'file:PATH' (a local checkpoint, e.g. from `nicheloop pretrain`) "
-                                             "or 'mlflow:VERSION' / 'mlflow:@ALIAS' (a registered version).")
+    weights: str = Field(
+        "none",
+        description="'none' (random init), 'hub' (timm hub tag of the backbone), "
+        "'file:PATH' (a local checkpoint, e.g. from `nicheloop pretrain`) "
+        "or 'mlflow:VERSION' / 'mlflow:@ALIAS' (a registered version).",
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier (timm drop_rate).")
 
     # -- optimisation ---------------------------------------------------------------------------
@@ -33,41 +37,78 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     lr_head: float = Field(2e-3, gt=0)
     lr_backbone: float = Field(5e-4, gt=0, description="Discriminative: the pretrained body learns slower.")
-    layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise decay: each layer group further from "
-                                                            "the head learns this factor slower (1.0: off).")
+    layer_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise decay: each layer group further from "
+        "the head learns this factor slower (1.0: off).",
+    )
     weight_decay: float = Field(1e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Off by default: on NEU it cost 4.5 accuracy "
-                                                                 "points and left temperature scaling less to work with.")
-    restart_epochs: int = Field(0, ge=0, description="Cosine schedule with warm restarts every this many "
-                                                     "epochs (0: one cosine cycle over the whole run).")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Off by default: on NEU it cost 4.5 accuracy "
+        "points and left temperature scaling less to work with.",
+    )
+    restart_epochs: int = Field(
+        0,
+        ge=0,
+        description="Cosine schedule with warm restarts every this many "
+        "epochs (0: one cosine cycle over the whole run).",
+    )
     restart_mult: int = Field(1, ge=1, description="Each restart period is this many times the last.")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="Learning rates anneal down to this fraction.")
 
     # -- freezing -------------------------------------------------------------------------------
     freeze: Literal["none", "backbone", "gradual"] = Field(
-        "none", description="none: everything trains; backbone: only the head trains (linear probe); "
-                            "gradual: head only at first, then stages unfreeze from the top down.")
+        "none",
+        description="none: everything trains; backbone: only the head trains (linear probe); "
+        "gradual: head only at first, then stages unfreeze from the top down.",
+    )
     head_only_epochs: int = Field(1, ge=0, description="gradual: epochs with only the head training.")
-    unfreeze_every: int = Field(1, ge=1, description="gradual: unfreeze one more stage every this many epochs.")
+    unfreeze_every: int = Field(
+        1, ge=1, description="gradual: unfreeze one more stage every this many epochs."
+    )
 
     # -- data -----------------------------------------------------------------------------------
     class_balance: Literal["none", "sampler", "loss"] = Field(
-        "sampler", description="sampler: draw classes equally often; loss: weight the loss by 1/frequency.")
+        "sampler", description="sampler: draw classes equally often; loss: weight the loss by 1/frequency."
+    )
     augment: float = Field(0.5, ge=0, le=1, description="Augmentation intensity; 0 turns it off.")
-    val_fraction: float = Field(0.15, ge=0, lt=0.5, description="Share of training labels held out for "
-                                                                "early stopping and temperature scaling.")
-    calibration_fraction: float = Field(0.5, ge=0, lt=1, description="Share of the held-out labels kept for "
-                                        "fitting the temperature only; the rest picks the best epoch. A "
-                                        "temperature fitted on the labels that picked the epoch over-sharpens "
-                                        "(on NEU: ECE 0.039 against 0.029). 0: fit on the selection labels.")
-    early_stopping_patience: int = Field(0, ge=0, description="Stop after this many epochs without a better "
-                                                              "validation loss (0: off); the best epoch wins.")
-    replay_per_class: int = Field(200, ge=0, description="Continual learning: at most this many of the parent "
-                                                         "version's labels per class replayed with new data.")
+    val_fraction: float = Field(
+        0.15,
+        ge=0,
+        lt=0.5,
+        description="Share of training labels held out for early stopping and temperature scaling.",
+    )
+    calibration_fraction: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Share of the held-out labels kept for "
+        "fitting the temperature only; the rest picks the best epoch. A "
+        "temperature fitted on the labels that picked the epoch over-sharpens "
+        "(on NEU: ECE 0.039 against 0.029). 0: fit on the selection labels.",
+    )
+    early_stopping_patience: int = Field(
+        0,
+        ge=0,
+        description="Stop after this many epochs without a better "
+        "validation loss (0: off); the best epoch wins.",
+    )
+    replay_per_class: int = Field(
+        200,
+        ge=0,
+        description="Continual learning: at most this many of the parent "
+        "version's labels per class replayed with new data.",
+    )
 
     # -- evaluation -----------------------------------------------------------------------------
-    critical_classes: list[str] = Field(default_factory=list, description="Classes whose precision at "
-                                                                          "`target_recall` is reported.")
+    critical_classes: list[str] = Field(
+        default_factory=list, description="Classes whose precision at `target_recall` is reported."
+    )
     target_recall: float = Field(0.9, gt=0, le=1)
     calibrate: bool = Field(True, description="Fit a temperature on validation; serving applies it.")
 
@@ -76,15 +117,22 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when > 1).")
     use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one.")
     amp: bool | None = Field(None, description="bfloat16 autocast; None: on when training on a GPU.")
-    loader_workers: int = Field(0, ge=0, description="Image-decoding processes per training worker (0: inline).")
-    threads_per_worker: int | None = Field(None, ge=1, description="torch threads; None: all CPUs of the host.")
-    max_failures: int = Field(2, ge=0, description="Worker failures survived by resuming from the last "
-                                                   "epoch's checkpoint.")
+    loader_workers: int = Field(
+        0, ge=0, description="Image-decoding processes per training worker (0: inline)."
+    )
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch threads; None: all CPUs of the host."
+    )
+    max_failures: int = Field(
+        2, ge=0, description="Worker failures survived by resuming from the last epoch's checkpoint."
+    )
 
     @model_validator(mode="after")
     def _check_weights(self) -> TrainConfig:
         kind = self.weights.split(":", 1)[0]
-        if kind not in {"none", "hub", "file", "mlflow"} or (kind in {"file", "mlflow"} and ":" not in self.weights):
+        if kind not in {"none", "hub", "file", "mlflow"} or (
+            kind in {"file", "mlflow"} and ":" not in self.weights
+        ):
             raise ValueError(f"weights {self.weights!r}: use none, hub, file:PATH or mlflow:VERSION")
         return self
 
@@ -97,8 +145,11 @@ def _coerce(text: str) -> Any:
         return text
 
 
-def load_recipe(path: Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                values: dict[str, Any] | None = None) -> TrainConfig:
+def load_recipe(
+    path: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> TrainConfig:
     """Read a YAML recipe, then apply ``values`` and ``key=value`` overrides (values parsed as YAML).
 
     Raises:

@@ -35,14 +35,21 @@ class Snapshot:
 
     @property
     def digest(self) -> str:
-        lines = [f"{side}:{e.image_sha256}:{e.label}" for side, part in (("t", self.train), ("h", self.holdout))
-                 for e in part]
+        lines = [
+            f"{side}:{e.image_sha256}:{e.label}"
+            for side, part in (("t", self.train), ("h", self.holdout))
+            for e in part
+        ]
         return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
     def manifest(self) -> str:
-        return json.dumps({"digest": self.digest,
-                           "train": [[e.image_sha256, e.label] for e in self.train],
-                           "holdout": [[e.image_sha256, e.label] for e in self.holdout]})
+        return json.dumps(
+            {
+                "digest": self.digest,
+                "train": [[e.image_sha256, e.label] for e in self.train],
+                "holdout": [[e.image_sha256, e.label] for e in self.holdout],
+            }
+        )
 
 
 def read_image_folder(root: Path) -> list[tuple[bytes, str]]:
@@ -53,10 +60,12 @@ def read_image_folder(root: Path) -> list[tuple[bytes, str]]:
     """
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a directory; pass an ImageFolder root (<class>/<image>)")
-    items = [(path.read_bytes(), cls.name)
-             for cls in sorted(p for p in root.iterdir() if p.is_dir())
-             for path in sorted(cls.iterdir())
-             if path.suffix.lower() in IMAGE_SUFFIXES and path.stat().st_size <= MAX_FILE_BYTES]
+    items = [
+        (path.read_bytes(), cls.name)
+        for cls in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(cls.iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.stat().st_size <= MAX_FILE_BYTES
+    ]
     if len({label for _, label in items}) < 2:
         raise InvalidInput(f"{root} needs at least two class folders with images")
     return items
@@ -74,13 +83,24 @@ class BlobImageDataset(Dataset):
     """Images from the blob store through a model's transform; yields (tensor, class index), and
     the image's statistics (the drift monitors' input features) when ``with_stats``."""
 
-    def __init__(self, blobs: BlobStore, examples: list[Example] | tuple[Example, ...],
-                 class_names: list[str], transform: Any, max_pixels: int = 4096 * 4096,
-                 with_stats: bool = False) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        examples: list[Example] | tuple[Example, ...],
+        class_names: list[str],
+        transform: Any,
+        max_pixels: int = 4096 * 4096,
+        with_stats: bool = False,
+    ) -> None:
         unknown = {e.label for e in examples} - set(class_names)
         if unknown:
             raise InvalidInput(f"labels {sorted(unknown)} are not classes of the model {class_names}")
-        self.blobs, self.examples, self.transform, self.max_pixels = blobs, list(examples), transform, max_pixels
+        self.blobs, self.examples, self.transform, self.max_pixels = (
+            blobs,
+            list(examples),
+            transform,
+            max_pixels,
+        )
         self.index = {c: i for i, c in enumerate(class_names)}
         self.with_stats = with_stats
 
@@ -100,8 +120,9 @@ def _rank(seed: int, example: Example) -> str:
     return hashlib.sha256(f"{seed}:{example.image_sha256}".encode()).hexdigest()
 
 
-def split_validation(examples: tuple[Example, ...] | list[Example], fraction: float, seed: int = 0
-                     ) -> tuple[list[Example], list[Example]]:
+def split_validation(
+    examples: tuple[Example, ...] | list[Example], fraction: float, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
     """(train, validation): ``fraction`` of each class (classes with fewer than 3 labels stay whole),
     chosen by a seeded hash of the image, so the split is the same on every run and every worker."""
     train: list[Example] = []
@@ -131,7 +152,9 @@ def parse_manifest(text: str) -> Snapshot:
     """
     try:
         data = json.loads(text)
-        return Snapshot(train=tuple(Example(s, lbl) for s, lbl in data["train"]),
-                        holdout=tuple(Example(s, lbl) for s, lbl in data["holdout"]))
+        return Snapshot(
+            train=tuple(Example(s, lbl) for s, lbl in data["train"]),
+            holdout=tuple(Example(s, lbl) for s, lbl in data["holdout"]),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"not a snapshot manifest: {exc}") from exc

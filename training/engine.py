@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,14 @@ from nicheloop.model import NicheModel
 from training.augment import train_transform
 from training.config import TrainConfig
 from training.data import BlobImageDataset, Example
-from training.recipe import balanced_order, class_weights, frozen_names, lr_factor, param_groups, set_frozen_norms
+from training.recipe import (
+    balanced_order,
+    class_weights,
+    frozen_names,
+    lr_factor,
+    param_groups,
+    set_frozen_norms,
+)
 
 
 @dataclass
@@ -41,8 +49,8 @@ class Progress:
 class Job:
     """What one worker trains: the network (already on ``device``), data, and its place in the world."""
 
-    net: torch.nn.Module                 # what forward/backward run through (DDP-wrapped when world > 1)
-    raw: torch.nn.Module                 # the bare network (parameters, state dict, validation)
+    net: torch.nn.Module  # what forward/backward run through (DDP-wrapped when world > 1)
+    raw: torch.nn.Module  # the bare network (parameters, state dict, validation)
     train_set: Dataset
     train_labels: np.ndarray
     val_set: Dataset | None
@@ -73,8 +81,14 @@ def epoch_order(labels: np.ndarray, cfg: TrainConfig, epoch: int, rank: int, wor
 
 
 def _loader(ds: Dataset, indices: np.ndarray, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(Subset(ds, indices.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        Subset(ds, indices.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def train_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> dict[str, float]:
@@ -83,10 +97,18 @@ def train_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: i
     frozen_params = [p for n, p in job.raw.named_parameters() if n in frozen]
     job.net.train()
     set_frozen_norms(job.raw, frozen)
-    weight = class_weights(job.train_labels, job.num_classes).to(job.device) if cfg.class_balance == "loss" else None
+    weight = (
+        class_weights(job.train_labels, job.num_classes).to(job.device)
+        if cfg.class_balance == "loss"
+        else None
+    )
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    loader = _loader(job.train_set, epoch_order(job.train_labels, cfg, epoch, job.rank, job.world), cfg.batch_size,
-                     cfg.loader_workers)
+    loader = _loader(
+        job.train_set,
+        epoch_order(job.train_labels, cfg, epoch, job.rank, job.world),
+        cfg.batch_size,
+        cfg.loader_workers,
+    )
     steps, amp = max(1, len(loader)), use_amp(cfg, job.device)
     total = torch.zeros(2, device=job.device)
     for step, (x, y) in enumerate(loader):
@@ -103,8 +125,12 @@ def train_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: i
         opt.step()
         total += torch.stack([loss.detach().float() * len(y), torch.tensor(float(len(y)), device=job.device)])
     total = job.all_reduce(total)
-    return {"train_loss": float(total[0] / total[1].clamp(min=1)), "train_images": float(total[1]),
-            "frozen_tensors": float(len(frozen_params)), "lr_factor": lr_factor(cfg, epoch + 1)}
+    return {
+        "train_loss": float(total[0] / total[1].clamp(min=1)),
+        "train_images": float(total[1]),
+        "frozen_tensors": float(len(frozen_params)),
+        "lr_factor": lr_factor(cfg, epoch + 1),
+    }
 
 
 @torch.no_grad()
@@ -113,21 +139,27 @@ def validate(job: Job, cfg: TrainConfig) -> dict[str, float]:
     if job.val_set is None or len(job.val_set) == 0:
         return {}
     job.raw.eval()
-    idx = np.arange(len(job.val_set))[job.rank::job.world]
+    idx = np.arange(len(job.val_set))[job.rank :: job.world]
     sums = torch.zeros(3, device=job.device)
     for x, y in _loader(job.val_set, idx, cfg.batch_size * 2, cfg.loader_workers):
         x, y = x.to(job.device), y.to(job.device)
         with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=use_amp(cfg, job.device)):
             logits = job.raw(x).float()
-        sums += torch.stack([torch.nn.functional.cross_entropy(logits, y, reduction="sum"),
-                             (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=job.device)])
+        sums += torch.stack(
+            [
+                torch.nn.functional.cross_entropy(logits, y, reduction="sum"),
+                (logits.argmax(1) == y).sum().float(),
+                torch.tensor(float(len(y)), device=job.device),
+            ]
+        )
     sums = job.all_reduce(sums)
     n = float(sums[2].clamp(min=1))
     return {"val_loss": float(sums[0]) / n, "val_accuracy": float(sums[1]) / n, "val_images": float(sums[2])}
 
 
-def run_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, prog: Progress,
-              best: dict[str, Any]) -> dict[str, float]:
+def run_epoch(
+    job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, prog: Progress, best: dict[str, Any]
+) -> dict[str, float]:
     """Train and validate one epoch, update ``prog`` and keep the best weights in ``best['state']``."""
     epoch = prog.next_epoch
     metrics = {"epoch": float(epoch), **train_epoch(job, opt, cfg, epoch), **validate(job, cfg)}
@@ -143,29 +175,47 @@ def run_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, prog: Prog
     return metrics
 
 
-def checkpoint_state(job: Job, opt: torch.optim.Optimizer, prog: Progress, best: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_state(
+    job: Job, opt: torch.optim.Optimizer, prog: Progress, best: dict[str, Any]
+) -> dict[str, Any]:
     """Everything needed to resume after a failure (weights, optimizer, progress, best weights).
 
     When the last epoch is the best one its weights are not stored twice (``best`` is None).
     """
     current_is_best = prog.best_epoch == prog.next_epoch - 1
-    return {"model": job.raw.state_dict(), "optimizer": opt.state_dict(), "progress": asdict(prog),
-            "best": None if current_is_best else best.get("state")}
+    return {
+        "model": job.raw.state_dict(),
+        "optimizer": opt.state_dict(),
+        "progress": asdict(prog),
+        "best": None if current_is_best else best.get("state"),
+    }
 
 
 def restore(job: Job, opt: torch.optim.Optimizer, state: dict[str, Any]) -> tuple[Progress, dict[str, Any]]:
     """Load a :func:`checkpoint_state` back; returns the progress and best weights to continue with."""
     job.raw.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    return Progress(**state["progress"]), {"state": state["best"] if state["best"] is not None else state["model"]}
+    return Progress(**state["progress"]), {
+        "state": state["best"] if state["best"] is not None else state["model"]
+    }
 
 
-def local_job(model: NicheModel, blobs: BlobStore, train: list[Example], val: list[Example], cfg: TrainConfig,
-              device: torch.device | str = "cpu") -> Job:
+def local_job(
+    model: NicheModel,
+    blobs: BlobStore,
+    train: list[Example],
+    val: list[Example],
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> Job:
     """A single-process :class:`Job` over blob-store examples (the Ray worker builds the same per rank)."""
     dev = torch.device(device)
-    train_set = BlobImageDataset(blobs, train, model.class_names, train_transform(model.data_config, cfg.augment))
-    val_set = BlobImageDataset(blobs, val, model.class_names, model.transform(training=False)) if val else None
+    train_set = BlobImageDataset(
+        blobs, train, model.class_names, train_transform(model.data_config, cfg.augment)
+    )
+    val_set = (
+        BlobImageDataset(blobs, val, model.class_names, model.transform(training=False)) if val else None
+    )
     labels = np.array([train_set.index[e.label] for e in train], dtype=np.int64)
     model.net.to(dev)
     return Job(model.net, model.net, train_set, labels, val_set, model.num_classes, dev)

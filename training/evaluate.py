@@ -24,10 +24,10 @@ BRIGHTNESS_SLICES = ((0.0, 85.0, "dark"), (85.0, 170.0, "mid"), (170.0, 256.0, "
 class Predictions:
     """A model's raw outputs on labeled examples."""
 
-    logits: np.ndarray       # (N, K), before temperature scaling
-    embeddings: np.ndarray   # (N, D)
-    y: np.ndarray            # (N,) true class indices
-    stats: np.ndarray        # (N, len(IMAGE_STATS)) image statistics, as serving computes them
+    logits: np.ndarray  # (N, K), before temperature scaling
+    embeddings: np.ndarray  # (N, D)
+    y: np.ndarray  # (N,) true class indices
+    stats: np.ndarray  # (N, len(IMAGE_STATS)) image statistics, as serving computes them
 
     @property
     def brightness(self) -> np.ndarray:
@@ -49,19 +49,26 @@ def metric_key(text: str) -> str:
 
 
 @torch.inference_mode()
-def predict_all(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example],
-                batch_size: int = 64) -> Predictions:
+def predict_all(
+    model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example], batch_size: int = 64
+) -> Predictions:
     """Run ``model`` over ``examples`` (evaluation transform, no temperature)."""
     model.net.eval()
-    ds = BlobImageDataset(blobs, examples, model.class_names, model.transform(training=False), with_stats=True)
+    ds = BlobImageDataset(
+        blobs, examples, model.class_names, model.transform(training=False), with_stats=True
+    )
     logits, embs, ys, stats = [], [], [], []
     for x, y, st in DataLoader(ds, batch_size=batch_size):
         lg, e = model.logits(x)
         logits.append(lg.float().cpu().numpy()), embs.append(e.float().cpu().numpy()), ys.append(y.numpy())
         stats.append(st.numpy())
     if not logits:
-        return Predictions(np.zeros((0, model.num_classes)), np.zeros((0, 0)), np.zeros(0, dtype=int),
-                           np.zeros((0, len(IMAGE_STATS))))
+        return Predictions(
+            np.zeros((0, model.num_classes)),
+            np.zeros((0, 0)),
+            np.zeros(0, dtype=int),
+            np.zeros((0, len(IMAGE_STATS))),
+        )
     return Predictions(*(np.concatenate(a) for a in (logits, embs, ys, stats)))
 
 
@@ -76,13 +83,18 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -
         fp, fn = float(((pred == k) & (y != k)).sum()), float(((pred != k) & (y == k)).sum())
         if tp + fp + fn > 0:
             f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-            "n": float(len(y))}
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "n": float(len(y)),
+    }
 
 
 def confusion_matrix(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, K) counts, rows = true class, columns = predicted class."""
-    return np.bincount(y * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(y * num_classes + pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def per_class(conf: np.ndarray, class_names: list[str]) -> dict[str, float]:
@@ -110,8 +122,9 @@ def precision_at_recall(scores: np.ndarray, positive: np.ndarray, target: float)
     return float(precision[best]), float(scores[order][best])
 
 
-def report(model: NicheModel, preds: Predictions, critical: list[str] | None = None,
-           target_recall: float = 0.9) -> Report:
+def report(
+    model: NicheModel, preds: Predictions, critical: list[str] | None = None, target_recall: float = 0.9
+) -> Report:
     """Every metric of ``preds`` (probabilities calibrated with the model's temperature)."""
     k, names = model.num_classes, model.class_names
     probs, raw = softmax(preds.logits, model.temperature), softmax(preds.logits)
@@ -120,12 +133,17 @@ def report(model: NicheModel, preds: Predictions, critical: list[str] | None = N
         return Report(m, [[0] * k for _ in range(k)])
     conf = confusion_matrix(probs.argmax(1), preds.y, k)
     m |= per_class(conf, names)
-    m |= {"ece": expected_calibration_error(probs, preds.y), "ece_uncalibrated": expected_calibration_error(raw, preds.y),
-          "temperature": model.temperature}
+    m |= {
+        "ece": expected_calibration_error(probs, preds.y),
+        "ece_uncalibrated": expected_calibration_error(raw, preds.y),
+        "temperature": model.temperature,
+    }
     for name in critical or []:
         if name in names:
             c = names.index(name)
-            m[f"precision_at_recall_{metric_key(name)}"] = precision_at_recall(probs[:, c], preds.y == c, target_recall)[0]
+            m[f"precision_at_recall_{metric_key(name)}"] = precision_at_recall(
+                probs[:, c], preds.y == c, target_recall
+            )[0]
     for lo, hi, slice_name in BRIGHTNESS_SLICES:
         sel = (preds.brightness >= lo) & (preds.brightness < hi)
         if sel.any():
@@ -134,11 +152,23 @@ def report(model: NicheModel, preds: Predictions, critical: list[str] | None = N
     return Report(m, conf.tolist())
 
 
-def evaluate(model: NicheModel, blobs: BlobStore, examples: tuple[Example, ...] | list[Example],
-             critical: list[str] | None = None, target_recall: float = 0.9) -> tuple[Report, Reference]:
+def evaluate(
+    model: NicheModel,
+    blobs: BlobStore,
+    examples: tuple[Example, ...] | list[Example],
+    critical: list[str] | None = None,
+    target_recall: float = 0.9,
+) -> tuple[Report, Reference]:
     """The :class:`Report` on ``examples`` and the drift :class:`Reference` they make for this model."""
     preds = predict_all(model, blobs, examples)
     rep = report(model, preds, critical, target_recall)
-    reference = Reference(preds.embeddings, preds.stats, softmax(preds.logits, model.temperature), preds.y,
-                          tuple(model.class_names), rep.metrics["accuracy"], rep.metrics["macro_f1"])
+    reference = Reference(
+        preds.embeddings,
+        preds.stats,
+        softmax(preds.logits, model.temperature),
+        preds.y,
+        tuple(model.class_names),
+        rep.metrics["accuracy"],
+        rep.metrics["macro_f1"],
+    )
     return rep, reference

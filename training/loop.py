@@ -17,8 +17,15 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import (Checkpoint, CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig,
-                       UserCallback)
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointUploadMode,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 from torch.utils.serialization import config as serialization_config
 
@@ -49,8 +56,14 @@ def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
     marker = config.get("fail_marker")
     if marker and epoch == config.get("fail_at_epoch") and not Path(marker).exists():
         progress, deadline = Path(config["run_dir"]) / PROGRESS_FILE, time.monotonic() + 120
-        while epoch > 0 and time.monotonic() < deadline and not (progress.exists() and any(
-                json.loads(line)["epoch"] == epoch - 1 for line in progress.read_text().splitlines())):
+        while (
+            epoch > 0
+            and time.monotonic() < deadline
+            and not (
+                progress.exists()
+                and any(json.loads(line)["epoch"] == epoch - 1 for line in progress.read_text().splitlines())
+            )
+        ):
             time.sleep(0.1)
         Path(marker).write_text(str(epoch))
         os._exit(1)
@@ -76,8 +89,9 @@ def yield_ray_task_loop() -> None:
         log.warning("could not lower the priority of Ray's task loop thread: %s", exc)
 
 
-def write_checkpoint(state: dict[str, Any], run_dir: Path, epoch: int,
-                     filename: str = STATE_FILE) -> Checkpoint:
+def write_checkpoint(
+    state: dict[str, Any], run_dir: Path, epoch: int, filename: str = STATE_FILE
+) -> Checkpoint:
     """Write one epoch's state straight into the run's directory, where Ray Train keeps its checkpoints,
     and return it for a ``NO_UPLOAD`` report: the state is written once, not staged and then copied.
 
@@ -94,8 +108,13 @@ def write_checkpoint(state: dict[str, Any], run_dir: Path, epoch: int,
     return Checkpoint.from_directory(str(directory))
 
 
-def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, run_dir: Path, epoch: int,
-                 filename: str = STATE_FILE) -> None:
+def report_epoch(
+    metrics: dict[str, Any],
+    state: dict[str, Any] | None,
+    run_dir: Path,
+    epoch: int,
+    filename: str = STATE_FILE,
+) -> None:
     """Report an epoch to Ray Train, with this rank's checkpoint ``state`` (None on ranks that keep none),
     adding ``checkpoint_s`` (the time the write took) to ``metrics``.
 
@@ -105,8 +124,11 @@ def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, run_dir:
     """
     started = time.perf_counter()
     checkpoint = write_checkpoint(state, run_dir, epoch, filename) if state is not None else None
-    ray.train.report(metrics | {"checkpoint_s": time.perf_counter() - started}, checkpoint=checkpoint,
-                     checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+    ray.train.report(
+        metrics | {"checkpoint_s": time.perf_counter() - started},
+        checkpoint=checkpoint,
+        checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+    )
 
 
 # The environment of Ray Train's worker processes, for what differs there from a plain training process:
@@ -123,7 +145,7 @@ def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, run_dir:
 TRAIN_WORKER_ENV = {
     "RAY_worker_niceness": "0",
     "GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=268435456"
-                      ":glibc.malloc.trim_threshold=1073741824",
+    ":glibc.malloc.trim_threshold=1073741824",
 }
 
 
@@ -131,11 +153,14 @@ def run_config(storage_path: Path, run_name: str, max_failures: int) -> RunConfi
     """How every Ray Train run here keeps its state: in ``storage_path/run_name`` (:func:`run_directory`),
     the last two epochs' checkpoints (:func:`write_checkpoint`), a progress line per epoch; its workers
     run in :data:`TRAIN_WORKER_ENV`."""
-    return RunConfig(name=run_name, storage_path=str(storage_path.resolve()),
-                     failure_config=FailureConfig(max_failures=max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=2),
-                     worker_runtime_env={"env_vars": TRAIN_WORKER_ENV},
-                     callbacks=[ProgressLog(run_directory(storage_path, run_name) / PROGRESS_FILE)])
+    return RunConfig(
+        name=run_name,
+        storage_path=str(storage_path.resolve()),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        worker_runtime_env={"env_vars": TRAIN_WORKER_ENV},
+        callbacks=[ProgressLog(run_directory(storage_path, run_name) / PROGRESS_FILE)],
+    )
 
 
 def run_directory(storage_path: Path, run_name: str) -> Path:
@@ -149,12 +174,18 @@ def _job(config: dict[str, Any], cfg: TrainConfig) -> Job:
     model: NicheModel = ray.get(config["model_ref"])
     job = local_job(model, BlobStore(config["blob_root"]), config["train"], config["val"], cfg, get_device())
     world = ctx.get_world_size()
-    return dataclasses.replace(job, net=prepare_model(job.raw), rank=ctx.get_world_rank(), world=world,
-                               all_reduce=_all_reduce if world > 1 else job.all_reduce)
+    return dataclasses.replace(
+        job,
+        net=prepare_model(job.raw),
+        rank=ctx.get_world_rank(),
+        world=world,
+        all_reduce=_all_reduce if world > 1 else job.all_reduce,
+    )
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: resume if a checkpoint exists, then one report (+ checkpoint) per epoch."""
+    """Runs on every Ray Train worker: resume if a checkpoint exists, then one report (and a
+    checkpoint) per epoch."""
     yield_ray_task_loop()
     cfg = TrainConfig(**config["cfg"])
     torch.manual_seed(cfg.seed)
@@ -164,18 +195,30 @@ def _train_worker(config: dict[str, Any]) -> None:
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
-            prog, best = restore(job, opt, torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True))
+            prog, best = restore(
+                job, opt, torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            )
     first = prog.next_epoch
     while prog.next_epoch < cfg.epochs and not prog.stopped_early:
         _maybe_fail(config, prog.next_epoch)
         started = time.perf_counter()
         metrics = run_epoch(job, opt, cfg, prog, best)
-        metrics |= {"epoch_s": time.perf_counter() - started, "resumed_from_epoch": float(first),
-                    "best_epoch": float(prog.best_epoch), "stopped_early": float(prog.stopped_early),
-                    "device": str(job.device), "world": float(job.world), "niceness": float(os.nice(0)),
-                    "reported_at": time.time()}
-        report_epoch(metrics, checkpoint_state(job, opt, prog, best) if job.rank == 0 else None,
-                     Path(config["run_dir"]), prog.next_epoch - 1)
+        metrics |= {
+            "epoch_s": time.perf_counter() - started,
+            "resumed_from_epoch": float(first),
+            "best_epoch": float(prog.best_epoch),
+            "stopped_early": float(prog.stopped_early),
+            "device": str(job.device),
+            "world": float(job.world),
+            "niceness": float(os.nice(0)),
+            "reported_at": time.time(),
+        }
+        report_epoch(
+            metrics,
+            checkpoint_state(job, opt, prog, best) if job.rank == 0 else None,
+            Path(config["run_dir"]),
+            prog.next_epoch - 1,
+        )
 
 
 class ProgressLog(UserCallback):
@@ -192,9 +235,16 @@ class ProgressLog(UserCallback):
             log.info("epoch %s: %s", metrics[0].get("epoch"), metrics[0])
 
 
-def fit(model: NicheModel, train: tuple[Example, ...] | list[Example], val: tuple[Example, ...] | list[Example],
-        blob_root: str, cfg: TrainConfig, storage_path: Path, run_name: str,
-        fault: dict[str, Any] | None = None) -> tuple[NicheModel, list[dict[str, Any]]]:
+def fit(
+    model: NicheModel,
+    train: tuple[Example, ...] | list[Example],
+    val: tuple[Example, ...] | list[Example],
+    blob_root: str,
+    cfg: TrainConfig,
+    storage_path: Path,
+    run_name: str,
+    fault: dict[str, Any] | None = None,
+) -> tuple[NicheModel, list[dict[str, Any]]]:
     """Fine-tune ``model`` in place with Ray Train; returns it (best epoch's weights) and per-epoch metrics.
 
     Progress is appended to ``storage_path/run_name/progress.jsonl`` while it runs. ``fault``
@@ -207,20 +257,38 @@ def fit(model: NicheModel, train: tuple[Example, ...] | list[Example], val: tupl
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.num_workers)
     progress = run_directory(storage_path, run_name) / PROGRESS_FILE
-    log.info("training %s on %d examples (validation %d, gpu=%s); progress in %s",
-             run_name, len(train), len(val), use_gpu, progress)
+    log.info(
+        "training %s on %d examples (validation %d, gpu=%s); progress in %s",
+        run_name,
+        len(train),
+        len(val),
+        use_gpu,
+        progress,
+    )
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "model_ref": ray.put(model), "train": list(train),
-                           "val": list(val), "blob_root": blob_root, "threads": threads,
-                           "run_dir": str(progress.parent), **(fault or {})},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1}),
+        train_loop_config={
+            "cfg": cfg.model_dump(),
+            "model_ref": ray.put(model),
+            "train": list(train),
+            "val": list(val),
+            "blob_root": blob_root,
+            "threads": threads,
+            "run_dir": str(progress.parent),
+            **(fault or {}),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1},
+        ),
         run_config=run_config(storage_path, run_name, cfg.max_failures),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {run_name} produced no checkpoint; see its logs under {storage_path}")
+        raise RuntimeError(
+            f"Ray Train run {run_name} produced no checkpoint; see its logs under {storage_path}"
+        )
     with result.checkpoint.as_directory() as ckpt:
         state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
     model.net.load_state_dict(state["best"] if state["best"] is not None else state["model"])

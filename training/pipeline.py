@@ -16,14 +16,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from nicheloop.blobs import BlobStore
+from nicheloop.cluster import connect_ray
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.registry import Registry, VersionInfo
 from nicheloop.settings import Settings
-from nicheloop.cluster import connect_ray
 from nicheloop.store import Store
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, dump_recipe
@@ -59,7 +58,9 @@ class TrainingSet:
 def training_set(examples: list[Example], cfg: TrainConfig, new: int, replayed: int) -> TrainingSet:
     """Split ``examples`` into training, selection (``val``) and calibration labels, per class and stably."""
     train, held_out = split_validation(examples, cfg.val_fraction, cfg.seed)
-    val, calibration = split_validation(held_out, cfg.calibration_fraction, cfg.seed)  # small classes: all select
+    val, calibration = split_validation(
+        held_out, cfg.calibration_fraction, cfg.seed
+    )  # small classes: all select
     return TrainingSet(train, val, new=new, replayed=replayed, calibration=calibration)
 
 
@@ -72,8 +73,14 @@ def seed_store(settings: Settings, items: list[tuple[bytes, str]]) -> int:
 def code_version() -> str:
     """The git commit of the code that trains (``unknown`` outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -87,14 +94,22 @@ def start_model(settings: Settings, cfg: TrainConfig, classes: list[str]) -> Nic
     """
     backbone = cfg.backbone or settings.backbone
     kind, _, where = cfg.weights.partition(":")
-    model = build_model(backbone, classes, settings.image_size, pretrained=kind == "hub",
-                        checkpoint_path=Path(where).expanduser() if kind == "file" else None, dropout=cfg.dropout)
+    model = build_model(
+        backbone,
+        classes,
+        settings.image_size,
+        pretrained=kind == "hub",
+        checkpoint_path=Path(where).expanduser() if kind == "file" else None,
+        dropout=cfg.dropout,
+    )
     if kind == "mlflow":
         registry = Registry(settings.tracking_uri, settings.model_name)
         version = registry.resolve(where[1:]).version if where.startswith("@") else where
         source = registry.load(version).model
         if source.backbone.split(".")[0] != backbone.split(".")[0]:
-            raise InvalidInput(f"weights {cfg.weights} are a {source.backbone}, the recipe asks for {backbone}")
+            raise InvalidInput(
+                f"weights {cfg.weights} are a {source.backbone}, the recipe asks for {backbone}"
+            )
         init_backbone(model.net, source.net.state_dict())
     return model
 
@@ -112,40 +127,85 @@ def _calibrate(model: NicheModel, blobs: BlobStore, data: TrainingSet, cfg: Trai
         log.warning("no temperature fitted: fewer than two held-out labels; serving uses T=1")
         return {"calibration_examples": 0.0}
     if labels is data.val and cfg.calibration_fraction > 0:
-        log.warning("temperature fitted on the %d labels that picked the epoch (only %d calibration labels): "
-                    "it may over-sharpen; label more data or raise val_fraction", len(labels), len(data.calibration))
+        log.warning(
+            "temperature fitted on the %d labels that picked the epoch (only %d calibration labels): "
+            "it may over-sharpen; label more data or raise val_fraction",
+            len(labels),
+            len(data.calibration),
+        )
     preds = predict_all(model, blobs, labels)
     model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
     return {"calibration_examples": float(len(labels)), "calibration_on_selection": float(labels is data.val)}
 
 
-def _fit_evaluate_register(settings: Settings, model: NicheModel, snap: Snapshot, data: TrainingSet,
-                           cfg: TrainConfig, alias: str, parent: NicheModel | None, parent_version: str,
-                           extra_metrics: dict[str, float], old_holdout: tuple[Example, ...] = ()) -> TrainResult:
+def _fit_evaluate_register(
+    settings: Settings,
+    model: NicheModel,
+    snap: Snapshot,
+    data: TrainingSet,
+    cfg: TrainConfig,
+    alias: str,
+    parent: NicheModel | None,
+    parent_version: str,
+    extra_metrics: dict[str, float],
+    old_holdout: tuple[Example, ...] = (),
+) -> TrainResult:
     if not data.train or not snap.holdout:
-        raise InvalidInput(f"need labeled examples on both sides (train {len(data.train)}, "
-                           f"held out {len(snap.holdout)}); label more data first")
+        raise InvalidInput(
+            f"need labeled examples on both sides (train {len(data.train)}, "
+            f"held out {len(snap.holdout)}); label more data first"
+        )
     connect_ray(settings)
     blobs = BlobStore(str(settings.blob_dir))
-    model, history = fit(model, data.train, data.val, str(settings.blob_dir), cfg,
-                         settings.home / "ray_results", f"{alias}-{snap.digest[:12]}")
+    model, history = fit(
+        model,
+        data.train,
+        data.val,
+        str(settings.blob_dir),
+        cfg,
+        settings.home / "ray_results",
+        f"{alias}-{snap.digest[:12]}",
+    )
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
-    all_metrics = {f"holdout_{k}": v for k, v in rep.metrics.items()} | extra_metrics | {
-        "train_examples": float(len(data.train)), "val_examples": float(len(data.val)), **calibration,
-        "new_examples": float(data.new), "replayed_examples": float(data.replayed),
-        "epochs_run": float(len(history)),
-        "final_train_loss": float(history[-1]["train_loss"]) if history else float("nan")}
+    all_metrics = (
+        {f"holdout_{k}": v for k, v in rep.metrics.items()}
+        | extra_metrics
+        | {
+            "train_examples": float(len(data.train)),
+            "val_examples": float(len(data.val)),
+            **calibration,
+            "new_examples": float(data.new),
+            "replayed_examples": float(data.replayed),
+            "epochs_run": float(len(history)),
+            "final_train_loss": float(history[-1]["train_loss"]) if history else float("nan"),
+        }
+    )
     if parent is not None:
         all_metrics |= forgetting(parent, model, blobs, old_holdout)
-    lineage = {"snapshot_digest": snap.digest, "parent_version": parent_version, "backbone": model.backbone,
-               "weights": cfg.weights, "code_version": code_version(), "train_config": cfg.model_dump_json()}
+    lineage = {
+        "snapshot_digest": snap.digest,
+        "parent_version": parent_version,
+        "backbone": model.backbone,
+        "weights": cfg.weights,
+        "code_version": code_version(),
+        "train_config": cfg.model_dump_json(),
+    }
     registry = Registry(settings.tracking_uri, settings.model_name)
-    info = registry.register(model, reference, params=cfg.model_dump(), metrics=all_metrics, lineage=lineage,
-                             alias=alias, artifacts={MANIFEST: snap.manifest(), "recipe.yaml": dump_recipe(cfg),
-                                                     "confusion_matrix.json": json.dumps(
-                                                         {"classes": model.class_names, "matrix": rep.confusion}),
-                                                     "train_history.json": json.dumps(history, default=str)})
+    info = registry.register(
+        model,
+        reference,
+        params=cfg.model_dump(),
+        metrics=all_metrics,
+        lineage=lineage,
+        alias=alias,
+        artifacts={
+            MANIFEST: snap.manifest(),
+            "recipe.yaml": dump_recipe(cfg),
+            "confusion_matrix.json": json.dumps({"classes": model.class_names, "matrix": rep.confusion}),
+            "train_history.json": json.dumps(history, default=str),
+        },
+    )
     return TrainResult(info, all_metrics, snap.digest)
 
 
@@ -176,8 +236,9 @@ def continual_set(snap: Snapshot, parent: Snapshot | None, cfg: TrainConfig) -> 
     return training_set(new + replay, cfg, new=len(new), replayed=len(replay))
 
 
-def forgetting(before: NicheModel, after: NicheModel, blobs: BlobStore, old: list[Example] | tuple[Example, ...]
-               ) -> dict[str, float]:
+def forgetting(
+    before: NicheModel, after: NicheModel, blobs: BlobStore, old: list[Example] | tuple[Example, ...]
+) -> dict[str, float]:
     """Accuracy points lost on the parent's held-out data (positive: forgot; negative: improved)."""
     if not old:
         return {}
@@ -185,8 +246,11 @@ def forgetting(before: NicheModel, after: NicheModel, blobs: BlobStore, old: lis
     for m in (before, after):
         preds = predict_all(m, blobs, old)
         acc.append(float((preds.logits.argmax(1) == preds.y).mean()))
-    return {"old_data_accuracy_before": acc[0], "old_data_accuracy_after": acc[1],
-            "forgetting_points": 100.0 * (acc[0] - acc[1])}
+    return {
+        "old_data_accuracy_before": acc[0],
+        "old_data_accuracy_after": acc[1],
+        "forgetting_points": 100.0 * (acc[0] - acc[1]),
+    }
 
 
 def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
@@ -204,5 +268,15 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
-    return _fit_evaluate_register(settings, champion.model, snap, data, cfg, CANDIDATE, before,
-                                  champion.info.version, extra, parent_snap.holdout if parent_snap else ())
+    return _fit_evaluate_register(
+        settings,
+        champion.model,
+        snap,
+        data,
+        cfg,
+        CANDIDATE,
+        before,
+        champion.info.version,
+        extra,
+        parent_snap.holdout if parent_snap else (),
+    )

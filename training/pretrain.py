@@ -67,8 +67,12 @@ class SimSiam(nn.Module):
         def block(i: int, o: int) -> list[nn.Module]:
             return [nn.Linear(i, o, bias=False), nn.BatchNorm1d(o), nn.ReLU(inplace=True)]
 
-        self.projector = nn.Sequential(*block(feat, proj_dim), *block(proj_dim, proj_dim),
-                                       nn.Linear(proj_dim, proj_dim, bias=False), nn.BatchNorm1d(proj_dim, affine=False))
+        self.projector = nn.Sequential(
+            *block(feat, proj_dim),
+            *block(proj_dim, proj_dim),
+            nn.Linear(proj_dim, proj_dim, bias=False),
+            nn.BatchNorm1d(proj_dim, affine=False),
+        )
         self.predictor = nn.Sequential(*block(proj_dim, pred_dim), nn.Linear(pred_dim, proj_dim))
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,14 +129,30 @@ def make_simsiam(cfg: PretrainConfig) -> SimSiam:
 def ssl_optimizer(model: SimSiam, cfg: PretrainConfig) -> torch.optim.Optimizer:
     """SGD at lr * batch/256; the predictor keeps a fixed learning rate (as in the paper)."""
     lr = cfg.lr * cfg.batch_size / 256
-    return torch.optim.SGD([{"params": [*model.backbone.parameters(), *model.projector.parameters()],
-                             "lr": lr, "base_lr": lr, "fixed": False},
-                            {"params": model.predictor.parameters(), "lr": lr, "base_lr": lr, "fixed": True}],
-                           lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        [
+            {
+                "params": [*model.backbone.parameters(), *model.projector.parameters()],
+                "lr": lr,
+                "base_lr": lr,
+                "fixed": False,
+            },
+            {"params": model.predictor.parameters(), "lr": lr, "base_lr": lr, "fixed": True},
+        ],
+        lr=lr,
+        momentum=0.9,
+        weight_decay=cfg.weight_decay,
+    )
 
 
-def ssl_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, cfg: PretrainConfig,
-              epoch: int, device: torch.device) -> dict[str, float]:
+def ssl_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    cfg: PretrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> dict[str, float]:
     """One SimSiam epoch with a cosine learning rate; returns mean loss and collapse indicator."""
     model.train()
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
@@ -154,8 +174,15 @@ def ssl_loader(blobs: BlobStore, digests: list[str], cfg: PretrainConfig) -> Dat
     data_config = build_model(cfg.backbone, ["a", "b"], cfg.image_size).data_config
     ds = TwoViews(blobs, digests, ssl_transform(data_config))
     g = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, drop_last=True, generator=g,
-                      num_workers=cfg.loader_workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        ds,
+        batch_size=min(cfg.batch_size, len(ds)),
+        shuffle=True,
+        drop_last=True,
+        generator=g,
+        num_workers=cfg.loader_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def _ssl_worker(config: dict[str, Any]) -> None:
@@ -176,12 +203,28 @@ def _ssl_worker(config: dict[str, Any]) -> None:
         start = state["epoch"] + 1
     for epoch in range(start, cfg.epochs):
         metrics = ssl_epoch(model, loader, opt, cfg, epoch, device) | {"resumed_from_epoch": float(start)}
-        report_epoch(metrics, {"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                               "history_tail": metrics}, Path(config["run_dir"]), epoch, STATE_FILE)
+        report_epoch(
+            metrics,
+            {
+                "model": raw.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "history_tail": metrics,
+            },
+            Path(config["run_dir"]),
+            epoch,
+            STATE_FILE,
+        )
 
 
-def pretrain(blob_root: str, digests: list[str], cfg: PretrainConfig, out: Path, storage_path: Path,
-             run_name: str = "pretrain") -> dict[str, float]:
+def pretrain(
+    blob_root: str,
+    digests: list[str],
+    cfg: PretrainConfig,
+    out: Path,
+    storage_path: Path,
+    run_name: str = "pretrain",
+) -> dict[str, float]:
     """Run SimSiam on ``digests`` with Ray Train and write the backbone's state dict to ``out``.
 
     ``ray.init`` must have been called. Returns the last epoch's metrics.
@@ -192,20 +235,27 @@ def pretrain(blob_root: str, digests: list[str], cfg: PretrainConfig, out: Path,
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
     trainer = TorchTrainer(
         _ssl_worker,
-        train_loop_config={"cfg": cfg.model_dump(), "digests": digests, "blob_root": blob_root,
-                           "threads": cfg.threads_per_worker or max(1, os.cpu_count() or 1),
-                           "run_dir": str(run_directory(storage_path, run_name))},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu,
-                                     resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1}),
+        train_loop_config={
+            "cfg": cfg.model_dump(),
+            "digests": digests,
+            "blob_root": blob_root,
+            "threads": cfg.threads_per_worker or max(1, os.cpu_count() or 1),
+            "run_dir": str(run_directory(storage_path, run_name)),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=1, use_gpu=use_gpu, resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1}
+        ),
         run_config=run_config(storage_path, run_name, cfg.max_failures),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"pretraining run {run_name} produced no checkpoint; see its logs under {storage_path}")
+        raise RuntimeError(
+            f"pretraining run {run_name} produced no checkpoint; see its logs under {storage_path}"
+        )
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = "backbone."  # SimSiam's own state holds the backbone's under this name
-    torch.save({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}, out)
+    torch.save({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}, out)
     log.info("wrote a %s backbone pretrained on %d images to %s", cfg.backbone, len(digests), out)
     return state["history_tail"]

@@ -49,12 +49,17 @@ def param_groups(net: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     params = dict(net.named_parameters())
     out: list[dict] = []
     n = len(groups.layers)
-    scaled = [(names, cfg.lr_backbone * cfg.layer_decay ** (n - 1 - i)) for i, names in enumerate(groups.layers)]
+    scaled = [
+        (names, cfg.lr_backbone * cfg.layer_decay ** (n - 1 - i)) for i, names in enumerate(groups.layers)
+    ]
     for names, lr in [*scaled, (groups.head, cfg.lr_head)]:
         decay = [params[k] for k in names if params[k].ndim > 1]
         no_decay = [params[k] for k in names if params[k].ndim <= 1]
-        out += [{"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd}
-                for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
+        out += [
+            {"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd}
+            for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0))
+            if ps
+        ]
     return out
 
 

@@ -1,4 +1,5 @@
-"""The local-stack launcher (an entry point, above the stages):  a single-node Kafka broker (KRaft), an MLflow server and a Ray head.
+"""The local-stack launcher (an entry point, above the stages): a single-node Kafka broker
+(KRaft), an MLflow server, a Ray head and the monitor.
 
 Every process runs in its own session with a pid file under ``$NICHELOOP_HOME/run`` and a log
 under ``$NICHELOOP_HOME/logs``, so ``down`` can end each process group and leave nothing behind.
@@ -98,8 +99,14 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def start_process(s: Settings, name: str, cmd: list[str], ready: Callable[[], bool],
-                  timeout: float = 120.0, env: dict[str, str] | None = None) -> int:
+def start_process(
+    s: Settings,
+    name: str,
+    cmd: list[str],
+    ready: Callable[[], bool],
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+) -> int:
     """Start ``cmd`` in its own session unless ``name`` already runs; wait until ``ready()``.
 
     Raises:
@@ -114,8 +121,14 @@ def start_process(s: Settings, name: str, cmd: list[str], ready: Callable[[], bo
     _run_dir(s).mkdir(parents=True, exist_ok=True)
     logfile = logs / f"{name}.log"
     with open(logfile, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **settings_env(s), **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **settings_env(s), **(env or {})},
+        )
     (_run_dir(s) / f"{name}.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,44 +228,103 @@ def start_kafka(s: Settings) -> int:
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
     props = home / "server.properties"
-    props.write_text(_KAFKA_PROPERTIES.format(host=s.host, port=s.kafka_port, cport=s.kafka_controller_port, data=data))
+    props.write_text(
+        _KAFKA_PROPERTIES.format(host=s.host, port=s.kafka_port, cport=s.kafka_controller_port, data=data)
+    )
     log4j = home / "log4j2.properties"
     log4j.write_text(_LOG4J2.format(logfile=s.home.resolve() / "logs" / "kafka-server.log"))
     java = shutil.which("java") or "java"
     cp = kafka_classpath(s)
     if not (data / "meta.properties").exists():
-        subprocess.run([java, "-cp", cp, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool", "format",
-                        "-t", uuid.uuid4().hex[:22], "-c", str(props)], check=True, capture_output=True)
-    cmd = [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
-           "-cp", cp, "kafka.Kafka", str(props)]
+        subprocess.run(
+            [
+                java,
+                "-cp",
+                cp,
+                f"-Dlog4j2.configurationFile={log4j}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                uuid.uuid4().hex[:22],
+                "-c",
+                str(props),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    cmd = [
+        java,
+        "-Xms256m",
+        "-Xmx768m",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        cp,
+        "kafka.Kafka",
+        str(props),
+    ]
     return start_process(s, "kafka", cmd, lambda: port_open(s.host, s.kafka_port), timeout=90)
 
 
 def start_mlflow(s: Settings) -> int:
     home = s.home.resolve() / "mlflow"
     home.mkdir(parents=True, exist_ok=True)
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", s.mlflow_backend_uri or f"sqlite:///{home / 'mlflow.db'}",
-           "--artifacts-destination", str(home / "artifacts"),
-           "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        s.mlflow_backend_uri or f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(home / "artifacts"),
+        "--host",
+        s.host,
+        "--port",
+        str(s.mlflow_port),
+        "--workers",
+        "1",
+    ]
     return start_process(s, "mlflow", cmd, lambda: _http_ok(f"{s.tracking_uri}/health"), timeout=180)
 
 
 def start_ray(s: Settings) -> int:
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-           "--node-ip-address", s.host, "--port", str(s.ray_port), "--num-cpus", str(s.ray_num_cpus),
-           "--include-dashboard", "false", "--disable-usage-stats",
-           # keep Ray's own ports off ours (and off a second stack's, e.g. the tests')
-           "--ray-client-server-port", str(s.ray_port + 1), "--dashboard-agent-listen-port", str(s.ray_port + 2),
-           "--min-worker-port", str(s.ray_worker_ports[0]), "--max-worker-port", str(s.ray_worker_ports[1])]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        s.host,
+        "--port",
+        str(s.ray_port),
+        "--num-cpus",
+        str(s.ray_num_cpus),
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+        # keep Ray's own ports off ours (and off a second stack's, e.g. the tests')
+        "--ray-client-server-port",
+        str(s.ray_port + 1),
+        "--dashboard-agent-listen-port",
+        str(s.ray_port + 2),
+        "--min-worker-port",
+        str(s.ray_worker_ports[0]),
+        "--max-worker-port",
+        str(s.ray_worker_ports[1]),
+    ]
     # Ready when the GCS listens and the head's raylet has started its agent (a driver that connects
     # before the raylet registers fails), so the agent's port is waited for as well.
     # Ray turns token authentication on for a head when ~/.ray/auth_token exists (any local
     # ``ray.init()`` writes one), while drivers that connect by address leave it off and are refused:
     # the mode is pinned (RAY_AUTH_MODE from the environment wins, e.g. ``token`` with RAY_AUTH_TOKEN).
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    return start_process(s, "ray", cmd, lambda: port_open(s.host, s.ray_port) and port_open(s.host, s.ray_port + 2),
-                         timeout=120, env=env)
+    return start_process(
+        s,
+        "ray",
+        cmd,
+        lambda: port_open(s.host, s.ray_port) and port_open(s.host, s.ray_port + 2),
+        timeout=120,
+        env=env,
+    )
 
 
 def start_monitor(s: Settings, *, stages: str = "join,sample,drift") -> int:
@@ -263,7 +335,10 @@ def start_monitor(s: Settings, *, stages: str = "join,sample,drift") -> int:
 
 # In start order; ``down`` stops them in reverse (the monitor first, Kafka last).
 PROCESSES: dict[str, Callable[[Settings], int]] = {
-    "kafka": start_kafka, "mlflow": start_mlflow, "ray": start_ray, "monitor": start_monitor,
+    "kafka": start_kafka,
+    "mlflow": start_mlflow,
+    "ray": start_ray,
+    "monitor": start_monitor,
 }
 
 
@@ -282,7 +357,9 @@ def down(s: Settings) -> list[str]:
 
 def status(s: Settings) -> list[ProcStatus]:
     addresses = {
-        "kafka": s.bootstrap_servers, "mlflow": s.tracking_uri, "ray": s.ray_head_address,
+        "kafka": s.bootstrap_servers,
+        "mlflow": s.tracking_uri,
+        "ray": s.ray_head_address,
         "monitor": f"http://{s.host}:{s.metrics_port}/metrics",
     }
     out = []

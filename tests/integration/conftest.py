@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from deploy.local import stack
 from cli.demo import start_loop
+from deploy.local import stack
 from nicheloop.settings import Settings
 from tests.conftest import postgres_database
 
@@ -20,9 +20,21 @@ def _test_settings(home, backend: str) -> Settings:
     """Local ports apart from a default stack; with ``postgresql`` the store and MLflow use it."""
     urls = {}
     if backend == "postgresql":
-        urls = {"database_url": postgres_database("loop_store"), "mlflow_backend_uri": postgres_database("loop_mlflow")}
-    return Settings(home=home, kafka_port=29092, kafka_controller_port=29093, mlflow_port=25000,
-                    ray_port=26379, ray_worker_ports=(20000, 21999), serve_port=28000, metrics_port=29100, **urls)
+        urls = {
+            "database_url": postgres_database("loop_store"),
+            "mlflow_backend_uri": postgres_database("loop_mlflow"),
+        }
+    return Settings(
+        home=home,
+        kafka_port=29092,
+        kafka_controller_port=29093,
+        mlflow_port=25000,
+        ray_port=26379,
+        ray_worker_ports=(20000, 21999),
+        serve_port=28000,
+        metrics_port=29100,
+        **urls,
+    )
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -48,8 +47,14 @@ class FaultRig:
     """A broker and a join-only monitor process on their own ports and home."""
 
     def __init__(self, home: Path, base_port: int, database_url: str | None = None) -> None:
-        self.settings = Settings(home=home, kafka_port=base_port, kafka_controller_port=base_port + 1,
-                                 metrics_port=base_port + 2, mlflow_port=base_port + 3, database_url=database_url)
+        self.settings = Settings(
+            home=home,
+            kafka_port=base_port,
+            kafka_controller_port=base_port + 1,
+            metrics_port=base_port + 2,
+            mlflow_port=base_port + 3,
+            database_url=database_url,
+        )
         self.store = Store(self.settings.db_url)
 
     def start_broker(self) -> None:
@@ -84,7 +89,8 @@ class FaultRig:
         """(labeled rows, distinct prediction ids) among ids starting with ``prefix``."""
         with Session(self.store.engine) as s:
             q = select(func.count(), func.count(LabeledExample.prediction_id.distinct())).where(
-                LabeledExample.prediction_id.like(f"{prefix}%"))
+                LabeledExample.prediction_id.like(f"{prefix}%")
+            )
             rows, distinct = s.execute(q).one()
         return int(rows), int(distinct)
 
@@ -92,20 +98,36 @@ class FaultRig:
 def _events(prefix: str, i: int) -> tuple[PredictionEvent, FeedbackEvent]:
     pid = f"{prefix}{i:07d}"
     label = CLASSES[i % len(CLASSES)]
-    pred = PredictionEvent(prediction_id=pid, model_name="soak", model_version="1", label=label,
-                           probs=[0.25] * 4, class_names=CLASSES, uncertainty=1.0, embedding=[float(i % 7)] * 8,
-                           image_sha256=f"{i:064x}")
+    pred = PredictionEvent(
+        prediction_id=pid,
+        model_name="soak",
+        model_version="1",
+        label=label,
+        probs=[0.25] * 4,
+        class_names=CLASSES,
+        uncertainty=1.0,
+        embedding=[float(i % 7)] * 8,
+        image_sha256=f"{i:064x}",
+    )
     return pred, FeedbackEvent(feedback_id=f"fb-{pid}", prediction_id=pid, label=label)
 
 
-def run(rig: FaultRig, events: int, broker_kills: int, consumer_kills: int, prefix: str = "soak-",
-        settle_s: float = 300.0) -> FaultReport:
+def run(
+    rig: FaultRig,
+    events: int,
+    broker_kills: int,
+    consumer_kills: int,
+    prefix: str = "soak-",
+    settle_s: float = 300.0,
+) -> FaultReport:
     """Send ``events`` predictions and feedback while killing the broker and the joiner."""
     publisher = Publisher(rig.settings.bootstrap_servers, rig.settings.home / "spool", name="soak")
     progress = {"sent": 0}
     kills = {"broker": 0, "consumer": 0}
-    schedule = sorted([((k + 1) / (broker_kills + 1), "broker") for k in range(broker_kills)]
-                      + [((k + 0.5) / (consumer_kills + 0.5), "consumer") for k in range(consumer_kills)])
+    schedule = sorted(
+        [((k + 1) / (broker_kills + 1), "broker") for k in range(broker_kills)]
+        + [((k + 0.5) / (consumer_kills + 0.5), "consumer") for k in range(consumer_kills)]
+    )
 
     def killer() -> None:
         for fraction, what in schedule:
@@ -135,12 +157,20 @@ def run(rig: FaultRig, events: int, broker_kills: int, consumer_kills: int, pref
     while rig.joined(prefix)[1] < acked and time.monotonic() < deadline:
         time.sleep(1)
     rows, distinct = rig.joined(prefix)
-    feedback_keys = [k for k, _ in read_topic(rig.settings.bootstrap_servers, FEEDBACK_TOPIC)
-                     if k and k.startswith(prefix)]
-    return FaultReport(events_sent=events, events_acked=acked, joined=distinct, lost=acked - distinct,
-                       duplicated=rows - distinct, broker_kills=kills["broker"], consumer_kills=kills["consumer"],
-                       dead_lettered=len(dead_letters(rig.settings.bootstrap_servers)),
-                       kafka_duplicates=len(feedback_keys) - len(set(feedback_keys)))
+    feedback_keys = [
+        k for k, _ in read_topic(rig.settings.bootstrap_servers, FEEDBACK_TOPIC) if k and k.startswith(prefix)
+    ]
+    return FaultReport(
+        events_sent=events,
+        events_acked=acked,
+        joined=distinct,
+        lost=acked - distinct,
+        duplicated=rows - distinct,
+        broker_kills=kills["broker"],
+        consumer_kills=kills["consumer"],
+        dead_lettered=len(dead_letters(rig.settings.bootstrap_servers)),
+        kafka_duplicates=len(feedback_keys) - len(set(feedback_keys)),
+    )
 
 
 def replay_into(rig: FaultRig, database_url: str, group: str, timeout_s: float = 300.0) -> Store:
@@ -148,8 +178,9 @@ def replay_into(rig: FaultRig, database_url: str, group: str, timeout_s: float =
     from monitoring.join import Joiner  # the real joiner, as the monitor runs it
 
     fresh = Store(database_url)
-    consumer = EventConsumer(rig.settings.bootstrap_servers, [PREDICTIONS_TOPIC, FEEDBACK_TOPIC], group,
-                             Joiner(fresh))
+    consumer = EventConsumer(
+        rig.settings.bootstrap_servers, [PREDICTIONS_TOPIC, FEEDBACK_TOPIC], group, Joiner(fresh)
+    )
     target = rig.store.counts()["labeled_examples"]
     deadline = time.monotonic() + timeout_s
     try:
@@ -168,7 +199,9 @@ def main() -> None:
     parser.add_argument("--broker-kills", type=int, default=5)
     parser.add_argument("--consumer-kills", type=int, default=3)
     parser.add_argument("--base-port", type=int, default=24092)
-    parser.add_argument("--home", type=Path, default=None, help="Keep state and logs here (default: a temp dir).")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="Keep state and logs here (default: a temp dir)."
+    )
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "urllib3"):

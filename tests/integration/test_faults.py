@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -45,8 +45,11 @@ def test_join_consumer_killed_three_times_mid_batch(rig: FaultRig) -> None:
 
 
 def test_replaying_both_topics_rebuilds_an_identical_store(rig: FaultRig, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'replayed.db'}" if rig.store.engine.dialect.name == "sqlite" \
+    url = (
+        f"sqlite:///{tmp_path / 'replayed.db'}"
+        if rig.store.engine.dialect.name == "sqlite"
         else postgres_database("faults_replayed")
+    )
     fresh = replay_into(rig, url, group=f"replay-{rig.store.engine.dialect.name}")
     assert fresh.counts()["labeled_examples"] == rig.store.counts()["labeled_examples"] > 0
     assert fresh.content_hash() == rig.store.content_hash()

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
+from cli.demo import run_loop
 from deploy.local import stack
+from monitoring.drift_report import list_reports
 from nicheloop.bus import dead_letters, parse_event, read_topic
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
-from monitoring.drift_report import list_reports
-from cli.demo import run_loop
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
 from nicheloop.review_queue import QueuePolicy, ReviewQueue
@@ -42,7 +42,11 @@ def test_the_whole_loop_counts_agree_across_systems(live: Settings) -> None:
     assert summary["drift_score_after_shift"] > summary["drift_score_before"]
     # the alarm went out as drift events: raised for the served version, once per monitor
     drift = [parse_event(DRIFT_TOPIC, raw) for _, raw in read_topic(live.bootstrap_servers, DRIFT_TOPIC)]
-    raised = [e.monitor for e in drift if e.state == "raised" and e.model_version == summary["champion_version_before"]]
+    raised = [
+        e.monitor
+        for e in drift
+        if e.state == "raised" and e.model_version == summary["champion_version_before"]
+    ]
     assert raised and len(raised) == len(set(raised))
     # each alarm came with an Evidently report of its window, indexed for `nicheloop drift report`
     reports = [e for e in drift if e.state == "raised" and e.report]
@@ -66,13 +70,16 @@ def test_the_new_champion_carries_lineage(live: Settings) -> None:
     assert loaded.model.class_names == ["crazing", "inclusion", "patches", "scratches"]
 
 
-@pytest.mark.parametrize("kwargs, status", [
-    ({"content": b"definitely not an image", "headers": {"content-type": "image/png"}}, 400),
-    ({"content": b""}, 400),
-    ({"files": {"image": ("x.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")}}, 400),
-    ({"json": {"image_b64": "***"}}, 400),
-    ({"content": b"0" * (20 * 1024 * 1024)}, 413),
-])
+@pytest.mark.parametrize(
+    "kwargs, status",
+    [
+        ({"content": b"definitely not an image", "headers": {"content-type": "image/png"}}, 400),
+        ({"content": b""}, 400),
+        ({"files": {"image": ("x.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")}}, 400),
+        ({"json": {"image_b64": "***"}}, 400),
+        ({"content": b"0" * (20 * 1024 * 1024)}, 413),
+    ],
+)
 def test_bad_predict_requests_get_4xx(live: Settings, kwargs, status: int) -> None:
     resp = httpx.post(f"{live.serve_url}/v1/predict", timeout=60, **kwargs)
     assert resp.status_code == status and resp.json()["detail"]
@@ -81,7 +88,9 @@ def test_bad_predict_requests_get_4xx(live: Settings, kwargs, status: int) -> No
 def test_bad_feedback_and_review_get_4xx(live: Settings, png: bytes) -> None:
     c = httpx.Client(base_url=live.serve_url, timeout=60)
     pid = c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
-    unknown_id = c.post("/v1/feedback", json={"prediction_id": "0" * 32 + ".0123456789abcdef", "label": "crazing"})
+    unknown_id = c.post(
+        "/v1/feedback", json={"prediction_id": "0" * 32 + ".0123456789abcdef", "label": "crazing"}
+    )
     assert unknown_id.status_code == 404 and "unknown prediction_id" in unknown_id.json()["detail"]
     unknown_label = c.post("/v1/feedback", json={"prediction_id": pid, "label": "rust"})
     assert unknown_label.status_code == 400 and "unknown label" in unknown_label.json()["detail"]
@@ -109,21 +118,29 @@ def test_two_reviewers_over_http_leases_skips_labels_and_stats(live: Settings, p
     c = httpx.Client(base_url=live.serve_url, timeout=60)
     store = Store(live.db_url)
     queue = ReviewQueue(store, QueuePolicy.from_settings(live))
-    pids = [c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
-            for _ in range(2)]
+    pids = [
+        c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
+        for _ in range(2)
+    ]
     for i, pid in enumerate(pids):
         _wait("the monitor to store the prediction", lambda pid=pid: store.prediction(pid))
         queue.enqueue(pid, priority=100.0 + i)  # ahead of anything the sampler queued
     ann = c.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
     bob = c.get("/v1/review/next", headers={"X-Reviewer": "bob"}).json()
     assert ann["task_id"] != bob["task_id"] and {ann["prediction_id"], bob["prediction_id"]} == set(pids)
-    stolen = c.post(f"/v1/review/{ann['task_id']}", json={"label": "crazing", "lease_token": bob["lease_token"]})
+    stolen = c.post(
+        f"/v1/review/{ann['task_id']}", json={"label": "crazing", "lease_token": bob["lease_token"]}
+    )
     assert stolen.status_code == 409 and "not leased to you" in stolen.json()["detail"]
     skipped = c.post(f"/v1/review/{ann['task_id']}/skip", json={"lease_token": ann["lease_token"]})
     assert skipped.status_code == 200 and skipped.json()["status"] == "queued"
-    done = c.post(f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]})
+    done = c.post(
+        f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]}
+    )
     assert done.status_code == 202 and done.json()["source"] == "reviewer"
-    again = c.post(f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]})
+    again = c.post(
+        f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]}
+    )
     assert again.status_code == 409
     stats = c.get("/v1/review/stats").json()
     assert stats["done"] >= 1 and stats["budget"]["left_hour"] < live.review_budget_per_hour
@@ -148,9 +165,18 @@ def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> Non
 
 
 def test_stack_status_says_what_runs_where(live: Settings) -> None:
-    out = subprocess.run([sys.executable, "-m", "cli", "stack", "status"], capture_output=True,
-                         text=True, env={**os.environ, **settings_env(live)}, check=True).stdout
-    for name, address in (("kafka", live.bootstrap_servers), ("mlflow", live.tracking_uri), ("monitor", "/metrics")):
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "stack", "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **settings_env(live)},
+        check=True,
+    ).stdout
+    for name, address in (
+        ("kafka", live.bootstrap_servers),
+        ("mlflow", live.tracking_uri),
+        ("monitor", "/metrics"),
+    ):
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert "running" in line and address in line
 
@@ -179,8 +205,16 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
             missing -= {k for k, _ in read_topic(live.bootstrap_servers, PREDICTIONS_TOPIC)}
         except Exception:  # noqa: BLE001 - the broker may still be starting
             continue
-    print(json.dumps({"outage_s": outage_s, "answered": len(answered), "spooled_at_end_of_outage": depth_during,
-                      "undelivered": len(missing)}))
+    print(
+        json.dumps(
+            {
+                "outage_s": outage_s,
+                "answered": len(answered),
+                "spooled_at_end_of_outage": depth_during,
+                "undelivered": len(missing),
+            }
+        )
+    )
     assert not missing, f"{len(missing)} of {len(answered)} prediction events never reached Kafka"
     deadline = time.monotonic() + 60
     while _spool_depth(live) and time.monotonic() < deadline:
@@ -190,5 +224,12 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
 
 def _spool_depth(live: Settings) -> int:
     text = httpx.get(f"{live.serve_url}/metrics", timeout=30).text
-    return int(float(next(line.split()[-1] for line in text.splitlines()
-                          if line.startswith("nicheloop_event_spool_depth"))))
+    return int(
+        float(
+            next(
+                line.split()[-1]
+                for line in text.splitlines()
+                if line.startswith("nicheloop_event_spool_depth")
+            )
+        )
+    )

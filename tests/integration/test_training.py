@@ -7,8 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import ray
@@ -45,15 +45,22 @@ def on_ray() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     home = tmp_path_factory.mktemp("train-home")
-    return Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home}/mlflow.db", backbone="test_resnet",
-                    image_size=32, model_name="train-it")
+    return Settings(
+        home=home,
+        mlflow_tracking_uri=f"sqlite:///{home}/mlflow.db",
+        backbone="test_resnet",
+        image_size=32,
+        model_name="train-it",
+    )
 
 
 def _labeled(tmp_path: Path, per_class: int, seed: int) -> tuple[BlobStore, list[Example]]:
     """Generated images of every class, stored in a blob store under ``tmp_path``."""
     blobs = BlobStore(str(tmp_path / "blobs"))
-    return blobs, [Example(blobs.put(d), lbl) for d, lbl in
-                   read_image_folder(write_image_folder(tmp_path / "imgs", per_class, seed=seed, size=32))]
+    return blobs, [
+        Example(blobs.put(d), lbl)
+        for d, lbl in read_image_folder(write_image_folder(tmp_path / "imgs", per_class, seed=seed, size=32))
+    ]
 
 
 def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tmp_path: Path) -> None:
@@ -61,15 +68,25 @@ def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tm
     train_ex, val = split_validation(examples, 0.25)
     model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
     cfg = TrainConfig(epochs=4, batch_size=8, max_failures=1)
-    model, history = fit(model, train_ex, val, str(tmp_path / "blobs"), cfg, tmp_path / "ray", "resume",
-                         fault={"fail_at_epoch": 2, "fail_marker": str(tmp_path / "killed")})
+    model, history = fit(
+        model,
+        train_ex,
+        val,
+        str(tmp_path / "blobs"),
+        cfg,
+        tmp_path / "ray",
+        "resume",
+        fault={"fail_at_epoch": 2, "fail_marker": str(tmp_path / "killed")},
+    )
     assert (tmp_path / "killed").read_text() == "2"  # the worker really died at the start of epoch 2
     assert [h["epoch"] for h in history] == [0.0, 1.0, 2.0, 3.0]  # each epoch trained once, none lost
     reports = [json.loads(x) for x in (tmp_path / "ray" / "resume" / PROGRESS_FILE).read_text().splitlines()]
     # resumed from the last checkpoint the controller had registered (epoch 1's: the worker died once it was)
     assert [(r["epoch"], r["resumed_from_epoch"]) for r in reports] == [(0, 0), (1, 0), (2, 2), (3, 2)]
     assert all(r["device"] == "cpu" for r in reports)
-    assert all(r["epoch_s"] > 0 and r["checkpoint_s"] > 0 for r in reports)  # compute, then the write, timed apart
+    assert all(
+        r["epoch_s"] > 0 and r["checkpoint_s"] > 0 for r in reports
+    )  # compute, then the write, timed apart
     # the training worker runs at this process's niceness, not at the 15 Ray gives its workers
     assert all(r["niceness"] == os.nice(0) for r in reports)
     assert all(torch.isfinite(p).all() for p in model.net.parameters())
@@ -99,36 +116,81 @@ def test_without_failures_to_spare_a_dead_worker_fails_the_run(on_ray: None, tmp
     _, examples = _labeled(tmp_path, 3, seed=0)
     model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
     with pytest.raises(Exception, match="(?i)fail|died|error"):
-        fit(model, examples, [], str(tmp_path / "blobs"), TrainConfig(epochs=2, batch_size=4, max_failures=0),
-            tmp_path / "ray", "nofail", fault={"fail_at_epoch": 1, "fail_marker": str(tmp_path / "killed")})
+        fit(
+            model,
+            examples,
+            [],
+            str(tmp_path / "blobs"),
+            TrainConfig(epochs=2, batch_size=4, max_failures=0),
+            tmp_path / "ray",
+            "nofail",
+            fault={"fail_at_epoch": 1, "fail_marker": str(tmp_path / "killed")},
+        )
 
 
-def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None, settings: Settings,
-                                                                    tmp_path: Path) -> None:
+def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
+    on_ray: None, settings: Settings, tmp_path: Path
+) -> None:
     seed = read_image_folder(write_image_folder(tmp_path / "seed", 16, seed=0, size=32))
     blobs = BlobStore(str(settings.blob_dir))
     ckpt = tmp_path / "ssl.pt"
     # `nicheloop pretrain` as an operator runs it: the images go into the blob store, SimSiam runs on Ray
-    env = {**os.environ, **settings_env(settings), "NICHELOOP_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    out = subprocess.run([sys.executable, "-m", "cli", "pretrain", "--data", str(tmp_path / "seed"),
-                          "--backbone", "test_resnet", "--epochs", "2", "--batch-size", "16", "--out", str(ckpt)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "NICHELOOP_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "pretrain",
+            "--data",
+            str(tmp_path / "seed"),
+            "--backbone",
+            "test_resnet",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--out",
+            str(ckpt),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ssl = json.loads(out.stdout.strip().splitlines()[-1])
     assert ssl["checkpoint"] == str(ckpt) and ckpt.is_file() and ssl["epoch"] == 1.0
     assert ssl["images"] == len(usable_images(blobs)) == len({sha256_hex(data) for data, _ in seed})
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"weights: file:{ckpt}\nepochs: 2\nbatch_size: 8\nfreeze: gradual\nlayer_decay: 0.7\n"
-                      "critical_classes: [scratches]\n")
+    recipe.write_text(
+        f"weights: file:{ckpt}\nepochs: 2\nbatch_size: 8\nfreeze: gradual\nlayer_decay: 0.7\n"
+        "critical_classes: [scratches]\n"
+    )
     first = bootstrap(settings, seed, load_recipe(recipe))
     registry = Registry(settings.tracking_uri, settings.model_name)
     champion = registry.load(first.version.version)
     tags = first.version.tags
-    assert tags["parent_version"] == "none" and tags["weights"] == f"file:{ckpt}" and len(tags["code_version"]) >= 7
+    assert (
+        tags["parent_version"] == "none"
+        and tags["weights"] == f"file:{ckpt}"
+        and len(tags["code_version"]) >= 7
+    )
     assert json.loads(tags["train_config"])["freeze"] == "gradual"
-    for key in ("holdout_accuracy", "holdout_macro_f1", "holdout_ece", "holdout_ece_uncalibrated",
-                "holdout_precision_at_recall_scratches", "holdout_recall_crazing", "holdout_temperature"):
+    for key in (
+        "holdout_accuracy",
+        "holdout_macro_f1",
+        "holdout_ece",
+        "holdout_ece_uncalibrated",
+        "holdout_precision_at_recall_scratches",
+        "holdout_recall_crazing",
+        "holdout_temperature",
+    ):
         assert key in first.metrics, key
     assert champion.model.temperature == pytest.approx(first.metrics["holdout_temperature"])
     assert first.metrics["calibration_examples"] >= 2 and "calibration_on_selection" in first.metrics
@@ -145,8 +207,11 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None,
 
     # new labels arrive from a shifted line: a continual fine-tune with replay, forgetting reported
     store = Store(settings.db_url)
-    shifted = read_image_folder(write_image_folder(tmp_path / "new", 6, seed=5, size=32,
-                                                   shift=Shift(blur_radius=1.0, brightness=-0.2)))
+    shifted = read_image_folder(
+        write_image_folder(
+            tmp_path / "new", 6, seed=5, size=32, shift=Shift(blur_radius=1.0, brightness=-0.2)
+        )
+    )
     for data, label in shifted:
         store.add_seed_example(blobs.put(data), label)
     second = train(settings, TrainConfig(epochs=2, batch_size=8, replay_per_class=3))
@@ -155,8 +220,12 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(on_ray: None,
     assert m["new_examples"] == sum(not is_holdout(sha256_hex(data)) for data, _ in shifted)
     assert m["replayed_examples"] == 3 * 4
     assert {"forgetting_points", "old_data_accuracy_before", "old_data_accuracy_after"} <= set(m)
-    assert m["forgetting_points"] == pytest.approx(100 * (m["old_data_accuracy_before"] - m["old_data_accuracy_after"]))
-    assert registry.run_metrics(second.version.run_id)["forgetting_points"] == pytest.approx(m["forgetting_points"])
+    assert m["forgetting_points"] == pytest.approx(
+        100 * (m["old_data_accuracy_before"] - m["old_data_accuracy_after"])
+    )
+    assert registry.run_metrics(second.version.run_id)["forgetting_points"] == pytest.approx(
+        m["forgetting_points"]
+    )
 
     with pytest.raises(InvalidInput, match="no labels are new"):
         registry.set_alias("champion", second.version.version)

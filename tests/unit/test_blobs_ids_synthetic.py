@@ -42,7 +42,10 @@ def test_synthetic_stream_is_seeded() -> None:
 def test_shift_moves_brightness_and_class_mix() -> None:
     plain = SyntheticStream(seed=1).take(200)
     shifted = SyntheticStream(seed=1).take(200, DEMO_SHIFT)
-    assert np.mean([np.asarray(i).mean() for i, _ in shifted]) > np.mean([np.asarray(i).mean() for i, _ in plain]) + 10
+    assert (
+        np.mean([np.asarray(i).mean() for i, _ in shifted])
+        > np.mean([np.asarray(i).mean() for i, _ in plain]) + 10
+    )
     share = sum(label == "scratches" for _, label in shifted) / 200
     assert share > 0.35  # weight 0.5 versus 0.25 unshifted
 

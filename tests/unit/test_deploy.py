@@ -43,7 +43,11 @@ def test_promtool_accepts_the_alert_rules_and_their_unit_tests() -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: run deploy/local/promtool.sh (make test does)"
     rules = DEPLOY / "prometheus"
-    check = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=rules, capture_output=True, text=True)
+    check = subprocess.run(
+        [promtool, "check", "rules", "alerts.yml"], cwd=rules, capture_output=True, text=True
+    )
     assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
-    tested = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=rules, capture_output=True, text=True)
+    tested = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"], cwd=rules, capture_output=True, text=True
+    )
     assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,17 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
-from monitoring.drift import (EmbeddingDrift, ImageDrift, MeanDistance, MeanShift, Novelty, WithinClass, label_drift,
-                              macro_f1, prediction_drift)
+from monitoring.drift import (
+    EmbeddingDrift,
+    ImageDrift,
+    MeanDistance,
+    MeanShift,
+    Novelty,
+    WithinClass,
+    label_drift,
+    macro_f1,
+    prediction_drift,
+)
 from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
 from monitoring.metrics import MonitorMetrics
 from monitoring.windows import Alarm, Window, WindowSpec
@@ -40,9 +49,13 @@ def test_image_statistics_move_with_the_shift_they_are_for() -> None:
     base = image_statistics(img)
     assert list(base) == list(IMAGE_STATS) and base["width"] == base["height"] == 200.0
     assert image_statistics(img.filter(ImageFilter.GaussianBlur(2)))["sharpness"] < 0.5 * base["sharpness"]
-    assert image_statistics(ImageEnhance.Brightness(img).enhance(0.6))["brightness"] < 0.7 * base["brightness"]
+    assert (
+        image_statistics(ImageEnhance.Brightness(img).enhance(0.6))["brightness"] < 0.7 * base["brightness"]
+    )
     assert image_statistics(ImageEnhance.Contrast(img).enhance(0.5))["contrast"] < 0.7 * base["contrast"]
-    noisy = np.clip(np.asarray(img, np.float32) + np.random.default_rng(1).normal(0, 12, (200, 200, 1)), 0, 255)
+    noisy = np.clip(
+        np.asarray(img, np.float32) + np.random.default_rng(1).normal(0, 12, (200, 200, 1)), 0, 255
+    )
     assert image_statistics(Image.fromarray(noisy.astype(np.uint8)))["noise"] > base["noise"] + 5
     assert image_statistics(_jpeg(img, 15))["blockiness"] > base["blockiness"] + 0.2
     grey = image_statistics(img.convert("L"))
@@ -56,8 +69,15 @@ def test_image_statistics_move_with_the_shift_they_are_for() -> None:
 def _reference(n: int = 400, d: int = 8, k: int = 3, seed: int = 0, accuracy: float = 0.9) -> Reference:
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(k) * 0.5, n)
-    return Reference(rng.normal(size=(n, d)), rng.normal(100, 10, (n, len(IMAGE_STATS))), probs,
-                     probs.argmax(1), tuple("abc"[:k]), accuracy, 0.85)
+    return Reference(
+        rng.normal(size=(n, d)),
+        rng.normal(100, 10, (n, len(IMAGE_STATS))),
+        probs,
+        probs.argmax(1),
+        tuple("abc"[:k]),
+        accuracy,
+        0.85,
+    )
 
 
 def test_reference_round_trip_and_legacy_embeddings(tmp_path: Path) -> None:
@@ -72,7 +92,9 @@ def test_reference_round_trip_and_legacy_embeddings(tmp_path: Path) -> None:
     old = Reference.load(legacy)
     assert old.embeddings.shape == (5, 3) and len(old.stats) == 0 and np.isnan(old.accuracy)
     with pytest.raises(ValueError, match="one row"):
-        Reference(np.zeros((3, 2)), np.zeros((2, len(IMAGE_STATS))), np.zeros((3, 2)), np.zeros(3), ("a", "b"))
+        Reference(
+            np.zeros((3, 2)), np.zeros((2, len(IMAGE_STATS))), np.zeros((3, 2)), np.zeros(3), ("a", "b")
+        )
 
 
 # -- monitors ------------------------------------------------------------------------------------------
@@ -117,8 +139,9 @@ def test_image_monitor_flags_a_mixture_and_reports_insufficient_data() -> None:
     assert ImageDrift(_reference(20), 0.01, 30)(shifted).status == "ok"
 
 
-def _classed(n: int, rng: np.random.Generator, shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _classed(
+    n: int, rng: np.random.Generator, shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of three classes whose brightness and contrast differ far more between classes than
     within one (steel surfaces), R, G and B equal to the brightness (grey images), and their classes."""
     y = rng.choice(3, n, p=shares)
@@ -136,8 +159,10 @@ def test_mean_shift_holds_its_level_and_spends_no_freedom_on_copied_columns() ->
     ref = rng.normal(size=(400, 3))
     shift = MeanShift(np.hstack([ref, ref[:, :1], np.ones((400, 1))]))  # a copied column and a constant one
     assert shift.k == 3
-    null = [shift.p_value(np.hstack([x, x[:, :1], np.ones((100, 1))])) < 0.01
-            for x in (rng.normal(size=(100, 3)) for _ in range(300))]
+    null = [
+        shift.p_value(np.hstack([x, x[:, :1], np.ones((100, 1))])) < 0.01
+        for x in (rng.normal(size=(100, 3)) for _ in range(300))
+    ]
     assert np.mean(null) <= 0.03
     moved = rng.normal(size=(100, 3)) + [0.8, 0.0, 0.0]
     assert shift.p_value(np.hstack([moved, moved[:, :1], np.ones((100, 1))])) < 1e-4
@@ -168,7 +193,9 @@ def test_embedding_methods_separate_shifted_from_unshifted(method: str) -> None:
     mon = EmbeddingDrift(rng.normal(size=(300, 32)), method, components=8, alpha=0.01, min_samples=30)
     same, moved = mon(rng.normal(size=(150, 32))), mon(rng.normal(size=(150, 32)) + 0.8)
     assert moved.drifted and moved.score > same.score
-    assert method != "novelty" or not same.drifted  # Evidently's bootstrap nulls are looser: benchmarks/drift.py
+    assert (
+        method != "novelty" or not same.drifted
+    )  # Evidently's bootstrap nulls are looser: benchmarks/drift.py
     assert mon(rng.normal(size=(150, 31))).status == "insufficient_data"  # another model's embeddings
 
 
@@ -208,8 +235,10 @@ def test_prediction_and_label_monitors() -> None:
     assert not good.drifted and bad.drifted and bad.details["accuracy"] == pytest.approx(0.7)
     assert bad.details["macro_f1"] == pytest.approx(macro_f1(truth, bad_pred))
     assert label_drift(ref, truth[:10], truth[:10], 0.01, 50).status == "insufficient_data"
-    assert label_drift(Reference.embeddings_only(np.zeros((5, 2))), truth, truth, 0.01, 50).status == \
-        "insufficient_data"
+    assert (
+        label_drift(Reference.embeddings_only(np.zeros((5, 2))), truth, truth, 0.01, 50).status
+        == "insufficient_data"
+    )
 
 
 # -- windows and alarms ----------------------------------------------------------------------------------
@@ -236,24 +265,45 @@ def test_time_windows() -> None:
 
 def test_alarm_hysteresis_raises_once_and_clears_after_calm() -> None:
     alarm = Alarm(clear_above=0.1, clear_after=2)
-    seq = [(True, 0.001), (False, 0.05), (True, 0.002), (False, 0.3), (False, 0.04), (False, 0.5), (False, 0.6)]
+    seq = [
+        (True, 0.001),
+        (False, 0.05),
+        (True, 0.002),
+        (False, 0.3),
+        (False, 0.04),
+        (False, 0.5),
+        (False, 0.6),
+    ]
     assert [alarm.update(d, p) for d, p in seq] == ["raised", None, None, None, None, None, "cleared"]
 
 
 # -- the stage -----------------------------------------------------------------------------------------------
 
 
-def _event(i: int, ref: Reference, rng: np.random.Generator, shift: float = 0.0, version: str = "1",
-           at: datetime | None = None) -> PredictionEvent:
+def _event(
+    i: int,
+    ref: Reference,
+    rng: np.random.Generator,
+    shift: float = 0.0,
+    version: str = "1",
+    at: datetime | None = None,
+) -> PredictionEvent:
     """A new event drawn like :func:`_reference`'s rows, moved by ``shift``."""
     stats = dict(zip(IMAGE_STATS, (rng.normal(100, 10, len(IMAGE_STATS)) * (1 - shift)).tolist()))
     probs = rng.dirichlet(np.ones(len(ref.class_names)) * 0.5)
-    return PredictionEvent(prediction_id=f"p{i}", model_name="m", model_version=version,
-                           label=ref.class_names[int(probs.argmax())], probs=probs.tolist(),
-                           class_names=list(ref.class_names), uncertainty=0.1,
-                           embedding=(rng.normal(size=ref.embeddings.shape[1]) + 3 * shift).tolist(),
-                           image_sha256="1" * 64,
-                           image_stats=stats, created_at=at or datetime.now(timezone.utc))
+    return PredictionEvent(
+        prediction_id=f"p{i}",
+        model_name="m",
+        model_version=version,
+        label=ref.class_names[int(probs.argmax())],
+        probs=probs.tolist(),
+        class_names=list(ref.class_names),
+        uncertainty=0.1,
+        embedding=(rng.normal(size=ref.embeddings.shape[1]) + 3 * shift).tolist(),
+        image_sha256="1" * 64,
+        image_stats=stats,
+        created_at=at or datetime.now(UTC),
+    )
 
 
 def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() -> None:
@@ -278,8 +328,12 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
     assert {t.result.monitor for t in raised} >= {"image", "embedding"}
     assert len(raised) == len({t.result.monitor for t in raised})  # one alarm per monitor, no flapping
     assert metrics.registry.get_sample_value("nicheloop_drift_detected", {"monitor": "image"}) == 1.0
-    assert metrics.registry.get_sample_value("nicheloop_drift_alarms_total", {"monitor": "image",
-                                                                              "state": "raised"}) == 1.0
+    assert (
+        metrics.registry.get_sample_value(
+            "nicheloop_drift_alarms_total", {"monitor": "image", "state": "raised"}
+        )
+        == 1.0
+    )
     for i in range(300, 600):
         stage("t", _event(i, ref, rng))
     assert any(t.state == "cleared" and t.result.monitor == "image" for t in transitions)
@@ -293,17 +347,28 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
 
 def test_drift_stage_scores_user_labels_only() -> None:
     ref, rng = _reference(600, seed=9, accuracy=0.95), np.random.default_rng(10)
-    stage = DriftMonitor(lambda v: ref, MonitorMetrics(), DriftConfig(label_window=WindowSpec("sliding", 60, 60),
-                                                                      min_samples=50))
+    stage = DriftMonitor(
+        lambda v: ref,
+        MonitorMetrics(),
+        DriftConfig(label_window=WindowSpec("sliding", 60, 60), min_samples=50),
+    )
     events = [_event(i, ref, rng) for i in range(60)]
     for e in events:
         stage("t", e)
-    wrong = [ref.class_names[(ref.class_names.index(e.label) + 1) % 3] for e in events]  # every label disagrees
-    reviewer = [r for e, lbl in zip(events, wrong)
-                for r in stage("t", FeedbackEvent(prediction_id=e.prediction_id, label=lbl, source="reviewer"))]
+    wrong = [
+        ref.class_names[(ref.class_names.index(e.label) + 1) % 3] for e in events
+    ]  # every label disagrees
+    reviewer = [
+        r
+        for e, lbl in zip(events, wrong)
+        for r in stage("t", FeedbackEvent(prediction_id=e.prediction_id, label=lbl, source="reviewer"))
+    ]
     assert reviewer == []
-    results = [r for e, lbl in zip(events, wrong) for r in stage("t", FeedbackEvent(prediction_id=e.prediction_id,
-                                                                                   label=lbl))]
+    results = [
+        r
+        for e, lbl in zip(events, wrong)
+        for r in stage("t", FeedbackEvent(prediction_id=e.prediction_id, label=lbl))
+    ]
     assert len(results) == 1 and results[0].monitor == "label" and results[0].drifted
     assert stage("t", FeedbackEvent(prediction_id="unknown", label="a")) == []
 
@@ -336,8 +401,13 @@ def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Pa
     ref, rng = _reference(300, seed=11), np.random.default_rng(12)
     transitions: list[Transition] = []
     writer = ReportWriter(tmp_path, every_s=1e9)
-    stage = DriftMonitor(lambda v: ref, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 100)),
-                         transitions.append, writer)
+    stage = DriftMonitor(
+        lambda v: ref,
+        MonitorMetrics(),
+        DriftConfig(window=WindowSpec("tumbling", 100)),
+        transitions.append,
+        writer,
+    )
     for i in range(100):
         stage("t", _event(i, ref, rng))
     assert list_reports(tmp_path) == [] or list_reports(tmp_path)[0]["reason"] == "periodic"
@@ -361,8 +431,12 @@ def test_report_every_evaluated_window_when_asked(tmp_path: Path) -> None:
     from monitoring.drift_report import ReportWriter, list_reports
 
     ref, rng = _reference(300, seed=13), np.random.default_rng(14)
-    stage = DriftMonitor(lambda v: ref, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 50)),
-                         reports=ReportWriter(tmp_path, every_s=0))
+    stage = DriftMonitor(
+        lambda v: ref,
+        MonitorMetrics(),
+        DriftConfig(window=WindowSpec("tumbling", 50)),
+        reports=ReportWriter(tmp_path, every_s=0),
+    )
     for i in range(150):
         stage("t", _event(i, ref, rng))
     reports = list_reports(tmp_path)
@@ -378,14 +452,22 @@ def test_drift_report_command_lists_the_index(tmp_path: Path) -> None:
 
     folder = tmp_path / "drift" / "reports"
     folder.mkdir(parents=True)
-    entry = {"path": str(folder / "3" / "x.html"), "model_version": "3", "created_at": "2026-11-23T10:00:00+00:00",
-             "reason": "image raised", "window": 200, "monitors": {"image": {"drifted": True}}}
+    entry = {
+        "path": str(folder / "3" / "x.html"),
+        "model_version": "3",
+        "created_at": "2026-11-23T10:00:00+00:00",
+        "reason": "image raised",
+        "window": 200,
+        "monitors": {"image": {"drifted": True}},
+    }
     (folder / "index.jsonl").write_text(json.dumps(entry) + "\n")
     env = {**os.environ, "NICHELOOP_HOME": str(tmp_path)}
     run = [sys.executable, "-m", "cli", "drift", "report"]
     table = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "v3" in table.stdout and "drifted=image" in table.stdout
-    as_json = subprocess.run([*run, "--json", "--version", "3"], env=env, capture_output=True, text=True, timeout=120)
+    as_json = subprocess.run(
+        [*run, "--json", "--version", "3"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert json.loads(as_json.stdout.splitlines()[0]) == entry
     none = subprocess.run([*run, "--version", "4"], env=env, capture_output=True, text=True, timeout=120)
     assert none.returncode == 0 and none.stdout == "" and "no drift reports yet" in none.stderr

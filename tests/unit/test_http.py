@@ -36,15 +36,18 @@ def test_three_ways_to_send_an_image(client: TestClient, png: bytes) -> None:
     assert client.post("/img", content=png, headers={"content-type": "image/png"}).json() == {"width": 32}
 
 
-@pytest.mark.parametrize("kwargs, status, words", [
-    ({"content": b""}, 400, "empty body"),
-    ({"content": b"not an image"}, 400, "not a decodable image"),
-    ({"json": {"image_b64": "%%%"}}, 400, "not valid base64"),
-    ({"json": {"other": 1}}, 400, "image_b64"),
-    ({"json": ["a"]}, 400, "image_b64"),
-    ({"files": {"meta": (None, "text only")}}, 400, "no file field"),
-    ({"content": b"x" * (LIMIT * 2)}, 413, "limit"),
-])
+@pytest.mark.parametrize(
+    "kwargs, status, words",
+    [
+        ({"content": b""}, 400, "empty body"),
+        ({"content": b"not an image"}, 400, "not a decodable image"),
+        ({"json": {"image_b64": "%%%"}}, 400, "not valid base64"),
+        ({"json": {"other": 1}}, 400, "image_b64"),
+        ({"json": ["a"]}, 400, "image_b64"),
+        ({"files": {"meta": (None, "text only")}}, 400, "no file field"),
+        ({"content": b"x" * (LIMIT * 2)}, 413, "limit"),
+    ],
+)
 def test_bad_bodies_get_a_clear_4xx(client: TestClient, kwargs, status: int, words: str) -> None:
     resp = client.post("/img", **kwargs)
     assert resp.status_code == status and words in resp.json()["detail"]

@@ -30,7 +30,12 @@ class FakeRegistry:
 def test_not_ready_until_a_champion_is_loaded_then_hot_swaps(tmp_path) -> None:
     async def scenario() -> None:
         predictor = Predictor.__new__(Predictor)  # the Serve-free part of __init__
-        predictor.registry, predictor.model, predictor.version, predictor.device = FakeRegistry(), None, None, "cpu"
+        predictor.registry, predictor.model, predictor.version, predictor.device = (
+            FakeRegistry(),
+            None,
+            None,
+            "cpu",
+        )
         image = SyntheticStream(size=32).take(1)[0][0]
         assert predictor.ready() == {"ready": False, "model_version": None}
         with pytest.raises(NotReady):

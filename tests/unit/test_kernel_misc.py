@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from deploy.local import stack
-from nicheloop.cluster import port_open
 from nicheloop.bus import parse_event
+from nicheloop.cluster import port_open
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent
 from nicheloop.errors import InvalidInput, StackError
 from nicheloop.settings import Settings, settings_env
@@ -49,10 +49,16 @@ def test_process_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
     # a parent with a child in the same session and one in a session of its own (as Ray starts its
     # workers): down must end all three
     sleeper = "[sys.executable, '-c', 'import time; time.sleep(600)']"
-    code = (f"import subprocess, sys; subprocess.Popen({sleeper}); subprocess.Popen({sleeper}, start_new_session=True);"
-            f"import http.server; http.server.HTTPServer(('127.0.0.1', {port}), http.server.BaseHTTPRequestHandler)"
-            f".serve_forever()")
-    pid = stack.start_process(s, "monitor", [sys.executable, "-c", code], lambda: port_open("127.0.0.1", port))
+    code = (
+        f"import subprocess, sys; subprocess.Popen({sleeper}); "
+        f"subprocess.Popen({sleeper}, start_new_session=True);"
+        f"import http.server; "
+        f"http.server.HTTPServer(('127.0.0.1', {port}), http.server.BaseHTTPRequestHandler)"
+        f".serve_forever()"
+    )
+    pid = stack.start_process(
+        s, "monitor", [sys.executable, "-c", code], lambda: port_open("127.0.0.1", port)
+    )
     assert stack.start_process(s, "monitor", ["false"], lambda: True) == pid  # idempotent
     assert [st.running for st in stack.status(s) if st.name == "monitor"] == [True]
     members = stack.family(pid)
@@ -65,7 +71,9 @@ def test_process_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_a_process_that_dies_at_start_names_its_log(tmp_path: Path) -> None:
     s = Settings(home=tmp_path)
     with pytest.raises(StackError, match="monitor.log"):
-        stack.start_process(s, "monitor", [sys.executable, "-c", "raise SystemExit(3)"], lambda: False, timeout=10)
+        stack.start_process(
+            s, "monitor", [sys.executable, "-c", "raise SystemExit(3)"], lambda: False, timeout=10
+        )
 
 
 def test_missing_kafka_jars_say_how_to_get_them(tmp_path: Path) -> None:
@@ -87,10 +95,16 @@ def test_connect_ray_to_a_head_that_is_not_up_fails_fast_and_names_the_log(tmp_p
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # in a fresh process: this one may already be connected to a cluster (connect_ray then returns)
-    code = ("import pathlib, sys, ray; from nicheloop.settings import Settings; from nicheloop.cluster import connect_ray\n"
-            f"try:\n    connect_ray(Settings(home=pathlib.Path({str(tmp_path)!r}), ray_port={port}), timeout=0.5)\n"
-            "except Exception as exc:\n    print(type(exc).__name__, exc, ray.is_initialized()); sys.exit(3)")
+    code = (
+        "import pathlib, sys, ray; from nicheloop.settings import Settings\n"
+        "from nicheloop.cluster import connect_ray\n"
+        f"home = pathlib.Path({str(tmp_path)!r})\n"
+        f"try:\n    connect_ray(Settings(home=home, ray_port={port}), timeout=0.5)\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc, ray.is_initialized()); sys.exit(3)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 3, out.stderr[-2000:]
-    assert re.search(rf"^StackError .*127\.0\.0\.1:{port}.*stack up.*{tmp_path.name}/logs/ray\.log False$",
-                     out.stdout.strip()), out.stdout
+    assert re.search(
+        rf"^StackError .*127\.0\.0\.1:{port}.*stack up.*{tmp_path.name}/logs/ray\.log False$",
+        out.stdout.strip(),
+    ), out.stdout

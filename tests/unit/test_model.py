@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from nicheloop.errors import InvalidInput
@@ -65,8 +66,9 @@ def test_build_loads_a_local_checkpoint(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
-probs_matrices = arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(2, 6)),
-                        elements=st.floats(0.001, 1.0)).map(lambda a: a / a.sum(axis=1, keepdims=True))
+probs_matrices = arrays(
+    np.float64, st.tuples(st.integers(1, 8), st.integers(2, 6)), elements=st.floats(0.001, 1.0)
+).map(lambda a: a / a.sum(axis=1, keepdims=True))
 
 
 @given(probs_matrices)

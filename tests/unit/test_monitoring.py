@@ -1,19 +1,27 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from monitoring.join import Joiner
-from monitoring.metrics import MonitorMetrics
-from nicheloop.contracts import FeedbackEvent, PredictionEvent
+from nicheloop.contracts import PredictionEvent
 from nicheloop.errors import InvalidInput
 from nicheloop.store import Store
 
 
-def event(pid: str, uncertainty: float, emb: list[float] | None = None, version: str = "1") -> PredictionEvent:
-    return PredictionEvent(prediction_id=pid, model_name="m", model_version=version, label="a", probs=[0.6, 0.4],
-                           class_names=["a", "b"], uncertainty=uncertainty, embedding=emb or [0.0, 1.0],
-                           image_sha256="1" * 64)
+def event(
+    pid: str, uncertainty: float, emb: list[float] | None = None, version: str = "1"
+) -> PredictionEvent:
+    return PredictionEvent(
+        prediction_id=pid,
+        model_name="m",
+        model_version=version,
+        label="a",
+        probs=[0.6, 0.4],
+        class_names=["a", "b"],
+        uncertainty=uncertainty,
+        embedding=emb or [0.0, 1.0],
+        image_sha256="1" * 64,
+    )
 
 
 @pytest.fixture

@@ -17,14 +17,25 @@ from tests.conftest import BACKENDS, postgres_database
 
 
 def prediction(pid: str) -> PredictionEvent:
-    return PredictionEvent(prediction_id=pid, model_name="m", model_version="1", label="a", probs=[0.6, 0.4],
-                           class_names=["a", "b"], uncertainty=0.8, embedding=[0.1, 0.2], image_sha256=pid.ljust(64, "0"))
+    return PredictionEvent(
+        prediction_id=pid,
+        model_name="m",
+        model_version="1",
+        label="a",
+        probs=[0.6, 0.4],
+        class_names=["a", "b"],
+        uncertainty=0.8,
+        embedding=[0.1, 0.2],
+        image_sha256=pid.ljust(64, "0"),
+    )
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "postgresql":
-        return Store(postgres_database(f"queue_{request.node.name[:20].lower().replace('[', '_').replace(']', '')}"))
+        return Store(
+            postgres_database(f"queue_{request.node.name[:20].lower().replace('[', '_').replace(']', '')}")
+        )
     return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
 
 
@@ -147,12 +158,17 @@ def test_stats_report_depth_throughput_and_budget(store: Store) -> None:
 def test_an_older_database_gains_the_new_queue_columns(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     with create_engine(url).begin() as conn:
-        conn.execute(text("CREATE TABLE review_queue (task_id INTEGER PRIMARY KEY, prediction_id VARCHAR(128) "
-                          "UNIQUE, priority FLOAT, status VARCHAR(16), label VARCHAR(128), created_at DATETIME, "
-                          "claimed_at DATETIME)"))
-        conn.execute(text("INSERT INTO review_queue VALUES (1, 'old', 0.5, 'queued', NULL, '2026-01-01', NULL)"))
+        conn.execute(
+            text(
+                "CREATE TABLE review_queue (task_id INTEGER PRIMARY KEY, prediction_id VARCHAR(128) "
+                "UNIQUE, priority FLOAT, status VARCHAR(16), label VARCHAR(128), created_at DATETIME, "
+                "claimed_at DATETIME)"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO review_queue VALUES (1, 'old', 0.5, 'queued', NULL, '2026-01-01', NULL)")
+        )
     store = Store(url)
     store.add_prediction(prediction("old"))
     item = ReviewQueue(store).claim("ann")
     assert item.prediction_id == "old" and item.lease_token
-

@@ -18,10 +18,17 @@ D = 8
 
 def event(i: int, rng: np.random.Generator, version: str = "1", sha: str | None = None) -> PredictionEvent:
     p = rng.dirichlet([1.0, 1.0, 1.0])
-    return PredictionEvent(prediction_id=f"p{version}-{i}", model_name="m", model_version=version,
-                           label="abc"[int(np.argmax(p))], probs=p.tolist(), class_names=["a", "b", "c"],
-                           uncertainty=0.5, embedding=rng.normal(size=D).tolist(),
-                           image_sha256=sha or f"{version}-{i}".ljust(64, "0"))
+    return PredictionEvent(
+        prediction_id=f"p{version}-{i}",
+        model_name="m",
+        model_version=version,
+        label="abc"[int(np.argmax(p))],
+        probs=p.tolist(),
+        class_names=["a", "b", "c"],
+        uncertainty=0.5,
+        embedding=rng.normal(size=D).tolist(),
+        image_sha256=sha or f"{version}-{i}".ljust(64, "0"),
+    )
 
 
 @pytest.fixture
@@ -32,9 +39,19 @@ def parts(tmp_path: Path) -> tuple[Store, ReviewQueue, MonitorMetrics]:
 
 def sampler(parts, tmp_path: Path, reference=None, **config) -> ActiveSampler:  # type: ignore[no-untyped-def]
     store, queue, metrics = parts
-    ref = reference if reference is not None else np.random.default_rng(5).normal(size=(30, D)).astype(np.float32)
-    return ActiveSampler(store, queue, tmp_path / "sampling", SamplerConfig(every=10, batch=4, **config),
-                         lambda version: ref, metrics)
+    ref = (
+        reference
+        if reference is not None
+        else np.random.default_rng(5).normal(size=(30, D)).astype(np.float32)
+    )
+    return ActiveSampler(
+        store,
+        queue,
+        tmp_path / "sampling",
+        SamplerConfig(every=10, batch=4, **config),
+        lambda version: ref,
+        metrics,
+    )
 
 
 def feed(s: ActiveSampler, store: Store, events: list[PredictionEvent]) -> int:
@@ -54,7 +71,9 @@ def test_queues_a_batch_every_n_predictions_within_the_queue_depth(parts, tmp_pa
     assert feed(s, store, [event(i, rng) for i in range(10, 100)]) == 21  # capped by max_depth 25
     assert queue.stats()["queued"] == 25 and queue.room() == 0
     assert metrics.registry.get_sample_value("nicheloop_review_enqueued_total") == 25
-    assert metrics.registry.get_sample_value("nicheloop_sampling_index_vectors") == 30 + 25  # reference + queued
+    assert (
+        metrics.registry.get_sample_value("nicheloop_sampling_index_vectors") == 30 + 25
+    )  # reference + queued
 
 
 def test_labeled_and_duplicate_images_are_never_queued(parts, tmp_path: Path) -> None:
@@ -108,7 +127,9 @@ def test_without_a_reference_it_starts_cold_and_still_queues(parts, tmp_path: Pa
     def broken(version: str) -> np.ndarray:
         raise RuntimeError("registry down")
 
-    s = ActiveSampler(store, parts[1], tmp_path / "sampling", SamplerConfig(every=10, batch=4), broken, parts[2])
+    s = ActiveSampler(
+        store, parts[1], tmp_path / "sampling", SamplerConfig(every=10, batch=4), broken, parts[2]
+    )
     rng = np.random.default_rng(4)
     assert feed(s, store, [event(i, rng) for i in range(10)]) == 4
 

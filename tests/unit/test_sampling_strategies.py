@@ -11,11 +11,23 @@ from hypothesis.extra.numpy import arrays
 from monitoring.index import EmbeddingIndex
 from monitoring.selection import select_batch
 from monitoring.strategies import (
-    STRATEGIES, Context, Pool, calibrate, entropy, k_center_greedy, least_confidence, margin, rank, strategy,
+    STRATEGIES,
+    Context,
+    Pool,
+    calibrate,
+    entropy,
+    k_center_greedy,
+    least_confidence,
+    margin,
+    rank,
+    strategy,
 )
 
-scores = arrays(np.float64, st.integers(0, 60),
-                elements=st.one_of(st.floats(-1e6, 1e6), st.just(np.nan), st.just(np.inf), st.just(-np.inf)))
+scores = arrays(
+    np.float64,
+    st.integers(0, 60),
+    elements=st.one_of(st.floats(-1e6, 1e6), st.just(np.nan), st.just(np.inf), st.just(-np.inf)),
+)
 
 
 @st.composite
@@ -118,8 +130,15 @@ def test_exact_and_near_duplicates_are_suppressed() -> None:
     hashes = [f"h{i}" for i in range(60)]
     hashes[3] = hashes[2]  # the same bytes twice
     p = np.full_like(p, 1 / p.shape[1])  # all equally uncertain: only duplicates decide
-    sel = select_batch(Pool(p, emb), 60, Context(), "margin", hashes=hashes, covered_hashes=frozenset({"h7"}),
-                       class_quota=0.0)
+    sel = select_batch(
+        Pool(p, emb),
+        60,
+        Context(),
+        "margin",
+        hashes=hashes,
+        covered_hashes=frozenset({"h7"}),
+        class_quota=0.0,
+    )
     chosen = set(sel.indices.tolist())
     assert 7 not in chosen and not {0, 1} <= chosen and not {2, 3} <= chosen
     assert sel.exact_duplicates == 2 and sel.near_duplicates == 1 and len(chosen) == 57

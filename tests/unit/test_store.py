@@ -12,9 +12,17 @@ CLASSES = ["a", "b"]
 
 
 def prediction(pid: str, sha: str = "0" * 64, uncertainty: float = 0.5) -> PredictionEvent:
-    return PredictionEvent(prediction_id=pid, model_name="m", model_version="1", label="a", probs=[0.7, 0.3],
-                           class_names=CLASSES, uncertainty=uncertainty, embedding=[0.1, 0.2, 0.3],
-                           image_sha256=sha)
+    return PredictionEvent(
+        prediction_id=pid,
+        model_name="m",
+        model_version="1",
+        label="a",
+        probs=[0.7, 0.3],
+        class_names=CLASSES,
+        uncertainty=uncertainty,
+        embedding=[0.1, 0.2, 0.3],
+        image_sha256=sha,
+    )
 
 
 @pytest.fixture
@@ -26,7 +34,9 @@ def test_prediction_then_feedback_makes_one_labeled_example(store: Store) -> Non
     assert store.add_prediction(prediction("p1"))
     assert store.add_feedback(FeedbackEvent(prediction_id="p1", label="b"))
     rows = store.labeled_examples()
-    assert [(r.prediction_id, r.label, r.predicted_label, r.source) for r in rows] == [("p1", "b", "a", "user")]
+    assert [(r.prediction_id, r.label, r.predicted_label, r.source) for r in rows] == [
+        ("p1", "b", "a", "user")
+    ]
 
 
 def test_feedback_before_its_prediction_is_joined_when_it_arrives(store: Store) -> None:
@@ -57,8 +67,11 @@ def test_newest_label_per_source_wins_and_reviewer_outranks_user(store: Store) -
 
 def test_recent_embeddings_oldest_first(store: Store) -> None:
     for i in range(3):
-        store.add_prediction(prediction(f"p{i}").model_copy(update={"embedding": [float(i)] * 3,
-                                                                     "created_at": utcnow() + timedelta(seconds=i)}))
+        store.add_prediction(
+            prediction(f"p{i}").model_copy(
+                update={"embedding": [float(i)] * 3, "created_at": utcnow() + timedelta(seconds=i)}
+            )
+        )
     emb = store.recent_embeddings(2)
     np.testing.assert_array_equal(emb[:, 0], [1.0, 2.0])
 
@@ -96,9 +109,12 @@ def test_pending_feedback_expires_after_its_ttl_but_still_joins(store: Store) ->
 def test_content_hash_ignores_row_ids_and_arrival_order(tmp_path: Path) -> None:
     a, b = Store(f"sqlite:///{tmp_path / 'a.db'}"), Store(f"sqlite:///{tmp_path / 'b.db'}")
     t = utcnow()
-    events = [prediction("p1", "1" * 64), prediction("p2", "2" * 64),
-              FeedbackEvent(feedback_id="f1", prediction_id="p1", label="b", created_at=t),
-              FeedbackEvent(feedback_id="f2", prediction_id="p2", label="a", created_at=t)]
+    events = [
+        prediction("p1", "1" * 64),
+        prediction("p2", "2" * 64),
+        FeedbackEvent(feedback_id="f1", prediction_id="p1", label="b", created_at=t),
+        FeedbackEvent(feedback_id="f2", prediction_id="p2", label="a", created_at=t),
+    ]
     for store, order in ((a, events), (b, events[::-1])):
         for ev in order:
             (store.add_prediction if isinstance(ev, PredictionEvent) else store.add_feedback)(ev)

@@ -58,20 +58,33 @@ class FakeRegistry:
 
 
 def test_promotes_a_candidate_that_is_not_worse() -> None:
-    reg = FakeRegistry({"champion": "1", "candidate": "2"}, "1",
-                       {"holdout_accuracy": 0.9, "parent_holdout_accuracy": 0.8})
+    reg = FakeRegistry(
+        {"champion": "1", "candidate": "2"}, "1", {"holdout_accuracy": 0.9, "parent_holdout_accuracy": 0.8}
+    )
     result = promote(reg)  # type: ignore[arg-type]
     assert (result.previous, result.promoted) == ("1", "2")
     assert reg.moves == [(PREVIOUS, "1"), ("champion", "2")]
 
 
-@pytest.mark.parametrize("aliases, parent, metrics, words", [
-    ({"champion": "2", "candidate": "2"}, "1", {}, "already the champion"),
-    ({"champion": "3", "candidate": "2"}, "1", {"holdout_accuracy": 1, "parent_holdout_accuracy": 0}, "stale"),
-    ({"champion": "1", "candidate": "2"}, "1", {"holdout_accuracy": 0.7, "parent_holdout_accuracy": 0.8},
-     "below"),
-    ({"champion": "1", "candidate": "2"}, "1", {}, "no held-out comparison"),
-])
+@pytest.mark.parametrize(
+    "aliases, parent, metrics, words",
+    [
+        ({"champion": "2", "candidate": "2"}, "1", {}, "already the champion"),
+        (
+            {"champion": "3", "candidate": "2"},
+            "1",
+            {"holdout_accuracy": 1, "parent_holdout_accuracy": 0},
+            "stale",
+        ),
+        (
+            {"champion": "1", "candidate": "2"},
+            "1",
+            {"holdout_accuracy": 0.7, "parent_holdout_accuracy": 0.8},
+            "below",
+        ),
+        ({"champion": "1", "candidate": "2"}, "1", {}, "no held-out comparison"),
+    ],
+)
 def test_refuses_and_says_why(aliases, parent, metrics, words) -> None:
     reg = FakeRegistry(dict(aliases), parent, metrics)
     with pytest.raises(GateRefused, match=words):
@@ -85,7 +98,12 @@ def test_read_image_folder_reads_any_imagefolder(tmp_path) -> None:
     from training.data import read_image_folder
 
     items = read_image_folder(write_image_folder(tmp_path / "ds", per_class=3, size=16))
-    assert len(items) == 12 and {label for _, label in items} == {"crazing", "inclusion", "patches", "scratches"}
+    assert len(items) == 12 and {label for _, label in items} == {
+        "crazing",
+        "inclusion",
+        "patches",
+        "scratches",
+    }
     (tmp_path / "one" / "only").mkdir(parents=True)
     with pytest.raises(InvalidInput, match="two class folders"):
         read_image_folder(tmp_path / "one")

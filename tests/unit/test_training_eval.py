@@ -16,18 +16,33 @@ from nicheloop.blobs import BlobStore
 from nicheloop.contracts import IMAGE_STATS
 from nicheloop.errors import InvalidInput
 from nicheloop.model import build_model, init_backbone, load_model, read_checkpoint, save_model
+from nicheloop.synthetic import make_image, png_bytes
 from training.calibrate import expected_calibration_error, fit_temperature, nll, softmax
 from training.config import TrainConfig
 from training.data import Example, Snapshot, parse_manifest, replay_buffer, split_validation
-from training.evaluate import Predictions, confusion_matrix, per_class, precision_at_recall, predict_all, report
-from nicheloop.synthetic import make_image, png_bytes
+from training.evaluate import (
+    Predictions,
+    confusion_matrix,
+    per_class,
+    precision_at_recall,
+    predict_all,
+    report,
+)
 from training.pipeline import TrainingSet, _calibrate, continual_set, training_set
-from training.pretrain import PretrainConfig, make_simsiam, ssl_epoch, ssl_loader, ssl_optimizer, usable_images
+from training.pretrain import (
+    PretrainConfig,
+    make_simsiam,
+    ssl_epoch,
+    ssl_loader,
+    ssl_optimizer,
+    usable_images,
+)
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
 
 # -- calibration --------------------------------------------------------------------------------------
+
 
 def _sampled(temperature: float, n: int = 4000, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels drawn from softmax(logits / temperature): that temperature is the right one."""
@@ -71,10 +86,13 @@ def test_ece_is_bounded(n: int, k: int, seed: int) -> None:
 
 # -- evaluation ------------------------------------------------------------------------------------------
 
+
 def test_precision_at_recall_picks_the_best_threshold_that_reaches_recall() -> None:
     scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
     positive = np.array([True, False, True, True, False, True])
-    assert precision_at_recall(scores, positive, 0.5)[0] == pytest.approx(3 / 4)  # deeper is more precise here
+    assert precision_at_recall(scores, positive, 0.5)[0] == pytest.approx(
+        3 / 4
+    )  # deeper is more precise here
     assert precision_at_recall(scores, positive, 0.25)[0] == 1.0
     assert precision_at_recall(scores, positive, 0.75)[0] == pytest.approx(3 / 4)
     assert precision_at_recall(scores, positive, 1.0) == (pytest.approx(4 / 6), 0.5)
@@ -103,8 +121,16 @@ def test_report_has_every_metric_and_applies_the_temperature() -> None:
     rep = report(model, preds, critical=["scratches", "not_a_class"], target_recall=0.9)
     m = rep.metrics
     assert m["accuracy"] == pytest.approx(0.8) and m["temperature"] == 0.5
-    assert {"macro_f1", "ece", "ece_uncalibrated", "precision_at_recall_scratches", "recall_crazing",
-            "slice_dark_accuracy", "slice_mid_n", "slice_bright_n"} <= set(m)
+    assert {
+        "macro_f1",
+        "ece",
+        "ece_uncalibrated",
+        "precision_at_recall_scratches",
+        "recall_crazing",
+        "slice_dark_accuracy",
+        "slice_mid_n",
+        "slice_bright_n",
+    } <= set(m)
     assert m["slice_dark_n"] + m["slice_mid_n"] + m["slice_bright_n"] == 40
     assert m["ece"] != m["ece_uncalibrated"]
     assert np.array(rep.confusion).sum() == 40 and np.trace(np.array(rep.confusion)) == 32
@@ -128,9 +154,13 @@ def test_temperature_survives_save_and_load(tmp_path: Path) -> None:
 
 # -- data: validation split, replay, manifests, continual sets ----------------------------------------
 
+
 def _examples(per_class: dict[str, int], prefix: str = "") -> list[Example]:
-    return [Example(f"{prefix}{label}{i:04d}".ljust(64, "0")[:64], label)
-            for label, n in per_class.items() for i in range(n)]
+    return [
+        Example(f"{prefix}{label}{i:04d}".ljust(64, "0")[:64], label)
+        for label, n in per_class.items()
+        for i in range(n)
+    ]
 
 
 def test_validation_split_is_stratified_and_deterministic() -> None:
@@ -165,7 +195,9 @@ def test_continual_set_learns_new_labels_with_replay_of_old_ones() -> None:
     data = continual_set(now, parent, TrainConfig(replay_per_class=10, val_fraction=0.2))
     assert data.new == 9 and data.replayed == 20
     everything = {e.image_sha256 for e in data.train + data.val + data.calibration}
-    assert {e.image_sha256 for e in new} <= everything and relabeled in data.train + data.val + data.calibration
+    assert {
+        e.image_sha256 for e in new
+    } <= everything and relabeled in data.train + data.val + data.calibration
     assert len(data.train) + len(data.val) + len(data.calibration) == 29
     with pytest.raises(InvalidInput, match="no labels are new"):
         continual_set(parent, parent, TrainConfig())
@@ -197,8 +229,10 @@ def test_temperature_is_fitted_on_calibration_labels_and_falls_back_to_selection
     val = labeled
     calibration = [Example(e.image_sha256, classes[1 - classes.index(e.label)]) for e in labeled]
     data = TrainingSet(train=[], val=val, new=0, replayed=0, calibration=calibration)
-    assert _calibrate(model, blobs, data, TrainConfig()) == {"calibration_examples": 12.0,
-                                                              "calibration_on_selection": 0.0}
+    assert _calibrate(model, blobs, data, TrainConfig()) == {
+        "calibration_examples": 12.0,
+        "calibration_on_selection": 0.0,
+    }
     on_calibration = model.extra["temperature"]
     preds = predict_all(model, blobs, calibration)
     assert on_calibration == pytest.approx(fit_temperature(preds.logits, preds.y))
@@ -211,6 +245,7 @@ def test_temperature_is_fitted_on_calibration_labels_and_falls_back_to_selection
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
+
 
 def test_a_backbone_checkpoint_starts_a_classifier(tmp_path: Path) -> None:
     backbone = timm.create_model("test_resnet", num_classes=0)
@@ -236,6 +271,7 @@ def test_checkpoints_of_another_model_or_garbage_are_refused(tmp_path: Path) -> 
 
 # -- SimSiam ---------------------------------------------------------------------------------------------
 
+
 def test_simsiam_learns_on_unlabeled_blobs_and_skips_corrupt_ones(tmp_path: Path) -> None:
     from nicheloop.synthetic import write_image_folder
     from training.data import read_image_folder
@@ -246,7 +282,9 @@ def test_simsiam_learns_on_unlabeled_blobs_and_skips_corrupt_ones(tmp_path: Path
     bad = blobs.put(b"\x89PNG\r\n\x1a\n corrupt")
     digests = usable_images(blobs)
     assert bad not in digests and len(digests) == 24 and set(digests) < set(blobs.digests())
-    cfg = PretrainConfig(backbone="test_resnet", image_size=32, epochs=2, batch_size=8, proj_dim=32, pred_dim=8)
+    cfg = PretrainConfig(
+        backbone="test_resnet", image_size=32, epochs=2, batch_size=8, proj_dim=32, pred_dim=8
+    )
     torch.manual_seed(0)
     model = make_simsiam(cfg)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}

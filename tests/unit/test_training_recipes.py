@@ -21,15 +21,31 @@ from nicheloop.synthetic import write_image_folder
 from training.augment import train_transform
 from training.config import TrainConfig, dump_recipe, load_recipe
 from training.data import Example, read_image_folder, split_validation
-from training.engine import checkpoint_state, epoch_order, fit_local, local_job, make_optimizer, restore, run_epoch
-from training.engine import Progress
-from training.recipe import (balanced_order, class_weights, frozen_names, layer_groups, lr_factor, param_groups,
-                             trainable_stages)
+from training.engine import (
+    Progress,
+    checkpoint_state,
+    epoch_order,
+    fit_local,
+    local_job,
+    make_optimizer,
+    restore,
+    run_epoch,
+)
+from training.recipe import (
+    balanced_order,
+    class_weights,
+    frozen_names,
+    layer_groups,
+    lr_factor,
+    param_groups,
+    trainable_stages,
+)
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
 
 # -- recipes ----------------------------------------------------------------------------------------------
+
 
 def test_recipe_reads_yaml_then_values_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
@@ -48,15 +64,18 @@ def test_shipped_recipes_load() -> None:
         assert isinstance(load_recipe(path), TrainConfig), path
 
 
-@pytest.mark.parametrize("text,overrides,words", [
-    ("epochs: 0\n", [], "epochs"),
-    ("no_such_knob: 1\n", [], "no_such_knob"),
-    ("- a list\n", [], "mapping"),
-    ("epochs: [unclosed\n", [], "not valid YAML"),
-    ("", ["epochs"], "key=value"),
-    ("", ["weights=ftp:x"], "weights"),
-    ("", ["freeze=sometimes"], "freeze"),
-])
+@pytest.mark.parametrize(
+    "text,overrides,words",
+    [
+        ("epochs: 0\n", [], "epochs"),
+        ("no_such_knob: 1\n", [], "no_such_knob"),
+        ("- a list\n", [], "mapping"),
+        ("epochs: [unclosed\n", [], "not valid YAML"),
+        ("", ["epochs"], "key=value"),
+        ("", ["weights=ftp:x"], "weights"),
+        ("", ["freeze=sometimes"], "freeze"),
+    ],
+)
 def test_bad_recipes_say_what_is_wrong(tmp_path: Path, text: str, overrides: list[str], words: str) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -71,6 +90,7 @@ def test_missing_recipe_file_is_a_clear_error(tmp_path: Path) -> None:
 
 # -- layer groups, learning rates, freezing -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def net() -> torch.nn.Module:
     return build_model("test_resnet", CLASSES, image_size=32).net
@@ -83,15 +103,18 @@ def test_layer_groups_cover_every_parameter_once(net: torch.nn.Module) -> None:
         flat = [n for g in split for n in g] + groups.head
         assert sorted(flat) == sorted(names)
     assert len(groups.layers) >= len(groups.stages) >= 2
-    assert set(groups.head) == {f"{n}" for n, p in net.named_parameters()
-                                if any(p is q for q in net.get_classifier().parameters())}
+    assert set(groups.head) == {
+        f"{n}" for n, p in net.named_parameters() if any(p is q for q in net.get_classifier().parameters())
+    }
 
 
 def test_layerwise_decay_slows_layers_towards_the_stem(net: torch.nn.Module) -> None:
     cfg = TrainConfig(lr_head=1e-2, lr_backbone=1e-3, layer_decay=0.5)
     groups = param_groups(net, cfg)
     lrs = [g["lr"] for g in groups]
-    assert max(lrs) == pytest.approx(1e-2) and min(lrs) == pytest.approx(1e-3 * 0.5 ** (len(layer_groups(net).layers) - 1))
+    assert max(lrs) == pytest.approx(1e-2) and min(lrs) == pytest.approx(
+        1e-3 * 0.5 ** (len(layer_groups(net).layers) - 1)
+    )
     assert lrs == sorted(lrs)  # stem first, head last
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
     assert all(g["weight_decay"] == 0 for g in groups if all(p.ndim <= 1 for p in g["params"]))
@@ -111,7 +134,9 @@ def test_gradual_unfreezing_releases_one_stage_at_a_time(net: torch.nn.Module) -
 
 
 @given(st.integers(1, 30), st.integers(0, 10), st.integers(1, 3), st.floats(0, 1))
-def test_lr_factor_is_a_bounded_cosine_with_restarts(epochs: int, restart: int, mult: int, floor: float) -> None:
+def test_lr_factor_is_a_bounded_cosine_with_restarts(
+    epochs: int, restart: int, mult: int, floor: float
+) -> None:
     cfg = TrainConfig(epochs=epochs, restart_epochs=restart, restart_mult=mult, min_lr_ratio=floor)
     values = [lr_factor(cfg, t / 4) for t in range(4 * epochs)]
     assert all(floor - 1e-9 <= v <= 1 + 1e-9 for v in values)
@@ -122,10 +147,15 @@ def test_lr_factor_is_a_bounded_cosine_with_restarts(epochs: int, restart: int, 
 
 # -- class balance ------------------------------------------------------------------------------------
 
+
 def test_class_weights_are_inverse_frequency() -> None:
     y = np.array([0, 0, 0, 1])
     w = class_weights(y, 3)
-    assert float(w[0]) * 3 == pytest.approx(float(w[1])) and w[2] == 0 and float(w[y].mean()) == pytest.approx(1.0)
+    assert (
+        float(w[0]) * 3 == pytest.approx(float(w[1]))
+        and w[2] == 0
+        and float(w[y].mean()) == pytest.approx(1.0)
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -160,10 +190,13 @@ def test_epoch_order_shards_evenly_and_disjointly(world: int) -> None:
 
 # -- augmentation ---------------------------------------------------------------------------------------
 
+
 def test_augmentation_at_zero_is_the_evaluation_transform() -> None:
     model = build_model("test_resnet", CLASSES, image_size=32)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8))
-    assert torch.allclose(train_transform(model.data_config, 0.0)(img), model.transform(False)(img.convert("RGB")))
+    assert torch.allclose(
+        train_transform(model.data_config, 0.0)(img), model.transform(False)(img.convert("RGB"))
+    )
     strong = train_transform(model.data_config, 1.0)
     outs = [strong(img) for _ in range(4)]
     assert all(o.shape == (3, 32, 32) and torch.isfinite(o).all() for o in outs)
@@ -171,6 +204,7 @@ def test_augmentation_at_zero_is_the_evaluation_transform() -> None:
 
 
 # -- the engine ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[BlobStore, list[Example]]:
@@ -209,7 +243,9 @@ def test_engine_checkpoint_resumes_exactly(data) -> None:
     state = torch.load(buf, weights_only=True)  # no pickled objects needed to resume
     run_epoch(job_a, opt, cfg, prog, best)
 
-    model_b, job_b = _job(data, cfg, seed=123)  # other initial weights: everything must come from the checkpoint
+    model_b, job_b = _job(
+        data, cfg, seed=123
+    )  # other initial weights: everything must come from the checkpoint
     opt_b = make_optimizer(job_b.raw, cfg)
     prog_b, best_b = restore(job_b, opt_b, state)
     assert prog_b.next_epoch == 1
@@ -220,7 +256,9 @@ def test_engine_checkpoint_resumes_exactly(data) -> None:
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch(data) -> None:
-    cfg = TrainConfig(epochs=30, batch_size=8, lr_head=0.5, lr_backbone=0.5, early_stopping_patience=2, augment=0)
+    cfg = TrainConfig(
+        epochs=30, batch_size=8, lr_head=0.5, lr_backbone=0.5, early_stopping_patience=2, augment=0
+    )
     model, job = _job(data, cfg)
     prog = fit_local(job, cfg)
     assert prog.stopped_early and len(prog.history) < 30
@@ -237,14 +275,19 @@ def test_loss_weighting_and_no_balance_also_train(data) -> None:
         assert np.isfinite(prog.history[0]["train_loss"])
 
 
-def test_an_epoch_checkpoint_is_written_once_into_the_run_directory(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_epoch_checkpoint_is_written_once_into_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torch.utils.serialization import config
 
     from training import loop
 
-    state = {"model": {"w": torch.arange(12.0).reshape(3, 4)}, "progress": {"next_epoch": 4}, "best": None,
-             "optimizer": {"state": {0: {"exp_avg": torch.ones(5)}}}}
+    state = {
+        "model": {"w": torch.arange(12.0).reshape(3, 4)},
+        "progress": {"next_epoch": 4},
+        "best": None,
+        "optimizer": {"state": {0: {"exp_avg": torch.ones(5)}}},
+    }
     checkpoint = loop.write_checkpoint(state, tmp_path / "run", 3)
     directory = tmp_path / "run" / "checkpoint_epoch_0003"
     assert Path(checkpoint.path) == directory  # Ray registers it where it lies: no second copy
@@ -280,8 +323,13 @@ def train():
 t = threading.Thread(target=train); t.start(); t.join()
 print(before, on_main, os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id), own[0])
 """
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
     before, on_main, main_after, training = map(int, out)
     assert on_main == before  # the main thread alone: unchanged
     assert main_after == 19 and training == before  # the loop yields, the training thread does not

@@ -41,8 +41,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitoring.drift import EmbeddingDrift, ImageDrift, prediction_drift  # noqa: E402
-from monitoring.drift_service import DriftConfig, DriftMonitor, Transition  # noqa: E402
+from monitoring.drift.monitors.embedding import EmbeddingDrift  # noqa: E402
+from monitoring.drift.monitors.image import ImageDrift  # noqa: E402
+from monitoring.drift.monitors.prediction import prediction_drift  # noqa: E402
+from monitoring.drift.stage import DriftConfig, DriftStage, Transition  # noqa: E402
 from monitoring.metrics import MonitorMetrics  # noqa: E402
 from nicheloop.blobs import BlobStore  # noqa: E402
 from nicheloop.contracts import IMAGE_STATS, PREDICTIONS_TOPIC, PredictionEvent  # noqa: E402
@@ -231,7 +233,7 @@ def stage_cpu_per_event(ref: Reference, served: list[Served], classes: list[str]
     it raised."""
     rng = np.random.default_rng(0)
     transitions: list[Transition] = []
-    stage = DriftMonitor(lambda version: ref, MonitorMetrics(), DriftConfig(), transitions.append)
+    stage = DriftStage(lambda version: ref, MonitorMetrics(), DriftConfig(), transitions.append)
     events = [
         PredictionEvent(
             prediction_id=f"p{part}-{i}",

@@ -21,8 +21,8 @@ from nicheloop.synthetic import write_image_folder  # noqa: E402
 from training.calibrate import softmax  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import Example, read_image_folder, split_validation  # noqa: E402
+from training.distributed import PROGRESS_FILE, fit  # noqa: E402
 from training.evaluate import classification_metrics, predict_all  # noqa: E402
-from training.loop import PROGRESS_FILE, fit  # noqa: E402
 from training.pretrain import PretrainConfig, pretrain  # noqa: E402
 
 

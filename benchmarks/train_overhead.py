@@ -1,6 +1,6 @@
 """Ray Train overhead: steady-state epoch time on Ray Train over a plain PyTorch loop, in one run.
 
-Same model, data, batch size, torch threads, allocator settings (``training.loop.TRAIN_WORKER_ENV``:
+Same model, data, batch size, torch threads, allocator settings (``training.distributed.TRAIN_WORKER_ENV``:
 the benchmark re-runs itself under them) and epoch code (training.engine) on both sides; the
 Ray side adds what production pays for: a local Ray instance started as the stack starts its head
 (no dashboard), the TorchTrainer worker, a report and a checkpoint per epoch. Epoch time on Ray is
@@ -38,8 +38,8 @@ from nicheloop.model import build_model  # noqa: E402
 from nicheloop.synthetic import write_image_folder  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import Example, read_image_folder  # noqa: E402
+from training.distributed import PROGRESS_FILE, TRAIN_WORKER_ENV, fit, run_directory  # noqa: E402
 from training.engine import Progress, local_job, make_optimizer, run_epoch  # noqa: E402
-from training.loop import PROGRESS_FILE, TRAIN_WORKER_ENV, fit, run_directory  # noqa: E402
 
 
 def plain_epochs(classes, blobs, train, cfg, args) -> list[float]:

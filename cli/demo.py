@@ -1,4 +1,4 @@
-"""The demo of the whole loop (an entry point, like cli.py): real stack, synthetic niche images.
+"""The demo of the whole loop (an entry point, like the CLI): real stack, synthetic niche images.
 
 bootstrap → serve → stream predictions (a shift half-way) → feedback → review → train →
 promote → the service answers with the new champion. Every figure in the summary is read back
@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from deploy.local import stack
+from monitoring.drift.monitor import monitors
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.errors import NicheloopError
@@ -94,7 +95,7 @@ def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None
     from services.app import deploy
     from training.config import TrainConfig
     from training.data import read_image_folder
-    from training.pipeline import bootstrap
+    from training.finetune import bootstrap
 
     stack.up(settings)
     ensure_topics(settings.bootstrap_servers)
@@ -123,7 +124,7 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     """Traffic with a shift half-way, feedback, review, train, promote; the figures read back."""
     from rollout.promote import promote
     from training.config import TrainConfig
-    from training.pipeline import train
+    from training.finetune import train
 
     registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
     champion_before = registry.resolve(CHAMPION).version
@@ -180,7 +181,7 @@ def _drift(settings: Settings) -> tuple[float | None, bool | None]:
     """The highest latest drift score of the input and prediction monitors (1 - p-value), and
     whether any of their alarms is raised."""
     scores, alarms = [], []
-    for monitor in ("image", "embedding", "prediction"):
+    for monitor in monitors("inputs"):
         labels = f'monitor="{monitor}"'
         # from the p-value: the score gauge holds the method's own statistic for some embedding
         # methods (Evidently's distance), on another scale than the others' 1 - p

@@ -96,7 +96,7 @@ def bootstrap(
     """Fine-tune a timm model on seed labels and register it as the first champion."""
     from nicheloop.synthetic import write_image_folder
     from training.data import read_image_folder
-    from training.pipeline import bootstrap as run_bootstrap
+    from training.finetune import bootstrap as run_bootstrap
 
     s = get_settings()
     if (data is None) == (not synthetic):
@@ -182,7 +182,7 @@ def drift_report(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """List the drift reports (Evidently HTML) the monitor wrote: when, version, why, drifted monitors."""
-    from monitoring.drift_report import list_reports
+    from monitoring.drift.report import list_reports
 
     entries = list_reports(get_settings().drift_report_dir, version, limit)
     if not entries:
@@ -210,7 +210,7 @@ def train(
     epochs: int | None = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
 ) -> None:
     """Fine-tune the champion on new labels (with replay) and register the result as `candidate`."""
-    from training.pipeline import train as run_train
+    from training.finetune import train as run_train
 
     try:
         result = run_train(get_settings(), _recipe(recipe, set_, epochs=epochs))

@@ -11,12 +11,12 @@ from functools import lru_cache
 
 from pydantic import BaseModel
 
-from monitoring.drift_report import ReportWriter
-from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
+from monitoring.drift.report import ReportWriter
+from monitoring.drift.stage import DriftConfig, DriftStage, Transition
+from monitoring.drift.windows import WindowSpec
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
 from monitoring.sampling import ActiveSampler, SamplerConfig
-from monitoring.windows import WindowSpec
 from nicheloop.bus import BrokerError, EventConsumer, Publisher, ensure_topics
 from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.reference import Reference
@@ -33,7 +33,7 @@ GROUP = "nicheloop-monitor"
 STAGES = ("join", "sample", "drift")
 
 
-class Pipeline:
+class Stages:
     """join → sample → drift, in that order, for every event (so a queued item is always joined).
 
     ``stages`` picks a subset (e.g. ``("join",)`` for a joiner that needs no MLflow).
@@ -80,7 +80,7 @@ class Pipeline:
                     )
 
             self.handlers.append(
-                DriftMonitor(
+                DriftStage(
                     reference_for,
                     metrics,
                     drift_config(settings),
@@ -99,7 +99,7 @@ def drift_config(settings: Settings) -> DriftConfig:
     window = WindowSpec(
         settings.drift_window_kind,
         settings.drift_window,
-        settings.drift_window_step,  # type: ignore[arg-type]
+        settings.drift_window_step,
         settings.drift_window_seconds,
     )
     return DriftConfig(
@@ -107,7 +107,7 @@ def drift_config(settings: Settings) -> DriftConfig:
         alpha=settings.drift_alpha,
         min_samples=settings.drift_min_samples,
         embedding_method=settings.drift_embedding_method,
-    )  # type: ignore[arg-type]
+    )
 
 
 def sampler_config(settings: Settings) -> SamplerConfig:
@@ -173,7 +173,7 @@ def run_monitor(
         if "drift" in stages
         else None
     )
-    pipeline = Pipeline(settings, metrics, stages, publisher.publish if publisher else None)
+    router = Stages(settings, metrics, stages, publisher.publish if publisher else None)
 
     def connect() -> EventConsumer:
         ensure_topics(settings.bootstrap_servers)
@@ -181,7 +181,7 @@ def run_monitor(
             settings.bootstrap_servers,
             [PREDICTIONS_TOPIC, FEEDBACK_TOPIC],
             GROUP,
-            pipeline,
+            router,
             on_dead_letter=metrics.dead_letters.labels(GROUP).inc,
         )
 

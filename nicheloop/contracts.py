@@ -109,7 +109,7 @@ class DriftEvent(_Event):
     drift_id: str = Field(default_factory=new_id)
     model_name: str
     model_version: str
-    monitor: Literal["image", "embedding", "prediction", "label"]
+    monitor: str = Field(min_length=1, description="A registered drift monitor's name.")
     state: Literal["raised", "cleared"]
     p_value: float | None = Field(None, ge=0.0, le=1.0)
     score: float | None = None

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WindowKind = Literal["sliding", "tumbling"]
+EmbeddingMethod = Literal["novelty", "mmd", "distance", "model"]
 
 
 class Settings(BaseSettings):
@@ -71,9 +75,7 @@ class Settings(BaseSettings):
     drift_window: int = Field(
         200, ge=1, description="Events in a drift window (count windows; the cap of time windows)."
     )
-    drift_window_kind: str = Field(
-        "sliding", pattern="^(sliding|tumbling)$", description="sliding or tumbling."
-    )
+    drift_window_kind: WindowKind = Field("sliding", description="sliding or tumbling.")
     drift_window_step: int = Field(50, ge=1, description="Sliding windows: events between evaluations.")
     drift_window_seconds: float = Field(
         0.0, ge=0, description="> 0: windows by time of this length instead of count."
@@ -91,10 +93,8 @@ class Settings(BaseSettings):
         "(one is always written when an alarm is raised or cleared; 0: one "
         "for every evaluated window, about 1.5 s of CPU each).",
     )
-    drift_embedding_method: str = Field(
-        "distance",
-        pattern="^(novelty|mmd|distance|model)$",
-        description="Embedding test (benchmarks/drift.py compares them).",
+    drift_embedding_method: EmbeddingMethod = Field(
+        "distance", description="Embedding test (docs/drift.md compares them)."
     )
     review_budget_per_hour: int = Field(
         120, ge=0, description="Labels reviewers may give in any rolling hour."

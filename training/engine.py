@@ -23,7 +23,7 @@ from nicheloop.model import NicheModel
 from training.augment import train_transform
 from training.config import TrainConfig
 from training.data import BlobImageDataset, Example
-from training.recipe import (
+from training.schedule import (
     balanced_order,
     class_weights,
     frozen_names,

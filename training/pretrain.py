@@ -31,7 +31,7 @@ from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from training.augment import ssl_transform
 from training.data import MAX_FILE_BYTES
-from training.loop import report_epoch, run_config, run_directory, yield_ray_task_loop
+from training.distributed import report_epoch, run_config, run_directory, yield_ray_task_loop
 
 log = logging.getLogger(__name__)
 STATE_FILE = "ssl_state.pt"

@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 
 from cli.demo import run_loop
 from deploy.local import stack
-from monitoring.drift_report import list_reports
+from monitoring.drift.report import list_reports
 from nicheloop.bus import dead_letters, parse_event, read_topic
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.errors import NotFound

@@ -23,9 +23,9 @@ from nicheloop.store import Store, is_holdout
 from nicheloop.synthetic import Shift, write_image_folder
 from training.config import TrainConfig, load_recipe
 from training.data import Example, read_image_folder, split_validation
+from training.distributed import PROGRESS_FILE, fit
 from training.evaluate import predict_all
-from training.loop import PROGRESS_FILE, fit
-from training.pipeline import MANIFEST, bootstrap, start_model, train
+from training.finetune import MANIFEST, bootstrap, start_model, train
 from training.pretrain import usable_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

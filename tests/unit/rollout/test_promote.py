@@ -1,39 +1,10 @@
 from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 
 from nicheloop.errors import GateRefused
 from nicheloop.registry import VersionInfo
 from rollout.promote import PREVIOUS, promote
-from training.config import TrainConfig
-from training.data import Example, Snapshot
-from training.evaluate import classification_metrics
-
-
-def test_metrics_on_a_known_confusion() -> None:
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    m = classification_metrics(probs, np.array([0, 1, 1, 1]), 2)
-    assert m["accuracy"] == 0.75
-    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-
-
-def test_metrics_of_nothing_are_zero_not_nan() -> None:
-    assert classification_metrics(np.zeros((0, 2)), np.zeros(0, dtype=int), 2)["accuracy"] == 0.0
-
-
-def test_snapshot_digest_depends_on_content_only() -> None:
-    a = Snapshot(train=(Example("1" * 64, "a"), Example("2" * 64, "b")), holdout=(Example("3" * 64, "a"),))
-    b = Snapshot(train=(Example("2" * 64, "b"), Example("1" * 64, "a")), holdout=(Example("3" * 64, "a"),))
-    c = Snapshot(train=(Example("1" * 64, "b"), Example("2" * 64, "b")), holdout=(Example("3" * 64, "a"),))
-    assert a.digest == b.digest != c.digest
-
-
-def test_train_config_refuses_nonsense() -> None:
-    with pytest.raises(ValueError):
-        TrainConfig(epochs=0)
-    with pytest.raises(ValueError):
-        TrainConfig(unknown_knob=1)
 
 
 @dataclass
@@ -90,22 +61,3 @@ def test_refuses_and_says_why(aliases, parent, metrics, words) -> None:
     with pytest.raises(GateRefused, match=words):
         promote(reg)  # type: ignore[arg-type]
     assert reg.moves == []
-
-
-def test_read_image_folder_reads_any_imagefolder(tmp_path) -> None:
-    from nicheloop.errors import InvalidInput
-    from nicheloop.synthetic import write_image_folder
-    from training.data import read_image_folder
-
-    items = read_image_folder(write_image_folder(tmp_path / "ds", per_class=3, size=16))
-    assert len(items) == 12 and {label for _, label in items} == {
-        "crazing",
-        "inclusion",
-        "patches",
-        "scratches",
-    }
-    (tmp_path / "one" / "only").mkdir(parents=True)
-    with pytest.raises(InvalidInput, match="two class folders"):
-        read_image_folder(tmp_path / "one")
-    with pytest.raises(InvalidInput, match="not a directory"):
-        read_image_folder(tmp_path / "missing")

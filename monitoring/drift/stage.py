@@ -4,8 +4,8 @@ Every prediction of the version being served adds one row (image statistics, emb
 probabilities) to the input window; every user label of such a prediction adds one row to the
 label window (reviewers' labels are left out: the sampler picks uncertain images, so their
 accuracy says nothing about the traffic). When a window is due, the monitors of
-:mod:`monitoring.drift` score it against that version's reference; a new version brings its own
-reference and starts empty windows. An alarm per monitor (:class:`monitoring.windows.Alarm`)
+:func:`monitoring.drift.monitor.monitors` score it against that version's reference; a new version
+brings its own reference and starts empty windows. An alarm per monitor (:class:`~.windows.Alarm`)
 turns evaluations into one ``raised`` and one ``cleared`` transition per shift, which
 ``on_transition`` receives (the runner publishes them as drift events).
 """
@@ -18,24 +18,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
 
-from monitoring.drift import (
-    MONITORS,
-    EmbeddingDrift,
-    EmbeddingMethod,
-    ImageDrift,
-    MonitorResult,
-    label_drift,
-    prediction_drift,
-)
-from monitoring.drift_report import ReportWriter
+from monitoring.drift.monitor import Feed, Inputs, MonitorConfig, MonitorResult, Outcomes, monitors
+from monitoring.drift.report import ReportWriter
+from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
-from monitoring.windows import Alarm, Window, WindowSpec
 from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, PredictionEvent
 from nicheloop.reference import Reference
+from nicheloop.settings import EmbeddingMethod
 
 log = logging.getLogger(__name__)
 REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for the label monitor)
@@ -56,7 +50,7 @@ class DriftConfig:
 class Transition:
     """An alarm that was raised or cleared by one evaluation."""
 
-    state: str
+    state: Literal["raised", "cleared"]
     model_version: str
     result: MonitorResult
     report: str | None = None
@@ -68,11 +62,11 @@ class Transition:
         return DriftEvent(
             model_name=model_name,
             model_version=self.model_version,
-            monitor=r.monitor,  # type: ignore[arg-type]
+            monitor=r.monitor,
             state=self.state,
             p_value=r.p_value,
             score=r.score,
-            window_size=r.n,  # type: ignore[arg-type]
+            window_size=r.n,
             details=finite,
             report=self.report,
         )
@@ -94,6 +88,16 @@ def _stats(rows: list[_Row]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([r.stats for r in with_stats]), np.array([int(np.argmax(r.probs)) for r in with_stats])
 
 
+def _inputs(rows: list[_Row]) -> Inputs:
+    stats, predicted = _stats(rows)
+    return Inputs(stats, predicted, np.stack([r.embedding for r in rows]), np.stack([r.probs for r in rows]))
+
+
+def _outcomes(rows: list[tuple[int, int]]) -> Outcomes:
+    truth, predicted = (np.array(a, dtype=np.int64) for a in zip(*rows))
+    return Outcomes(truth, predicted)
+
+
 class _VersionMonitors:
     """The monitors, windows and alarms of one model version."""
 
@@ -101,32 +105,23 @@ class _VersionMonitors:
         self.version, self.reference, self.cfg = version, reference, cfg
         self.window: Window[_Row] = Window(cfg.window)
         self.labels: Window[tuple[int, int]] = Window(cfg.label_window)
-        self.alarms = {m: Alarm(cfg.clear_above, cfg.clear_after) for m in MONITORS}
-        if reference is not None:
-            self.image = ImageDrift(reference, cfg.alpha, cfg.min_samples)
-            self.embedding = EmbeddingDrift(
-                reference.embeddings, cfg.embedding_method, alpha=cfg.alpha, min_samples=cfg.min_samples
-            )
+        self.alarms = {name: Alarm(cfg.clear_above, cfg.clear_after) for name in monitors()}
+        knobs = MonitorConfig(cfg.alpha, cfg.min_samples, cfg.embedding_method)
+        self.monitors = {
+            name: monitor.for_reference(reference, knobs)
+            for name, monitor in monitors().items()
+            if reference is not None
+        }
 
-    def inputs(self, rows: list[_Row]) -> list[MonitorResult]:
+    def evaluate(self, feeds: Feed, window: Inputs | Outcomes) -> list[MonitorResult]:
+        """Every monitor that feeds on this kind of window; insufficient data without a reference."""
+        names = monitors(feeds)
         if self.reference is None:
-            return [MonitorResult.insufficient(m, len(rows)) for m in ("image", "embedding", "prediction")]
-        return [
-            self.image(*_stats(rows)),
-            self.embedding(np.stack([r.embedding for r in rows])),
-            prediction_drift(
-                self.reference, np.stack([r.probs for r in rows]), self.cfg.alpha, self.cfg.min_samples
-            ),
-        ]
-
-    def outcomes(self, rows: list[tuple[int, int]]) -> MonitorResult:
-        if self.reference is None:
-            return MonitorResult.insufficient("label", len(rows))
-        truth, predicted = (np.array(a, dtype=np.int64) for a in zip(*rows))
-        return label_drift(self.reference, truth, predicted, self.cfg.alpha, self.cfg.min_samples)
+            return [MonitorResult.insufficient(name, len(window)) for name in names]
+        return [self.monitors[name].evaluate(window) for name in names]
 
 
-class DriftMonitor:
+class DriftStage:
     """Handler for the monitoring consumer (``(topic, event) -> None``)."""
 
     def __init__(
@@ -171,7 +166,7 @@ class DriftMonitor:
         stats = np.array([event.image_stats[k] for k in IMAGE_STATS]) if event.image_stats else np.zeros(0)
         row = _Row(stats, np.asarray(event.embedding, np.float64), np.asarray(event.probs, np.float64))
         due = mon.window.add(row, event.created_at.timestamp())
-        return self._record(mon, mon.inputs(due), due) if due is not None else []
+        return self._record(mon, mon.evaluate("inputs", _inputs(due)), due) if due is not None else []
 
     def _feedback(self, event: FeedbackEvent) -> list[MonitorResult]:
         known = self.predicted.get(event.prediction_id)
@@ -182,7 +177,7 @@ class DriftMonitor:
             return []
         row = (mon.reference.class_names.index(event.label), known[1])
         due = mon.labels.add(row, event.created_at.timestamp())
-        return self._record(mon, [mon.outcomes(due)]) if due is not None else []
+        return self._record(mon, mon.evaluate("outcomes", _outcomes(due))) if due is not None else []
 
     def _record(
         self, mon: _VersionMonitors, results: list[MonitorResult], rows: list[_Row] | None = None
@@ -211,9 +206,9 @@ class DriftMonitor:
                 )
                 changes.append(Transition(change, mon.version, r))
         report = self._report(mon, results, rows, changes)
-        for change in changes:
+        for transition in changes:
             if self.on_transition is not None:
-                self.on_transition(dataclasses.replace(change, report=report))
+                self.on_transition(dataclasses.replace(transition, report=report))
         return results
 
     def _report(

@@ -27,8 +27,8 @@ from nicheloop.store import Store
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, dump_recipe
 from training.data import Example, Snapshot, parse_manifest, replay_buffer, snapshot, split_validation
+from training.distributed import fit
 from training.evaluate import evaluate, predict_all
-from training.loop import fit
 
 log = logging.getLogger(__name__)
 MANIFEST = "snapshot_manifest.json"

@@ -11,20 +11,14 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
-from monitoring.drift import (
-    EmbeddingDrift,
-    ImageDrift,
-    MeanDistance,
-    MeanShift,
-    Novelty,
-    WithinClass,
-    label_drift,
-    macro_f1,
-    prediction_drift,
-)
-from monitoring.drift_service import DriftConfig, DriftMonitor, Transition
+from monitoring.drift.monitors.embedding import EmbeddingDrift
+from monitoring.drift.monitors.image import ImageDrift
+from monitoring.drift.monitors.label import label_drift
+from monitoring.drift.monitors.prediction import prediction_drift
+from monitoring.drift.stage import DriftConfig, DriftStage, Transition
+from monitoring.drift.twosample import MeanDistance, MeanShift, Novelty, WithinClass, macro_f1
+from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
-from monitoring.windows import Alarm, Window, WindowSpec
 from nicheloop.bus import parse_event
 from nicheloop.contracts import DRIFT_TOPIC, IMAGE_STATS, FeedbackEvent, PredictionEvent
 from nicheloop.images import image_statistics
@@ -103,7 +97,7 @@ def test_reference_round_trip_and_legacy_embeddings(tmp_path: Path) -> None:
 def test_vectorised_ks_matches_scipy() -> None:
     from scipy.stats import ks_2samp
 
-    from monitoring.drift import ks_columns
+    from monitoring.drift.twosample import ks_columns
 
     rng = np.random.default_rng(2)
     ref, cur = rng.normal(size=(600, 4)), rng.normal(size=(150, 4)) + [0.0, 0.1, 0.3, 0.6]
@@ -317,7 +311,7 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
 
     metrics = MonitorMetrics()
     cfg = DriftConfig(window=WindowSpec("sliding", 100, 25), min_samples=50)
-    stage = DriftMonitor(reference_for, metrics, cfg, transitions.append)
+    stage = DriftStage(reference_for, metrics, cfg, transitions.append)
     clean = [r for i in range(100) for r in stage("t", _event(i, ref, rng))]
     assert {r.monitor for r in clean} == {"image", "embedding", "prediction"}
     assert clean[0].status == "insufficient_data" and not any(r.drifted for r in clean)
@@ -347,7 +341,7 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
 
 def test_drift_stage_scores_user_labels_only() -> None:
     ref, rng = _reference(600, seed=9, accuracy=0.95), np.random.default_rng(10)
-    stage = DriftMonitor(
+    stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
         DriftConfig(label_window=WindowSpec("sliding", 60, 60), min_samples=50),
@@ -377,7 +371,7 @@ def test_a_reference_that_cannot_load_means_insufficient_data_not_a_crash() -> N
     def broken(version: str) -> Reference:
         raise OSError("registry down")
 
-    stage = DriftMonitor(broken, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 10)))
+    stage = DriftStage(broken, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 10)))
     ref, rng = _reference(50), np.random.default_rng(0)
     out = [r for i in range(10) for r in stage("t", _event(i, ref, rng))]
     assert out and all(r.status == "insufficient_data" for r in out)
@@ -396,12 +390,12 @@ def test_prediction_events_refuse_non_finite_or_unknown_statistics() -> None:
 
 
 def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Path) -> None:
-    from monitoring.drift_report import INDEX, ReportWriter, list_reports
+    from monitoring.drift.report import INDEX, ReportWriter, list_reports
 
     ref, rng = _reference(300, seed=11), np.random.default_rng(12)
     transitions: list[Transition] = []
     writer = ReportWriter(tmp_path, every_s=1e9)
-    stage = DriftMonitor(
+    stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
         DriftConfig(window=WindowSpec("tumbling", 100)),
@@ -428,10 +422,10 @@ def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Pa
 
 
 def test_report_every_evaluated_window_when_asked(tmp_path: Path) -> None:
-    from monitoring.drift_report import ReportWriter, list_reports
+    from monitoring.drift.report import ReportWriter, list_reports
 
     ref, rng = _reference(300, seed=13), np.random.default_rng(14)
-    stage = DriftMonitor(
+    stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
         DriftConfig(window=WindowSpec("tumbling", 50)),

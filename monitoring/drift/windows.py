@@ -15,8 +15,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
+from nicheloop.settings import WindowKind
+
 T = TypeVar("T")
-Kind = Literal["sliding", "tumbling"]
+Kind = WindowKind
 
 
 @dataclass(frozen=True)

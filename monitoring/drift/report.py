@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.drift import MonitorResult
+from monitoring.drift.monitor import MonitorResult
 from nicheloop.contracts import IMAGE_STATS
 from nicheloop.reference import Reference
 

@@ -1,0 +1,112 @@
+"""Drift monitors as plug-ins: the interface, the result, and the registry.
+
+A monitor is one class in :mod:`monitoring.drift.monitors`, registered with
+:func:`register_monitor`. It is built once per model version from that version's reference and
+scores one window of traffic (:class:`Inputs`, from predictions) or of outcomes
+(:class:`Outcomes`, from user labels). The drift stage, the metrics, the events and the reports
+iterate :func:`monitors`; nothing else lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+
+from nicheloop.reference import Reference
+from nicheloop.settings import EmbeddingMethod
+
+MIN_REFERENCE = 20  # reference rows a monitor needs (novelty splits them in two halves)
+Status = Literal["ok", "insufficient_data"]
+Feed = Literal["inputs", "outcomes"]
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """One monitor's verdict on one window. ``p_value`` is None where the method gives none."""
+
+    monitor: str
+    status: Status
+    n: int
+    drifted: bool = False
+    p_value: float | None = None
+    score: float | None = None  # the method's statistic: larger is further from the reference
+    details: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def insufficient(cls, monitor: str, n: int) -> MonitorResult:
+        return cls(monitor, "insufficient_data", n)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One window of predictions: image statistics (of the rows that carry them) with the class
+    predicted for each of those rows, and every row's embedding and probabilities."""
+
+    stats: np.ndarray  # (n_stats, S) in IMAGE_STATS order
+    stats_predicted: np.ndarray  # (n_stats,) class index
+    embeddings: np.ndarray  # (n, D)
+    probs: np.ndarray  # (n, C)
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """One window of user labels: the true class and the predicted class of each labeled prediction."""
+
+    truth: np.ndarray  # (n,) class index
+    predicted: np.ndarray  # (n,) class index
+
+    def __len__(self) -> int:
+        return len(self.truth)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The knobs every monitor gets (from ``NICHELOOP_DRIFT_*``)."""
+
+    alpha: float = 0.01  # false-alarm level per monitor and evaluation
+    min_samples: int = 50  # fewer rows: "insufficient data", never a score
+    embedding_method: EmbeddingMethod = "distance"
+
+
+class Monitor(Protocol):
+    """A drift monitor: ``name`` keys its metrics, alarms and events; ``feeds`` names the window
+    it scores."""
+
+    name: ClassVar[str]
+    feeds: ClassVar[Feed]
+
+    @classmethod
+    def for_reference(cls, reference: Reference, config: MonitorConfig) -> Monitor: ...
+
+    def evaluate(self, window: Inputs | Outcomes) -> MonitorResult: ...
+
+
+_MONITORS: dict[str, type[Monitor]] = {}
+
+
+def register_monitor(cls: type[Monitor]) -> type[Monitor]:
+    """Class decorator: make ``cls`` a drift monitor under ``cls.name``.
+
+    Raises:
+        ValueError: another monitor already has that name.
+    """
+    if cls.name in _MONITORS and _MONITORS[cls.name] is not cls:
+        raise ValueError(f"two drift monitors are named {cls.name!r}: rename one of them")
+    _MONITORS[cls.name] = cls
+    return cls
+
+
+def monitors(feeds: Feed | None = None) -> dict[str, type[Monitor]]:
+    """Every registered monitor (that ``feeds`` on that window, when given), by name, sorted."""
+    from monitoring.drift import monitors as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return {k: m for k, m in sorted(_MONITORS.items()) if feeds is None or m.feeds == feeds}

@@ -1,0 +1,82 @@
+"""The ``label`` monitor: the class mix of the labels users send (two-sample chi-square) and the
+accuracy on them against the version's validation accuracy (one-sided binomial); macro-F1 reported."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from scipy.stats import binomtest
+
+from monitoring.drift.monitor import (
+    MIN_REFERENCE,
+    Feed,
+    Inputs,
+    MonitorConfig,
+    MonitorResult,
+    Outcomes,
+    register_monitor,
+)
+from monitoring.drift.twosample import bonferroni, chi2, macro_f1
+from nicheloop.reference import Reference
+
+
+def label_drift(
+    ref: Reference,
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    alpha: float,
+    min_samples: int,
+    tolerance: float = 0.02,
+) -> MonitorResult:
+    """Labels users sent (``truth``) against what was predicted for those images.
+
+    Drift: their class mix differs from the validation labels' (chi-square), or the accuracy on
+    them is below the validation accuracy minus ``tolerance`` beyond chance (one-sided binomial).
+    """
+    if len(truth) < min_samples or len(ref.labels) < MIN_REFERENCE or not np.isfinite(ref.accuracy):
+        return MonitorResult.insufficient("label", len(truth))
+    correct = int((truth == predicted).sum())
+    expected = max(1e-6, min(1 - 1e-6, ref.accuracy - tolerance))
+    p = {
+        "label_mix": chi2(ref.labels, truth),
+        "accuracy": float(binomtest(correct, len(truth), expected, alternative="less").pvalue),
+    }
+    combined = bonferroni(p)
+    return MonitorResult(
+        "label",
+        "ok",
+        len(truth),
+        combined < alpha,
+        combined,
+        1.0 - combined,
+        {f"p_{k}": v for k, v in p.items()}
+        | {
+            "accuracy": correct / len(truth),
+            "macro_f1": macro_f1(truth, predicted),
+            "reference_accuracy": ref.accuracy,
+            "reference_macro_f1": ref.macro_f1,
+        },
+    )
+
+
+@register_monitor
+class LabelDrift:
+    """:func:`label_drift` against one version's reference."""
+
+    name: ClassVar[str] = "label"
+    feeds: ClassVar[Feed] = "outcomes"
+
+    def __init__(self, reference: Reference, config: MonitorConfig) -> None:
+        self.reference, self.config = reference, config
+
+    @classmethod
+    def for_reference(cls, reference: Reference, config: MonitorConfig) -> LabelDrift:
+        return cls(reference, config)
+
+    def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
+        if not isinstance(window, Outcomes):
+            raise TypeError("the label monitor scores windows of user labels (Outcomes)")
+        return label_drift(
+            self.reference, window.truth, window.predicted, self.config.alpha, self.config.min_samples
+        )

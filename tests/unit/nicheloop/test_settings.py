@@ -1,0 +1,21 @@
+from pathlib import Path
+
+import pytest
+
+from nicheloop.settings import Settings, settings_env
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_settings_derive_local_urls(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, kafka_port=1234, mlflow_port=2345)
+    assert s.bootstrap_servers == "127.0.0.1:1234" and s.tracking_uri == "http://127.0.0.1:2345"
+    assert s.db_url == f"sqlite:///{tmp_path.resolve() / 'nicheloop.db'}"
+    assert Settings(kafka_bootstrap="kafka:9092").bootstrap_servers == "kafka:9092"
+
+
+def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, ray_worker_ports=(40000, 40999), drift_window=77)
+    for key, value in settings_env(s).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == s.model_copy(update={"home": tmp_path.resolve()})

@@ -1,0 +1,23 @@
+from pathlib import Path
+
+import pytest
+
+from nicheloop.errors import InvalidInput
+from services.ids import is_issued, load_or_create_key, new_prediction_id
+
+
+def test_prediction_ids_are_verifiable(tmp_path: Path) -> None:
+    key = load_or_create_key(tmp_path)
+    assert load_or_create_key(tmp_path) == key and (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+    pid = new_prediction_id(key)
+    assert is_issued(key, pid)
+    assert not is_issued(key, pid[:-1] + ("0" if pid[-1] != "0" else "1"))
+    assert not is_issued(b"other", pid) and not is_issued(key, "abc") and not is_issued(key, "")
+
+
+def test_a_configured_key_is_used_and_checked(tmp_path: Path) -> None:
+    assert load_or_create_key(tmp_path, "ab" * 32) == bytes.fromhex("ab" * 32)
+    assert not (tmp_path / "secret.key").exists()
+    for bad in ("zz" * 32, "ab"):
+        with pytest.raises(InvalidInput, match="NICHELOOP_SECRET_KEY"):
+            load_or_create_key(tmp_path, bad)

@@ -1,0 +1,61 @@
+"""Rollout gates are plug-ins: a registered gate takes part in promotion with its verdict and reason."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+
+import rollout.gates as registry
+from nicheloop.errors import GateRefused
+from rollout.gates import Evidence, GateResult, Phase, gates, register_gate
+from rollout.promote import promote
+from tests.unit.rollout.test_promote import FakeRegistry
+
+
+class Holds:
+    """A test gate that never has enough evidence."""
+
+    name: ClassVar[str] = "always_holds"
+    phase: ClassVar[Phase] = "offline"
+
+    def __call__(self, evidence: Evidence) -> GateResult:
+        return GateResult(self.name, "hold", "too few labels yet", {"labels": 3.0})
+
+
+@pytest.fixture
+def with_holding_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_GATES", dict(registry._GATES))
+    gates()
+    register_gate(Holds)
+
+
+def _good() -> FakeRegistry:
+    return FakeRegistry(
+        {"champion": "1", "candidate": "2"}, "1", {"holdout_accuracy": 0.9, "parent_holdout_accuracy": 0.8}
+    )
+
+
+def test_the_offline_gate_is_registered() -> None:
+    assert list(gates("offline")) == ["offline_accuracy"]
+    assert gates("canary") == {}
+
+
+def test_promotion_reports_every_gate_with_its_figures() -> None:
+    result = promote(_good())  # type: ignore[arg-type]
+    (gate,) = result.summary()["gates"]  # type: ignore[misc]
+    assert gate["gate"] == "offline_accuracy" and gate["verdict"] == "pass"
+    assert (gate["candidate_accuracy"], gate["champion_accuracy"]) == (0.9, 0.8)
+    assert (result.candidate_accuracy, result.champion_accuracy) == (0.9, 0.8)
+
+
+def test_a_registered_gate_that_holds_stops_promotion_and_says_why(with_holding_gate: None) -> None:
+    reg = _good()
+    with pytest.raises(GateRefused, match="always_holds gate: too few labels yet"):
+        promote(reg)  # type: ignore[arg-type]
+    assert reg.moves == []
+
+
+def test_two_gates_of_one_name_are_refused(with_holding_gate: None) -> None:
+    with pytest.raises(ValueError, match="two rollout gates are named 'always_holds'"):
+        register_gate(type("Holds", (Holds,), {}))

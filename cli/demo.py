@@ -129,7 +129,7 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
     champion_before = registry.resolve(CHAMPION).version
     client = httpx.Client(base_url=settings.serve_url, timeout=60)
-    images, truth = SyntheticStream(seed=42, size=settings.image_size), {}
+    images, truth = SyntheticStream(seed=42, size=settings.image_size), dict[str, str]()
     half = predictions // 2
     stream(client, images.take(half), truth)
     wait_consumed(settings, PREDICTIONS_TOPIC, half)

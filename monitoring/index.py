@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -49,7 +50,7 @@ class EmbeddingIndex:
             raise ValueError(f"center must have shape ({dim},), got {np.shape(center)}")
         self.dim, self.approx_after, self.ef_search = dim, approx_after, ef_search
         self.center = np.zeros(dim, np.float32) if center is None else np.asarray(center, np.float32)
-        self.index: faiss.Index = faiss.IndexFlatL2(dim)
+        self.index: Any = faiss.IndexFlatL2(dim)  # flat or HNSW; faiss's SWIG types hide .hnsw
         self.keys: list[str] = []
         self._key_set: set[str] = set()
         self.recall: float | None = None  # recall@1 of the approximate index; None while exact

@@ -204,7 +204,7 @@ def typicality(
     for start in range(0, len(xs), CHUNK):
         d, _ = index.search(xs[start : start + CHUNK], m)
         typ[start : start + CHUNK] = 1.0 / (d[:, 1:].mean(axis=1) + 1e-6) if m > 1 else 1.0
-    best = {}
+    best: dict[int, int] = {}
     for i, c in enumerate(assign[:, 0]):
         if c not in best or typ[i] > typ[best[c]]:
             best[c] = i

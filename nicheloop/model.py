@@ -27,6 +27,11 @@ WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
 
 
+# A timm model: an nn.Module with forward_features, forward_head, get_classifier and group_matcher,
+# which timm gives no common typed base.
+TimmNet = Any
+
+
 @dataclass
 class NicheModel:
     """A classifier plus everything needed to use it on raw images."""
@@ -34,7 +39,7 @@ class NicheModel:
     backbone: str
     class_names: list[str]
     data_config: dict[str, Any]
-    net: torch.nn.Module
+    net: TimmNet
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,7 +153,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def init_backbone(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
+def init_backbone(net: TimmNet, state: dict[str, torch.Tensor]) -> int:
     """Copy every weight of ``state`` whose name and shape match ``net``; returns how many.
 
     A head of another shape (other classes) is skipped, so a backbone trained elsewhere starts a
@@ -170,7 +175,7 @@ def init_backbone(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
     return len(usable)
 
 
-def _head_prefix(net: torch.nn.Module) -> str:
+def _head_prefix(net: TimmNet) -> str:
     head = net.get_classifier()
     return next((name for name, m in net.named_modules() if m is head), "")
 

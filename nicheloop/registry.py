@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from nicheloop.errors import NotFound, NotReady
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "nicheloop"
 
 
-class _NichePyfunc(mlflow.pyfunc.PythonModel):
+class _NichePyfunc(PythonModel):
     """Lets ``mlflow.pyfunc.load_model`` serve a nicheloop version (input: a float array N×3×H×W)."""
 
     def load_context(self, context: Any) -> None:

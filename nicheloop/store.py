@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
@@ -152,11 +152,10 @@ class Store:
 
         Uses RETURNING rather than rowcount, which psycopg reports as -1 for ORM inserts.
         """
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
         return s.execute(stmt.returning(*table.__table__.primary_key.columns)).first() is not None
 
     # -- predictions and feedback ------------------------------------------------------------
@@ -234,7 +233,7 @@ class Store:
         """
         cutoff = (now or utcnow()) - ttl
         with Session(self.engine) as s, s.begin():
-            return s.execute(
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]  # an UPDATE's result is a cursor's
                 update(Feedback)
                 .where(
                     Feedback.joined.is_(False),
@@ -242,7 +241,8 @@ class Store:
                     Feedback.created_at < cutoff,
                 )
                 .values(expired=True)
-            ).rowcount
+            )
+            return result.rowcount
 
     def content_hash(self) -> str:
         """SHA-256 over the labeled examples' content (not their row ids): equal stores, equal hash."""

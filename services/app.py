@@ -24,7 +24,8 @@ def build_app(settings: Settings) -> Application:
     """The ingress bound to one predictor deployment (settings travel as a plain dict)."""
     config = settings.model_dump(mode="json")
     config["home"] = str(settings.home.resolve())
-    return Gateway.bind(PredictorDeployment.bind(config), config)
+    # serve.deployment adds .bind at run time; its type hints do not show it
+    return Gateway.bind(PredictorDeployment.bind(config), config)  # type: ignore[attr-defined]
 
 
 def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
@@ -60,4 +61,4 @@ def app_builder(args: dict[str, str] | None = None) -> Application:
 
     Settings come from the environment (``NICHELOOP_*``); ``args`` may override any of them.
     """
-    return build_app(Settings(**(args or {})))
+    return build_app(Settings.model_validate(args or {}))

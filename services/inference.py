@@ -43,8 +43,9 @@ class Predictor:
         self.model: NicheModel | None = None
         self.version: str | None = None
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.predict_batch.set_max_batch_size(self.settings.batch_max_size)
-        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        # serve.batch adds these setters at run time; its type hints do not show them
+        self.predict_batch.set_max_batch_size(self.settings.batch_max_size)  # type: ignore[attr-defined]
+        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._watcher = asyncio.get_event_loop().create_task(self._watch_champion())
 
     async def _watch_champion(self) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -136,10 +136,10 @@ def train_epoch(job: Job, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: i
 @torch.no_grad()
 def validate(job: Job, cfg: TrainConfig) -> dict[str, float]:
     """Loss (no smoothing) and accuracy on this rank's share of the validation set, reduced over ranks."""
-    if job.val_set is None or len(job.val_set) == 0:
+    if job.val_set is None or len(cast(Sized, job.val_set)) == 0:
         return {}
     job.raw.eval()
-    idx = np.arange(len(job.val_set))[job.rank :: job.world]
+    idx = np.arange(len(cast(Sized, job.val_set)))[job.rank :: job.world]
     sums = torch.zeros(3, device=job.device)
     for x, y in _loader(job.val_set, idx, cfg.batch_size * 2, cfg.loader_workers):
         x, y = x.to(job.device), y.to(job.device)
@@ -224,7 +224,8 @@ def local_job(
 def fit_local(job: Job, cfg: TrainConfig) -> Progress:
     """Run the whole recipe in this process (no Ray): the baseline the Ray path is measured against,
     and the fast path of the transfer benchmark. Leaves the best epoch's weights in ``job.raw``."""
-    opt, prog, best = make_optimizer(job.raw, cfg), Progress(), {}
+    best: dict[str, Any] = {}
+    opt, prog = make_optimizer(job.raw, cfg), Progress()
     while prog.next_epoch < cfg.epochs and not prog.stopped_early:
         run_epoch(job, opt, cfg, prog, best)
     if best.get("state") is not None:

@@ -60,7 +60,9 @@ def predict_all(
     logits, embs, ys, stats = [], [], [], []
     for x, y, st in DataLoader(ds, batch_size=batch_size):
         lg, e = model.logits(x)
-        logits.append(lg.float().cpu().numpy()), embs.append(e.float().cpu().numpy()), ys.append(y.numpy())
+        logits.append(lg.float().cpu().numpy())
+        embs.append(e.float().cpu().numpy())
+        ys.append(y.numpy())
         stats.append(st.numpy())
     if not logits:
         return Predictions(

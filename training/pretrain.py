@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from nicheloop.blobs import BlobStore
 from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image
-from nicheloop.model import build_model
+from nicheloop.model import TimmNet, build_model
 from training.augment import ssl_transform
 from training.data import MAX_FILE_BYTES
 from training.distributed import report_epoch, run_config, run_directory, yield_ray_task_loop
@@ -60,7 +60,7 @@ class PretrainConfig(BaseModel):
 class SimSiam(nn.Module):
     """Backbone (pooled features) + 3-layer projector + 2-layer bottleneck predictor."""
 
-    def __init__(self, backbone: nn.Module, proj_dim: int, pred_dim: int) -> None:
+    def __init__(self, backbone: TimmNet, proj_dim: int, pred_dim: int) -> None:
         super().__init__()
         self.backbone, feat = backbone, backbone.num_features
 
@@ -166,7 +166,8 @@ def ssl_epoch(
         opt.zero_grad(set_to_none=True)
         loss.float().backward()
         opt.step()
-        losses.append(loss.item()), spreads.append(spread.item())
+        losses.append(loss.item())
+        spreads.append(spread.item())
     return {"epoch": float(epoch), "ssl_loss": float(np.mean(losses)), "z_std": float(np.mean(spreads))}
 
 
@@ -193,13 +194,14 @@ def _ssl_worker(config: dict[str, Any]) -> None:
     device = get_device()
     loader = ssl_loader(BlobStore(config["blob_root"]), config["digests"], cfg)
     model = prepare_model(make_simsiam(cfg))
-    raw = model.module if hasattr(model, "module") else model
+    raw: SimSiam = model.module if hasattr(model, "module") else model  # type: ignore[assignment]
     opt, start = ssl_optimizer(raw, cfg), 0
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        raw.load_state_dict(state["model"]), opt.load_state_dict(state["optimizer"])
+        raw.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
         start = state["epoch"] + 1
     for epoch in range(start, cfg.epochs):
         metrics = ssl_epoch(model, loader, opt, cfg, epoch, device) | {"resumed_from_epoch": float(start)}

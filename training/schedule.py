@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from timm.models import group_parameters
 
+from nicheloop.model import TimmNet
 from training.config import TrainConfig
 
 
@@ -26,7 +27,7 @@ class LayerGroups:
     head: list[str]
 
 
-def layer_groups(net: torch.nn.Module) -> LayerGroups:
+def layer_groups(net: TimmNet) -> LayerGroups:
     """Group ``net``'s parameters with timm's own group matcher (stem -> blocks -> head)."""
     head_ids = {id(p) for p in net.get_classifier().parameters()}
     head = [n for n, p in net.named_parameters() if id(p) in head_ids]

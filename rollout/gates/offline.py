@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from rollout.gates import Evidence, GateResult, register_gate
+from typing import ClassVar
+
+from rollout.gates import Evidence, GateResult, Phase, register_gate
 
 
 @register_gate
 class OfflineAccuracy:
     """Held-out accuracy of the candidate against its parent's, measured on the same split at training."""
 
-    name = "offline_accuracy"
-    phase = "offline"
+    name: ClassVar[str] = "offline_accuracy"
+    phase: ClassVar[Phase] = "offline"
 
     def __call__(self, evidence: Evidence) -> GateResult:
         champ, cand = evidence.champion, evidence.candidate

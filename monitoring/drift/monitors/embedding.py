@@ -112,6 +112,8 @@ class EmbeddingDrift:
                 distance,
                 {"distance": distance, "threshold": threshold},
             )
+        if self._evidently is None:
+            raise ValueError(f"unknown embedding drift method {self.method!r}; use one of {EmbeddingMethod}")
         cols = [f"pc{j}" for j in range(proj.shape[1])]
         score, drifted, _ = self._evidently(
             pd.DataFrame(proj, columns=cols), pd.DataFrame(self.reference, columns=cols)

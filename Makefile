@@ -47,8 +47,9 @@ promtool:
 test: setup postgres promtool
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: setup promtool
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+# Unit tests need no service: the PostgreSQL variants of the store tests are marked integration.
+test-unit: python-deps promtool
+	$(PY) -m pytest tests/unit -m "not integration and not e2e" $(PYTEST_ARGS)
 
 test-integration: setup postgres
 	$(TEST_ENV) $(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
@@ -74,6 +75,9 @@ bench-drift: python-deps
 	$(PY) benchmarks/drift.py
 
 lint: python-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 stack-up: setup

@@ -21,7 +21,7 @@ from nicheloop.bus import BrokerError, EventConsumer, Publisher, ensure_topics
 from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.reference import Reference
 from nicheloop.registry import Registry
-from nicheloop.review_queue import QueuePolicy, ReviewQueue
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 

@@ -26,7 +26,7 @@ from monitoring.selection import NEAR_RADIUS, select_batch
 from monitoring.strategies import Context, Pool, strategy
 from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.errors import NotFound
-from nicheloop.review_queue import ReviewQueue
+from nicheloop.review import ReviewQueue
 from nicheloop.store import Store
 
 log = logging.getLogger(__name__)

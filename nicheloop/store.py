@@ -147,7 +147,7 @@ class Store:
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
 
-    def _insert_ignore(self, s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
+    def insert_ignore(self, s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
         """INSERT … ON CONFLICT DO NOTHING; True if the row was new.
 
         Uses RETURNING rather than rowcount, which psycopg reports as -1 for ORM inserts.
@@ -173,7 +173,7 @@ class Store:
             embedding=np.asarray(ev.embedding, dtype=np.float32).tobytes(),
         )
         with Session(self.engine) as s, s.begin():
-            new = self._insert_ignore(s, Prediction, values, ["prediction_id"])
+            new = self.insert_ignore(s, Prediction, values, ["prediction_id"])
             self._join(s, ev.prediction_id)
         return new
 
@@ -187,7 +187,7 @@ class Store:
             created_at=ev.created_at,
         )
         with Session(self.engine) as s, s.begin():
-            new = self._insert_ignore(s, Feedback, values, ["feedback_id"])
+            new = self.insert_ignore(s, Feedback, values, ["feedback_id"])
             self._join(s, ev.prediction_id)
         return new
 
@@ -274,7 +274,7 @@ class Store:
             created_at=utcnow(),
         )
         with Session(self.engine) as s, s.begin():
-            return self._insert_ignore(s, LabeledExample, values, ["prediction_id", "source"])
+            return self.insert_ignore(s, LabeledExample, values, ["prediction_id", "source"])
 
     def prediction(self, prediction_id: str) -> Prediction:
         """Raises NotFound if the prediction has not been stored (yet)."""

@@ -1,11 +1,17 @@
-"""Feedback: checks a label for a prediction and turns it into a FeedbackEvent on Kafka."""
+"""Feedback: a label for a prediction (from its app, or a reviewer's for a leased review task)
+becomes a FeedbackEvent on Kafka."""
 
 from __future__ import annotations
 
+import logging
+
 from nicheloop.bus import Publisher
 from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent, FeedbackSource
-from nicheloop.errors import InvalidInput, NotFound
+from nicheloop.errors import Conflict, InvalidInput, NotFound
+from nicheloop.review import ReviewQueue
 from services.ids import is_issued
+
+log = logging.getLogger(__name__)
 
 FEEDBACK_ACK_TIMEOUT_S = 5.0  # then the label is fsynced to the spool instead
 
@@ -36,4 +42,34 @@ def record_feedback(
         raise NotFound(f"unknown prediction_id {prediction_id!r}: use the id returned by /v1/predict")
     event = FeedbackEvent(prediction_id=prediction_id, label=check_label(label, class_names), source=source)
     publisher.publish_durable(FEEDBACK_TOPIC, prediction_id, event, ack_timeout_s=FEEDBACK_ACK_TIMEOUT_S)
+    return event
+
+
+def submit_review(
+    queue: ReviewQueue,
+    publisher: Publisher,
+    key: bytes,
+    task_id: int,
+    label: str,
+    lease_token: str,
+    class_names: list[str],
+) -> FeedbackEvent:
+    """Publish a reviewer's label for a leased task as reviewer feedback, then close the task.
+
+    The label is durable (on Kafka or in the spool) before the task is marked done, so a crash
+    in between loses nothing: the task is handed out again and its label simply arrives twice.
+
+    Raises:
+        NotFound: unknown task. Conflict: lease not held (expired and reassigned, or never
+        claimed) or task already labeled. InvalidInput: unknown label.
+    """
+    check_label(label, class_names)
+    item = queue.check_lease(task_id, lease_token)
+    event = record_feedback(publisher, key, item.prediction_id, label, class_names, source="reviewer")
+    try:
+        queue.complete(task_id, label, lease_token)
+    except Conflict:  # the lease ran out while publishing: the label is kept, the task stays open
+        log.warning(
+            "review task %d: lease expired while its label was published; label kept as feedback", task_id
+        )
     return event

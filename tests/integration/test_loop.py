@@ -20,7 +20,7 @@ from nicheloop.bus import dead_letters, parse_event, read_topic
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
-from nicheloop.review_queue import QueuePolicy, ReviewQueue
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store
 

@@ -10,7 +10,7 @@ import pytest
 from monitoring.metrics import MonitorMetrics
 from monitoring.sampling import ActiveSampler, SamplerConfig
 from nicheloop.contracts import FeedbackEvent, PredictionEvent
-from nicheloop.review_queue import QueuePolicy, ReviewQueue
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.store import Store
 
 D = 8

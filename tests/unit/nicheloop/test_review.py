@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from nicheloop.contracts import PredictionEvent, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, NotFound
-from nicheloop.review_queue import QueuePolicy, ReviewQueue
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.store import Store
 from tests.conftest import BACKENDS, postgres_database
 

@@ -1,6 +1,5 @@
-"""The predictor replica's logic outside Ray Serve: not ready until a champion is loaded."""
-
-import asyncio
+"""The champion holder behind the predictor replica, outside Ray Serve: not ready until a
+champion is loaded, then swapped whole when the alias moves."""
 
 import pytest
 
@@ -8,7 +7,7 @@ from nicheloop.errors import NotReady
 from nicheloop.model import build_model
 from nicheloop.registry import LoadedVersion, VersionInfo
 from nicheloop.synthetic import SyntheticStream
-from services.inference import Predictor
+from services.inference import Champion
 
 
 class FakeRegistry:
@@ -27,27 +26,23 @@ class FakeRegistry:
         return LoadedVersion(self.resolve("champion"), self.model, reference=None)  # type: ignore[arg-type]
 
 
-def test_not_ready_until_a_champion_is_loaded_then_hot_swaps(tmp_path) -> None:
-    async def scenario() -> None:
-        predictor = Predictor.__new__(Predictor)  # the Serve-free part of __init__
-        predictor.registry, predictor.model, predictor.version, predictor.device = (
-            FakeRegistry(),
-            None,
-            None,
-            "cpu",
-        )
-        image = SyntheticStream(size=32).take(1)[0][0]
-        assert predictor.ready() == {"ready": False, "model_version": None}
-        with pytest.raises(NotReady):
-            predictor.reload_if_changed()
-        with pytest.raises(NotReady):
-            await Predictor.predict_batch.__wrapped__(predictor, [image])
-        predictor.registry.champion = "1"
-        assert predictor.reload_if_changed() and not predictor.reload_if_changed()
-        assert predictor.ready() == {"ready": True, "model_version": "1"}
-        [out] = await Predictor.predict_batch.__wrapped__(predictor, [image])
-        assert out.model_version == "1" and len(out.probs) == 2 and 0 <= out.uncertainty <= 1
-        predictor.registry.champion = "2"
-        assert predictor.reload_if_changed() and predictor.ready()["model_version"] == "2"
-
-    asyncio.run(scenario())
+def test_not_ready_until_a_champion_is_loaded_then_hot_swaps() -> None:
+    registry = FakeRegistry()
+    champion = Champion(registry)
+    image = SyntheticStream(size=32).take(1)[0][0]
+    assert champion.ready() == {"ready": False, "model_version": None}
+    with pytest.raises(NotReady):
+        champion.reload_if_changed()
+    with pytest.raises(NotReady):
+        champion.infer([image])
+    with pytest.raises(NotReady):
+        champion.class_names()
+    registry.champion = "1"
+    assert champion.reload_if_changed() and not champion.reload_if_changed()
+    assert champion.ready() == {"ready": True, "model_version": "1"}
+    assert champion.class_names() == ["a", "b"]
+    [out] = champion.infer([image])
+    assert out.model_version == "1" and len(out.probs) == 2 and 0 <= out.uncertainty <= 1
+    assert abs(sum(out.probs) - 1) < 1e-5 and len(out.embedding) > 0
+    registry.champion = "2"
+    assert champion.reload_if_changed() and champion.ready()["model_version"] == "2"

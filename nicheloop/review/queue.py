@@ -1,4 +1,5 @@
-"""The review queue: priorities, leases, skips, expiry and a labeling budget, on the SQL store.
+"""The review queue (monitoring enqueues, services claim and label): priorities, leases, skips,
+expiry and a labeling budget, on the SQL store.
 
 Guarantees, on SQLite and PostgreSQL alike:
 
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from nicheloop.contracts import utcnow
 from nicheloop.errors import BudgetSpent, Conflict, NotFound
+from nicheloop.review.schemas import ReviewTask
 from nicheloop.settings import Settings
 from nicheloop.store import ReviewItem, ReviewLock, Store
 
@@ -57,9 +59,9 @@ class QueuePolicy:
         )
 
 
-def _aware(ts: datetime | None) -> datetime | None:
+def _aware(ts: datetime) -> datetime:
     """SQLite hands back naive datetimes; every timestamp here is UTC."""
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 class ReviewQueue:
@@ -68,7 +70,7 @@ class ReviewQueue:
     def __init__(self, store: Store, policy: QueuePolicy | None = None) -> None:
         self.store, self.policy, self.engine = store, policy or QueuePolicy(), store.engine
         with Session(self.engine) as s, s.begin():
-            store._insert_ignore(s, ReviewLock, {"name": "claim", "counter": 0}, ["name"])
+            store.insert_ignore(s, ReviewLock, {"name": "claim", "counter": 0}, ["name"])
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(
@@ -91,7 +93,7 @@ class ReviewQueue:
             expires_at=now + timedelta(seconds=self.policy.item_ttl_s),
         )
         with Session(self.engine) as s, s.begin():
-            return self.store._insert_ignore(s, ReviewItem, values, ["prediction_id"])
+            return self.store.insert_ignore(s, ReviewItem, values, ["prediction_id"])
 
     def room(self) -> int:
         """How many more items may be queued before the queue holds ``max_depth`` waiting items."""
@@ -140,6 +142,28 @@ class ReviewQueue:
             item.lease_token = uuid.uuid4().hex
             item.lease_expires_at = now + timedelta(seconds=self.policy.lease_s)
         return item
+
+    def claim_task(self, reviewer: str, now: datetime | None = None) -> ReviewTask | None:
+        """:meth:`claim`, as the task a reviewer sees: the prediction, its image, the lease.
+
+        Raises:
+            BudgetSpent: as :meth:`claim`.
+        """
+        item = self.claim(reviewer, now)
+        if item is None:
+            return None
+        pred = self.store.prediction(item.prediction_id)
+        return ReviewTask(
+            task_id=item.task_id,
+            prediction_id=item.prediction_id,
+            predicted_label=pred.label,
+            uncertainty=pred.uncertainty,
+            priority=item.priority,
+            class_names=list(pred.class_names),
+            image_url=f"/v1/images/{pred.image_sha256}",
+            lease_token=item.lease_token or "",
+            lease_expires_at=item.lease_expires_at,
+        )
 
     def check_lease(self, task_id: int, lease_token: str) -> ReviewItem:
         """The item, if ``lease_token`` is its current lease.
@@ -246,8 +270,9 @@ class ReviewQueue:
                 select(ReviewItem.claimed_at, ReviewItem.done_at).where(ReviewItem.done_at >= now - DAY)
             ).all()
             used_hour, used_day = self._used(s, now, HOUR), self._used(s, now, DAY)
-        seconds = [(_aware(d) - _aware(c)).total_seconds() for c, d in recent if c is not None]
-        done_hour = sum(1 for _, d in recent if _aware(d) >= now - HOUR)
+        done = [(c, _aware(d)) for c, d in recent if d is not None]
+        seconds = [(d - _aware(c)).total_seconds() for c, d in done if c is not None]
+        done_hour = sum(1 for _, d in done if d >= now - HOUR)
         return {
             "queued": int(by_status.get("queued", 0)) + int(stale_leases),
             "in_review": int(by_status.get("claimed", 0)) - int(stale_leases),

@@ -1,0 +1,156 @@
+"""The HTTP API: /v1/predict, /v1/feedback, /v1/review, images, health, readiness and metrics.
+
+Routes are thin: they parse, call one function with the injected :data:`~services.deps.Resources`,
+and shape the answer. Domain errors become 4xx/503 answers (:mod:`services.http`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from nicheloop.contracts import (
+    PREDICTIONS_TOPIC,
+    FeedbackAccepted,
+    FeedbackEvent,
+    FeedbackRequest,
+    PredictionEvent,
+    PredictResponse,
+)
+from nicheloop.errors import NotReady
+from nicheloop.images import decode_image, image_statistics
+from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
+from services.deps import GatewayResources, Resources
+from services.feedback import record_feedback, submit_review
+from services.http import image_bytes, install_error_handlers
+from services.ids import new_prediction_id
+
+api = FastAPI(title="nicheloop", version="0.1.0")
+install_error_handlers(api)
+
+
+@api.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@api.get("/readyz")
+async def readyz(res: Resources) -> JSONResponse:
+    """200 once a model is loaded, 503 until then."""
+    state = await res.predictor.ready()
+    return JSONResponse(status_code=200 if state["ready"] else 503, content=state)
+
+
+@api.get("/metrics")
+async def metrics(res: Resources) -> Response:
+    """This replica's event-spool metrics in Prometheus text format."""
+    registry = CollectorRegistry()
+    Gauge(
+        "nicheloop_event_spool_depth", "Events waiting on local disk for the broker", registry=registry
+    ).set(res.publisher.spool_depth)
+    Gauge(
+        "nicheloop_event_spool_capacity", "The spool's bound (NICHELOOP_SPOOL_MAX_EVENTS)", registry=registry
+    ).set(res.publisher.spool_capacity)
+    return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@api.post("/v1/predict", response_model=PredictResponse)
+async def predict(request: Request, res: Resources) -> PredictResponse:
+    """Classify one image; the prediction is published as an event and the image kept by its hash."""
+    s = res.settings
+    data = await image_bytes(request, s.max_upload_bytes)
+    image = decode_image(data, s.max_upload_bytes, s.max_image_pixels)
+    digest = await asyncio.to_thread(res.blobs.put, data)
+    out = await res.predictor.predict(image)
+    prediction_id = new_prediction_id(res.key)
+    best = max(range(len(out.probs)), key=out.probs.__getitem__)
+    event = PredictionEvent(
+        prediction_id=prediction_id,
+        model_name=s.model_name,
+        model_version=out.model_version,
+        label=out.class_names[best],
+        probs=out.probs,
+        class_names=out.class_names,
+        uncertainty=out.uncertainty,
+        embedding=out.embedding,
+        image_sha256=digest,
+        image_stats=await asyncio.to_thread(image_statistics, image),
+    )
+    if s.event_logging:
+        res.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)
+    return PredictResponse(
+        prediction_id=prediction_id,
+        model_version=out.model_version,
+        label=event.label,
+        probs=dict(zip(out.class_names, out.probs)),
+        uncertainty=out.uncertainty,
+    )
+
+
+def _accepted(event: FeedbackEvent) -> FeedbackAccepted:
+    return FeedbackAccepted(
+        feedback_id=event.feedback_id,
+        prediction_id=event.prediction_id,
+        label=event.label,
+        source=event.source,
+    )
+
+
+@api.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
+async def feedback(body: FeedbackRequest, res: Resources) -> FeedbackAccepted:
+    """A label for a prediction; answered once it is durable (on Kafka or in the spool)."""
+    classes = await _class_names(res)
+    event = await asyncio.to_thread(
+        record_feedback, res.publisher, res.key, body.prediction_id, body.label, classes, body.source
+    )
+    return _accepted(event)
+
+
+@api.get(
+    "/v1/review/next",
+    response_model=ReviewTask,
+    responses={204: {"description": "queue empty"}, 429: {"description": "budget spent"}},
+)
+async def review_next(res: Resources, x_reviewer: str = Header("anonymous", max_length=128)) -> Any:
+    """Lease the next task to the reviewer named in ``X-Reviewer`` (label or skip it with its token)."""
+    task = await asyncio.to_thread(res.queue.claim_task, x_reviewer)
+    return task if task is not None else Response(status_code=204)
+
+
+@api.get("/v1/review/stats", response_model=ReviewStats)
+async def review_stats(res: Resources) -> ReviewStats:
+    return ReviewStats.model_validate(await asyncio.to_thread(res.queue.stats))
+
+
+@api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
+async def review_submit(task_id: int, body: ReviewLabel, res: Resources) -> FeedbackAccepted:
+    """A reviewer's label for a leased task; it becomes feedback with ``source=reviewer``."""
+    classes = await _class_names(res)
+    event = await asyncio.to_thread(
+        submit_review, res.queue, res.publisher, res.key, task_id, body.label, body.lease_token, classes
+    )
+    return _accepted(event)
+
+
+@api.post("/v1/review/{task_id}/skip", status_code=200)
+async def review_skip(task_id: int, body: ReviewSkip, res: Resources) -> dict[str, Any]:
+    """Give a leased task back unlabeled; it is not offered to the same reviewer again."""
+    item = await asyncio.to_thread(res.queue.skip, task_id, body.lease_token)
+    return {"task_id": item.task_id, "status": item.status, "skips": item.skips}
+
+
+@api.get("/v1/images/{sha256}")
+async def image(sha256: str, res: Resources) -> Response:
+    data = await asyncio.to_thread(res.blobs.get, sha256)
+    return Response(content=data, media_type="application/octet-stream")
+
+
+async def _class_names(res: GatewayResources) -> list[str]:
+    state = await res.predictor.ready()
+    if not state["ready"]:
+        raise NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
+    return await res.predictor.class_names()

@@ -1,0 +1,65 @@
+"""What the HTTP routes get injected: the gateway's resources, resolved once per request.
+
+Routes declare ``res: Resources`` (``Annotated[GatewayResources, Depends(get_resources)]``); the
+Serve replica installs the real ones at start, tests swap them with ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends
+from PIL import Image
+
+from nicheloop.blobs import BlobStore
+from nicheloop.bus import Publisher
+from nicheloop.errors import NotReady
+from nicheloop.review import ReviewQueue
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from services.inference import ModelOutput
+
+
+class PredictorPort(Protocol):
+    """The model replica as the gateway calls it (a Serve handle in production)."""
+
+    async def ready(self) -> dict[str, Any]: ...
+    async def class_names(self) -> list[str]: ...
+    async def predict(self, image: Image.Image) -> ModelOutput: ...
+
+
+@dataclass(frozen=True)
+class GatewayResources:
+    """Everything a gateway replica holds: settings, the predictor, storage, the queue, the publisher."""
+
+    settings: Settings
+    predictor: PredictorPort
+    key: bytes  # signs prediction ids
+    blobs: BlobStore
+    store: Store
+    queue: ReviewQueue
+    publisher: Publisher
+
+
+_installed: GatewayResources | None = None
+
+
+def install_resources(resources: GatewayResources) -> None:
+    """Make ``resources`` what every route of this process gets (the replica calls it once)."""
+    global _installed
+    _installed = resources
+
+
+def get_resources() -> GatewayResources:
+    """The installed resources.
+
+    Raises:
+        NotReady: the replica has not finished starting.
+    """
+    if _installed is None:
+        raise NotReady("the gateway is still starting; retry in a moment")
+    return _installed
+
+
+Resources = Annotated[GatewayResources, Depends(get_resources)]

@@ -1,0 +1,171 @@
+"""The gateway's routes on a plain FastAPI client, their resources swapped in with
+``dependency_overrides``: a real model, SQLite store, blob store and review queue; the Kafka
+publisher is a recorder (its delivery is tested against a real broker in integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydantic import BaseModel
+
+from nicheloop.blobs import BlobStore
+from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
+from nicheloop.model import build_model
+from nicheloop.registry import LoadedVersion, VersionInfo
+from nicheloop.review import QueuePolicy, ReviewQueue
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from services.api import api
+from services.deps import GatewayResources, get_resources
+from services.inference import Champion, ModelOutput
+
+
+class OneVersion:
+    """The registry serving sees: version 1 of a small model, once ``registered``."""
+
+    def __init__(self) -> None:
+        self.registered = False
+        self.model = build_model("test_resnet", ["crack", "ok"], image_size=32)
+
+    def resolve(self, alias: str) -> VersionInfo:
+        from nicheloop.errors import NotReady
+
+        if not self.registered:
+            raise NotReady("no champion")
+        return VersionInfo("m", "1", "run1", {}, [alias])
+
+    def load(self, version: str, device: str = "cpu") -> LoadedVersion:
+        return LoadedVersion(self.resolve("champion"), self.model, reference=None)  # type: ignore[arg-type]
+
+
+class LocalPredictor:
+    """The predictor port over a :class:`Champion` in this process."""
+
+    def __init__(self, champion: Champion) -> None:
+        self.champion = champion
+
+    async def ready(self) -> dict[str, Any]:
+        return self.champion.ready()
+
+    async def class_names(self) -> list[str]:
+        return self.champion.class_names()
+
+    async def predict(self, image: Image.Image) -> ModelOutput:
+        return (await asyncio.to_thread(self.champion.infer, [image]))[0]
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, BaseModel]] = []
+        self.spool_depth, self.spool_capacity = 0, 100
+
+    def publish(self, topic: str, key: str, event: BaseModel) -> None:
+        self.events.append((topic, key, event))
+
+    def publish_durable(self, topic: str, key: str, event: BaseModel, ack_timeout_s: float = 5.0) -> None:
+        self.publish(topic, key, event)
+
+
+@pytest.fixture
+def registry() -> OneVersion:
+    return OneVersion()
+
+
+@pytest.fixture
+def res(tmp_path: Path, registry: OneVersion) -> GatewayResources:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    return GatewayResources(
+        settings=Settings(home=tmp_path, image_size=32),
+        predictor=LocalPredictor(Champion(registry)),
+        key=b"k" * 32,
+        blobs=BlobStore(str(tmp_path / "blobs")),
+        store=store,
+        queue=ReviewQueue(store, QueuePolicy(per_hour=5)),
+        publisher=RecordingPublisher(),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def client(res: GatewayResources) -> Iterator[TestClient]:
+    api.dependency_overrides[get_resources] = lambda: res
+    try:
+        yield TestClient(api, raise_server_exceptions=False)
+    finally:
+        api.dependency_overrides.clear()
+
+
+def _ready(res: GatewayResources, registry: OneVersion) -> None:
+    registry.registered = True
+    assert isinstance(res.predictor, LocalPredictor) and res.predictor.champion.reload_if_changed()
+
+
+def test_not_ready_without_a_champion(client: TestClient, png: bytes) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 503
+    resp = client.post("/v1/feedback", json={"prediction_id": "x.y", "label": "ok"})
+    assert resp.status_code == 503 and "bootstrap" in resp.json()["detail"]
+
+
+def test_a_prediction_is_answered_stored_and_published(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    _ready(res, registry)
+    assert client.get("/readyz").json() == {"ready": True, "model_version": "1"}
+    body = client.post("/v1/predict", files={"image": ("a.png", png, "image/png")}).json()
+    assert body["model_version"] == "1" and set(body["probs"]) == {"crack", "ok"}
+    [(topic, key, event)] = res.publisher.events  # type: ignore[attr-defined]
+    assert (topic, key) == (PREDICTIONS_TOPIC, body["prediction_id"])
+    assert isinstance(event, PredictionEvent) and event.image_stats and event.label == body["label"]
+    assert client.get(f"/v1/images/{event.image_sha256}").content == png
+    assert client.post("/v1/predict", content=b"not an image").status_code == 400
+
+
+def test_feedback_needs_an_issued_id_and_a_known_label(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    _ready(res, registry)
+    pid = client.post("/v1/predict", content=png).json()["prediction_id"]
+    assert (
+        client.post("/v1/feedback", json={"prediction_id": "0" * 32 + ".abc", "label": "ok"}).status_code
+        == 404
+    )
+    assert client.post("/v1/feedback", json={"prediction_id": pid, "label": "dent"}).status_code == 400
+    resp = client.post("/v1/feedback", json={"prediction_id": pid, "label": "crack"})
+    assert resp.status_code == 202 and resp.json()["source"] == "user"
+    assert res.publisher.events[-1][0] == FEEDBACK_TOPIC  # type: ignore[attr-defined]
+
+
+def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    _ready(res, registry)
+    assert client.get("/v1/review/next").status_code == 204
+    for _ in range(2):
+        client.post("/v1/predict", content=png)
+    for _, _, event in list(res.publisher.events):  # type: ignore[attr-defined]
+        res.store.add_prediction(event)
+        res.queue.enqueue(event.prediction_id, 0.5)
+    task = client.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
+    assert task["image_url"].startswith("/v1/images/") and task["class_names"] == ["crack", "ok"]
+    label = {"label": "ok", "lease_token": task["lease_token"]}
+    resp = client.post(f"/v1/review/{task['task_id']}", json=label)
+    assert resp.status_code == 202 and resp.json()["source"] == "reviewer"
+    assert client.post(f"/v1/review/{task['task_id']}", json=label).status_code == 409
+    other = client.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
+    skipped = client.post(f"/v1/review/{other['task_id']}/skip", json={"lease_token": other["lease_token"]})
+    assert skipped.json()["status"] == "queued"
+    assert client.get("/v1/review/next", headers={"X-Reviewer": "ann"}).status_code == 204  # not again
+    stats = client.get("/v1/review/stats").json()
+    assert stats["done"] == 1 and stats["queued"] == 1 and stats["budget"]["left_hour"] == 4
+    assert client.post("/v1/review/999", json=label).status_code == 404
+
+
+def test_metrics_show_the_spool(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    assert "nicheloop_event_spool_capacity 100.0" in text and "nicheloop_event_spool_depth 0.0" in text

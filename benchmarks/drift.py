@@ -39,24 +39,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monitoring.drift.monitors.embedding import EmbeddingDrift  # noqa: E402
-from monitoring.drift.monitors.image import ImageDrift  # noqa: E402
-from monitoring.drift.monitors.prediction import prediction_drift  # noqa: E402
-from monitoring.drift.stage import DriftConfig, DriftStage, Transition  # noqa: E402
-from monitoring.metrics import MonitorMetrics  # noqa: E402
-from nicheloop.blobs import BlobStore  # noqa: E402
-from nicheloop.contracts import IMAGE_STATS, PREDICTIONS_TOPIC, PredictionEvent  # noqa: E402
-from nicheloop.images import decode_image, image_statistics  # noqa: E402
-from nicheloop.model import NicheModel, build_model  # noqa: E402
-from nicheloop.reference import Reference  # noqa: E402
-from nicheloop.synthetic import write_image_folder  # noqa: E402
-from training.calibrate import fit_temperature  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import Example, read_image_folder, split_validation  # noqa: E402
-from training.engine import fit_local, local_job  # noqa: E402
-from training.evaluate import predict_all  # noqa: E402
+from monitoring.drift.monitors.embedding import EmbeddingDrift
+from monitoring.drift.monitors.image import ImageDrift
+from monitoring.drift.monitors.prediction import prediction_drift
+from monitoring.drift.stage import DriftConfig, DriftStage, Transition
+from monitoring.metrics import MonitorMetrics
+from nicheloop.blobs import BlobStore
+from nicheloop.contracts import IMAGE_STATS, PREDICTIONS_TOPIC, PredictionEvent
+from nicheloop.images import decode_image, image_statistics
+from nicheloop.model import NicheModel, build_model
+from nicheloop.reference import Reference
+from nicheloop.synthetic import write_image_folder
+from training.calibrate import fit_temperature
+from training.config import TrainConfig
+from training.data import Example, read_image_folder, split_validation
+from training.engine import fit_local, local_job
+from training.evaluate import predict_all
 
 log = logging.getLogger("drift")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "neu-steel"

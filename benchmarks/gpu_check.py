@@ -4,7 +4,9 @@ Train whose checkpoint a recipe then starts from. Needs a CUDA device; last line
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -13,17 +15,22 @@ from pathlib import Path
 import ray
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nicheloop.blobs import BlobStore
+from nicheloop.model import build_model
+from nicheloop.synthetic import write_image_folder
+from training.calibrate import softmax
+from training.config import TrainConfig
+from training.data import Example, read_image_folder, split_validation
+from training.distributed import PROGRESS_FILE, fit
+from training.evaluate import classification_metrics, predict_all
+from training.pretrain import PretrainConfig, pretrain
 
-from nicheloop.blobs import BlobStore  # noqa: E402
-from nicheloop.model import build_model  # noqa: E402
-from nicheloop.synthetic import write_image_folder  # noqa: E402
-from training.calibrate import softmax  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import Example, read_image_folder, split_validation  # noqa: E402
-from training.distributed import PROGRESS_FILE, fit  # noqa: E402
-from training.evaluate import classification_metrics, predict_all  # noqa: E402
-from training.pretrain import PretrainConfig, pretrain  # noqa: E402
+
+def _die_once(epoch: int, run_dir: Path, *, at: int, marker: Path) -> None:
+    """The first time epoch ``at`` starts, the worker dies (Ray Train resumes it from a checkpoint)."""
+    if epoch == at and not marker.exists():
+        marker.write_text(str(epoch))
+        os._exit(1)
 
 
 def main() -> None:
@@ -58,7 +65,7 @@ def main() -> None:
             cfg,
             Path(tmp) / "ray",
             "gpu",
-            fault={"fail_at_epoch": 2, "fail_marker": str(Path(tmp) / "killed")},
+            epoch_hook=functools.partial(_die_once, at=2, marker=Path(tmp) / "killed"),
         )
         reports = [
             json.loads(x) for x in (Path(tmp) / "ray" / "gpu" / PROGRESS_FILE).read_text().splitlines()

@@ -31,15 +31,13 @@ import numpy as np
 import ray
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nicheloop.blobs import BlobStore  # noqa: E402
-from nicheloop.model import build_model  # noqa: E402
-from nicheloop.synthetic import write_image_folder  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import Example, read_image_folder  # noqa: E402
-from training.distributed import PROGRESS_FILE, TRAIN_WORKER_ENV, fit, run_directory  # noqa: E402
-from training.engine import Progress, local_job, make_optimizer, run_epoch  # noqa: E402
+from nicheloop.blobs import BlobStore
+from nicheloop.model import build_model
+from nicheloop.synthetic import write_image_folder
+from training.config import TrainConfig
+from training.data import Example, read_image_folder
+from training.distributed import PROGRESS_FILE, TRAIN_WORKER_ENV, fit, run_directory
+from training.engine import Progress, local_job, make_optimizer, run_epoch
 
 
 def plain_epochs(classes, blobs, train, cfg, args) -> list[float]:

@@ -35,17 +35,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nicheloop.blobs import BlobStore  # noqa: E402
-from nicheloop.model import build_model  # noqa: E402
-from nicheloop.synthetic import write_image_folder  # noqa: E402
-from training.calibrate import expected_calibration_error, fit_temperature, softmax  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import Example, read_image_folder, replay_buffer, split_validation  # noqa: E402
-from training.engine import fit_local, local_job  # noqa: E402
-from training.evaluate import classification_metrics, predict_all  # noqa: E402
-from training.pretrain import PretrainConfig, make_simsiam, ssl_epoch, ssl_loader, ssl_optimizer  # noqa: E402
+from nicheloop.blobs import BlobStore
+from nicheloop.model import build_model
+from nicheloop.synthetic import write_image_folder
+from training.calibrate import expected_calibration_error, fit_temperature, softmax
+from training.config import TrainConfig
+from training.data import Example, read_image_folder, replay_buffer, split_validation
+from training.engine import fit_local, local_job
+from training.evaluate import classification_metrics, predict_all
+from training.pretrain import PretrainConfig, make_simsiam, ssl_epoch, ssl_loader, ssl_optimizer
 
 log = logging.getLogger("transfer")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "neu-steel"

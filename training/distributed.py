@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,27 +47,9 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
-    """Fault injection for tests: the first time ``epoch`` is reached, the worker process dies.
-
-    It dies once the controller has recorded the epoch before (its progress line is written): Ray
-    Train collects reports on its next poll of the worker (every 2 s), and a report still waiting in
-    a worker that dies is lost with it, so dying at once would make where the run resumes a race.
-    """
-    marker = config.get("fail_marker")
-    if marker and epoch == config.get("fail_at_epoch") and not Path(marker).exists():
-        progress, deadline = Path(config["run_dir"]) / PROGRESS_FILE, time.monotonic() + 120
-        while (
-            epoch > 0
-            and time.monotonic() < deadline
-            and not (
-                progress.exists()
-                and any(json.loads(line)["epoch"] == epoch - 1 for line in progress.read_text().splitlines())
-            )
-        ):
-            time.sleep(0.1)
-        Path(marker).write_text(str(epoch))
-        os._exit(1)
+# Called on every worker at the start of each epoch with (epoch, run directory): a seam for fault
+# injection (the resumption tests kill a worker from it); it must be picklable.
+EpochHook = Callable[[int, Path], None]
 
 
 def yield_ray_task_loop() -> None:
@@ -202,7 +185,8 @@ def _train_worker(config: dict[str, Any]) -> None:
             )
     first = prog.next_epoch
     while prog.next_epoch < cfg.epochs and not prog.stopped_early:
-        _maybe_fail(config, prog.next_epoch)
+        if config.get("epoch_hook") is not None:
+            config["epoch_hook"](prog.next_epoch, Path(config["run_dir"]))
         started = time.perf_counter()
         metrics: dict[str, Any] = run_epoch(job, opt, cfg, prog, best)
         metrics |= {
@@ -245,12 +229,13 @@ def fit(
     cfg: TrainConfig,
     storage_path: Path,
     run_name: str,
-    fault: dict[str, Any] | None = None,
+    *,
+    epoch_hook: EpochHook | None = None,
 ) -> tuple[NicheModel, list[dict[str, Any]]]:
     """Fine-tune ``model`` in place with Ray Train; returns it (best epoch's weights) and per-epoch metrics.
 
-    Progress is appended to ``storage_path/run_name/progress.jsonl`` while it runs. ``fault``
-    ({"fail_at_epoch": E, "fail_marker": PATH}) kills a worker once, for resumption tests.
+    Progress is appended to ``storage_path/run_name/progress.jsonl`` while it runs. ``epoch_hook``
+    runs on every worker before each epoch (:data:`EpochHook`).
     ``ray.init`` must have been called (entry points connect to the cluster).
 
     Raises:
@@ -277,7 +262,7 @@ def fit(
             "blob_root": blob_root,
             "threads": threads,
             "run_dir": str(progress.parent),
-            **(fault or {}),
+            "epoch_hook": epoch_hook,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,

@@ -21,12 +21,16 @@ from nicheloop.registry import Registry
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store, is_holdout
 from nicheloop.synthetic import Shift, write_image_folder
+from tests.integration import worker_faults
+from tests.integration.worker_faults import DieOnce
 from training.config import TrainConfig, load_recipe
 from training.data import Example, read_image_folder, split_validation
 from training.distributed import PROGRESS_FILE, fit
 from training.evaluate import predict_all
 from training.finetune import MANIFEST, bootstrap, start_model, train
 from training.pretrain import usable_images
+
+ray.cloudpickle.register_pickle_by_value(worker_faults)  # Ray's workers cannot import tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,7 +80,7 @@ def test_a_killed_worker_resumes_from_its_last_epoch_checkpoint(on_ray: None, tm
         cfg,
         tmp_path / "ray",
         "resume",
-        fault={"fail_at_epoch": 2, "fail_marker": str(tmp_path / "killed")},
+        epoch_hook=DieOnce(2, tmp_path / "killed"),
     )
     assert (tmp_path / "killed").read_text() == "2"  # the worker really died at the start of epoch 2
     assert [h["epoch"] for h in history] == [0.0, 1.0, 2.0, 3.0]  # each epoch trained once, none lost
@@ -124,7 +128,7 @@ def test_without_failures_to_spare_a_dead_worker_fails_the_run(on_ray: None, tmp
             TrainConfig(epochs=2, batch_size=4, max_failures=0),
             tmp_path / "ray",
             "nofail",
-            fault={"fail_at_epoch": 1, "fail_marker": str(tmp_path / "killed")},
+            epoch_hook=DieOnce(1, tmp_path / "killed"),
         )
 
 

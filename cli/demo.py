@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from cli.progress import RunProgress
 from deploy.local import stack
 from monitoring.drift.monitor import monitors
 from nicheloop.bus import ensure_topics, topic_offsets
@@ -103,7 +104,9 @@ def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None
     items = read_image_folder(
         write_image_folder(seed_dir, per_class=per_class, seed=0, size=settings.image_size)
     )
-    bootstrap(settings, items, TrainConfig(epochs=epochs))
+    results = settings.home.resolve() / "ray_results"
+    with RunProgress(results, title="bootstrap the champion", total_epochs=epochs):
+        bootstrap(settings, items, TrainConfig(epochs=epochs))
     deploy(settings)
 
 
@@ -145,7 +148,10 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)
     wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
 
-    result = train(settings, TrainConfig(epochs=epochs))
+    with RunProgress(
+        settings.home.resolve() / "ray_results", title="fine-tune a candidate", total_epochs=epochs
+    ):
+        result = train(settings, TrainConfig(epochs=epochs))
     promotion = promote(registry)
     wait_for(
         "the service to serve the new champion",

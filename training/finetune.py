@@ -15,6 +15,7 @@ import logging
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nicheloop.blobs import BlobStore
 from nicheloop.cluster import connect_ray
@@ -138,18 +139,53 @@ def _calibrate(model: NicheModel, blobs: BlobStore, data: TrainingSet, cfg: Trai
     return {"calibration_examples": float(len(labels)), "calibration_on_selection": float(labels is data.val)}
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """Where a new version comes from: the version it was trained from, its alias, and what it may
+    not forget (the parent and the parent's held-out labels, for continual training)."""
+
+    alias: str
+    parent_version: str = "none"
+    parent: NicheModel | None = None
+    old_holdout: tuple[Example, ...] = ()
+
+    def tags(self, snap: Snapshot, model: NicheModel, cfg: TrainConfig) -> dict[str, str]:
+        return {
+            "snapshot_digest": snap.digest,
+            "parent_version": self.parent_version,
+            "backbone": model.backbone,
+            "weights": cfg.weights,
+            "code_version": code_version(),
+            "train_config": cfg.model_dump_json(),
+        }
+
+
+def _training_figures(data: TrainingSet, history: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "train_examples": float(len(data.train)),
+        "val_examples": float(len(data.val)),
+        "new_examples": float(data.new),
+        "replayed_examples": float(data.replayed),
+        "epochs_run": float(len(history)),
+        "final_train_loss": float(history[-1]["train_loss"]) if history else float("nan"),
+    }
+
+
 def _fit_evaluate_register(
     settings: Settings,
     model: NicheModel,
     snap: Snapshot,
     data: TrainingSet,
     cfg: TrainConfig,
-    alias: str,
-    parent: NicheModel | None,
-    parent_version: str,
+    *,
+    lineage: Lineage,
     extra_metrics: dict[str, float],
-    old_holdout: tuple[Example, ...] = (),
 ) -> TrainResult:
+    """Fine-tune on Ray Train, calibrate, evaluate on the held-out labels, register with lineage.
+
+    Raises:
+        InvalidInput: no training or no held-out labels.
+    """
     if not data.train or not snap.holdout:
         raise InvalidInput(
             f"need labeled examples on both sides (train {len(data.train)}, "
@@ -157,48 +193,27 @@ def _fit_evaluate_register(
         )
     connect_ray(settings)
     blobs = BlobStore(str(settings.blob_dir))
+    run_name = f"{lineage.alias}-{snap.digest[:12]}"
     model, history = fit(
-        model,
-        data.train,
-        data.val,
-        str(settings.blob_dir),
-        cfg,
-        settings.home / "ray_results",
-        f"{alias}-{snap.digest[:12]}",
+        model, data.train, data.val, str(settings.blob_dir), cfg, settings.home / "ray_results", run_name
     )
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
-    all_metrics = (
+    metrics = (
         {f"holdout_{k}": v for k, v in rep.metrics.items()}
         | extra_metrics
-        | {
-            "train_examples": float(len(data.train)),
-            "val_examples": float(len(data.val)),
-            **calibration,
-            "new_examples": float(data.new),
-            "replayed_examples": float(data.replayed),
-            "epochs_run": float(len(history)),
-            "final_train_loss": float(history[-1]["train_loss"]) if history else float("nan"),
-        }
+        | _training_figures(data, history)
+        | calibration
     )
-    if parent is not None:
-        all_metrics |= forgetting(parent, model, blobs, old_holdout)
-    lineage = {
-        "snapshot_digest": snap.digest,
-        "parent_version": parent_version,
-        "backbone": model.backbone,
-        "weights": cfg.weights,
-        "code_version": code_version(),
-        "train_config": cfg.model_dump_json(),
-    }
-    registry = Registry(settings.tracking_uri, settings.model_name)
-    info = registry.register(
+    if lineage.parent is not None:
+        metrics |= forgetting(lineage.parent, model, blobs, lineage.old_holdout)
+    info = Registry(settings.tracking_uri, settings.model_name).register(
         model,
         reference,
         params=cfg.model_dump(),
-        metrics=all_metrics,
-        lineage=lineage,
-        alias=alias,
+        metrics=metrics,
+        lineage=lineage.tags(snap, model, cfg),
+        alias=lineage.alias,
         artifacts={
             MANIFEST: snap.manifest(),
             "recipe.yaml": dump_recipe(cfg),
@@ -206,7 +221,7 @@ def _fit_evaluate_register(
             "train_history.json": json.dumps(history, default=str),
         },
     )
-    return TrainResult(info, all_metrics, snap.digest)
+    return TrainResult(info, metrics, snap.digest)
 
 
 def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConfig) -> TrainResult:
@@ -215,7 +230,9 @@ def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConf
     model = start_model(settings, cfg, sorted({label for _, label in items}))
     snap = snapshot(Store(settings.db_url))
     data = training_set(list(snap.train), cfg, new=len(snap.train), replayed=0)
-    return _fit_evaluate_register(settings, model, snap, data, cfg, CHAMPION, None, "none", {})
+    return _fit_evaluate_register(
+        settings, model, snap, data, cfg, lineage=Lineage(CHAMPION), extra_metrics={}
+    )
 
 
 def continual_set(snap: Snapshot, parent: Snapshot | None, cfg: TrainConfig) -> TrainingSet:
@@ -268,15 +285,12 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
-    return _fit_evaluate_register(
-        settings,
-        champion.model,
-        snap,
-        data,
-        cfg,
+    lineage = Lineage(
         CANDIDATE,
-        before,
-        champion.info.version,
-        extra,
-        parent_snap.holdout if parent_snap else (),
+        parent_version=champion.info.version,
+        parent=before,
+        old_holdout=parent_snap.holdout if parent_snap else (),
+    )
+    return _fit_evaluate_register(
+        settings, champion.model, snap, data, cfg, lineage=lineage, extra_metrics=extra
     )

@@ -4,7 +4,7 @@ import pytest
 
 from nicheloop.store import Store
 from tests.conftest import postgres_database
-from tests.unit.test_store import *  # noqa: F401,F403 - the same tests, this module's `store` fixture
+from tests.unit.nicheloop.test_store import *  # noqa: F401,F403 - the same tests, this module's `store` fixture
 
 pytestmark = pytest.mark.integration
 

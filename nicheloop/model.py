@@ -119,12 +119,7 @@ def build_model(
         raise InvalidInput(f"need at least two unique class names, got {class_names!r}")
     if not timm.is_model(backbone.split(".")[0]):
         raise InvalidInput(f"unknown timm backbone {backbone!r}; see timm.list_models()")
-    net = timm.create_model(
-        backbone,
-        pretrained=pretrained,
-        num_classes=len(class_names),
-        drop_rate=dropout,
-    )
+    net = timm.create_model(backbone, pretrained=pretrained, num_classes=len(class_names), drop_rate=dropout)
     if checkpoint_path:
         init_backbone(net, read_checkpoint(Path(checkpoint_path)))
     cfg = resolve_model_data_config(net)

@@ -235,11 +235,7 @@ class Store:
         with Session(self.engine) as s, s.begin():
             result: CursorResult[Any] = s.execute(  # type: ignore[assignment]  # an UPDATE's result is a cursor's
                 update(Feedback)
-                .where(
-                    Feedback.joined.is_(False),
-                    Feedback.expired.is_(False),
-                    Feedback.created_at < cutoff,
-                )
+                .where(Feedback.joined.is_(False), Feedback.expired.is_(False), Feedback.created_at < cutoff)
                 .values(expired=True)
             )
             return result.rowcount

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,50 @@ class ProgressLog(UserCallback):
             log.info("epoch %s: %s", metrics[0].get("epoch"), metrics[0])
 
 
+@dataclass(frozen=True)
+class RayRun:
+    """One Ray Train run: where it keeps its state, how many workers, whether on GPUs."""
+
+    storage_path: Path
+    name: str
+    num_workers: int
+    use_gpu: bool
+    max_failures: int
+    state_file: str = STATE_FILE  # the name the worker writes its checkpoint state under
+
+    def final_state(self, worker: Callable[[dict[str, Any]], None], config: dict[str, Any]) -> dict[str, Any]:
+        """Run ``worker`` on every worker with ``config``; return the state of its last checkpoint.
+
+        Raises:
+            RuntimeError: the run ended without a checkpoint (its logs are under ``storage_path``).
+        """
+        trainer = TorchTrainer(
+            worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=self.num_workers,
+                use_gpu=self.use_gpu,
+                resources_per_worker={"GPU": 1} if self.use_gpu else {"CPU": 1},
+            ),
+            run_config=run_config(self.storage_path, self.name, self.max_failures),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(
+                f"Ray Train run {self.name} produced no checkpoint; see its logs under {self.storage_path}"
+            )
+        with result.checkpoint.as_directory() as ckpt:
+            state: dict[str, Any] = torch.load(
+                Path(ckpt) / self.state_file, map_location="cpu", weights_only=True
+            )
+        return state
+
+
+def use_gpu(requested: bool | None) -> bool:
+    """``requested`` if set, else whether the cluster has a GPU."""
+    return requested if requested is not None else bool(ray.cluster_resources().get("GPU", 0))
+
+
 def fit(
     model: NicheModel,
     train: tuple[Example, ...] | list[Example],
@@ -241,7 +286,7 @@ def fit(
     Raises:
         RuntimeError: if the run ends without a checkpoint (its logs are under ``storage_path``).
     """
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
+    gpu = use_gpu(cfg.use_gpu)
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.num_workers)
     progress = run_directory(storage_path, run_name) / PROGRESS_FILE
     log.info(
@@ -249,35 +294,21 @@ def fit(
         run_name,
         len(train),
         len(val),
-        use_gpu,
+        gpu,
         progress,
     )
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={
-            "cfg": cfg.model_dump(),
-            "model_ref": ray.put(model),
-            "train": list(train),
-            "val": list(val),
-            "blob_root": blob_root,
-            "threads": threads,
-            "run_dir": str(progress.parent),
-            "epoch_hook": epoch_hook,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1},
-        ),
-        run_config=run_config(storage_path, run_name, cfg.max_failures),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(
-            f"Ray Train run {run_name} produced no checkpoint; see its logs under {storage_path}"
-        )
-    with result.checkpoint.as_directory() as ckpt:
-        state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+    config = {
+        "cfg": cfg.model_dump(),
+        "model_ref": ray.put(model),
+        "train": list(train),
+        "val": list(val),
+        "blob_root": blob_root,
+        "threads": threads,
+        "run_dir": str(progress.parent),
+        "epoch_hook": epoch_hook,
+    }
+    run = RayRun(storage_path, run_name, cfg.num_workers, use_gpu=gpu, max_failures=cfg.max_failures)
+    state = run.final_state(_train_worker, config)
     model.net.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     model.net.eval()
     return model, state["progress"]["history"]

@@ -20,8 +20,7 @@ import ray.train
 import timm
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from ray.train import ScalingConfig
-from ray.train.torch import TorchTrainer, get_device, prepare_model
+from ray.train.torch import get_device, prepare_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,7 +30,7 @@ from nicheloop.images import decode_image
 from nicheloop.model import TimmNet, build_model
 from training.augment import ssl_transform
 from training.data import MAX_FILE_BYTES
-from training.distributed import report_epoch, run_config, run_directory, yield_ray_task_loop
+from training.distributed import RayRun, report_epoch, run_directory, use_gpu, yield_ray_task_loop
 
 log = logging.getLogger(__name__)
 STATE_FILE = "ssl_state.pt"
@@ -234,28 +233,16 @@ def pretrain(
     Raises:
         RuntimeError: if the run ends without a checkpoint.
     """
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
-    trainer = TorchTrainer(
-        _ssl_worker,
-        train_loop_config={
-            "cfg": cfg.model_dump(),
-            "digests": digests,
-            "blob_root": blob_root,
-            "threads": cfg.threads_per_worker or max(1, os.cpu_count() or 1),
-            "run_dir": str(run_directory(storage_path, run_name)),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=1, use_gpu=use_gpu, resources_per_worker={"GPU": 1} if use_gpu else {"CPU": 1}
-        ),
-        run_config=run_config(storage_path, run_name, cfg.max_failures),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(
-            f"pretraining run {run_name} produced no checkpoint; see its logs under {storage_path}"
-        )
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    config = {
+        "cfg": cfg.model_dump(),
+        "digests": digests,
+        "blob_root": blob_root,
+        "threads": cfg.threads_per_worker or max(1, os.cpu_count() or 1),
+        "run_dir": str(run_directory(storage_path, run_name)),
+    }
+    gpu = use_gpu(cfg.use_gpu)
+    run = RayRun(storage_path, run_name, 1, use_gpu=gpu, max_failures=cfg.max_failures, state_file=STATE_FILE)
+    state = run.final_state(_ssl_worker, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = "backbone."  # SimSiam's own state holds the backbone's under this name
     torch.save({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}, out)

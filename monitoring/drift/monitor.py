@@ -9,13 +9,12 @@ iterate :func:`monitors`; nothing else lists them.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol, Self
 
 import numpy as np
 
+from nicheloop.plugins import PluginRegistry
 from nicheloop.reference import Reference
 from nicheloop.settings import EmbeddingMethod
 
@@ -88,25 +87,21 @@ class Monitor(Protocol):
     def evaluate(self, window: Inputs | Outcomes) -> MonitorResult: ...
 
 
-_MONITORS: dict[str, type[Monitor]] = {}
-
-
-def register_monitor(cls: type[Monitor]) -> type[Monitor]:
-    """Class decorator: make ``cls`` a drift monitor under ``cls.name``.
-
-    Raises:
-        ValueError: another monitor already has that name.
-    """
-    if cls.name in _MONITORS and _MONITORS[cls.name] is not cls:
-        raise ValueError(f"two drift monitors are named {cls.name!r}: rename one of them")
-    _MONITORS[cls.name] = cls
-    return cls
+MONITORS: PluginRegistry[Monitor] = PluginRegistry("drift monitor", "monitoring.drift.monitors")
+register_monitor = MONITORS.register
 
 
 def monitors(feeds: Feed | None = None) -> dict[str, type[Monitor]]:
     """Every registered monitor (that ``feeds`` on that window, when given), by name, sorted."""
-    from monitoring.drift import monitors as package
+    return dict(sorted(MONITORS.all(lambda m: feeds is None or m.feeds == feeds).items()))
 
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return {k: m for k, m in sorted(_MONITORS.items()) if feeds is None or m.feeds == feeds}
+
+class ReferenceMonitor:
+    """A base for monitors that keep the version's reference and knobs and score in ``evaluate``."""
+
+    def __init__(self, reference: Reference, config: MonitorConfig) -> None:
+        self.reference, self.config = reference, config
+
+    @classmethod
+    def for_reference(cls, reference: Reference, config: MonitorConfig) -> Self:
+        return cls(reference, config)

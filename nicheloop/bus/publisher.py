@@ -19,6 +19,7 @@ from nicheloop.spool import Spool, SpoolFull, orphans
 
 log = logging.getLogger(__name__)
 
+
 class Publisher:
     """Publishes events keyed by ``prediction_id`` (acks=all, idempotent, batched by linger).
 

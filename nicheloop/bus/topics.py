@@ -10,11 +10,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from nicheloop.contracts import (
-    ALL_TOPICS,
-    DEAD_LETTER_TOPIC,
-    DeadLetter,
-)
+from nicheloop.contracts import ALL_TOPICS, DEAD_LETTER_TOPIC, DeadLetter
 
 log = logging.getLogger(__name__)
 

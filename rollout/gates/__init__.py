@@ -7,12 +7,11 @@ file (plus its test); nothing lists gates by hand.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
+from nicheloop.plugins import PluginRegistry
 from nicheloop.registry import VersionInfo
 
 Verdict = Literal["pass", "fail", "hold"]
@@ -58,26 +57,13 @@ class Gate(Protocol):
     def __call__(self, evidence: Evidence) -> GateResult: ...
 
 
-_GATES: dict[str, type[Gate]] = {}
-
-
-def register_gate(cls: type[Gate]) -> type[Gate]:
-    """Class decorator: make ``cls`` a rollout gate under ``cls.name``.
-
-    Raises:
-        ValueError: another gate already has that name.
-    """
-    if cls.name in _GATES and _GATES[cls.name] is not cls:
-        raise ValueError(f"two rollout gates are named {cls.name!r}: rename one of them")
-    _GATES[cls.name] = cls
-    return cls
+GATES: PluginRegistry[Gate] = PluginRegistry("rollout gate", __name__)
+register_gate = GATES.register
 
 
 def gates(phase: Phase | None = None) -> dict[str, type[Gate]]:
     """Every registered gate (of ``phase`` when given), by name, in registration order."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    return {name: g for name, g in _GATES.items() if phase is None or g.phase == phase}
+    return GATES.all(lambda g: phase is None or g.phase == phase)
 
 
 def evaluate(evidence: Evidence, phase: Phase) -> list[GateResult]:

@@ -12,9 +12,9 @@ from monitoring.drift.monitor import (
     MIN_REFERENCE,
     Feed,
     Inputs,
-    MonitorConfig,
     MonitorResult,
     Outcomes,
+    ReferenceMonitor,
     register_monitor,
 )
 from monitoring.drift.twosample import bonferroni, chi2, macro_f1
@@ -61,18 +61,11 @@ def label_drift(
 
 
 @register_monitor
-class LabelDrift:
+class LabelDrift(ReferenceMonitor):
     """:func:`label_drift` against one version's reference."""
 
     name: ClassVar[str] = "label"
     feeds: ClassVar[Feed] = "outcomes"
-
-    def __init__(self, reference: Reference, config: MonitorConfig) -> None:
-        self.reference, self.config = reference, config
-
-    @classmethod
-    def for_reference(cls, reference: Reference, config: MonitorConfig) -> LabelDrift:
-        return cls(reference, config)
 
     def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
         if not isinstance(window, Outcomes):

@@ -11,9 +11,9 @@ from monitoring.drift.monitor import (
     MIN_REFERENCE,
     Feed,
     Inputs,
-    MonitorConfig,
     MonitorResult,
     Outcomes,
+    ReferenceMonitor,
     register_monitor,
 )
 from monitoring.drift.twosample import bonferroni, chi2, ks
@@ -41,18 +41,11 @@ def prediction_drift(ref: Reference, probs: np.ndarray, alpha: float, min_sample
 
 
 @register_monitor
-class PredictionDrift:
+class PredictionDrift(ReferenceMonitor):
     """:func:`prediction_drift` against one version's reference."""
 
     name: ClassVar[str] = "prediction"
     feeds: ClassVar[Feed] = "inputs"
-
-    def __init__(self, reference: Reference, config: MonitorConfig) -> None:
-        self.reference, self.config = reference, config
-
-    @classmethod
-    def for_reference(cls, reference: Reference, config: MonitorConfig) -> PredictionDrift:
-        return cls(reference, config)
 
     def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
         if not isinstance(window, Inputs):

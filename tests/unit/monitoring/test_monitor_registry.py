@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from monitoring.drift import monitor as registry
 from monitoring.drift.monitor import (
+    MONITORS,
     Feed,
     Inputs,
     MonitorConfig,
@@ -46,10 +47,12 @@ class BrightTail:
 
 
 @pytest.fixture
-def with_bright_tail(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_MONITORS", dict(registry._MONITORS))
+def with_bright_tail() -> Iterator[None]:
     monitors()  # the shipped ones first, as the monitor process has them
+    before = MONITORS.snapshot()
     register_monitor(BrightTail)
+    yield
+    MONITORS.restore(before)
 
 
 def test_the_shipped_monitors_are_registered_with_what_they_feed_on() -> None:

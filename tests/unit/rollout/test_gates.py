@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
 
-import rollout.gates as registry
 from nicheloop.errors import GateRefused
-from rollout.gates import Evidence, GateResult, Phase, gates, register_gate
+from rollout.gates import GATES, Evidence, GateResult, Phase, gates, register_gate
 from rollout.promote import promote
 from tests.unit.rollout.test_promote import FakeRegistry
 
@@ -24,10 +24,12 @@ class Holds:
 
 
 @pytest.fixture
-def with_holding_gate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_GATES", dict(registry._GATES))
+def with_holding_gate() -> Iterator[None]:
     gates()
+    before = GATES.snapshot()
     register_gate(Holds)
+    yield
+    GATES.restore(before)
 
 
 def _good() -> FakeRegistry:

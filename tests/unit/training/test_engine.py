@@ -25,11 +25,7 @@ from training.engine import (
     restore,
     run_epoch,
 )
-from training.schedule import (
-    balanced_order,
-    class_weights,
-    layer_groups,
-)
+from training.schedule import balanced_order, class_weights, layer_groups
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 

@@ -15,9 +15,7 @@ from nicheloop.synthetic import make_image, png_bytes
 from training.calibrate import fit_temperature
 from training.config import TrainConfig
 from training.data import Example, Snapshot
-from training.evaluate import (
-    predict_all,
-)
+from training.evaluate import predict_all
 from training.finetune import TrainingSet, _calibrate, continual_set, training_set
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]

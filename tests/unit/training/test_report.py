@@ -7,13 +7,7 @@ import pytest
 
 from nicheloop.contracts import IMAGE_STATS
 from nicheloop.model import build_model
-from training.evaluate import (
-    Predictions,
-    confusion_matrix,
-    per_class,
-    precision_at_recall,
-    report,
-)
+from training.evaluate import Predictions, confusion_matrix, per_class, precision_at_recall, report
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 

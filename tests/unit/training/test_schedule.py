@@ -9,13 +9,7 @@ from hypothesis import strategies as st
 
 from nicheloop.model import build_model
 from training.config import TrainConfig
-from training.schedule import (
-    frozen_names,
-    layer_groups,
-    lr_factor,
-    param_groups,
-    trainable_stages,
-)
+from training.schedule import frozen_names, layer_groups, lr_factor, param_groups, trainable_stages
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 

@@ -1,0 +1,52 @@
+"""Plug-in registries: one class per plug-in, registered by a decorator, found by importing a package.
+
+Drift monitors and rollout gates are plug-ins (timm registers models the same way): adding one is
+adding one module to its package; nothing else lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import ClassVar, Generic, Protocol, TypeVar
+
+
+class Named(Protocol):
+    name: ClassVar[str]
+
+
+P = TypeVar("P", bound=Named)
+
+
+class PluginRegistry(Generic[P]):
+    """Classes keyed by their ``name`` attribute, discovered in the modules of ``package``."""
+
+    def __init__(self, kind: str, package: str) -> None:
+        self.kind, self.package = kind, package
+        self._plugins: dict[str, type[P]] = {}
+
+    def register(self, cls: type[P]) -> type[P]:
+        """Class decorator: register ``cls`` under ``cls.name``.
+
+        Raises:
+            ValueError: another class already has that name.
+        """
+        if cls.name in self._plugins and self._plugins[cls.name] is not cls:
+            raise ValueError(f"two {self.kind}s are named {cls.name!r}: rename one of them")
+        self._plugins[cls.name] = cls
+        return cls
+
+    def all(self, where: Callable[[type[P]], bool] = lambda _: True) -> dict[str, type[P]]:
+        """Every plug-in of the package (its modules imported first) that ``where`` keeps, by name."""
+        package = importlib.import_module(self.package)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{self.package}.{module.name}")
+        return {name: cls for name, cls in self._plugins.items() if where(cls)}
+
+    def snapshot(self) -> dict[str, type[P]]:
+        """The registered classes now (tests restore them with :meth:`restore`)."""
+        return dict(self._plugins)
+
+    def restore(self, plugins: dict[str, type[P]]) -> None:
+        self._plugins = dict(plugins)

@@ -111,14 +111,7 @@ def drift_config(settings: Settings) -> DriftConfig:
 
 
 def sampler_config(settings: Settings) -> SamplerConfig:
-    return SamplerConfig(
-        strategy=settings.sampling_strategy,
-        every=settings.sampling_every,
-        batch=settings.sampling_batch,
-        pool=settings.sampling_pool,
-        class_quota=settings.sampling_class_quota,
-        approx_after=settings.sampling_approx_after,
-    )
+    return SamplerConfig(**settings.section("sampling_"))
 
 
 def _sweep_pending(

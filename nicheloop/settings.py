@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,33 +72,16 @@ class Settings(BaseSettings):
         description="Feedback waiting longer than "
         "this for its prediction is counted as expired (it still joins).",
     )
-    drift_window: int = Field(
-        200, ge=1, description="Events in a drift window (count windows; the cap of time windows)."
-    )
+    drift_window: int = Field(200, ge=1, description="Events in a window (for time windows, the cap).")
     drift_window_kind: WindowKind = Field("sliding", description="sliding or tumbling.")
     drift_window_step: int = Field(50, ge=1, description="Sliding windows: events between evaluations.")
-    drift_window_seconds: float = Field(
-        0.0, ge=0, description="> 0: windows by time of this length instead of count."
-    )
-    drift_alpha: float = Field(
-        0.01, gt=0, lt=1, description="False-alarm level of each monitor per evaluation."
-    )
-    drift_min_samples: int = Field(
-        50, ge=10, description="Fewer events in a window: insufficient data, no score."
-    )
-    drift_report_every_s: float = Field(
-        3600.0,
-        ge=0,
-        description="A drift report at least this often "
-        "(one is always written when an alarm is raised or cleared; 0: one "
-        "for every evaluated window, about 1.5 s of CPU each).",
-    )
-    drift_embedding_method: EmbeddingMethod = Field(
-        "distance", description="Embedding test (docs/drift.md compares them)."
-    )
-    review_budget_per_hour: int = Field(
-        120, ge=0, description="Labels reviewers may give in any rolling hour."
-    )
+    drift_window_seconds: float = Field(0.0, ge=0, description="> 0: windows of this many seconds.")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="False-alarm level per monitor and window.")
+    drift_min_samples: int = Field(50, ge=10, description="Fewer events: insufficient data, no score.")
+    # an alarm raised or cleared always gets a report; 0 writes one for every evaluated window
+    drift_report_every_s: float = Field(3600.0, ge=0, description="A drift report at least this often.")
+    drift_embedding_method: EmbeddingMethod = Field("distance", description="Embedding test (docs/drift.md).")
+    review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in a rolling hour.")
     review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")
     review_lease_s: float = Field(600.0, gt=0, description="How long a claimed task stays with its reviewer.")
     review_item_ttl_s: float = Field(
@@ -113,15 +96,13 @@ class Settings(BaseSettings):
     )
     sampling_every: int = Field(50, ge=1, description="Select a review batch every this many predictions.")
     sampling_batch: int = Field(10, ge=1, description="Most items one selection queues.")
-    sampling_pool: int = Field(
-        2000, ge=10, description="Recent unlabeled predictions a selection chooses from."
-    )
-    sampling_class_quota: float = Field(
-        0.3, ge=0, le=1, description="Share of a batch reserved for each predicted class, in equal parts."
-    )
-    sampling_approx_after: int = Field(
-        50_000, ge=1, description="Covered-set size past which FAISS goes HNSW."
-    )
+    sampling_pool: int = Field(2000, ge=10, description="Recent unlabeled predictions to choose from.")
+    sampling_class_quota: float = Field(0.3, ge=0, le=1, description="Share of a batch kept for the classes.")
+    sampling_approx_after: int = Field(50_000, ge=1, description="Covered-set size where FAISS goes HNSW.")
+
+    def section(self, prefix: str) -> dict[str, Any]:
+        """One component's settings, ``NICHELOOP_<PREFIX>_*`` by their names without the prefix."""
+        return {k[len(prefix) :]: v for k, v in self.model_dump().items() if k.startswith(prefix)}
 
     @property
     def bootstrap_servers(self) -> str:

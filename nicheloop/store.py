@@ -137,6 +137,12 @@ def _add_missing_columns(engine: Engine) -> None:
                     conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
+# The event fields a prediction row keeps (its embedding is stored as float32 bytes besides).
+PREDICTION_FIELDS = set(
+    "prediction_id model_version label probs class_names uncertainty image_sha256 created_at".split()
+)
+
+
 class Store:
     """Typed access to the tables; every public method runs in its own transaction."""
 
@@ -161,17 +167,9 @@ class Store:
     # -- predictions and feedback ------------------------------------------------------------
     def add_prediction(self, ev: PredictionEvent) -> bool:
         """Store a prediction (and join any feedback already here). Returns True if new."""
-        values = dict(
-            prediction_id=ev.prediction_id,
-            model_version=ev.model_version,
-            label=ev.label,
-            probs=ev.probs,
-            class_names=ev.class_names,
-            uncertainty=ev.uncertainty,
-            image_sha256=ev.image_sha256,
-            created_at=ev.created_at,
-            embedding=np.asarray(ev.embedding, dtype=np.float32).tobytes(),
-        )
+        values = ev.model_dump(include=PREDICTION_FIELDS) | {
+            "embedding": np.asarray(ev.embedding, dtype=np.float32).tobytes()
+        }
         with Session(self.engine) as s, s.begin():
             new = self.insert_ignore(s, Prediction, values, ["prediction_id"])
             self._join(s, ev.prediction_id)
@@ -179,13 +177,7 @@ class Store:
 
     def add_feedback(self, ev: FeedbackEvent) -> bool:
         """Store a feedback event (and join it if its prediction is here). Returns True if new."""
-        values = dict(
-            feedback_id=ev.feedback_id,
-            prediction_id=ev.prediction_id,
-            label=ev.label,
-            source=ev.source,
-            created_at=ev.created_at,
-        )
+        values = ev.model_dump(include={"feedback_id", "prediction_id", "label", "source", "created_at"})
         with Session(self.engine) as s, s.begin():
             new = self.insert_ignore(s, Feedback, values, ["feedback_id"])
             self._join(s, ev.prediction_id)

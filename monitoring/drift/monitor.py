@@ -14,6 +14,7 @@ from typing import ClassVar, Literal, Protocol, Self
 
 import numpy as np
 
+from monitoring.drift.twosample import bonferroni
 from nicheloop.plugins import PluginRegistry
 from nicheloop.reference import Reference
 from nicheloop.settings import EmbeddingMethod
@@ -34,6 +35,21 @@ class MonitorResult:
     p_value: float | None = None
     score: float | None = None  # the method's statistic: larger is further from the reference
     details: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def combined(
+        cls,
+        monitor: str,
+        n: int,
+        p_values: dict[str, float],
+        alpha: float,
+        figures: dict[str, float] | None = None,
+    ) -> MonitorResult:
+        """The verdict of several tests at once (Bonferroni): drifted when the combined p < ``alpha``;
+        the details hold every test's p-value (``p_<test>``) and the ``figures``."""
+        combined = bonferroni(p_values)
+        details = {f"p_{k}": v for k, v in p_values.items()} | (figures or {})
+        return cls(monitor, "ok", n, combined < alpha, combined, 1.0 - combined, details)
 
     @classmethod
     def insufficient(cls, monitor: str, n: int) -> MonitorResult:
@@ -94,6 +110,20 @@ register_monitor = MONITORS.register
 def monitors(feeds: Feed | None = None) -> dict[str, type[Monitor]]:
     """Every registered monitor (that ``feeds`` on that window, when given), by name, sorted."""
     return dict(sorted(MONITORS.all(lambda m: feeds is None or m.feeds == feeds).items()))
+
+
+def inputs_of(window: Inputs | Outcomes, monitor: str) -> Inputs:
+    """``window`` as a window of predictions. Raises TypeError for one of labels."""
+    if not isinstance(window, Inputs):
+        raise TypeError(f"the {monitor} monitor scores windows of predictions (Inputs)")
+    return window
+
+
+def outcomes_of(window: Inputs | Outcomes, monitor: str) -> Outcomes:
+    """``window`` as a window of user labels. Raises TypeError for one of predictions."""
+    if not isinstance(window, Outcomes):
+        raise TypeError(f"the {monitor} monitor scores windows of user labels (Outcomes)")
+    return window
 
 
 class ReferenceMonitor:

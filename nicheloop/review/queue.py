@@ -9,7 +9,7 @@ Guarantees, on SQLite and PostgreSQL alike:
 - **Leases.** A claim holds the item for ``lease_s`` under a random ``lease_token``; a label or
   skip must present it. An expired lease makes the item claimable again; the late reviewer's
   label is then refused with a Conflict rather than silently overwriting another's.
-- **Budget.** At most ``per_hour`` / ``per_day`` items are labeled or held under a live lease
+- **Budget.** At most ``budget_per_hour`` / ``budget_per_day`` items are labeled or held under a live lease
   in any rolling hour / day; past it a claim raises :class:`BudgetSpent` with a retry time.
 - **Nothing stale.** Queued items past their ``expires_at`` become ``expired``; an item skipped
   ``max_skips`` times is retired as ``skipped``; a reviewer is never offered an item they skipped.
@@ -39,8 +39,8 @@ CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipp
 class QueuePolicy:
     """The knobs of the queue (from settings: ``NICHELOOP_REVIEW_*``)."""
 
-    per_hour: int = 120
-    per_day: int = 600
+    budget_per_hour: int = 120
+    budget_per_day: int = 600
     lease_s: float = 600.0
     item_ttl_s: float = 3 * 24 * 3600.0
     max_skips: int = 3
@@ -49,14 +49,7 @@ class QueuePolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> QueuePolicy:
         """The queue's budget, lease and expiry, from ``NICHELOOP_REVIEW_*``."""
-        return cls(
-            per_hour=settings.review_budget_per_hour,
-            per_day=settings.review_budget_per_day,
-            lease_s=settings.review_lease_s,
-            item_ttl_s=settings.review_item_ttl_s,
-            max_skips=settings.review_max_skips,
-            max_depth=settings.review_max_depth,
-        )
+        return cls(**settings.section("review_"))
 
 
 def _aware(ts: datetime) -> datetime:
@@ -233,8 +226,8 @@ class ReviewQueue:
 
     def _check_budget(self, s: Session, now: datetime) -> None:
         for window, limit, name in (
-            (HOUR, self.policy.per_hour, "hourly"),
-            (DAY, self.policy.per_day, "daily"),
+            (HOUR, self.policy.budget_per_hour, "hourly"),
+            (DAY, self.policy.budget_per_day, "daily"),
         ):
             if self._used(s, now, window) >= limit:
                 oldest = s.scalar(
@@ -284,10 +277,10 @@ class ReviewQueue:
             "labeled_last_day": len(recent),
             "median_seconds_per_label": round(statistics.median(seconds), 1) if seconds else None,
             "budget": {
-                "per_hour": self.policy.per_hour,
-                "per_day": self.policy.per_day,
-                "left_hour": max(0, self.policy.per_hour - used_hour),
-                "left_day": max(0, self.policy.per_day - used_day),
+                "per_hour": self.policy.budget_per_hour,
+                "per_day": self.policy.budget_per_day,
+                "left_hour": max(0, self.policy.budget_per_hour - used_hour),
+                "left_day": max(0, self.policy.budget_per_day - used_day),
             },
             "lease_s": self.policy.lease_s,
         }

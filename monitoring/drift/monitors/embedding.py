@@ -10,21 +10,13 @@ import numpy as np
 import pandas as pd
 from evidently.legacy.metrics.data_drift.embedding_drift_methods import MMDDriftMethod, ModelDriftMethod
 
-from monitoring.drift.monitor import (
-    MIN_REFERENCE,
-    Feed,
-    Inputs,
-    MonitorConfig,
-    MonitorResult,
-    Outcomes,
-    register_monitor,
-)
+from monitoring.drift import monitor as plugin
 from monitoring.drift.twosample import MeanDistance, MeanShift, Novelty, bonferroni, ks_columns
 from nicheloop.reference import Reference
 from nicheloop.settings import EmbeddingMethod
 
 
-@register_monitor
+@plugin.register_monitor
 class EmbeddingDrift:
     """Embedding drift against one reference: its principal components are fitted once.
 
@@ -36,7 +28,7 @@ class EmbeddingDrift:
     """
 
     name: ClassVar[str] = "embedding"
-    feeds: ClassVar[Feed] = "inputs"
+    feeds: ClassVar[plugin.Feed] = "inputs"
 
     def __init__(
         self,
@@ -49,7 +41,7 @@ class EmbeddingDrift:
         ref = np.asarray(reference, np.float64)
         self.method, self.alpha, self.min_samples = method, alpha, min_samples
         self.dim = ref.shape[1] if ref.ndim == 2 else 0
-        self.ready = ref.ndim == 2 and len(ref) >= MIN_REFERENCE
+        self.ready = ref.ndim == 2 and len(ref) >= plugin.MIN_REFERENCE
         if not self.ready:
             return
         fit = ref[0::2]  # the components come from Novelty's neighbour half: the other half stays unseen
@@ -78,10 +70,10 @@ class EmbeddingDrift:
         residual = np.linalg.norm(centred - proj @ self.basis.T, axis=1, keepdims=True)
         return np.hstack([proj, residual])
 
-    def __call__(self, embeddings: np.ndarray) -> MonitorResult:
+    def __call__(self, embeddings: np.ndarray) -> plugin.MonitorResult:
         cur = np.asarray(embeddings, np.float64)
         if not self.ready or len(cur) < self.min_samples or cur.ndim != 2 or cur.shape[1] != self.dim:
-            return MonitorResult.insufficient("embedding", len(cur))
+            return plugin.MonitorResult.insufficient("embedding", len(cur))
         proj = self.project(cur)
         if self.novelty is not None:
             components = dict(
@@ -91,19 +83,10 @@ class EmbeddingDrift:
                 "components": bonferroni(components),
                 "mean_shift": self.held_shift.p_value(proj),
             }
-            combined = bonferroni(p)
-            return MonitorResult(
-                "embedding",
-                "ok",
-                len(cur),
-                combined < self.alpha,
-                combined,
-                1.0 - combined,
-                {f"p_{k}": v for k, v in p.items()},
-            )
+            return plugin.MonitorResult.combined("embedding", len(cur), p, self.alpha)
         if self.distance is not None:
             distance, drifted, p_value, threshold = self.distance(proj)
-            return MonitorResult(
+            return plugin.MonitorResult(
                 "embedding",
                 "ok",
                 len(cur),
@@ -118,15 +101,13 @@ class EmbeddingDrift:
         score, drifted, _ = self._evidently(
             pd.DataFrame(proj, columns=cols), pd.DataFrame(self.reference, columns=cols)
         )
-        return MonitorResult("embedding", "ok", len(cur), bool(drifted), None, float(score))
+        return plugin.MonitorResult("embedding", "ok", len(cur), bool(drifted), None, float(score))
 
     @classmethod
-    def for_reference(cls, reference: Reference, config: MonitorConfig) -> EmbeddingDrift:
+    def for_reference(cls, reference: Reference, config: plugin.MonitorConfig) -> EmbeddingDrift:
         return cls(
             reference.embeddings, config.embedding_method, alpha=config.alpha, min_samples=config.min_samples
         )
 
-    def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
-        if not isinstance(window, Inputs):
-            raise TypeError("the embedding monitor scores windows of predictions (Inputs)")
-        return self(window.embeddings)
+    def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
+        return self(plugin.inputs_of(window, self.name).embeddings)

@@ -9,15 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from monitoring.drift.monitor import (
-    MIN_REFERENCE,
-    Feed,
-    Inputs,
-    MonitorConfig,
-    MonitorResult,
-    Outcomes,
-    register_monitor,
-)
+from monitoring.drift import monitor as plugin
 from monitoring.drift.twosample import MeanShift, Novelty, WithinClass, bonferroni, ks_columns
 from nicheloop.contracts import IMAGE_STATS
 from nicheloop.reference import Reference
@@ -32,7 +24,7 @@ def stat_features(stats: np.ndarray) -> np.ndarray:
     return x
 
 
-@register_monitor
+@plugin.register_monitor
 class ImageDrift:
     """Image statistics against one reference: the novelty of each image (all statistics at once,
     which catches a shift that touches a fraction of the traffic), their mean (Hotelling, over all
@@ -41,11 +33,11 @@ class ImageDrift:
     statistic moved)."""
 
     name: ClassVar[str] = "image"
-    feeds: ClassVar[Feed] = "inputs"
+    feeds: ClassVar[plugin.Feed] = "inputs"
 
     def __init__(self, ref: Reference, alpha: float = 0.01, min_samples: int = 30) -> None:
         self.alpha, self.min_samples = alpha, min_samples
-        self.ready = len(ref.stats) >= MIN_REFERENCE
+        self.ready = len(ref.stats) >= plugin.MIN_REFERENCE
         if self.ready:
             self.ref = stat_features(ref.stats)
             self.ref_sorted = np.sort(self.ref, axis=0)
@@ -58,10 +50,10 @@ class ImageDrift:
                 else None
             )
 
-    def __call__(self, stats: np.ndarray, predicted: np.ndarray | None = None) -> MonitorResult:
+    def __call__(self, stats: np.ndarray, predicted: np.ndarray | None = None) -> plugin.MonitorResult:
         """``predicted``: the class index the model gave each row (leave out to skip the per-class test)."""
         if not self.ready or len(stats) < self.min_samples:
-            return MonitorResult.insufficient("image", len(stats))
+            return plugin.MonitorResult.insufficient("image", len(stats))
         cur = stat_features(stats)
         varies = ~(
             (self.ref.min(0) == self.ref.max(0)) & (cur.min(0) == cur.max(0)) & (cur[0] == self.ref[0])
@@ -74,22 +66,13 @@ class ImageDrift:
         }
         if self.within_class is not None and predicted is not None and len(predicted) == len(cur):
             p["within_class"] = self.within_class.p_value(cur, predicted)
-        combined = bonferroni(p)
-        return MonitorResult(
-            "image",
-            "ok",
-            len(cur),
-            combined < self.alpha,
-            combined,
-            1.0 - combined,
-            {f"p_{k}": v for k, v in (p | marginal).items()},
-        )
+        marginal_p = {f"p_{k}": v for k, v in marginal.items()}
+        return plugin.MonitorResult.combined("image", len(cur), p, self.alpha, marginal_p)
 
     @classmethod
-    def for_reference(cls, reference: Reference, config: MonitorConfig) -> ImageDrift:
+    def for_reference(cls, reference: Reference, config: plugin.MonitorConfig) -> ImageDrift:
         return cls(reference, config.alpha, config.min_samples)
 
-    def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
-        if not isinstance(window, Inputs):
-            raise TypeError("the image monitor scores windows of predictions (Inputs)")
-        return self(window.stats, window.stats_predicted)
+    def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
+        inputs = plugin.inputs_of(window, self.name)
+        return self(inputs.stats, inputs.stats_predicted)

@@ -8,16 +8,8 @@ from typing import ClassVar
 import numpy as np
 from scipy.stats import binomtest
 
-from monitoring.drift.monitor import (
-    MIN_REFERENCE,
-    Feed,
-    Inputs,
-    MonitorResult,
-    Outcomes,
-    ReferenceMonitor,
-    register_monitor,
-)
-from monitoring.drift.twosample import bonferroni, chi2, macro_f1
+from monitoring.drift import monitor as plugin
+from monitoring.drift.twosample import chi2, macro_f1
 from nicheloop.reference import Reference
 
 
@@ -28,48 +20,36 @@ def label_drift(
     alpha: float,
     min_samples: int,
     tolerance: float = 0.02,
-) -> MonitorResult:
+) -> plugin.MonitorResult:
     """Labels users sent (``truth``) against what was predicted for those images.
 
     Drift: their class mix differs from the validation labels' (chi-square), or the accuracy on
     them is below the validation accuracy minus ``tolerance`` beyond chance (one-sided binomial).
     """
-    if len(truth) < min_samples or len(ref.labels) < MIN_REFERENCE or not np.isfinite(ref.accuracy):
-        return MonitorResult.insufficient("label", len(truth))
+    if len(truth) < min_samples or len(ref.labels) < plugin.MIN_REFERENCE or not np.isfinite(ref.accuracy):
+        return plugin.MonitorResult.insufficient("label", len(truth))
     correct = int((truth == predicted).sum())
     expected = max(1e-6, min(1 - 1e-6, ref.accuracy - tolerance))
     p = {
         "label_mix": chi2(ref.labels, truth),
         "accuracy": float(binomtest(correct, len(truth), expected, alternative="less").pvalue),
     }
-    combined = bonferroni(p)
-    return MonitorResult(
-        "label",
-        "ok",
-        len(truth),
-        combined < alpha,
-        combined,
-        1.0 - combined,
-        {f"p_{k}": v for k, v in p.items()}
-        | {
-            "accuracy": correct / len(truth),
-            "macro_f1": macro_f1(truth, predicted),
-            "reference_accuracy": ref.accuracy,
-            "reference_macro_f1": ref.macro_f1,
-        },
-    )
+    figures = {
+        "accuracy": correct / len(truth),
+        "macro_f1": macro_f1(truth, predicted),
+        "reference_accuracy": ref.accuracy,
+        "reference_macro_f1": ref.macro_f1,
+    }
+    return plugin.MonitorResult.combined("label", len(truth), p, alpha, figures)
 
 
-@register_monitor
-class LabelDrift(ReferenceMonitor):
+@plugin.register_monitor
+class LabelDrift(plugin.ReferenceMonitor):
     """:func:`label_drift` against one version's reference."""
 
     name: ClassVar[str] = "label"
-    feeds: ClassVar[Feed] = "outcomes"
+    feeds: ClassVar[plugin.Feed] = "outcomes"
 
-    def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
-        if not isinstance(window, Outcomes):
-            raise TypeError("the label monitor scores windows of user labels (Outcomes)")
-        return label_drift(
-            self.reference, window.truth, window.predicted, self.config.alpha, self.config.min_samples
-        )
+    def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
+        labels, knobs = plugin.outcomes_of(window, self.name), self.config
+        return label_drift(self.reference, labels.truth, labels.predicted, knobs.alpha, knobs.min_samples)

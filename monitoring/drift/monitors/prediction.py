@@ -7,47 +7,36 @@ from typing import ClassVar
 
 import numpy as np
 
-from monitoring.drift.monitor import (
-    MIN_REFERENCE,
-    Feed,
-    Inputs,
-    MonitorResult,
-    Outcomes,
-    ReferenceMonitor,
-    register_monitor,
-)
-from monitoring.drift.twosample import bonferroni, chi2, ks
+from monitoring.drift import monitor as plugin
+from monitoring.drift.twosample import chi2, ks
 from nicheloop.reference import Reference
 
 
-def prediction_drift(ref: Reference, probs: np.ndarray, alpha: float, min_samples: int) -> MonitorResult:
+def prediction_drift(
+    ref: Reference, probs: np.ndarray, alpha: float, min_samples: int
+) -> plugin.MonitorResult:
     """Class mix (chi-square on the predicted class) and confidence (K-S on the top probability)."""
-    if len(probs) < min_samples or len(ref.probs) < MIN_REFERENCE or probs.shape[1] != ref.probs.shape[1]:
-        return MonitorResult.insufficient("prediction", len(probs))
+    if (
+        len(probs) < min_samples
+        or len(ref.probs) < plugin.MIN_REFERENCE
+        or probs.shape[1] != ref.probs.shape[1]
+    ):
+        return plugin.MonitorResult.insufficient("prediction", len(probs))
     p = {
         "class_mix": chi2(ref.probs.argmax(1), probs.argmax(1)),
         "confidence": ks(ref.probs.max(1), probs.max(1)),
     }
-    combined = bonferroni(p)
-    return MonitorResult(
-        "prediction",
-        "ok",
-        len(probs),
-        combined < alpha,
-        combined,
-        1.0 - combined,
-        {f"p_{k}": v for k, v in p.items()} | {"mean_confidence": float(probs.max(1).mean())},
-    )
+    figures = {"mean_confidence": float(probs.max(1).mean())}
+    return plugin.MonitorResult.combined("prediction", len(probs), p, alpha, figures)
 
 
-@register_monitor
-class PredictionDrift(ReferenceMonitor):
+@plugin.register_monitor
+class PredictionDrift(plugin.ReferenceMonitor):
     """:func:`prediction_drift` against one version's reference."""
 
     name: ClassVar[str] = "prediction"
-    feeds: ClassVar[Feed] = "inputs"
+    feeds: ClassVar[plugin.Feed] = "inputs"
 
-    def evaluate(self, window: Inputs | Outcomes) -> MonitorResult:
-        if not isinstance(window, Inputs):
-            raise TypeError("the prediction monitor scores windows of predictions (Inputs)")
-        return prediction_drift(self.reference, window.probs, self.config.alpha, self.config.min_samples)
+    def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
+        probs = plugin.inputs_of(window, self.name).probs
+        return prediction_drift(self.reference, probs, self.config.alpha, self.config.min_samples)

@@ -117,7 +117,7 @@ def test_stale_items_expire_instead_of_being_handed_out(store: Store) -> None:
 
 
 def test_a_spent_budget_stops_claims_and_says_when_to_come_back(store: Store) -> None:
-    queue = filled(store, 5, per_hour=2, per_day=3)
+    queue = filled(store, 5, budget_per_hour=2, budget_per_day=3)
     now = utcnow()
     for _ in range(2):
         item = queue.claim("ann", now=now)
@@ -134,7 +134,7 @@ def test_a_spent_budget_stops_claims_and_says_when_to_come_back(store: Store) ->
 
 
 def test_live_leases_count_against_the_budget(store: Store) -> None:
-    queue = filled(store, 3, per_hour=1)
+    queue = filled(store, 3, budget_per_hour=1)
     queue.claim("ann")
     with pytest.raises(BudgetSpent):
         queue.claim("bob")

@@ -86,7 +86,7 @@ def res(tmp_path: Path, registry: OneVersion) -> GatewayResources:
         key=b"k" * 32,
         blobs=BlobStore(str(tmp_path / "blobs")),
         store=store,
-        queue=ReviewQueue(store, QueuePolicy(per_hour=5)),
+        queue=ReviewQueue(store, QueuePolicy(budget_per_hour=5)),
         publisher=RecordingPublisher(),  # type: ignore[arg-type]
     )
 

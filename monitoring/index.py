@@ -30,8 +30,7 @@ class EmbeddingIndex:
 
     Raw embeddings go through :meth:`prepare` (minus ``center``, then unit length) before they
     are added or searched: pre-logits features share a large common component, and cosine
-    distances between centred vectors tell images apart far better (measured in
-    benchmarks/sampling_efficiency.py).
+    distances between centred vectors tell images apart far better (docs/sampling.md).
 
     Args:
         dim: embedding dimension D.

@@ -263,9 +263,8 @@ def _hybrid(pool: Pool, k: int, ctx: Context) -> np.ndarray:
     candidates (margin; at most ``prefilter``) are clustered into ``SPARE·k`` k-means clusters
     (diversity), and each cluster offers its most uncertain candidate, most uncertain first.
     Novelty removes near-copies of labeled or queued images (:mod:`monitoring.selection`) and
-    ranks the queue (:func:`hybrid_scores`), but never picks: on NEU any bonus for distance to
-    the labeled set chose outliers and cost labels (label ratio to random 0.65 to 1.03 with it,
-    0.55 without; benchmarks/sampling_efficiency.py).
+    ranks the queue (:func:`hybrid_scores`), but never picks: a bonus for distance to the labeled
+    set picks outliers (docs/sampling.md has the measurements).
     """
     if ctx.covered is None or len(ctx.covered) == 0:
         return _typical(pool, k, ctx)

@@ -49,8 +49,8 @@ class TrainConfig(BaseModel):
         0.0,
         ge=0,
         lt=1,
-        description="Off by default: on NEU it cost 4.5 accuracy "
-        "points and left temperature scaling less to work with.",
+        description="Off by default: it cost accuracy and left temperature scaling less to do "
+        "(docs/training.md).",
     )
     restart_epochs: int = Field(
         0,
@@ -87,10 +87,8 @@ class TrainConfig(BaseModel):
         0.5,
         ge=0,
         lt=1,
-        description="Share of the held-out labels kept for "
-        "fitting the temperature only; the rest picks the best epoch. A "
-        "temperature fitted on the labels that picked the epoch over-sharpens "
-        "(on NEU: ECE 0.039 against 0.029). 0: fit on the selection labels.",
+        description="Share of the held-out labels kept for fitting the temperature only (the rest "
+        "picks the best epoch; a temperature fitted on those over-sharpens). 0: fit on the selection labels.",
     )
     early_stopping_patience: int = Field(
         0,

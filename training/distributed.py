@@ -58,10 +58,8 @@ def yield_ray_task_loop() -> None:
     training function, which Ray Train runs in a thread of its own.
 
     While the function runs, that loop has nothing to execute, yet it wakes every 10 ms to check for
-    signals, taking the GIL each time, and on a machine whose cores all train, every wake-up preempts
-    a training thread. Measured on 2 CPU cores, two torch threads, with seven idle actors beside it as
-    Ray Train keeps: the same epochs run 12-20 % slower in a Ray actor's thread than in a plain
-    process, 5-10 % once the loop is at nice 19. Only Linux renices one thread (elsewhere this does
+    signals, taking the GIL, and where every core trains each wake-up preempts a training thread
+    (docs/training.md has the measurements). Only Linux renices one thread (elsewhere this does
     nothing); raising niceness needs no privilege.
     """
     main = threading.main_thread()
@@ -80,8 +78,7 @@ def write_checkpoint(
     and return it for a ``NO_UPLOAD`` report: the state is written once, not staged and then copied.
 
     The file is renamed into place only once complete, so a worker that dies while writing leaves no
-    readable half state. torch.load never reads the zip's CRC-32, so it is not computed (~20 ms for
-    resnet18 with its AdamW state).
+    readable half state. torch.load never reads the zip's CRC-32, so it is not computed.
     """
     directory = run_dir / f"checkpoint_epoch_{epoch:04d}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,17 +112,9 @@ def report_epoch(
     )
 
 
-# The environment of Ray Train's worker processes, for what differs there from a plain training process:
-# - Niceness: Ray renices every worker process to 15 so that tasks yield to its daemons. A run also
-#   keeps about eight of Ray Train's own actors alive (controller, synchronisation, placement-group
-#   cleaner, ...), whose main threads each wake 100 times a second (Ray's signal check). At nice 15
-#   the training worker is preempted at each of these wake-ups; at 0 it keeps its cores, as a plain
-#   process would. Only the training workers get it: the actors stay at 15.
-# - Allocator: Ray Train runs the training function in a thread, and glibc gives a thread an arena of
-#   its own. Measured on CPU (resnet18, 134 MB checkpoint): from such a thread every checkpoint took
-#   0.15-0.22 s to write, against 0.04 s from a main thread once its first three were written, and
-#   with glibc's default thresholds an epoch faults 100-250k pages in either. One arena, no mmap below
-#   256 MiB and no trim below 1 GiB: 0.04 s from the thread, almost no faults, epochs 5-10 % faster.
+# Ray Train's worker processes run like a plain training process would (docs/training.md, "Ray Train
+# overhead"): at nice 0, not the 15 Ray gives its workers, and with one glibc arena and no mmap or
+# trim of blocks below 256 MiB / 1 GiB, since the training function runs in a thread of its own.
 TRAIN_WORKER_ENV = {
     "RAY_worker_niceness": "0",
     "GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=268435456"

@@ -44,8 +44,8 @@ def chi2(ref: np.ndarray, cur: np.ndarray) -> float:
     """Two-sample chi-square test of two samples of class indices (a contingency table).
 
     Not Evidently's ``chisquare``: that is a goodness-of-fit test taking the reference's shares as
-    exact, which with a reference of a few dozen images raised false alarms on unshifted traffic
-    (measured in the demo: p = 0.001 on 50 clean events against 44 reference images).
+    exact, which with a reference of a few dozen images raises false alarms on unshifted traffic
+    (docs/drift.md).
     """
     ref, cur = np.asarray(ref, np.int64), np.asarray(cur, np.int64)
     k = int(max(ref.max(initial=0), cur.max(initial=0))) + 1
@@ -137,8 +137,7 @@ class WithinClass:
 
     Steel classes differ in brightness and contrast far more than a changed lamp moves one image,
     so across classes a darker, flatter fifth of the traffic hides in the spread; within a class it
-    stands out (NEU, 20% of events at x0.75 brightness and x0.7 contrast: detected in 9 windows of
-    10 at 200 events, against 300+ without). Per-class means and spreads come from one half of the
+    stands out (docs/drift.md). Per-class means and spreads come from one half of the
     reference (classes with fewer than ``min_rows`` rows there use the whole half's), the null from
     the other half standardised the same way, so the test stays exact under unshifted traffic,
     whatever the class mix.
@@ -189,9 +188,9 @@ class MeanDistance:
     Evidently measures the Euclidean distance between the reference's and the window's mean
     embeddings and calls drift when it exceeds the ``quantile`` of 100 seeded bootstrap distances
     between resamples of the reference. That null depends only on the reference and the window's
-    size, yet Evidently redraws it through pandas on every call (about 100 ms); here it is drawn
-    with the same seeds and sizes once per size, so the decisions are Evidently's
-    (tests/unit/test_drift.py checks them against it) at a fraction of a millisecond. The p-value is
+    size, yet Evidently redraws it on every call; here it is drawn with the same seeds and sizes
+    once per size, so the decisions are Evidently's (a unit test checks them against it) at a
+    fraction of the cost. The p-value is
     the share of bootstrap distances at least as large as the window's (plus one, over 101).
     """
 

@@ -141,7 +141,7 @@ def detect(
     return {
         "image": mon.image(stats, probs.argmax(1)).drifted,
         "embedding": mon.embedding(embs).drifted,
-        "prediction": prediction_drift(mon.ref, probs, mon.alpha, 10).drifted,
+        "prediction": prediction_drift(mon.ref, probs, alpha=mon.alpha, min_samples=10).drifted,
     }
 
 
@@ -306,7 +306,7 @@ def main() -> None:
     }
     mon = Monitors(
         ref,
-        ImageDrift(ref, args.alpha, 10),
+        ImageDrift(ref, alpha=args.alpha, min_samples=10),
         EmbeddingDrift(ref.embeddings, alpha=args.alpha, min_samples=10),
         args.alpha,
     )

@@ -98,9 +98,9 @@ class Stages:
 def drift_config(settings: Settings) -> DriftConfig:
     window = WindowSpec(
         settings.drift_window_kind,
-        settings.drift_window,
-        settings.drift_window_step,
-        settings.drift_window_seconds,
+        size=settings.drift_window,
+        step=settings.drift_window_step,
+        seconds=settings.drift_window_seconds,
     )
     return DriftConfig(
         window=window,

@@ -38,7 +38,7 @@ REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for 
 @dataclass(frozen=True)
 class DriftConfig:
     window: WindowSpec = field(default_factory=WindowSpec)
-    label_window: WindowSpec = field(default_factory=lambda: WindowSpec("sliding", 300, 25))
+    label_window: WindowSpec = field(default_factory=lambda: WindowSpec("sliding", size=300, step=25))
     alpha: float = 0.01  # per monitor and evaluation
     min_samples: int = 50  # fewer rows: "insufficient data", never a score
     embedding_method: EmbeddingMethod = "distance"

@@ -12,7 +12,7 @@ A window holds rows (anything: the drift monitor keeps feature rows) with their 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Generic, Literal, TypeVar
 
 from nicheloop.settings import WindowKind
@@ -24,6 +24,7 @@ Kind = WindowKind
 @dataclass(frozen=True)
 class WindowSpec:
     kind: Kind = "sliding"
+    _: KW_ONLY
     size: int = 200  # rows (count windows; also the cap of time windows)
     step: int = 50  # sliding: rows between evaluations
     seconds: float = 0.0  # > 0: time windows of this length

@@ -34,6 +34,7 @@ class EmbeddingDrift:
         self,
         reference: np.ndarray,
         method: EmbeddingMethod = "distance",
+        *,
         components: int = 16,
         alpha: float = 0.01,
         min_samples: int = 30,

@@ -35,7 +35,7 @@ class ImageDrift:
     name: ClassVar[str] = "image"
     feeds: ClassVar[plugin.Feed] = "inputs"
 
-    def __init__(self, ref: Reference, alpha: float = 0.01, min_samples: int = 30) -> None:
+    def __init__(self, ref: Reference, *, alpha: float = 0.01, min_samples: int = 30) -> None:
         self.alpha, self.min_samples = alpha, min_samples
         self.ready = len(ref.stats) >= plugin.MIN_REFERENCE
         if self.ready:
@@ -71,7 +71,7 @@ class ImageDrift:
 
     @classmethod
     def for_reference(cls, reference: Reference, config: plugin.MonitorConfig) -> ImageDrift:
-        return cls(reference, config.alpha, config.min_samples)
+        return cls(reference, alpha=config.alpha, min_samples=config.min_samples)
 
     def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
         inputs = plugin.inputs_of(window, self.name)

@@ -17,6 +17,7 @@ def label_drift(
     ref: Reference,
     truth: np.ndarray,
     predicted: np.ndarray,
+    *,
     alpha: float,
     min_samples: int,
     tolerance: float = 0.02,
@@ -52,4 +53,6 @@ class LabelDrift(plugin.ReferenceMonitor):
 
     def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
         labels, knobs = plugin.outcomes_of(window, self.name), self.config
-        return label_drift(self.reference, labels.truth, labels.predicted, knobs.alpha, knobs.min_samples)
+        return label_drift(
+            self.reference, labels.truth, labels.predicted, alpha=knobs.alpha, min_samples=knobs.min_samples
+        )

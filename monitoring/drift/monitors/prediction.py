@@ -13,7 +13,7 @@ from nicheloop.reference import Reference
 
 
 def prediction_drift(
-    ref: Reference, probs: np.ndarray, alpha: float, min_samples: int
+    ref: Reference, probs: np.ndarray, *, alpha: float, min_samples: int
 ) -> plugin.MonitorResult:
     """Class mix (chi-square on the predicted class) and confidence (K-S on the top probability)."""
     if (
@@ -39,4 +39,6 @@ class PredictionDrift(plugin.ReferenceMonitor):
 
     def evaluate(self, window: plugin.Inputs | plugin.Outcomes) -> plugin.MonitorResult:
         probs = plugin.inputs_of(window, self.name).probs
-        return prediction_drift(self.reference, probs, self.config.alpha, self.config.min_samples)
+        return prediction_drift(
+            self.reference, probs, alpha=self.config.alpha, min_samples=self.config.min_samples
+        )

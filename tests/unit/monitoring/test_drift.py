@@ -129,8 +129,10 @@ def test_image_monitor_flags_a_mixture_and_reports_insufficient_data() -> None:
     assert moved.details["p_marginal"] <= 1.0 and "p_novelty_tail" in moved.details
     few = mon(shifted[:10])
     assert few.status == "insufficient_data" and few.p_value is None and few.score is None
-    assert ImageDrift(_reference(19), 0.01, 30)(shifted).status == "insufficient_data"  # reference too small
-    assert ImageDrift(_reference(20), 0.01, 30)(shifted).status == "ok"
+    assert (
+        ImageDrift(_reference(19), alpha=0.01, min_samples=30)(shifted).status == "insufficient_data"
+    )  # reference too small
+    assert ImageDrift(_reference(20), alpha=0.01, min_samples=30)(shifted).status == "ok"
 
 
 def _classed(
@@ -218,19 +220,21 @@ def test_cached_distance_method_decides_as_evidently_does() -> None:
 def test_prediction_and_label_monitors() -> None:
     ref = _reference(600, accuracy=0.9)
     rng = np.random.default_rng(6)
-    same = prediction_drift(ref, rng.dirichlet(np.ones(3) * 0.5, 200), 0.01, 50)
+    same = prediction_drift(ref, rng.dirichlet(np.ones(3) * 0.5, 200), alpha=0.01, min_samples=50)
     skewed = rng.dirichlet([5.0, 0.2, 0.2], 200)  # nearly everything predicted as class 0
-    assert not same.drifted and prediction_drift(ref, skewed, 0.01, 50).drifted
+    assert not same.drifted and prediction_drift(ref, skewed, alpha=0.01, min_samples=50).drifted
     truth = ref.labels[:200]
-    good = label_drift(ref, truth, truth.copy(), 0.01, 50)
+    good = label_drift(ref, truth, truth.copy(), alpha=0.01, min_samples=50)
     bad_pred = truth.copy()
     bad_pred[:60] = (bad_pred[:60] + 1) % 3  # accuracy 0.7 against 0.9 on validation
-    bad = label_drift(ref, truth, bad_pred, 0.01, 50)
+    bad = label_drift(ref, truth, bad_pred, alpha=0.01, min_samples=50)
     assert not good.drifted and bad.drifted and bad.details["accuracy"] == pytest.approx(0.7)
     assert bad.details["macro_f1"] == pytest.approx(macro_f1(truth, bad_pred))
-    assert label_drift(ref, truth[:10], truth[:10], 0.01, 50).status == "insufficient_data"
+    assert label_drift(ref, truth[:10], truth[:10], alpha=0.01, min_samples=50).status == "insufficient_data"
     assert (
-        label_drift(Reference.embeddings_only(np.zeros((5, 2))), truth, truth, 0.01, 50).status
+        label_drift(
+            Reference.embeddings_only(np.zeros((5, 2))), truth, truth, alpha=0.01, min_samples=50
+        ).status
         == "insufficient_data"
     )
 
@@ -310,7 +314,7 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
         return ref
 
     metrics = MonitorMetrics()
-    cfg = DriftConfig(window=WindowSpec("sliding", 100, 25), min_samples=50)
+    cfg = DriftConfig(window=WindowSpec("sliding", size=100, step=25), min_samples=50)
     stage = DriftStage(reference_for, metrics, cfg, transitions.append)
     clean = [r for i in range(100) for r in stage("t", _event(i, ref, rng))]
     assert {r.monitor for r in clean} == {"image", "embedding", "prediction"}
@@ -344,7 +348,7 @@ def test_drift_stage_scores_user_labels_only() -> None:
     stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
-        DriftConfig(label_window=WindowSpec("sliding", 60, 60), min_samples=50),
+        DriftConfig(label_window=WindowSpec("sliding", size=60, step=60), min_samples=50),
     )
     events = [_event(i, ref, rng) for i in range(60)]
     for e in events:
@@ -371,7 +375,7 @@ def test_a_reference_that_cannot_load_means_insufficient_data_not_a_crash() -> N
     def broken(version: str) -> Reference:
         raise OSError("registry down")
 
-    stage = DriftStage(broken, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", 10)))
+    stage = DriftStage(broken, MonitorMetrics(), DriftConfig(window=WindowSpec("tumbling", size=10)))
     ref, rng = _reference(50), np.random.default_rng(0)
     out = [r for i in range(10) for r in stage("t", _event(i, ref, rng))]
     assert out and all(r.status == "insufficient_data" for r in out)
@@ -398,7 +402,7 @@ def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Pa
     stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
-        DriftConfig(window=WindowSpec("tumbling", 100)),
+        DriftConfig(window=WindowSpec("tumbling", size=100)),
         transitions.append,
         writer,
     )
@@ -428,7 +432,7 @@ def test_report_every_evaluated_window_when_asked(tmp_path: Path) -> None:
     stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
-        DriftConfig(window=WindowSpec("tumbling", 50)),
+        DriftConfig(window=WindowSpec("tumbling", size=50)),
         reports=ReportWriter(tmp_path, every_s=0),
     )
     for i in range(150):

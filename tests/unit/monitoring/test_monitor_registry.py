@@ -77,7 +77,7 @@ def test_a_registered_monitor_is_scored_alarmed_counted_and_announced(with_brigh
     stage = DriftStage(
         lambda v: ref,
         metrics,
-        DriftConfig(window=WindowSpec("tumbling", 60, 60), min_samples=50),
+        DriftConfig(window=WindowSpec("tumbling", size=60, step=60), min_samples=50),
         transitions.append,
     )
     results = [r for i in range(60) for r in stage("t", _event(i, ref, rng))]

@@ -8,6 +8,7 @@ delivered_equals_sent.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import statistics
@@ -24,7 +25,7 @@ from deploy.local import stack
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
 from nicheloop.model import build_model
-from nicheloop.reference import Reference  # noqa: E402
+from nicheloop.reference import Reference
 from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 from nicheloop.synthetic import SyntheticStream, png_bytes
@@ -61,6 +62,7 @@ def _throughput(url: str, images: list[bytes]) -> tuple[float, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # no knobs; --help says what it does
     logging.basicConfig(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="nicheloop-bench-") as home:
         base = Settings(

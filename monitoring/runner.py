@@ -126,7 +126,7 @@ def _sweep_pending(
             metrics.feedback_pending.set(store.counts()["feedback_pending"])
             if expired:
                 log.warning("%d feedback events expired waiting for their predictions", expired)
-        except Exception:  # noqa: BLE001 - a database hiccup must not end the sweeper
+        except Exception:
             log.exception("pending-feedback sweep failed; retrying in %.0fs", every_s)
 
 

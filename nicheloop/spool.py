@@ -50,7 +50,7 @@ class Spool:
             raise ValueError(f"max_events must be positive, got {max_events}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_events = path, max_events
-        self._lockfile = open(f"{path}.lock", "a+")  # noqa: SIM115 - held for the spool's life
+        self._lockfile = open(f"{path}.lock", "a+")
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -85,7 +85,7 @@ class ReportWriter:
         path = self.folder / version / f"{at:%Y%m%dT%H%M%S%fZ}-{len(probs)}.html"
         try:
             render(reference, stats, probs, path)
-        except Exception:  # noqa: BLE001 - a report must never stop the monitor
+        except Exception:
             log.exception("drift report for version %s not written", version)
             return None
         entry: dict[str, Any] = {

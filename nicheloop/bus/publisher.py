@@ -228,7 +228,7 @@ class Publisher:
                     self._reset_producer()
                     progress_at = time.monotonic()
                 self._stop.wait(self.retry_s)
-            except Exception:  # noqa: BLE001 - the drainer must outlive any broker error
+            except Exception:
                 log.exception("spool drain failed; retrying")
                 self._stop.wait(self.retry_s)
 

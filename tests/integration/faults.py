@@ -64,7 +64,7 @@ class FaultRig:
             try:
                 ensure_topics(self.settings.bootstrap_servers)
                 return
-            except Exception:  # noqa: BLE001 - the broker is still electing itself
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)

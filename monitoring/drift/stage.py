@@ -137,6 +137,8 @@ class DriftStage:
         self.on_transition, self.reports = on_transition, reports
         self.current: _VersionMonitors | None = None
         self.predicted: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        for name in monitors():  # every registered monitor is on /metrics from the start, alarm down
+            metrics.drift_detected.labels(name).set(0.0)
 
     def __call__(self, topic: str, event: BaseModel) -> list[MonitorResult]:
         if isinstance(event, PredictionEvent):

@@ -80,6 +80,7 @@ def test_a_registered_monitor_is_scored_alarmed_counted_and_announced(with_brigh
         DriftConfig(window=WindowSpec("tumbling", size=60, step=60), min_samples=50),
         transitions.append,
     )
+    assert metrics.registry.get_sample_value("nicheloop_drift_detected", {"monitor": "bright_tail"}) == 0.0
     results = [r for i in range(60) for r in stage("t", _event(i, ref, rng))]
     assert {r.monitor for r in results} == {"bright_tail", "embedding", "image", "prediction"}
     certain = [1.0] + [0.0] * (len(ref.class_names) - 1)

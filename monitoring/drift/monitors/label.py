@@ -46,7 +46,8 @@ def label_drift(
 
 @plugin.register_monitor
 class LabelDrift(plugin.ReferenceMonitor):
-    """:func:`label_drift` against one version's reference."""
+    """:func:`label_drift` against one version's reference, on user labels only (the drift stage
+    leaves reviewers' labels out: the sampler picks hard images for them on purpose)."""
 
     name: ClassVar[str] = "label"
     feeds: ClassVar[plugin.Feed] = "outcomes"

@@ -1,3 +1,5 @@
+"""The import contracts hold."""
+
 import subprocess
 import sys
 from pathlib import Path

@@ -1,3 +1,6 @@
+"""The local-stack launcher: processes start and stop and leave nothing behind; missing jars
+say how to get them."""
+
 import os
 import sys
 from pathlib import Path

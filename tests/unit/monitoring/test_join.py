@@ -1,3 +1,5 @@
+"""The joiner dead-letters inconsistent predictions; the monitor waits for a broker that is down."""
+
 from pathlib import Path
 
 import pytest

@@ -1,3 +1,5 @@
+"""The content-addressed blob store."""
+
 from pathlib import Path
 
 import pytest

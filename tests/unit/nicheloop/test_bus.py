@@ -1,3 +1,5 @@
+"""Events are parsed against their topic's schema, and refused when malformed."""
+
 import json
 from pathlib import Path
 

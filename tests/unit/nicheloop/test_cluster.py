@@ -1,3 +1,5 @@
+"""Connecting to a Ray head that is not up fails fast and names its log."""
+
 import re
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""Calibration, evaluation beyond accuracy, snapshots/replay, checkpoints and SimSiam pieces."""
+"""Model weights: the stored temperature is applied at serving and survives save and load;
+backbone checkpoints start a classifier; checkpoints of another model or garbage are refused."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ from nicheloop.model import build_model, init_backbone, load_model, read_checkpo
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
 
-# -- calibration --------------------------------------------------------------------------------------
-
-
 def test_serving_applies_the_stored_temperature() -> None:
     model = build_model("test_resnet", CLASSES, image_size=32)
     x = torch.randn(3, 3, 32, 32)
@@ -32,9 +30,6 @@ def test_temperature_survives_save_and_load(tmp_path: Path) -> None:
     model = build_model("test_resnet", CLASSES, image_size=32)
     model.extra["temperature"] = 0.7
     assert load_model(save_model(model, tmp_path / "m")).temperature == 0.7
-
-
-# -- data: validation split, replay, manifests, continual sets ----------------------------------------
 
 
 def test_a_backbone_checkpoint_starts_a_classifier(tmp_path: Path) -> None:
@@ -57,6 +52,3 @@ def test_checkpoints_of_another_model_or_garbage_are_refused(tmp_path: Path) -> 
     net = build_model("test_resnet", CLASSES, image_size=32).net
     with pytest.raises(InvalidInput):
         init_backbone(net, {})
-
-
-# -- SimSiam ---------------------------------------------------------------------------------------------

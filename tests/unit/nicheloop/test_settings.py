@@ -1,3 +1,5 @@
+"""Settings derive local URLs and travel to child processes intact."""
+
 from pathlib import Path
 
 import pytest

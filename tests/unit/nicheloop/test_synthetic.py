@@ -1,3 +1,5 @@
+"""Generated defect images: seeded, shiftable, written as an ImageFolder."""
+
 from pathlib import Path
 
 import numpy as np

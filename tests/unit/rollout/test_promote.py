@@ -1,3 +1,5 @@
+"""Promotion through the offline gate, around a stand-in registry."""
+
 from dataclasses import dataclass, field
 
 import pytest

@@ -1,3 +1,5 @@
+"""Prediction ids are signed and verifiable; a configured key is used and checked."""
+
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,4 @@
-"""Recipes, layer groups, freeze and LR schedules, class balance, the epoch engine and its checkpoints."""
+"""Augmentation: at strength 0 it is the evaluation transform."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from training.augment import train_transform
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
 
-# -- recipes ----------------------------------------------------------------------------------------------
-
-
 def test_augmentation_at_zero_is_the_evaluation_transform() -> None:
     model = build_model("test_resnet", CLASSES, image_size=32)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8))
@@ -25,6 +22,3 @@ def test_augmentation_at_zero_is_the_evaluation_transform() -> None:
     outs = [strong(img) for _ in range(4)]
     assert all(o.shape == (3, 32, 32) and torch.isfinite(o).all() for o in outs)
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
-
-
-# -- the engine ---------------------------------------------------------------------------------------

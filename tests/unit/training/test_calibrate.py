@@ -1,4 +1,4 @@
-"""Calibration, evaluation beyond accuracy, snapshots/replay, checkpoints and SimSiam pieces."""
+"""Temperature scaling and expected calibration error: recovery, bounds, known cases."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from hypothesis import strategies as st
 from training.calibrate import expected_calibration_error, fit_temperature, nll, softmax
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- calibration --------------------------------------------------------------------------------------
 
 
 def _sampled(temperature: float, n: int = 4000, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +50,3 @@ def test_ece_is_bounded(n: int, k: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     probs = softmax(rng.normal(0, 4, (n, k)))
     assert 0.0 <= expected_calibration_error(probs, rng.integers(0, k, n)) <= 1.0
-
-
-# -- evaluation ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Recipes, layer groups, freeze and LR schedules, class balance, the epoch engine and its checkpoints."""
+"""Recipes: YAML, then values, then overrides; shipped recipes load; bad ones say what is wrong."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from nicheloop.errors import InvalidInput
 from training.config import TrainConfig, dump_recipe, load_recipe
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- recipes ----------------------------------------------------------------------------------------------
 
 
 def test_recipe_reads_yaml_then_values_then_overrides(tmp_path: Path) -> None:
@@ -54,6 +51,3 @@ def test_bad_recipes_say_what_is_wrong(tmp_path: Path, text: str, overrides: lis
 def test_missing_recipe_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
-
-
-# -- layer groups, learning rates, freezing -----------------------------------------------------------

@@ -1,3 +1,5 @@
+"""Snapshots are content-addressed; recipes refuse nonsense; any ImageFolder reads."""
+
 import pytest
 
 from training.config import TrainConfig

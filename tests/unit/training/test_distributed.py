@@ -1,4 +1,4 @@
-"""Recipes, layer groups, freeze and LR schedules, class balance, the epoch engine and its checkpoints."""
+"""The Ray Train worker's pieces outside Ray: checkpoints written once, the task loop reniced."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ import pytest
 import torch
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- recipes ----------------------------------------------------------------------------------------------
 
 
 def test_an_epoch_checkpoint_is_written_once_into_the_run_directory(

@@ -1,4 +1,4 @@
-"""Recipes, layer groups, freeze and LR schedules, class balance, the epoch engine and its checkpoints."""
+"""The epoch engine: class balance, sharding, frozen backbones, exact resumption, early stopping."""
 
 from __future__ import annotations
 
@@ -28,9 +28,6 @@ from training.engine import (
 from training.schedule import balanced_order, class_weights, layer_groups
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- recipes ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +89,6 @@ def test_epoch_order_shards_evenly_and_disjointly(world: int) -> None:
     flat = np.concatenate(shards)
     assert len(set(flat.tolist())) == len(flat) == 50 - 50 % world
     assert not np.array_equal(epoch_order(y, cfg, 0, 0, 1), epoch_order(y, cfg, 1, 0, 1))
-
-
-# -- augmentation ---------------------------------------------------------------------------------------
 
 
 def test_frozen_backbone_trains_only_the_head_and_keeps_norm_statistics(data) -> None:

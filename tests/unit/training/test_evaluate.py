@@ -1,3 +1,5 @@
+"""Classification metrics on known cases."""
+
 import numpy as np
 import pytest
 

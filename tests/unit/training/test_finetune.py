@@ -1,4 +1,4 @@
-"""Calibration, evaluation beyond accuracy, snapshots/replay, checkpoints and SimSiam pieces."""
+"""Fine-tuning sets: new labels with replay, calibration labels apart from selection, the temperature."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from nicheloop.blobs import BlobStore
 from nicheloop.errors import InvalidInput
 from nicheloop.model import build_model
 from nicheloop.synthetic import make_image, png_bytes
+from tests.unit.training.examples import labeled
 from training.calibrate import fit_temperature
 from training.config import TrainConfig
 from training.data import Example, Snapshot
@@ -21,19 +22,8 @@ from training.finetune import TrainingSet, _calibrate, continual_set, training_s
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
 
-# -- calibration --------------------------------------------------------------------------------------
-
-
-def _examples(per_class: dict[str, int], prefix: str = "") -> list[Example]:
-    return [
-        Example(f"{prefix}{label}{i:04d}".ljust(64, "0")[:64], label)
-        for label, n in per_class.items()
-        for i in range(n)
-    ]
-
-
 def test_continual_set_learns_new_labels_with_replay_of_old_ones() -> None:
-    old, new = _examples({"a": 30, "b": 30}, "o"), _examples({"a": 4, "b": 4}, "n")
+    old, new = labeled({"a": 30, "b": 30}, "o"), labeled({"a": 4, "b": 4}, "n")
     relabeled = Example(old[0].image_sha256, "b")
     parent = Snapshot(tuple(old), ())
     now = Snapshot(tuple(old[1:] + new + [relabeled]), ())
@@ -50,7 +40,7 @@ def test_continual_set_learns_new_labels_with_replay_of_old_ones() -> None:
 
 
 def test_training_set_keeps_calibration_labels_apart_from_selection() -> None:
-    ex = _examples({"a": 40, "b": 20, "c": 4})
+    ex = labeled({"a": 40, "b": 20, "c": 4})
     data = training_set(ex, TrainConfig(val_fraction=0.2, calibration_fraction=0.5), new=len(ex), replayed=0)
     parts = [{e.image_sha256 for e in part} for part in (data.train, data.val, data.calibration)]
     assert sum(map(len, parts)) == len(ex) and len(set.union(*parts)) == len(ex)  # disjoint, nothing lost
@@ -87,6 +77,3 @@ def test_temperature_is_fitted_on_calibration_labels_and_falls_back_to_selection
     assert _calibrate(model, blobs, fallback, TrainConfig())["calibration_on_selection"] == 1.0
     assert model.extra["temperature"] == pytest.approx(fit_temperature(preds_val.logits, preds_val.y))
     assert _calibrate(model, blobs, fallback, TrainConfig(calibrate=False)) == {}
-
-
-# -- checkpoints ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Calibration, evaluation beyond accuracy, snapshots/replay, checkpoints and SimSiam pieces."""
+"""SimSiam on unlabeled blobs (corrupt ones skipped)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ from training.pretrain import (
 )
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- calibration --------------------------------------------------------------------------------------
 
 
 def test_simsiam_learns_on_unlabeled_blobs_and_skips_corrupt_ones(tmp_path: Path) -> None:

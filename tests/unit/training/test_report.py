@@ -1,4 +1,4 @@
-"""Calibration, evaluation beyond accuracy, snapshots/replay, checkpoints and SimSiam pieces."""
+"""Evaluation beyond accuracy: precision at recall, confusion, per-class figures, the report."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from nicheloop.model import build_model
 from training.evaluate import Predictions, confusion_matrix, per_class, precision_at_recall, report
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- calibration --------------------------------------------------------------------------------------
 
 
 def test_precision_at_recall_picks_the_best_threshold_that_reaches_recall() -> None:

@@ -1,4 +1,4 @@
-"""Recipes, layer groups, freeze and LR schedules, class balance, the epoch engine and its checkpoints."""
+"""Layer groups, layer-wise decay, gradual unfreezing and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from training.config import TrainConfig
 from training.schedule import frozen_names, layer_groups, lr_factor, param_groups, trainable_stages
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
-
-
-# -- recipes ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +66,3 @@ def test_lr_factor_is_a_bounded_cosine_with_restarts(
     assert lr_factor(cfg, 0) == pytest.approx(1.0)
     if restart and restart < epochs:
         assert lr_factor(cfg, restart) == pytest.approx(1.0)  # warm restart
-
-
-# -- class balance ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Calibration, evaluation beyond accuracy, snapshots/replay, checkpoints and SimSiam pieces."""
+"""Snapshots: stratified validation splits, class-balanced replay, manifests."""
 
 from __future__ import annotations
 
@@ -7,24 +7,14 @@ import json
 import pytest
 
 from nicheloop.errors import InvalidInput
-from training.data import Example, Snapshot, parse_manifest, replay_buffer, split_validation
+from tests.unit.training.examples import labeled
+from training.data import Snapshot, parse_manifest, replay_buffer, split_validation
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
 
-# -- calibration --------------------------------------------------------------------------------------
-
-
-def _examples(per_class: dict[str, int], prefix: str = "") -> list[Example]:
-    return [
-        Example(f"{prefix}{label}{i:04d}".ljust(64, "0")[:64], label)
-        for label, n in per_class.items()
-        for i in range(n)
-    ]
-
-
 def test_validation_split_is_stratified_and_deterministic() -> None:
-    ex = _examples({"a": 20, "b": 10, "c": 2})
+    ex = labeled({"a": 20, "b": 10, "c": 2})
     train, val = split_validation(ex, 0.2, seed=0)
     assert sorted(train + val, key=lambda e: e.image_sha256) == sorted(ex, key=lambda e: e.image_sha256)
     assert [sum(e.label == c for e in val) for c in "abc"] == [4, 2, 0]
@@ -33,14 +23,14 @@ def test_validation_split_is_stratified_and_deterministic() -> None:
 
 
 def test_replay_buffer_is_class_balanced_and_stable() -> None:
-    old = _examples({"a": 50, "b": 5})
+    old = labeled({"a": 50, "b": 5})
     buf = replay_buffer(old, per_class=10, seed=0)
     assert sum(e.label == "a" for e in buf) == 10 and sum(e.label == "b" for e in buf) == 5
     assert replay_buffer(list(reversed(old)), 10, 0) == buf
 
 
 def test_manifest_round_trip_and_refusal() -> None:
-    snap = Snapshot(tuple(_examples({"a": 3})), tuple(_examples({"b": 2})))
+    snap = Snapshot(tuple(labeled({"a": 3})), tuple(labeled({"b": 2})))
     assert parse_manifest(snap.manifest()) == snap
     for bad in ("{}", "not json", json.dumps({"train": [[1]], "holdout": []})):
         with pytest.raises(InvalidInput, match="manifest"):

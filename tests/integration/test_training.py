@@ -167,6 +167,7 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "pretrain (SimSiam)" in out.stderr and "epoch 2/2" in out.stderr  # the progress bar, on stderr
     ssl = json.loads(out.stdout.strip().splitlines()[-1])
     assert ssl["checkpoint"] == str(ckpt) and ckpt.is_file() and ssl["epoch"] == 1.0
     assert ssl["images"] == len(usable_images(blobs)) == len({sha256_hex(data) for data, _ in seed})

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 PROGRESS_NAME = "progress.jsonl"
 
@@ -67,12 +67,11 @@ class RunProgress:
         self.root, self.total, self.every_s = root, total_epochs, every_s
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
             TextColumn("{task.fields[figures]}"),
-            TimeElapsedColumn(),
             TextColumn("left"),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(compact=True),
             console=console or Console(stderr=True),
         )
         self.task: TaskID = self.progress.add_task(title, total=total_epochs, figures="starting")

@@ -59,17 +59,9 @@ class Transition:
         """The drift event that tells the world (``nicheloop.drift.v1``)."""
         r = self.result
         finite = {k: v for k, v in r.details.items() if np.isfinite(v)}
-        return DriftEvent(
-            model_name=model_name,
-            model_version=self.model_version,
-            monitor=r.monitor,
-            state=self.state,
-            p_value=r.p_value,
-            score=r.score,
-            window_size=r.n,
-            details=finite,
-            report=self.report,
-        )
+        where = {"model_name": model_name, "model_version": self.model_version, "report": self.report}
+        verdict = {"monitor": r.monitor, "p_value": r.p_value, "score": r.score, "window_size": r.n}
+        return DriftEvent(**where, **verdict, state=self.state, details=finite)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Deployment: the local-stack launcher (``deploy.local``) beside compose, KubeRay and Prometheus files."""

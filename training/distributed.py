@@ -48,6 +48,12 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _rank0_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics), which are what it checkpoints."""
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 # Called on every worker at the start of each epoch with (epoch, run directory): a seam for fault
 # injection (the resumption tests kill a worker from it); it must be picklable.
 EpochHook = Callable[[int, Path], None]
@@ -154,6 +160,7 @@ def _job(config: dict[str, Any], cfg: TrainConfig) -> Job:
         rank=ctx.get_world_rank(),
         world=world,
         all_reduce=_all_reduce if world > 1 else job.all_reduce,
+        share_buffers=_rank0_buffers if world > 1 else job.share_buffers,
     )
 
 

@@ -59,6 +59,9 @@ class Job:
     rank: int = 0
     world: int = 1
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    # DDP keeps parameters equal across ranks but not batch-norm statistics: validation first makes
+    # every rank's buffers rank 0's, so the reduced figures are those of the weights it checkpoints
+    share_buffers: Callable[[torch.nn.Module], None] = lambda module: None
 
 
 def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
@@ -138,6 +141,7 @@ def validate(job: Job, cfg: TrainConfig) -> dict[str, float]:
     """Loss (no smoothing) and accuracy on this rank's share of the validation set, reduced over ranks."""
     if job.val_set is None or len(cast(Sized, job.val_set)) == 0:
         return {}
+    job.share_buffers(job.raw)
     job.raw.eval()
     idx = np.arange(len(cast(Sized, job.val_set)))[job.rank :: job.world]
     sums = torch.zeros(3, device=job.device)

@@ -76,9 +76,8 @@ def main() -> None:
             metrics_port=39199,
         )
         try:
-            stack.up(
-                base, only=["kafka", "mlflow", "ray"]
-            )  # no monitor: it would share the CPU being measured
+            # no monitor: it would share the CPU being measured
+            stack.up(base, only=["kafka", "mlflow", "ray"])
             ensure_topics(base.bootstrap_servers)
             _register_champion(base)
             images = [

@@ -104,8 +104,7 @@ def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None
     items = read_image_folder(
         write_image_folder(seed_dir, per_class=per_class, seed=0, size=settings.image_size)
     )
-    results = settings.home.resolve() / "ray_results"
-    with RunProgress(results, title="bootstrap the champion", total_epochs=epochs):
+    with RunProgress(settings.ray_results_dir, title="bootstrap the champion", total_epochs=epochs):
         bootstrap(settings, items, TrainConfig(epochs=epochs))
     deploy(settings)
 
@@ -148,9 +147,7 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)
     wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
 
-    with RunProgress(
-        settings.home.resolve() / "ray_results", title="fine-tune a candidate", total_epochs=epochs
-    ):
+    with RunProgress(settings.ray_results_dir, title="fine-tune a candidate", total_epochs=epochs):
         result = train(settings, TrainConfig(epochs=epochs))
     promotion = promote(registry)
     wait_for(

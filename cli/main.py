@@ -14,7 +14,7 @@ from deploy.local import stack as stack_mod
 from nicheloop.cluster import connect_ray
 from nicheloop.errors import NicheloopError
 from nicheloop.logs import configure_logging
-from nicheloop.settings import Settings, get_settings
+from nicheloop.settings import get_settings
 
 app = typer.Typer(
     help="nicheloop: a vision model that keeps improving from production feedback.",
@@ -32,11 +32,6 @@ app.add_typer(drift_app, name="drift")
 @app.callback()
 def _main(log_level: str = typer.Option("INFO", help="Logging level.")) -> None:
     configure_logging(log_level)
-
-
-def _results(s: Settings) -> Path:
-    """Where Ray Train runs keep their state and progress (``$NICHELOOP_HOME/ray_results``)."""
-    return s.home.resolve() / "ray_results"
 
 
 def _fail(exc: Exception) -> None:
@@ -113,7 +108,7 @@ def bootstrap(
         with tempfile.TemporaryDirectory() as tmp:
             root = data or write_image_folder(Path(tmp), per_class, seed=0, size=s.image_size)
             items = read_image_folder(root)
-        with RunProgress(_results(s), title="bootstrap", total_epochs=cfg.epochs):
+        with RunProgress(s.ray_results_dir, title="bootstrap", total_epochs=cfg.epochs):
             result = run_bootstrap(s, items, cfg)
     except NicheloopError as exc:
         _fail(exc)
@@ -145,8 +140,8 @@ def pretrain(
         )
         digests = usable_images(blobs)
         connect_ray(s)
-        with RunProgress(_results(s), title="pretrain (SimSiam)", total_epochs=cfg.epochs):
-            metrics = run_pretrain(str(s.blob_dir), digests, cfg, out, _results(s))
+        with RunProgress(s.ray_results_dir, title="pretrain (SimSiam)", total_epochs=cfg.epochs):
+            metrics = run_pretrain(str(s.blob_dir), digests, cfg, out, s.ray_results_dir)
     except NicheloopError as exc:
         _fail(exc)
     typer.echo(json.dumps({"checkpoint": str(out), "images": len(digests), **metrics}))
@@ -222,7 +217,7 @@ def train(
 
     try:
         s, cfg = get_settings(), _recipe(recipe, set_, epochs=epochs)
-        with RunProgress(_results(s), title="fine-tune", total_epochs=cfg.epochs):
+        with RunProgress(s.ray_results_dir, title="fine-tune", total_epochs=cfg.epochs):
             result = run_train(s, cfg)
     except NicheloopError as exc:
         _fail(exc)

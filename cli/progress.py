@@ -52,7 +52,7 @@ def newest_progress(root: Path, since: float) -> Path | None:
 class RunProgress:
     """A context manager that shows a training run's epochs as a bar on stderr while it runs.
 
-    ``root`` is the results folder the run writes under (``$NICHELOOP_HOME/ray_results``).
+    ``root`` is the results folder the run writes under (``Settings.ray_results_dir``).
     """
 
     def __init__(

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         return self.home.resolve() / "blobs"
 
     @property
+    def ray_results_dir(self) -> Path:
+        """Where Ray Train runs keep their checkpoints and ``progress.jsonl``, one folder per run."""
+        return self.home.resolve() / "ray_results"
+
+    @property
     def drift_report_dir(self) -> Path:
         """Where the monitor keeps drift reports (HTML, one folder per model version, index.jsonl)."""
         return self.home.resolve() / "drift" / "reports"

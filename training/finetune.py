@@ -195,7 +195,7 @@ def _fit_evaluate_register(
     blobs = BlobStore(str(settings.blob_dir))
     run_name = f"{lineage.alias}-{snap.digest[:12]}"
     model, history = fit(
-        model, data.train, data.val, str(settings.blob_dir), cfg, settings.home / "ray_results", run_name
+        model, data.train, data.val, str(settings.blob_dir), cfg, settings.ray_results_dir, run_name
     )
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)

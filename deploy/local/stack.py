@@ -327,9 +327,10 @@ def start_ray(s: Settings) -> int:
     )
 
 
-def start_monitor(s: Settings, *, stages: str = "join,sample,drift") -> int:
-    """The monitor (join, sample, drift, /metrics) as a process of the stack, ready once /metrics listens."""
-    cmd = [sys.executable, "-m", "cli", "monitor", "--stages", stages]
+def start_monitor(s: Settings, *, stages: str | None = None) -> int:
+    """The monitor (its ``stages``, all by default, and /metrics) as a process of the stack, ready
+    once /metrics listens."""
+    cmd = [sys.executable, "-m", "cli", "monitor", *(["--stages", stages] if stages else [])]
     return start_process(s, "monitor", cmd, lambda: port_open(s.host, s.metrics_port))
 
 

@@ -131,7 +131,8 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
     champion_before = registry.resolve(CHAMPION).version
     client = httpx.Client(base_url=settings.serve_url, timeout=60)
-    images, truth = SyntheticStream(seed=42, size=settings.image_size), dict[str, str]()
+    images = SyntheticStream(seed=42, size=settings.image_size)
+    truth: dict[str, str] = {}  # prediction id -> true class
     half = predictions // 2
     stream(client, images.take(half), truth)
     wait_consumed(settings, PREDICTIONS_TOPIC, half)

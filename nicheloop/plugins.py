@@ -25,6 +25,7 @@ class PluginRegistry(Generic[P]):
     def __init__(self, kind: str, package: str) -> None:
         self.kind, self.package = kind, package
         self._plugins: dict[str, type[P]] = {}
+        self._discovered = False
 
     def register(self, cls: type[P]) -> type[P]:
         """Class decorator: register ``cls`` under ``cls.name``.
@@ -39,9 +40,11 @@ class PluginRegistry(Generic[P]):
 
     def all(self, where: Callable[[type[P]], bool] = lambda _: True) -> dict[str, type[P]]:
         """Every plug-in of the package (its modules imported first) that ``where`` keeps, by name."""
-        package = importlib.import_module(self.package)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{self.package}.{module.name}")
+        if not self._discovered:  # once: the drift stage asks on every window
+            package = importlib.import_module(self.package)
+            for module in pkgutil.iter_modules(package.__path__):
+                importlib.import_module(f"{self.package}.{module.name}")
+            self._discovered = True
         return {name: cls for name, cls in self._plugins.items() if where(cls)}
 
     def snapshot(self) -> dict[str, type[P]]:

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel
 
+from monitoring.drift.monitor import MonitorConfig
 from monitoring.drift.report import ReportWriter
 from monitoring.drift.stage import DriftConfig, DriftStage, Transition
 from monitoring.drift.windows import WindowSpec
@@ -102,12 +103,12 @@ def drift_config(settings: Settings) -> DriftConfig:
         step=settings.drift_window_step,
         seconds=settings.drift_window_seconds,
     )
-    return DriftConfig(
-        window=window,
+    knobs = MonitorConfig(
         alpha=settings.drift_alpha,
         min_samples=settings.drift_min_samples,
         embedding_method=settings.drift_embedding_method,
     )
+    return DriftConfig(window=window, monitors=knobs)
 
 
 def sampler_config(settings: Settings) -> SamplerConfig:

@@ -29,7 +29,6 @@ from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
 from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, PredictionEvent
 from nicheloop.reference import Reference
-from nicheloop.settings import EmbeddingMethod
 
 log = logging.getLogger(__name__)
 REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for the label monitor)
@@ -39,9 +38,7 @@ REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for 
 class DriftConfig:
     window: WindowSpec = field(default_factory=WindowSpec)
     label_window: WindowSpec = field(default_factory=lambda: WindowSpec("sliding", size=300, step=25))
-    alpha: float = 0.01  # per monitor and evaluation
-    min_samples: int = 50  # fewer rows: "insufficient data", never a score
-    embedding_method: EmbeddingMethod = "distance"
+    monitors: MonitorConfig = field(default_factory=MonitorConfig)  # the knobs every monitor gets
     clear_above: float = 0.1
     clear_after: int = 3
 
@@ -98,9 +95,8 @@ class _VersionMonitors:
         self.window: Window[_Row] = Window(cfg.window)
         self.labels: Window[tuple[int, int]] = Window(cfg.label_window)
         self.alarms = {name: Alarm(cfg.clear_above, cfg.clear_after) for name in monitors()}
-        knobs = MonitorConfig(cfg.alpha, cfg.min_samples, cfg.embedding_method)
         self.monitors = {
-            name: monitor.for_reference(reference, knobs)
+            name: monitor.for_reference(reference, cfg.monitors)
             for name, monitor in monitors().items()
             if reference is not None
         }

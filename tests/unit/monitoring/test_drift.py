@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
+from monitoring.drift.monitor import MonitorConfig
 from monitoring.drift.monitors.embedding import EmbeddingDrift
 from monitoring.drift.monitors.image import ImageDrift
 from monitoring.drift.monitors.label import label_drift
@@ -314,7 +315,7 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
         return ref
 
     metrics = MonitorMetrics()
-    cfg = DriftConfig(window=WindowSpec("sliding", size=100, step=25), min_samples=50)
+    cfg = DriftConfig(window=WindowSpec("sliding", size=100, step=25), monitors=MonitorConfig(min_samples=50))
     stage = DriftStage(reference_for, metrics, cfg, transitions.append)
     clean = [r for i in range(100) for r in stage("t", _event(i, ref, rng))]
     assert {r.monitor for r in clean} == {"image", "embedding", "prediction"}
@@ -348,7 +349,9 @@ def test_drift_stage_scores_user_labels_only() -> None:
     stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
-        DriftConfig(label_window=WindowSpec("sliding", size=60, step=60), min_samples=50),
+        DriftConfig(
+            label_window=WindowSpec("sliding", size=60, step=60), monitors=MonitorConfig(min_samples=50)
+        ),
     )
     events = [_event(i, ref, rng) for i in range(60)]
     for e in events:

@@ -77,7 +77,7 @@ def test_a_registered_monitor_is_scored_alarmed_counted_and_announced(with_brigh
     stage = DriftStage(
         lambda v: ref,
         metrics,
-        DriftConfig(window=WindowSpec("tumbling", size=60, step=60), min_samples=50),
+        DriftConfig(window=WindowSpec("tumbling", size=60, step=60), monitors=MonitorConfig(min_samples=50)),
         transitions.append,
     )
     assert metrics.registry.get_sample_value("nicheloop_drift_detected", {"monitor": "bright_tail"}) == 0.0

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-PROGRESS_NAME = "progress.jsonl"
+from nicheloop.contracts import PROGRESS_FILE
 
 
 def read_epochs(path: Path) -> list[dict[str, Any]]:
@@ -45,7 +45,8 @@ def describe(records: list[dict[str, Any]]) -> str:
 
 def newest_progress(root: Path, since: float) -> Path | None:
     """The most recently written progress file under ``root`` touched at or after ``since``."""
-    found = [(p.stat().st_mtime, p) for p in root.glob(f"*/{PROGRESS_NAME}") if p.stat().st_mtime >= since]
+    written = [(p.stat().st_mtime, p) for p in root.glob(f"*/{PROGRESS_FILE}")]
+    found = [(mtime, p) for mtime, p in written if mtime >= since]
     return max(found)[1] if found else None
 
 

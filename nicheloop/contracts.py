@@ -17,6 +17,8 @@ FEEDBACK_TOPIC = "nicheloop.feedback.v1"
 DEAD_LETTER_TOPIC = "nicheloop.deadletter.v1"
 DRIFT_TOPIC = "nicheloop.drift.v1"
 ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC, DRIFT_TOPIC)
+# A training run's progress: one JSON line per epoch in this file of the run's folder.
+PROGRESS_FILE = "progress.jsonl"
 
 # The input-drift features of an image, in the order monitors and references keep them
 # (computed by nicheloop.images.image_statistics at the gateway and for each reference).

@@ -32,6 +32,7 @@ from ray.train.torch import TorchTrainer, get_device, prepare_model
 from torch.utils.serialization import config as serialization_config
 
 from nicheloop.blobs import BlobStore
+from nicheloop.contracts import PROGRESS_FILE
 from nicheloop.model import NicheModel
 from training.config import TrainConfig
 from training.data import Example
@@ -40,7 +41,6 @@ from training.engine import Job, Progress, checkpoint_state, local_job, make_opt
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-PROGRESS_FILE = "progress.jsonl"
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:

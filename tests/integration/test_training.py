@@ -3,6 +3,7 @@ Ray, and the whole continual pipeline registering versions with lineage in MLflo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -154,6 +155,8 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
             str(tmp_path / "seed"),
             "--backbone",
             "test_resnet",
+            "--weights",
+            "none",
             "--epochs",
             "2",
             "--batch-size",
@@ -187,6 +190,10 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
         and len(tags["code_version"]) >= 7
     )
     assert json.loads(tags["train_config"])["freeze"] == "gradual"
+    # lineage names the starting weights: this checkpoint's bytes, and where its pretraining began
+    start = json.loads(tags["start_weights"])
+    assert start["source"] == "file" and start["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert start["pretrained_from"] == {"source": "none", "backbone": "test_resnet"}
     for key in (
         "holdout_accuracy",
         "holdout_macro_f1",
@@ -222,6 +229,11 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
     second = train(settings, TrainConfig(epochs=2, batch_size=8, replay_per_class=3))
     m = second.metrics
     assert second.version.tags["parent_version"] == first.version.version
+    assert json.loads(second.version.tags["start_weights"]) == {
+        "source": "mlflow",
+        "version": first.version.version,
+        "origin": start,
+    }
     assert m["new_examples"] == sum(not is_holdout(sha256_hex(data)) for data, _ in shifted)
     assert m["replayed_examples"] == 3 * 4
     assert {"forgetting_points", "old_data_accuracy_before", "old_data_accuracy_after"} <= set(m)

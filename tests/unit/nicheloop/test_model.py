@@ -61,7 +61,7 @@ def test_build_refuses_unknown_backbone() -> None:
 def test_build_loads_a_local_checkpoint(tmp_path: Path) -> None:
     src = build_model("test_resnet", CLASSES, image_size=32)
     torch.save(src.net.state_dict(), tmp_path / "ckpt.pt")
-    dst = build_model("test_resnet", CLASSES, image_size=32, checkpoint_path=tmp_path / "ckpt.pt")
+    dst = build_model("test_resnet", CLASSES, image_size=32, weights=f"file:{tmp_path / 'ckpt.pt'}")
     for a, b in zip(src.net.state_dict().values(), dst.net.state_dict().values()):
         assert torch.equal(a, b)
 

@@ -35,7 +35,7 @@ def test_temperature_survives_save_and_load(tmp_path: Path) -> None:
 def test_a_backbone_checkpoint_starts_a_classifier(tmp_path: Path) -> None:
     backbone = timm.create_model("test_resnet", num_classes=0)
     torch.save({"state_dict": backbone.state_dict()}, tmp_path / "ssl.pt")
-    model = build_model("test_resnet", CLASSES, image_size=32, checkpoint_path=tmp_path / "ssl.pt")
+    model = build_model("test_resnet", CLASSES, image_size=32, weights=f"file:{tmp_path / 'ssl.pt'}")
     for k, v in backbone.state_dict().items():
         assert torch.equal(model.net.state_dict()[k], v), k
 
@@ -43,7 +43,7 @@ def test_a_backbone_checkpoint_starts_a_classifier(tmp_path: Path) -> None:
 def test_checkpoints_of_another_model_or_garbage_are_refused(tmp_path: Path) -> None:
     torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), tmp_path / "vit.pt")
     with pytest.raises(InvalidInput, match="another model"):
-        build_model("test_resnet", CLASSES, image_size=32, checkpoint_path=tmp_path / "vit.pt")
+        build_model("test_resnet", CLASSES, image_size=32, weights=f"file:{tmp_path / 'vit.pt'}")
     (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint")
     with pytest.raises(InvalidInput, match="not a readable"):
         read_checkpoint(tmp_path / "junk.pt")

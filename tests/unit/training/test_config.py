@@ -24,9 +24,11 @@ def test_recipe_reads_yaml_then_values_then_overrides(tmp_path: Path) -> None:
     assert load_recipe(again) == cfg
 
 
-def test_shipped_recipes_load() -> None:
+def test_shipped_recipes_load_and_start_from_imagenet() -> None:
     for path in sorted((Path(__file__).parents[3] / "recipes").glob("*.yaml")):
-        assert isinstance(load_recipe(path), TrainConfig), path
+        assert load_recipe(path).weights == "package", path
+    assert TrainConfig().weights == "package"  # random weights only when asked for
+    assert load_recipe(None, ["weights=package:tf_efficientnet_lite1"]).weights.endswith("lite1")
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,7 @@ def test_shipped_recipes_load() -> None:
         ("epochs: [unclosed\n", [], "not valid YAML"),
         ("", ["epochs"], "key=value"),
         ("", ["weights=ftp:x"], "weights"),
+        ("", ["weights=mlflow:"], "weights"),
         ("", ["freeze=sometimes"], "freeze"),
     ],
 )

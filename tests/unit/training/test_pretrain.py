@@ -32,7 +32,7 @@ def test_simsiam_learns_on_unlabeled_blobs_and_skips_corrupt_ones(tmp_path: Path
     digests = usable_images(blobs)
     assert bad not in digests and len(digests) == 24 and set(digests) < set(blobs.digests())
     cfg = PretrainConfig(
-        backbone="test_resnet", image_size=32, epochs=2, batch_size=8, proj_dim=32, pred_dim=8
+        backbone="test_resnet", weights="none", image_size=32, epochs=2, batch_size=8, proj_dim=32, pred_dim=8
     )
     torch.manual_seed(0)
     model = make_simsiam(cfg)

@@ -156,6 +156,62 @@ def pretrain(
     typer.echo(json.dumps({"checkpoint": str(out), "images": len(digests), **metrics}))
 
 
+@app.command("advise-start")
+def advise_start(
+    data: Path = typer.Option(..., help="ImageFolder root (<class>/<image>) of your labeled images."),
+    unlabeled: Path | None = typer.Option(None, help="More images of the domain, without labels."),
+    out: Path = typer.Option(Path("advice"), help="Folder for advice.json and advice.png."),
+    budgets: str = typer.Option("5,10,25", help="Labels per class to compare at."),
+    starts: str = typer.Option("imagenet,imagenet_ssl,random", help="Starts to compare."),
+    test_per_class: int = typer.Option(100, help="Held-out test images per class."),
+    repeats: int = typer.Option(1, help="Label draws per budget (more: a fairer interval, longer)."),
+    epochs: int = typer.Option(15, help="Fine-tuning epochs per run."),
+    ssl_epochs: int = typer.Option(10, help="In-domain pretraining epochs."),
+    backbone: str | None = typer.Option(None, help="timm backbone (default: the service's)."),
+) -> None:
+    """Generalist ImageNet weights, in-domain pretraining, or random: which start suits your data?"""
+    import torch
+
+    from cli.progress import StepProgress
+    from nicheloop.blobs import BlobStore
+    from training.advise import AdviceConfig, advise, plan_steps
+    from training.data import IMAGE_SUFFIXES, read_image_folder
+
+    s = get_settings()
+    try:
+        base = AdviceConfig()
+        cfg = AdviceConfig(
+            backbone=backbone or s.backbone,
+            image_size=s.image_size,
+            budgets=tuple(int(b) for b in budgets.split(",")),
+            starts=tuple(x.strip() for x in starts.split(",")),
+            test_per_class=test_per_class,
+            repeats=repeats,
+            recipe=base.recipe.model_copy(update={"epochs": epochs}),
+            ssl=base.ssl.model_copy(update={"epochs": ssl_epochs}),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            blobs = BlobStore(tmp)
+            items = [(blobs.put(b), label) for b, label in read_image_folder(data)]
+            extra = (
+                sorted(p for p in unlabeled.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                if unlabeled
+                else []
+            )
+            digests = [blobs.put(p.read_bytes()) for p in extra]
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            with StepProgress(title="advise-start", total=plan_steps(cfg)) as step:
+                report = advise(blobs, items, digests, cfg, out, device=device, step=step)
+    except (NicheloopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(report["advice"]["says"], err=True)
+    typer.echo(
+        json.dumps(
+            {"advice": report["advice"], "report": str(out / "advice.json"), "chart": str(out / "advice.png")}
+        )
+    )
+
+
 @app.command()
 def serve() -> None:
     """Deploy (or update) the inference app on Ray Serve and wait until it is ready."""

@@ -103,3 +103,32 @@ class RunProgress:
     def _follow(self) -> None:
         while not self._stop.wait(self.every_s):
             self.refresh()
+
+
+class StepProgress:
+    """A bar of a known number of steps on stderr, advanced by calling it with what just finished
+    (for work in this process, e.g. `nicheloop advise-start`)."""
+
+    def __init__(self, *, title: str, total: int, console: Console | None = None) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.fields[figures]}"),
+            TextColumn("left"),
+            TimeRemainingColumn(compact=True),
+            console=console or Console(stderr=True),
+        )
+        self.task: TaskID = self.progress.add_task(title, total=total, figures="starting")
+
+    def __enter__(self) -> StepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.stop()
+
+    def __call__(self, figures: str) -> None:
+        self.progress.update(self.task, advance=1, figures=figures)

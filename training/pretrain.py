@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,37 @@ def ssl_loader(blobs: BlobStore, digests: list[str], cfg: PretrainConfig) -> Dat
     )
 
 
+def pretrain_local(
+    blobs: BlobStore,
+    digests: list[str],
+    cfg: PretrainConfig,
+    out: Path,
+    *,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """SimSiam in this process (no Ray): for comparisons that run many short jobs side by side.
+
+    Writes the backbone's state dict to ``out``; returns the last epoch's metrics.
+    """
+    net, start = create_net(cfg.backbone, weights=cfg.weights)
+    model = SimSiam(net, cfg.proj_dim, cfg.pred_dim).to(device)
+    opt, loader, last = ssl_optimizer(model, cfg), ssl_loader(blobs, digests, cfg), {}
+    for epoch in range(cfg.epochs):
+        last = ssl_epoch(model, loader, opt, cfg, epoch, device)
+        if on_epoch is not None:
+            on_epoch(last)
+    save_backbone(model.backbone.state_dict(), out, start=start, images=len(digests))
+    return last
+
+
+def save_backbone(state: dict[str, torch.Tensor], out: Path, *, start: dict[str, Any], images: int) -> None:
+    """Write a pretrained backbone, and beside it which weights its pretraining started from."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    origin_file(out).write_text(json.dumps({"pretrained_from": start, "images": images}, indent=2))
+
+
 def _ssl_worker(config: dict[str, Any]) -> None:
     yield_ray_task_loop()
     cfg = PretrainConfig(**config["cfg"])
@@ -252,9 +284,8 @@ def pretrain(
     gpu = use_gpu(cfg.use_gpu)
     run = RayRun(storage_path, run_name, 1, use_gpu=gpu, max_failures=cfg.max_failures, state_file=STATE_FILE)
     state = run.final_state(_ssl_worker, config)
-    out.parent.mkdir(parents=True, exist_ok=True)
     prefix = "backbone."  # SimSiam's own state holds the backbone's under this name
-    torch.save({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}, out)
-    origin_file(out).write_text(json.dumps({"pretrained_from": start, "images": len(digests)}, indent=2))
+    body = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    save_backbone(body, out, start=start, images=len(digests))
     log.info("wrote a %s backbone pretrained on %d images to %s", cfg.backbone, len(digests), out)
     return state["history_tail"]

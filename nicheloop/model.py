@@ -114,7 +114,9 @@ def build_model(
     """
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise InvalidInput(f"need at least two unique class names, got {class_names!r}")
-    net, origin = create_net(backbone, weights=weights, num_classes=len(class_names), dropout=dropout)
+    net, origin = create_net(
+        backbone, weights=weights, num_classes=len(class_names), dropout=dropout, image_size=image_size
+    )
     cfg = resolve_model_data_config(net)
     cfg["input_size"] = (3, image_size, image_size)
     cfg["crop_pct"] = 1.0
@@ -127,8 +129,28 @@ def build_model(
     )
 
 
+def timm_net(backbone: str, image_size: int | None, **kwargs: Any) -> TimmNet:
+    """``timm.create_model``, sized for ``image_size`` where the architecture needs to know it.
+
+    Vision transformers (DINOv2, ViT) size their position embeddings at construction and take
+    ``img_size``; convolutional nets take any input size and refuse that argument.
+    """
+    if image_size is not None:
+        try:
+            return timm.create_model(backbone, img_size=image_size, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(backbone, **kwargs)
+
+
 def create_net(
-    backbone: str, *, weights: str = "none", num_classes: int = 0, dropout: float = 0.0
+    backbone: str,
+    *,
+    weights: str = "none",
+    num_classes: int = 0,
+    dropout: float = 0.0,
+    image_size: int | None = None,
 ) -> tuple[TimmNet, dict[str, Any]]:
     """A timm network with its starting weights, and where those came from (for lineage).
 
@@ -144,7 +166,7 @@ def create_net(
     kind, _, where = weights.partition(":")
     if kind not in WEIGHT_KINDS or (kind == "file" and not where):
         raise InvalidInput(f"weights {weights!r}: use none, hub, file:PATH or package[:ARCH]")
-    net = timm.create_model(backbone, pretrained=kind == "hub", num_classes=num_classes, drop_rate=dropout)
+    net = timm_net(backbone, image_size, pretrained=kind == "hub", num_classes=num_classes, drop_rate=dropout)
     if kind == "file":
         path = Path(where).expanduser()
         init_backbone(net, read_checkpoint(path))
@@ -242,7 +264,7 @@ def load_model(directory: Path, device: str = "cpu") -> NicheModel:
         )
     meta = json.loads(meta_path.read_text())
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["data_config"].items()}
-    net = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["class_names"]))
+    net = timm_net(meta["backbone"], cfg["input_size"][-1], num_classes=len(meta["class_names"]))
     net.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
     net.to(device).eval()
     return NicheModel(meta["backbone"], meta["class_names"], cfg, net, meta.get("extra", {}))

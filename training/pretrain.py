@@ -131,7 +131,11 @@ def make_simsiam(cfg: PretrainConfig) -> SimSiam:
     Raises:
         InvalidInput: unknown backbone, or starting weights that are missing or do not fit.
     """
-    return SimSiam(create_net(cfg.backbone, weights=cfg.weights)[0], cfg.proj_dim, cfg.pred_dim)
+    return SimSiam(
+        create_net(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size)[0],
+        cfg.proj_dim,
+        cfg.pred_dim,
+    )
 
 
 def ssl_optimizer(model: SimSiam, cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -207,7 +211,7 @@ def pretrain_local(
 
     Writes the backbone's state dict to ``out``; returns the last epoch's metrics.
     """
-    net, start = create_net(cfg.backbone, weights=cfg.weights)
+    net, start = create_net(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size)
     model = SimSiam(net, cfg.proj_dim, cfg.pred_dim).to(device)
     opt, loader, last = ssl_optimizer(model, cfg), ssl_loader(blobs, digests, cfg), {}
     for epoch in range(cfg.epochs):
@@ -273,7 +277,9 @@ def pretrain(
     Raises:
         RuntimeError: if the run ends without a checkpoint.
     """
-    start = create_net(cfg.backbone, weights=cfg.weights)[1]  # bad weights fail here, before Ray starts
+    start = create_net(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size)[
+        1
+    ]  # bad weights fail here, before Ray starts
     config = {
         "cfg": cfg.model_dump(),
         "digests": digests,

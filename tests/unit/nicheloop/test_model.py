@@ -79,3 +79,13 @@ def test_margin_uncertainty_is_bounded(probs: np.ndarray) -> None:
 
 def test_margin_uncertainty_extremes() -> None:
     np.testing.assert_allclose(margin_uncertainty(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])), [0.0, 1.0])
+
+
+def test_a_transformer_is_built_for_the_configured_size_and_reloads(tmp_path: Path) -> None:
+    # ViTs (the DINOv2 hub path) size their position embeddings at construction: 28 px = 2x2 patches of 14
+    src = build_model("vit_small_patch14_dinov2", CLASSES, image_size=28)
+    images = [img for img, _ in SyntheticStream(seed=0, size=40).take(2)]
+    batch = src.preprocess(images)
+    assert batch.shape[-1] == 28
+    again = load_model(save_model(src, tmp_path / "vit"))
+    np.testing.assert_allclose(again.infer(batch)[0], src.infer(batch)[0], atol=1e-6)

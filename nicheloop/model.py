@@ -84,8 +84,16 @@ class NicheModel:
         """
         self.net.eval()
         logits, emb = self.logits(batch)
-        probs = torch.softmax(logits.float() / self.temperature, dim=1)
-        return probs.cpu().numpy().astype(np.float32), emb.float().cpu().numpy().astype(np.float32)
+        return self.calibrated(logits), emb.float().cpu().numpy().astype(np.float32)
+
+    def calibrated(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Temperature-scaled float32 probabilities, exactly as serving computes them.
+
+        Drift references use this too: confident models saturate near 1, where float64 and float32
+        softmax differ in rank alone, and a K-S test on confidence would flag that difference.
+        """
+        z = torch.as_tensor(logits).float()
+        return torch.softmax(z / self.temperature, dim=1).cpu().numpy().astype(np.float32)
 
 
 def eval_transform(data_config: dict[str, Any]) -> Any:

@@ -167,7 +167,7 @@ def evaluate(
     reference = Reference(
         preds.embeddings,
         preds.stats,
-        softmax(preds.logits, model.temperature),
+        model.calibrated(preds.logits),
         preds.y,
         tuple(model.class_names),
         rep.metrics["accuracy"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from nicheloop.contracts import IMAGE_STATS
 from nicheloop.model import build_model
@@ -59,3 +60,27 @@ def test_report_has_every_metric_and_applies_the_temperature() -> None:
     assert m["slice_dark_n"] + m["slice_mid_n"] + m["slice_bright_n"] == 40
     assert m["ece"] != m["ece_uncalibrated"]
     assert np.array(rep.confusion).sum() == 40 and np.trace(np.array(rep.confusion)) == 32
+
+
+def test_drift_reference_holds_the_probabilities_serving_computes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a confident model saturates near 1, where a float64 softmax ranks differently from serving's
+    # float32 one: a K-S test on confidence then flags the rounding (measured on the demo's stream)
+    from nicheloop.blobs import BlobStore
+    from nicheloop.images import decode_image
+    from nicheloop.synthetic import write_image_folder
+    from training.data import Example, read_image_folder
+    from training.evaluate import evaluate
+
+    model = build_model("test_resnet", CLASSES, image_size=32)
+    with torch.no_grad():
+        model.net.get_classifier().weight.mul_(3000.0)  # saturated confidences
+    model.extra["temperature"] = 1.3
+    blobs = BlobStore(str(tmp_path / "b"))
+    items = read_image_folder(write_image_folder(tmp_path / "imgs", 5, seed=0, size=32))
+    examples = [Example(blobs.put(data), label) for data, label in items]
+    _, ref = evaluate(model, blobs, examples)
+    served, _ = model.infer(
+        model.preprocess([decode_image(blobs.get(e.image_sha256), 1 << 26, 1 << 24) for e in examples])
+    )
+    assert ref.probs.dtype == np.float32 and (ref.probs.max(1) > 0.999).mean() > 0.5
+    np.testing.assert_array_equal(ref.probs, served)

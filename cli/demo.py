@@ -91,7 +91,7 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
     return done
 
 
-def start_loop(settings: Settings, per_class: int = 80, epochs: int = 6) -> None:
+def start_loop(settings: Settings, per_class: int = 100, epochs: int = 6) -> None:
     """Stack up (the monitor with it), bootstrap a champion on synthetic seed labels, deploy serving."""
     from services.app import deploy
     from training.config import TrainConfig
@@ -169,8 +169,10 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
         "review_queued": counts["review_queue"],
         "drift_score_before": drift_before[0],
         "drift_detected_before": drift_before[1],
+        "drift_p_values_before": drift_before[2],
         "drift_score_after_shift": drift_after[0],
         "drift_detected_after_shift": drift_after[1],
+        "drift_p_values_after_shift": drift_after[2],
         "champion_version_before": champion_before,
         "champion_version_after": registry.resolve(CHAMPION).version,
         "served_version_after": served_after,
@@ -181,10 +183,10 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     }
 
 
-def _drift(settings: Settings) -> tuple[float | None, bool | None]:
-    """The highest latest drift score of the input and prediction monitors (1 - p-value), and
-    whether any of their alarms is raised."""
-    scores, alarms = [], []
+def _drift(settings: Settings) -> tuple[float | None, bool | None, dict[str, float]]:
+    """The highest latest drift score of the input and prediction monitors (1 - p-value), whether
+    any of their alarms is raised, and each monitor's p-value."""
+    scores, alarms, p_values = [], [], {}
     for monitor in monitors("inputs"):
         labels = f'monitor="{monitor}"'
         # from the p-value: the score gauge holds the method's own statistic for some embedding
@@ -192,9 +194,11 @@ def _drift(settings: Settings) -> tuple[float | None, bool | None]:
         p_value, detected = (
             scrape(settings, name, labels) for name in ("nicheloop_drift_p_value", "nicheloop_drift_detected")
         )
-        scores += [1.0 - p_value] if p_value is not None and math.isfinite(p_value) else []
+        if p_value is not None and math.isfinite(p_value):
+            scores.append(1.0 - p_value)
+            p_values[monitor] = round(p_value, 5)
         alarms += [bool(detected)] if detected is not None else []
-    return (max(scores) if scores else None), (any(alarms) if alarms else None)
+    return (max(scores) if scores else None), (any(alarms) if alarms else None), p_values
 
 
 def _served_version(client: httpx.Client, images: SyntheticStream) -> str:

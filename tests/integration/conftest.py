@@ -42,7 +42,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """The whole stack, once on the embedded defaults (SQLite) and once on PostgreSQL."""
     settings = _test_settings(tmp_path_factory.mktemp("nicheloop-home"), request.param)
     try:
-        start_loop(settings, per_class=60, epochs=5)
+        start_loop(settings, per_class=100, epochs=5)
         yield settings
     finally:
         if ray.is_initialized():

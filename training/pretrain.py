@@ -51,6 +51,13 @@ class PretrainConfig(BaseModel):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=4)
     lr: float = Field(0.05, gt=0, description="SGD learning rate per 256 images (scaled by batch size).")
+    backbone_lr_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="The backbone's learning rate over the projector's: below 1 when continuing "
+        "pretrained weights, so the freshly initialised heads learn fast without wrecking them.",
+    )
     weight_decay: float = Field(1e-4, ge=0)
     proj_dim: int = Field(512, ge=8)
     pred_dim: int = Field(128, ge=4)
@@ -139,17 +146,18 @@ def make_simsiam(cfg: PretrainConfig) -> SimSiam:
 
 
 def ssl_optimizer(model: SimSiam, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """SGD at lr * batch/256; the predictor keeps a fixed learning rate (as in the paper)."""
+    """SGD at lr * batch/256; the backbone at ``backbone_lr_ratio`` of it; the predictor keeps a fixed
+    learning rate (as in the paper)."""
     lr = cfg.lr * cfg.batch_size / 256
+    groups = [
+        (model.backbone.parameters(), lr * cfg.backbone_lr_ratio, False),
+        (model.projector.parameters(), lr, False),
+        (model.predictor.parameters(), lr, True),
+    ]
     return torch.optim.SGD(
         [
-            {
-                "params": [*model.backbone.parameters(), *model.projector.parameters()],
-                "lr": lr,
-                "base_lr": lr,
-                "fixed": False,
-            },
-            {"params": model.predictor.parameters(), "lr": lr, "base_lr": lr, "fixed": True},
+            {"params": list(params), "lr": rate, "base_lr": rate, "fixed": fixed}
+            for params, rate, fixed in groups
         ],
         lr=lr,
         momentum=0.9,

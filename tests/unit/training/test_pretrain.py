@@ -43,3 +43,20 @@ def test_simsiam_learns_on_unlabeled_blobs_and_skips_corrupt_ones(tmp_path: Path
     assert any(not torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     with pytest.raises(InvalidInput, match="at least 8"):
         usable_images(blobs, digests[:3])
+
+
+def test_continued_pretraining_moves_the_backbone_slower_than_the_fresh_heads() -> None:
+    cfg = PretrainConfig(
+        backbone="test_resnet",
+        weights="none",
+        lr=0.1,
+        batch_size=256,
+        backbone_lr_ratio=0.1,
+        proj_dim=32,
+        pred_dim=8,
+    )
+    model = make_simsiam(cfg)
+    backbone, projector, predictor = ssl_optimizer(model, cfg).param_groups
+    assert backbone["lr"] == pytest.approx(0.01) and projector["lr"] == predictor["lr"] == pytest.approx(0.1)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    assert predictor["fixed"] and not projector["fixed"] and not backbone["fixed"]

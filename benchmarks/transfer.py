@@ -112,11 +112,11 @@ def recipes(args: argparse.Namespace, ssl_ckpt: Path) -> dict[str, TrainConfig]:
     base = dict(
         epochs=args.epochs,
         batch_size=args.batch,
-        lr_head=3e-3,
-        lr_backbone=1e-3,
+        lr_head=1e-3,
+        lr_backbone=3e-4,
         augment=0.6,
         class_balance="sampler",
-        val_fraction=0.2,
+        val_fraction=args.val_fraction,
         label_smoothing=args.label_smoothing,
         early_stopping_patience=0,
         dropout=0.1,
@@ -271,12 +271,12 @@ def main() -> None:
     p.add_argument(
         "--ssl-backbone-lr-ratio",
         type=float,
-        default=1.0,
+        default=0.1,
         help="The backbone's SimSiam LR over the fresh heads' (below 1: the ImageNet features move slower).",
     )
     p.add_argument(
         "--variants",
-        default="scratch,imagenet,imagenet_ssl,imagenet_frozen,imagenet_gradual",
+        default="scratch,imagenet,imagenet_ssl,imagenet_frozen",
         help="Which starts and recipes the accuracy part runs.",
     )
     p.add_argument("--test-per-class", type=int, default=100)

@@ -29,6 +29,7 @@ from training.data import Example, split_validation
 from training.engine import fit_local, local_job
 from training.evaluate import predict_all
 from training.pretrain import PretrainConfig, pretrain_local
+from training.probe import probe_head
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,14 @@ def finetune(
     device: torch.device,
     start_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[NicheModel, list[Example]]:
-    """Fine-tune in this process from ``cfg.weights`` (or ``start_state``); returns the model and the
-    labels that picked its epoch."""
+    """Fine-tune in this process from ``cfg.weights`` (or ``start_state``), the fresh head first probed
+    if the recipe says so; returns the model and the labels that picked its epoch."""
     model = build_model(backbone, split.classes, image_size, weights=cfg.weights, dropout=cfg.dropout)
+    tr, val = split_validation(train, cfg.val_fraction, cfg.seed)
     if start_state is not None:
         model.net.load_state_dict(start_state)
-    tr, val = split_validation(train, cfg.val_fraction, cfg.seed)
+    elif cfg.head_init == "probe":
+        probe_head(model, blobs, tr, weight_decay=cfg.probe_weight_decay)
     fit_local(local_job(model, blobs, tr, val, cfg, device), cfg)
     model.net.eval()
     return model, val

@@ -78,6 +78,18 @@ class TrainConfig(BaseModel):
         "sampler", description="sampler: draw classes equally often; loss: weight the loss by 1/frequency."
     )
     augment: float = Field(0.5, ge=0, le=1, description="Augmentation intensity; 0 turns it off.")
+    min_epoch_images: int = Field(
+        256,
+        ge=0,
+        description="An epoch draws at least this many images, cycling a small label set (each "
+        "draw augmented anew), so a few labels per class still get enough optimiser steps; 0: one pass.",
+    )
+    head_init: Literal["probe", "random"] = Field(
+        "probe",
+        description="probe: a fresh head starts as a linear probe fitted on the frozen pretrained "
+        "features, then everything fine-tunes (LP-FT); random: timm's initialisation.",
+    )
+    probe_weight_decay: float = Field(1e-3, ge=0, description="L2 penalty of the head's linear probe.")
     val_fraction: float = Field(
         0.15,
         ge=0,

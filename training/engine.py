@@ -30,6 +30,7 @@ from training.schedule import (
     lr_factor,
     param_groups,
     set_frozen_norms,
+    shuffled_passes,
 )
 
 
@@ -75,10 +76,17 @@ def make_optimizer(raw: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
 def epoch_order(labels: np.ndarray, cfg: TrainConfig, epoch: int, rank: int, world: int) -> np.ndarray:
     """This rank's indices for ``epoch``: the same global order on every rank, then every world-th item.
 
-    Every rank gets the same number of items (DDP needs equal step counts), dropping at most world-1.
+    An epoch holds at least ``cfg.min_epoch_images`` items (few labels are cycled, each augmented
+    anew). Every rank gets the same number of items (DDP needs equal step counts), dropping at most
+    world-1.
     """
     rng = np.random.default_rng([cfg.seed, epoch])
-    order = balanced_order(labels, rng) if cfg.class_balance == "sampler" else rng.permutation(len(labels))
+    size = max(len(labels), cfg.min_epoch_images)
+    order = (
+        balanced_order(labels, rng, size)
+        if cfg.class_balance == "sampler"
+        else shuffled_passes(len(labels), size, rng)
+    )
     usable = len(order) - len(order) % world
     return order[:usable][rank::world]
 

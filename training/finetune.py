@@ -30,6 +30,7 @@ from training.config import TrainConfig, dump_recipe
 from training.data import Example, Snapshot, parse_manifest, replay_buffer, snapshot, split_validation
 from training.distributed import fit
 from training.evaluate import evaluate, predict_all
+from training.probe import probe_head
 
 log = logging.getLogger(__name__)
 MANIFEST = "snapshot_manifest.json"
@@ -232,6 +233,11 @@ def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConf
     model = start_model(settings, cfg, sorted({label for _, label in items}))
     snap = snapshot(Store(settings.db_url))
     data = training_set(list(snap.train), cfg, new=len(snap.train), replayed=0)
+    if cfg.head_init == "probe":
+        accuracy = probe_head(
+            model, BlobStore(str(settings.blob_dir)), data.train, weight_decay=cfg.probe_weight_decay
+        )
+        log.info("the fresh head starts as a linear probe (training accuracy %.3f)", accuracy)
     return _fit_evaluate_register(
         settings, model, snap, data, cfg, lineage=Lineage(CHAMPION), extra_metrics={}
     )

@@ -109,15 +109,16 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One epoch of indices (as many as ``labels``) drawn so that every present class is equally likely.
+def balanced_order(labels: np.ndarray, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+    """One epoch of ``size`` indices (default: as many as ``labels``) drawn so that every present
+    class is equally likely.
 
     Each class's examples are cycled through in a fresh random order, so none repeats before all
     of that class have been seen.
     """
     classes = np.unique(labels)
-    picks = rng.choice(classes, size=len(labels))
-    order = np.empty(len(labels), dtype=np.int64)
+    picks = rng.choice(classes, size=len(labels) if size is None else size)
+    order = np.empty(len(picks), dtype=np.int64)
     for c in classes:
         members = np.flatnonzero(labels == c)
         slots = np.flatnonzero(picks == c)
@@ -125,3 +126,9 @@ def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cycle = np.concatenate([rng.permutation(members) for _ in range(max(1, reps))])
         order[slots] = cycle[: len(slots)]
     return order
+
+
+def shuffled_passes(count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices of ``count`` items: whole shuffled passes, the last one cut short."""
+    passes = max(1, -(-size // max(1, count)))
+    return np.concatenate([rng.permutation(count) for _ in range(passes)])[:size]

@@ -104,7 +104,7 @@ def test_two_workers_train_with_ddp_on_disjoint_shares(on_ray: None, tmp_path: P
     blobs, examples = _labeled(tmp_path, 9, seed=1)
     train_ex, val = split_validation(examples, 0.3)
     model = build_model("test_resnet", sorted({e.label for e in examples}), 32)
-    cfg = TrainConfig(epochs=2, batch_size=4, num_workers=2, class_balance="none")
+    cfg = TrainConfig(epochs=2, batch_size=4, num_workers=2, class_balance="none", min_epoch_images=0)
     model, history = fit(model, train_ex, val, str(tmp_path / "blobs"), cfg, tmp_path / "ray", "ddp")
     reports = [json.loads(x) for x in (tmp_path / "ray" / "ddp" / PROGRESS_FILE).read_text().splitlines()]
     assert [r["world"] for r in reports] == [2.0, 2.0]

@@ -83,12 +83,22 @@ def test_balanced_order_evens_out_a_skewed_set() -> None:
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_epoch_order_shards_evenly_and_disjointly(world: int) -> None:
     y = np.arange(50) % 5
-    cfg = TrainConfig(class_balance="none")
+    cfg = TrainConfig(class_balance="none", min_epoch_images=0)
     shards = [epoch_order(y, cfg, 3, r, world) for r in range(world)]
     assert len({len(s) for s in shards}) == 1
     flat = np.concatenate(shards)
     assert len(set(flat.tolist())) == len(flat) == 50 - 50 % world
     assert not np.array_equal(epoch_order(y, cfg, 0, 0, 1), epoch_order(y, cfg, 1, 0, 1))
+
+
+@pytest.mark.parametrize("balance", ["none", "sampler"])
+def test_a_small_label_set_is_cycled_up_to_the_epochs_minimum(balance: str) -> None:
+    y = np.arange(12) % 3
+    order = epoch_order(y, TrainConfig(class_balance=balance, min_epoch_images=40), 0, 0, 1)
+    assert len(order) == 40 and set(order.tolist()) == set(range(12))
+    if balance == "none":  # whole passes: every image three times before any a fourth
+        assert sorted(np.bincount(order).tolist()) == [3] * 8 + [4] * 4
+    assert len(epoch_order(y, TrainConfig(class_balance=balance, min_epoch_images=0), 0, 0, 1)) == 12
 
 
 def test_frozen_backbone_trains_only_the_head_and_keeps_norm_statistics(data) -> None:

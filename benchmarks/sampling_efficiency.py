@@ -37,6 +37,7 @@ from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from nicheloop.synthetic import write_image_folder
 from training.data import read_image_folder
+from training.probe import fit_linear
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "neu-steel"
 BUDGETS = (12, 24, 36, 48, 60, 72, 96, 120, 144, 180, 216, 264, 312, 384, 456, 552, 672, 816, 1000, 1200)
@@ -61,20 +62,11 @@ def embed(
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression with L2 (weights (D, K), bias (K,))."""
-    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
-    w = torch.zeros(x.shape[1], k, requires_grad=True)
-    b = torch.zeros(k, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=60, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + WEIGHT_DECAY * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy(), b.detach().numpy()
+    """The product's linear probe (L2-penalised logistic regression): weights (D, K), bias (K,)."""
+    head = fit_linear(
+        torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), k, weight_decay=WEIGHT_DECAY
+    )
+    return head.weight.detach().numpy().T, head.bias.detach().numpy()
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -50,6 +50,19 @@ def newest_progress(root: Path, since: float) -> Path | None:
     return max(found)[1] if found else None
 
 
+def bar(console: Console | None, *, unit: str) -> Progress:
+    """A bar on stderr: title, bar, ``<unit>done/total``, the latest figures, time left."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        TextColumn(unit + "{task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[figures]}"),
+        TextColumn("left"),
+        TimeRemainingColumn(compact=True),
+        console=console or Console(stderr=True),
+    )
+
+
 class RunProgress:
     """A context manager that shows a training run's epochs as a bar on stderr while it runs.
 
@@ -66,15 +79,7 @@ class RunProgress:
         every_s: float = 1.0,
     ) -> None:
         self.root, self.total, self.every_s = root, total_epochs, every_s
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
-            TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
-            TextColumn("{task.fields[figures]}"),
-            TextColumn("left"),
-            TimeRemainingColumn(compact=True),
-            console=console or Console(stderr=True),
-        )
+        self.progress = bar(console, unit="epoch ")
         self.task: TaskID = self.progress.add_task(title, total=total_epochs, figures="starting")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="run-progress", daemon=True)
@@ -110,15 +115,7 @@ class StepProgress:
     (for work in this process, e.g. `nicheloop advise-start`)."""
 
     def __init__(self, *, title: str, total: int, console: Console | None = None) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
-            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-            TextColumn("{task.fields[figures]}"),
-            TextColumn("left"),
-            TimeRemainingColumn(compact=True),
-            console=console or Console(stderr=True),
-        )
+        self.progress = bar(console, unit="")
         self.task: TaskID = self.progress.add_task(title, total=total, figures="starting")
 
     def __enter__(self) -> StepProgress:

@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@# torchvision must match torch (DESIGN.md, pitfalls); timm imports it: check here, not at run time.
 	$(PY) -c "import timm, torchvision, ray, mlflow, evidently, faiss, kafka; print('python deps ok: torch', __import__('torch').__version__, 'timm', timm.__version__)"
+	$(PY) -c "from nicheloop.pretrained import PACKAGES, weights_file; print('ImageNet weights:', *(weights_file(p).name for p in PACKAGES.values()))"
 	touch $@
 
 kafka-jars: $(KAFKA_LIBS)/.resolved

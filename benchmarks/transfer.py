@@ -265,8 +265,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--ssl-epochs", type=int, default=8, help="SimSiam epochs continued from ImageNet.")
     p.add_argument("--ssl-batch", type=int, default=64)
+    p.add_argument("--ssl-lr", type=float, default=0.1, help="SimSiam LR per 256 images (the fresh heads').")
     p.add_argument(
-        "--ssl-lr", type=float, default=0.02, help="SimSiam LR per 256 images (gentle: it continues)."
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="Labels held out to pick the epoch in the accuracy part (0: train on all, keep the last epoch).",
     )
     p.add_argument(
         "--ssl-backbone-lr-ratio",

@@ -125,11 +125,12 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def timm_key(key: str, block_names: list[str]) -> str:
+def timm_key(key: str, block_names: list[str], expanded: set[int]) -> str:
     """One ``efficientnet_pytorch`` tensor name as timm names it.
 
     ``block_names`` are timm's block prefixes in network order (``blocks.S.I``); the package numbers
-    blocks flat. A block with an expansion conv is an inverted residual, one without is depthwise-separable.
+    blocks flat. A block in ``expanded`` (it has an expansion conv) is an inverted residual, any
+    other is depthwise-separable: the same package part maps to another timm part in each.
 
     Raises:
         InvalidInput: for a name outside the scheme or a block index the network does not have.
@@ -140,26 +141,20 @@ def timm_key(key: str, block_names: list[str]) -> str:
     m = _BLOCK.match(key)
     if m is None:
         raise InvalidInput(f"weights key {key!r} is not in the efficientnet_pytorch naming scheme")
-    index, module, param = int(m.group(1)), m.group(2), m.group(3)
+    index, part, param = int(m.group(1)), m.group(2), m.group(3)
     if index >= len(block_names):
         raise InvalidInput(f"weights key {key!r}: the network has only {len(block_names)} blocks")
-    return f"{block_names[index]}.{module}.{param}"
+    table = _INVERTED if index in expanded else _SEPARABLE
+    if part not in table:
+        raise InvalidInput(f"weights key {key!r}: unknown block part {part!r}")
+    return f"{block_names[index]}.{table[part]}.{param}"
 
 
 def map_state(state: dict[str, torch.Tensor], net: Any) -> dict[str, torch.Tensor]:
     """Rename every tensor of a packaged state dict onto ``net`` (a timm EfficientNet)."""
     names = [f"blocks.{s}.{i}" for s, stage in enumerate(net.blocks) for i in range(len(stage))]
     expanded = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "._expand_conv." in k}
-    out = {}
-    for key, value in state.items():
-        m = _BLOCK.match(key)
-        if m is not None:
-            table = _INVERTED if int(m.group(1)) in expanded else _SEPARABLE
-            if m.group(2) not in table:
-                raise InvalidInput(f"weights key {key!r}: unknown block part {m.group(2)!r}")
-            key = f"_blocks.{m.group(1)}.{table[m.group(2)]}.{m.group(3)}"
-        out[timm_key(key, names)] = value
-    return out
+    return {timm_key(key, names, expanded): value for key, value in state.items()}
 
 
 def load_packaged(net: Any, backbone: str) -> dict[str, str]:

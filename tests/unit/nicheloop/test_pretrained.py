@@ -42,15 +42,22 @@ def test_mapped_model_gives_the_reference_implementations_logits(variant: int, s
 
 
 def test_key_map_names_each_part_explicitly() -> None:
-    blocks = ["blocks.0.0", "blocks.1.0", "blocks.1.1"]
-    assert timm_key("_conv_stem.weight", blocks) == "conv_stem.weight"
-    assert timm_key("_bn1.running_var", blocks) == "bn2.running_var"  # the head's norm, not the stem's
-    assert timm_key("_fc.bias", blocks) == "classifier.bias"
-    assert timm_key("_blocks.2.conv_pw.weight", blocks) == "blocks.1.1.conv_pw.weight"
+    blocks, expanded = ["blocks.0.0", "blocks.1.0", "blocks.1.1"], {1, 2}
+    assert timm_key("_conv_stem.weight", blocks, expanded) == "conv_stem.weight"
+    assert (
+        timm_key("_bn1.running_var", blocks, expanded) == "bn2.running_var"
+    )  # the head's norm, not the stem's
+    assert timm_key("_fc.bias", blocks, expanded) == "classifier.bias"
+    assert timm_key("_blocks.2._expand_conv.weight", blocks, expanded) == "blocks.1.1.conv_pw.weight"
+    # the same part is another timm part in a block without expansion (depthwise-separable)
+    assert timm_key("_blocks.2._project_conv.weight", blocks, expanded) == "blocks.1.1.conv_pwl.weight"
+    assert timm_key("_blocks.0._project_conv.weight", blocks, expanded) == "blocks.0.0.conv_pw.weight"
     with pytest.raises(InvalidInput, match="naming scheme"):
-        timm_key("features.0.weight", blocks)
+        timm_key("features.0.weight", blocks, expanded)
     with pytest.raises(InvalidInput, match="only 3 blocks"):
-        timm_key("_blocks.3.conv_pw.weight", blocks)
+        timm_key("_blocks.3._expand_conv.weight", blocks, expanded)
+    with pytest.raises(InvalidInput, match="unknown block part"):
+        timm_key("_blocks.0._se_reduce.weight", blocks, expanded)
 
 
 def test_backbone_without_or_with_another_head_gets_the_same_body(lite0: torch.nn.Module) -> None:

@@ -18,9 +18,10 @@ is the smallest n whose detection rate over the trials is at least 90% (null: ne
 largest n). ``false_alarm_rate`` is the share of unshifted windows flagged, over every n.
 ``cpu_ratio`` is the monitors' CPU time per event (image statistics at the gateway plus the
 drift service's windows and tests at its default cadence, on a replayed stream) divided by the
-model's CPU time per event (serving batches of 16). Embedding methods (Evidently's ``distance``,
-the product's default, ``mmd`` and ``model``, against ``novelty``) are compared alone on the 20%
-mixtures; the one the product configures must catch at least 80% of 20% blur and noise mixtures
+model's CPU time per event (serving batches of 16). The embedding monitor is compared alone on the
+20% mixtures: each pre-logits method (the product's default ``mean_shift``, Evidently's ``distance``,
+``mmd`` and ``model``, and ``novelty``) with the early-stage view, and each view alone; the monitor as
+the product configures it must catch at least 80% of 20% blur and noise mixtures
 in windows of 200 on its own. The last line is one JSON object.
 """
 
@@ -87,7 +88,8 @@ def shift_image(img: Image.Image, shift: str, rng: np.random.Generator) -> Image
 
 
 class Served:
-    """What the monitors see of a set of images: statistics, embeddings, calibrated probabilities."""
+    """What the monitors see of a set of images: statistics, embeddings (pre-logits and early),
+    calibrated probabilities."""
 
     def __init__(self, model: NicheModel, images: list[Image.Image], batch: int = 16) -> None:
         cpu = time.process_time()
@@ -95,13 +97,12 @@ class Served:
             [[s[k] for k in IMAGE_STATS] for s in map(image_statistics, images)], np.float32
         )
         self.stats_cpu_per_event = (time.process_time() - cpu) / max(1, len(images))
-        probs, embs = [], []
+        outs = []
         cpu = time.process_time()
         for i in range(0, len(images), batch):
-            p, e = model.infer(model.preprocess(images[i : i + batch]))
-            probs.append(p), embs.append(e)
+            outs.append(model.infer(model.preprocess(images[i : i + batch])))
         self.model_cpu_per_event = (time.process_time() - cpu) / max(1, len(images))
-        self.probs, self.embeddings = np.concatenate(probs), np.concatenate(embs)
+        self.probs, self.embeddings, self.early = (np.concatenate(a) for a in zip(*outs))
 
 
 def split(items: list[tuple[bytes, str]], seed: int) -> tuple[list, list, list]:
@@ -127,6 +128,20 @@ class Monitors:
     alpha: float
 
 
+def rows(
+    served: Served, idx: np.ndarray, shifted_idx: np.ndarray | None = None, shifted: Served | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(statistics, embeddings, early features, probabilities) of a window: rows ``idx`` of
+    ``served``, then rows ``shifted_idx`` of ``shifted``."""
+    parts = [(served, idx)] + (
+        [(shifted, shifted_idx)] if shifted is not None and shifted_idx is not None else []
+    )
+    return tuple(  # type: ignore[return-value]
+        np.concatenate([getattr(s, name)[i] for s, i in parts])
+        for name in ("stats", "embeddings", "early", "probs")
+    )
+
+
 def detect(
     mon: Monitors,
     idx: np.ndarray,
@@ -135,14 +150,10 @@ def detect(
     shifted: Served | None = None,
 ) -> dict[str, bool]:
     """Each monitor's verdict on the window ``idx`` of ``served`` (some rows from ``shifted``)."""
-    stats, embs, probs = served.stats[idx], served.embeddings[idx], served.probs[idx]
-    if shifted is not None and shifted_idx is not None and len(shifted_idx):
-        stats = np.concatenate([stats, shifted.stats[shifted_idx]])
-        embs = np.concatenate([embs, shifted.embeddings[shifted_idx]])
-        probs = np.concatenate([probs, shifted.probs[shifted_idx]])
+    stats, embs, early, probs = rows(served, idx, shifted_idx, shifted)
     return {
         "image": mon.image(stats, probs.argmax(1)).drifted,
-        "embedding": mon.embedding(embs).drifted,
+        "embedding": mon.embedding(embs, early).drifted,
         "prediction": prediction_drift(mon.ref, probs, alpha=mon.alpha, min_samples=10).drifted,
     }
 
@@ -206,24 +217,40 @@ def compare_embedding_methods(
     args: argparse.Namespace,
     rng: np.random.Generator,
 ) -> dict[str, dict[str, float]]:
-    """Each embedding method alone, windows of 200 at 20% mixtures: detection rate per shift, false
-    alarms on unshifted windows, and CPU milliseconds per evaluation."""
+    """The embedding monitor alone, windows of 200 at 20% mixtures: detection rate per shift, false
+    alarms on unshifted windows, and CPU milliseconds per evaluation. Each pre-logits method with the
+    early view (as the product runs it), then the default method's pre-logits view alone
+    (``pre_logits_only``) and the early view alone (``early_only``)."""
+    variants: dict[str, tuple[str, bool, bool]] = {
+        m: (m, True, True) for m in ("mean_shift", "novelty", "mmd", "distance", "model")
+    }
+    default = MonitorConfig().embedding_method
+    variants |= {"pre_logits_only": (default, True, False), "early_only": (default, False, True)}
     out: dict[str, dict[str, float]] = {}
     pool = len(clean.probs)
-    for method in ("novelty", "mmd", "distance", "model"):
-        mon = EmbeddingDrift(ref.embeddings, method, alpha=args.alpha, min_samples=10)  # type: ignore[arg-type]
+    for name, (method, pre_logits, early) in variants.items():
+        mon = EmbeddingDrift(
+            ref.embeddings,
+            method,  # type: ignore[arg-type]
+            early=ref.early if early else None,
+            alpha=args.alpha,
+            min_samples=10,
+        )
         row: dict[str, float] = {}
         cpu, evaluations = time.process_time(), 0
         for shift, served in (("none", clean), *shifted.items()):
             hits = 0
             for _ in range(args.method_trials):
                 a, s_idx = window(rng, METHOD_SIZE, 0.0 if shift == "none" else 0.2, pool)
-                hits += mon(np.concatenate([clean.embeddings[a], served.embeddings[s_idx]])).drifted
+                _, embs, early_rows, _ = rows(clean, a, s_idx, served)
+                verdict = mon(embs, early_rows)
+                # the early view alone: its own p-value at the whole alpha
+                hits += verdict.drifted if pre_logits else verdict.details["p_early"] < args.alpha
                 evaluations += 1
             row["false_alarm_rate" if shift == "none" else shift] = round(hits / args.method_trials, 3)
         row["cpu_ms_per_evaluation"] = round(1000 * (time.process_time() - cpu) / evaluations, 2)
-        out[method] = row
-        log.info("embedding method %s: %s", method, row)
+        out[name] = row
+        log.info("embedding monitor %s: %s", name, row)
     return out
 
 
@@ -244,6 +271,7 @@ def stage_cpu_per_event(ref: Reference, served: list[Served], classes: list[str]
             class_names=classes,
             uncertainty=0.0,
             embedding=s.embeddings[i].tolist(),
+            early_embedding=s.early[i].tolist(),
             image_sha256="0" * 64,
             image_stats=dict(zip(IMAGE_STATS, map(float, s.stats[i]))),
         )
@@ -292,6 +320,7 @@ def main() -> None:
         ref_y,
         tuple(classes),
         float((ref_served.probs.argmax(1) == ref_y).mean()),
+        early=ref_served.early,
     )
     stream_images = decode(stream_part)
     stream_y = np.array([classes.index(lbl) for _, lbl in stream_part])
@@ -310,7 +339,13 @@ def main() -> None:
     mon = Monitors(
         ref,
         ImageDrift(ref, alpha=args.alpha, min_samples=10),
-        EmbeddingDrift(ref.embeddings, MonitorConfig().embedding_method, alpha=args.alpha, min_samples=10),
+        EmbeddingDrift(
+            ref.embeddings,
+            MonitorConfig().embedding_method,
+            early=ref.early,
+            alpha=args.alpha,
+            min_samples=10,
+        ),
         args.alpha,
     )
     pool = len(stream_y)

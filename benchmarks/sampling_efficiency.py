@@ -57,7 +57,7 @@ def embed(
     feats = []
     for start in range(0, len(items), 100):
         images = [decode_image(data, 64 << 20, 4096 * 4096) for data, _ in items[start : start + 100]]
-        feats.append(model.infer(model.preprocess(images))[1])
+        feats.append(model.infer(model.preprocess(images)).embeddings)
     return np.concatenate(feats), np.asarray([classes.index(label) for _, label in items])
 
 

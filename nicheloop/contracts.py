@@ -68,6 +68,11 @@ class PredictionEvent(_Event):
     class_names: list[str]
     uncertainty: float = Field(ge=0.0, le=1.0)
     embedding: list[float] = Field(description="Pre-logits features of the image.")
+    early_embedding: list[float] = Field(
+        default_factory=list,
+        description="Pooled early-stage features (edges, textures) for the embedding drift monitor; "
+        "empty from older gateways.",
+    )
     image_sha256: str
     image_stats: dict[str, float] = Field(
         default_factory=dict,
@@ -75,7 +80,7 @@ class PredictionEvent(_Event):
     )
     created_at: datetime = Field(default_factory=utcnow)
 
-    @field_validator("probs", "embedding")
+    @field_validator("probs", "embedding", "early_embedding")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
         if not all(math.isfinite(v) for v in values):

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import timm
@@ -31,6 +31,22 @@ META_FILE = "meta.json"
 # A timm model: an nn.Module with forward_features, forward_head, get_classifier and group_matcher,
 # which timm gives no common typed base.
 TimmNet = Any
+
+
+class Forward(NamedTuple):
+    """One pass of the network, on the model's device."""
+
+    logits: torch.Tensor  # (N, K) raw, uncalibrated
+    embeddings: torch.Tensor  # (N, D) pre-logits features
+    early: torch.Tensor  # (N, E) pooled early-stage features (see :func:`early_modules`)
+
+
+class Inference(NamedTuple):
+    """What serving makes of a batch: float32 arrays on the CPU."""
+
+    probs: np.ndarray  # (N, K) temperature-scaled
+    embeddings: np.ndarray  # (N, D) pre-logits features
+    early: np.ndarray  # (N, E) pooled early-stage features
 
 
 @dataclass
@@ -65,26 +81,40 @@ class NicheModel:
         logits by it."""
         return float(self.extra.get("temperature", 1.0))
 
-    def logits(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw (uncalibrated) logits (N, K) and pre-logit embeddings (N, D), on the model's device."""
+    def forward(self, batch: torch.Tensor) -> Forward:
+        """Logits, pre-logits embeddings and the pooled early-stage features of one batch.
+
+        The early features come from forward hooks on :func:`early_modules`: the drift monitor's
+        view of what fine-tuning taught the pre-logits to ignore (blur, noise; docs/drift.md).
+        """
         device = next(self.net.parameters()).device
-        feats = self.net.forward_features(batch.to(device))
+        pooled: dict[str, torch.Tensor] = {}
+        channels = {name: chs for name, chs in early_modules(self.net)}
+        hooks = [
+            self.net.get_submodule(name).register_forward_hook(
+                lambda _m, _i, out, name=name: pooled.__setitem__(name, pool_channels(out, channels[name]))
+            )
+            for name in channels
+        ]
+        try:
+            feats = self.net.forward_features(batch.to(device))
+        finally:
+            for hook in hooks:
+                hook.remove()
         emb = self.net.forward_head(feats, pre_logits=True)
-        return self.net.get_classifier()(emb), emb
+        early = torch.cat([pooled[name] for name in channels], dim=1) if channels else emb[:, :0]
+        return Forward(self.net.get_classifier()(emb), emb, early)
 
     @torch.inference_mode()
-    def infer(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, batch: torch.Tensor) -> Inference:
         """Run the model once; probabilities are temperature-scaled (calibrated).
 
         Args:
             batch: (N, 3, H, W) preprocessed images.
-
-        Returns:
-            probs of shape (N, num_classes) and embeddings of shape (N, D), both float32.
         """
         self.net.eval()
-        logits, emb = self.logits(batch)
-        return self.calibrated(logits), emb.float().cpu().numpy().astype(np.float32)
+        out = self.forward(batch)
+        return Inference(self.calibrated(out.logits), as_numpy(out.embeddings), as_numpy(out.early))
 
     def calibrated(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         """Temperature-scaled float32 probabilities, exactly as serving computes them.
@@ -94,6 +124,36 @@ class NicheModel:
         """
         z = torch.as_tensor(logits).float()
         return torch.softmax(z / self.temperature, dim=1).cpu().numpy().astype(np.float32)
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A float32 CPU array of a tensor."""
+    return t.detach().float().cpu().numpy().astype(np.float32, copy=False)
+
+
+EARLY_REDUCTIONS = (4, 8)  # the feature levels at 1/4 and 1/8 of the input's side: edges and textures
+
+
+def early_modules(net: TimmNet) -> list[tuple[str, int]]:
+    """(module name, channels) of the feature levels whose pooled outputs form the early embedding.
+
+    timm's ``feature_info`` levels at strides 4 and 8 (EfficientNet ``blocks.1``/``blocks.2``,
+    ConvNeXt ``stages.0``/``stages.1``, ResNet ``layer1``/``layer2``); where no level has those
+    strides (a ViT keeps one stride throughout), its first two levels. Empty without feature_info.
+    """
+    info = [
+        (str(f["module"]), int(f["num_chs"]), int(f["reduction"])) for f in getattr(net, "feature_info", [])
+    ]
+    chosen = [(name, chs) for name, chs, red in info if red in EARLY_REDUCTIONS]
+    return chosen or [(name, chs) for name, chs, _ in info[:2]]
+
+
+def pool_channels(out: Any, channels: int) -> torch.Tensor:
+    """Average a feature map over every axis but the batch's and the one with ``channels`` entries
+    (NCHW conv maps, NHWC stage outputs and (N, tokens, C) transformer blocks alike)."""
+    t = out[0] if isinstance(out, (tuple, list)) else out
+    axis = 1 if t.shape[1] == channels else t.ndim - 1
+    return t.float().mean(dim=[d for d in range(1, t.ndim) if d != axis])
 
 
 def eval_transform(data_config: dict[str, Any]) -> Any:

@@ -1,13 +1,14 @@
 """The drift reference a model version carries: what its validation images looked like to it.
 
-Embeddings, image statistics, calibrated probabilities and true labels of the held-out set the
-version was evaluated on, with the accuracy and macro-F1 it scored there. Stored next to the
-weights in the registry (``reference.npz``), so a new champion brings its own reference.
+Embeddings (pre-logits and pooled early-stage features), image statistics, calibrated
+probabilities and true labels of the held-out set the version was evaluated on, with the accuracy
+and macro-F1 it scored there. Stored next to the weights in the registry (``reference.npz``), so a
+new champion brings its own reference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,12 @@ class Reference:
     class_names: tuple[str, ...]
     accuracy: float = float("nan")
     macro_f1: float = float("nan")
+    # (n, E) pooled early-stage features (NicheModel.forward); (0, 0) for versions older than them
+    early: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
-        if any(len(a) != n for a in (self.stats, self.probs, self.labels) if a.size):
+        if any(len(a) != n for a in (self.stats, self.probs, self.labels, self.early) if a.size):
             raise ValueError("reference arrays must have one row per validation image")
 
     @classmethod
@@ -56,6 +59,7 @@ class Reference:
             class_names=np.array(self.class_names, dtype=str),
             stat_names=np.array(IMAGE_STATS),
             scores=np.array([self.accuracy, self.macro_f1], dtype=np.float64),
+            early=self.early.astype(np.float32),
         )
         return path
 
@@ -76,4 +80,5 @@ class Reference:
                 tuple(map(str, z["class_names"])),
                 float(z["scores"][0]),
                 float(z["scores"][1]),
+                z["early"] if "early" in z.files else np.zeros((0, 0), np.float32),
             )

@@ -39,8 +39,7 @@ class _NichePyfunc(PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # mlflow reads hints
         import torch
 
-        probs, _ = self.model.infer(torch.as_tensor(np.asarray(model_input, dtype=np.float32)))
-        return probs
+        return self.model.infer(torch.as_tensor(np.asarray(model_input, dtype=np.float32))).probs
 
 
 @dataclass(frozen=True)

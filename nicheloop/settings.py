@@ -15,7 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WindowKind = Literal["sliding", "tumbling"]
-EmbeddingMethod = Literal["novelty", "mmd", "distance", "model"]
+EmbeddingMethod = Literal["mean_shift", "novelty", "mmd", "distance", "model"]
 
 
 class Settings(BaseSettings):
@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     drift_min_samples: int = Field(50, ge=10, description="Fewer events: insufficient data, no score.")
     # an alarm raised or cleared always gets a report; 0 writes one for every evaluated window
     drift_report_every_s: float = Field(3600.0, ge=0, description="A drift report at least this often.")
-    drift_embedding_method: EmbeddingMethod = Field("distance", description="Embedding test (docs/drift.md).")
+    drift_embedding_method: EmbeddingMethod = Field(
+        "mean_shift", description="Test of the pre-logits embeddings (docs/drift.md)."
+    )
     review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in a rolling hour.")
     review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")
     review_lease_s: float = Field(600.0, gt=0, description="How long a claimed task stays with its reviewer.")

@@ -77,6 +77,7 @@ async def predict(request: Request, res: Resources) -> PredictResponse:
         class_names=out.class_names,
         uncertainty=out.uncertainty,
         embedding=out.embedding,
+        early_embedding=out.early_embedding,
         image_sha256=digest,
         image_stats=await asyncio.to_thread(image_statistics, image),
     )

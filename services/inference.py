@@ -31,6 +31,7 @@ class ModelOutput:
     probs: list[float]
     uncertainty: float
     embedding: list[float]
+    early_embedding: list[float]
 
 
 class ChampionRegistry(Protocol):
@@ -75,13 +76,13 @@ class Champion:
             NotReady: no model loaded yet.
         """
         model, version = self._loaded()
-        probs, emb = model.infer(model.preprocess(images))
-        unc = margin_uncertainty(probs)
+        out = model.infer(model.preprocess(images))
+        unc = margin_uncertainty(out.probs)
         # 6 decimals keep float32 precision for these magnitudes and halve the events' JSON size
-        emb_rounded = np.round(emb.astype(np.float64), EMBEDDING_DECIMALS)
+        emb, early = (np.round(a.astype(np.float64), EMBEDDING_DECIMALS) for a in (out.embeddings, out.early))
         return [
-            ModelOutput(version, model.class_names, p.tolist(), float(u), e.tolist())
-            for p, u, e in zip(probs, unc, emb_rounded)
+            ModelOutput(version, model.class_names, p.tolist(), float(u), e.tolist(), x.tolist())
+            for p, u, e, x in zip(out.probs, unc, emb, early)
         ]
 
     def _loaded(self) -> tuple[NicheModel, str]:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from nicheloop.blobs import BlobStore
 from nicheloop.contracts import IMAGE_STATS
-from nicheloop.model import NicheModel
+from nicheloop.model import NicheModel, as_numpy
 from nicheloop.reference import Reference
 from training.calibrate import expected_calibration_error, softmax
 from training.data import BlobImageDataset, Example
@@ -28,6 +28,7 @@ class Predictions:
     embeddings: np.ndarray  # (N, D)
     y: np.ndarray  # (N,) true class indices
     stats: np.ndarray  # (N, len(IMAGE_STATS)) image statistics, as serving computes them
+    early: np.ndarray | None = None  # (N, E) pooled early-stage features (NicheModel.forward)
 
     @property
     def brightness(self) -> np.ndarray:
@@ -57,11 +58,12 @@ def predict_all(
     ds = BlobImageDataset(
         blobs, examples, model.class_names, model.transform(training=False), with_stats=True
     )
-    logits, embs, ys, stats = [], [], [], []
+    logits, embs, ys, stats, early = [], [], [], [], []
     for x, y, st in DataLoader(ds, batch_size=batch_size):
-        lg, e = model.logits(x)
-        logits.append(lg.float().cpu().numpy())
-        embs.append(e.float().cpu().numpy())
+        out = model.forward(x)
+        logits.append(as_numpy(out.logits))
+        embs.append(as_numpy(out.embeddings))
+        early.append(as_numpy(out.early))
         ys.append(y.numpy())
         stats.append(st.numpy())
     if not logits:
@@ -70,8 +72,9 @@ def predict_all(
             np.zeros((0, 0)),
             np.zeros(0, dtype=int),
             np.zeros((0, len(IMAGE_STATS))),
+            np.zeros((0, 0)),
         )
-    return Predictions(*(np.concatenate(a) for a in (logits, embs, ys, stats)))
+    return Predictions(*(np.concatenate(a) for a in (logits, embs, ys, stats, early)))
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -172,5 +175,6 @@ def evaluate(
         tuple(model.class_names),
         rep.metrics["accuracy"],
         rep.metrics["macro_f1"],
+        early=preds.early if preds.early is not None else np.zeros((0, 0)),
     )
     return rep, reference

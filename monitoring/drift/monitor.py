@@ -59,12 +59,14 @@ class MonitorResult:
 @dataclass(frozen=True)
 class Inputs:
     """One window of predictions: image statistics (of the rows that carry them) with the class
-    predicted for each of those rows, and every row's embedding and probabilities."""
+    predicted for each of those rows, every row's embedding and probabilities, and the early-stage
+    features of the rows that carry them."""
 
     stats: np.ndarray  # (n_stats, S) in IMAGE_STATS order
     stats_predicted: np.ndarray  # (n_stats,) class index
     embeddings: np.ndarray  # (n, D)
     probs: np.ndarray  # (n, C)
+    early: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_early, E): rows that carry them
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -87,7 +89,7 @@ class MonitorConfig:
 
     alpha: float = 0.01  # false-alarm level per monitor and evaluation
     min_samples: int = 50  # fewer rows: "insufficient data", never a score
-    embedding_method: EmbeddingMethod = "distance"
+    embedding_method: EmbeddingMethod = "mean_shift"
 
 
 class Monitor(Protocol):

@@ -66,6 +66,7 @@ class _Row:
     stats: np.ndarray
     embedding: np.ndarray
     probs: np.ndarray
+    early: np.ndarray
 
 
 def _stats(rows: list[_Row]) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +80,14 @@ def _stats(rows: list[_Row]) -> tuple[np.ndarray, np.ndarray]:
 
 def _inputs(rows: list[_Row]) -> Inputs:
     stats, predicted = _stats(rows)
-    return Inputs(stats, predicted, np.stack([r.embedding for r in rows]), np.stack([r.probs for r in rows]))
+    early = [r.early for r in rows if r.early.size]
+    return Inputs(
+        stats,
+        predicted,
+        np.stack([r.embedding for r in rows]),
+        np.stack([r.probs for r in rows]),
+        np.stack(early) if early and len({e.size for e in early}) == 1 else np.zeros((0, 0)),
+    )
 
 
 def _outcomes(rows: list[tuple[int, int]]) -> Outcomes:
@@ -154,7 +162,12 @@ class DriftStage:
         if len(self.predicted) > REMEMBERED_PREDICTIONS:
             self.predicted.popitem(last=False)
         stats = np.array([event.image_stats[k] for k in IMAGE_STATS]) if event.image_stats else np.zeros(0)
-        row = _Row(stats, np.asarray(event.embedding, np.float64), np.asarray(event.probs, np.float64))
+        row = _Row(
+            stats,
+            np.asarray(event.embedding, np.float64),
+            np.asarray(event.probs, np.float64),
+            np.asarray(event.early_embedding, np.float64),
+        )
         due = mon.window.add(row, event.created_at.timestamp())
         return self._record(mon, mon.evaluate("inputs", _inputs(due)), due) if due is not None else []
 

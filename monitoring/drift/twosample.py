@@ -132,6 +132,30 @@ class MeanShift:
         return float(f_dist.sf(t2 * (m - k) / (k * (m - 1)), k, m - k))
 
 
+class SubspaceShift:
+    """Hotelling's mean-shift test of high-dimensional rows on the reference's top principal components.
+
+    The centre and components come from the reference's even rows, the test's covariance and mean
+    from its odd rows projected on them, so the null never sees the rows that chose its axes.
+    At most one component per ten fitting rows, or the covariance would be singular.
+    """
+
+    def __init__(self, reference: np.ndarray, components: int) -> None:
+        ref = np.asarray(reference, np.float64)
+        fit = ref[0::2]
+        self.mean = fit.mean(0)
+        _, _, vt = np.linalg.svd(fit - self.mean, full_matrices=False)
+        self.basis = vt[: max(1, min(components, len(vt), len(fit) // 10))].T  # (D, k)
+        self.held = self.project(ref[1::2])
+        self.shift = MeanShift(self.held)
+
+    def project(self, rows: np.ndarray) -> np.ndarray:
+        return (np.asarray(rows, np.float64) - self.mean) @ self.basis
+
+    def p_value(self, rows: np.ndarray) -> float:
+        return self.shift.p_value(self.project(rows))
+
+
 class WithinClass:
     """Image statistics standardised within the class the model predicted, then tested for a mean shift.
 

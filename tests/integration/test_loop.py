@@ -17,7 +17,7 @@ from cli.demo import run_loop
 from deploy.local import stack
 from monitoring.drift.report import list_reports
 from nicheloop.bus import dead_letters, parse_event, read_topic
-from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC
+from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
@@ -67,6 +67,14 @@ def test_the_new_champion_carries_lineage(live: Settings) -> None:
     ref = loaded.reference
     assert ref.embeddings.ndim == 2 and ref.embeddings.shape[1] > 0 and len(ref.stats) == len(ref.embeddings)
     assert len(ref.probs) == len(ref.labels) == len(ref.embeddings) and 0.0 <= ref.accuracy <= 1.0
+    assert ref.early.shape == (len(ref.embeddings), 24 + 40)  # lite0's stride-4 and stride-8 maps
+    # what the endpoint publishes is comparable with it: the same early features, row for row
+    events = [
+        parse_event(PREDICTIONS_TOPIC, raw)
+        for _, raw in read_topic(live.bootstrap_servers, PREDICTIONS_TOPIC)
+    ]
+    served = [e for e in events if isinstance(e, PredictionEvent) and e.model_name == live.model_name]
+    assert served and all(len(e.early_embedding) == ref.early.shape[1] for e in served)
     assert loaded.model.class_names == ["crazing", "inclusion", "patches", "scratches"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,10 +77,16 @@ def _reference(n: int = 400, d: int = 8, k: int = 3, seed: int = 0, accuracy: fl
 
 
 def test_reference_round_trip_and_legacy_embeddings(tmp_path: Path) -> None:
-    ref = _reference(50)
+    ref = dataclasses.replace(_reference(50), early=np.arange(50 * 4, dtype=np.float32).reshape(50, 4))
     ref.save(tmp_path)
     back = Reference.load(tmp_path)
     assert np.allclose(back.embeddings, ref.embeddings) and np.allclose(back.stats, ref.stats)
+    np.testing.assert_array_equal(back.early, ref.early)
+    before_early = tmp_path / "before_early"  # a reference.npz written before early features existed
+    before_early.mkdir()
+    with np.load(tmp_path / "reference.npz") as z:
+        np.savez(before_early / "reference.npz", **{k: z[k] for k in z.files if k != "early"})
+    assert Reference.load(before_early).early.shape == (0, 0)
     assert back.class_names == ref.class_names and back.accuracy == pytest.approx(0.9)
     legacy = tmp_path / "old"
     legacy.mkdir()
@@ -184,7 +191,7 @@ def test_within_class_test_sees_a_darker_fifth_that_hides_in_the_spread_between_
     assert np.mean(calm) <= 0.03
 
 
-@pytest.mark.parametrize("method", ["novelty", "mmd", "distance", "model"])
+@pytest.mark.parametrize("method", ["mean_shift", "novelty", "mmd", "distance", "model"])
 def test_embedding_methods_separate_shifted_from_unshifted(method: str) -> None:
     rng = np.random.default_rng(5)
     mon = EmbeddingDrift(rng.normal(size=(300, 32)), method, components=8, alpha=0.01, min_samples=30)
@@ -194,6 +201,38 @@ def test_embedding_methods_separate_shifted_from_unshifted(method: str) -> None:
         method != "novelty" or not same.drifted
     )  # Evidently's bootstrap nulls are looser: benchmarks/drift.py
     assert mon(rng.normal(size=(150, 31))).status == "insufficient_data"  # another model's embeddings
+
+
+def _early_window(rng: np.random.Generator, n: int, share: float, direction: np.ndarray) -> np.ndarray:
+    """Early features like :func:`test_the_early_view_sees_what_the_pre_logits_ignore`'s reference,
+    a ``share`` of the rows moved along ``direction``."""
+    rows = rng.normal(size=(n, len(direction))) * np.linspace(3.0, 0.3, len(direction))
+    rows[: int(share * n)] += direction
+    return rows
+
+
+def test_the_early_view_sees_what_the_pre_logits_ignore() -> None:
+    rng = np.random.default_rng(21)
+    # early features with a few strong axes (classes) and weaker ones; blur moves a weaker one
+    direction = np.zeros(24)
+    direction[12] = 5.0
+    pre = rng.normal(size=(600, 32))
+    mon = EmbeddingDrift(pre, early=_early_window(rng, 600, 0.0, direction), alpha=0.01, min_samples=30)
+    pre_window = rng.normal(size=(200, 32))  # the pre-logits did not move
+    shifted = mon(pre_window, _early_window(rng, 200, 0.2, direction))
+    assert shifted.drifted and shifted.details["p_early"] < 0.005 and shifted.details["p_pre_logits"] > 0.01
+    assert shifted.p_value == pytest.approx(min(1.0, 2 * shifted.details["p_early"]))
+    assert not mon(pre_window).drifted  # an older gateway's events: the pre-logits alone
+    assert mon(pre_window, np.zeros((200, 5))).details.keys() == {"p_pre_logits"}  # another model's: ignored
+    calm = [
+        mon(rng.normal(size=(200, 32)), _early_window(rng, 200, 0.0, direction)).drifted for _ in range(200)
+    ]
+    assert np.mean(calm) <= 0.03  # the two views share one alpha
+
+
+def test_an_unknown_embedding_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="mean_shift"):
+        EmbeddingDrift(np.zeros((40, 4)), "cosine")  # type: ignore[arg-type]
 
 
 def test_cached_distance_method_decides_as_evidently_does() -> None:
@@ -286,6 +325,7 @@ def _event(
     shift: float = 0.0,
     version: str = "1",
     at: datetime | None = None,
+    early_shift: float = 0.0,
 ) -> PredictionEvent:
     """A new event drawn like :func:`_reference`'s rows, moved by ``shift``."""
     stats = dict(zip(IMAGE_STATS, (rng.normal(100, 10, len(IMAGE_STATS)) * (1 - shift)).tolist()))
@@ -299,6 +339,7 @@ def _event(
         class_names=list(ref.class_names),
         uncertainty=0.1,
         embedding=(rng.normal(size=ref.embeddings.shape[1]) + 3 * shift).tolist(),
+        early_embedding=(rng.normal(size=ref.early.shape[1]) + early_shift).tolist(),
         image_sha256="1" * 64,
         image_stats=stats,
         created_at=at or datetime.now(UTC),
@@ -342,6 +383,19 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
     assert parse_event(DRIFT_TOPIC, event.model_dump_json().encode()) == event
     stage("t", _event(600, ref, rng, version="2"))
     assert loaded == ["1", "2"] and stage.current is not None and len(stage.current.window.rows) == 1
+
+
+def test_drift_stage_feeds_early_features_to_the_embedding_monitor() -> None:
+    rng = np.random.default_rng(11)
+    ref = dataclasses.replace(_reference(600, seed=12), early=rng.normal(size=(600, 6)))
+    cfg = DriftConfig(
+        window=WindowSpec("sliding", size=100, step=100), monitors=MonitorConfig(min_samples=50)
+    )
+    stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg)
+    results = [r for i in range(100) for r in stage("t", _event(i, ref, rng, early_shift=1.0))]
+    [embedding] = [r for r in results if r.monitor == "embedding"]
+    assert embedding.drifted and embedding.details["p_early"] < 1e-6
+    assert embedding.details["p_pre_logits"] > 0.001  # the pre-logits did not move
 
 
 def test_drift_stage_scores_user_labels_only() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from nicheloop.bus import parse_event
-from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent
+from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent, PredictionEvent
 from nicheloop.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -22,3 +22,24 @@ def test_parse_event_accepts_valid_and_refuses_malformed() -> None:
         parse_event("other.topic", b"{}")
     with pytest.raises(InvalidInput, match="PredictionEvent"):
         parse_event(PREDICTIONS_TOPIC, ev.model_dump_json().encode())
+
+
+def test_prediction_events_refuse_non_finite_features_and_accept_older_ones() -> None:
+    fields = {
+        "prediction_id": "p",
+        "model_name": "m",
+        "model_version": "1",
+        "label": "a",
+        "probs": [1.0, 0.0],
+        "class_names": ["a", "b"],
+        "uncertainty": 0.0,
+        "embedding": [0.5, 0.25],
+        "image_sha256": "0" * 64,
+    }
+    older = PredictionEvent(**fields)  # a gateway from before early features: accepted, empty
+    assert older.early_embedding == []
+    good = PredictionEvent(**fields, early_embedding=[0.1, 0.2, 0.3])
+    assert parse_event(PREDICTIONS_TOPIC, good.model_dump_json().encode()) == good
+    raw = json.dumps({**good.model_dump(mode="json"), "early_embedding": [0.1, "NaN"]}).encode()
+    with pytest.raises(InvalidInput, match="early_embedding"):
+        parse_event(PREDICTIONS_TOPIC, raw)

@@ -2,13 +2,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from nicheloop.errors import InvalidInput
-from nicheloop.model import build_model, load_model, margin_uncertainty, save_model
+from nicheloop.model import (
+    NicheModel,
+    build_model,
+    early_modules,
+    load_model,
+    margin_uncertainty,
+    pool_channels,
+    save_model,
+)
 from nicheloop.synthetic import SyntheticStream
 
 CLASSES = ["a", "b", "c"]
@@ -22,10 +31,49 @@ def model():
 
 def test_infer_shapes_and_probabilities(model) -> None:
     images = [img for img, _ in SyntheticStream(seed=0, size=32).take(5)]
-    probs, emb = model.infer(model.preprocess(images))
+    probs, emb, early = model.infer(model.preprocess(images))
     assert probs.shape == (5, 3) and emb.shape[0] == 5 and emb.ndim == 2
-    assert np.isfinite(probs).all() and np.isfinite(emb).all()
+    assert early.shape == (5, 32 + 48)  # test_resnet's layer1 and layer2, pooled
+    assert np.isfinite(probs).all() and np.isfinite(emb).all() and np.isfinite(early).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_early_features_are_the_pooled_stride_4_and_8_maps(model) -> None:
+    x = model.preprocess([img for img, _ in SyntheticStream(seed=2, size=32).take(2)])
+    maps: list[torch.Tensor] = []
+    hooks = [
+        getattr(model.net, n).register_forward_hook(lambda _m, _i, o: maps.append(o))
+        for n in ("layer1", "layer2")
+    ]
+    out = model.infer(x)
+    for h in hooks:
+        h.remove()
+    want = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).numpy()
+    np.testing.assert_allclose(out.early, want, rtol=1e-5, atol=1e-6)
+    assert not model.net.layer1._forward_hooks  # the hooks are gone after the pass
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "want"),
+    [
+        ("tf_efficientnet_lite0", {}, [("blocks.1", 24), ("blocks.2", 40)]),
+        ("convnext_atto", {}, [("stages.0", 40), ("stages.1", 80)]),
+        ("vit_small_patch14_dinov2", {"img_size": 56}, [("blocks.0", 384), ("blocks.1", 384)]),
+    ],
+)
+def test_early_modules_pick_the_texture_levels_of_each_family(backbone, kwargs, want) -> None:
+    net = timm.create_model(backbone, pretrained=False, **kwargs)
+    assert early_modules(net) == want
+    x = torch.zeros(2, 3, 56, 56)
+    early = NicheModel(backbone, ["a", "b"], {}, net).forward(x).early
+    assert early.shape == (2, sum(c for _, c in want))
+
+
+def test_pool_channels_finds_the_channel_axis() -> None:
+    nchw, nhwc, tokens = torch.rand(2, 5, 3, 4), torch.rand(2, 3, 4, 5), torch.rand(2, 7, 5)
+    np.testing.assert_allclose(pool_channels(nchw, 5), nchw.mean(dim=(2, 3)))
+    np.testing.assert_allclose(pool_channels(nhwc, 5), nhwc.mean(dim=(1, 2)))
+    np.testing.assert_allclose(pool_channels((tokens,), 5), tokens.mean(dim=1))
 
 
 def test_data_config_comes_from_the_model(model) -> None:

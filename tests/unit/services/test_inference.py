@@ -44,5 +44,6 @@ def test_not_ready_until_a_champion_is_loaded_then_hot_swaps() -> None:
     [out] = champion.infer([image])
     assert out.model_version == "1" and len(out.probs) == 2 and 0 <= out.uncertainty <= 1
     assert abs(sum(out.probs) - 1) < 1e-5 and len(out.embedding) > 0
+    assert len(out.early_embedding) == 32 + 48  # test_resnet's stride-4 and stride-8 maps, pooled
     registry.champion = "2"
     assert champion.reload_if_changed() and champion.ready()["model_version"] == "2"

@@ -79,8 +79,10 @@ def test_drift_reference_holds_the_probabilities_serving_computes(tmp_path) -> N
     items = read_image_folder(write_image_folder(tmp_path / "imgs", 5, seed=0, size=32))
     examples = [Example(blobs.put(data), label) for data, label in items]
     _, ref = evaluate(model, blobs, examples)
-    served, _ = model.infer(
+    served = model.infer(
         model.preprocess([decode_image(blobs.get(e.image_sha256), 1 << 26, 1 << 24) for e in examples])
     )
     assert ref.probs.dtype == np.float32 and (ref.probs.max(1) > 0.999).mean() > 0.5
-    np.testing.assert_array_equal(ref.probs, served)
+    np.testing.assert_array_equal(ref.probs, served.probs)
+    assert ref.early.shape == served.early.shape and ref.early.shape[1] > 0
+    np.testing.assert_allclose(ref.early, served.early, atol=1e-5)  # the monitor compares like with like

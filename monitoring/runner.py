@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from monitoring.drift.monitor import MonitorConfig
 from monitoring.drift.report import ReportWriter
-from monitoring.drift.stage import DriftConfig, DriftStage, Transition
+from monitoring.drift.stage import DriftConfig, DriftStage, Transition, one_blas_thread
 from monitoring.drift.windows import WindowSpec
 from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
@@ -154,6 +154,8 @@ def run_monitor(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    if "drift" in stages:
+        one_blas_thread()  # for the process's life: the drift tests' matrices are small
     metrics = MonitorMetrics()
     metrics.serve(settings.host, settings.metrics_port)
     # drift events go through the same durable publisher as serving's: spooled while Kafka is down

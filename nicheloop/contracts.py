@@ -83,7 +83,9 @@ class PredictionEvent(_Event):
     @field_validator("probs", "embedding", "early_embedding")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
-        if not all(math.isfinite(v) for v in values):
+        # sum() runs in C, and a NaN or an infinity anywhere leaves the sum non-finite; only then
+        # (or on an overflow of huge finite values) does the per-value check in Python run
+        if not math.isfinite(sum(values)) and not all(math.isfinite(v) for v in values):
             raise ValueError("must hold finite numbers only")
         return values
 

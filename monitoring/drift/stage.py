@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
+from threadpoolctl import threadpool_limits
 
 from monitoring.drift.monitor import Feed, Inputs, MonitorConfig, MonitorResult, Outcomes, monitors
 from monitoring.drift.report import ReportWriter
@@ -31,6 +32,19 @@ from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, Predicti
 from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Limit this process's BLAS to one thread (until the returned limiter's ``restore_original_limits``,
+    or for a ``with`` block).
+
+    The drift tests multiply matrices of a few hundred rows, where OpenBLAS's extra threads spin
+    and burn CPU for little speed: one thread takes the stage's CPU per event from 0.25 to 0.15 ms
+    (benchmarks/drift.py), CPU the model replica on the same cores can use.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 REMEMBERED_PREDICTIONS = 100_000  # predictions whose label may still come (for the label monitor)
 
 
@@ -63,10 +77,25 @@ class Transition:
 
 @dataclass
 class _Row:
+    """One prediction as the monitors see it (kept in several windows: converted once)."""
+
     stats: np.ndarray
-    embedding: np.ndarray
+    embedding: np.ndarray  # float32, as served
     probs: np.ndarray
-    early: np.ndarray
+    early: np.ndarray  # float32, as served
+    predicted: int
+
+    @classmethod
+    def of(cls, event: PredictionEvent) -> _Row:
+        stats = [event.image_stats[k] for k in IMAGE_STATS] if event.image_stats else []
+        probs = np.asarray(event.probs, np.float64)
+        return cls(
+            np.asarray(stats, np.float64),
+            np.asarray(event.embedding, np.float32),
+            probs,
+            np.asarray(event.early_embedding, np.float32),
+            int(probs.argmax()),
+        )
 
 
 def _stats(rows: list[_Row]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +104,7 @@ def _stats(rows: list[_Row]) -> tuple[np.ndarray, np.ndarray]:
     with_stats = [r for r in rows if r.stats.size]
     if not with_stats:
         return np.zeros((0, len(IMAGE_STATS))), np.zeros(0, np.int64)
-    return np.stack([r.stats for r in with_stats]), np.array([int(np.argmax(r.probs)) for r in with_stats])
+    return np.stack([r.stats for r in with_stats]), np.array([r.predicted for r in with_stats])
 
 
 def _inputs(rows: list[_Row]) -> Inputs:
@@ -158,16 +187,10 @@ class DriftStage:
 
     def _prediction(self, event: PredictionEvent) -> list[MonitorResult]:
         mon = self._monitors(event.model_version)
-        self.predicted[event.prediction_id] = (event.model_version, int(np.argmax(event.probs)))
+        row = _Row.of(event)
+        self.predicted[event.prediction_id] = (event.model_version, row.predicted)
         if len(self.predicted) > REMEMBERED_PREDICTIONS:
             self.predicted.popitem(last=False)
-        stats = np.array([event.image_stats[k] for k in IMAGE_STATS]) if event.image_stats else np.zeros(0)
-        row = _Row(
-            stats,
-            np.asarray(event.embedding, np.float64),
-            np.asarray(event.probs, np.float64),
-            np.asarray(event.early_embedding, np.float64),
-        )
         due = mon.window.add(row, event.created_at.timestamp())
         return self._record(mon, mon.evaluate("inputs", _inputs(due)), due) if due is not None else []
 

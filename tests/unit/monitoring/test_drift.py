@@ -116,6 +116,21 @@ def test_vectorised_ks_matches_scipy() -> None:
     assert later < 1e-6 and ks_columns(np.sort(ref[:, :1], axis=0), -cur[:, 3:4], "greater")[0] > 0.5
 
 
+def test_class_mix_chi_square_matches_scipy() -> None:
+    from scipy.stats import chi2_contingency
+
+    from monitoring.drift.twosample import chi2
+
+    rng = np.random.default_rng(3)
+    for shares in ((0.25, 0.25, 0.25, 0.25), (0.4, 0.3, 0.2, 0.1), (0.5, 0.5, 0.0, 0.0)):
+        ref, cur = rng.choice(4, 500), rng.choice(4, 200, p=shares)
+        table = np.vstack([np.bincount(ref, minlength=4), np.bincount(cur, minlength=4)])
+        want = chi2_contingency(table[:, table.sum(0) > 0], correction=False).pvalue
+        assert chi2(ref, cur) == pytest.approx(want, rel=1e-9, abs=1e-300)
+    assert chi2(np.zeros(50, int), np.zeros(20, int)) == 1.0  # one class seen: nothing to compare
+    assert chi2(rng.choice(3, 50), np.zeros(0, int)) == 1.0  # an empty window
+
+
 def test_novelty_tests_hold_their_level_on_unshifted_windows_and_see_a_small_mixture() -> None:
     rng = np.random.default_rng(3)
     nov = Novelty(rng.normal(size=(600, 6)))
@@ -526,3 +541,18 @@ def test_drift_report_command_lists_the_index(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout.splitlines()[0]) == entry
     none = subprocess.run([*run, "--version", "4"], env=env, capture_output=True, text=True, timeout=120)
     assert none.returncode == 0 and none.stdout == "" and "no drift reports yet" in none.stderr
+
+
+def test_one_blas_thread_limits_blas_and_gives_it_back() -> None:
+    from threadpoolctl import threadpool_info
+
+    from monitoring.drift.stage import one_blas_thread
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    before = blas_threads()
+    assert before  # numpy's BLAS is there to limit
+    with one_blas_thread():
+        assert blas_threads() == {1}
+    assert blas_threads() == before

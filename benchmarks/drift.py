@@ -30,6 +30,7 @@ its own. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -231,12 +232,9 @@ def compare_embedding_methods(
     out: dict[str, dict[str, float]] = {}
     pool = len(clean.probs)
     for name, (method, pre_logits, early) in variants.items():
-        mon = EmbeddingDrift(
-            ref.embeddings,
-            method,  # type: ignore[arg-type]
-            early=ref.early if early else None,
-            alpha=args.alpha,
-            min_samples=10,
+        config = MonitorConfig(alpha=args.alpha, min_samples=10, embedding_method=method)  # type: ignore[arg-type]
+        mon = EmbeddingDrift.for_reference(
+            ref if early else dataclasses.replace(ref, early=np.zeros((0, 0))), config
         )
         row: dict[str, float] = {}
         cpu, evaluations = time.process_time(), 0
@@ -346,13 +344,7 @@ def main() -> None:
     mon = Monitors(
         ref,
         ImageDrift(ref, alpha=args.alpha, min_samples=10),
-        EmbeddingDrift(
-            ref.embeddings,
-            MonitorConfig().embedding_method,
-            early=ref.early,
-            alpha=args.alpha,
-            min_samples=10,
-        ),
+        EmbeddingDrift.for_reference(ref, MonitorConfig(alpha=args.alpha, min_samples=10)),
         args.alpha,
     )
     pool = len(stream_y)

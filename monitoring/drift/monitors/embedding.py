@@ -1,7 +1,7 @@
 """The ``embedding`` monitor: what the network makes of the traffic, in two views.
 
-- **Pre-logits features** (what the model concludes) on the reference's principal components,
-  tested by default for a mean shift (Hotelling, ``mean_shift``), or with Evidently's
+- **Pre-logits features** (what the model concludes) on the reference's top principal components
+  (where the classes differ), tested by default for a mean shift (Hotelling, ``mean_shift``), or with Evidently's
   ``distance``, ``mmd`` or ``model``, or the way the image statistics are (``novelty``).
 - **Early-stage features** (what the model sees: pooled edge and texture maps, see
   :func:`nicheloop.model.early_modules`), tested for a mean shift on their top components. Fine-tuning
@@ -50,7 +50,7 @@ class EmbeddingDrift:
         method: EmbeddingMethod = "mean_shift",
         *,
         early: np.ndarray | None = None,
-        components: int = 32,
+        components: int = 8,
         early_components: int = 16,
         alpha: float = 0.01,
         min_samples: int = 30,
@@ -144,6 +144,8 @@ class EmbeddingDrift:
             reference.embeddings,
             config.embedding_method,
             early=reference.early if reference.early.size else None,
+            # the directions the classes differ in: one per class, at least 8 (docs/drift.md)
+            components=max(8, len(reference.class_names)),
             alpha=config.alpha,
             min_samples=config.min_samples,
         )

@@ -1,8 +1,9 @@
 """The ``embedding`` monitor: what the network makes of the traffic, in two views.
 
-- **Pre-logits features** (what the model concludes) on the reference's top principal components
-  (where the classes differ), tested by default for a mean shift (Hotelling, ``mean_shift``), or with Evidently's
-  ``distance``, ``mmd`` or ``model``, or the way the image statistics are (``novelty``).
+- **Pre-logits features** (what the model concludes) on the reference's top principal
+  components (where the classes differ), tested by default for a mean shift (Hotelling,
+  ``mean_shift``), or with Evidently's ``distance``, ``mmd`` or ``model``, or the way the image
+  statistics are (``novelty``).
 - **Early-stage features** (what the model sees: pooled edge and texture maps, see
   :func:`nicheloop.model.early_modules`), tested for a mean shift on their top components. Fine-tuning
   teaches the pre-logits to ignore blur, noise and lighting (the augmentations ask for it), so a

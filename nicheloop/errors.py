@@ -39,3 +39,16 @@ class BudgetSpent(NicheloopError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Overloaded(NotReady):
+    """More work than the service takes at once; shed at once (HTTP 503) with ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamTimeout(NicheloopError):
+    """A part the request needs (the predictor, the blob store, the event spool) did not answer in
+    time (HTTP 504); the message names it."""

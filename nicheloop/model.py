@@ -20,6 +20,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 from nicheloop.errors import InvalidInput
+from nicheloop.pixels import InputSpec, normalise, to_pixels
 from nicheloop.pretrained import file_sha256, load_packaged
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,16 @@ class NicheModel:
             return create_transform(**cfg, is_training=True, hflip=0.5, vflip=0.5, scale=(0.6, 1.0))
         return eval_transform(self.data_config)
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """What decides this model's input pixels (serving ships images made to it)."""
+        return InputSpec.of(self.data_config)
+
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> float tensor of shape (N, 3, H, W) ready for :meth:`infer`."""
-        tf = self.transform(training=False)
-        return torch.stack([tf(img.convert("RGB")) for img in images])
+        """PIL images -> float tensor of shape (N, 3, H, W) ready for :meth:`infer` (the evaluation
+        transform, in the two halves serving runs apart: :mod:`nicheloop.pixels`)."""
+        spec = self.input_spec
+        return normalise([to_pixels(img.convert("RGB"), spec) for img in images], spec)
 
     @property
     def temperature(self) -> float:
@@ -112,7 +119,8 @@ class NicheModel:
         Args:
             batch: (N, 3, H, W) preprocessed images.
         """
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: 5 % of a batch of one
+            self.net.eval()
         out = self.forward(batch)
         return Inference(self.calibrated(out.logits), as_numpy(out.embeddings), as_numpy(out.early))
 

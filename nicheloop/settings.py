@@ -59,8 +59,49 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     reload_interval_s: float = Field(2.0, description="How often serving checks the champion alias.")
-    batch_max_size: int = 16
-    batch_wait_timeout_s: float = 0.01
+    batch_max_size: int = Field(16, ge=1, description="Most images the predictor runs in one forward pass.")
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch smaller than batch_max_size waits for more images; 0: never "
+        "(a batch is what queued while the previous one ran, docs/serving.md).",
+    )
+    predictor_threads: int = Field(2, ge=1, description="Torch threads (and CPUs) of a predictor replica.")
+    predictor_replicas: int = Field(1, ge=1, description="Predictor replicas (the minimum when autoscaling).")
+    predictor_max_replicas: int = Field(
+        1, ge=1, description="Above predictor_replicas: autoscale up to this many."
+    )
+    predictor_target_ongoing: float = Field(
+        24.0, gt=0, description="Autoscaling: requests in flight per predictor replica to aim for."
+    )
+    predictor_max_ongoing: int = Field(
+        32, ge=1, description="Requests a predictor replica holds at once (Serve's max_ongoing_requests)."
+    )
+    predictor_max_queued: int = Field(
+        64, ge=1, description="Requests waiting for a predictor replica; more are refused (503)."
+    )
+    max_inflight_predictions: int = Field(
+        32,
+        ge=1,
+        description="Predictions a gateway replica works on at once; more are shed at once with 503 "
+        "and Retry-After (the bound that keeps latency and memory flat under overload).",
+    )
+    gateway_max_ongoing: int = Field(
+        96, ge=1, description="Requests of any route a gateway replica holds (Serve's max_ongoing_requests)."
+    )
+    gateway_max_queued: int = Field(
+        256, ge=1, description="Requests waiting at the proxy for a gateway replica; more get 503."
+    )
+    gateway_replicas: int = Field(1, ge=1, description="Gateway (HTTP ingress) replicas.")
+    predict_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the predictor; then 504 naming it."
+    )
+    storage_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the blob store or the event spool; then 504 naming it."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="The HTTP proxy's limit on a whole request (a backstop for the above)."
+    )
     secret_key: str | None = Field(
         None,
         description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "

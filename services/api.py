@@ -11,23 +11,15 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from nicheloop.contracts import (
-    PREDICTIONS_TOPIC,
-    FeedbackAccepted,
-    FeedbackEvent,
-    FeedbackRequest,
-    PredictionEvent,
-    PredictResponse,
-)
+from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotReady
-from nicheloop.images import decode_image, image_statistics
 from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
 from services.deps import GatewayResources, Resources
 from services.feedback import record_feedback, submit_review
 from services.http import image_bytes, install_error_handlers
-from services.ids import new_prediction_id
+from services.predict import predict_image
 
 api = FastAPI(title="nicheloop", version="0.1.0")
 install_error_handlers(api)
@@ -40,14 +32,20 @@ async def healthz() -> dict[str, str]:
 
 @api.get("/readyz")
 async def readyz(res: Resources) -> JSONResponse:
-    """200 once a model is loaded, 503 until then."""
-    state = await res.predictor.ready()
-    return JSONResponse(status_code=200 if state["ready"] else 503, content=state)
+    """200 once a model serves, 503 until then or when the predictor stops answering; it never
+    waits behind predictions (what the gateway knows of the model, :mod:`services.watch`)."""
+    try:
+        state = await res.model.served()
+    except NotReady as exc:
+        return JSONResponse(
+            status_code=503, content={"ready": False, "model_version": None, "detail": str(exc)}
+        )
+    return JSONResponse(status_code=200, content={"ready": True, "model_version": state.model_version})
 
 
 @api.get("/metrics")
 async def metrics(res: Resources) -> Response:
-    """This replica's event-spool metrics in Prometheus text format."""
+    """This replica's event-spool and load-shedding metrics in Prometheus text format."""
     registry = CollectorRegistry()
     Gauge(
         "nicheloop_event_spool_depth", "Events waiting on local disk for the broker", registry=registry
@@ -55,41 +53,29 @@ async def metrics(res: Resources) -> Response:
     Gauge(
         "nicheloop_event_spool_capacity", "The spool's bound (NICHELOOP_SPOOL_MAX_EVENTS)", registry=registry
     ).set(res.publisher.spool_capacity)
+    Gauge(
+        "nicheloop_predictions_in_flight", "Predictions this gateway replica works on now", registry=registry
+    ).set(res.admission.inside)
+    Gauge(
+        "nicheloop_predictions_in_flight_limit", "NICHELOOP_MAX_INFLIGHT_PREDICTIONS", registry=registry
+    ).set(res.admission.limit)
+    Counter(
+        "nicheloop_predictions_shed",
+        "Predictions refused with 503 because the replica was full",
+        registry=registry,
+    ).inc(res.admission.shed)
     return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @api.post("/v1/predict", response_model=PredictResponse)
 async def predict(request: Request, res: Resources) -> PredictResponse:
-    """Classify one image; the prediction is published as an event and the image kept by its hash."""
-    s = res.settings
-    data = await image_bytes(request, s.max_upload_bytes)
-    image = decode_image(data, s.max_upload_bytes, s.max_image_pixels)
-    digest = await asyncio.to_thread(res.blobs.put, data)
-    out = await res.predictor.predict(image)
-    prediction_id = new_prediction_id(res.key)
-    best = max(range(len(out.probs)), key=out.probs.__getitem__)
-    event = PredictionEvent(
-        prediction_id=prediction_id,
-        model_name=s.model_name,
-        model_version=out.model_version,
-        label=out.class_names[best],
-        probs=out.probs,
-        class_names=out.class_names,
-        uncertainty=out.uncertainty,
-        embedding=out.embedding,
-        early_embedding=out.early_embedding,
-        image_sha256=digest,
-        image_stats=await asyncio.to_thread(image_statistics, image),
-    )
-    if s.event_logging:
-        res.publisher.publish(PREDICTIONS_TOPIC, prediction_id, event)
-    return PredictResponse(
-        prediction_id=prediction_id,
-        model_version=out.model_version,
-        label=event.label,
-        probs=dict(zip(out.class_names, out.probs)),
-        uncertainty=out.uncertainty,
-    )
+    """Classify one image; the prediction is published as an event and the image kept by its hash.
+
+    Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the body is read.
+    """
+    async with res.admission.slot():
+        data = await image_bytes(request, res.settings.max_upload_bytes)
+        return await predict_image(res, data)
 
 
 def _accepted(event: FeedbackEvent) -> FeedbackAccepted:
@@ -151,7 +137,4 @@ async def image(sha256: str, res: Resources) -> Response:
 
 
 async def _class_names(res: GatewayResources) -> list[str]:
-    state = await res.predictor.ready()
-    if not state["ready"]:
-        raise NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
-    return await res.predictor.class_names()
+    return list((await res.model.served()).class_names)

@@ -12,8 +12,8 @@ from ray.serve import Application
 from nicheloop.cluster import connect_ray
 from nicheloop.errors import NotReady
 from nicheloop.settings import Settings
-from services.gateway import Gateway
-from services.inference import PredictorDeployment
+from services.gateway import gateway_deployment
+from services.inference import predictor_deployment
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,11 @@ APP_NAME = "nicheloop"
 
 
 def build_app(settings: Settings) -> Application:
-    """The ingress bound to one predictor deployment (settings travel as a plain dict)."""
+    """The ingress bound to the predictor deployment (settings travel as a plain dict)."""
     config = settings.model_dump(mode="json")
     config["home"] = str(settings.home.resolve())
-    # serve.deployment adds .bind at run time; its type hints do not show it
-    return Gateway.bind(PredictorDeployment.bind(config), config)  # type: ignore[attr-defined]
+    predictor = predictor_deployment(settings).bind(config)
+    return gateway_deployment(settings).bind(predictor, config)
 
 
 def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
@@ -35,7 +35,13 @@ def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
         NotReady: if the endpoint is not ready in time (no champion registered, say).
     """
     connect_ray(settings)
-    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    serve.start(
+        http_options={
+            "host": settings.host,
+            "port": settings.serve_port,
+            "request_timeout_s": settings.request_timeout_s,
+        }
+    )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     deadline = time.monotonic() + wait_ready_s
     while time.monotonic() < deadline:

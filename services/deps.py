@@ -7,10 +7,9 @@ Serve replica installs the real ones at start, tests swap them with ``app.depend
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
 from fastapi import Depends
-from PIL import Image
 
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
@@ -18,23 +17,27 @@ from nicheloop.errors import NotReady
 from nicheloop.review import ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from services.inference import ModelOutput
+from services.inference import ModelOutput, ModelState, Pixels
+from services.limits import Admission
+from services.watch import ModelWatch
 
 
 class PredictorPort(Protocol):
     """The model replica as the gateway calls it (a Serve handle in production)."""
 
-    async def ready(self) -> dict[str, Any]: ...
-    async def class_names(self) -> list[str]: ...
-    async def predict(self, image: Image.Image) -> ModelOutput: ...
+    async def state(self) -> ModelState: ...
+    async def predict(self, pixels: Pixels) -> ModelOutput: ...
 
 
 @dataclass(frozen=True)
 class GatewayResources:
-    """Everything a gateway replica holds: settings, the predictor, storage, the queue, the publisher."""
+    """Everything a gateway replica holds: settings, the predictor and what it knows of its model,
+    the bound on predictions in flight, storage, the queue, the publisher."""
 
     settings: Settings
     predictor: PredictorPort
+    model: ModelWatch
+    admission: Admission
     key: bytes  # signs prediction ids
     blobs: BlobStore
     store: Store

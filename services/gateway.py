@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from PIL import Image
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
+from nicheloop.errors import NotReady, Overloaded
 from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
@@ -17,7 +20,14 @@ from nicheloop.store import Store
 from services.api import api
 from services.deps import GatewayResources, install_resources
 from services.ids import load_or_create_key
-from services.inference import ModelOutput
+from services.inference import ModelOutput, ModelState, Pixels
+from services.limits import Admission
+from services.watch import ModelWatch
+
+log = logging.getLogger(__name__)
+
+STATE_TIMEOUT_S = 2.0  # /readyz waits at most this for the predictor, then answers from what it knows
+PREDICT_ATTEMPTS = 2  # a replica that dies mid-request costs one retry on another, not an error
 
 
 class ServePredictor:
@@ -26,22 +36,48 @@ class ServePredictor:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
-    async def ready(self) -> dict[str, Any]:
-        return await self.handle.ready.remote()
+    async def state(self) -> ModelState:
+        return await _answer(self.handle.state.remote())
 
-    async def class_names(self) -> list[str]:
-        return await self.handle.class_names.remote()
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        """Raises Overloaded when the predictors' queue is full, NotReady when replicas keep dying."""
+        for attempt in range(1, PREDICT_ATTEMPTS + 1):
+            try:
+                return await _answer(self.handle.predict.remote(pixels))
+            except RayActorError as exc:  # inference is idempotent: try another replica
+                if attempt == PREDICT_ATTEMPTS:
+                    raise NotReady(f"predictor replicas failed {attempt} times ({exc}); retry later") from exc
+                log.warning("predictor replica lost mid-request (%s); retrying", exc)
+        raise AssertionError("unreachable")
 
-    async def predict(self, image: Image.Image) -> ModelOutput:
-        return await self.handle.predict.remote(image)
+
+async def _answer(response: DeploymentResponse | DeploymentResponseGenerator) -> Any:
+    """Await a Serve call; cancelled with its caller (a timeout), so no replica works on for nobody."""
+    if not isinstance(response, DeploymentResponse):
+        raise TypeError("the predictor's methods answer once; they do not stream")
+    try:
+        return await response
+    except BackPressureError as exc:
+        raise Overloaded(f"the predictors' queue is full ({exc}); retry later", retry_after_s=1.0) from exc
+    except BaseException:
+        response.cancel()
+        raise
 
 
 def gateway_resources(settings: Settings, predictor: DeploymentHandle) -> GatewayResources:
     """Open what a gateway replica holds: the key, the blob store, the SQL store, the queue, the publisher."""
     store = Store(settings.db_url)
+    port = ServePredictor(predictor)
     return GatewayResources(
         settings=settings,
-        predictor=ServePredictor(predictor),
+        predictor=port,
+        model=ModelWatch(
+            port,
+            fresh_s=settings.reload_interval_s,
+            timeout_s=STATE_TIMEOUT_S,
+            stale_s=max(30.0, 3 * settings.predict_timeout_s),
+        ),
+        admission=Admission(settings.max_inflight_predictions),
         key=load_or_create_key(settings.home, settings.secret_key),
         blobs=BlobStore(str(settings.blob_dir)),
         store=store,
@@ -55,9 +91,20 @@ def gateway_resources(settings: Settings, predictor: DeploymentHandle) -> Gatewa
     )
 
 
-@serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Gateway:
     def __init__(self, predictor: DeploymentHandle, settings: dict[str, Any]) -> None:
         configure_logging()
         install_resources(gateway_resources(Settings(**settings), predictor))
+
+
+def gateway_deployment(settings: Settings) -> Any:
+    """The ingress as a Serve deployment: beyond ``gateway_max_queued`` waiting, the proxy answers 503."""
+    return serve.deployment(
+        Gateway,
+        name="gateway",
+        num_replicas=settings.gateway_replicas,
+        ray_actor_options={"num_cpus": 0.5},
+        max_ongoing_requests=settings.gateway_max_ongoing,
+        max_queued_requests=settings.gateway_max_queued,
+    )

@@ -9,13 +9,24 @@ import json
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound, NotReady, PayloadTooLarge
+from nicheloop.errors import (
+    BudgetSpent,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    UpstreamTimeout,
+)
 from nicheloop.spool import SpoolFull
 
 STATUS = {
     PayloadTooLarge: 413,
     NotFound: 404,
     NotReady: 503,
+    Overloaded: 503,
+    UpstreamTimeout: 504,
     SpoolFull: 503,
     InvalidInput: 400,
     Conflict: 409,

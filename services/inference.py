@@ -1,9 +1,10 @@
-"""The model replica: dynamic batching with ``@serve.batch`` and hot reload of the champion."""
+"""The model replica: adaptive batching of compact pixel arrays and hot reload of the champion."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -13,15 +14,42 @@ from PIL import Image
 from ray import serve
 
 from nicheloop.contracts import CHAMPION
-from nicheloop.errors import NotReady
+from nicheloop.errors import InvalidInput, NotReady
 from nicheloop.logs import configure_logging
 from nicheloop.model import NicheModel, margin_uncertainty
+from nicheloop.pixels import InputSpec, normalise, to_pixels
 from nicheloop.registry import LoadedVersion, Registry, VersionInfo
 from nicheloop.settings import Settings
+from services.batching import Batcher
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """One image as the gateway ships it: ``(H, W, 3)`` uint8 in the input geometry of the model
+    whose :class:`~nicheloop.pixels.InputSpec` has ``spec_key`` (49 KB at 128 px, whatever was sent)."""
+
+    array: np.ndarray
+    spec_key: str
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What the gateway needs to know of the model being served."""
+
+    ready: bool
+    model_version: str | None = None
+    class_names: tuple[str, ...] = ()
+    input_spec: InputSpec | None = None
+
+    def spec(self) -> InputSpec:
+        """Raises NotReady when no model is loaded (no input spec yet)."""
+        if self.input_spec is None:
+            raise NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
+        return self.input_spec
 
 
 @dataclass(frozen=True)
@@ -62,21 +90,26 @@ class Champion:
         log.info("now serving %s version %s on %s", info.name, info.version, self.device)
         return True
 
-    def ready(self) -> dict[str, Any]:
-        return {"ready": self.model is not None, "model_version": self.version}
+    def state(self) -> ModelState:
+        model, version = self.model, self.version  # read once: a swap may land in between
+        if model is None or version is None:
+            return ModelState(ready=False)
+        return ModelState(True, version, tuple(model.class_names), model.input_spec)
 
-    def class_names(self) -> list[str]:
-        """Raises NotReady until a model is loaded."""
-        return list(self._loaded()[0].class_names)
+    def infer(self, items: list[Pixels]) -> list[ModelOutput]:
+        """Probabilities, uncertainty and embeddings of each image, by the model loaded now.
 
-    def infer(self, images: list[Image.Image]) -> list[ModelOutput]:
-        """Probabilities, uncertainty and embedding of each image, by the model loaded now.
+        Pixels made for another input spec (sent while the champion was being swapped) are
+        brought to this model's geometry first.
 
         Raises:
             NotReady: no model loaded yet.
+            InvalidInput: an array that is not (H, W, 3) uint8.
         """
         model, version = self._loaded()
-        out = model.infer(model.preprocess(images))
+        spec = model.input_spec
+        arrays = [_fit(item, spec) for item in items]
+        out = model.infer(normalise(arrays, spec))
         unc = margin_uncertainty(out.probs)
         # 6 decimals keep float32 precision for these magnitudes and halve the events' JSON size
         emb, early = (np.round(a.astype(np.float64), EMBEDDING_DECIMALS) for a in (out.embeddings, out.early))
@@ -92,19 +125,30 @@ class Champion:
         return model, version
 
 
+def _fit(item: Pixels, spec: InputSpec) -> np.ndarray:
+    a = item.array
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise InvalidInput("pixels must be an (H, W, 3) uint8 array made by nicheloop.pixels.to_pixels")
+    return a if item.spec_key == spec.key else to_pixels(Image.fromarray(a), spec)
+
+
 class Predictor:
     """The model replica on Ray Serve: batches requests, watches the champion alias."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         configure_logging()
         self.settings = Settings(**settings)
+        torch.set_num_threads(self.settings.predictor_threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.champion = Champion(
             Registry(self.settings.tracking_uri, self.settings.model_name), device=device
         )
-        # serve.batch adds these setters at run time; its type hints do not show them
-        self.predict_batch.set_max_batch_size(self.settings.batch_max_size)  # type: ignore[attr-defined]
-        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        # one inference thread: torch's OpenMP team belongs to its calling thread, and a new caller
+        # thread each batch (asyncio.to_thread) grows a new team of spinning threads
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer")
+        self.batcher: Batcher[Pixels, ModelOutput] = Batcher(
+            self._infer, max_size=self.settings.batch_max_size, max_wait_s=self.settings.batch_wait_timeout_s
+        )
         self._watcher = asyncio.get_event_loop().create_task(self._watch_champion())
 
     async def _watch_champion(self) -> None:
@@ -117,18 +161,43 @@ class Predictor:
                 log.exception("champion reload failed; still serving version %s", self.champion.version)
             await asyncio.sleep(self.settings.reload_interval_s)
 
-    def ready(self) -> dict[str, Any]:
-        return self.champion.ready()
+    async def _infer(self, items: list[Pixels]) -> list[ModelOutput]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.champion.infer, items)
 
-    def class_names(self) -> list[str]:
-        return self.champion.class_names()
+    def state(self) -> ModelState:
+        return self.champion.state()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def predict_batch(self, images: list[Image.Image]) -> list[ModelOutput]:
-        return await asyncio.to_thread(self.champion.infer, images)
+    def batching(self) -> dict[str, float]:
+        """Batches run, images in them and seconds spent on them since the replica started (benchmarks
+        read it)."""
+        return {
+            "batches": self.batcher.batches,
+            "images": self.batcher.items,
+            "waiting": self.batcher.waiting,
+            "busy_s": self.batcher.busy_s,
+        }
 
-    async def predict(self, image: Image.Image) -> ModelOutput:
-        return await self.predict_batch(image)  # serve.batch gathers single calls into lists
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        return await self.batcher.submit(pixels)
 
 
-PredictorDeployment = serve.deployment(Predictor, name="predictor", ray_actor_options={"num_cpus": 1})
+def predictor_deployment(settings: Settings) -> Any:
+    """The predictor as a Serve deployment, sized and bounded by ``settings``."""
+    s = settings
+    scaling: dict[str, Any] = {"num_replicas": s.predictor_replicas}
+    if s.predictor_max_replicas > s.predictor_replicas:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": s.predictor_replicas,
+                "max_replicas": s.predictor_max_replicas,
+                "target_ongoing_requests": s.predictor_target_ongoing,
+            }
+        }
+    return serve.deployment(
+        Predictor,
+        name="predictor",
+        ray_actor_options={"num_cpus": s.predictor_threads},
+        max_ongoing_requests=s.predictor_max_ongoing,
+        max_queued_requests=s.predictor_max_queued,
+        **scaling,
+    )

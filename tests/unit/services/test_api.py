@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 from pydantic import BaseModel
 
 from nicheloop.blobs import BlobStore
@@ -23,7 +21,9 @@ from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.api import api
 from services.deps import GatewayResources, get_resources
-from services.inference import Champion, ModelOutput
+from services.inference import Champion, ModelOutput, ModelState, Pixels
+from services.limits import Admission
+from services.watch import ModelWatch
 
 
 class OneVersion:
@@ -50,14 +50,11 @@ class LocalPredictor:
     def __init__(self, champion: Champion) -> None:
         self.champion = champion
 
-    async def ready(self) -> dict[str, Any]:
-        return self.champion.ready()
+    async def state(self) -> ModelState:
+        return self.champion.state()
 
-    async def class_names(self) -> list[str]:
-        return self.champion.class_names()
-
-    async def predict(self, image: Image.Image) -> ModelOutput:
-        return (await asyncio.to_thread(self.champion.infer, [image]))[0]
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        return (await asyncio.to_thread(self.champion.infer, [pixels]))[0]
 
 
 class RecordingPublisher:
@@ -80,9 +77,12 @@ def registry() -> OneVersion:
 @pytest.fixture
 def res(tmp_path: Path, registry: OneVersion) -> GatewayResources:
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    predictor = LocalPredictor(Champion(registry))
     return GatewayResources(
         settings=Settings(home=tmp_path, image_size=32),
-        predictor=LocalPredictor(Champion(registry)),
+        predictor=predictor,
+        model=ModelWatch(predictor, fresh_s=2.0, timeout_s=2.0, stale_s=30.0),
+        admission=Admission(4),
         key=b"k" * 32,
         blobs=BlobStore(str(tmp_path / "blobs")),
         store=store,

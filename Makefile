@@ -8,7 +8,7 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-sampling bench-train bench-drift lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
@@ -61,6 +61,11 @@ soak: setup
 
 bench: setup
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) benchmarks/event_logging.py
+
+# The endpoint against the bare model, under overload and a replica kill; needs wrk (Debian's).
+bench-serving: setup
+	command -v wrk >/dev/null || apt-get install -y -q wrk || { echo "install wrk (apt-get install wrk)"; exit 1; }
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m benchmarks.serving
 
 # Active sampling: labels saved against random (NEU when ../shared/datasets/neu-steel is there), and scale.
 # Training: Ray Train over a plain loop; transfer with few labels (NEU when ../shared/datasets/neu-steel is there).

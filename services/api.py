@@ -68,14 +68,18 @@ async def metrics(res: Resources) -> Response:
 
 
 @api.post("/v1/predict", response_model=PredictResponse)
-async def predict(request: Request, res: Resources) -> PredictResponse:
+async def predict(request: Request, response: Response, res: Resources) -> PredictResponse:
     """Classify one image; the prediction is published as an event and the image kept by its hash.
 
-    Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the body is read.
+    Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the body is
+    read. ``Server-Timing`` says where the time went (prepare, model, publish; milliseconds).
     """
     async with res.admission.slot():
         data = await image_bytes(request, res.settings.max_upload_bytes)
-        return await predict_image(res, data)
+        timings: dict[str, float] = {}
+        answer = await predict_image(res, data, timings)
+        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in timings.items())
+        return answer
 
 
 def _accepted(event: FeedbackEvent) -> FeedbackAccepted:

@@ -21,17 +21,20 @@ APP_NAME = "nicheloop"
 
 
 def build_app(settings: Settings) -> Application:
-    """The ingress bound to the predictor deployment (settings travel as a plain dict)."""
+    """The ingress bound to the predictor deployment, or holding the model itself when
+    ``serving_mode`` is ``fused`` (settings travel as a plain dict)."""
     config = settings.model_dump(mode="json")
     config["home"] = str(settings.home.resolve())
-    predictor = predictor_deployment(settings).bind(config)
+    predictor = None if settings.fused else predictor_deployment(settings).bind(config)
     return gateway_deployment(settings).bind(predictor, config)
 
 
-def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
-    """Deploy (or update) the app on the Ray cluster and wait until /readyz says ready.
+def deploy(
+    settings: Settings, wait_ready_s: float = 180.0, *, name: str = APP_NAME, route_prefix: str = "/"
+) -> str:
+    """Deploy (or update) the app on the Ray cluster and wait until its /readyz says ready.
 
-    Raises:
+    Returns the app's base URL. Raises:
         NotReady: if the endpoint is not ready in time (no champion registered, say).
     """
     connect_ray(settings)
@@ -42,19 +45,18 @@ def deploy(settings: Settings, wait_ready_s: float = 180.0) -> str:
             "request_timeout_s": settings.request_timeout_s,
         }
     )
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(settings), name=name, route_prefix=route_prefix, blocking=False)
+    url = settings.serve_url + route_prefix.rstrip("/")
     deadline = time.monotonic() + wait_ready_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{settings.serve_url}/readyz", timeout=5) as resp:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
                 if resp.status == 200:
-                    return settings.serve_url
+                    return url
         except OSError:
             pass
         time.sleep(1.0)
-    raise NotReady(
-        f"{settings.serve_url}/readyz not ready after {wait_ready_s:.0f}s; is a champion registered?"
-    )
+    raise NotReady(f"{url}/readyz not ready after {wait_ready_s:.0f}s; is a champion registered?")
 
 
 def undeploy(settings: Settings) -> None:

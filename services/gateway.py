@@ -7,6 +7,7 @@ from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
@@ -18,15 +19,16 @@ from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.api import api
-from services.deps import GatewayResources, install_resources
+from services.deps import GatewayResources, PredictorPort, install_resources
 from services.ids import load_or_create_key
-from services.inference import ModelOutput, ModelState, Pixels
+from services.inference import InProcessPredictor, ModelOutput, ModelState, Pixels
 from services.limits import Admission
 from services.watch import ModelWatch
 
 log = logging.getLogger(__name__)
 
 STATE_TIMEOUT_S = 2.0  # /readyz waits at most this for the predictor, then answers from what it knows
+RETRY_AFTER_S = 1.0  # what a shed request is told to wait
 PREDICT_ATTEMPTS = 2  # a replica that dies mid-request costs one retry on another, not an error
 
 
@@ -58,16 +60,23 @@ async def _answer(response: DeploymentResponse | DeploymentResponseGenerator) ->
     try:
         return await response
     except BackPressureError as exc:
-        raise Overloaded(f"the predictors' queue is full ({exc}); retry later", retry_after_s=1.0) from exc
+        raise Overloaded(
+            f"the predictors' queue is full ({exc}); retry later", retry_after_s=RETRY_AFTER_S
+        ) from exc
     except BaseException:
         response.cancel()
         raise
 
 
-def gateway_resources(settings: Settings, predictor: DeploymentHandle) -> GatewayResources:
-    """Open what a gateway replica holds: the key, the blob store, the SQL store, the queue, the publisher."""
+def gateway_resources(settings: Settings, predictor: DeploymentHandle | None) -> GatewayResources:
+    """Open what a gateway replica holds: the predictor (a handle, or in this process when there is
+    none), the key, the blob store, the SQL store, the queue, the publisher."""
     store = Store(settings.db_url)
-    port = ServePredictor(predictor)
+    port: PredictorPort = (
+        ServePredictor(predictor)
+        if predictor is not None
+        else InProcessPredictor(settings.model_dump(mode="json"))
+    )
     return GatewayResources(
         settings=settings,
         predictor=port,
@@ -77,7 +86,7 @@ def gateway_resources(settings: Settings, predictor: DeploymentHandle) -> Gatewa
             timeout_s=STATE_TIMEOUT_S,
             stale_s=max(30.0, 3 * settings.predict_timeout_s),
         ),
-        admission=Admission(settings.max_inflight_predictions),
+        admission=Admission(settings.max_inflight_predictions, retry_after_s=RETRY_AFTER_S),
         key=load_or_create_key(settings.home, settings.secret_key),
         blobs=BlobStore(str(settings.blob_dir)),
         store=store,
@@ -93,18 +102,21 @@ def gateway_resources(settings: Settings, predictor: DeploymentHandle) -> Gatewa
 
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, predictor: DeploymentHandle, settings: dict[str, Any]) -> None:
+    def __init__(self, predictor: DeploymentHandle | None, settings: dict[str, Any]) -> None:
         configure_logging()
         install_resources(gateway_resources(Settings(**settings), predictor))
 
 
 def gateway_deployment(settings: Settings) -> Any:
-    """The ingress as a Serve deployment: beyond ``gateway_max_queued`` waiting, the proxy answers 503."""
+    """The ingress as a Serve deployment. Beyond ``gateway_max_queued`` requests waiting for a
+    replica, the proxy answers 503 with ``Retry-After`` itself: shedding there costs a fraction of
+    what a request that reaches the gateway does (docs/serving.md)."""
     return serve.deployment(
         Gateway,
         name="gateway",
         num_replicas=settings.gateway_replicas,
-        ray_actor_options={"num_cpus": 0.5},
+        ray_actor_options={"num_cpus": 0.5 + (settings.predictor_threads if settings.fused else 0)},
         max_ongoing_requests=settings.gateway_max_ongoing,
         max_queued_requests=settings.gateway_max_queued,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
     )

@@ -181,6 +181,20 @@ class Predictor:
         return await self.batcher.submit(pixels)
 
 
+class InProcessPredictor:
+    """A :class:`Predictor` in the gateway's own process (``serving_mode=fused``), as the gateway's
+    predictor port: no Ray call between HTTP and the model, at the price of scaling them together."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.predictor = Predictor(settings)
+
+    async def state(self) -> ModelState:
+        return self.predictor.state()
+
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        return await self.predictor.predict(pixels)
+
+
 def predictor_deployment(settings: Settings) -> Any:
     """The predictor as a Serve deployment, sized and bounded by ``settings``."""
     s = settings
@@ -196,7 +210,7 @@ def predictor_deployment(settings: Settings) -> Any:
     return serve.deployment(
         Predictor,
         name="predictor",
-        ray_actor_options={"num_cpus": s.predictor_threads},
+        ray_actor_options={"num_cpus": s.predictor_threads, "num_gpus": s.predictor_gpus},
         max_ongoing_requests=s.predictor_max_ongoing,
         max_queued_requests=s.predictor_max_queued,
         **scaling,

@@ -22,6 +22,27 @@ def test_rayservice_import_path_resolves() -> None:
     assert callable(getattr(importlib.import_module(module), attr))
 
 
+def test_rayservice_settings_are_real_and_put_autoscaled_predictors_on_gpus(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from nicheloop.settings import Settings
+    from services.inference import predictor_deployment
+
+    service = yaml.safe_load((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
+    env = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    plain = {e["name"]: e["value"] for e in env if "value" in e}
+    fields = {f"NICHELOOP_{name.upper()}" for name in Settings.model_fields}
+    assert {k for k in plain if k.startswith("NICHELOOP_")} <= fields
+    for key, value in plain.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert (
+        settings.serving_mode == "split" and settings.max_inflight_predictions < settings.gateway_max_ongoing
+    )
+    predictor = predictor_deployment(settings)
+    assert predictor.ray_actor_options["num_gpus"] == 1
+    scaling = predictor._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 4)
+
+
 def test_alert_rules_use_exported_metric_names() -> None:
     from monitoring.metrics import MonitorMetrics
 

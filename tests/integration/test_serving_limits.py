@@ -1,0 +1,67 @@
+"""The request path's bounds on the real stack: a second app beside the loop's, the model in its own
+deployment, with limits small enough to hit: overload is shed with 503 and Retry-After (never a
+500), a predictor slower than its deadline answers 504 naming it, and /readyz still answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from ray import serve
+
+from nicheloop.settings import Settings
+from services.app import deploy
+
+pytestmark = pytest.mark.integration
+
+TIGHT = "tight"
+
+
+@pytest.fixture
+def tight(live: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The app deployed with the test's settings under /tight; deleted afterwards."""
+    knobs = {"serving_mode": "split", **request.param}
+    try:
+        yield deploy(live.model_copy(update=knobs), name=TIGHT, route_prefix=f"/{TIGHT}")
+    finally:
+        serve.delete(TIGHT)
+
+
+@pytest.mark.parametrize(
+    "tight",
+    [{"max_inflight_predictions": 1, "gateway_max_ongoing": 4, "gateway_max_queued": 2}],
+    indirect=True,
+)
+def test_overload_is_shed_with_503_and_retry_after_never_a_500(tight: str, png: bytes) -> None:
+    with httpx.Client(base_url=tight, timeout=60) as client:
+
+        def post(_: int) -> httpx.Response:
+            return client.post("/v1/predict", content=png)
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, range(48)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503}, codes
+        shed = [a for a in answers if a.status_code == 503]
+        assert codes.count(200) >= 1 and shed, codes
+        assert all(a.headers.get("retry-after") == "1" for a in shed)
+        served = next(a for a in answers if a.status_code == 200)
+        assert {"prepare", "model", "publish"} <= {
+            p.split(";")[0] for p in served.headers["server-timing"].split(", ")
+        }
+        metrics = client.get("/metrics").text
+        assert "nicheloop_predictions_in_flight_limit 1.0" in metrics
+
+
+@pytest.mark.parametrize("tight", [{"predict_timeout_s": 0.001}], indirect=True)
+def test_a_predictor_slower_than_its_deadline_answers_504_naming_it(tight: str, png: bytes) -> None:
+    with httpx.Client(base_url=tight, timeout=60) as client:
+        answer = client.post("/v1/predict", content=png)
+        assert answer.status_code == 504
+        assert (
+            "predictor" in answer.json()["detail"]
+            and "NICHELOOP_PREDICT_TIMEOUT_S" in answer.json()["detail"]
+        )
+        assert client.get("/readyz").status_code == 200

@@ -68,10 +68,10 @@ class Settings(BaseSettings):
         "(a batch is what queued while the previous one ran, docs/serving.md).",
     )
     serving_mode: ServingMode = Field(
-        "fused",
-        description="fused: the model in the HTTP replica (no Ray call in between: 1.3x the "
-        "throughput on 2 cores); split: the model in its own deployment (replicas scale apart, "
-        "on GPU nodes, and a lost one costs a retry, not an error). docs/serving.md.",
+        "split",
+        description="split: the model in its own deployment (replicas scale apart, on GPU nodes, and "
+        "a lost one costs a retry, not an error); fused: the model in the HTTP replica (no Ray call "
+        "in between: less CPU a request). docs/serving.md.",
     )
     predictor_threads: int = Field(
         1, ge=1, description="Torch threads (and CPUs) of a predictor replica; 1 measured best on 2 cores."

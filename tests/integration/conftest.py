@@ -19,11 +19,11 @@ from tests.conftest import postgres_database
 def _test_settings(home, backend: str) -> Settings:
     """Local ports apart from a default stack; with ``postgresql`` the store and MLflow use it."""
     urls: dict[str, str] = {}
-    if backend == "postgresql":  # and the model in its own deployment: both serving modes run the loop
+    if backend == "postgresql":  # and the model in the HTTP replica: both serving modes run the loop
         urls = {
             "database_url": postgres_database("loop_store"),
             "mlflow_backend_uri": postgres_database("loop_mlflow"),
-            "serving_mode": "split",
+            "serving_mode": "fused",
         }
     return Settings(
         home=home,
@@ -40,8 +40,8 @@ def _test_settings(home, backend: str) -> Settings:
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The whole stack, once on the embedded defaults (SQLite, the model in the HTTP replica) and once
-    on PostgreSQL (the model in its own deployment)."""
+    """The whole stack, once on the embedded defaults (SQLite, the model in its own deployment) and
+    once on PostgreSQL (the model in the HTTP replica)."""
     settings = _test_settings(tmp_path_factory.mktemp("nicheloop-home"), request.param)
     try:
         start_loop(settings, per_class=100, epochs=5)

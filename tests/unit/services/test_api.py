@@ -5,6 +5,7 @@ publisher is a recorder (its delivery is tested against a real broker in integra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,43 @@ def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
 def test_metrics_show_the_spool(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert "nicheloop_event_spool_capacity 100.0" in text and "nicheloop_event_spool_depth 0.0" in text
+
+
+class SlowPredictor(LocalPredictor):
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        await asyncio.sleep(5)
+        raise AssertionError("the deadline should have fired first")
+
+
+def test_a_slow_predictor_gets_a_504_naming_it_and_readiness_still_answers(
+    res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    _ready(res, registry)
+    slow = SlowPredictor(res.predictor.champion)  # type: ignore[attr-defined]
+    settings = res.settings.model_copy(update={"predict_timeout_s": 0.05})
+    api.dependency_overrides[get_resources] = lambda: dataclasses.replace(
+        res, predictor=slow, settings=settings
+    )
+    try:
+        client = TestClient(api, raise_server_exceptions=False)
+        answer = client.post("/v1/predict", content=png)
+        assert answer.status_code == 504 and "NICHELOOP_PREDICT_TIMEOUT_S" in answer.json()["detail"]
+        assert client.get("/readyz").status_code == 200
+    finally:
+        api.dependency_overrides.clear()
+
+
+def test_a_full_replica_sheds_at_once_with_retry_after(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    _ready(res, registry)
+    res.admission.inside = res.admission.limit  # every place taken
+    answer = client.post("/v1/predict", content=png)
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert "busy" in answer.json()["detail"] and res.admission.shed == 1
+    res.admission.inside = 0
+    served = client.post("/v1/predict", content=png)
+    assert served.status_code == 200
+    steps = {part.split(";")[0] for part in served.headers["server-timing"].split(", ")}
+    assert steps == {"prepare", "model", "publish"}
+    assert "nicheloop_predictions_shed_total 1.0" in client.get("/metrics").text

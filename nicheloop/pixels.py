@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, fields
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -49,15 +49,19 @@ class InputSpec:
             std=tuple(float(v) for v in c["std"]),
         )
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """A short digest: pixels made for one spec are only fed to a model with the same key."""
-        blob = json.dumps(self.__dict__, sort_keys=True, default=list).encode()
+        """A short digest: pixels made for one spec are only fed to a model with the same key.
+        Computed once per spec (it is checked for every image served)."""
+        blob = json.dumps(self._fields(), sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def config(self) -> dict[str, Any]:
         """Keyword arguments of timm's ``create_transform``."""
-        return {k: v for k, v in self.__dict__.items() if k != "crop_mode"}
+        return {k: v for k, v in self._fields().items() if k != "crop_mode"}
+
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @lru_cache(maxsize=16)

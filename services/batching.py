@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -37,9 +36,6 @@ class Batcher(Generic[I, O]):
         self.fn, self.max_size, self.max_wait_s = fn, max_size, max_wait_s
         self._queue: asyncio.Queue[tuple[I, asyncio.Future[O]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.items = 0
-        self.busy_s = 0.0  # time spent in fn
 
     async def submit(self, item: I) -> O:
         """The result of ``fn`` for ``item``, computed in a batch with whatever else is waiting.
@@ -54,10 +50,6 @@ class Batcher(Generic[I, O]):
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run(), name="nicheloop-batcher")
         return await future
-
-    @property
-    def waiting(self) -> int:
-        return self._queue.qsize()
 
     async def _next_batch(self) -> list[tuple[I, asyncio.Future[O]]]:
         batch = [await self._queue.get()]
@@ -80,8 +72,6 @@ class Batcher(Generic[I, O]):
             batch = await self._next_batch()
             if not batch:
                 continue
-            self.batches, self.items = self.batches + 1, self.items + len(batch)
-            started = time.perf_counter()
             try:
                 results = await self.fn([item for item, _ in batch])
             except Exception as exc:  # noqa: BLE001  every caller of the batch gets the error; the worker goes on
@@ -89,8 +79,6 @@ class Batcher(Generic[I, O]):
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            finally:
-                self.busy_s += time.perf_counter() - started
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

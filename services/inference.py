@@ -167,16 +167,6 @@ class Predictor:
     def state(self) -> ModelState:
         return self.champion.state()
 
-    def batching(self) -> dict[str, float]:
-        """Batches run, images in them and seconds spent on them since the replica started (benchmarks
-        read it)."""
-        return {
-            "batches": self.batcher.batches,
-            "images": self.batcher.items,
-            "waiting": self.batcher.waiting,
-            "busy_s": self.batcher.busy_s,
-        }
-
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return await self.batcher.submit(pixels)
 

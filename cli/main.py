@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from cli.progress import RunProgress
 from deploy.local import stack as stack_mod
@@ -290,18 +291,55 @@ def train(
 
 
 @app.command()
+def compress(
+    version: str | None = typer.Option(None, help="Registered version to compress (default: the champion)."),
+    precision: str = typer.Option(
+        "int8", help="int8 (quantised, ranges from training images) or fp32 (the same graph, unquantised)."
+    ),
+    calibration_images: int = typer.Option(512, help="Training images that set the int8 ranges."),
+) -> None:
+    """Compile a version for ONNX Runtime and register it as the candidate; print its figures and
+    the verdicts `nicheloop promote` would give."""
+    from nicheloop.registry import Registry
+    from rollout.promote import offline_gates
+    from training.compress import CompressConfig
+    from training.compress import compress as run_compress
+
+    s = get_settings()
+    try:
+        cfg = CompressConfig(precision=precision, calibration_images=calibration_images)
+        result = run_compress(s, cfg, version=version)
+        preview = offline_gates(
+            Registry(s.tracking_uri, s.model_name),
+            max_drop_points=s.compression_max_accuracy_drop_points,
+            max_ece_increase=s.compression_max_ece_increase,
+            refuse=False,
+        )
+    except ValidationError as exc:
+        _fail(ValueError(str(exc)))
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"version": result.version.version, **result.metrics, **preview.summary()}))
+
+
+@app.command()
 def promote(
     tolerance: float = typer.Option(
         0.0, help="Held-out accuracy the candidate may lose (a fraction: 0.005)."
     ),
 ) -> None:
-    """Make the candidate the champion if it passes the offline gate; say why if not."""
+    """Make the candidate the champion if it passes the offline gates; say why if not."""
     from nicheloop.registry import Registry
     from rollout.promote import promote as run_promote
 
     s = get_settings()
     try:
-        result = run_promote(Registry(s.tracking_uri, s.model_name), tolerance=tolerance)
+        result = run_promote(
+            Registry(s.tracking_uri, s.model_name),
+            tolerance=tolerance,
+            max_drop_points=s.compression_max_accuracy_drop_points,
+            max_ece_increase=s.compression_max_ece_increase,
+        )
     except NicheloopError as exc:
         _fail(exc)
     typer.echo(json.dumps(result.summary()))

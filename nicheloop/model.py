@@ -22,6 +22,7 @@ from timm.data import create_transform, resolve_model_data_config
 from nicheloop.errors import InvalidInput
 from nicheloop.pixels import InputSpec, normalise, to_pixels
 from nicheloop.pretrained import file_sha256, load_packaged
+from nicheloop.runtime import ONNX_FILE, OnnxNet
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,19 @@ class Inference(NamedTuple):
 
 @dataclass
 class NicheModel:
-    """A classifier plus everything needed to use it on raw images."""
+    """A classifier plus everything needed to use it on raw images.
+
+    ``runtime``, when set, is the network compiled for a faster CPU runtime (`nicheloop compress`):
+    :meth:`forward` runs it instead of ``net``, which keeps the full-precision weights it was
+    compiled from (training continues from those).
+    """
 
     backbone: str
     class_names: list[str]
     data_config: dict[str, Any]
     net: TimmNet
     extra: dict[str, Any] = field(default_factory=dict)
+    runtime: OnnxNet | None = None
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +100,10 @@ class NicheModel:
 
         The early features come from forward hooks on :func:`early_modules`: the drift monitor's
         view of what fine-tuning taught the pre-logits to ignore (blur, noise; docs/drift.md).
+        A compiled ``runtime`` gives all three from its graph.
         """
+        if self.runtime is not None:
+            return Forward(*(torch.from_numpy(a) for a in self.runtime.run(batch.detach().cpu().numpy())))
         device = next(self.net.parameters()).device
         pooled: dict[str, torch.Tensor] = {}
         channels = {name: chs for name, chs in early_modules(self.net)}
@@ -314,9 +324,11 @@ def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
 
 
 def save_model(model: NicheModel, directory: Path) -> Path:
-    """Write weights and metadata into ``directory`` (created); returns it."""
+    """Write weights, metadata and the compiled graph if any into ``directory`` (created); returns it."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.net.state_dict(), directory / WEIGHTS_FILE)
+    if model.runtime is not None:
+        (directory / ONNX_FILE).write_bytes(model.runtime.graph)
     meta = {
         "backbone": model.backbone,
         "class_names": model.class_names,
@@ -329,6 +341,9 @@ def save_model(model: NicheModel, directory: Path) -> Path:
 
 def load_model(directory: Path, device: str = "cpu") -> NicheModel:
     """Rebuild a model written by :func:`save_model`.
+
+    A compiled graph runs on ``torch.get_num_threads()`` threads; it is a CPU graph, so on another
+    device the model runs the full-precision weights it was compiled from.
 
     Raises:
         InvalidInput: if the folder lacks the weights or metadata files.
@@ -343,4 +358,10 @@ def load_model(directory: Path, device: str = "cpu") -> NicheModel:
     net = timm_net(meta["backbone"], cfg["input_size"][-1], num_classes=len(meta["class_names"]))
     net.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
     net.to(device).eval()
-    return NicheModel(meta["backbone"], meta["class_names"], cfg, net, meta.get("extra", {}))
+    model = NicheModel(meta["backbone"], meta["class_names"], cfg, net, meta.get("extra", {}))
+    graph = directory / ONNX_FILE
+    if graph.is_file() and torch.device(device).type == "cpu":
+        model.runtime = OnnxNet(graph.read_bytes(), threads=torch.get_num_threads())
+    elif graph.is_file():
+        log.info("%s runs its full-precision weights on %s (its graph is for CPUs)", directory, device)
+    return model

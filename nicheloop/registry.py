@@ -1,7 +1,8 @@
 """The only module that imports mlflow: register versions, move aliases, load, lineage.
 
 A registered version is an MLflow pyfunc model whose ``model`` artifact is a folder written by
-:func:`nicheloop.model.save_model` (weights, class names, data config) plus the drift reference
+:func:`nicheloop.model.save_model` (weights, class names, data config, and the compiled graph of a
+compressed version) plus the drift reference
 of its validation set (:class:`~nicheloop.reference.Reference`, ``reference.npz``). Lineage lives
 in the version's tags.
 """
@@ -95,7 +96,7 @@ class Registry:
                 name="model",
                 python_model=_NichePyfunc(),
                 artifacts={"model": str(model_dir)},
-                pip_requirements=["torch", "timm", "numpy"],
+                pip_requirements=["torch", "timm", "numpy", *(["onnxruntime"] if model.runtime else [])],
                 registered_model_name=self.name,
             )
         version = str(info.registered_model_version)

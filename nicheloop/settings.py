@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     storage_timeout_s: float = Field(
         10.0, gt=0, description="Longest wait for the blob store or the event spool; then 504 naming it."
     )
+    compression_max_accuracy_drop_points: float = Field(
+        0.5,
+        ge=0,
+        description="Held-out accuracy points a compressed version may lose against its source and "
+        "still be promoted (the compression_fidelity gate).",
+    )
+    compression_max_ece_increase: float = Field(
+        0.01, ge=0, description="Expected calibration error a compressed version may add to its source's."
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="The HTTP proxy's limit on a whole request (a backstop for the above)."
     )

@@ -52,27 +52,54 @@ class Promotion:
         }
 
 
-def offline_gates(registry: AliasRegistry, *, tolerance: float = 0.0) -> Promotion:
+def offline_gates(
+    registry: AliasRegistry,
+    *,
+    tolerance: float = 0.0,
+    max_drop_points: float = 0.5,
+    max_ece_increase: float = 0.01,
+    refuse: bool = True,
+) -> Promotion:
     """Run the offline gates on the candidate against the champion, moving no alias.
 
+    ``tolerance``: held-out accuracy (a fraction) a retrained candidate may lose; ``max_drop_points``
+    and ``max_ece_increase``: what a compressed candidate may lose against its source.
+    ``refuse=False`` returns every verdict, failed ones too (a preview).
+
     Raises:
-        GateRefused: a gate failed or held; the message is its reason.
+        GateRefused: a gate failed or held (with ``refuse``); the message is its reason.
     """
     champ, cand = registry.resolve(CHAMPION), registry.resolve(CANDIDATE)
-    results = evaluate(Evidence(registry, champ, cand, accuracy_tolerance=tolerance), "offline")
+    evidence = Evidence(
+        registry,
+        champ,
+        cand,
+        accuracy_tolerance=tolerance,
+        compression_max_accuracy_drop_points=max_drop_points,
+        compression_max_ece_increase=max_ece_increase,
+    )
+    results = evaluate(evidence, "offline")
     for result in results:
-        if not result.passed:
+        if refuse and not result.passed:
             raise GateRefused(f"{result.gate} gate: {result.reason}; not promoted")
     return Promotion(champ.version, cand.version, tuple(results))
 
 
-def promote(registry: AliasRegistry, *, tolerance: float = 0.0) -> Promotion:
+def promote(
+    registry: AliasRegistry,
+    *,
+    tolerance: float = 0.0,
+    max_drop_points: float = 0.5,
+    max_ece_increase: float = 0.01,
+) -> Promotion:
     """Move ``champion`` to the candidate if it passes the offline gates; serving picks it up by itself.
 
     Raises:
         GateRefused: as :func:`offline_gates`.
     """
-    result = offline_gates(registry, tolerance=tolerance)
+    result = offline_gates(
+        registry, tolerance=tolerance, max_drop_points=max_drop_points, max_ece_increase=max_ece_increase
+    )
     registry.set_alias(PREVIOUS, result.previous)
     registry.set_alias(CHAMPION, result.promoted)
     log.info("promoted version %s to champion (was %s)", result.promoted, result.previous)

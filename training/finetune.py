@@ -293,6 +293,9 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
+    # a compressed champion trains on from the full-precision weights it was compiled from
+    champion.model.runtime = None
+    champion.model.extra.pop("compression", None)
     champion.model.extra["start_weights"] = continued_from(champion.info.version, before)
     lineage = Lineage(
         CANDIDATE,

@@ -46,6 +46,9 @@ class Evidence:
     champion: VersionInfo
     candidate: VersionInfo
     accuracy_tolerance: float = 0.0  # accuracy (fraction) the candidate may lose against the champion
+    # what a compressed candidate may lose against the version it was compiled from (Settings)
+    compression_max_accuracy_drop_points: float = 0.5
+    compression_max_ece_increase: float = 0.01
 
 
 class Gate(Protocol):

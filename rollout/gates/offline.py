@@ -26,6 +26,10 @@ class OfflineAccuracy:
                 f"candidate {cand.version} was trained from version {parent}, but the champion is "
                 f"now {champ.version}: its comparison is stale; run `nicheloop train` again"
             )
+        if "compressed_from" in cand.tags:
+            return GateResult(
+                self.name, "pass", f"compressed from champion {champ.version}: held to compression_fidelity"
+            )
         metrics = evidence.registry.run_metrics(cand.run_id)
         acc, base = metrics.get("holdout_accuracy"), metrics.get("parent_holdout_accuracy")
         if acc is None or base is None:

@@ -82,12 +82,11 @@ def export_onnx(model: NicheModel, path: Path, *, opset: int = 17) -> Path:
     (N×3×H×W float32, N free), outputs :data:`~nicheloop.runtime.OUTPUTS`."""
     if model.runtime is not None:
         raise InvalidInput("this model is already compiled; export its source version instead")
-    model.net.eval()
     example = torch.zeros(2, *model.data_config["input_size"])
     free_batch = {name: {0: "n"} for name in (INPUT, *OUTPUTS)}
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
-            _Outputs(model),
+            _Outputs(model).eval(),  # the exporter restores this mode afterwards: the net stays in eval
             (example,),
             str(path),
             dynamo=False,  # the TorchScript exporter: no onnxscript, and timm's nets trace cleanly

@@ -38,14 +38,15 @@ def _good() -> FakeRegistry:
     )
 
 
-def test_the_offline_gate_is_registered() -> None:
-    assert list(gates("offline")) == ["offline_accuracy"]
+def test_the_offline_gates_are_registered() -> None:
+    assert list(gates("offline")) == ["compression_fidelity", "offline_accuracy"]
     assert gates("canary") == {}
 
 
 def test_promotion_reports_every_gate_with_its_figures() -> None:
     result = promote(_good())  # type: ignore[arg-type]
-    (gate,) = result.summary()["gates"]  # type: ignore[misc]
+    fidelity, gate = result.summary()["gates"]  # type: ignore[misc]
+    assert fidelity["verdict"] == "pass" and "not a compressed version" in fidelity["reason"]
     assert gate["gate"] == "offline_accuracy" and gate["verdict"] == "pass"
     assert (gate["candidate_accuracy"], gate["champion_accuracy"]) == (0.9, 0.8)
     assert (result.candidate_accuracy, result.champion_accuracy) == (0.9, 0.8)

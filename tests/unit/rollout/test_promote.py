@@ -17,10 +17,11 @@ class FakeRegistry:
     parent: str
     metrics: dict[str, float]
     moves: list[tuple[str, str]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # every version's, besides its parent
 
     def resolve(self, alias: str) -> VersionInfo:
         v = self.aliases[alias]
-        return VersionInfo("m", v, f"run{v}", {"parent_version": self.parent}, [alias])
+        return VersionInfo("m", v, f"run{v}", {"parent_version": self.parent, **self.tags}, [alias])
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return self.metrics

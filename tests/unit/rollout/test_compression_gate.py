@@ -37,11 +37,7 @@ def test_a_compressed_candidate_within_tolerance_is_promoted_with_its_figures() 
 
 
 @pytest.mark.parametrize(
-    ("acc", "ece", "words"),
-    [
-        (0.944, 0.020, "loses 0.60 accuracy points"),
-        (0.950, 0.031, r"\+0.0110 ECE"),
-    ],
+    ("acc", "ece", "words"), [(0.944, 0.020, "loses 0.60 accuracy points"), (0.950, 0.031, r"\+0.0110 ECE")]
 )
 def test_a_compressed_candidate_beyond_tolerance_is_refused_and_says_what_to_try(
     acc: float, ece: float, words: str

@@ -66,7 +66,8 @@ def test_padding_arithmetic_is_found_and_stays_float_in_the_int8_graph(
     graph = onnx.load(str(fp32_graph)).graph
     found = set(shape_nodes(graph))
     ops = {n.name: n.op_type for n in graph.node}
-    assert {n for n, op in ops.items() if op == "Shape"} <= found and {"Ceil", "Div"} <= {ops[n] for n in found}
+    assert {n for n, op in ops.items() if op == "Shape"} <= found
+    assert {"Ceil", "Div"} <= {ops[n] for n in found}
     assert not {n for n in found if ops[n] in ("Conv", "Gemm", "Pad")}  # the activations' path is not
     out = quantize_int8(fp32_graph, tmp_path / "int8.onnx", _batches(lite, 8, seed=1))
     q = onnx.load(str(out)).graph
@@ -76,7 +77,9 @@ def test_padding_arithmetic_is_found_and_stays_float_in_the_int8_graph(
     assert not [n.name for n in quantize if producer.get(n.input[0]) in found]  # ... the padding amounts not
 
 
-def test_the_int8_graph_stays_close_to_the_network(lite: NicheModel, fp32_graph: Path, tmp_path: Path) -> None:
+def test_the_int8_graph_stays_close_to_the_network(
+    lite: NicheModel, fp32_graph: Path, tmp_path: Path
+) -> None:
     out = quantize_int8(fp32_graph, tmp_path / "int8.onnx", _batches(lite, 16, seed=1))
     x = np.concatenate(_batches(lite, 16, seed=9))
     want = lite.forward(torch.from_numpy(x)).embeddings.detach().numpy()

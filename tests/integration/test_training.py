@@ -16,14 +16,20 @@ import ray
 import torch
 
 from nicheloop.blobs import BlobStore, sha256_hex
+from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
+from nicheloop.images import decode_image
 from nicheloop.model import build_model
+from nicheloop.pixels import to_pixels
 from nicheloop.registry import Registry
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store, is_holdout
 from nicheloop.synthetic import Shift, write_image_folder
+from rollout.promote import promote
+from services.inference import Champion, Pixels
 from tests.integration import worker_faults
 from tests.integration.worker_faults import DieOnce
+from training.compress import CompressConfig, compress
 from training.config import TrainConfig, load_recipe
 from training.data import Example, read_image_folder, split_validation
 from training.distributed import PROGRESS_FILE, fit
@@ -247,6 +253,73 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
     with pytest.raises(InvalidInput, match="no labels are new"):
         registry.set_alias("champion", second.version.version)
         train(settings, TrainConfig(epochs=1))
+
+
+def test_compress_the_champion_promote_serve_it_and_train_on_from_it(on_ray: None, tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    settings = Settings(
+        home=tmp_path / "home",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        backbone="test_resnet",
+        image_size=32,
+        model_name="compress-it",
+    )
+    seed = read_image_folder(write_image_folder(tmp_path / "seed", 16, seed=0, size=32))
+    first = bootstrap(settings, seed, TrainConfig(weights="none", epochs=2, batch_size=8)).version
+    registry = Registry(settings.tracking_uri, settings.model_name)
+
+    # `nicheloop compress` as an operator runs it: int8, its figures and the verdicts promote would give
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "compress", "--calibration-images", "24"],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = json.loads(out.stdout.strip().splitlines()[-1])
+    int8 = registry.version(said["version"])
+    assert int8.tags["compressed_from"] == int8.tags["parent_version"] == first.version
+    assert int8.tags["precision"] == "int8" and CANDIDATE in int8.aliases
+    assert int8.tags["snapshot_digest"] == first.tags["snapshot_digest"]  # the data its weights learnt from
+    assert said["calibration_images"] == 24 and said["img_per_s"] > 0 and said["parent_img_per_s"] > 0
+    metrics = registry.run_metrics(int8.run_id)
+    assert metrics["accuracy_drop_points"] == pytest.approx(
+        100 * (metrics["parent_holdout_accuracy"] - metrics["holdout_accuracy"])
+    )
+    fidelity = next(g for g in said["gates"] if g["gate"] == "compression_fidelity")
+    within = metrics["accuracy_drop_points"] <= 0.5 and metrics["ece_increase"] <= 0.01
+    assert fidelity["verdict"] == ("pass" if within else "fail")
+    assert registry.artifact_text(int8.run_id, MANIFEST) == registry.artifact_text(first.run_id, MANIFEST)
+    assert registry.resolve(CHAMPION).version == first.version  # compressing promotes nothing
+
+    # the unquantised graph computes what the network does: it passes the default gate for real
+    fp32 = compress(settings, CompressConfig(precision="fp32"), version=first.version)
+    assert abs(fp32.metrics["accuracy_drop_points"]) < 1e-9 and abs(fp32.metrics["ece_increase"]) < 1e-4
+    promoted = promote(registry)
+    assert promoted.promoted == fp32.version.version
+    with pytest.raises(InvalidInput, match=f"already compressed .*compress version {first.version} instead"):
+        compress(settings, CompressConfig())
+
+    # serving loads it and answers with it
+    champion = Champion(registry)
+    assert champion.reload_if_changed() and champion.model is not None and champion.model.runtime is not None
+    spec = champion.model.input_spec
+    images = [decode_image(data, 1 << 24, 1 << 24) for data, _ in seed[:3]]
+    outputs = champion.infer([Pixels(to_pixels(img.convert("RGB"), spec), spec.key) for img in images])
+    assert {o.model_version for o in outputs} == {fp32.version.version}
+    assert all(abs(sum(o.probs) - 1) < 1e-5 for o in outputs)
+
+    # new labels: training continues from the full-precision weights; the candidate is a plain network
+    store, blobs = Store(settings.db_url), BlobStore(str(settings.blob_dir))
+    for data, label in read_image_folder(write_image_folder(tmp_path / "new", 6, seed=7, size=32)):
+        store.add_seed_example(blobs.put(data), label)
+    nxt = train(settings, TrainConfig(epochs=1, batch_size=8, replay_per_class=2))
+    assert nxt.version.tags["parent_version"] == fp32.version.version
+    assert "compressed_from" not in nxt.version.tags
+    assert json.loads(nxt.version.tags["start_weights"])["version"] == fp32.version.version
+    retrained = registry.load(nxt.version.version).model
+    assert retrained.runtime is None and "compression" not in retrained.extra
 
 
 def _artifact(registry: Registry, result, name: str) -> Path:  # type: ignore[no-untyped-def]

@@ -78,7 +78,7 @@ bench-sampling: python-deps
 	$(PY) benchmarks/sampling_scale.py
 
 bench-drift: python-deps
-	$(PY) benchmarks/drift.py
+	$(PY) -m benchmarks.drift
 
 lint: python-deps
 	$(VENV)/bin/ruff check .

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
+from benchmarks._served import fine_tuned
 from monitoring.drift.monitor import MonitorConfig
 from monitoring.drift.monitors.embedding import EmbeddingDrift
 from monitoring.drift.monitors.image import ImageDrift
@@ -53,14 +54,10 @@ from monitoring.metrics import MonitorMetrics
 from nicheloop.blobs import BlobStore
 from nicheloop.contracts import IMAGE_STATS, PREDICTIONS_TOPIC, PredictionEvent
 from nicheloop.images import decode_image, image_statistics
-from nicheloop.model import NicheModel, build_model
+from nicheloop.model import NicheModel
 from nicheloop.reference import Reference
 from nicheloop.synthetic import write_image_folder
-from training.calibrate import fit_temperature
-from training.config import TrainConfig
-from training.data import Example, read_image_folder, split_validation
-from training.engine import fit_local, local_job
-from training.evaluate import predict_all
+from training.data import Example, read_image_folder
 
 log = logging.getLogger("drift")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "neu-steel"
@@ -186,28 +183,20 @@ def class_mix_window(
 
 
 def champion(classes: list[str], labeled: list[tuple[bytes, str]], args: argparse.Namespace) -> NicheModel:
-    """The model being served: fine-tuned on ``labeled`` by the product's training engine from
-    ``args.weights``, with its temperature fitted on a held-out fifth."""
-    torch.manual_seed(args.seed)
-    model = build_model(args.backbone, classes, args.image_size, weights=args.weights)
+    """The model being served: fine-tuned on ``labeled`` from ``args.weights`` (benchmarks/_served.py)."""
     with tempfile.TemporaryDirectory() as tmp:
         blobs = BlobStore(tmp)
         examples = [Example(blobs.put(data), label) for data, label in labeled]
-        cfg = TrainConfig(
+        return fine_tuned(
+            classes,
+            examples,
+            blobs,
+            backbone=args.backbone,
+            image_size=args.image_size,
+            weights=args.weights,
             epochs=args.train_epochs,
-            batch_size=32,
-            lr_head=3e-3,
-            lr_backbone=1e-3,
-            augment=0.3,
-            val_fraction=0.2,
             seed=args.seed,
         )
-        train, val = split_validation(examples, cfg.val_fraction, cfg.seed)
-        fit_local(local_job(model, blobs, train, val, cfg), cfg)
-        model.net.eval()
-        preds = predict_all(model, blobs, val)
-        model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
-    return model
 
 
 METHOD_SIZE = 200

@@ -1,9 +1,11 @@
 """The request path's bounds on the real stack: a second app beside the loop's, the model in its own
 deployment, with limits small enough to hit: overload is shed with 503 and Retry-After (never a
-500), a predictor slower than its deadline answers 504 naming it, and /readyz still answers."""
+500), a predictor slower than its deadline answers 504 naming it, and /readyz still answers; and the
+loop's app serves a compressed (int8 ONNX Runtime) champion."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,8 +13,11 @@ import httpx
 import pytest
 from ray import serve
 
+from nicheloop.contracts import CHAMPION
+from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 from services.app import deploy
+from training.compress import CompressConfig, compress
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +70,32 @@ def test_a_predictor_slower_than_its_deadline_answers_504_naming_it(tight: str, 
             and "NICHELOOP_PREDICT_TIMEOUT_S" in answer.json()["detail"]
         )
         assert client.get("/readyz").status_code == 200
+
+
+def _served_version(client: httpx.Client, png: bytes, want: str, within_s: float = 60) -> httpx.Response:
+    """The first answer from ``want`` (the predictor swaps models when it next reads the alias)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        answer = client.post("/v1/predict", content=png)
+        assert answer.status_code == 200, answer.text
+        if answer.json()["model_version"] == want or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
+
+
+def test_a_compressed_champion_serves_through_the_endpoint(live: Settings, png: bytes) -> None:
+    registry = Registry(live.tracking_uri, live.model_name)
+    before = registry.resolve(CHAMPION).version
+    int8 = compress(live, CompressConfig(calibration_images=48)).version
+    assert int8.tags["compressed_from"] == before and int8.tags["precision"] == "int8"
+    try:
+        registry.set_alias(CHAMPION, int8.version)  # past the gate: this test is about serving it
+        with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+            answer = _served_version(client, png, int8.version)
+            assert answer.json()["model_version"] == int8.version
+            assert sum(answer.json()["probs"].values()) == pytest.approx(1, abs=1e-4)
+            assert client.get("/readyz").status_code == 200
+    finally:
+        registry.set_alias(CHAMPION, before)
+    with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+        assert _served_version(client, png, before).json()["model_version"] == before

@@ -218,12 +218,16 @@ def compress(settings: Settings, cfg: CompressConfig, *, version: str | None = N
         )
     source = registry.load(info.version).model
     manifest = registry.artifact_text(info.run_id, MANIFEST)
-    held_out = snapshot(Store(settings.db_url)).holdout
+    snap = snapshot(Store(settings.db_url))
+    held_out = snap.holdout
     if not held_out:
         raise InvalidInput("the labeled store has no held-out labels to compare the two versions on")
+    # ranges from the images its weights learnt from; the store's training side if no manifest says
     trained_on = parse_manifest(manifest).train if manifest else ()
     blobs = BlobStore(str(settings.blob_dir))
-    chosen = calibration_set(trained_on or held_out, cfg.calibration_images, cfg.seed)
+    chosen = calibration_set(trained_on or snap.train, cfg.calibration_images, cfg.seed)
+    if cfg.precision == "int8" and not chosen:
+        raise InvalidInput("no training images to set the int8 ranges from; label some, or use fp32")
     log.info("compiling version %s to %s on %d calibration images", info.version, cfg.precision, len(chosen))
     compiled = compile_model(source, pixel_batches(source, blobs, chosen), cfg)
     before, _ = evaluate(source, blobs, held_out)

@@ -31,7 +31,10 @@ class Shift:
         return self == Shift()
 
 
-DEMO_SHIFT = Shift(blur_radius=1.2, brightness=0.18, contrast=0.7, class_weights=(0.1, 0.2, 0.2, 0.5))
+# strong enough that the bootstrapped champion misses a fifth of shifted images (0.75-0.85 in
+# three seeds) while a candidate fine-tuned on 60 of them gets them right: the demo's retraining
+# gain is then larger than one held-out image's worth of training noise
+DEMO_SHIFT = Shift(blur_radius=2.0, brightness=0.22, contrast=0.6, class_weights=(0.1, 0.2, 0.2, 0.5))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:

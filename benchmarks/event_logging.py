@@ -74,6 +74,7 @@ def main() -> None:
             ray_worker_ports=(34000, 35999),
             serve_port=39180,
             metrics_port=39199,
+            ingress_ports=(38100, 38199),
         )
         try:
             # no monitor: it would share the CPU being measured

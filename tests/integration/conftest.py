@@ -17,13 +17,15 @@ from tests.conftest import postgres_database
 
 
 def _test_settings(home, backend: str) -> Settings:
-    """Local ports apart from a default stack; with ``postgresql`` the store and MLflow use it."""
+    """Local ports apart from a default stack; with ``postgresql`` the store and MLflow use it (and
+    the other serving mode and ingress)."""
     urls: dict[str, str] = {}
     if backend == "postgresql":  # and the model in the HTTP replica: both serving modes run the loop
         urls = {
             "database_url": postgres_database("loop_store"),
             "mlflow_backend_uri": postgres_database("loop_mlflow"),
             "serving_mode": "fused",
+            "serve_ingress": "proxy",  # and Ray Serve's Python proxy takes HTTP: both ingresses too
         }
     return Settings(
         home=home,
@@ -33,6 +35,7 @@ def _test_settings(home, backend: str) -> Settings:
         ray_port=26379,
         ray_worker_ports=(20000, 21999),
         serve_port=28000,
+        ingress_ports=(28100, 28199),
         metrics_port=29100,
         **urls,
     )

@@ -17,6 +17,7 @@ from cli.demo import run_loop
 from deploy.local import stack
 from monitoring.drift.report import list_reports
 from nicheloop.bus import dead_letters, parse_event, read_topic
+from nicheloop.cluster import port_open
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
 from nicheloop.errors import NotFound
 from nicheloop.registry import Registry
@@ -187,6 +188,21 @@ def test_stack_status_says_what_runs_where(live: Settings) -> None:
     ):
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert "running" in line and address in line
+
+
+def test_http_reaches_the_gateway_through_the_configured_ingress(live: Settings, png: bytes) -> None:
+    """HAProxy (the default) lists the gateway replica as a live server; with the Python proxy
+    nothing of HAProxy's runs. The endpoint answers either way."""
+    stats_port = live.ingress_ports[0] + 1
+    resp = httpx.post(f"{live.serve_url}/v1/predict", content=png, timeout=30)
+    assert resp.status_code == 200, resp.text
+    if live.serve_ingress == "proxy":
+        assert not port_open(live.host, stats_port)
+        return
+    rows = httpx.get(f"http://{live.host}:{stats_port}/stats;csv", timeout=10).text.splitlines()
+    gateways = [row.split(",") for row in rows if "SERVE_REPLICA_nicheloop-gateway" in row]
+    # field 17 of HAProxy's CSV is the server's status; at least one gateway replica takes traffic
+    assert gateways and any(fields[17] == "UP" for fields in gateways), rows
 
 
 def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) -> None:

@@ -31,6 +31,7 @@ def test_rayservice_settings_are_real_and_put_autoscaled_predictors_on_gpus(monk
     plain = {e["name"]: e["value"] for e in env if "value" in e}
     fields = {f"NICHELOOP_{name.upper()}" for name in Settings.model_fields}
     assert {k for k in plain if k.startswith("NICHELOOP_")} <= fields
+    assert plain["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # what NICHELOOP_SERVE_INGRESS sets up locally
     for key, value in plain.items():
         monkeypatch.setenv(key, value)
     settings = Settings()

@@ -21,3 +21,10 @@ def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     for key, value in settings_env(s).items():
         monkeypatch.setenv(key, value)
     assert Settings() == s.model_copy(update={"home": tmp_path.resolve()})
+
+
+def test_too_few_ingress_ports_are_refused_with_a_range_that_fits(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"at least 10 ports, e\.g\. 28100-28199"):
+        Settings(home=tmp_path, ingress_ports=(28100, 28104))

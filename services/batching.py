@@ -20,22 +20,32 @@ O = TypeVar("O")  # noqa: E741
 
 
 class Batcher(Generic[I, O]):
-    """Calls ``fn`` on lists of submitted items, one call at a time, and hands each caller its result.
+    """Calls ``fn`` on lists of submitted items, ``concurrency`` calls at a time, and hands each
+    caller its result.
 
     Args:
         fn: maps a list of items to a list of results of the same length, in order.
         max_size: most items in one call.
         max_wait_s: how long a batch smaller than ``max_size`` waits for more (0: never).
+        concurrency: calls in flight at once (1 for a model; the replicas behind a remote one).
     """
 
     def __init__(
-        self, fn: Callable[[list[I]], Awaitable[list[O]]], *, max_size: int, max_wait_s: float
+        self,
+        fn: Callable[[list[I]], Awaitable[list[O]]],
+        *,
+        max_size: int,
+        max_wait_s: float,
+        concurrency: int = 1,
     ) -> None:
-        if max_size < 1 or max_wait_s < 0:
-            raise ValueError(f"need max_size >= 1 and max_wait_s >= 0, got {max_size} and {max_wait_s}")
+        if max_size < 1 or max_wait_s < 0 or concurrency < 1:
+            raise ValueError(
+                f"need max_size >= 1, max_wait_s >= 0 and concurrency >= 1, "
+                f"got {max_size}, {max_wait_s} and {concurrency}"
+            )
         self.fn, self.max_size, self.max_wait_s = fn, max_size, max_wait_s
         self._queue: asyncio.Queue[tuple[I, asyncio.Future[O]]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None] | None] = [None] * concurrency
 
     async def submit(self, item: I) -> O:
         """The result of ``fn`` for ``item``, computed in a batch with whatever else is waiting.
@@ -47,8 +57,9 @@ class Batcher(Generic[I, O]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[O] = loop.create_future()
         self._queue.put_nowait((item, future))
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._run(), name="nicheloop-batcher")
+        for i, worker in enumerate(self._workers):
+            if worker is None or worker.done():
+                self._workers[i] = loop.create_task(self._run(), name=f"nicheloop-batcher-{i}")
         return await future
 
     async def _next_batch(self) -> list[tuple[I, asyncio.Future[O]]]:
@@ -70,15 +81,32 @@ class Batcher(Generic[I, O]):
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
-            if not batch:
+            if batch:
+                await self._call(batch)
+
+    async def _call(self, batch: list[tuple[I, asyncio.Future[O]]]) -> None:
+        """One call of ``fn``; cancelled once every caller of the batch has given up (a hung call
+        then frees this worker when their deadlines pass)."""
+        call = asyncio.ensure_future(self.fn([item for item, _ in batch]))
+
+        def gave_up(_: asyncio.Future[O]) -> None:
+            if all(future.done() for _, future in batch):
+                call.cancel()
+
+        for _, future in batch:
+            future.add_done_callback(gave_up)
+        try:
+            await asyncio.wait({call})
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if call.cancelled():
+            return
+        exc = call.exception()
+        for i, (_, future) in enumerate(batch):
+            if future.done():
                 continue
-            try:
-                results = await self.fn([item for item, _ in batch])
-            except Exception as exc:  # noqa: BLE001  every caller of the batch gets the error; the worker goes on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            if exc is not None:  # every caller of the batch gets the error; the worker goes on
+                future.set_exception(exc)
+            else:
+                future.set_result(call.result()[i])

@@ -19,6 +19,7 @@ from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.api import api
+from services.batching import Batcher
 from services.deps import GatewayResources, PredictorPort, install_resources
 from services.ids import load_or_create_key
 from services.inference import InProcessPredictor, ModelOutput, ModelState, Pixels
@@ -33,19 +34,30 @@ PREDICT_ATTEMPTS = 2  # a replica that dies mid-request costs one retry on anoth
 
 
 class ServePredictor:
-    """The predictor deployment behind a Serve handle, as :class:`services.deps.PredictorPort`."""
+    """The predictor deployment behind a Serve handle, as :class:`services.deps.PredictorPort`.
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    Images that arrive while this replica's calls are out travel together in the next call: a Ray
+    call costs both sides milliseconds of CPU whatever it carries (docs/serving.md).
+    """
+
+    def __init__(self, handle: DeploymentHandle, *, max_batch: int, calls_at_once: int) -> None:
         self.handle = handle
+        self._calls: Batcher[Pixels, ModelOutput] = Batcher(
+            self._call, max_size=max_batch, max_wait_s=0.0, concurrency=calls_at_once
+        )
 
     async def state(self) -> ModelState:
         return await _answer(self.handle.state.remote())
 
     async def predict(self, pixels: Pixels) -> ModelOutput:
         """Raises Overloaded when the predictors' queue is full, NotReady when replicas keep dying."""
+        return await self._calls.submit(pixels)
+
+    async def _call(self, items: list[Pixels]) -> list[ModelOutput]:
         for attempt in range(1, PREDICT_ATTEMPTS + 1):
             try:
-                return await _answer(self.handle.predict.remote(pixels))
+                outputs: list[ModelOutput] = await _answer(self.handle.predict_many.remote(items))
+                return outputs
             except RayActorError as exc:  # inference is idempotent: try another replica
                 if attempt == PREDICT_ATTEMPTS:
                     raise NotReady(f"predictor replicas failed {attempt} times ({exc}); retry later") from exc
@@ -73,7 +85,9 @@ def gateway_resources(settings: Settings, predictor: DeploymentHandle | None) ->
     none), the key, the blob store, the SQL store, the queue, the publisher."""
     store = Store(settings.db_url)
     port: PredictorPort = (
-        ServePredictor(predictor)
+        ServePredictor(
+            predictor, max_batch=settings.batch_max_size, calls_at_once=settings.predictor_max_replicas
+        )
         if predictor is not None
         else InProcessPredictor(settings.model_dump(mode="json"))
     )

@@ -170,6 +170,11 @@ class Predictor:
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return await self.batcher.submit(pixels)
 
+    async def predict_many(self, items: list[Pixels]) -> list[ModelOutput]:
+        """The images of one gateway call, each batched with whatever else waits here (a cancelled
+        call's images that have not started are dropped)."""
+        return list(await asyncio.gather(*(self.batcher.submit(pixels) for pixels in items)))
+
 
 class InProcessPredictor:
     """A :class:`Predictor` in the gateway's own process (``serving_mode=fused``), as the gateway's

@@ -70,6 +70,49 @@ def test_a_caller_that_gave_up_is_not_computed() -> None:
     assert seen == [1]
 
 
+def test_concurrent_calls_each_take_what_queued() -> None:
+    """Two calls in flight (two replicas behind a remote model): both busy, the rest batch up."""
+    running, most, sizes = 0, 0, []
+
+    async def remote(items: list[int]) -> list[int]:
+        nonlocal running, most
+        running += 1
+        most, _ = max(most, running), sizes.append(len(items))
+        await asyncio.sleep(0.05)
+        running -= 1
+        return items
+
+    async def main() -> list[int]:
+        batcher = Batcher(remote, max_size=8, max_wait_s=0.0, concurrency=2)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(12)))
+
+    assert asyncio.run(main()) == list(range(12))
+    assert most == 2 and len(sizes) < 12 and sum(sizes) == 12
+
+
+def test_a_hung_call_is_cancelled_once_its_callers_gave_up_and_the_worker_goes_on() -> None:
+    hung = asyncio.Event()
+    cancelled: list[list[int]] = []
+
+    async def sometimes_hangs(items: list[int]) -> list[int]:
+        if 0 in items:
+            try:
+                await hung.wait()  # never set: a replica that stopped answering
+            except asyncio.CancelledError:
+                cancelled.append(items)
+                raise
+        return items
+
+    async def main() -> int:
+        batcher = Batcher(sometimes_hangs, max_size=4, max_wait_s=0.0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit(0), 0.05)  # the caller's deadline passes
+        return await asyncio.wait_for(batcher.submit(7), 1.0)  # the next one is not stuck behind it
+
+    assert asyncio.run(main()) == 7
+    assert cancelled == [[0]]
+
+
 def test_admission_sheds_the_one_over_the_limit_and_counts_it() -> None:
     async def main() -> Admission:
         gate = Admission(2, retry_after_s=3)

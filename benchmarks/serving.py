@@ -26,7 +26,7 @@ when present, else generated images; the other 40 % held out), JPEG files posted
   ``compressed_accuracy_delta_points`` and ``compressed_ece_delta`` on the held-out images (compressed
   minus source), and the endpoint serving it at the best concurrency.
 
-Last line: one JSON object, with ``goals_met``. About 13 minutes on 2 cores (6 of them fine-tuning).
+Last line: one JSON object, with ``goals_met``. About 10 minutes on 2 cores (3 of them fine-tuning).
 """
 
 from __future__ import annotations

@@ -221,8 +221,7 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-PROCESSES = {
-    "ingress": "",  # the process that takes HTTP: INGRESS[settings.serve_ingress]
+PROCESSES = {  # and the ingress's, INGRESS[settings.serve_ingress]
     "gateway": f"ServeReplica:{APP_NAME}:gateway",
     "predictor": f"ServeReplica:{APP_NAME}:predictor",
     "kafka": "kafka.Kafka",
@@ -236,9 +235,12 @@ def _sweep(
     url: str, script: Path, files: Path, *, settings: Settings
 ) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
     """wrk at each concurrency; and the CPU per request of each serving process at the best one."""
-    names = [n for n in PROCESSES if not (settings.fused and n == "predictor")]
-    patterns = PROCESSES | {"ingress": INGRESS[settings.serve_ingress]}
-    pids = {name: _pid(patterns[name]) for name in names}
+    patterns = {"ingress": INGRESS[settings.serve_ingress], **PROCESSES}
+    pids = {
+        name: _pid(pattern)
+        for name, pattern in patterns.items()
+        if not (settings.fused and name == "predictor")
+    }
     runs, cpu = {}, {}
     for c in CONCURRENCIES:
         ticks = {name: _cpu_ticks(pid) for name, pid in pids.items()}

@@ -103,10 +103,11 @@ class Batcher(Generic[I, O]):
         if call.cancelled():
             return
         exc = call.exception()
-        for i, (_, future) in enumerate(batch):
-            if future.done():
-                continue
-            if exc is not None:  # every caller of the batch gets the error; the worker goes on
-                future.set_exception(exc)
-            else:
-                future.set_result(call.result()[i])
+        if exc is not None:  # every caller of the batch gets the error; the worker goes on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, call.result(), strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STATE_TIMEOUT_S = 2.0  # /readyz waits at most this for the predictor, then answers from what it knows
 RETRY_AFTER_S = 1.0  # what a shed request is told to wait
 PREDICT_ATTEMPTS = 2  # a replica that dies mid-request costs one retry on another, not an error
+CALLS_PER_REPLICA = 2  # the next call waits at the replica while one runs: its model never idles for a hop
 
 
 class ServePredictor:
@@ -86,7 +87,9 @@ def gateway_resources(settings: Settings, predictor: DeploymentHandle | None) ->
     store = Store(settings.db_url)
     port: PredictorPort = (
         ServePredictor(
-            predictor, max_batch=settings.batch_max_size, calls_at_once=settings.predictor_max_replicas
+            predictor,
+            max_batch=settings.batch_max_size,
+            calls_at_once=CALLS_PER_REPLICA * settings.predictor_max_replicas,
         )
         if predictor is not None
         else InProcessPredictor(settings.model_dump(mode="json"))

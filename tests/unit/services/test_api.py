@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,8 @@ def test_a_full_replica_sheds_at_once_with_retry_after(
     steps = {part.split(";")[0] for part in served.headers["server-timing"].split(", ")}
     assert steps == {"prepare", "model", "publish"}
     assert "nicheloop_predictions_shed_total 1.0" in client.get("/metrics").text
+
+
+def test_the_resources_dependency_runs_on_the_event_loop() -> None:
+    # FastAPI runs a plain-function dependency in a worker thread: a hop on every request
+    assert inspect.iscoroutinefunction(get_resources)

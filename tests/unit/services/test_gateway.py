@@ -1,0 +1,114 @@
+"""The gateway's side of the predictor call: images travel in batches, a replica lost mid-call costs
+a retry, a full queue is a 503 (a fake Serve handle in place of Ray; the real one: tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentResponse
+
+from nicheloop.errors import NotReady, Overloaded
+from services.gateway import CALLS_PER_REPLICA, ServePredictor
+from services.inference import ModelOutput, Pixels
+
+
+class FakeResponse(DeploymentResponse):
+    """What ``handle.method.remote()`` answers, awaiting ``work`` instead of a replica."""
+
+    def __init__(self, work: Awaitable[Any]) -> None:  # no Ray request behind it
+        self.work = asyncio.ensure_future(work)
+
+    def __await__(self) -> Any:
+        return self.work.__await__()
+
+    def cancel(self) -> None:
+        self.work.cancel()
+
+
+class FakeHandle:
+    """``handle.predict_many.remote(items)`` runs ``predict_many(items)``; records every call."""
+
+    def __init__(self, predict_many: Callable[[list[Pixels]], Awaitable[list[ModelOutput]]]) -> None:
+        self.calls: list[int] = []
+        self.out = 0  # calls in flight now
+        self.most_out = 0
+
+        async def tracked(items: list[Pixels]) -> list[ModelOutput]:
+            self.calls.append(len(items))
+            self.out += 1
+            self.most_out = max(self.most_out, self.out)
+            try:
+                return await predict_many(items)
+            finally:
+                self.out -= 1
+
+        self.predict_many = type(
+            "Method", (), {"remote": staticmethod(lambda items: FakeResponse(tracked(items)))}
+        )
+
+
+def _pixels(i: int) -> Pixels:
+    return Pixels(np.full((4, 4, 3), i, np.uint8), "spec")
+
+
+def _output(p: Pixels) -> ModelOutput:
+    return ModelOutput("1", ["a"], [float(p.array[0, 0, 0])], 0.0, [], [])
+
+
+def test_images_that_arrive_while_calls_are_out_travel_together_in_the_next_call() -> None:
+    async def slow(items: list[Pixels]) -> list[ModelOutput]:
+        await asyncio.sleep(0.05)
+        return [_output(p) for p in items]
+
+    handle = FakeHandle(slow)
+
+    async def main() -> list[float]:
+        port = ServePredictor(handle, max_batch=8, calls_at_once=CALLS_PER_REPLICA)  # type: ignore[arg-type]
+        outs = await asyncio.gather(*(port.predict(_pixels(i)) for i in range(20)))
+        return [o.probs[0] for o in outs]
+
+    assert asyncio.run(main()) == [float(i) for i in range(20)]  # each caller gets its own answer
+    assert (
+        CALLS_PER_REPLICA >= 2 and handle.most_out == CALLS_PER_REPLICA
+    )  # the next call waits while one runs
+    assert sum(handle.calls) == 20 and len(handle.calls) < 20 and max(handle.calls) <= 8
+
+
+def test_a_replica_lost_mid_call_costs_one_retry_and_then_says_not_ready() -> None:
+    attempts: list[int] = []
+
+    async def dies_once(items: list[Pixels]) -> list[ModelOutput]:
+        attempts.append(len(items))
+        if len(attempts) == 1:
+            raise RayActorError()
+        return [_output(p) for p in items]
+
+    async def always_dies(items: list[Pixels]) -> list[ModelOutput]:
+        raise RayActorError()
+
+    async def main(fn: Callable[[list[Pixels]], Awaitable[list[ModelOutput]]]) -> ModelOutput:
+        port = ServePredictor(FakeHandle(fn), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
+        return await port.predict(_pixels(7))
+
+    assert asyncio.run(main(dies_once)).probs == [7.0] and len(attempts) == 2
+    with pytest.raises(NotReady, match="failed 2 times"):
+        asyncio.run(main(always_dies))
+
+
+def test_a_full_predictor_queue_is_overloaded_with_a_retry_hint() -> None:
+    async def full(items: list[Pixels]) -> list[ModelOutput]:
+        raise BackPressureError(num_queued_requests=64, max_queued_requests=64)
+
+    async def main() -> ModelOutput:
+        port = ServePredictor(FakeHandle(full), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
+        return await port.predict(_pixels(1))
+
+    with pytest.raises(Overloaded, match="queue is full") as err:
+        asyncio.run(main())
+    assert err.value.retry_after_s > 0

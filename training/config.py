@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nicheloop.errors import InvalidInput
 from nicheloop.model import WEIGHT_KINDS
+from nicheloop.yamlfile import dump_yaml_model, load_yaml_model
 
 
 class TrainConfig(BaseModel):
@@ -148,14 +147,6 @@ class TrainConfig(BaseModel):
         return self
 
 
-def _coerce(text: str) -> Any:
-    """A CLI override value as YAML would read it (numbers, booleans, lists, null)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def load_recipe(
     path: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -166,29 +157,9 @@ def load_recipe(
     Raises:
         InvalidInput: on a missing or malformed file, an unknown key or a value out of range.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise InvalidInput(f"recipe {path} does not exist; see recipes/ for examples")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"recipe {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidInput(f"recipe {path} must be a mapping of settings, not {type(data).__name__}")
-    data.update(values or {})
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"override {item!r}: write key=value, e.g. epochs=10")
-        data[key.strip().replace("-", "_")] = _coerce(value)
-    try:
-        return TrainConfig(**data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'recipe'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"bad training recipe: {problems}") from exc
+    return load_yaml_model(TrainConfig, path, overrides, values, what="training recipe", examples="recipes/")
 
 
 def dump_recipe(cfg: TrainConfig) -> str:
     """The recipe as YAML (what is saved with the run; :func:`load_recipe` reads it back)."""
-    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    return dump_yaml_model(cfg)

@@ -20,12 +20,14 @@ Phase = Literal["offline", "shadow", "canary"]
 
 @dataclass(frozen=True)
 class GateResult:
-    """One gate's answer: ``hold`` means too little evidence yet (never a pass)."""
+    """One gate's answer: ``hold`` means too little evidence yet (never a pass). A ``hard`` gate's
+    failure rolls a live rollout back at once; other failures count towards the plan's limit."""
 
     gate: str
     verdict: Verdict
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
+    hard: bool = False
 
     @property
     def passed(self) -> bool:

@@ -113,6 +113,54 @@ class ReviewLock(Base):
     counter: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class RolloutRow(Base):
+    """One candidate's rollout as the controller last stored it (``nicheloop.rollouts``). ``share``
+    and ``mirror`` are what the gateways route by; ``heartbeat_at`` says the controller is alive."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate: Mapped[str] = mapped_column(String(32))
+    champion: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    share: Mapped[float] = mapped_column(Float, default=0.0)
+    mirror: Mapped[float] = mapped_column(Float, default=0.0)
+    entered_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch, as the machine counts
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    held: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    plan: Mapped[dict] = mapped_column(JSON)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class RolloutEventRow(Base):
+    """The append-only audit trail: every transition of every rollout, with who, why and the figures."""
+
+    __tablename__ = "rollout_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(Integer, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    from_share: Mapped[float] = mapped_column(Float)
+    to_share: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(2000))
+    figures: Mapped[list] = mapped_column(JSON)  # every gate's verdict, reason and figures
+    candidate: Mapped[str] = mapped_column(String(32))
+    champion: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(Integer)
+
+
+class Lease(Base):
+    """A named lease (one rollout controller at a time): held by ``holder`` until ``expires_at``."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 def is_holdout(image_sha256: str) -> bool:
     """Deterministic split by image content: the same image is always on the same side."""
     return int(hashlib.sha256(image_sha256.encode()).hexdigest()[:8], 16) % HOLDOUT_BUCKETS == 0

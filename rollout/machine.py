@@ -15,43 +15,25 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
+from nicheloop.rollouts import Rollout, State
 from rollout.gates import GateResult, Phase
 from rollout.plan import RolloutPlan
 
-State = Literal["shadow", "canary", "promoted", "baked", "rolled_back", "aborted", "hold"]
-LIVE: frozenset[State] = frozenset({"shadow", "canary", "promoted", "hold"})
-GATED: dict[State, Phase] = {"shadow": "shadow", "canary": "canary"}
+GATED: dict[str, Phase] = {"shadow": "shadow", "canary": "canary"}
 
 
-@dataclass(frozen=True)
-class Rollout:
-    """One candidate's way to champion, as stored (``revision`` guards against double transitions)."""
+def start(candidate: str, champion: str, plan: RolloutPlan, now: float) -> Rollout:
+    """A new rollout of ``candidate`` against ``champion``: in shadow, mirroring ``plan.shadow_share``."""
+    return Rollout(candidate, champion, "shadow", mirror=plan.shadow_share, entered_at=now)
 
-    candidate: str
-    champion: str  # the version it is compared with (and replaces when promoted)
-    state: State = "shadow"
-    step: int = 0  # index into the plan's steps while in canary (and while holding in it)
-    entered_at: float = 0.0  # when the current state (or step) began
-    failures: int = 0  # failed statistical checks so far
-    held: State | None = None  # the state a hold returns to
-    revision: int = 0
 
-    @property
-    def live(self) -> bool:
-        return self.state in LIVE
-
-    def share(self, plan: RolloutPlan) -> float:
-        """The share of traffic the candidate answers now (shadow's mirrored requests are not answers)."""
-        where = self.held if self.state == "hold" else self.state
-        if where == "canary":
-            return plan.steps[self.step]
-        return 1.0 if where in ("promoted", "baked") else 0.0
-
-    def mirrored(self, plan: RolloutPlan) -> float:
-        """The share of requests mirrored to the candidate in shadow (0 elsewhere, and while held)."""
-        return plan.shadow_share if self.state == "shadow" else 0.0
+def placement(state: State, step: int, held: State | None, plan: RolloutPlan) -> tuple[float, float]:
+    """(share answered by the candidate, share mirrored to it) in ``state``; a hold keeps the share
+    of the state it froze and mirrors nothing."""
+    where = held if state == "hold" else state
+    share = plan.steps[step] if where == "canary" else 1.0 if where in ("promoted", "baked") else 0.0
+    return share, plan.shadow_share if state == "shadow" else 0.0
 
 
 @dataclass(frozen=True)
@@ -69,8 +51,22 @@ class Transition:
         return self.after.state != self.before.state or self.after.step != self.before.step
 
 
-def _to(r: Rollout, state: State, now: float, **changes: object) -> Rollout:
-    return dataclasses.replace(r, state=state, entered_at=now, revision=r.revision + 1, **changes)  # type: ignore[arg-type]
+def _to(
+    r: Rollout,
+    state: State,
+    now: float,
+    plan: RolloutPlan,
+    *,
+    step: int | None = None,
+    held: State | None = None,
+    failures: int | None = None,
+) -> Rollout:
+    step = r.step if step is None else step
+    share, mirror = placement(state, step, held, plan)
+    return dataclasses.replace(
+        r, state=state, step=step, held=held, share=share, mirror=mirror, entered_at=now,
+        failures=r.failures if failures is None else failures, revision=r.revision + 1,
+    )  # fmt: skip
 
 
 def decide(r: Rollout, results: Sequence[GateResult], plan: RolloutPlan, now: float) -> Transition | None:
@@ -82,7 +78,7 @@ def decide(r: Rollout, results: Sequence[GateResult], plan: RolloutPlan, now: fl
     """
     if r.state == "promoted":
         if now - r.entered_at >= plan.bake_s:
-            return Transition(r, _to(r, "baked", now), f"served as champion for {plan.bake_s:.0f}s")
+            return Transition(r, _to(r, "baked", now, plan), f"served as champion for {plan.bake_s:.0f}s")
         return None
     if r.state not in GATED:
         return None
@@ -90,12 +86,14 @@ def decide(r: Rollout, results: Sequence[GateResult], plan: RolloutPlan, now: fl
     hard = [g for g in failed if g.hard]
     if hard:
         reason = "; ".join(f"{g.gate}: {g.reason}" for g in hard)
-        return Transition(r, _to(r, "rolled_back", now), f"hard gate failed: {reason}", gates=tuple(results))
+        return Transition(
+            r, _to(r, "rolled_back", now, plan), f"hard gate failed: {reason}", gates=tuple(results)
+        )
     if failed:
         failures = r.failures + 1
         reason = "; ".join(f"{g.gate}: {g.reason}" for g in failed)
         if failures >= plan.max_failures:
-            after = _to(r, "rolled_back", now, failures=failures)
+            after = _to(r, "rolled_back", now, plan, failures=failures)
             return Transition(r, after, f"{failures} failed checks: {reason}", gates=tuple(results))
         after = dataclasses.replace(r, failures=failures, revision=r.revision + 1)
         return Transition(
@@ -104,7 +102,7 @@ def decide(r: Rollout, results: Sequence[GateResult], plan: RolloutPlan, now: fl
     waited = now - r.entered_at
     if any(g.verdict == "hold" for g in results) or not results:
         if waited >= plan.max_step_s:
-            after = _to(r, "hold", now, held=r.state)
+            after = _to(r, "hold", now, plan, held=r.state)
             return Transition(
                 r, after, f"no verdict after {waited:.0f}s; an operator decides", gates=tuple(results)
             )
@@ -118,10 +116,10 @@ def decide(r: Rollout, results: Sequence[GateResult], plan: RolloutPlan, now: fl
 
 def _advance(r: Rollout, plan: RolloutPlan, now: float) -> Rollout:
     if r.state == "shadow":
-        return _to(r, "canary", now, step=0)
+        return _to(r, "canary", now, plan, step=0)
     if r.step + 1 < len(plan.steps):
-        return _to(r, "canary", now, step=r.step + 1)
-    return _to(r, "promoted", now)
+        return _to(r, "canary", now, plan, step=r.step + 1)
+    return _to(r, "promoted", now, plan)
 
 
 def _where(r: Rollout, plan: RolloutPlan) -> str:
@@ -132,40 +130,40 @@ class NotAllowed(ValueError):
     """An operator's action that does not apply to the rollout's state (the message says why)."""
 
 
-def pause(r: Rollout, now: float, *, actor: str, reason: str) -> Transition:
+def pause(r: Rollout, plan: RolloutPlan, now: float, *, actor: str, reason: str) -> Transition:
     """Freeze a rollout in shadow or canary at its current share until :func:`resume`."""
     if r.state not in GATED:
         raise NotAllowed(f"only a rollout in shadow or canary can be paused; this one is {r.state}")
-    return Transition(r, _to(r, "hold", now, held=r.state), reason, actor)
+    return Transition(r, _to(r, "hold", now, plan, held=r.state), reason, actor)
 
 
-def resume(r: Rollout, now: float, *, actor: str, reason: str) -> Transition:
+def resume(r: Rollout, plan: RolloutPlan, now: float, *, actor: str, reason: str) -> Transition:
     """Back to the state a hold froze; that step's time and evidence count again from now."""
     if r.state != "hold" or r.held is None:
         raise NotAllowed(f"only a held rollout can be resumed; this one is {r.state}")
-    return Transition(r, _to(r, r.held, now, held=None), reason, actor)
+    return Transition(r, _to(r, r.held, now, plan), reason, actor)
 
 
-def rollback(r: Rollout, now: float, *, actor: str, reason: str) -> Transition:
+def rollback(r: Rollout, plan: RolloutPlan, now: float, *, actor: str, reason: str) -> Transition:
     """End a live rollout: the candidate's share goes to 0 (after promotion, the champion reverts)."""
     if not r.live:
         raise NotAllowed(f"only a live rollout can be rolled back; this one is {r.state}")
-    return Transition(r, _to(r, "rolled_back", now, held=None), reason, actor)
+    return Transition(r, _to(r, "rolled_back", now, plan), reason, actor)
 
 
-def force_promote(r: Rollout, now: float, *, actor: str, reason: str) -> Transition:
+def force_promote(r: Rollout, plan: RolloutPlan, now: float, *, actor: str, reason: str) -> Transition:
     """Promote without the remaining steps; only with a reason, which the audit trail keeps."""
     if r.state not in (*GATED, "hold"):
         raise NotAllowed(f"only a rollout in shadow, canary or hold can be promoted; this one is {r.state}")
     if not reason.strip():
         raise NotAllowed("a forced promotion needs a reason (--reason)")
-    return Transition(r, _to(r, "promoted", now, held=None), f"forced: {reason}", actor)
+    return Transition(r, _to(r, "promoted", now, plan), f"forced: {reason}", actor)
 
 
-def supersede(r: Rollout, candidate: str, now: float) -> tuple[Transition, Rollout]:
+def supersede(r: Rollout, candidate: str, plan: RolloutPlan, now: float) -> tuple[Transition, Rollout]:
     """A newer candidate replaces a live rollout's: the old one is aborted, the new one starts in
     shadow against the same champion (its analysis starts over)."""
     if not r.live or r.state == "promoted":
         raise NotAllowed(f"only a rollout in shadow, canary or hold can be superseded; this one is {r.state}")
-    aborted = Transition(r, _to(r, "aborted", now, held=None), f"superseded by version {candidate}")
-    return aborted, Rollout(candidate=candidate, champion=r.champion, entered_at=now)
+    aborted = Transition(r, _to(r, "aborted", now, plan), f"superseded by version {candidate}")
+    return aborted, start(candidate, r.champion, plan, now)

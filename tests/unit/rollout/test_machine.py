@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 
 from nicheloop.errors import InvalidInput
+from nicheloop.rollouts import Rollout
 from rollout.gates import GateResult
 from rollout.machine import (
     NotAllowed,
-    Rollout,
     Transition,
     decide,
     force_promote,
     pause,
     resume,
     rollback,
+    start,
     supersede,
 )
 from rollout.plan import RolloutPlan, load_plan
@@ -42,8 +43,10 @@ def _run(r: Rollout, results: list[GateResult], times: list[float]) -> list[Tran
 
 
 def test_a_good_candidate_goes_through_every_step_in_order_then_bakes() -> None:
-    moves = _run(Rollout("2", "1"), PASS, [float(t) for t in range(0, 1000, 30)])
-    path = [(m.after.state, m.after.share(PLAN)) for m in moves]
+    first = start("2", "1", PLAN, 0.0)
+    assert (first.state, first.share, first.mirror) == ("shadow", 0.0, PLAN.shadow_share)
+    moves = _run(first, PASS, [float(t) for t in range(0, 1000, 30)])
+    path = [(m.after.state, m.after.share) for m in moves]
     assert path == [("canary", 0.05), ("canary", 0.25), ("canary", 0.5), ("promoted", 1.0), ("baked", 1.0)]
     entered = [m.after.entered_at for m in moves]
     assert all(b - a >= PLAN.min_step_s for a, b in zip(entered, entered[1:]))  # no step shorter
@@ -55,20 +58,20 @@ def test_no_step_advances_before_its_minimum_time() -> None:
 
 
 def test_thin_evidence_holds_the_step_and_past_the_longest_wait_an_operator_decides() -> None:
-    r = Rollout("2", "1", state="canary", step=1, entered_at=0.0)
+    r = Rollout("2", "1", state="canary", step=1, share=0.25, entered_at=0.0)
     assert decide(r, HOLD, PLAN, 599.0) is None
     held = decide(r, HOLD, PLAN, 600.0)
     assert held is not None and held.after.state == "hold" and "an operator decides" in held.reason
-    assert held.after.share(PLAN) == 0.25  # frozen where it was, not advanced
+    assert (held.after.share, held.after.mirror) == (0.25, 0.0)  # frozen where it was, not advanced
     assert decide(held.after, PASS, PLAN, 10_000.0) is None  # a hold never moves by itself
-    back = resume(held.after, 700.0, actor="ops", reason="labels are coming")
+    back = resume(held.after, PLAN, 700.0, actor="ops", reason="labels are coming")
     assert (back.after.state, back.after.step, back.after.entered_at) == ("canary", 1, 700.0)
 
 
 def test_a_hard_failure_rolls_back_at_once_and_the_share_goes_to_zero() -> None:
     move = decide(Rollout("2", "1", state="canary", step=2, entered_at=0.0), HARD_FAIL, PLAN, 5.0)
     assert move is not None and move.after.state == "rolled_back" and "5% errors" in move.reason
-    assert move.after.share(PLAN) == 0.0 and move.gates == tuple(HARD_FAIL)
+    assert move.after.share == 0.0 and move.gates == tuple(HARD_FAIL)
 
 
 def test_statistical_failures_count_and_roll_back_at_the_limit() -> None:
@@ -84,23 +87,23 @@ def test_the_ends_never_move() -> None:
 
 def test_operators_act_only_where_it_makes_sense() -> None:
     canary = Rollout("2", "1", state="canary", step=0)
-    paused = pause(canary, 1.0, actor="ops", reason="look first")
+    paused = pause(canary, PLAN, 1.0, actor="ops", reason="look first")
     assert paused.after.state == "hold" and paused.actor == "ops"
     with pytest.raises(NotAllowed, match="only a held rollout"):
-        resume(canary, 1.0, actor="ops", reason="x")
+        resume(canary, PLAN, 1.0, actor="ops", reason="x")
     with pytest.raises(NotAllowed, match="needs a reason"):
-        force_promote(canary, 1.0, actor="ops", reason=" ")
-    forced = force_promote(paused.after, 2.0, actor="ops", reason="hotfix")
-    assert forced.after.state == "promoted" and forced.reason == "forced: hotfix"
-    done = rollback(forced.after, 3.0, actor="ops", reason="bad")
-    assert done.after.state == "rolled_back"
+        force_promote(canary, PLAN, 1.0, actor="ops", reason=" ")
+    forced = force_promote(paused.after, PLAN, 2.0, actor="ops", reason="hotfix")
+    assert forced.after.state == "promoted" and forced.reason == "forced: hotfix" and forced.after.share == 1
+    done = rollback(forced.after, PLAN, 3.0, actor="ops", reason="bad")
+    assert done.after.state == "rolled_back" and done.after.share == 0
     for act in (pause, rollback):
         with pytest.raises(NotAllowed):
-            act(done.after, 4.0, actor="ops", reason="again")
+            act(done.after, PLAN, 4.0, actor="ops", reason="again")
 
 
 def test_a_newer_candidate_aborts_the_old_rollout_and_starts_over_in_shadow() -> None:
-    aborted, fresh = supersede(Rollout("2", "1", state="canary", step=2, failures=1), "3", 50.0)
+    aborted, fresh = supersede(Rollout("2", "1", state="canary", step=2, failures=1), "3", PLAN, 50.0)
     assert aborted.after.state == "aborted" and "version 3" in aborted.reason
     assert (fresh.candidate, fresh.champion, fresh.state, fresh.failures, fresh.entered_at) == (
         "3",
@@ -109,7 +112,7 @@ def test_a_newer_candidate_aborts_the_old_rollout_and_starts_over_in_shadow() ->
         0,
         50.0,
     )
-    assert fresh.mirrored(PLAN) == PLAN.shadow_share and fresh.share(PLAN) == 0.0
+    assert fresh.mirror == PLAN.shadow_share and fresh.share == 0.0 and aborted.after.share == 0.0
 
 
 def test_plans_load_from_yaml_with_defaults_and_refuse_nonsense(tmp_path: Path) -> None:

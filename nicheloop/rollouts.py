@@ -1,0 +1,255 @@
+"""Rollouts as stored: the record the controller moves and the gateways route by, its append-only
+audit trail, and the lease that keeps one controller at a time (on the SQL store).
+
+Guarantees, on SQLite and PostgreSQL alike:
+
+- **No double transition.** A move is stored only if the row still has the revision it was decided
+  from (compare and set); a controller that crashed and came back, or a second one, gets Conflict.
+- **Nothing unrecorded.** The row and its audit event are written in one transaction.
+- **One live rollout.** A new one is refused while another is in shadow, canary, hold or promoted.
+- **A dead controller stops the candidate.** Gateways route by :meth:`Rollouts.routing`, which
+  gives the candidate nothing once the controller's heartbeat is older than the caller allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from nicheloop.contracts import utcnow
+from nicheloop.errors import Conflict, NotFound
+from nicheloop.store import Lease, RolloutEventRow, RolloutRow, Store
+
+State = Literal["shadow", "canary", "promoted", "baked", "rolled_back", "aborted", "hold"]
+LIVE: frozenset[str] = frozenset({"shadow", "canary", "promoted", "hold"})
+CONTROLLER_LEASE = "rollout-controller"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One candidate's way to champion (``rollout.machine`` decides its moves)."""
+
+    candidate: str
+    champion: str  # the version it is compared with, and replaces when promoted
+    state: State = "shadow"
+    step: int = 0  # index into the plan's canary steps
+    share: float = 0.0  # of requests the candidate answers
+    mirror: float = 0.0  # of requests mirrored to the candidate (shadow: answers unused)
+    entered_at: float = 0.0  # when the current state or step began (seconds since the epoch)
+    failures: int = 0  # failed statistical checks so far
+    held: State | None = None  # the state a hold returns to
+    revision: int = 0  # bumped by every stored move
+    id: int | None = None  # set once stored
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    """One line of the audit trail."""
+
+    rollout_id: int
+    at: datetime
+    actor: str
+    from_state: str | None
+    to_state: str
+    from_share: float
+    to_share: float
+    reason: str
+    figures: list[dict[str, Any]]
+    candidate: str
+    champion: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a gateway needs: which version gets which share of requests, answered and mirrored."""
+
+    rollout_id: int
+    candidate: str
+    champion: str
+    share: float
+    mirror: float
+
+
+FIELDS = [f.name for f in dataclasses.fields(Rollout) if f.name != "id"]
+
+
+def _record(row: RolloutRow) -> Rollout:
+    return Rollout(id=row.id, **{name: getattr(row, name) for name in FIELDS})
+
+
+def _event(row: RolloutEventRow) -> RolloutEvent:
+    return RolloutEvent(**{f.name: getattr(row, f.name) for f in dataclasses.fields(RolloutEvent)})
+
+
+class Rollouts:
+    """Typed access to the rollouts, their audit trail and the controller's lease."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def live(self) -> Rollout | None:
+        """The rollout in shadow, canary, hold or promoted, if any."""
+        with Session(self.store.engine) as s:
+            row = s.scalar(
+                select(RolloutRow).where(RolloutRow.state.in_(LIVE)).order_by(RolloutRow.id.desc())
+            )
+            return None if row is None else _record(row)
+
+    def get(self, rollout_id: int) -> Rollout:
+        """Raises NotFound for an unknown id."""
+        with Session(self.store.engine) as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout {rollout_id}; `nicheloop rollout history` lists them")
+            return _record(row)
+
+    def latest(self) -> Rollout | None:
+        """The newest rollout, whatever its state."""
+        with Session(self.store.engine) as s:
+            row = s.scalar(select(RolloutRow).order_by(RolloutRow.id.desc()))
+            return None if row is None else _record(row)
+
+    def create(
+        self, rollout: Rollout, *, plan: dict[str, Any], actor: str, reason: str, now: float
+    ) -> Rollout:
+        """Store a new rollout and its first audit event.
+
+        Raises:
+            Conflict: another rollout is live (roll it back, or let the new candidate supersede it).
+        """
+        with Session(self.store.engine) as s, s.begin():
+            self._lock_rollouts(s)
+            other = s.scalar(select(RolloutRow).where(RolloutRow.state.in_(LIVE)))
+            if other is not None:
+                raise Conflict(
+                    f"rollout {other.id} of version {other.candidate} is {other.state}; roll it back first"
+                )
+            row = RolloutRow(**{name: getattr(rollout, name) for name in FIELDS}, plan=plan, heartbeat_at=now)
+            s.add(row)
+            s.flush()
+            stored = _record(row)
+            s.add(self._audit(None, stored, actor=actor, reason=reason, figures=[]))
+        return stored
+
+    def record(
+        self,
+        before: Rollout,
+        after: Rollout,
+        *,
+        actor: str,
+        reason: str,
+        figures: list[dict[str, Any]] | None = None,
+    ) -> Rollout:
+        """Store the move ``before`` -> ``after`` and its audit event, only if nobody moved it since
+        ``before`` was read.
+
+        Raises:
+            Conflict: the stored revision is no longer ``before``'s (another move won; read again).
+        """
+        if before.id is None or after.id not in (None, before.id):
+            raise ValueError("record() moves a stored rollout: before must come from the store")
+        after = dataclasses.replace(after, id=before.id)
+        values = {name: getattr(after, name) for name in FIELDS}
+        with Session(self.store.engine) as s, s.begin():
+            moved = s.execute(
+                update(RolloutRow)
+                .where(RolloutRow.id == before.id, RolloutRow.revision == before.revision)
+                .values(**values)
+                .returning(RolloutRow.id)
+            ).first()
+            if moved is None:
+                raise Conflict(f"rollout {before.id} moved since revision {before.revision}; read it again")
+            s.add(self._audit(before, after, actor=actor, reason=reason, figures=figures or []))
+        return after
+
+    @staticmethod
+    def _audit(
+        before: Rollout | None, after: Rollout, *, actor: str, reason: str, figures: list[dict[str, Any]]
+    ) -> RolloutEventRow:
+        assert after.id is not None
+        return RolloutEventRow(
+            rollout_id=after.id,
+            at=utcnow(),
+            actor=actor,
+            from_state=None if before is None else before.state,
+            to_state=after.state,
+            from_share=0.0 if before is None else before.share,
+            to_share=after.share,
+            reason=reason[:2000],
+            figures=figures,
+            candidate=after.candidate,
+            champion=after.champion,
+            revision=after.revision,
+        )
+
+    def _lock_rollouts(self, s: Session) -> None:
+        """Serialise creations: take the write lock on the lease table's rollout row first."""
+        self.store.insert_ignore(
+            s, Lease, {"name": "rollout-create", "holder": "", "expires_at": 0.0}, ["name"]
+        )
+        s.execute(update(Lease).where(Lease.name == "rollout-create").values(expires_at=0.0))
+
+    def history(self, rollout_id: int | None = None, *, limit: int = 200) -> list[RolloutEvent]:
+        """Audit events, oldest first (of one rollout, or the latest ``limit`` of all)."""
+        with Session(self.store.engine) as s:
+            query = select(RolloutEventRow).order_by(RolloutEventRow.id.desc()).limit(limit)
+            if rollout_id is not None:
+                query = query.where(RolloutEventRow.rollout_id == rollout_id)
+            return [_event(row) for row in reversed(s.scalars(query).all())]
+
+    def plan(self, rollout_id: int) -> dict[str, Any]:
+        """The plan a rollout was started with (as stored: a JSON mapping)."""
+        with Session(self.store.engine) as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout {rollout_id}")
+            return dict(row.plan)
+
+    def beat(self, rollout_id: int, now: float) -> None:
+        """The controller is alive and watching ``rollout_id``."""
+        with Session(self.store.engine) as s, s.begin():
+            s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id).values(heartbeat_at=now))
+
+    def routing(self, now: float, *, stale_s: float) -> Routing | None:
+        """The live rollout's routing; the candidate gets nothing (answered or mirrored) when the
+        controller has not beaten for ``stale_s`` (a dead controller must not leave a canary running).
+        A promoted rollout routes nothing: the champion alias already serves its version."""
+        with Session(self.store.engine) as s:
+            row = s.scalar(select(RolloutRow).where(RolloutRow.state.in_(("shadow", "canary", "hold"))))
+            if row is None:
+                return None
+            alive = now - row.heartbeat_at <= stale_s
+            return Routing(
+                row.id,
+                row.candidate,
+                row.champion,
+                share=row.share if alive else 0.0,
+                mirror=row.mirror if alive else 0.0,
+            )
+
+    def acquire(self, holder: str, now: float, *, ttl_s: float, name: str = CONTROLLER_LEASE) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_s``; False while another holder's is unexpired."""
+        with Session(self.store.engine) as s, s.begin():
+            self.store.insert_ignore(s, Lease, {"name": name, "holder": holder, "expires_at": 0.0}, ["name"])
+            won = s.execute(
+                update(Lease)
+                .where(Lease.name == name, (Lease.holder == holder) | (Lease.expires_at < now))
+                .values(holder=holder, expires_at=now + ttl_s)
+                .returning(Lease.name)
+            ).first()
+            return won is not None
+
+    def release(self, holder: str, *, name: str = CONTROLLER_LEASE) -> None:
+        """Give the lease up (a clean stop), so the next controller need not wait for it to expire."""
+        with Session(self.store.engine) as s, s.begin():
+            s.execute(update(Lease).where(Lease.name == name, Lease.holder == holder).values(expires_at=0.0))

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal, Protocol
 
 from nicheloop.plugins import PluginRegistry
 from nicheloop.registry import VersionInfo
+from rollout.plan import RolloutPlan
 
 Verdict = Literal["pass", "fail", "hold"]
 Phase = Literal["offline", "shadow", "canary"]
@@ -41,8 +42,42 @@ class RegistryView(Protocol):
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One arm's traffic over the gates' window: its calls and how they went, and the delayed labels
+    of its predictions (``ece`` on them, at the other arm's label count: ECE grows as n shrinks)."""
+
+    calls: int = 0
+    errors: int = 0
+    p99_ms: float | None = None
+    labels: int = 0
+    correct: int = 0
+    ece: float | None = None
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Shadow: the same images through both models (``labeled`` of them have a delayed label)."""
+
+    pairs: int = 0
+    agree: int = 0  # both gave the same label
+    labeled: int = 0
+    candidate_only: int = 0  # labeled images only the candidate got right
+    champion_only: int = 0
+
+
+@dataclass(frozen=True)
+class Live:
+    """What the live gates look at: the two arms over one window, and the shadow's pairs."""
+
+    champion: Arm
+    candidate: Arm
+    paired: Paired = field(default_factory=Paired)
+
+
+@dataclass(frozen=True)
 class Evidence:
-    """What a gate may look at: the two versions, the registry, and the operator's tolerances."""
+    """What a gate may look at: the two versions, the registry, the operator's tolerances and, in
+    shadow and canary, the live figures and the rollout's plan."""
 
     registry: RegistryView
     champion: VersionInfo
@@ -51,13 +86,21 @@ class Evidence:
     # what a compressed candidate may lose against the version it was compiled from (Settings)
     compression_max_accuracy_drop_points: float = 0.5
     compression_max_ece_increase: float = 0.01
+    live: Live | None = None
+    plan: RolloutPlan = field(default_factory=RolloutPlan)
+
+    def need_live(self) -> Live:
+        """Raises ValueError when a live gate is run without live figures (a wiring error)."""
+        if self.live is None:
+            raise ValueError("a shadow or canary gate needs Evidence.live")
+        return self.live
 
 
 class Gate(Protocol):
-    """A rollout gate: ``name`` is its key, ``phase`` the step of a rollout it decides."""
+    """A rollout gate: ``name`` is its key, ``phases`` the steps of a rollout it decides."""
 
     name: ClassVar[str]
-    phase: ClassVar[Phase]
+    phases: ClassVar[tuple[Phase, ...]]
 
     def __call__(self, evidence: Evidence) -> GateResult: ...
 
@@ -68,7 +111,7 @@ register_gate = GATES.register
 
 def gates(phase: Phase | None = None) -> dict[str, type[Gate]]:
     """Every registered gate (of ``phase`` when given), by name, in registration order."""
-    return GATES.all(lambda g: phase is None or g.phase == phase)
+    return GATES.all(lambda g: phase is None or phase in g.phases)
 
 
 def evaluate(evidence: Evidence, phase: Phase) -> list[GateResult]:

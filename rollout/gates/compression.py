@@ -13,7 +13,7 @@ class CompressionFidelity:
     measured on the same labels by `nicheloop compress`; other candidates pass untouched."""
 
     name: ClassVar[str] = "compression_fidelity"
-    phase: ClassVar[Phase] = "offline"
+    phases: ClassVar[tuple[Phase, ...]] = ("offline",)
 
     def __call__(self, evidence: Evidence) -> GateResult:
         cand = evidence.candidate

@@ -12,7 +12,7 @@ class OfflineAccuracy:
     """Held-out accuracy of the candidate against its parent's, measured on the same split at training."""
 
     name: ClassVar[str] = "offline_accuracy"
-    phase: ClassVar[Phase] = "offline"
+    phases: ClassVar[tuple[Phase, ...]] = ("offline",)
 
     def __call__(self, evidence: Evidence) -> GateResult:
         champ, cand = evidence.champion, evidence.candidate

@@ -1,0 +1,68 @@
+"""Service health in shadow and canary: the candidate's failed calls and p99 latency against the
+champion's over the same window. Hard gates: a candidate that errs or stalls is rolled back at once."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rollout.gates import Evidence, GateResult, Phase, register_gate
+
+
+@register_gate
+class ErrorRate:
+    """The share of the candidate's calls that failed, against the champion's."""
+
+    name: ClassVar[str] = "error_rate"
+    phases: ClassVar[tuple[Phase, ...]] = ("shadow", "canary")
+
+    def __call__(self, evidence: Evidence) -> GateResult:
+        live, plan = evidence.need_live(), evidence.plan
+        cand, champ = live.candidate, live.champion
+        if min(cand.calls, champ.calls) < plan.min_requests:
+            return GateResult(
+                self.name,
+                "hold",
+                f"{cand.calls} candidate and {champ.calls} champion calls; need {plan.min_requests}",
+            )
+        cand_rate, champ_rate = cand.errors / cand.calls, champ.errors / champ.calls
+        figures = {
+            "candidate_error_rate": cand_rate,
+            "champion_error_rate": champ_rate,
+            "calls": float(cand.calls),
+        }
+        if cand_rate - champ_rate > plan.max_error_rate_increase:
+            reason = (
+                f"{cand_rate:.1%} of the candidate's calls failed against {champ_rate:.1%} of the "
+                f"champion's (at most {plan.max_error_rate_increase:.1%} more allowed)"
+            )
+            return GateResult(self.name, "fail", reason, figures, hard=True)
+        return GateResult(
+            self.name, "pass", f"errors {cand_rate:.2%} against {champ_rate:.2%}", figures, hard=True
+        )
+
+
+@register_gate
+class Latency:
+    """The candidate's p99 latency against the champion's."""
+
+    name: ClassVar[str] = "latency_p99"
+    phases: ClassVar[tuple[Phase, ...]] = ("shadow", "canary")
+
+    def __call__(self, evidence: Evidence) -> GateResult:
+        live, plan = evidence.need_live(), evidence.plan
+        cand, champ = live.candidate, live.champion
+        if cand.p99_ms is None or champ.p99_ms is None or min(cand.calls, champ.calls) < plan.min_requests:
+            return GateResult(
+                self.name,
+                "hold",
+                f"{cand.calls} candidate and {champ.calls} champion calls; need {plan.min_requests}",
+            )
+        ratio = cand.p99_ms / max(champ.p99_ms, 1e-9)
+        figures = {"candidate_p99_ms": cand.p99_ms, "champion_p99_ms": champ.p99_ms, "ratio": ratio}
+        if ratio > plan.max_p99_ratio:
+            reason = (
+                f"p99 {cand.p99_ms:.0f} ms against the champion's {champ.p99_ms:.0f} ms "
+                f"({ratio:.2f}x; at most {plan.max_p99_ratio:.2f}x allowed)"
+            )
+            return GateResult(self.name, "fail", reason, figures, hard=True)
+        return GateResult(self.name, "pass", f"p99 {ratio:.2f}x the champion's", figures, hard=True)

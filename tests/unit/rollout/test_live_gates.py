@@ -1,0 +1,105 @@
+"""The shadow and canary gates on live figures: each holds on thin evidence, fails with a reason and
+its figures, passes a good candidate; health gates are hard, statistical ones are not."""
+
+from __future__ import annotations
+
+import pytest
+
+from nicheloop.registry import VersionInfo
+from rollout.gates import Arm, Evidence, GateResult, Live, Paired, evaluate, gates
+from rollout.plan import RolloutPlan
+
+PLAN = RolloutPlan(min_requests=100, min_labels=200, alpha=0.05, accuracy_margin=0.03)
+CHAMPION = Arm(calls=40000, errors=80, p99_ms=80.0, labels=20000, correct=19000, ece=0.03)  # 95 % of traffic
+GOOD = Arm(
+    calls=4000, errors=8, p99_ms=80.0, labels=2000, correct=1900, ece=0.03
+)  # the interval needs ~2000 labels at 95 %
+
+
+def _evidence(candidate: Arm = GOOD, champion: Arm = CHAMPION, paired: Paired | None = None) -> Evidence:
+    live = Live(
+        champion,
+        candidate,
+        paired or Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8),
+    )
+    versions = [VersionInfo("m", v, f"run{v}", {}, []) for v in ("1", "2")]
+    return Evidence(None, *versions, live=live, plan=PLAN)  # type: ignore[arg-type]
+
+
+def _by_name(results: list[GateResult]) -> dict[str, GateResult]:
+    return {r.gate: r for r in results}
+
+
+def test_each_phase_runs_its_gates() -> None:
+    assert set(gates("shadow")) == {
+        "error_rate",
+        "latency_p99",
+        "calibration",
+        "agreement",
+        "paired_accuracy",
+    }
+    assert set(gates("canary")) == {"error_rate", "latency_p99", "calibration", "accuracy"}
+
+
+@pytest.mark.parametrize("phase", ["shadow", "canary"])
+def test_a_candidate_like_the_champion_passes_every_gate(phase: str) -> None:
+    results = evaluate(_evidence(), phase)  # type: ignore[arg-type]
+    assert [r.verdict for r in results] == ["pass"] * len(results), [r.reason for r in results]
+
+
+def test_thin_evidence_holds_every_gate() -> None:
+    thin = Arm(calls=10, errors=0, p99_ms=50.0, labels=5, correct=5, ece=0.0)
+    for phase in ("shadow", "canary"):
+        results = evaluate(_evidence(thin, thin, Paired(pairs=10, agree=10, labeled=3)), phase)  # type: ignore[arg-type]
+        assert {r.verdict for r in results} == {"hold"}, [(r.gate, r.reason) for r in results]
+
+
+def test_errors_and_latency_fail_hard_with_their_figures() -> None:
+    results = _by_name(
+        evaluate(
+            _evidence(Arm(calls=1000, errors=60, p99_ms=400.0, labels=800, correct=760, ece=0.03)), "canary"
+        )
+    )
+    errors, latency = results["error_rate"], results["latency_p99"]
+    assert errors.verdict == latency.verdict == "fail" and errors.hard and latency.hard
+    assert (
+        "6.0% of the candidate's calls failed" in errors.reason
+        and errors.figures["champion_error_rate"] == 0.002
+    )
+    assert latency.figures["ratio"] == 5.0 and "400 ms" in latency.reason
+
+
+def test_a_candidate_ten_points_worse_fails_the_canary_accuracy_gate_not_hard() -> None:
+    worse = Arm(calls=1000, errors=2, p99_ms=80.0, labels=400, correct=340, ece=0.03)  # 85 % against 95 %
+    champion = Arm(calls=9000, errors=2, p99_ms=80.0, labels=4000, correct=3800, ece=0.03)
+    accuracy = _by_name(evaluate(_evidence(worse, champion), "canary"))["accuracy"]
+    assert accuracy.verdict == "fail" and not accuracy.hard and accuracy.figures["candidate_labels"] == 400
+
+
+def test_shadow_disagreement_and_a_worse_paired_record_fail() -> None:
+    results = _by_name(
+        evaluate(
+            _evidence(paired=Paired(pairs=500, agree=350, labeled=300, candidate_only=4, champion_only=30)),
+            "shadow",
+        )
+    )
+    assert results["agreement"].verdict == "fail" and "agree on at most" in results["agreement"].reason
+    paired = results["paired_accuracy"]
+    assert paired.verdict == "fail" and paired.figures["p_value"] < 0.001 and not paired.hard
+
+
+def test_a_candidate_that_wins_the_disagreements_passes_the_paired_gate() -> None:
+    better = Paired(pairs=500, agree=470, labeled=300, candidate_only=30, champion_only=4)
+    assert _by_name(evaluate(_evidence(paired=better), "shadow"))["paired_accuracy"].verdict == "pass"
+
+
+def test_calibration_fails_beyond_the_allowed_increase() -> None:
+    loose = Arm(calls=1000, errors=2, p99_ms=80.0, labels=800, correct=760, ece=0.13)
+    calibration = _by_name(evaluate(_evidence(loose), "canary"))["calibration"]
+    assert calibration.verdict == "fail" and "ECE 0.130" in calibration.reason
+
+
+def test_a_live_gate_without_live_figures_is_a_wiring_error() -> None:
+    versions = [VersionInfo("m", v, f"run{v}", {}, []) for v in ("1", "2")]
+    with pytest.raises(ValueError, match="needs Evidence.live"):
+        evaluate(Evidence(None, *versions), "canary")  # type: ignore[arg-type]

@@ -1,0 +1,213 @@
+"""The rollout controller: reconciles the live rollout on an interval, and the operators' actions.
+
+Each :meth:`Controller.tick` takes the controller lease (one controller at a time), beats the
+heartbeat the gateways route by, lets a newer candidate supersede the live one, runs the gates of
+the rollout's phase on live evidence, and stores what :func:`rollout.machine.decide` says, with the
+gates' figures, as one compare-and-set move. The ``champion`` alias follows the stored record only:
+a promotion moves it after the move is recorded, a rollback of a promoted candidate moves it back,
+and a tick repairs an alias that a crash left behind the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+from nicheloop.contracts import CANDIDATE, CHAMPION
+from nicheloop.errors import Conflict, NotFound, NotReady
+from nicheloop.registry import VersionInfo
+from nicheloop.rollouts import Rollout, Rollouts
+from rollout.gates import Evidence, GateResult, Live, evaluate
+from rollout.machine import (
+    GATED,
+    Transition,
+    decide,
+    force_promote,
+    pause,
+    resume,
+    rollback,
+    start,
+    supersede,
+)
+from rollout.plan import RolloutPlan
+from rollout.promote import PREVIOUS, offline_gates
+
+log = logging.getLogger(__name__)
+
+Action = Literal["pause", "resume", "rollback", "promote"]
+ACTIONS = {"pause": pause, "resume": resume, "rollback": rollback, "promote": force_promote}
+
+
+class AliasRegistry(Protocol):
+    """The registry operations rollouts need (:class:`nicheloop.registry.Registry` has them)."""
+
+    def resolve(self, alias: str) -> VersionInfo: ...
+    def version(self, version: str) -> VersionInfo: ...
+    def run_metrics(self, run_id: str) -> dict[str, float]: ...
+    def set_alias(self, alias: str, version: str) -> None: ...
+
+
+class EvidenceSource(Protocol):
+    """Where the live gates' figures come from: both arms over the current step's window."""
+
+    def live(self, rollout: Rollout, plan: RolloutPlan, now: float) -> Live: ...
+
+
+Announce = Callable[[Rollout, Rollout, str, str], None]  # before, after, actor, reason: e.g. to Kafka
+
+
+def _figures(gates: tuple[GateResult, ...]) -> list[dict[str, object]]:
+    return [dataclasses.asdict(g) for g in gates]
+
+
+class Controller:
+    """One reconciling controller; ``holder`` names it in the lease (host and process)."""
+
+    def __init__(
+        self,
+        rollouts: Rollouts,
+        registry: AliasRegistry,
+        source: EvidenceSource,
+        *,
+        holder: str,
+        announce: Announce | None = None,
+    ) -> None:
+        self.rollouts, self.registry, self.source, self.holder = rollouts, registry, source, holder
+        self.announce = announce
+
+    def tick(self, now: float) -> Transition | None:
+        """Reconcile once at ``now``; the move stored, if any. None also when another controller
+        holds the lease, or when a move decided here lost a race (the next tick reads again)."""
+        live = self.rollouts.live()
+        if live is None or live.id is None:
+            latest = self.rollouts.latest()
+            if latest is not None:
+                sync_champion(self.registry, latest)
+            return None
+        plan = RolloutPlan(**self.rollouts.plan(live.id))
+        if not self.rollouts.acquire(self.holder, now, ttl_s=3 * plan.interval_s):
+            return None
+        self.rollouts.beat(live.id, now)
+        sync_champion(self.registry, live)
+        newer = self._newer_candidate(live)
+        if newer is not None:
+            aborted, fresh = supersede(live, newer, plan, now)
+            stored = record_move(self.rollouts, self.registry, aborted, self.announce)
+            if stored is not None:
+                self.rollouts.create(fresh, plan=plan.model_dump(mode="json"), actor="controller",
+                                     reason=f"new candidate {newer}", now=now)  # fmt: skip
+            return stored
+        results: list[GateResult] = []
+        if live.state in GATED:
+            evidence = Evidence(
+                self.registry,
+                self.registry.version(live.champion),
+                self.registry.version(live.candidate),
+                live=self.source.live(live, plan, now),
+                plan=plan,
+            )
+            results = evaluate(evidence, GATED[live.state])
+        move = decide(live, results, plan, now)
+        return None if move is None else record_move(self.rollouts, self.registry, move, self.announce)
+
+    def _newer_candidate(self, live: Rollout) -> str | None:
+        if live.state not in (*GATED, "hold"):
+            return None
+        try:
+            version = self.registry.resolve(CANDIDATE).version
+        except NotReady:
+            return None
+        return None if version in (live.candidate, live.champion) else version
+
+
+def record_move(
+    rollouts: Rollouts, registry: AliasRegistry, move: Transition, announce: Announce | None = None
+) -> Transition | None:
+    """Store ``move`` with its gates' figures, then bring the champion alias in line and announce
+    it; None when the rollout moved meanwhile (compare and set lost)."""
+    try:
+        after = rollouts.record(
+            move.before, move.after, actor=move.actor, reason=move.reason, figures=_figures(move.gates)
+        )
+    except Conflict as exc:
+        log.warning("rollout move not stored (%s); read it again", exc)
+        return None
+    log.info("rollout %s: %s -> %s (%s)", after.id, move.before.state, after.state, move.reason)
+    sync_champion(registry, after)
+    if announce is not None:
+        announce(move.before, after, move.actor, move.reason)
+    return dataclasses.replace(move, after=after)
+
+
+def sync_champion(registry: AliasRegistry, r: Rollout) -> None:
+    """Make the champion alias say what the record ``r`` says (idempotent: repairs a move that a
+    crash interrupted between the record and the alias)."""
+    current = registry.resolve(CHAMPION).version
+    if r.state in ("promoted", "baked") and current != r.candidate:
+        registry.set_alias(PREVIOUS, r.champion)
+        registry.set_alias(CHAMPION, r.candidate)
+        log.info("champion is now version %s (was %s), as rollout %s records", r.candidate, current, r.id)
+    elif r.state == "rolled_back" and current == r.candidate:
+        registry.set_alias(CHAMPION, r.champion)
+        log.info("champion is back to version %s: rollout %s was rolled back", r.champion, r.id)
+
+
+def start_rollout(
+    rollouts: Rollouts,
+    registry: AliasRegistry,
+    plan: RolloutPlan,
+    *,
+    now: float,
+    actor: str,
+    version: str | None = None,
+    tolerance: float = 0.0,
+) -> Rollout:
+    """Start the candidate (``version``, which becomes the candidate alias, or the alias's version)
+    in shadow, once it passes the offline gates.
+
+    Raises:
+        GateRefused: an offline gate failed or held. Conflict: a rollout is live already.
+        NotFound: no such version.
+    """
+    if version is not None:
+        registry.version(version)  # NotFound for a typo, before any alias moves
+        registry.set_alias(CANDIDATE, version)
+    checked = offline_gates(registry, tolerance=tolerance)
+    first = start(checked.promoted, checked.previous, plan, now)
+    return rollouts.create(
+        first,
+        plan=plan.model_dump(mode="json"),
+        actor=actor,
+        reason=f"offline gates passed: {', '.join(g.gate for g in checked.gates)}",
+        now=now,
+    )
+
+
+def operate(
+    rollouts: Rollouts,
+    registry: AliasRegistry,
+    action: Action,
+    *,
+    now: float,
+    actor: str,
+    reason: str,
+    announce: Announce | None = None,
+) -> Rollout:
+    """An operator's ``action`` on the live rollout, recorded with ``actor`` and ``reason``; a forced
+    promotion or a rollback moves the champion alias as the controller would.
+
+    Raises:
+        NotFound: no live rollout. NotAllowed: the action does not apply to its state.
+        Conflict: the controller moved it meanwhile (look at `status` and try again).
+    """
+    live = rollouts.live()
+    if live is None:
+        raise NotFound("no rollout is live; start one with `nicheloop rollout start`")
+    plan = RolloutPlan(**rollouts.plan(live.id or 0))
+    move = ACTIONS[action](live, plan, now, actor=actor, reason=reason)
+    stored = record_move(rollouts, registry, move, announce)
+    if stored is None:
+        raise Conflict(f"rollout {live.id} moved while you acted; check `nicheloop rollout status` and retry")
+    return stored.after

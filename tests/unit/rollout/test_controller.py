@@ -1,0 +1,182 @@
+"""The controller on a real (SQLite) store, a stand-in registry and scripted evidence, on a fake
+clock: a good candidate is promoted step by step, a bad one rolled back, a crashed controller's
+successor resumes without a double move, and the champion alias follows only recorded moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from nicheloop.errors import Conflict, GateRefused, NotFound
+from nicheloop.registry import VersionInfo
+from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.store import Store
+from rollout.controller import Controller, operate, start_rollout, sync_champion
+from rollout.gates import Arm, Live, Paired
+from rollout.machine import NotAllowed
+from rollout.plan import RolloutPlan
+from rollout.promote import PREVIOUS
+
+PLAN = RolloutPlan(
+    steps=(0.05, 0.5), min_step_s=60, max_step_s=3600, bake_s=120, interval_s=10, min_labels=200
+)
+CHAMPION = Arm(calls=40000, errors=80, p99_ms=80.0, labels=20000, correct=19000, ece=0.03)
+GOOD = Live(
+    CHAMPION,
+    Arm(calls=4000, errors=8, p99_ms=80.0, labels=2000, correct=1900, ece=0.03),
+    Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8),
+)
+ERRS = Live(
+    CHAMPION, Arm(calls=4000, errors=400, p99_ms=80.0, labels=10, correct=9), Paired(pairs=500, agree=480)
+)
+
+
+@dataclass
+class Registry:
+    """Stands in for MLflow (the real one: tests/integration); versions 1..9 exist."""
+
+    aliases: dict[str, str] = field(default_factory=lambda: {"champion": "1", "candidate": "2"})
+    moves: list[tuple[str, str]] = field(default_factory=list)
+
+    def version(self, version: str) -> VersionInfo:
+        if version not in "123456789":
+            raise NotFound(f"no version {version}")
+        parent = str(int(version) - 1)
+        return VersionInfo("m", version, f"run{version}", {"parent_version": parent}, [])
+
+    def resolve(self, alias: str) -> VersionInfo:
+        return self.version(self.aliases[alias])
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return {"holdout_accuracy": 0.9, "parent_holdout_accuracy": 0.88}
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.moves.append((alias, version))
+        self.aliases[alias] = version
+
+
+@dataclass
+class Scripted:
+    """Live evidence as the test says; counts how often it was read."""
+
+    live_now: Live = GOOD
+    reads: int = 0
+
+    def live(self, rollout: Rollout, plan: RolloutPlan, now: float) -> Live:
+        self.reads += 1
+        return self.live_now
+
+
+@pytest.fixture
+def rollouts(tmp_path: Path) -> Rollouts:
+    return Rollouts(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+
+
+def _ticks(controller: Controller, start: float, end: float, every: float = 10.0) -> list[str]:
+    moves, now = [], start
+    while now <= end:
+        move = controller.tick(now)
+        if move is not None:
+            moves.append(f"{move.after.state}:{move.after.share:g}")
+        now += every
+    return moves
+
+
+def test_a_good_candidate_is_promoted_step_by_step_and_the_alias_follows_the_record(
+    rollouts: Rollouts,
+) -> None:
+    reg = Registry()
+    first = start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    assert (first.state, first.candidate, first.champion, first.mirror) == (
+        "shadow",
+        "2",
+        "1",
+        PLAN.shadow_share,
+    )
+    controller = Controller(rollouts, reg, Scripted(), holder="c1")
+    assert _ticks(controller, 0.0, 400.0) == ["canary:0.05", "canary:0.5", "promoted:1", "baked:1"]
+    assert reg.aliases["champion"] == "2" and (PREVIOUS, "1") in reg.moves
+    trail = rollouts.history(first.id)
+    assert [e.to_state for e in trail] == ["shadow", "canary", "canary", "promoted", "baked"]
+    assert {g["gate"] for g in trail[1].figures} >= {"agreement", "paired_accuracy", "error_rate"}
+    assert "offline gates passed" in trail[0].reason and trail[0].actor == "ops"
+
+
+def test_a_candidate_that_errs_is_rolled_back_and_never_champion(rollouts: Rollouts) -> None:
+    reg, source = Registry(), Scripted()
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    controller = Controller(rollouts, reg, source, holder="c1")
+    assert _ticks(controller, 0.0, 60.0) == ["canary:0.05"]
+    source.live_now = ERRS
+    assert _ticks(controller, 70.0, 100.0) == ["rolled_back:0"]  # at the first failing check
+    assert reg.aliases["champion"] == "1" and ("champion", "2") not in reg.moves
+    assert (
+        rollouts.live() is None and "10.0% of the candidate's calls failed" in rollouts.history()[-1].reason
+    )
+
+
+def test_a_successor_resumes_after_the_lease_expires_without_a_double_move(rollouts: Rollouts) -> None:
+    reg = Registry()
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    first, second = (Controller(rollouts, reg, Scripted(), holder=h) for h in ("c1", "c2"))
+    assert _ticks(first, 0.0, 110.0) == ["canary:0.05"]  # then c1 dies, its lease good until 140
+    stale = rollouts.live()
+    assert second.tick(125.0) is None  # the step is due, but c1 may still be alive
+    assert rollouts.live() == stale
+    move = second.tick(141.0)
+    assert move is not None and move.after.share == 0.5 and move.before.share == 0.05
+    with pytest.raises(Conflict):  # what c1 would have stored from its last read
+        rollouts.record(stale, stale, actor="c1", reason="late")  # type: ignore[arg-type]
+    assert [e.to_share for e in rollouts.history()] == [0.0, 0.05, 0.5]
+
+
+def test_an_alias_left_behind_by_a_crash_is_repaired_from_the_record(rollouts: Rollouts) -> None:
+    reg = Registry()
+    r = start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    promoted = Rollout("2", "1", "promoted", share=1.0, entered_at=5.0, revision=1)
+    rollouts.record(r, promoted, actor="controller", reason="every gate passed")  # crash before the alias
+    assert reg.aliases["champion"] == "1"
+    Controller(rollouts, reg, Scripted(), holder="c2").tick(10.0)
+    assert reg.aliases["champion"] == "2"
+    sync_champion(reg, rollouts.live())  # type: ignore[arg-type]
+    assert reg.moves.count(("champion", "2")) == 1  # idempotent
+
+
+def test_a_newer_candidate_aborts_the_live_rollout_and_starts_over(rollouts: Rollouts) -> None:
+    reg = Registry()
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    reg.aliases["candidate"] = "3"
+    move = Controller(rollouts, reg, Scripted(), holder="c1").tick(20.0)
+    assert move is not None and move.after.state == "aborted" and "version 3" in move.reason
+    fresh = rollouts.live()
+    assert fresh is not None and (fresh.candidate, fresh.state, fresh.entered_at) == ("3", "shadow", 20.0)
+
+
+def test_operators_pause_resume_force_and_roll_back_with_the_alias_following(rollouts: Rollouts) -> None:
+    reg = Registry()
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    assert operate(rollouts, reg, "pause", now=1.0, actor="ann", reason="look").state == "hold"
+    assert Controller(rollouts, reg, Scripted(), holder="c1").tick(5000.0) is None  # a hold stays
+    assert operate(rollouts, reg, "resume", now=2.0, actor="ann", reason="ok").state == "shadow"
+    assert operate(rollouts, reg, "promote", now=3.0, actor="ann", reason="hotfix").state == "promoted"
+    assert reg.aliases["champion"] == "2"
+    assert operate(rollouts, reg, "rollback", now=4.0, actor="bob", reason="bad").state == "rolled_back"
+    assert reg.aliases["champion"] == "1"
+    assert [e.actor for e in rollouts.history()] == ["ops", "ann", "ann", "ann", "bob"]
+    with pytest.raises(NotFound, match="no rollout is live"):
+        operate(rollouts, reg, "pause", now=5.0, actor="ann", reason="x")
+
+
+def test_starting_needs_the_offline_gates_and_a_known_version(rollouts: Rollouts) -> None:
+    reg = Registry()
+    with pytest.raises(NotFound):
+        start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops", version="x")
+    reg.aliases["candidate"] = "5"  # trained from 4, not from the champion
+    with pytest.raises(GateRefused, match="offline_accuracy"):
+        start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    assert rollouts.live() is None
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops", version="2")
+    with pytest.raises(NotAllowed, match="only a held rollout"):
+        operate(rollouts, reg, "resume", now=1.0, actor="ann", reason="x")

@@ -16,7 +16,8 @@ PREDICTIONS_TOPIC = "nicheloop.predictions.v1"
 FEEDBACK_TOPIC = "nicheloop.feedback.v1"
 DEAD_LETTER_TOPIC = "nicheloop.deadletter.v1"
 DRIFT_TOPIC = "nicheloop.drift.v1"
-ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC, DRIFT_TOPIC)
+ROLLOUTS_TOPIC = "nicheloop.rollouts.v1"
+ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC, DRIFT_TOPIC, ROLLOUTS_TOPIC)
 # A training run's progress: one JSON line per epoch in this file of the run's folder.
 PROGRESS_FILE = "progress.jsonl"
 
@@ -125,6 +126,24 @@ class DriftEvent(_Event):
     window_size: int = Field(ge=0)
     details: dict[str, float] = Field(default_factory=dict, description="Per-test p-values and figures.")
     report: str | None = Field(None, description="Path of the window's HTML report, when one was written.")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RolloutMoved(_Event):
+    """A rollout changed state or share (the audit trail's line, on Kafka). Kafka key: the rollout id."""
+
+    event_id: str = Field(default_factory=new_id)
+    rollout_id: int
+    model_name: str
+    candidate: str
+    champion: str
+    from_state: str | None
+    to_state: str
+    from_share: float = Field(ge=0.0, le=1.0)
+    to_share: float = Field(ge=0.0, le=1.0)
+    actor: str
+    reason: str
+    revision: int = Field(ge=0)
     created_at: datetime = Field(default_factory=utcnow)
 
 

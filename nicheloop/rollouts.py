@@ -215,10 +215,21 @@ class Rollouts:
                 raise NotFound(f"no rollout {rollout_id}")
             return dict(row.plan)
 
-    def beat(self, rollout_id: int, now: float) -> None:
-        """The controller is alive and watching ``rollout_id``."""
+    def beat(self, rollout_id: int, now: float, *, checks: list[dict[str, Any]] | None = None) -> None:
+        """The controller is alive and watching ``rollout_id``; ``checks``: its gates' verdicts now."""
+        values: dict[str, Any] = {"heartbeat_at": now}
+        if checks is not None:
+            values |= {"checks": checks, "checked_at": now}
         with Session(self.store.engine) as s, s.begin():
-            s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id).values(heartbeat_at=now))
+            s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id).values(**values))
+
+    def checks(self, rollout_id: int) -> tuple[list[dict[str, Any]], float | None, float]:
+        """The gates' verdicts of the controller's last tick, when that was, and its last heartbeat."""
+        with Session(self.store.engine) as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout {rollout_id}")
+            return list(row.checks or []), row.checked_at, row.heartbeat_at
 
     def routing(self, now: float, *, stale_s: float) -> Routing | None:
         """The live rollout's routing; the candidate gets nothing (answered or mirrored) when the

@@ -131,6 +131,8 @@ class RolloutRow(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0)
     plan: Mapped[dict] = mapped_column(JSON)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    checks: Mapped[list | None] = mapped_column(JSON, nullable=True)  # the last tick's gate verdicts
+    checked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class RolloutEventRow(Base):

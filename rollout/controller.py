@@ -15,7 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from nicheloop.contracts import CANDIDATE, CHAMPION
+from pydantic import BaseModel
+
+from nicheloop.contracts import CANDIDATE, CHAMPION, ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, NotFound, NotReady
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout, Rollouts
@@ -56,6 +58,34 @@ class EvidenceSource(Protocol):
 
 
 Announce = Callable[[Rollout, Rollout, str, str], None]  # before, after, actor, reason: e.g. to Kafka
+
+
+class DurablePublisher(Protocol):
+    """:class:`nicheloop.bus.Publisher`'s durable send (acknowledged, or fsynced into its spool)."""
+
+    def publish_durable(self, topic: str, key: str, event: BaseModel, ack_timeout_s: float = 5.0) -> None: ...
+
+
+def kafka_announce(publisher: DurablePublisher, model_name: str) -> Announce:
+    """An :data:`Announce` that publishes each stored move on ``nicheloop.rollouts.v1``, durably."""
+
+    def announce(before: Rollout, after: Rollout, actor: str, reason: str) -> None:
+        event = RolloutMoved(
+            rollout_id=after.id or 0,
+            model_name=model_name,
+            candidate=after.candidate,
+            champion=after.champion,
+            from_state=before.state,
+            to_state=after.state,
+            from_share=before.share,
+            to_share=after.share,
+            actor=actor,
+            reason=reason,
+            revision=after.revision,
+        )
+        publisher.publish_durable(ROLLOUTS_TOPIC, str(after.id), event)
+
+    return announce
 
 
 def _figures(gates: tuple[GateResult, ...]) -> list[dict[str, object]]:
@@ -109,6 +139,7 @@ class Controller:
                 plan=plan,
             )
             results = evaluate(evidence, GATED[live.state])
+            self.rollouts.beat(live.id, now, checks=_figures(tuple(results)))
         move = decide(live, results, plan, now)
         return None if move is None else record_move(self.rollouts, self.registry, move, self.announce)
 

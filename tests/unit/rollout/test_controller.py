@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+from nicheloop.contracts import ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, GateRefused, NotFound
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.store import Store
-from rollout.controller import Controller, operate, start_rollout, sync_champion
+from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
 from rollout.gates import Arm, Live, Paired
 from rollout.machine import NotAllowed
 from rollout.plan import RolloutPlan
 from rollout.promote import PREVIOUS
+from rollout.status import describe
 
 PLAN = RolloutPlan(
     steps=(0.05, 0.5), min_step_s=60, max_step_s=3600, bake_s=120, interval_s=10, min_labels=200
@@ -180,3 +183,47 @@ def test_starting_needs_the_offline_gates_and_a_known_version(rollouts: Rollouts
     start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops", version="2")
     with pytest.raises(NotAllowed, match="only a held rollout"):
         operate(rollouts, reg, "resume", now=1.0, actor="ann", reason="x")
+
+
+def test_status_shows_the_step_every_gate_and_what_it_waits_for(rollouts: Rollouts) -> None:
+    reg, source = Registry(), Scripted()
+    r = start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    assert "the controller's first check" in describe(rollouts, r, 0.0)["waiting_for"]
+    source.live_now = Live(
+        CHAMPION, Arm(calls=4000, errors=8, p99_ms=80.0, labels=20, correct=19), GOOD.paired
+    )
+    Controller(rollouts, reg, source, holder="c1").tick(30.0)
+    status = describe(rollouts, rollouts.live(), 45.0)  # type: ignore[arg-type]
+    assert (status["state"], status["step"], status["heartbeat_age_s"], status["in_state_s"]) == (
+        "shadow", "shadow", 15.0, 45.0,
+    )  # fmt: skip
+    assert {g["gate"]: g["verdict"] for g in status["gates"]}["paired_accuracy"] == "pass"
+    assert "calibration: 20 candidate labels; need 200" in status["waiting_for"]
+    assert "15s more in this step" in status["waiting_for"]
+    held = operate(rollouts, reg, "pause", now=50.0, actor="ann", reason="look")
+    assert "an operator" in describe(rollouts, held, 60.0)["waiting_for"]
+
+
+@dataclass
+class Sent:
+    """Stands in for the durable Kafka publisher (the real one: tests/integration)."""
+
+    events: list[tuple[str, str, BaseModel]] = field(default_factory=list)
+
+    def publish_durable(self, topic: str, key: str, event: BaseModel, ack_timeout_s: float = 5.0) -> None:
+        self.events.append((topic, key, event))
+
+
+def test_every_stored_move_is_announced_on_the_rollouts_topic(rollouts: Rollouts) -> None:
+    reg, sent = Registry(), Sent()
+    r = start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    announce = kafka_announce(sent, "m")
+    Controller(rollouts, reg, Scripted(), holder="c1", announce=announce).tick(60.0)
+    operate(rollouts, reg, "rollback", now=70.0, actor="ann", reason="changed my mind", announce=announce)
+    assert [(t, k) for t, k, _ in sent.events] == [(ROLLOUTS_TOPIC, str(r.id))] * 2
+    moves = [e for _, _, e in sent.events]
+    assert [(m.from_state, m.to_state, m.to_share, m.actor) for m in moves] == [  # type: ignore[attr-defined]
+        ("shadow", "canary", 0.05, "controller"),
+        ("canary", "rolled_back", 0.0, "ann"),
+    ]
+    assert RolloutMoved.model_validate_json(moves[1].model_dump_json()).reason == "changed my mind"

@@ -43,6 +43,7 @@ CHAMPION = "champion"
 CANDIDATE = "candidate"
 
 FeedbackSource = Literal["user", "reviewer", "seed"]
+Arm = Literal["champion", "candidate", "shadow"]  # which model of a rollout made a prediction
 
 
 def utcnow() -> datetime:
@@ -78,6 +79,11 @@ class PredictionEvent(_Event):
     image_stats: dict[str, float] = Field(
         default_factory=dict,
         description="Input-drift features of the image (IMAGE_STATS); empty from older gateways.",
+    )
+    arm: Arm = Field(
+        "champion",
+        description="Which model made it: the champion, the candidate answering its canary share, or "
+        "the candidate in shadow (mirrored: never returned to the caller).",
     )
     created_at: datetime = Field(default_factory=utcnow)
 

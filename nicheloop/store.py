@@ -52,6 +52,7 @@ class Prediction(Base):
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: before rollouts
 
 
 class Feedback(Base):
@@ -189,7 +190,7 @@ def _add_missing_columns(engine: Engine) -> None:
 
 # The event fields a prediction row keeps (its embedding is stored as float32 bytes besides).
 PREDICTION_FIELDS = set(
-    "prediction_id model_version label probs class_names uncertainty image_sha256 created_at".split()
+    "prediction_id model_version label probs class_names uncertainty image_sha256 created_at arm".split()
 )
 
 

@@ -121,3 +121,22 @@ def test_content_hash_ignores_row_ids_and_arrival_order(tmp_path: Path) -> None:
     assert a.content_hash() == b.content_hash()
     a.add_feedback(FeedbackEvent(prediction_id="p1", label="a", source="reviewer"))
     assert a.content_hash() != b.content_hash()
+
+
+def test_a_prediction_keeps_the_arm_that_made_it(store: Store) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from nicheloop.store import Prediction
+
+    store.add_prediction(prediction("p1"))
+    store.add_prediction(prediction("p2").model_copy(update={"arm": "shadow"}))
+    with Session(store.engine) as s:
+        arms = dict(s.execute(select(Prediction.prediction_id, Prediction.arm)).tuples().all())
+    assert arms == {"p1": "champion", "p2": "shadow"}
+
+
+def test_an_event_from_an_older_gateway_is_the_champions() -> None:
+    old = prediction("p1").model_dump(mode="json")
+    del old["arm"]
+    assert PredictionEvent.model_validate(old).arm == "champion"

@@ -28,6 +28,7 @@ from nicheloop.store import Lease, RolloutEventRow, RolloutRow, Store
 State = Literal["shadow", "canary", "promoted", "baked", "rolled_back", "aborted", "hold"]
 LIVE: frozenset[str] = frozenset({"shadow", "canary", "promoted", "hold"})
 CONTROLLER_LEASE = "rollout-controller"
+CREATE_LOCK = "rollout-create"
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Rollouts:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        store.add_lock(CREATE_LOCK)
 
     def live(self) -> Rollout | None:
         """The rollout in shadow, canary, hold or promoted, if any."""
@@ -128,7 +130,7 @@ class Rollouts:
             Conflict: another rollout is live (roll it back, or let the new candidate supersede it).
         """
         with Session(self.store.engine) as s, s.begin():
-            self._lock_rollouts(s)
+            self.store.serialize(s, CREATE_LOCK)  # two creations cannot both see none live
             other = s.scalar(select(RolloutRow).where(RolloutRow.state.in_(LIVE)))
             if other is not None:
                 raise Conflict(
@@ -191,13 +193,6 @@ class Rollouts:
             champion=after.champion,
             revision=after.revision,
         )
-
-    def _lock_rollouts(self, s: Session) -> None:
-        """Serialise creations: take the write lock on the lease table's rollout row first."""
-        self.store.insert_ignore(
-            s, Lease, {"name": "rollout-create", "holder": "", "expires_at": 0.0}, ["name"]
-        )
-        s.execute(update(Lease).where(Lease.name == "rollout-create").values(expires_at=0.0))
 
     def history(self, rollout_id: int | None = None, *, limit: int = 200) -> list[RolloutEvent]:
         """Audit events, oldest first (of one rollout, or the latest ``limit`` of all)."""

@@ -107,7 +107,8 @@ class ReviewItem(Base):
 
 
 class ReviewLock(Base):
-    """One row per lock name: claims update it first, so they run one at a time on any database."""
+    """One row per lock name (:meth:`Store.serialize`): transactions that update it first run one at
+    a time on any database (review claims, rollout creation). The table keeps its first user's name."""
 
     __tablename__ = "review_locks"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -214,6 +215,16 @@ class Store:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
         return s.execute(stmt.returning(*table.__table__.primary_key.columns)).first() is not None
+
+    def add_lock(self, name: str) -> None:
+        """Create the lock row ``name`` once (before any transaction :meth:`serialize` s on it)."""
+        with Session(self.engine) as s, s.begin():
+            self.insert_ignore(s, ReviewLock, {"name": name, "counter": 0}, ["name"])
+
+    def serialize(self, s: Session, name: str) -> None:
+        """Run the rest of transaction ``s`` one at a time with every other that serialises on
+        ``name``: update its lock row first (a row lock on PostgreSQL, the write lock on SQLite)."""
+        s.execute(update(ReviewLock).where(ReviewLock.name == name).values(counter=ReviewLock.counter + 1))
 
     # -- predictions and feedback ------------------------------------------------------------
     def add_prediction(self, ev: PredictionEvent) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
@@ -88,7 +88,7 @@ def kafka_announce(publisher: DurablePublisher, model_name: str) -> Announce:
     return announce
 
 
-def _figures(gates: tuple[GateResult, ...]) -> list[dict[str, object]]:
+def _figures(gates: Sequence[GateResult]) -> list[dict[str, object]]:
     return [dataclasses.asdict(g) for g in gates]
 
 
@@ -139,7 +139,7 @@ class Controller:
                 plan=plan,
             )
             results = evaluate(evidence, GATED[live.state])
-            self.rollouts.beat(live.id, now, checks=_figures(tuple(results)))
+            self.rollouts.beat(live.id, now, checks=_figures(results))
         move = decide(live, results, plan, now)
         return None if move is None else record_move(self.rollouts, self.registry, move, self.announce)
 

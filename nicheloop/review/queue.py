@@ -29,7 +29,7 @@ from nicheloop.contracts import utcnow
 from nicheloop.errors import BudgetSpent, Conflict, NotFound
 from nicheloop.review.schemas import ReviewTask
 from nicheloop.settings import Settings
-from nicheloop.store import ReviewItem, ReviewLock, Store
+from nicheloop.store import ReviewItem, Store
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
@@ -62,8 +62,7 @@ class ReviewQueue:
 
     def __init__(self, store: Store, policy: QueuePolicy | None = None) -> None:
         self.store, self.policy, self.engine = store, policy or QueuePolicy(), store.engine
-        with Session(self.engine) as s, s.begin():
-            store.insert_ignore(s, ReviewLock, {"name": "claim", "counter": 0}, ["name"])
+        store.add_lock("claim")
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(
@@ -109,9 +108,7 @@ class ReviewQueue:
         """
         now = now or utcnow()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            s.execute(
-                update(ReviewLock).where(ReviewLock.name == "claim").values(counter=ReviewLock.counter + 1)
-            )
+            self.store.serialize(s, "claim")
             self._check_budget(s, now)
             s.execute(
                 update(ReviewItem)

@@ -8,6 +8,15 @@ from typing import ClassVar
 from rollout.gates import Evidence, GateResult, Phase, register_gate
 
 
+def _too_few_calls(gate: str, evidence: Evidence) -> GateResult | None:
+    """A hold while either arm has fewer than the plan's ``min_requests`` calls in the window."""
+    live, need = evidence.need_live(), evidence.plan.min_requests
+    if min(live.candidate.calls, live.champion.calls) >= need:
+        return None
+    calls = f"{live.candidate.calls} candidate and {live.champion.calls} champion calls"
+    return GateResult(gate, "hold", f"{calls}; need {need}")
+
+
 @register_gate
 class ErrorRate:
     """The share of the candidate's calls that failed, against the champion's."""
@@ -18,12 +27,8 @@ class ErrorRate:
     def __call__(self, evidence: Evidence) -> GateResult:
         live, plan = evidence.need_live(), evidence.plan
         cand, champ = live.candidate, live.champion
-        if min(cand.calls, champ.calls) < plan.min_requests:
-            return GateResult(
-                self.name,
-                "hold",
-                f"{cand.calls} candidate and {champ.calls} champion calls; need {plan.min_requests}",
-            )
+        if (few := _too_few_calls(self.name, evidence)) is not None:
+            return few
         cand_rate, champ_rate = cand.errors / cand.calls, champ.errors / champ.calls
         figures = {
             "candidate_error_rate": cand_rate,
@@ -51,12 +56,10 @@ class Latency:
     def __call__(self, evidence: Evidence) -> GateResult:
         live, plan = evidence.need_live(), evidence.plan
         cand, champ = live.candidate, live.champion
-        if cand.p99_ms is None or champ.p99_ms is None or min(cand.calls, champ.calls) < plan.min_requests:
-            return GateResult(
-                self.name,
-                "hold",
-                f"{cand.calls} candidate and {champ.calls} champion calls; need {plan.min_requests}",
-            )
+        if (few := _too_few_calls(self.name, evidence)) is not None:
+            return few
+        if cand.p99_ms is None or champ.p99_ms is None:
+            return GateResult(self.name, "hold", "no p99 latency measured for one of the arms yet")
         ratio = cand.p99_ms / max(champ.p99_ms, 1e-9)
         figures = {"candidate_p99_ms": cand.p99_ms, "champion_p99_ms": champ.p99_ms, "ratio": ratio}
         if ratio > plan.max_p99_ratio:

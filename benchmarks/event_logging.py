@@ -27,18 +27,23 @@ from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
 from nicheloop.model import build_model
 from nicheloop.reference import Reference
 from nicheloop.registry import Registry
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
+from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
+from rollout.controller import adopt
 from services.app import deploy
 
 ROUNDS, REQUESTS, CONCURRENCY = 3, 300, 8
 
 
 def _register_champion(settings: Settings) -> None:
+    """An untrained model, registered and recorded as champion."""
     model = build_model(
         settings.backbone, ["crazing", "inclusion", "patches", "scratches"], settings.image_size
     )
-    Registry(settings.tracking_uri, settings.model_name).register(
+    registry = Registry(settings.tracking_uri, settings.model_name)
+    info = registry.register(
         model,
         Reference.embeddings_only(np.random.default_rng(0).normal(size=(32, 512)).astype(np.float32)),
         params={"benchmark": "event_logging"},
@@ -46,6 +51,10 @@ def _register_champion(settings: Settings) -> None:
         lineage={"parent_version": "none"},
         alias=CHAMPION,
     )
+    adopt(
+        Rollouts(Store(settings.db_url)), registry, version=info.version, actor="benchmark",
+        reason="an untrained model to serve", now=time.time(),
+    )  # fmt: skip
 
 
 def _throughput(url: str, images: list[bytes]) -> tuple[float, int]:

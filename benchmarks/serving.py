@@ -54,14 +54,16 @@ from benchmarks._served import fine_tuned
 from deploy.local import stack
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import ensure_topics
-from nicheloop.contracts import CHAMPION
 from nicheloop.images import decode_image
 from nicheloop.model import NicheModel
 from nicheloop.pixels import normalise, to_pixels
 from nicheloop.reference import Reference
 from nicheloop.registry import Registry
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
+from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, write_image_folder
+from rollout.controller import adopt
 from services.app import APP_NAME, deploy
 from training.compress import CompressConfig, calibration_set, compile_model, pixel_batches
 from training.data import Example, read_image_folder, split_validation
@@ -292,6 +294,12 @@ def _overload(url: str, files: Path, rate: float) -> dict[str, Any]:
     return result
 
 
+def _serve(settings: Settings, registry: Registry, version: str) -> None:
+    """Make ``version`` the recorded champion (serving follows the record, not the alias)."""
+    rollouts = Rollouts(Store(settings.db_url))
+    adopt(rollouts, registry, version=version, actor="benchmark", reason="serve it", now=time.time())
+
+
 def _kill_one_predictor_later(delay_s: float, killed: list[str]) -> threading.Thread:
     def kill() -> None:
         time.sleep(delay_s)
@@ -348,7 +356,7 @@ def main() -> None:
                     served, Reference.embeddings_only(emb), params={"benchmark": "serving"}, metrics={},
                     lineage={"parent_version": "none"}, alias="source" if served is model else "compressed",
                 )  # fmt: skip
-            registry.set_alias(CHAMPION, registry.resolve("source").version)
+            _serve(base, registry, registry.resolve("source").version)
             sweeps: dict[str, tuple[dict[int, dict[str, Any]], dict[str, float]]] = {}
             deploy(base)
             _wrk(base.serve_url, script, file_list, 8, 5)  # warm-up
@@ -367,13 +375,13 @@ def main() -> None:
             kill_run = _wrk(two.serve_url, script, file_list, 16, KILL_S)
             killer.join()
             serve.delete(APP_NAME)
-            registry.set_alias(CHAMPION, registry.resolve("compressed").version)
+            _serve(base, registry, registry.resolve("compressed").version)
             time.sleep(5)
             deploy(base)  # the default mode, now loading the compressed champion
             _wrk(base.serve_url, script, file_list, 8, 5)
             compressed_run = _wrk(base.serve_url, script, file_list, best, SWEEP_S)
             # the other ingress, on a Ray head restarted with its environment, serving the same source
-            registry.set_alias(CHAMPION, registry.resolve("source").version)
+            _serve(base, registry, registry.resolve("source").version)
             ray.shutdown()
             stack.stop_process(base, "ray")
             other = base.model_copy(

@@ -124,6 +124,7 @@ def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = Fa
 
 def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str, Any]:
     """Traffic with a shift half-way, feedback, review, train, promote; the figures read back."""
+    from nicheloop.rollouts import Rollouts
     from rollout.promote import promote
     from training.config import TrainConfig
     from training.finetune import train
@@ -150,7 +151,7 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
 
     with RunProgress(settings.ray_results_dir, title="fine-tune a candidate", total_epochs=epochs):
         result = train(settings, TrainConfig(epochs=epochs))
-    promotion = promote(registry)
+    promotion = promote(registry, Rollouts(store), actor="demo")
     wait_for(
         "the service to serve the new champion",
         lambda: _served_version(client, images) == promotion.promoted,

@@ -35,6 +35,14 @@ def _main(log_level: str = typer.Option("INFO", help="Logging level.")) -> None:
     configure_logging(log_level)
 
 
+def _actor() -> str:
+    """Who acts from this shell, for the audit trail (the OS user at the host)."""
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
     raise typer.Exit(code=1)
@@ -330,12 +338,16 @@ def promote(
 ) -> None:
     """Make the candidate the champion if it passes the offline gates; say why if not."""
     from nicheloop.registry import Registry
+    from nicheloop.rollouts import Rollouts
+    from nicheloop.store import Store
     from rollout.promote import promote as run_promote
 
     s = get_settings()
     try:
         result = run_promote(
             Registry(s.tracking_uri, s.model_name),
+            Rollouts(Store(s.db_url)),
+            actor=_actor(),
             tolerance=tolerance,
             max_drop_points=s.compression_max_accuracy_drop_points,
             max_ece_increase=s.compression_max_ece_increase,

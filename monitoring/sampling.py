@@ -83,8 +83,8 @@ class ActiveSampler:
         if isinstance(event, FeedbackEvent):
             self._on_feedback(event)
             return 0
-        if not isinstance(event, PredictionEvent):
-            return 0
+        if not isinstance(event, PredictionEvent) or event.arm != "champion":
+            return 0  # a rollout's candidate is judged by its gates, not queued as the champion's
         if event.model_version != self.version:
             self._switch(event.model_version, len(event.embedding))
         self.pool[event.prediction_id] = _Candidate(

@@ -85,6 +85,10 @@ class PredictionEvent(_Event):
         description="Which model made it: the champion, the candidate answering its canary share, or "
         "the candidate in shadow (mirrored: never returned to the caller).",
     )
+    paired_with: str | None = Field(
+        None,
+        description="A shadow prediction's champion twin: the prediction_id the caller got (and labels).",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
     @field_validator("probs", "embedding", "early_embedding")

@@ -7,6 +7,8 @@ Guarantees, on SQLite and PostgreSQL alike:
   from (compare and set); a controller that crashed and came back, or a second one, gets Conflict.
 - **Nothing unrecorded.** The row and its audit event are written in one transaction.
 - **One live rollout.** A new one is refused while another is in shadow, canary, hold or promoted.
+- **Only a recorded champion serves.** :meth:`Rollouts.champion` is the version the newest record
+  makes champion; serving loads that one, whatever the registry's alias says.
 - **A dead controller stops the candidate.** Gateways route by :meth:`Rollouts.routing`, which
   gives the candidate nothing once the controller's heartbeat is older than the caller allows.
 """
@@ -23,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from nicheloop.contracts import utcnow
 from nicheloop.errors import Conflict, NotFound
-from nicheloop.store import Lease, RolloutEventRow, RolloutRow, Store
+from nicheloop.latency import merge
+from nicheloop.store import ArmCallsRow, Lease, RolloutEventRow, RolloutRow, Store
 
 State = Literal["shadow", "canary", "promoted", "baked", "rolled_back", "aborted", "hold"]
 LIVE: frozenset[str] = frozenset({"shadow", "canary", "promoted", "hold"})
@@ -50,6 +53,15 @@ class Rollout:
     @property
     def live(self) -> bool:
         return self.state in LIVE
+
+
+@dataclass(frozen=True)
+class ArmCalls:
+    """One arm's calls over a window, as the gateways flushed them: latency as bucket -> count."""
+
+    calls: int = 0
+    errors: int = 0
+    latency: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,26 @@ class Rollouts:
         with Session(self.store.engine) as s:
             row = s.scalar(select(RolloutRow).order_by(RolloutRow.id.desc()))
             return None if row is None else _record(row)
+
+    def champion(self) -> str | None:
+        """The version the newest record makes champion (its candidate once promoted or baked, its
+        champion otherwise); None before anything is recorded."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        return latest.candidate if latest.state in ("promoted", "baked") else latest.champion
+
+    def record_champion(
+        self, version: str, *, previous: str | None, actor: str, reason: str, now: float
+    ) -> Rollout:
+        """Record ``version`` as champion outside a gated rollout (the first model, an offline
+        promotion): a rollout stored already baked, so the audit trail says who and why.
+
+        Raises:
+            Conflict: a rollout is live (let it finish, or roll it back first).
+        """
+        done = Rollout(version, previous or version, state="baked", entered_at=now)
+        return self.create(done, plan={}, actor=actor, reason=reason, now=now)
 
     def create(
         self, rollout: Rollout, *, plan: dict[str, Any], actor: str, reason: str, now: float
@@ -259,3 +291,35 @@ class Rollouts:
         """Give the lease up (a clean stop), so the next controller need not wait for it to expire."""
         with Session(self.store.engine) as s, s.begin():
             s.execute(update(Lease).where(Lease.name == name, Lease.holder == holder).values(expires_at=0.0))
+
+    def add_calls(self, counted: dict[tuple[int, str], ArmCalls], *, now: float) -> None:
+        """Append what a gateway saw of each (rollout, arm) since its last flush, in one transaction."""
+        rows = [
+            ArmCallsRow(
+                rollout_id=rollout_id,
+                arm=arm,
+                at=now,
+                calls=c.calls,
+                errors=c.errors,
+                latency={str(k): n for k, n in c.latency.items()},
+            )
+            for (rollout_id, arm), c in counted.items()
+            if c.calls
+        ]
+        if rows:
+            with Session(self.store.engine) as s, s.begin():
+                s.add_all(rows)
+
+    def arm_calls(self, rollout_id: int, *, since: float) -> dict[str, ArmCalls]:
+        """Every arm's calls flushed after ``since``, summed over the gateways, by arm."""
+        with Session(self.store.engine) as s:
+            rows = s.scalars(
+                select(ArmCallsRow).where(ArmCallsRow.rollout_id == rollout_id, ArmCallsRow.at > since)
+            ).all()
+        out: dict[str, ArmCalls] = {}
+        for arm in sorted({r.arm for r in rows}):
+            mine = [r for r in rows if r.arm == arm]
+            out[arm] = ArmCalls(
+                sum(r.calls for r in mine), sum(r.errors for r in mine), merge(r.latency for r in mine)
+            )
+        return out

@@ -80,6 +80,24 @@ class Settings(BaseSettings):
     predictor_gpus: float = Field(
         0.0, ge=0, description="GPUs a predictor replica asks Ray for (split mode; 1 on GPU workers)."
     )
+    candidate_gpus: float = Field(
+        0.0, ge=0, description="GPUs the rollout candidate's replica asks Ray for (0.5 shares one GPU)."
+    )
+    shadow_max_concurrency: int = Field(
+        4,
+        ge=0,
+        description="Shadow calls to the candidate a gateway replica has out at once; more are dropped "
+        "(and counted), as are all while the replica's predictions are at half their bound.",
+    )
+    rollout_refresh_s: float = Field(
+        2.0, gt=0, description="How often a gateway replica reads the live rollout's routing."
+    )
+    rollout_stale_s: float = Field(
+        90.0,
+        gt=0,
+        description="A rollout controller silent this long gets its candidate no traffic (answered or "
+        "mirrored) until it beats again.",
+    )
     predictor_replicas: int = Field(1, ge=1, description="Predictor replicas (the minimum when autoscaling).")
     predictor_max_replicas: int = Field(
         1, ge=1, description="Above predictor_replicas: autoscale up to this many."

@@ -53,6 +53,8 @@ class Prediction(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     arm: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: before rollouts
+    # a shadow prediction's champion twin (whose id the caller got, and which feedback names)
+    paired_with: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Feedback(Base):
@@ -156,6 +158,20 @@ class RolloutEventRow(Base):
     revision: Mapped[int] = mapped_column(Integer)
 
 
+class ArmCallsRow(Base):
+    """What one gateway replica saw of one arm of a rollout since its previous flush: calls, failed
+    calls and their latencies (sparse log-spaced buckets, ``nicheloop.latency``). Append-only."""
+
+    __tablename__ = "rollout_arm_calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(Integer, index=True)
+    arm: Mapped[str] = mapped_column(String(16))
+    at: Mapped[float] = mapped_column(Float, index=True)  # end of the span, seconds since the epoch
+    calls: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    latency: Mapped[dict] = mapped_column(JSON)  # bucket index (as text) -> calls
+
+
 class Lease(Base):
     """A named lease (one rollout controller at a time): held by ``holder`` until ``expires_at``."""
 
@@ -191,7 +207,8 @@ def _add_missing_columns(engine: Engine) -> None:
 
 # The event fields a prediction row keeps (its embedding is stored as float32 bytes besides).
 PREDICTION_FIELDS = set(
-    "prediction_id model_version label probs class_names uncertainty image_sha256 created_at arm".split()
+    "prediction_id model_version label probs class_names uncertainty image_sha256 created_at arm "
+    "paired_with".split()
 )
 
 

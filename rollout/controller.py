@@ -216,6 +216,32 @@ def start_rollout(
     )
 
 
+def adopt(
+    rollouts: Rollouts,
+    registry: AliasRegistry,
+    *,
+    now: float,
+    actor: str,
+    reason: str,
+    version: str | None = None,
+) -> Rollout:
+    """Record ``version`` (default: the one the champion alias names) as champion without a gated
+    rollout, and move the alias to it: for an install from before rollouts were recorded, or a
+    benchmark that serves versions by hand. Serving follows the record within a reload interval.
+
+    Raises:
+        NotFound: no such version. NotReady: no version given and no champion alias.
+        Conflict: a rollout is live.
+    """
+    version = version or registry.resolve(CHAMPION).version
+    registry.version(version)  # NotFound for a typo, before anything is recorded
+    stored = rollouts.record_champion(
+        version, previous=rollouts.champion(), actor=actor, reason=reason, now=now
+    )
+    sync_champion(registry, stored)
+    return stored
+
+
 def operate(
     rollouts: Rollouts,
     registry: AliasRegistry,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import GateRefused
 from nicheloop.registry import VersionInfo
+from nicheloop.rollouts import Rollouts
 from rollout.gates import Evidence, GateResult, evaluate
 
 log = logging.getLogger(__name__)
@@ -87,18 +89,30 @@ def offline_gates(
 
 def promote(
     registry: AliasRegistry,
+    rollouts: Rollouts,
     *,
+    actor: str,
     tolerance: float = 0.0,
     max_drop_points: float = 0.5,
     max_ece_increase: float = 0.01,
 ) -> Promotion:
-    """Move ``champion`` to the candidate if it passes the offline gates; serving picks it up by itself.
+    """Make the candidate champion on the offline gates alone (no shadow, no canary): recorded as
+    ``actor``'s promotion first, then the alias follows; serving picks it up by itself. A gated
+    rollout (`nicheloop rollout start`) is the way that looks at live traffic.
 
     Raises:
-        GateRefused: as :func:`offline_gates`.
+        GateRefused: as :func:`offline_gates`. Conflict: a rollout is live.
     """
     result = offline_gates(
         registry, tolerance=tolerance, max_drop_points=max_drop_points, max_ece_increase=max_ece_increase
+    )
+    passed = ", ".join(g.gate for g in result.gates)
+    rollouts.record_champion(
+        result.promoted,
+        previous=result.previous,
+        actor=actor,
+        reason=f"promoted on the offline gates alone ({passed} passed)",
+        now=time.time(),
     )
     registry.set_alias(PREVIOUS, result.previous)
     registry.set_alias(CHAMPION, result.promoted)

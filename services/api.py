@@ -64,6 +64,12 @@ async def metrics(res: Resources) -> Response:
         "Predictions refused with 503 because the replica was full",
         registry=registry,
     ).inc(res.admission.shed)
+    if res.rollout is not None:
+        Counter(
+            "nicheloop_shadow_calls_dropped",
+            "Shadow calls to a rollout's candidate not made: at the bound, or the replica was busy",
+            registry=registry,
+        ).inc(res.rollout.counter.dropped)
     return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -77,7 +83,7 @@ async def predict(request: Request, response: Response, res: Resources) -> Predi
     async with res.admission.slot():
         data = await image_bytes(request, res.settings.max_upload_bytes)
         timings: dict[str, float] = {}
-        answer = await predict_image(res, data, timings)
+        answer = await predict_image(res, data, timings, key=request.headers.get("x-request-key"))
         response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in timings.items())
         return answer
 

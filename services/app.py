@@ -13,7 +13,7 @@ from nicheloop.cluster import connect_ray
 from nicheloop.errors import NotReady
 from nicheloop.settings import Settings
 from services.gateway import gateway_deployment
-from services.inference import predictor_deployment
+from services.inference import candidate_deployment, predictor_deployment
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +21,15 @@ APP_NAME = "nicheloop"
 
 
 def build_app(settings: Settings) -> Application:
-    """The ingress bound to the predictor deployment, or holding the model itself when
-    ``serving_mode`` is ``fused`` (settings travel as a plain dict)."""
+    """The ingress bound to the champion's and the candidate's predictor deployments, or holding
+    both models itself when ``serving_mode`` is ``fused`` (settings travel as a plain dict)."""
     config = settings.model_dump(mode="json")
     config["home"] = str(settings.home.resolve())
-    predictor = None if settings.fused else predictor_deployment(settings).bind(config)
-    return gateway_deployment(settings).bind(predictor, config)
+    if settings.fused:
+        return gateway_deployment(settings).bind(None, config, None)
+    predictor = predictor_deployment(settings).bind(config, "champion")
+    candidate = candidate_deployment(settings).bind(config, "candidate")
+    return gateway_deployment(settings).bind(predictor, config, candidate)
 
 
 def deploy(

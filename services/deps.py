@@ -19,6 +19,7 @@ from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.inference import ModelOutput, ModelState, Pixels
 from services.limits import Admission
+from services.routing import RoutingWatch
 from services.watch import ModelWatch
 
 
@@ -32,7 +33,8 @@ class PredictorPort(Protocol):
 @dataclass(frozen=True)
 class GatewayResources:
     """Everything a gateway replica holds: settings, the predictor and what it knows of its model,
-    the bound on predictions in flight, storage, the queue, the publisher."""
+    the bound on predictions in flight, storage, the queue, the publisher, and during rollouts the
+    candidate and the routing."""
 
     settings: Settings
     predictor: PredictorPort
@@ -43,6 +45,8 @@ class GatewayResources:
     store: Store
     queue: ReviewQueue
     publisher: Publisher
+    candidate: PredictorPort | None = None  # a rollout's candidate (split mode: its own deployment)
+    rollout: RoutingWatch | None = None  # the live rollout's routing and this replica's arm counts
 
 
 _installed: GatewayResources | None = None

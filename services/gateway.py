@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from ray import serve
 from ray.exceptions import RayActorError
@@ -16,6 +16,7 @@ from nicheloop.bus import Publisher
 from nicheloop.errors import NotReady, Overloaded
 from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.api import api
@@ -24,6 +25,7 @@ from services.deps import GatewayResources, PredictorPort, install_resources
 from services.ids import load_or_create_key
 from services.inference import InProcessPredictor, ModelOutput, ModelState, Pixels
 from services.limits import Admission
+from services.routing import RoutingWatch
 from services.watch import ModelWatch
 
 log = logging.getLogger(__name__)
@@ -81,19 +83,24 @@ async def _answer(response: DeploymentResponse | DeploymentResponseGenerator) ->
         raise
 
 
-def gateway_resources(settings: Settings, predictor: DeploymentHandle | None) -> GatewayResources:
-    """Open what a gateway replica holds: the predictor (a handle, or in this process when there is
-    none), the key, the blob store, the SQL store, the queue, the publisher."""
-    store = Store(settings.db_url)
-    port: PredictorPort = (
-        ServePredictor(
-            predictor,
-            max_batch=settings.batch_max_size,
-            calls_at_once=CALLS_PER_REPLICA * settings.predictor_max_replicas,
-        )
-        if predictor is not None
-        else InProcessPredictor(settings.model_dump(mode="json"))
+def _port(
+    settings: Settings, handle: DeploymentHandle | None, arm: Literal["champion", "candidate"], replicas: int
+) -> PredictorPort:
+    if handle is None:
+        return InProcessPredictor(settings.model_dump(mode="json"), arm)
+    return ServePredictor(
+        handle, max_batch=settings.batch_max_size, calls_at_once=CALLS_PER_REPLICA * replicas
     )
+
+
+def gateway_resources(
+    settings: Settings, predictor: DeploymentHandle | None, candidate: DeploymentHandle | None = None
+) -> GatewayResources:
+    """Open what a gateway replica holds: the champion's and the candidate's predictors (handles, or
+    in this process when there are none), the routing, the key, the blob store, the SQL store, the
+    queue, the publisher."""
+    store = Store(settings.db_url)
+    port = _port(settings, predictor, "champion", settings.predictor_max_replicas)
     return GatewayResources(
         settings=settings,
         predictor=port,
@@ -114,14 +121,23 @@ def gateway_resources(settings: Settings, predictor: DeploymentHandle | None) ->
             name="gateway",
             spool_max_events=settings.spool_max_events,
         ),
+        candidate=_port(settings, candidate, "candidate", 1),
+        rollout=RoutingWatch(
+            Rollouts(store), refresh_s=settings.rollout_refresh_s, stale_s=settings.rollout_stale_s
+        ),
     )
 
 
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, predictor: DeploymentHandle | None, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        predictor: DeploymentHandle | None,
+        settings: dict[str, Any],
+        candidate: DeploymentHandle | None = None,
+    ) -> None:
         configure_logging()
-        install_resources(gateway_resources(Settings(**settings), predictor))
+        install_resources(gateway_resources(Settings(**settings), predictor, candidate))
 
 
 def gateway_deployment(settings: Settings) -> Any:
@@ -132,6 +148,7 @@ def gateway_deployment(settings: Settings) -> Any:
         Gateway,
         name="gateway",
         num_replicas=settings.gateway_replicas,
+        # fused: the champion's model and, during a rollout, the candidate's run in this replica
         ray_actor_options={"num_cpus": 0.5 + (settings.predictor_threads if settings.fused else 0)},
         max_ongoing_requests=settings.gateway_max_ongoing,
         max_queued_requests=settings.gateway_max_queued,

@@ -1,12 +1,16 @@
-"""The model replica: adaptive batching of compact pixel arrays and hot reload of the champion."""
+"""The model replica: adaptive batching of compact pixel arrays and hot reload of the version its arm
+serves (the recorded champion, or a rollout's candidate)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -19,7 +23,9 @@ from nicheloop.logs import configure_logging
 from nicheloop.model import NicheModel, margin_uncertainty
 from nicheloop.pixels import InputSpec, normalise, to_pixels
 from nicheloop.registry import LoadedVersion, Registry, VersionInfo
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
+from nicheloop.store import Store
 from services.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -62,32 +68,83 @@ class ModelOutput:
     early_embedding: list[float]
 
 
-class ChampionRegistry(Protocol):
+class ModelLoader(Protocol):
     """The registry operations serving needs (:class:`nicheloop.registry.Registry` has them)."""
 
     def resolve(self, alias: str) -> VersionInfo: ...
     def load(self, version: str, device: str = "cpu") -> LoadedVersion: ...
 
 
-class Champion:
-    """The model the champion alias points at, swapped in whole when the alias moves.
+Target = Callable[[], "str | None"]  # the version a slot should serve now (None: none)
 
-    Not ready until a model is loaded. Knows nothing of Ray Serve: :class:`Predictor` wraps it.
-    """
 
-    def __init__(self, registry: ChampionRegistry, *, device: str = "cpu") -> None:
-        self.registry, self.device = registry, device
+def recorded_champion(rollouts: Rollouts, registry: ModelLoader) -> Target:
+    """The champion the rollout record names: an alias moved by hand in the registry is not served
+    (it is logged, and the rollout controller moves it back).
+
+    The target raises NotReady while nothing is recorded."""
+    warned: set[tuple[str, str]] = set()
+
+    def target() -> str:
+        version = rollouts.champion()
+        if version is None:
+            raise NotReady(
+                "no champion is recorded; run `nicheloop bootstrap` (or `nicheloop rollout adopt`)"
+            )
+        try:
+            alias = registry.resolve(CHAMPION).version
+        except NotReady:
+            alias = None
+        if alias is not None and alias != version and (alias, version) not in warned:
+            warned.add((alias, version))
+            log.warning(
+                "the champion alias names version %s but the recorded champion is %s: serving %s "
+                "(promote through `nicheloop rollout`, which records who and why)",
+                alias,
+                version,
+                version,
+            )
+        return version
+
+    return target
+
+
+def live_candidate(rollouts: Rollouts) -> Target:
+    """The candidate of the live rollout in shadow, canary or hold; None when there is none."""
+
+    def target() -> str | None:
+        routing = rollouts.routing(time.time(), stale_s=math.inf)
+        return None if routing is None else routing.candidate
+
+    return target
+
+
+class ModelSlot:
+    """The model of one arm, swapped in whole when ``target`` names another version (and dropped
+    when it names none). Not ready until a model is loaded. Knows nothing of Ray Serve:
+    :class:`Predictor` wraps it."""
+
+    def __init__(self, registry: ModelLoader, target: Target, *, device: str = "cpu") -> None:
+        self.registry, self.target, self.device = registry, target, device
         self.model: NicheModel | None = None
         self.version: str | None = None
 
     def reload_if_changed(self) -> bool:
-        """Load the version the champion alias points at, if it changed. Returns True on swap."""
-        info = self.registry.resolve(CHAMPION)
-        if info.version == self.version:
+        """Load the version the target names, if it changed. Returns True on swap.
+
+        Raises:
+            NotReady: the target names no version yet (the champion before bootstrap).
+        """
+        version = self.target()
+        if version == self.version:
             return False
-        loaded = self.registry.load(info.version, device=self.device)
-        self.model, self.version = loaded.model, info.version  # one assignment each: atomic swap
-        log.info("now serving %s version %s on %s", info.name, info.version, self.device)
+        if version is None:
+            self.model, self.version = None, None
+            log.info("no longer serving a model here: the rollout ended")
+            return True
+        loaded = self.registry.load(version, device=self.device)
+        self.model, self.version = loaded.model, version  # one assignment each: atomic swap
+        log.info("now serving %s version %s on %s", loaded.info.name, version, self.device)
         return True
 
     def state(self) -> ModelState:
@@ -133,39 +190,41 @@ def _fit(item: Pixels, spec: InputSpec) -> np.ndarray:
 
 
 class Predictor:
-    """The model replica on Ray Serve: batches requests, watches the champion alias."""
+    """The model replica on Ray Serve: batches requests, follows the version its arm should serve
+    (``champion``: the recorded champion; ``candidate``: the live rollout's candidate)."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], arm: Literal["champion", "candidate"] = "champion") -> None:
         configure_logging()
-        self.settings = Settings(**settings)
+        self.settings, self.arm = Settings(**settings), arm
         torch.set_num_threads(self.settings.predictor_threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.champion = Champion(
-            Registry(self.settings.tracking_uri, self.settings.model_name), device=device
-        )
+        registry = Registry(self.settings.tracking_uri, self.settings.model_name)
+        rollouts = Rollouts(Store(self.settings.db_url))
+        target = recorded_champion(rollouts, registry) if arm == "champion" else live_candidate(rollouts)
+        self.slot = ModelSlot(registry, target, device=device)
         # one inference thread: torch's OpenMP team belongs to its calling thread, and a new caller
         # thread each batch (asyncio.to_thread) grows a new team of spinning threads
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer")
         self.batcher: Batcher[Pixels, ModelOutput] = Batcher(
             self._infer, max_size=self.settings.batch_max_size, max_wait_s=self.settings.batch_wait_timeout_s
         )
-        self._watcher = asyncio.get_event_loop().create_task(self._watch_champion())
+        self._watcher = asyncio.get_event_loop().create_task(self._watch())
 
-    async def _watch_champion(self) -> None:
+    async def _watch(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.champion.reload_if_changed)
+                await asyncio.to_thread(self.slot.reload_if_changed)
             except NotReady as exc:
-                log.info("waiting for a champion: %s", exc)
+                log.info("waiting for a %s: %s", self.arm, exc)
             except Exception:  # keep serving the current model whatever the registry does
-                log.exception("champion reload failed; still serving version %s", self.champion.version)
+                log.exception("%s reload failed; still serving version %s", self.arm, self.slot.version)
             await asyncio.sleep(self.settings.reload_interval_s)
 
     async def _infer(self, items: list[Pixels]) -> list[ModelOutput]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.champion.infer, items)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.slot.infer, items)
 
     def state(self) -> ModelState:
-        return self.champion.state()
+        return self.slot.state()
 
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return await self.batcher.submit(pixels)
@@ -180,8 +239,8 @@ class InProcessPredictor:
     """A :class:`Predictor` in the gateway's own process (``serving_mode=fused``), as the gateway's
     predictor port: no Ray call between HTTP and the model, at the price of scaling them together."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.predictor = Predictor(settings)
+    def __init__(self, settings: dict[str, Any], arm: Literal["champion", "candidate"] = "champion") -> None:
+        self.predictor = Predictor(settings, arm)
 
     async def state(self) -> ModelState:
         return self.predictor.state()
@@ -190,8 +249,23 @@ class InProcessPredictor:
         return await self.predictor.predict(pixels)
 
 
+def candidate_deployment(settings: Settings) -> Any:
+    """The rollout's candidate as a deployment of its own beside the champion's, so its latency and
+    failures stay its own and it cannot starve the champion: one replica, idle (no model loaded)
+    while no rollout is live."""
+    s = settings
+    return serve.deployment(
+        Predictor,
+        name="candidate",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": s.predictor_threads, "num_gpus": s.candidate_gpus},
+        max_ongoing_requests=s.predictor_max_ongoing,
+        max_queued_requests=s.predictor_max_queued,
+    )
+
+
 def predictor_deployment(settings: Settings) -> Any:
-    """The predictor as a Serve deployment, sized and bounded by ``settings``."""
+    """The champion's predictor as a Serve deployment, sized and bounded by ``settings``."""
     s = settings
     scaling: dict[str, Any] = {"num_replicas": s.predictor_replicas}
     if s.predictor_max_replicas > s.predictor_replicas:

@@ -5,22 +5,30 @@ the event handed to the publisher; none of it on the event loop, each wait bound
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
 from dataclasses import dataclass
 
-from nicheloop.contracts import PREDICTIONS_TOPIC, PredictionEvent, PredictResponse
+from nicheloop.contracts import PREDICTIONS_TOPIC, Arm, PredictionEvent, PredictResponse
+from nicheloop.errors import NicheloopError, NotReady, Overloaded
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.pixels import InputSpec, to_pixels
-from services.deps import GatewayResources
+from nicheloop.rollouts import Routing
+from services.deps import GatewayResources, PredictorPort
 from services.ids import new_prediction_id
 from services.inference import ModelOutput, Pixels
 from services.limits import within
+from services.routing import Route, route
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Upload:
     pixels: Pixels
     stats: dict[str, float]
+    sha256: str  # routes the request when the caller gives no key
 
 
 def prepare(data: bytes, spec: InputSpec, *, max_bytes: int, max_pixels: int) -> Upload:
@@ -30,14 +38,19 @@ def prepare(data: bytes, spec: InputSpec, *, max_bytes: int, max_pixels: int) ->
         InvalidInput, PayloadTooLarge: as :func:`nicheloop.images.decode_image`.
     """
     image = decode_image(data, max_bytes, max_pixels)
-    return Upload(Pixels(to_pixels(image, spec), spec.key), image_statistics(image))
+    return Upload(
+        Pixels(to_pixels(image, spec), spec.key), image_statistics(image), hashlib.sha256(data).hexdigest()
+    )
 
 
-async def predict_image(res: GatewayResources, data: bytes, timings: dict[str, float]) -> PredictResponse:
+async def predict_image(
+    res: GatewayResources, data: bytes, timings: dict[str, float], *, key: str | None = None
+) -> PredictResponse:
     """Classify the image file ``data``; store it by its hash and publish the prediction event.
 
-    ``timings`` gets the milliseconds of each step (``prepare``, ``model``, ``publish``), for the
-    answer's ``Server-Timing`` header.
+    During a rollout, ``key`` (else the image's hash) decides whether the candidate answers, and
+    whether it also sees the image in shadow (:mod:`services.routing`). ``timings`` gets the
+    milliseconds of each step (``prepare``, ``model``, ``publish``), for ``Server-Timing``.
 
     Raises:
         NotReady: no model serves. Overloaded: the predictor's queue is full.
@@ -46,18 +59,21 @@ async def predict_image(res: GatewayResources, data: bytes, timings: dict[str, f
     """
     s = res.settings
     state = await res.model.served()
+    routing = None if res.rollout is None else await res.rollout.current()
     mark = time.perf_counter()
     upload = await asyncio.to_thread(
         prepare, data, state.spec(), max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels
     )
     mark = _lap(timings, "prepare", mark)
-    out, digest = await asyncio.gather(
-        within(
-            res.predictor.predict(upload.pixels),
-            s.predict_timeout_s,
-            part="predictor",
-            knob="predict_timeout_s",
-        ),
+    way = (
+        Route("champion")
+        if routing is None
+        else route(
+            key or upload.sha256, rollout_id=routing.rollout_id, share=routing.share, mirror=routing.mirror
+        )
+    )
+    (out, arm), digest = await asyncio.gather(
+        _answer(res, upload.pixels, way.answer, routing),
         within(
             asyncio.to_thread(res.blobs.put, data),
             s.storage_timeout_s,
@@ -66,17 +82,15 @@ async def predict_image(res: GatewayResources, data: bytes, timings: dict[str, f
         ),
     )
     mark = _lap(timings, "model", mark)
-    res.model.seen(out.model_version)
+    if arm == "champion":
+        res.model.seen(out.model_version)
     prediction_id = new_prediction_id(res.key)
-    event = _event(res, prediction_id, out, digest, upload.stats)
+    event = _event(res, prediction_id, out, digest, upload.stats, arm=arm)
     if s.event_logging:
-        await within(
-            asyncio.to_thread(res.publisher.publish, PREDICTIONS_TOPIC, prediction_id, event),
-            s.storage_timeout_s,
-            part="event spool",
-            knob="storage_timeout_s",
-        )
+        await _publish(res, event)
         _lap(timings, "publish", mark)
+    if way.mirror and routing is not None:
+        _mirror(res, upload, digest, routing.rollout_id, twin=prediction_id)
     return PredictResponse(
         prediction_id=prediction_id,
         model_version=out.model_version,
@@ -86,6 +100,82 @@ async def predict_image(res: GatewayResources, data: bytes, timings: dict[str, f
     )
 
 
+async def _answer(
+    res: GatewayResources, pixels: Pixels, arm: Arm, routing: Routing | None
+) -> tuple[ModelOutput, Arm]:
+    """The model output from ``arm``; a candidate that fails is counted and the champion answers."""
+    if arm == "candidate" and routing is not None and res.candidate is not None:
+        try:
+            return await _timed(res, res.candidate, pixels, routing.rollout_id, "candidate"), "candidate"
+        except (NicheloopError, TimeoutError) as exc:
+            log.warning("the candidate failed a request (%s); the champion answers it", exc)
+    rollout_id = None if routing is None else routing.rollout_id
+    return await _timed(res, res.predictor, pixels, rollout_id, "champion"), "champion"
+
+
+async def _timed(
+    res: GatewayResources, port: PredictorPort, pixels: Pixels, rollout_id: int | None, arm: Arm
+) -> ModelOutput:
+    """One model call with the predictor's deadline, counted for ``arm`` of the rollout (if any).
+    Not counted: a candidate still loading its model (NotReady, not Overloaded), a cancelled caller."""
+    s, start = res.settings, time.perf_counter()
+    ok = False
+    try:
+        out = await within(
+            port.predict(pixels), s.predict_timeout_s, part=f"{arm} predictor", knob="predict_timeout_s"
+        )
+        ok = True
+        return out
+    except NotReady as exc:
+        if not isinstance(exc, Overloaded):
+            rollout_id = None
+        raise
+    except asyncio.CancelledError:
+        rollout_id = None
+        raise
+    finally:
+        if rollout_id is not None and res.rollout is not None:
+            res.rollout.counter.record(rollout_id, arm, (time.perf_counter() - start) * 1000, ok=ok)
+
+
+async def _publish(res: GatewayResources, event: PredictionEvent) -> None:
+    await within(
+        asyncio.to_thread(res.publisher.publish, PREDICTIONS_TOPIC, event.prediction_id, event),
+        res.settings.storage_timeout_s,
+        part="event spool",
+        knob="storage_timeout_s",
+    )
+
+
+_shadows: set[asyncio.Task[None]] = set()  # mirrored calls in flight (held here so none is collected)
+
+
+def _mirror(res: GatewayResources, upload: Upload, digest: str, rollout_id: int, *, twin: str) -> None:
+    """Send the image to the candidate in shadow, in the background: its answer becomes a ``shadow``
+    event paired with the champion's ``twin``, never an answer. Dropped (and counted) when the
+    replica has ``shadow_max_concurrency`` out, or is at half its bound of predictions: under load
+    the champion's callers come first."""
+    assert res.rollout is not None and res.candidate is not None
+    limit = res.settings.shadow_max_concurrency
+    if len(_shadows) >= limit or res.admission.inside * 2 >= res.admission.limit:
+        res.rollout.counter.dropped += 1
+        return
+    task = asyncio.ensure_future(_shadow(res, upload, digest, rollout_id, twin))
+    _shadows.add(task)
+    task.add_done_callback(_shadows.discard)
+
+
+async def _shadow(res: GatewayResources, upload: Upload, digest: str, rollout_id: int, twin: str) -> None:
+    assert res.candidate is not None
+    try:
+        out = await _timed(res, res.candidate, upload.pixels, rollout_id, "shadow")
+        event = _event(res, new_prediction_id(res.key), out, digest, upload.stats, arm="shadow", twin=twin)
+        if res.settings.event_logging:
+            await _publish(res, event)
+    except Exception as exc:  # noqa: BLE001  counted by _timed; a shadow never fails a caller
+        log.info("shadow call to the candidate failed (%s)", exc)
+
+
 def _lap(timings: dict[str, float], step: str, since: float) -> float:
     now = time.perf_counter()
     timings[step] = (now - since) * 1000
@@ -93,7 +183,14 @@ def _lap(timings: dict[str, float], step: str, since: float) -> float:
 
 
 def _event(
-    res: GatewayResources, prediction_id: str, out: ModelOutput, digest: str, stats: dict[str, float]
+    res: GatewayResources,
+    prediction_id: str,
+    out: ModelOutput,
+    digest: str,
+    stats: dict[str, float],
+    *,
+    arm: Arm,
+    twin: str | None = None,
 ) -> PredictionEvent:
     best = max(range(len(out.probs)), key=out.probs.__getitem__)
     return PredictionEvent(
@@ -108,4 +205,6 @@ def _event(
         early_embedding=out.early_embedding,
         image_sha256=digest,
         image_stats=stats,
+        arm=arm,
+        paired_with=twin,
     )

@@ -9,10 +9,18 @@ answers from the candidate when its point in [0, 1) falls below the canary share
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import math
+import time
 from dataclasses import dataclass
 
 from nicheloop.contracts import Arm
+from nicheloop.latency import bucket
+from nicheloop.rollouts import ArmCalls, Rollouts, Routing
+
+log = logging.getLogger(__name__)
 
 
 def point(key: str, salt: str) -> float:
@@ -36,3 +44,69 @@ def route(key: str, *, rollout_id: int, share: float, mirror: float) -> Route:
     if point(key, f"answer:{rollout_id}") < share:
         return Route("candidate")
     return Route("champion", mirror=point(key, f"mirror:{rollout_id}") < mirror)
+
+
+class ArmCounter:
+    """Calls, failures and latencies per (rollout, arm) since the last :meth:`take`, in this replica
+    (the event loop's thread only: no lock)."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, str], tuple[int, int, dict[int, int]]] = {}
+        self.dropped = 0  # shadow calls not made: the bound was reached, or the replica was busy
+
+    def record(self, rollout_id: int, arm: Arm, ms: float, *, ok: bool) -> None:
+        calls, errors, hist = self._open.get((rollout_id, arm), (0, 0, {}))
+        k = bucket(ms)
+        hist[k] = hist.get(k, 0) + 1
+        self._open[(rollout_id, arm)] = (calls + 1, errors + (not ok), hist)
+
+    def put_back(self, taken: dict[tuple[int, str], ArmCalls]) -> None:
+        """Count again what :meth:`take` gave but could not be stored (the next flush carries it)."""
+        for (rollout_id, arm), got in taken.items():
+            calls, errors, hist = self._open.get((rollout_id, arm), (0, 0, {}))
+            for k, n in got.latency.items():
+                hist[k] = hist.get(k, 0) + n
+            self._open[(rollout_id, arm)] = (calls + got.calls, errors + got.errors, hist)
+
+    def take(self) -> dict[tuple[int, str], ArmCalls]:
+        """What was counted since the last call, and start afresh."""
+        taken, self._open = self._open, {}
+        return {key: ArmCalls(c, e, h) for key, (c, e, h) in taken.items()}
+
+
+class RoutingWatch:
+    """The live rollout's routing as this gateway replica last read it, re-read in the background
+    every ``refresh_s`` (a request never waits on the store but the first), with this replica's arm
+    counts flushed on each read. A replica that cannot read the store for ``stale_s`` routes
+    everything to the champion."""
+
+    def __init__(self, rollouts: Rollouts, *, refresh_s: float, stale_s: float) -> None:
+        self.rollouts, self.refresh_s, self.stale_s = rollouts, refresh_s, stale_s
+        self.counter = ArmCounter()
+        self._routing: Routing | None = None
+        self._read_at = -math.inf
+        self._reading: asyncio.Task[None] | None = None
+
+    async def current(self) -> Routing | None:
+        now = time.time()
+        if now - self._read_at > self.refresh_s and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.ensure_future(self._read())
+            if self._read_at == -math.inf:  # never read: this one request waits
+                await asyncio.shield(self._reading)
+        if now - self._read_at > self.stale_s:
+            return None
+        return self._routing
+
+    async def _read(self) -> None:
+        taken = self.counter.take()
+        try:
+            self._routing = await asyncio.to_thread(self._sync, taken)
+            self._read_at = time.time()
+        except Exception as exc:  # noqa: BLE001  the store is down: the champion answers alone
+            self.counter.put_back(taken)
+            log.warning("rollout routing not read (%s); the champion answers if this lasts", exc)
+
+    def _sync(self, taken: dict[tuple[int, str], ArmCalls]) -> Routing | None:
+        now = time.time()
+        self.rollouts.add_calls(taken, now=now)
+        return self.rollouts.routing(now, stale_s=self.stale_s)

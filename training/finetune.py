@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.registry import Registry, VersionInfo
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from training.calibrate import fit_temperature
@@ -238,9 +240,18 @@ def bootstrap(settings: Settings, items: list[tuple[bytes, str]], cfg: TrainConf
             model, BlobStore(str(settings.blob_dir)), data.train, weight_decay=cfg.probe_weight_decay
         )
         log.info("the fresh head starts as a linear probe (training accuracy %.3f)", accuracy)
-    return _fit_evaluate_register(
+    result = _fit_evaluate_register(
         settings, model, snap, data, cfg, lineage=Lineage(CHAMPION), extra_metrics={}
     )
+    rollouts = Rollouts(Store(settings.db_url))
+    rollouts.record_champion(
+        result.version.version,
+        previous=rollouts.champion(),
+        actor="bootstrap",
+        reason=f"fine-tuned on the seed set ({len(snap.train)} labeled images)",
+        now=time.time(),
+    )
+    return result
 
 
 def continual_set(snap: Snapshot, parent: Snapshot | None, cfg: TrainConfig) -> TrainingSet:

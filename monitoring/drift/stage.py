@@ -167,7 +167,8 @@ class DriftStage:
 
     def __call__(self, topic: str, event: BaseModel) -> list[MonitorResult]:
         if isinstance(event, PredictionEvent):
-            return self._prediction(event)
+            # the champion's traffic only: a rollout's candidate (answering or in shadow) has its gates
+            return self._prediction(event) if event.arm == "champion" else []
         if isinstance(event, FeedbackEvent) and event.source == "user":
             return self._feedback(event)
         return []

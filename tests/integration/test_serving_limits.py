@@ -15,7 +15,10 @@ from ray import serve
 
 from nicheloop.contracts import CHAMPION
 from nicheloop.registry import Registry
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
+from nicheloop.store import Store
+from rollout.controller import adopt
 from services.app import deploy
 from training.compress import CompressConfig, compress
 
@@ -84,18 +87,19 @@ def _served_version(client: httpx.Client, png: bytes, want: str, within_s: float
 
 
 def test_a_compressed_champion_serves_through_the_endpoint(live: Settings, png: bytes) -> None:
-    registry = Registry(live.tracking_uri, live.model_name)
+    registry, rollouts = Registry(live.tracking_uri, live.model_name), Rollouts(Store(live.db_url))
     before = registry.resolve(CHAMPION).version
     int8 = compress(live, CompressConfig(calibration_images=48)).version
     assert int8.tags["compressed_from"] == before and int8.tags["precision"] == "int8"
     try:
-        registry.set_alias(CHAMPION, int8.version)  # past the gate: this test is about serving it
+        # past the gates: this test is about serving it
+        adopt(rollouts, registry, version=int8.version, actor="test", reason="serve int8", now=time.time())
         with httpx.Client(base_url=live.serve_url, timeout=60) as client:
             answer = _served_version(client, png, int8.version)
             assert answer.json()["model_version"] == int8.version
             assert sum(answer.json()["probs"].values()) == pytest.approx(1, abs=1e-4)
             assert client.get("/readyz").status_code == 200
     finally:
-        registry.set_alias(CHAMPION, before)
+        adopt(rollouts, registry, version=before, actor="test", reason="back", now=time.time())
     with httpx.Client(base_url=live.serve_url, timeout=60) as client:
         assert _served_version(client, png, before).json()["model_version"] == before

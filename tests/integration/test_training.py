@@ -22,11 +22,12 @@ from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from nicheloop.pixels import to_pixels
 from nicheloop.registry import Registry
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store, is_holdout
 from nicheloop.synthetic import Shift, write_image_folder
 from rollout.promote import promote
-from services.inference import Champion, Pixels
+from services.inference import ModelSlot, Pixels, recorded_champion
 from tests.integration import worker_faults
 from tests.integration.worker_faults import DieOnce
 from training.compress import CompressConfig, compress
@@ -296,13 +297,15 @@ def test_compress_the_champion_promote_serve_it_and_train_on_from_it(on_ray: Non
     # the unquantised graph computes what the network does: it passes the default gate for real
     fp32 = compress(settings, CompressConfig(precision="fp32"), version=first.version)
     assert abs(fp32.metrics["accuracy_drop_points"]) < 1e-9 and abs(fp32.metrics["ece_increase"]) < 1e-4
-    promoted = promote(registry)
+    rollouts = Rollouts(Store(settings.db_url))
+    assert rollouts.champion() == first.version  # bootstrap recorded its champion
+    promoted = promote(registry, rollouts, actor="test")
     assert promoted.promoted == fp32.version.version
     with pytest.raises(InvalidInput, match=f"already compressed .*compress version {first.version} instead"):
         compress(settings, CompressConfig())
 
     # serving loads it and answers with it
-    champion = Champion(registry)
+    champion = ModelSlot(registry, recorded_champion(rollouts, registry))
     assert champion.reload_if_changed() and champion.model is not None and champion.model.runtime is not None
     spec = champion.model.input_spec
     images = [decode_image(data, 1 << 24, 1 << 24) for data, _ in seed[:3]]

@@ -556,3 +556,14 @@ def test_one_blas_thread_limits_blas_and_gives_it_back() -> None:
     with one_blas_thread():
         assert blas_threads() == {1}
     assert blas_threads() == before
+
+
+def test_drift_stage_watches_the_champions_traffic_only() -> None:
+    ref, rng = _reference(200, seed=2), np.random.default_rng(3)
+    loaded: list[str] = []
+    cfg = DriftConfig(window=WindowSpec("sliding", size=100, step=25), monitors=MonitorConfig(min_samples=50))
+    stage = DriftStage(lambda v: loaded.append(v) or ref, MonitorMetrics(), cfg)  # type: ignore[func-returns-value]
+    stage("t", _event(0, ref, rng))
+    for arm in ("shadow", "candidate"):
+        assert stage("t", _event(1, ref, rng, version="2").model_copy(update={"arm": arm})) == []
+    assert loaded == ["1"] and stage.current is not None and len(stage.current.window.rows) == 1

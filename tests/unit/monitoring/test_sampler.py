@@ -137,3 +137,14 @@ def test_without_a_reference_it_starts_cold_and_still_queues(parts, tmp_path: Pa
 def test_an_unknown_strategy_fails_at_start(parts, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="choose one of"):
         sampler(parts, tmp_path, strategy="clairvoyant")
+
+
+def test_a_rollouts_candidate_is_not_taken_for_the_champion(parts, tmp_path: Path) -> None:
+    store, queue, _ = parts
+    s = sampler(parts, tmp_path)
+    rng = np.random.default_rng(3)
+    champion = [event(i, rng) for i in range(5)]
+    arms = ["shadow", "candidate"] * 10
+    others = [event(i, rng, version="2").model_copy(update={"arm": arm}) for i, arm in enumerate(arms)]
+    assert feed(s, store, champion[:3] + others + champion[3:]) == 0
+    assert s.version == "1" and s.seen == 5 and set(s.pool) == {e.prediction_id for e in champion}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nicheloop.errors import GateRefused
+from nicheloop.rollouts import Rollouts
 from rollout.promote import offline_gates, promote
 from tests.unit.rollout.test_promote import FakeRegistry
 
@@ -24,9 +25,9 @@ def _compressed(acc: float, ece: float, *, champion: str = "1") -> FakeRegistry:
     )
 
 
-def test_a_compressed_candidate_within_tolerance_is_promoted_with_its_figures() -> None:
+def test_a_compressed_candidate_within_tolerance_is_promoted_with_its_figures(rollouts: Rollouts) -> None:
     reg = _compressed(0.946, 0.028)  # 0.4 points and 0.008 ECE lost, under 0.5 and 0.01
-    result = promote(reg)  # type: ignore[arg-type]
+    result = promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
     assert result.promoted == "2" and ("champion", "2") in reg.moves
     fidelity, accuracy = result.summary()["gates"]  # type: ignore[misc]
     assert fidelity["gate"] == "compression_fidelity" and fidelity["verdict"] == "pass"
@@ -40,17 +41,17 @@ def test_a_compressed_candidate_within_tolerance_is_promoted_with_its_figures() 
     ("acc", "ece", "words"), [(0.944, 0.020, "loses 0.60 accuracy points"), (0.950, 0.031, r"\+0.0110 ECE")]
 )
 def test_a_compressed_candidate_beyond_tolerance_is_refused_and_says_what_to_try(
-    acc: float, ece: float, words: str
+    acc: float, ece: float, words: str, rollouts: Rollouts
 ) -> None:
     reg = _compressed(acc, ece)
     with pytest.raises(GateRefused, match=f"compression_fidelity gate: .*{words}.*--precision fp32"):
-        promote(reg)  # type: ignore[arg-type]
+        promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
     assert reg.moves == []
 
 
-def test_the_operator_sets_the_tolerances() -> None:
+def test_the_operator_sets_the_tolerances(rollouts: Rollouts) -> None:
     reg = _compressed(0.944, 0.031)
-    assert promote(reg, max_drop_points=1.0, max_ece_increase=0.02).promoted == "2"  # type: ignore[arg-type]
+    assert promote(reg, rollouts, actor="t", max_drop_points=1.0, max_ece_increase=0.02).promoted == "2"  # type: ignore[arg-type]
 
 
 def test_a_preview_returns_failed_verdicts_without_raising() -> None:
@@ -60,10 +61,10 @@ def test_a_preview_returns_failed_verdicts_without_raising() -> None:
     assert reg.moves == []
 
 
-def test_missing_figures_and_a_stale_source_are_refused() -> None:
+def test_missing_figures_and_a_stale_source_are_refused(rollouts: Rollouts) -> None:
     reg = _compressed(0.95, 0.02)
     reg.metrics.pop("parent_holdout_ece")
     with pytest.raises(GateRefused, match="no held-out comparison with version 1"):
-        promote(reg)  # type: ignore[arg-type]
+        promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
     with pytest.raises(GateRefused, match="offline_accuracy gate: .*stale"):
-        promote(_compressed(0.95, 0.02, champion="3"))  # type: ignore[arg-type]
+        promote(_compressed(0.95, 0.02, champion="3"), rollouts, actor="t")  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from typing import ClassVar
 import pytest
 
 from nicheloop.errors import GateRefused
+from nicheloop.rollouts import Rollouts
 from rollout.gates import GATES, Evidence, GateResult, Phase, gates, register_gate
 from rollout.promote import promote
 from tests.unit.rollout.test_promote import FakeRegistry
@@ -43,8 +44,8 @@ def test_the_offline_gates_are_registered() -> None:
     assert "offline_accuracy" not in gates("canary")  # each gate decides its own phases
 
 
-def test_promotion_reports_every_gate_with_its_figures() -> None:
-    result = promote(_good())  # type: ignore[arg-type]
+def test_promotion_reports_every_gate_with_its_figures(rollouts: Rollouts) -> None:
+    result = promote(_good(), rollouts, actor="t")  # type: ignore[arg-type]
     fidelity, gate = result.summary()["gates"]  # type: ignore[misc]
     assert fidelity["verdict"] == "pass" and "not a compressed version" in fidelity["reason"]
     assert gate["gate"] == "offline_accuracy" and gate["verdict"] == "pass"
@@ -52,10 +53,12 @@ def test_promotion_reports_every_gate_with_its_figures() -> None:
     assert (result.candidate_accuracy, result.champion_accuracy) == (0.9, 0.8)
 
 
-def test_a_registered_gate_that_holds_stops_promotion_and_says_why(with_holding_gate: None) -> None:
+def test_a_registered_gate_that_holds_stops_promotion_and_says_why(
+    with_holding_gate: None, rollouts: Rollouts
+) -> None:
     reg = _good()
     with pytest.raises(GateRefused, match="always_holds gate: too few labels yet"):
-        promote(reg)  # type: ignore[arg-type]
+        promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
     assert reg.moves == []
 
 

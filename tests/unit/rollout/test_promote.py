@@ -4,8 +4,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from nicheloop.errors import GateRefused
+from nicheloop.errors import Conflict, GateRefused
 from nicheloop.registry import VersionInfo
+from nicheloop.rollouts import Rollout, Rollouts
 from rollout.promote import PREVIOUS, promote
 
 
@@ -31,13 +32,27 @@ class FakeRegistry:
         self.aliases[alias] = version
 
 
-def test_promotes_a_candidate_that_is_not_worse() -> None:
+def test_promotes_a_candidate_that_is_not_worse(rollouts: Rollouts) -> None:
     reg = FakeRegistry(
         {"champion": "1", "candidate": "2"}, "1", {"holdout_accuracy": 0.9, "parent_holdout_accuracy": 0.8}
     )
-    result = promote(reg)  # type: ignore[arg-type]
+    result = promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
     assert (result.previous, result.promoted) == ("1", "2")
     assert reg.moves == [(PREVIOUS, "1"), ("champion", "2")]
+    assert rollouts.champion() == "2"  # recorded: serving follows the record, not the alias
+    [event] = rollouts.history()
+    assert (event.actor, event.to_state, event.candidate, event.champion) == ("t", "baked", "2", "1")
+    assert "offline gates alone" in event.reason
+
+
+def test_an_offline_promotion_is_refused_while_a_rollout_is_live(rollouts: Rollouts) -> None:
+    rollouts.create(Rollout("5", "1"), plan={}, actor="ops", reason="gated", now=0.0)
+    reg = FakeRegistry(
+        {"champion": "1", "candidate": "2"}, "1", {"holdout_accuracy": 0.9, "parent_holdout_accuracy": 0.8}
+    )
+    with pytest.raises(Conflict, match="roll it back first"):
+        promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
+    assert reg.moves == [] and rollouts.champion() == "1"
 
 
 @pytest.mark.parametrize(
@@ -59,8 +74,8 @@ def test_promotes_a_candidate_that_is_not_worse() -> None:
         ({"champion": "1", "candidate": "2"}, "1", {}, "no held-out comparison"),
     ],
 )
-def test_refuses_and_says_why(aliases, parent, metrics, words) -> None:
+def test_refuses_and_says_why(aliases, parent, metrics, words, rollouts: Rollouts) -> None:
     reg = FakeRegistry(dict(aliases), parent, metrics)
     with pytest.raises(GateRefused, match=words):
-        promote(reg)  # type: ignore[arg-type]
-    assert reg.moves == []
+        promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
+    assert reg.moves == [] and rollouts.champion() is None

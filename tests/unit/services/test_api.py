@@ -7,104 +7,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
 
-from nicheloop.blobs import BlobStore
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
-from nicheloop.model import build_model
-from nicheloop.registry import LoadedVersion, VersionInfo
-from nicheloop.review import QueuePolicy, ReviewQueue
-from nicheloop.settings import Settings
-from nicheloop.store import Store
 from services.api import api
 from services.deps import GatewayResources, get_resources
-from services.inference import Champion, ModelOutput, ModelState, Pixels
-from services.limits import Admission
-from services.watch import ModelWatch
-
-
-class OneVersion:
-    """The registry serving sees: version 1 of a small model, once ``registered``."""
-
-    def __init__(self) -> None:
-        self.registered = False
-        self.model = build_model("test_resnet", ["crack", "ok"], image_size=32)
-
-    def resolve(self, alias: str) -> VersionInfo:
-        from nicheloop.errors import NotReady
-
-        if not self.registered:
-            raise NotReady("no champion")
-        return VersionInfo("m", "1", "run1", {}, [alias])
-
-    def load(self, version: str, device: str = "cpu") -> LoadedVersion:
-        return LoadedVersion(self.resolve("champion"), self.model, reference=None)  # type: ignore[arg-type]
-
-
-class LocalPredictor:
-    """The predictor port over a :class:`Champion` in this process."""
-
-    def __init__(self, champion: Champion) -> None:
-        self.champion = champion
-
-    async def state(self) -> ModelState:
-        return self.champion.state()
-
-    async def predict(self, pixels: Pixels) -> ModelOutput:
-        return (await asyncio.to_thread(self.champion.infer, [pixels]))[0]
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, BaseModel]] = []
-        self.spool_depth, self.spool_capacity = 0, 100
-
-    def publish(self, topic: str, key: str, event: BaseModel) -> None:
-        self.events.append((topic, key, event))
-
-    def publish_durable(self, topic: str, key: str, event: BaseModel, ack_timeout_s: float = 5.0) -> None:
-        self.publish(topic, key, event)
-
-
-@pytest.fixture
-def registry() -> OneVersion:
-    return OneVersion()
-
-
-@pytest.fixture
-def res(tmp_path: Path, registry: OneVersion) -> GatewayResources:
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    predictor = LocalPredictor(Champion(registry))
-    return GatewayResources(
-        settings=Settings(home=tmp_path, image_size=32),
-        predictor=predictor,
-        model=ModelWatch(predictor, fresh_s=2.0, timeout_s=2.0, stale_s=30.0),
-        admission=Admission(4),
-        key=b"k" * 32,
-        blobs=BlobStore(str(tmp_path / "blobs")),
-        store=store,
-        queue=ReviewQueue(store, QueuePolicy(budget_per_hour=5)),
-        publisher=RecordingPublisher(),  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-def client(res: GatewayResources) -> Iterator[TestClient]:
-    api.dependency_overrides[get_resources] = lambda: res
-    try:
-        yield TestClient(api, raise_server_exceptions=False)
-    finally:
-        api.dependency_overrides.clear()
-
-
-def _ready(res: GatewayResources, registry: OneVersion) -> None:
-    registry.registered = True
-    assert isinstance(res.predictor, LocalPredictor) and res.predictor.champion.reload_if_changed()
+from services.inference import ModelOutput, Pixels
+from tests.unit.services.fakes import LocalPredictor, OneVersion, ready
 
 
 def test_not_ready_without_a_champion(client: TestClient, png: bytes) -> None:
@@ -117,7 +27,7 @@ def test_not_ready_without_a_champion(client: TestClient, png: bytes) -> None:
 def test_a_prediction_is_answered_stored_and_published(
     client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
-    _ready(res, registry)
+    ready(res, registry)
     assert client.get("/readyz").json() == {"ready": True, "model_version": "1"}
     body = client.post("/v1/predict", files={"image": ("a.png", png, "image/png")}).json()
     assert body["model_version"] == "1" and set(body["probs"]) == {"crack", "ok"}
@@ -131,7 +41,7 @@ def test_a_prediction_is_answered_stored_and_published(
 def test_feedback_needs_an_issued_id_and_a_known_label(
     client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
-    _ready(res, registry)
+    ready(res, registry)
     pid = client.post("/v1/predict", content=png).json()["prediction_id"]
     assert (
         client.post("/v1/feedback", json={"prediction_id": "0" * 32 + ".abc", "label": "ok"}).status_code
@@ -146,7 +56,7 @@ def test_feedback_needs_an_issued_id_and_a_known_label(
 def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
     client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
-    _ready(res, registry)
+    ready(res, registry)
     assert client.get("/v1/review/next").status_code == 204
     for _ in range(2):
         client.post("/v1/predict", content=png)
@@ -182,7 +92,7 @@ class SlowPredictor(LocalPredictor):
 def test_a_slow_predictor_gets_a_504_naming_it_and_readiness_still_answers(
     res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
-    _ready(res, registry)
+    ready(res, registry)
     slow = SlowPredictor(res.predictor.champion)  # type: ignore[attr-defined]
     settings = res.settings.model_copy(update={"predict_timeout_s": 0.05})
     api.dependency_overrides[get_resources] = lambda: dataclasses.replace(
@@ -200,7 +110,7 @@ def test_a_slow_predictor_gets_a_504_naming_it_and_readiness_still_answers(
 def test_a_full_replica_sheds_at_once_with_retry_after(
     client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
-    _ready(res, registry)
+    ready(res, registry)
     res.admission.inside = res.admission.limit  # every place taken
     answer = client.post("/v1/predict", content=png)
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"

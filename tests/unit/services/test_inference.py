@@ -1,5 +1,7 @@
-"""The champion holder behind the predictor replica, outside Ray Serve: not ready until a
-champion is loaded, then swapped whole when the alias moves."""
+"""The model slot behind a predictor replica, outside Ray Serve: not ready until a model is loaded,
+then swapped whole when its target moves; the champion's target is the rollout record, not the alias."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +11,10 @@ from nicheloop.errors import InvalidInput, NotReady
 from nicheloop.model import NicheModel, build_model
 from nicheloop.pixels import InputSpec, to_pixels
 from nicheloop.registry import LoadedVersion, VersionInfo
+from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream
-from services.inference import Champion, ModelState, Pixels
+from services.inference import ModelSlot, ModelState, Pixels, live_candidate, recorded_champion
 
 
 class FakeRegistry:
@@ -19,13 +23,18 @@ class FakeRegistry:
     def __init__(self) -> None:
         self.champion: str | None = None
         self.model = build_model("test_resnet", ["a", "b"], image_size=32)
+        self.loaded: list[str] = []
 
     def resolve(self, alias: str) -> VersionInfo:
         if self.champion is None:
             raise NotReady("no champion")
         return VersionInfo("m", self.champion, "run", {}, [alias])
 
+    def champion_version(self) -> str:
+        return self.resolve("champion").version
+
     def load(self, version: str, device: str = "cpu") -> LoadedVersion:
+        self.loaded.append(version)
         return LoadedVersion(self.resolve("champion"), self.model, reference=None)  # type: ignore[arg-type]
 
 
@@ -35,7 +44,7 @@ def _pixels(image: Image.Image, model: NicheModel) -> Pixels:
 
 def test_not_ready_until_a_champion_is_loaded_then_hot_swaps() -> None:
     registry = FakeRegistry()
-    champion = Champion(registry)
+    champion = ModelSlot(registry, registry.champion_version)
     image = SyntheticStream(size=40).take(1)[0][0]
     assert champion.state() == ModelState(ready=False)
     with pytest.raises(NotReady):
@@ -60,7 +69,7 @@ def test_not_ready_until_a_champion_is_loaded_then_hot_swaps() -> None:
 def test_pixels_give_what_the_model_gives_on_the_image_and_other_geometries_are_refitted() -> None:
     registry = FakeRegistry()
     registry.champion = "1"
-    champion = Champion(registry)
+    champion = ModelSlot(registry, registry.champion_version)
     champion.reload_if_changed()
     model = registry.model
     images = [img for img, _ in SyntheticStream(seed=3, size=57).take(3)]
@@ -72,3 +81,28 @@ def test_pixels_give_what_the_model_gives_on_the_image_and_other_geometries_are_
     assert len(refit.probs) == 2
     with pytest.raises(InvalidInput, match="uint8"):
         champion.infer([Pixels(np.zeros((32, 32, 3), dtype=np.float32), model.input_spec.key)])
+
+
+def test_the_champion_served_is_the_recorded_one_not_an_alias_moved_by_hand(tmp_path: Path) -> None:
+    registry, rollouts = FakeRegistry(), Rollouts(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    registry.champion = "1"  # an alias with no record behind it
+    slot = ModelSlot(registry, recorded_champion(rollouts, registry))
+    with pytest.raises(NotReady, match="no champion is recorded; run `nicheloop bootstrap`"):
+        slot.reload_if_changed()
+    rollouts.record_champion("1", previous=None, actor="bootstrap", reason="first", now=0.0)
+    assert slot.reload_if_changed() and slot.version == "1"
+    registry.champion = "7"  # moved by hand in the registry
+    assert not slot.reload_if_changed() and slot.version == "1" and registry.loaded == ["1"]
+    rollouts.record_champion("2", previous="1", actor="ops", reason="offline", now=1.0)
+    assert slot.reload_if_changed() and slot.version == "2"
+
+
+def test_the_candidate_slot_follows_the_live_rollout_and_empties_after_it(tmp_path: Path) -> None:
+    registry, rollouts = FakeRegistry(), Rollouts(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    registry.champion = "1"
+    slot = ModelSlot(registry, live_candidate(rollouts))
+    assert not slot.reload_if_changed() and not slot.state().ready  # no rollout: nothing loaded
+    live = rollouts.create(Rollout("2", "1", mirror=0.2), plan={}, actor="ops", reason="go", now=0.0)
+    assert slot.reload_if_changed() and slot.state().model_version == "2"
+    rollouts.record(live, Rollout("2", "1", state="rolled_back", revision=1), actor="ops", reason="bad")
+    assert slot.reload_if_changed() and not slot.state().ready and slot.model is None

@@ -37,10 +37,11 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
 from nicheloop.blobs import BlobStore
+from nicheloop.calibration import expected_calibration_error
 from nicheloop.synthetic import write_image_folder
 from training import advise
 from training.advise import Split
-from training.calibrate import expected_calibration_error, fit_temperature, softmax
+from training.calibrate import fit_temperature, softmax
 from training.config import TrainConfig
 from training.data import Example, read_image_folder, replay_buffer
 from training.evaluate import classification_metrics, predict_all

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from nicheloop.contracts import utcnow
 from nicheloop.errors import Conflict, NotFound
 from nicheloop.latency import merge
-from nicheloop.store import ArmCallsRow, Lease, RolloutEventRow, RolloutRow, Store
+from nicheloop.store import ArmCallsRow, Feedback, Lease, Prediction, RolloutEventRow, RolloutRow, Store
 
 State = Literal["shadow", "canary", "promoted", "baked", "rolled_back", "aborted", "hold"]
 LIVE: frozenset[str] = frozenset({"shadow", "canary", "promoted", "hold"})
@@ -62,6 +62,18 @@ class ArmCalls:
     calls: int = 0
     errors: int = 0
     latency: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One prediction of a rollout's window as the gates see it: what it said and with what
+    probabilities, its delayed label if one came, and (shadow) what the champion said of the image."""
+
+    predicted: str
+    probs: list[float]
+    class_names: list[str]
+    truth: str | None = None
+    twin: str | None = None  # the champion's label for a shadow prediction's image
 
 
 @dataclass(frozen=True)
@@ -323,3 +335,42 @@ class Rollouts:
                 sum(r.calls for r in mine), sum(r.errors for r in mine), merge(r.latency for r in mine)
             )
         return out
+
+    def scored(self, rollout: Rollout, *, since: float) -> dict[str, list[Scored]]:
+        """The predictions of each arm made after ``since`` (as the joiner stored them), with their
+        newest delayed label: the champion's (its version, answered by it), the candidate's answers,
+        and the candidate's shadow predictions labeled through their champion twins."""
+        after = datetime.fromtimestamp(since, UTC)
+        twin = aliased(Prediction)
+        with Session(self.store.engine) as s:
+            own = s.execute(
+                select(Prediction, Feedback.label)
+                .outerjoin(Feedback, Feedback.prediction_id == Prediction.prediction_id)
+                .where(
+                    Prediction.created_at >= after,
+                    or_(
+                        (Prediction.model_version == rollout.champion)
+                        & or_(Prediction.arm.is_(None), Prediction.arm == "champion"),
+                        (Prediction.model_version == rollout.candidate) & (Prediction.arm == "candidate"),
+                    ),
+                )
+                .order_by(Feedback.created_at)
+            ).all()
+            shadow = s.execute(
+                select(Prediction, twin.label, Feedback.label)
+                .join(twin, twin.prediction_id == Prediction.paired_with)
+                .outerjoin(Feedback, Feedback.prediction_id == Prediction.paired_with)
+                .where(
+                    Prediction.created_at >= after,
+                    Prediction.arm == "shadow",
+                    Prediction.model_version == rollout.candidate,
+                )
+                .order_by(Feedback.created_at)
+            ).all()
+        out: dict[str, dict[str, Scored]] = {"champion": {}, "candidate": {}, "shadow": {}}
+        for p, truth in own:  # the newest label of a prediction comes last and wins
+            arm = "candidate" if p.arm == "candidate" else "champion"
+            out[arm][p.prediction_id] = Scored(p.label, p.probs, p.class_names, truth)
+        for p, said, truth in shadow:
+            out["shadow"][p.prediction_id] = Scored(p.label, p.probs, p.class_names, truth, said)
+        return {arm: list(by_id.values()) for arm, by_id in out.items()}

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nicheloop.errors import Conflict
 from nicheloop.rollouts import Rollout, State
 from rollout.gates import GateResult, Phase
 from rollout.plan import RolloutPlan
@@ -126,7 +127,7 @@ def _where(r: Rollout, plan: RolloutPlan) -> str:
     return f"canary at {plan.steps[r.step]:.0%}" if r.state == "canary" else r.state
 
 
-class NotAllowed(ValueError):
+class NotAllowed(Conflict):
     """An operator's action that does not apply to the rollout's state (the message says why)."""
 
 

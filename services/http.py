@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the routers: body limits and domain-error → status mapping."""
+"""HTTP plumbing of the gateway's routes: body limits and the image in a request (domain errors
+become statuses in :mod:`nicheloop.http`)."""
 
 from __future__ import annotations
 
@@ -6,47 +7,12 @@ import base64
 import binascii
 import json
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
 
-from nicheloop.errors import (
-    BudgetSpent,
-    Conflict,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    PayloadTooLarge,
-    UpstreamTimeout,
-)
-from nicheloop.spool import SpoolFull
+from nicheloop.errors import InvalidInput, PayloadTooLarge
+from nicheloop.http import install_error_handlers
 
-STATUS = {
-    PayloadTooLarge: 413,
-    NotFound: 404,
-    NotReady: 503,
-    Overloaded: 503,
-    UpstreamTimeout: 504,
-    SpoolFull: 503,
-    InvalidInput: 400,
-    Conflict: 409,
-    BudgetSpent: 429,
-}
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Domain errors become JSON ``{"detail": ...}`` with a 4xx/503 status, never a 500."""
-    for exc_type, code in STATUS.items():
-        app.add_exception_handler(exc_type, _handler(code))
-
-
-def _handler(code: int):  # type: ignore[no-untyped-def]
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        retry = getattr(exc, "retry_after_s", None)
-        headers = {"Retry-After": str(int(retry + 0.999))} if retry is not None else None
-        return JSONResponse(status_code=code, content={"detail": str(exc)}, headers=headers)
-
-    return handle
+__all__ = ["image_bytes", "install_error_handlers", "read_body"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

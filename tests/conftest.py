@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 
 
@@ -49,3 +51,12 @@ def postgres_database(name: str) -> str:
 
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=BACKENDS)
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A fresh store on each backend: SQLite here, PostgreSQL under the integration mark."""
+    if request.param == "postgresql":
+        name = f"t_{request.node.name[:40].lower().replace('[', '_').replace(']', '').replace('-', '_')}"
+        return Store(postgres_database(name))
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")

@@ -1,4 +1,4 @@
-"""Calibration: expected calibration error and temperature scaling (Guo et al., 2017).
+"""Calibration: temperature scaling (Guo et al., 2017); its measure, the ECE, is in nicheloop.calibration.
 
 The temperature is fitted on validation logits, stored with the model (``extra['temperature']``)
 and applied by :meth:`nicheloop.model.NicheModel.infer`, so serving returns calibrated scores.
@@ -43,21 +43,3 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         else:
             lo = a
     return float(np.exp((lo + hi) / 2))
-
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE: the sample-weighted gap between confidence and accuracy over equal-width confidence bins.
-
-    Args:
-        probs: (N, K) probabilities. y: (N,) true class indices.
-    """
-    if len(y) == 0:
-        return 0.0
-    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            gap += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(gap)

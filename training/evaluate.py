@@ -11,10 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from nicheloop.blobs import BlobStore
+from nicheloop.calibration import expected_calibration_error
 from nicheloop.contracts import IMAGE_STATS
 from nicheloop.model import NicheModel, as_numpy
 from nicheloop.reference import Reference
-from training.calibrate import expected_calibration_error, softmax
+from training.calibrate import softmax
 from training.data import BlobImageDataset, Example
 
 BRIGHTNESS_SLICES = ((0.0, 85.0, "dark"), (85.0, 170.0, "mid"), (170.0, 256.0, "bright"))

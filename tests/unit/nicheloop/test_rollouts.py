@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from pathlib import Path
 
 import pytest
 
 from nicheloop.errors import Conflict, NotFound
 from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.store import Store
-from tests.conftest import BACKENDS, postgres_database
 
 PLAN = {"steps": [0.05, 0.5]}
 
 
-@pytest.fixture(params=BACKENDS)
-def rollouts(request: pytest.FixtureRequest, tmp_path: Path) -> Rollouts:
-    if request.param == "postgresql":
-        name = f"rollouts_{request.node.name[:24].lower().replace('[', '_').replace(']', '')}"
-        return Rollouts(Store(postgres_database(name)))
-    return Rollouts(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+@pytest.fixture
+def rollouts(any_store: Store) -> Rollouts:
+    return Rollouts(any_store)
 
 
 def _started(rollouts: Rollouts, candidate: str = "2", now: float = 100.0) -> Rollout:

@@ -30,8 +30,13 @@ class Broken(LocalPredictor):
         raise UpstreamTimeout("the candidate predictor did not answer")
 
 
-def _with_rollout(res: GatewayResources, registry: OneVersion, *, candidate: LocalPredictor | None = None,
-                  **settings: object) -> GatewayResources:  # fmt: skip
+def _with_rollout(
+    res: GatewayResources,
+    registry: OneVersion,
+    *,
+    candidate: LocalPredictor | None = None,
+    **settings: object,
+) -> GatewayResources:
     ready(res, registry)
     slot = ModelSlot(registry, lambda: "2")  # the same weights, as version 2
     slot.reload_if_changed()
@@ -86,8 +91,10 @@ def test_the_candidate_answers_its_share_by_key_and_each_arm_is_counted(
     assert not _events(serve[0], "shadow")
     counted = serve[0].rollout.counter.take()  # type: ignore[union-attr]
     flushed = rollouts.arm_calls(live.id or 0, since=0.0)
-    both = {arm: flushed.get(arm, ArmCalls()).calls + counted.get((live.id or 0, arm), ArmCalls()).calls
-            for arm in ("champion", "candidate")}  # fmt: skip
+    both = {
+        arm: flushed.get(arm, ArmCalls()).calls + counted.get((live.id or 0, arm), ArmCalls()).calls
+        for arm in ("champion", "candidate")
+    }
     assert both["champion"] + both["candidate"] == 41 and both["candidate"] == len(answered)
 
 
@@ -103,8 +110,9 @@ def test_shadow_pairs_with_the_champions_answer_and_drops_beyond_its_bound(
         assert {e.paired_with for e in shadows} == set(ids) and {e.model_version for e in shadows} == {"2"}
         assert {e.model_version for e in _events(serve[0], "champion")} == {"1"}
         assert "nicheloop_shadow_calls_dropped_total 0.0" in client.get("/metrics").text
-        serve[0] = dataclasses.replace(serve[0], settings=serve[0].settings.model_copy(
-            update={"shadow_max_concurrency": 0}))  # fmt: skip
+        serve[0] = dataclasses.replace(
+            serve[0], settings=serve[0].settings.model_copy(update={"shadow_max_concurrency": 0})
+        )
         client.post("/v1/predict", content=png)
         assert "nicheloop_shadow_calls_dropped_total 1.0" in client.get("/metrics").text
     assert len(_events(serve[0], "shadow")) == 3
@@ -130,8 +138,9 @@ def test_a_silent_controller_gets_the_candidate_nothing(
     serve: list[GatewayResources], res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
     old = time.time() - 600  # the controller's last heartbeat, beyond rollout_stale_s
-    Rollouts(res.store).create(Rollout("2", "1", state="canary", share=1.0, mirror=1.0), plan={}, actor="t",
-                               reason="", now=old)  # fmt: skip
+    Rollouts(res.store).create(
+        Rollout("2", "1", state="canary", share=1.0, mirror=1.0), plan={}, actor="t", reason="", now=old
+    )
     serve.append(_with_rollout(res, registry))
     with TestClient(api, raise_server_exceptions=False) as client:
         assert client.post("/v1/predict", content=png).json()["model_version"] == "1"

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.calibrate import expected_calibration_error, fit_temperature, nll, softmax
+from nicheloop.calibration import expected_calibration_error
+from training.calibrate import fit_temperature, nll, softmax
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 

@@ -1,0 +1,74 @@
+"""The live gates' evidence, read from the SQL store: each arm's calls as the gateways flushed them,
+and each arm's predictions with their delayed labels as the joiner stored them, over the current
+step's window (a new step starts its evidence afresh)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from nicheloop.calibration import expected_calibration_error
+from nicheloop.latency import quantile_ms
+from nicheloop.rollouts import ArmCalls, Rollout, Rollouts, Scored
+from rollout.gates import Arm, Live, Paired
+from rollout.plan import RolloutPlan
+
+P99 = 0.99
+
+
+class StoreEvidence:
+    """:class:`rollout.controller.EvidenceSource` over the store. ``seed`` fixes which labels the
+    larger arm's ECE is measured on (the two arms' ECE are compared at equal label counts)."""
+
+    def __init__(self, rollouts: Rollouts, *, seed: int = 0) -> None:
+        self.rollouts, self.seed = rollouts, seed
+
+    def live(self, rollout: Rollout, plan: RolloutPlan, now: float) -> Live:
+        since = rollout.entered_at
+        calls = self.rollouts.arm_calls(rollout.id or 0, since=since)
+        scored = self.rollouts.scored(rollout, since=since)
+        shadow = rollout.state == "shadow"
+        cand_arm = "shadow" if shadow else "candidate"
+        cand = [x for x in scored[cand_arm] if x.truth is not None]
+        champ = [x for x in scored["champion"] if x.truth is not None]
+        n = min(len(cand), len(champ))
+        return Live(
+            champion=_arm(calls.get("champion"), champ, _ece(champ, n, self.seed)),
+            candidate=_arm(calls.get(cand_arm), cand, _ece(cand, n, self.seed)),
+            paired=_paired(scored["shadow"]) if shadow else Paired(),
+        )
+
+
+def _arm(calls: ArmCalls | None, labeled: list[Scored], ece: float | None) -> Arm:
+    c = calls or ArmCalls()
+    return Arm(
+        calls=c.calls,
+        errors=c.errors,
+        p99_ms=quantile_ms(c.latency, P99),
+        labels=len(labeled),
+        correct=sum(x.predicted == x.truth for x in labeled),
+        ece=ece,
+    )
+
+
+def _ece(labeled: list[Scored], n: int, seed: int) -> float | None:
+    """ECE on ``n`` of the labeled predictions (a seeded draw); None without labels. Labels outside
+    the model's classes count as wrong at the model's confidence."""
+    if n == 0:
+        return None
+    drawn = random.Random(seed).sample(labeled, n)
+    probs = np.asarray([x.probs for x in drawn], dtype=np.float64)
+    y = np.asarray([x.class_names.index(x.truth) if x.truth in x.class_names else -1 for x in drawn])
+    return expected_calibration_error(probs, y)
+
+
+def _paired(shadow: list[Scored]) -> Paired:
+    labeled = [x for x in shadow if x.truth is not None]
+    return Paired(
+        pairs=len(shadow),
+        agree=sum(x.predicted == x.twin for x in shadow),
+        labeled=len(labeled),
+        candidate_only=sum(x.predicted == x.truth and x.twin != x.truth for x in labeled),
+        champion_only=sum(x.twin == x.truth and x.predicted != x.truth for x in labeled),
+    )

@@ -92,6 +92,7 @@ class RolloutEvent:
     candidate: str
     champion: str
     revision: int
+    id: int = 0  # its place in the trail
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,21 @@ class Rollouts:
             if rollout_id is not None:
                 query = query.where(RolloutEventRow.rollout_id == rollout_id)
             return [_event(row) for row in reversed(s.scalars(query).all())]
+
+    def unpublished(self, *, limit: int = 100) -> list[RolloutEvent]:
+        """Audit events not yet sent on Kafka, oldest first (the trail is the outbox)."""
+        with Session(self.store.engine) as s:
+            rows = s.scalars(
+                select(RolloutEventRow)
+                .where(or_(RolloutEventRow.published.is_(None), RolloutEventRow.published.is_(False)))
+                .order_by(RolloutEventRow.id)
+                .limit(limit)
+            ).all()
+            return [_event(row) for row in rows]
+
+    def mark_published(self, event_ids: list[int]) -> None:
+        with Session(self.store.engine) as s, s.begin():
+            s.execute(update(RolloutEventRow).where(RolloutEventRow.id.in_(event_ids)).values(published=True))
 
     def plan(self, rollout_id: int) -> dict[str, Any]:
         """The plan a rollout was started with (as stored: a JSON mapping)."""

@@ -156,6 +156,8 @@ class RolloutEventRow(Base):
     candidate: Mapped[str] = mapped_column(String(32))
     champion: Mapped[str] = mapped_column(String(32))
     revision: Mapped[int] = mapped_column(Integer)
+    # sent on nicheloop.rollouts.v1 by the controller (the table is the outbox: nothing recorded is lost)
+    published: Mapped[bool | None] = mapped_column(nullable=True, default=False, index=True)
 
 
 class ArmCallsRow(Base):

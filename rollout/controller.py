@@ -1,9 +1,10 @@
 """The rollout controller: reconciles the live rollout on an interval, and the operators' actions.
 
-Each :meth:`Controller.tick` takes the controller lease (one controller at a time), beats the
-heartbeat the gateways route by, lets a newer candidate supersede the live one, runs the gates of
-the rollout's phase on live evidence, and stores what :func:`rollout.machine.decide` says, with the
-gates' figures, as one compare-and-set move. The ``champion`` alias follows the stored record only:
+Each :meth:`Controller.tick` takes the controller lease (one controller at a time), lets a newer
+candidate supersede the live one, runs the gates of the rollout's phase on live evidence, beats the
+heartbeat the gateways route by (only once the gates have run: a controller that cannot read its
+evidence lets the candidate's share lapse), and stores what :func:`rollout.machine.decide` says,
+with the gates' figures, as one compare-and-set move. The ``champion`` alias follows the stored record only:
 a promotion moves it after the move is recorded, a rollback of a promoted candidate moves it back,
 and a tick repairs an alias that a crash left behind the record.
 """
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 from nicheloop.contracts import CANDIDATE, CHAMPION, ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, NotFound, NotReady
 from nicheloop.registry import VersionInfo
-from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
 from rollout.gates import Evidence, GateResult, Live, evaluate
 from rollout.machine import (
     GATED,
@@ -57,7 +58,7 @@ class EvidenceSource(Protocol):
     def live(self, rollout: Rollout, plan: RolloutPlan, now: float) -> Live: ...
 
 
-Announce = Callable[[Rollout, Rollout, str, str], None]  # before, after, actor, reason: e.g. to Kafka
+Announce = Callable[[RolloutEvent], None]  # sends one audit event on, e.g. to Kafka
 
 
 class DurablePublisher(Protocol):
@@ -67,23 +68,26 @@ class DurablePublisher(Protocol):
 
 
 def kafka_announce(publisher: DurablePublisher, model_name: str) -> Announce:
-    """An :data:`Announce` that publishes each stored move on ``nicheloop.rollouts.v1``, durably."""
+    """An :data:`Announce` that publishes an audit event on ``nicheloop.rollouts.v1``, durably (its
+    id makes a resend after a crash recognisable)."""
 
-    def announce(before: Rollout, after: Rollout, actor: str, reason: str) -> None:
+    def announce(e: RolloutEvent) -> None:
         event = RolloutMoved(
-            rollout_id=after.id or 0,
+            event_id=f"rollout-event-{e.id}",
+            rollout_id=e.rollout_id,
             model_name=model_name,
-            candidate=after.candidate,
-            champion=after.champion,
-            from_state=before.state,
-            to_state=after.state,
-            from_share=before.share,
-            to_share=after.share,
-            actor=actor,
-            reason=reason,
-            revision=after.revision,
+            candidate=e.candidate,
+            champion=e.champion,
+            from_state=e.from_state,
+            to_state=e.to_state,
+            from_share=e.from_share,
+            to_share=e.to_share,
+            actor=e.actor,
+            reason=e.reason,
+            revision=e.revision,
+            created_at=e.at,
         )
-        publisher.publish_durable(ROLLOUTS_TOPIC, str(after.id), event)
+        publisher.publish_durable(ROLLOUTS_TOPIC, str(e.rollout_id), event)
 
     return announce
 
@@ -103,28 +107,45 @@ class Controller:
         *,
         holder: str,
         announce: Announce | None = None,
+        idle_s: float = 5.0,
     ) -> None:
         self.rollouts, self.registry, self.source, self.holder = rollouts, registry, source, holder
-        self.announce = announce
+        self.announce, self.idle_s = announce, idle_s
+
+    def publish_pending(self) -> int:
+        """Send the audit events not yet announced (every move, whoever stored it), oldest first;
+        how many were sent. A send that fails stops the sending, not the tick: the next one resends."""
+        if self.announce is None:
+            return 0
+        sent: list[int] = []
+        try:
+            for event in self.rollouts.unpublished():
+                self.announce(event)
+                sent.append(event.id)
+        except Exception as exc:  # noqa: BLE001  the gates must run even while Kafka is away
+            log.warning("rollout events not announced yet (%s); retrying next tick", exc)
+        if sent:
+            self.rollouts.mark_published(sent)
+        return len(sent)
 
     def tick(self, now: float) -> Transition | None:
         """Reconcile once at ``now``; the move stored, if any. None also when another controller
         holds the lease, or when a move decided here lost a race (the next tick reads again)."""
         live = self.rollouts.live()
+        plan = RolloutPlan(**self.rollouts.plan(live.id)) if live is not None and live.id else RolloutPlan()
+        if not self.rollouts.acquire(self.holder, now, ttl_s=3 * max(plan.interval_s, self.idle_s)):
+            return None
+        self.publish_pending()
         if live is None or live.id is None:
             latest = self.rollouts.latest()
             if latest is not None:
                 sync_champion(self.registry, latest)
             return None
-        plan = RolloutPlan(**self.rollouts.plan(live.id))
-        if not self.rollouts.acquire(self.holder, now, ttl_s=3 * plan.interval_s):
-            return None
-        self.rollouts.beat(live.id, now)
         sync_champion(self.registry, live)
         newer = self._newer_candidate(live)
         if newer is not None:
             aborted, fresh = supersede(live, newer, plan, now)
-            stored = record_move(self.rollouts, self.registry, aborted, self.announce)
+            stored = record_move(self.rollouts, self.registry, aborted)
             if stored is not None:
                 self.rollouts.create(fresh, plan=plan.model_dump(mode="json"), actor="controller",
                                      reason=f"new candidate {newer}", now=now)  # fmt: skip
@@ -139,9 +160,11 @@ class Controller:
                 plan=plan,
             )
             results = evaluate(evidence, GATED[live.state])
-            self.rollouts.beat(live.id, now, checks=_figures(results))
+            self.rollouts.beat(live.id, now, checks=_figures(results))  # only once the gates have run
+        else:
+            self.rollouts.beat(live.id, now)
         move = decide(live, results, plan, now)
-        return None if move is None else record_move(self.rollouts, self.registry, move, self.announce)
+        return None if move is None else record_move(self.rollouts, self.registry, move)
 
     def _newer_candidate(self, live: Rollout) -> str | None:
         if live.state not in (*GATED, "hold"):
@@ -153,11 +176,9 @@ class Controller:
         return None if version in (live.candidate, live.champion) else version
 
 
-def record_move(
-    rollouts: Rollouts, registry: AliasRegistry, move: Transition, announce: Announce | None = None
-) -> Transition | None:
-    """Store ``move`` with its gates' figures, then bring the champion alias in line and announce
-    it; None when the rollout moved meanwhile (compare and set lost)."""
+def record_move(rollouts: Rollouts, registry: AliasRegistry, move: Transition) -> Transition | None:
+    """Store ``move`` with its gates' figures (the controller announces it from the trail), then
+    bring the champion alias in line; None when the rollout moved meanwhile (compare and set lost)."""
     try:
         after = rollouts.record(
             move.before, move.after, actor=move.actor, reason=move.reason, figures=_figures(move.gates)
@@ -167,8 +188,6 @@ def record_move(
         return None
     log.info("rollout %s: %s -> %s (%s)", after.id, move.before.state, after.state, move.reason)
     sync_champion(registry, after)
-    if announce is not None:
-        announce(move.before, after, move.actor, move.reason)
     return dataclasses.replace(move, after=after)
 
 
@@ -250,7 +269,6 @@ def operate(
     now: float,
     actor: str,
     reason: str,
-    announce: Announce | None = None,
 ) -> Rollout:
     """An operator's ``action`` on the live rollout, recorded with ``actor`` and ``reason``; a forced
     promotion or a rollback moves the champion alias as the controller would.
@@ -264,7 +282,7 @@ def operate(
         raise NotFound("no rollout is live; start one with `nicheloop rollout start`")
     plan = RolloutPlan(**rollouts.plan(live.id or 0))
     move = ACTIONS[action](live, plan, now, actor=actor, reason=reason)
-    stored = record_move(rollouts, registry, move, announce)
+    stored = record_move(rollouts, registry, move)
     if stored is None:
         raise Conflict(f"rollout {live.id} moved while you acted; check `nicheloop rollout status` and retry")
     return stored.after

@@ -5,7 +5,6 @@ successor resumes without a double move, and the champion alias follows only rec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -13,8 +12,7 @@ from pydantic import BaseModel
 from nicheloop.contracts import ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, GateRefused, NotFound
 from nicheloop.registry import VersionInfo
-from nicheloop.rollouts import Rollout, Rollouts
-from nicheloop.store import Store
+from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
 from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
 from rollout.gates import Arm, Live, Paired
 from rollout.machine import NotAllowed
@@ -72,11 +70,6 @@ class Scripted:
         return self.live_now
 
 
-@pytest.fixture
-def rollouts(tmp_path: Path) -> Rollouts:
-    return Rollouts(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
-
-
 def _ticks(controller: Controller, start: float, end: float, every: float = 10.0) -> list[str]:
     moves, now = [], start
     while now <= end:
@@ -118,6 +111,24 @@ def test_a_candidate_that_errs_is_rolled_back_and_never_champion(rollouts: Rollo
     assert (
         rollouts.live() is None and "10.0% of the candidate's calls failed" in rollouts.history()[-1].reason
     )
+
+
+class Unreadable:
+    def live(self, rollout: Rollout, plan: RolloutPlan, now: float) -> Live:
+        raise OSError("the store is unreachable")
+
+
+def test_a_controller_that_cannot_read_evidence_lets_the_share_lapse(rollouts: Rollouts) -> None:
+    reg = Registry()
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+    assert _ticks(Controller(rollouts, reg, Scripted(), holder="c1"), 0.0, 60.0) == ["canary:0.05"]
+    broken = Controller(rollouts, reg, Unreadable(), holder="c1")
+    for now in (70.0, 80.0, 150.0):
+        with pytest.raises(OSError):
+            broken.tick(now)
+    routing = rollouts.routing(155.0, stale_s=90.0)
+    assert routing is not None and routing.share == 0.0 and routing.mirror == 0.0
+    assert rollouts.routing(100.0, stale_s=90.0).share == 0.05  # type: ignore[union-attr]
 
 
 def test_a_successor_resumes_after_the_lease_expires_without_a_double_move(rollouts: Rollouts) -> None:
@@ -214,16 +225,38 @@ class Sent:
         self.events.append((topic, key, event))
 
 
-def test_every_stored_move_is_announced_on_the_rollouts_topic(rollouts: Rollouts) -> None:
+def test_every_stored_move_is_announced_on_the_rollouts_topic_from_the_trail(rollouts: Rollouts) -> None:
     reg, sent = Registry(), Sent()
     r = start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
-    announce = kafka_announce(sent, "m")
-    Controller(rollouts, reg, Scripted(), holder="c1", announce=announce).tick(60.0)
-    operate(rollouts, reg, "rollback", now=70.0, actor="ann", reason="changed my mind", announce=announce)
-    assert [(t, k) for t, k, _ in sent.events] == [(ROLLOUTS_TOPIC, str(r.id))] * 2
+    controller = Controller(rollouts, reg, Scripted(), holder="c1", announce=kafka_announce(sent, "m"))
+    controller.tick(60.0)  # sends the start, then stores the first canary step
+    operate(rollouts, reg, "rollback", now=70.0, actor="ann", reason="changed my mind")  # from a CLI
+    controller.tick(80.0)
+    controller.tick(90.0)  # nothing new: nothing sent twice
+    assert [(t, k) for t, k, _ in sent.events] == [(ROLLOUTS_TOPIC, str(r.id))] * 3
     moves = [e for _, _, e in sent.events]
     assert [(m.from_state, m.to_state, m.to_share, m.actor) for m in moves] == [  # type: ignore[attr-defined]
+        (None, "shadow", 0.0, "ops"),
         ("shadow", "canary", 0.05, "controller"),
         ("canary", "rolled_back", 0.0, "ann"),
     ]
-    assert RolloutMoved.model_validate_json(moves[1].model_dump_json()).reason == "changed my mind"
+    assert RolloutMoved.model_validate_json(moves[2].model_dump_json()).reason == "changed my mind"
+    assert len({m.event_id for m in moves}) == 3 and rollouts.unpublished() == []
+
+
+def test_a_failed_send_is_sent_again_on_the_next_tick(rollouts: Rollouts) -> None:
+    reg, sent, down = Registry(), Sent(), [True]
+    start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
+
+    def flaky(event: RolloutEvent) -> None:
+        if down[0]:
+            raise OSError("broker down")
+        kafka_announce(sent, "m")(event)
+
+    controller = Controller(rollouts, reg, Scripted(), holder="c1", announce=flaky)
+    controller.tick(10.0)  # the tick itself goes on
+    routing = rollouts.routing(15.0, stale_s=10.0)
+    assert sent.events == [] and routing is not None and routing.mirror > 0  # it beat at 10
+    down[0] = False
+    controller.tick(20.0)
+    assert [e.to_state for _, _, e in sent.events] == ["shadow"]  # type: ignore[attr-defined]

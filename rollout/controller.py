@@ -262,13 +262,7 @@ def adopt(
 
 
 def operate(
-    rollouts: Rollouts,
-    registry: AliasRegistry,
-    action: Action,
-    *,
-    now: float,
-    actor: str,
-    reason: str,
+    rollouts: Rollouts, registry: AliasRegistry, action: Action, *, now: float, actor: str, reason: str
 ) -> Rollout:
     """An operator's ``action`` on the live rollout, recorded with ``actor`` and ``reason``; a forced
     promotion or a rollback moves the champion alias as the controller would.

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from cli.progress import RunProgress
+from cli.rollout import actor, rollout_app
 from deploy.local import stack as stack_mod
 from nicheloop.cluster import connect_ray
 from nicheloop.errors import NicheloopError
@@ -23,24 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stack_app = typer.Typer(
-    help="The local stack: Kafka (KRaft), MLflow, Ray and the monitor.", no_args_is_help=True
+    help="The local stack: Kafka (KRaft), MLflow, Ray, the monitor and the rollout controller.", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
 drift_app = typer.Typer(help="Drift monitoring: the reports of evaluated windows.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
+app.add_typer(rollout_app, name="rollout")
 
 
 @app.callback()
 def _main(log_level: str = typer.Option("INFO", help="Logging level.")) -> None:
     configure_logging(log_level)
-
-
-def _actor() -> str:
-    """Who acts from this shell, for the audit trail (the OS user at the host)."""
-    import getpass
-    import socket
-
-    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def _fail(exc: Exception) -> None:
@@ -347,7 +341,7 @@ def promote(
         result = run_promote(
             Registry(s.tracking_uri, s.model_name),
             Rollouts(Store(s.db_url)),
-            actor=_actor(),
+            actor=actor(),
             tolerance=tolerance,
             max_drop_points=s.compression_max_accuracy_drop_points,
             max_ece_increase=s.compression_max_ece_increase,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from nicheloop.contracts import utcnow
@@ -246,6 +246,14 @@ class Rollouts:
             if rollout_id is not None:
                 query = query.where(RolloutEventRow.rollout_id == rollout_id)
             return [_event(row) for row in reversed(s.scalars(query).all())]
+
+    def transition_counts(self) -> dict[str, int]:
+        """Stored moves so far, by the state they reached (rollbacks, promotions, ...)."""
+        with Session(self.store.engine) as s:
+            rows = s.execute(
+                select(RolloutEventRow.to_state, func.count()).group_by(RolloutEventRow.to_state)
+            ).all()
+            return {state: int(n) for state, n in rows}
 
     def unpublished(self, *, limit: int = 100) -> list[RolloutEvent]:
         """Audit events not yet sent on Kafka, oldest first (the trail is the outbox)."""

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     ray_num_cpus: int = Field(4, description="Logical CPUs the local Ray head advertises.")
     serve_port: int = 18000
     metrics_port: int = 19100
+    controller_port: int = Field(
+        19110, description="The rollout controller's HTTP (operators' verbs, /metrics)."
+    )
+    controller_idle_s: float = Field(
+        5.0, gt=0, description="How often the rollout controller looks for work while no rollout is live."
+    )
     model_name: str = "nicheloop-classifier"
     backbone: str = Field(
         "tf_efficientnet_lite0",

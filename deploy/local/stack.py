@@ -1,5 +1,5 @@
 """The local-stack launcher (an entry point, above the stages): a single-node Kafka broker
-(KRaft), an MLflow server, a Ray head and the monitor.
+(KRaft), an MLflow server, a Ray head, the monitor and the rollout controller.
 
 Every process runs in its own session with a pid file under ``$NICHELOOP_HOME/run`` and a log
 under ``$NICHELOOP_HOME/logs``, so ``down`` can end each process group and leave nothing behind.
@@ -338,12 +338,19 @@ def start_monitor(s: Settings, *, stages: str | None = None) -> int:
     return start_process(s, "monitor", cmd, lambda: port_open(s.host, s.metrics_port))
 
 
-# In start order; ``down`` stops them in reverse (the monitor first, Kafka last).
+def start_controller(s: Settings) -> int:
+    """The rollout controller as a process of the stack, ready once its HTTP listens."""
+    cmd = [sys.executable, "-m", "cli", "rollout", "controller"]
+    return start_process(s, "controller", cmd, lambda: port_open(s.host, s.controller_port))
+
+
+# In start order; ``down`` stops them in reverse (the controller first, Kafka last).
 PROCESSES: dict[str, Callable[[Settings], int]] = {
     "kafka": start_kafka,
     "mlflow": start_mlflow,
     "ray": start_ray,
     "monitor": start_monitor,
+    "controller": start_controller,
 }
 
 
@@ -368,6 +375,7 @@ def status(s: Settings) -> list[ProcStatus]:
         "mlflow": s.tracking_uri,
         "ray": s.ray_head_address,
         "monitor": f"http://{s.host}:{s.metrics_port}/metrics",
+        "controller": f"http://{s.host}:{s.controller_port}/v1/rollouts/status",
     }
     out = []
     for name, address in addresses.items():

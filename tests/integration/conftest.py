@@ -37,6 +37,7 @@ def _test_settings(home, backend: str) -> Settings:
         serve_port=28000,
         ingress_ports=(28100, 28199),
         metrics_port=29100,
+        controller_port=29110,
         **urls,
     )
 

@@ -185,6 +185,7 @@ def test_stack_status_says_what_runs_where(live: Settings) -> None:
         ("kafka", live.bootstrap_servers),
         ("mlflow", live.tracking_uri),
         ("monitor", "/metrics"),
+        ("controller", "/v1/rollouts/status"),
     ):
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert "running" in line and address in line

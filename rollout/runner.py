@@ -1,0 +1,206 @@
+"""The rollout controller process: ticks :class:`rollout.controller.Controller` on the live
+rollout's interval (one process at a time holds the lease; a second one waits as a hot standby),
+announces the audit trail on Kafka, and serves the operators' verbs and Prometheus metrics over
+HTTP on ``controller_port`` (the operator page calls these)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, Literal
+
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from nicheloop.bus import Publisher, ensure_topics
+from nicheloop.http import install_error_handlers
+from nicheloop.registry import Registry
+from nicheloop.rollouts import Rollouts
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from rollout.controller import Controller, kafka_announce
+from rollout.evidence import StoreEvidence
+from rollout.operations import Operations
+from rollout.plan import RolloutPlan
+
+log = logging.getLogger(__name__)
+
+STATES = ("none", "shadow", "canary", "hold", "promoted", "baked", "rolled_back", "aborted")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(
+        "http", min_length=1, max_length=128, description="Who acts (the audit trail's actor)."
+    )
+
+
+class StartBody(_Body):
+    version: str | None = Field(None, description="The version to roll out (default: the candidate alias's).")
+    plan: RolloutPlan | None = Field(None, description="The rollout plan (default: the defaults).")
+
+
+class ActBody(_Body):
+    reason: str = Field("", max_length=2000, description="Why (a forced promotion needs one).")
+
+
+class AdoptBody(ActBody):
+    version: str | None = Field(None, description="The version to record as champion (default: the alias's).")
+
+
+def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> FastAPI:
+    """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors."""
+    app = FastAPI(title="nicheloop rollouts")
+    install_error_handlers(app)
+    counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/rollouts/status")
+    def status() -> dict[str, Any]:
+        return ops.status()
+
+    @app.get("/v1/rollouts/history")
+    def history(rollout_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        return ops.history(rollout_id, limit=max(1, min(limit, 1000)))
+
+    @app.post("/v1/rollouts/start", status_code=201)
+    def start(body: StartBody) -> dict[str, Any]:
+        return ops.start(actor=body.actor, version=body.version, plan=body.plan)
+
+    @app.post("/v1/rollouts/adopt", status_code=201)
+    def adopt(body: AdoptBody) -> dict[str, Any]:
+        return ops.adopt(actor=body.actor, reason=body.reason or "adopted by hand", version=body.version)
+
+    @app.post("/v1/rollouts/{action}")
+    def act(action: Literal["pause", "resume", "rollback", "promote"], body: ActBody) -> dict[str, Any]:
+        return ops.act(action, actor=body.actor, reason=body.reason)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(rollout_metrics(ops.rollouts, counted), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int]) -> bytes:
+    """The rollout's state, shares, failures and heartbeat age, every gate's last verdict, the
+    transitions so far by state reached, and this process's ticks, in Prometheus text format."""
+    registry = CollectorRegistry()
+    now = time.time()
+    r = rollouts.live() or rollouts.latest()
+    state = Gauge(
+        "nicheloop_rollout_state", "1 for the state the newest rollout is in", ["state"], registry=registry
+    )
+    for name in STATES:
+        state.labels(name).set(1.0 if (r.state if r else "none") == name else 0.0)
+    share = Gauge("nicheloop_rollout_candidate_share", "Requests the candidate answers", registry=registry)
+    mirror = Gauge("nicheloop_rollout_mirror_share", "Requests mirrored to the candidate", registry=registry)
+    failures = Gauge(
+        "nicheloop_rollout_failures", "Failed statistical checks of the rollout", registry=registry
+    )
+    age = Gauge(
+        "nicheloop_rollout_heartbeat_age_seconds", "Since the controller last beat", registry=registry
+    )
+    verdict = Gauge(
+        "nicheloop_rollout_gate_verdict",
+        "1 for each gate's last verdict",
+        ["gate", "verdict"],
+        registry=registry,
+    )
+    if r is not None and r.id is not None:
+        share.set(r.share)
+        mirror.set(r.mirror)
+        failures.set(r.failures)
+        checks, _, heartbeat_at = rollouts.checks(r.id)
+        age.set(now - heartbeat_at if r.live else 0.0)
+        for check in checks if r.live else []:
+            for v in ("pass", "fail", "hold"):
+                verdict.labels(str(check.get("gate")), v).set(1.0 if check.get("verdict") == v else 0.0)
+    moved = Gauge(
+        "nicheloop_rollout_transitions",
+        "Stored rollout moves, by the state reached",
+        ["to_state"],
+        registry=registry,
+    )
+    for to_state, n in rollouts.transition_counts().items():
+        moved.labels(to_state).set(n)
+    Gauge("nicheloop_rollout_ticks", "Controller ticks run by this process", registry=registry).set(
+        ticks["ticks"]
+    )
+    Gauge("nicheloop_rollout_tick_errors", "Ticks that failed (logged)", registry=registry).set(
+        ticks["errors"]
+    )
+    return generate_latest(registry)
+
+
+def run_controller(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Tick until SIGTERM/SIGINT (or ``stop``), serving HTTP on ``settings.controller_port``."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    rollouts = Rollouts(Store(settings.db_url))
+    registry = Registry(settings.tracking_uri, settings.model_name)
+    try:
+        ensure_topics(settings.bootstrap_servers)
+    except Exception as exc:  # noqa: BLE001  the trail waits in the store until Kafka is back
+        log.warning("rollout topic not ensured (%s); announcing once the broker is reachable", exc)
+    publisher = Publisher(
+        settings.bootstrap_servers,
+        settings.home / "spool",
+        name="controller",
+        spool_max_events=settings.spool_max_events,
+    )
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    controller = Controller(
+        rollouts,
+        registry,
+        StoreEvidence(rollouts),
+        holder=holder,
+        announce=kafka_announce(publisher, settings.model_name),
+        idle_s=settings.controller_idle_s,
+    )
+    ticks = {"ticks": 0, "errors": 0}
+    server = uvicorn.Server(
+        uvicorn.Config(
+            controller_api(Operations(rollouts, registry), ticks),
+            host=settings.host,
+            port=settings.controller_port,
+            log_level="warning",
+        )
+    )
+    web = threading.Thread(target=server.run, name="controller-http", daemon=True)
+    web.start()
+    log.info("rollout controller %s; operators' HTTP on :%d", holder, settings.controller_port)
+    try:
+        while not stop.is_set():
+            ticks["ticks"] += 1
+            try:
+                controller.tick(time.time())
+            except Exception:
+                ticks["errors"] += 1
+                log.exception("rollout controller tick failed")
+            stop.wait(_interval(rollouts, settings.controller_idle_s))
+    finally:
+        rollouts.release(holder)
+        server.should_exit = True
+        web.join(timeout=5)
+        publisher.close()
+
+
+def _interval(rollouts: Rollouts, idle_s: float) -> float:
+    """The live rollout's plan interval; ``idle_s`` while none is live (or the store is away)."""
+    try:
+        live = rollouts.live()
+        return RolloutPlan(**rollouts.plan(live.id)).interval_s if live is not None and live.id else idle_s
+    except Exception:  # noqa: BLE001
+        return idle_s

@@ -1,0 +1,87 @@
+"""The operators' verbs over HTTP (the controller process's API) and on the command line: each is
+stored with its actor, refused with a clear 4xx when it does not apply, and shown on /metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from cli.rollout import render_status
+from nicheloop.rollouts import Rollouts
+from rollout.operations import Operations
+from rollout.runner import controller_api
+from tests.unit.rollout.test_controller import Registry
+
+
+def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(rollouts: Rollouts) -> None:
+    reg = Registry()
+    client = TestClient(controller_api(Operations(rollouts, reg)), raise_server_exceptions=False)
+    assert client.get("/v1/rollouts/status").json() == {
+        "champion": None,
+        "state": "none",
+        "waiting_for": "a candidate: `nicheloop rollout start`",
+    }
+    adopted = client.post("/v1/rollouts/adopt", json={"actor": "ann", "version": "1", "reason": "upgrade"})
+    assert adopted.status_code == 201 and adopted.json()["champion"] == "1"
+    started = client.post("/v1/rollouts/start", json={"actor": "ann", "plan": {"steps": [0.1, 0.5]}})
+    assert started.status_code == 201, started.text
+    assert (started.json()["state"], started.json()["candidate"], started.json()["mirror"]) == (
+        "shadow",
+        "2",
+        0.2,
+    )
+    assert client.post("/v1/rollouts/start", json={}).status_code == 409  # one live rollout at a time
+    assert client.post("/v1/rollouts/start", json={"plan": {"steps": [0.5, 0.1]}}).status_code == 422
+    forced = client.post("/v1/rollouts/promote", json={"actor": "bob"})
+    assert forced.status_code == 409 and "needs a reason" in forced.json()["detail"]
+    assert client.post("/v1/rollouts/explode", json={}).status_code == 422
+    assert client.post("/v1/rollouts/resume", json={}).status_code == 409  # not held
+    held = client.post("/v1/rollouts/pause", json={"actor": "bob", "reason": "look at it"}).json()
+    assert held["state"] == "hold" and "an operator" in held["waiting_for"]
+    metrics = client.get("/metrics").text
+    assert 'nicheloop_rollout_state{state="hold"} 1.0' in metrics
+    assert 'nicheloop_rollout_transitions{to_state="hold"} 1.0' in metrics
+    back = client.post("/v1/rollouts/rollback", json={"actor": "bob", "reason": "not today"}).json()
+    assert back["state"] == "rolled_back" and rollouts.champion() == "1"
+    trail = client.get("/v1/rollouts/history").json()
+    assert [(e["actor"], e["to_state"]) for e in trail] == [
+        ("ann", "baked"),
+        ("ann", "shadow"),
+        ("bob", "hold"),
+        ("bob", "rolled_back"),
+    ]
+    assert client.get("/v1/rollouts/history", params={"rollout_id": 99}).status_code == 404
+    assert client.post("/v1/rollouts/pause", json={}).status_code == 404  # nothing live
+
+
+def test_status_reads_as_sentences(rollouts: Rollouts) -> None:
+    ops = Operations(rollouts, Registry())
+    assert render_status(ops.status()).startswith("no rollout yet; champion None")
+    ops.start(actor="ann")
+    rollouts.beat(1, 0.0, checks=[{"gate": "agreement", "verdict": "hold", "reason": "12 pairs; need 100"}])
+    text = render_status(ops.status())
+    assert "version 2 against champion 1 - shadow" in text and "mirrored 20%" in text
+    assert "agreement          hold  12 pairs; need 100" in text and "waiting for: agreement" in text
+
+
+def test_the_command_line_says_what_is_live(tmp_path: Path) -> None:
+    env = {**os.environ, "NICHELOOP_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "rollout", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert out.stdout.startswith("no rollout yet")
+    refused = subprocess.run(
+        [sys.executable, "-m", "cli", "rollout", "promote", "--reason", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert refused.returncode == 1 and "needs --force" in refused.stderr

@@ -24,7 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stack_app = typer.Typer(
-    help="The local stack: Kafka (KRaft), MLflow, Ray, the monitor and the rollout controller.", no_args_is_help=True
+    help="The local stack: Kafka (KRaft), MLflow, Ray, the monitor and the rollout controller.",
+    no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
 drift_app = typer.Typer(help="Drift monitoring: the reports of evaluated windows.", no_args_is_help=True)

@@ -1,8 +1,9 @@
 """The demo of the whole loop (an entry point, like the CLI): real stack, synthetic niche images.
 
-bootstrap → serve → stream predictions (a shift half-way) → feedback → review → train →
-promote → the service answers with the new champion. Every figure in the summary is read back
-from the real systems: Kafka offsets, SQL rows, the MLflow registry, Prometheus, the endpoint.
+bootstrap → serve → stream predictions (a shift half-way) → feedback → review → train → a gated
+rollout (shadow, then a canary step, judged on labeled live traffic) → the service answers with the
+new champion. Every figure in the summary is read back from the real systems: Kafka offsets, SQL
+rows, the MLflow registry, Prometheus, the endpoint.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -29,6 +32,9 @@ from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from nicheloop.synthetic import DEMO_SHIFT, Shift, SyntheticStream, png_bytes, write_image_folder
+
+if TYPE_CHECKING:
+    from rollout.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,45 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
     return done
 
 
+DEMO_PLAN = Path(__file__).resolve().parent.parent / "recipes" / "rollout-demo.yaml"
+ENDED = ("baked", "rolled_back", "aborted")
+
+
+def drive_rollout(
+    client: httpx.Client,
+    ops: Operations,
+    images: SyntheticStream,
+    *,
+    batch: int = 40,
+    timeout: float = 600.0,
+    shift: Shift = Shift(),
+) -> dict[str, Any]:
+    """Send labeled traffic (each answer's true class comes back as feedback) until the live rollout
+    ends, saying each move on stderr; returns the final status.
+
+    Raises:
+        NicheloopError: the rollout has not ended after ``timeout`` seconds.
+    """
+    deadline, seen = time.monotonic() + timeout, ""
+    while True:
+        status = ops.status()
+        where = f"{status['state']} ({status.get('step', '')})"
+        if where != seen:
+            print(f"rollout: {where}; waiting for {status.get('waiting_for')}", file=sys.stderr, flush=True)
+            seen = where
+        if status["state"] in ENDED:
+            return status
+        if time.monotonic() > deadline:
+            raise NicheloopError(f"the rollout is still {status['state']} after {timeout:.0f}s: {status}")
+        if status["state"] in ("shadow", "canary"):
+            truth: dict[str, str] = {}
+            stream(client, images.take(batch, shift), truth)
+            for pid, label in truth.items():
+                client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).raise_for_status()
+        else:
+            time.sleep(1.0)
+
+
 def start_loop(settings: Settings, per_class: int = 100, epochs: int = 6) -> None:
     """Stack up (the monitor with it), bootstrap a champion on synthetic seed labels, deploy serving."""
     from services.app import deploy
@@ -125,7 +170,8 @@ def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = Fa
 def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str, Any]:
     """Traffic with a shift half-way, feedback, review, train, promote; the figures read back."""
     from nicheloop.rollouts import Rollouts
-    from rollout.promote import promote
+    from rollout.operations import Operations
+    from rollout.plan import load_plan
     from training.config import TrainConfig
     from training.finetune import train
 
@@ -151,10 +197,18 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
 
     with RunProgress(settings.ray_results_dir, title="fine-tune a candidate", total_epochs=epochs):
         result = train(settings, TrainConfig(epochs=epochs))
-    promotion = promote(registry, Rollouts(store), actor="demo")
+    # the candidate earns its place on live traffic: shadow, a canary step, then champion
+    ops = Operations(Rollouts(store), registry)
+    started = ops.start(actor="demo", plan=load_plan(DEMO_PLAN))
+    rollout_began = time.monotonic()
+    final = drive_rollout(client, ops, images, shift=DEMO_SHIFT)
+    if final["state"] != "baked":
+        raise NicheloopError(
+            f"the candidate was not promoted: {ops.history(final['rollout_id'])[-1]['reason']}"
+        )
     wait_for(
         "the service to serve the new champion",
-        lambda: _served_version(client, images) == promotion.promoted,
+        lambda: _served_version(client, images) == started["candidate"],
         timeout=120,
         every=2.0,
     )
@@ -181,6 +235,8 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
         "holdout_accuracy_after": result.metrics["holdout_accuracy"],
         "holdout_examples": int(result.metrics["holdout_n"]),
         "reviewed_by_demo": reviewed,
+        "rollout_path": [e["to_state"] for e in ops.history(final["rollout_id"])],
+        "rollout_seconds": round(time.monotonic() - rollout_began, 1),
     }
 
 

@@ -19,9 +19,6 @@ class RolloutPlan(BaseModel):
     shadow_share: float = Field(
         0.2, gt=0, le=1, description="Share of requests mirrored to the candidate in shadow (answers unused)."
     )
-    shadow_max_concurrency: int = Field(
-        4, ge=1, description="Mirrored calls in flight per gateway replica; more are dropped, and counted."
-    )
     steps: tuple[float, ...] = Field(
         (0.05, 0.25, 0.5), description="Canary shares of traffic, in order; then the candidate is champion."
     )

@@ -38,6 +38,7 @@ def _test_settings(home, backend: str) -> Settings:
         ingress_ports=(28100, 28199),
         metrics_port=29100,
         controller_port=29110,
+        rollout_stale_s=8.0,  # a killed rollout controller's candidate loses its share in seconds
         **urls,
     )
 

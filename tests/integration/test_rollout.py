@@ -1,0 +1,129 @@
+"""Gated rollouts on the real stack (Kafka, MLflow, Ray Serve, the SQL store, the controller
+process): a candidate that looks right offline but disagrees with the champion live is rolled back
+in shadow and never answers anyone; an equal candidate survives its controller being killed in
+canary (its share lapses, the restarted controller resumes without a double move) and is promoted;
+an alias moved by hand in MLflow is not served, and the controller puts it back. (The whole loop's
+test promotes a trained candidate through shadow and canary too: tests/integration/test_loop.py.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from cli.demo import DEMO_PLAN, drive_rollout, wait_for
+from deploy.local import stack
+from nicheloop.contracts import CANDIDATE, CHAMPION
+from nicheloop.model import build_model
+from nicheloop.registry import Registry, VersionInfo
+from nicheloop.rollouts import Rollouts
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from nicheloop.synthetic import SyntheticStream, png_bytes
+from rollout.operations import Operations
+from rollout.plan import load_plan
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def parts(live: Settings) -> Iterator[tuple[Registry, Operations, httpx.Client]]:
+    """The registry, the operators' verbs and a client; the champion the test found is put back."""
+    registry = Registry(live.tracking_uri, live.model_name)
+    ops = Operations(Rollouts(Store(live.db_url)), registry)
+    before = registry.resolve(CHAMPION).version
+    with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+        yield registry, ops, client
+    if ops.status()["state"] in ("shadow", "canary", "hold", "promoted"):
+        ops.act("rollback", actor="test", reason="test cleanup")
+    if ops.rollouts.champion() != before:
+        ops.adopt(actor="test", reason="test cleanup", version=before)
+
+
+def _register(live: Settings, registry: Registry, *, trained: bool) -> VersionInfo:
+    """The champion's own weights as a new version (an equal candidate), or an untrained network of
+    the same shape; either claims the champion's held-out accuracy, so the offline gates pass."""
+    champion = registry.load(registry.resolve(CHAMPION).version)
+    model = champion.model
+    if not trained:
+        model = build_model(live.backbone, model.class_names, live.image_size)
+    accuracy = champion.reference.accuracy if champion.reference is not None else 0.9
+    return registry.register(
+        model,
+        champion.reference,
+        params={"test": "rollout"},
+        metrics={"holdout_accuracy": accuracy, "parent_holdout_accuracy": accuracy},
+        lineage={"parent_version": champion.info.version},
+        alias=CANDIDATE,
+    )
+
+
+def _served(client: httpx.Client, n: int = 20) -> set[str]:
+    """The versions that answer ``n`` requests with distinct keys."""
+    image = png_bytes(SyntheticStream(seed=5, size=64).take(1)[0][0])
+    return {
+        client.post("/v1/predict", content=image, headers={"X-Request-Key": f"k{i}"}).json()["model_version"]
+        for i in range(n)
+    }
+
+
+def test_a_candidate_that_disagrees_live_is_rolled_back_in_shadow(
+    live: Settings, parts: tuple[Registry, Operations, httpx.Client]
+) -> None:
+    registry, ops, client = parts
+    champion = registry.resolve(CHAMPION).version
+    bad = _register(live, registry, trained=False)
+    started = ops.start(actor="test", plan=load_plan(DEMO_PLAN))
+    assert (started["state"], started["candidate"]) == ("shadow", bad.version)
+    final = drive_rollout(client, ops, SyntheticStream(seed=11, size=live.image_size), batch=30, timeout=300)
+    assert final["state"] == "rolled_back"
+    trail = ops.history(final["rollout_id"])
+    assert [e["to_state"] for e in trail] == ["shadow", "rolled_back"]
+    assert "agree" in trail[-1]["reason"] and trail[-1]["figures"]
+    assert ops.rollouts.champion() == champion and registry.resolve(CHAMPION).version == champion
+    assert _served(client) == {champion}
+
+
+def test_an_equal_candidate_survives_its_controller_dying_in_canary_and_is_promoted(
+    live: Settings, parts: tuple[Registry, Operations, httpx.Client]
+) -> None:
+    registry, ops, client = parts
+    champion = registry.resolve(CHAMPION).version
+    good = _register(live, registry, trained=True)
+    ops.start(actor="test", plan=load_plan(DEMO_PLAN))
+    images = SyntheticStream(seed=12, size=live.image_size)
+    canary = ops.status()
+    deadline = time.monotonic() + 300
+    while canary["state"] != "canary":  # labeled traffic until the shadow step passes
+        assert canary["state"] == "shadow" and time.monotonic() < deadline, canary
+        drive_once(client, images)
+        canary = ops.status()
+    wait_for("both models to answer", lambda: _served(client) == {champion, good.version}, timeout=60)
+
+    stack.kill_process(live, "controller")  # mid-canary: its heartbeat stops
+    wait_for(
+        "the candidate's share to lapse",
+        lambda: _served(client) == {champion},
+        timeout=live.rollout_stale_s + 4 * live.rollout_refresh_s + 30,
+    )
+    stack.start_controller(live)
+    final = drive_rollout(client, ops, images, batch=30, timeout=300)
+    assert final["state"] == "baked"
+    states = [e["to_state"] for e in ops.history(final["rollout_id"])]
+    assert states == ["shadow", "canary", "promoted", "baked"]  # resumed, no double move
+    wait_for("the new champion to serve", lambda: _served(client) == {good.version}, timeout=60)
+
+    # an alias moved by hand does not reach users, and the controller moves it back
+    registry.set_alias(CHAMPION, champion)
+    time.sleep(3 * live.reload_interval_s)
+    assert _served(client) == {good.version}
+    wait_for("the alias to follow the record", lambda: registry.resolve(CHAMPION).version == good.version)
+
+
+def drive_once(client: httpx.Client, images: SyntheticStream, n: int = 30) -> None:
+    """``n`` predictions, each labeled with its true class."""
+    for image, label in images.take(n):
+        answer = client.post("/v1/predict", content=png_bytes(image)).json()
+        client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": label})

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
@@ -125,20 +125,13 @@ def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int]) -> bytes:
         for check in checks if r.live else []:
             for v in ("pass", "fail", "hold"):
                 verdict.labels(str(check.get("gate")), v).set(1.0 if check.get("verdict") == v else 0.0)
-    moved = Gauge(
-        "nicheloop_rollout_transitions",
-        "Stored rollout moves, by the state reached",
-        ["to_state"],
-        registry=registry,
+    moved = Counter(
+        "nicheloop_rollout_transitions", "Stored rollout moves, by the state reached", ["to_state"], registry=registry
     )
     for to_state, n in rollouts.transition_counts().items():
-        moved.labels(to_state).set(n)
-    Gauge("nicheloop_rollout_ticks", "Controller ticks run by this process", registry=registry).set(
-        ticks["ticks"]
-    )
-    Gauge("nicheloop_rollout_tick_errors", "Ticks that failed (logged)", registry=registry).set(
-        ticks["errors"]
-    )
+        moved.labels(to_state).inc(n)
+    Counter("nicheloop_rollout_ticks", "Controller ticks run by this process", registry=registry).inc(ticks["ticks"])
+    Counter("nicheloop_rollout_tick_errors", "Ticks that failed (logged)", registry=registry).inc(ticks["errors"])
     return generate_latest(registry)
 
 

@@ -11,7 +11,9 @@ DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 def test_compose_services_and_env() -> None:
     compose = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
-    assert {"kafka", "postgres", "mlflow", "ray", "monitor", "prometheus"} <= set(compose["services"])
+    assert {"kafka", "postgres", "mlflow", "ray", "monitor", "controller", "prometheus"} <= set(
+        compose["services"]
+    )
     assert compose["services"]["monitor"]["environment"]["NICHELOOP_KAFKA_BOOTSTRAP"] == "kafka:9092"
 
 
@@ -44,10 +46,17 @@ def test_rayservice_settings_are_real_and_put_autoscaled_predictors_on_gpus(monk
     assert (scaling.min_replicas, scaling.max_replicas) == (1, 4)
 
 
-def test_alert_rules_use_exported_metric_names() -> None:
+def test_alert_rules_use_exported_metric_names(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     from monitoring.metrics import MonitorMetrics
+    from nicheloop.rollouts import Rollouts
+    from nicheloop.store import Store
+    from rollout.runner import rollout_metrics
 
     exported = {m.name for m in MonitorMetrics().registry.collect()}
+    text = rollout_metrics(Rollouts(Store(f"sqlite:///{tmp_path / 'db.sqlite'}")), {"ticks": 0, "errors": 0})
+    exported |= {m.name for m in text_string_to_metric_families(text.decode())} | {"up"}
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
     for rule in rules:
         assert any(name in rule["expr"] for name in exported), rule["expr"]
@@ -55,7 +64,9 @@ def test_alert_rules_use_exported_metric_names() -> None:
 
 def test_grafana_dashboard_is_json_with_panels() -> None:
     dash = json.loads((DEPLOY / "grafana" / "nicheloop.json").read_text())
-    assert dash["uid"] == "nicheloop" and all(p["targets"][0]["expr"] for p in dash["panels"])
+    graphs = [p for p in dash["panels"] if p["type"] != "row"]
+    assert dash["uid"] == "nicheloop" and all(p["targets"][0]["expr"] for p in graphs)
+    assert any(p["title"] == "Rollout" for p in dash["panels"] if p["type"] == "row")
 
 
 def test_promtool_accepts_the_alert_rules_and_their_unit_tests() -> None:

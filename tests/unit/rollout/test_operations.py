@@ -44,7 +44,7 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
     assert held["state"] == "hold" and "an operator" in held["waiting_for"]
     metrics = client.get("/metrics").text
     assert 'nicheloop_rollout_state{state="hold"} 1.0' in metrics
-    assert 'nicheloop_rollout_transitions{to_state="hold"} 1.0' in metrics
+    assert 'nicheloop_rollout_transitions_total{to_state="hold"} 1.0' in metrics
     back = client.post("/v1/rollouts/rollback", json={"actor": "bob", "reason": "not today"}).json()
     assert back["state"] == "rolled_back" and rollouts.champion() == "1"
     trail = client.get("/v1/rollouts/history").json()

@@ -126,12 +126,19 @@ def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int]) -> bytes:
             for v in ("pass", "fail", "hold"):
                 verdict.labels(str(check.get("gate")), v).set(1.0 if check.get("verdict") == v else 0.0)
     moved = Counter(
-        "nicheloop_rollout_transitions", "Stored rollout moves, by the state reached", ["to_state"], registry=registry
+        "nicheloop_rollout_transitions",
+        "Stored rollout moves, by the state reached",
+        ["to_state"],
+        registry=registry,
     )
     for to_state, n in rollouts.transition_counts().items():
         moved.labels(to_state).inc(n)
-    Counter("nicheloop_rollout_ticks", "Controller ticks run by this process", registry=registry).inc(ticks["ticks"])
-    Counter("nicheloop_rollout_tick_errors", "Ticks that failed (logged)", registry=registry).inc(ticks["errors"])
+    Counter("nicheloop_rollout_ticks", "Controller ticks run by this process", registry=registry).inc(
+        ticks["ticks"]
+    )
+    Counter("nicheloop_rollout_tick_errors", "Ticks that failed (logged)", registry=registry).inc(
+        ticks["errors"]
+    )
     return generate_latest(registry)
 
 

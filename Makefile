@@ -8,7 +8,7 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
@@ -79,6 +79,9 @@ bench-sampling: python-deps
 
 bench-drift: python-deps
 	$(PY) -m benchmarks.drift
+
+bench-rollout: python-deps
+	$(PY) -m benchmarks.rollout
 
 lint: python-deps
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,294 @@
+"""Gated rollouts: do the gates promote good candidates and stop bad ones, how fast, and how much
+traffic does a bad one see first?
+
+Scenarios, each a candidate against a calibrated champion that is right 90 % of the time:
+``equal``; ``better_5`` (5 points more accurate); ``worse_10`` (10 points less); ``errors_5pct``
+(5 % of its calls fail); ``p99_plus_300ms`` (its slowest 2 % take 300 ms more); ``miscalibrated``
+(as accurate, but 0.1 more confident than it is right).
+
+Simulated streams: the decision code the controller runs every tick (``rollout.gates.evaluate`` on
+the phase's gates, then ``rollout.machine.decide``) on a fake clock with the default plan
+(``rollout/plan.py``), over ``--seeds`` seeded streams per scenario. Each tick brings Poisson
+traffic at ``--rps``; the candidate answers its canary share and sees its mirrored share in shadow;
+a ``--labeled`` share of predictions gets its true label ``--label-delay-s`` later; latencies go
+into the same log-spaced histograms the gateways keep (``nicheloop.latency``); on shadowed images
+the two models' outcomes are correlated (both right on easy images). The evidence is the step's
+window, as ``rollout.evidence`` reads it from the store.
+
+Not measured here yet (issue 18): each scenario once through the real gateway and deployments,
+and the cost of shadow mirroring to the champion's p99.
+
+The last line is one JSON object: per scenario the final states, ticks and candidate labels until
+the decision (medians), and the issue's figures: ``bad_ever_champion`` (seeds where a bad candidate
+was promoted), ``false_rollback_rate`` (equal or better candidates rolled back),
+``max_candidate_share_seen_by_bad``, ``promoted_rate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nicheloop.latency import TOP, bucket, quantile_ms
+from nicheloop.registry import VersionInfo
+from nicheloop.rollouts import Rollout
+from rollout.gates import Arm, Evidence, Live, Paired, evaluate
+from rollout.machine import GATED, decide, start
+from rollout.plan import RolloutPlan
+
+BINS = 15  # as nicheloop.calibration
+ENDED = ("baked", "rolled_back", "hold", "aborted")
+BAD = ("worse_10", "errors_5pct", "p99_plus_300ms", "miscalibrated")
+GOOD = ("equal", "better_5")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    accuracy_delta: float = 0.0
+    error_rate: float = 0.001
+    tail_ms: float = 0.0  # added to the slowest 2 % of calls
+    overconfidence: float = 0.0
+
+
+SCENARIOS = [
+    Scenario("equal"),
+    Scenario("better_5", accuracy_delta=0.05),
+    Scenario("worse_10", accuracy_delta=-0.10),
+    Scenario("errors_5pct", error_rate=0.05),
+    Scenario("p99_plus_300ms", tail_ms=300.0),
+    Scenario("miscalibrated", overconfidence=0.10),
+]
+CHAMPION_ACCURACY, CHAMPION_ERRORS = 0.90, 0.001
+CONCENTRATION = 6.0  # of the Beta the per-image confidence is drawn from
+INDEPENDENT = 0.1  # share of shadowed images on which the two models' luck is independent
+
+
+@dataclass
+class ArmWindow:
+    """One arm's evidence by tick: calls, errors, latency histogram, and labeled outcomes by the
+    tick their label arrives (confidence-bin sums for ECE)."""
+
+    calls: list[int] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
+    latency: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)  # per tick: (3, BINS) count, correct, conf
+
+
+def _zeros() -> np.ndarray:
+    return np.zeros((3, BINS))
+
+
+def _binned(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    which = np.minimum((conf * BINS).astype(int), BINS - 1)
+    out = _zeros()
+    np.add.at(out[0], which, 1.0)
+    np.add.at(out[1], which, correct)
+    np.add.at(out[2], which, conf)
+    return out
+
+
+def _ece(binned: np.ndarray) -> float | None:
+    n = binned[0].sum()
+    return None if n == 0 else float(np.abs(binned[1] - binned[2]).sum() / n)
+
+
+class Stream:
+    """One seeded stream of one scenario, advanced a tick at a time."""
+
+    def __init__(
+        self, sc: Scenario, plan: RolloutPlan, *, seed: int, rps: float, labeled: float, delay_s: float
+    ):
+        self.sc, self.plan, self.rng = sc, plan, np.random.default_rng(seed)
+        self.rps, self.labeled = rps, labeled
+        self.delay = max(1, math.ceil(delay_s / plan.interval_s))
+        self.arms = {"champion": ArmWindow(), "candidate": ArmWindow(), "shadow": ArmWindow()}
+        self.pairs: list[
+            np.ndarray
+        ] = []  # per tick: pairs, agree, labeled, cand_only, champ_only (by arrival)
+
+    def _outcomes(
+        self, n: int, delta: float, overconfidence: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Confidence reported, whether right, and the uniform draw that decided it."""
+        mean = CHAMPION_ACCURACY + delta
+        conf = self.rng.beta(mean * CONCENTRATION, (1 - mean) * CONCENTRATION, n)
+        u = self.rng.random(n)
+        return np.clip(conf + overconfidence, 0.0, 0.999), u < conf, u
+
+    def _latency(self, n: int, tail_ms: float) -> np.ndarray:
+        ms = self.rng.lognormal(math.log(40.0), 0.35, n)
+        if tail_ms:
+            ms = ms + tail_ms * (self.rng.random(n) < 0.02)
+        hist = np.zeros(TOP + 1)
+        np.add.at(hist, [bucket(x) for x in ms], 1.0)
+        return hist
+
+    def tick(self, r: Rollout) -> None:
+        """One interval of traffic for rollout ``r`` as it stands."""
+        n = int(self.rng.poisson(self.rps * self.plan.interval_s))
+        n_cand = int(self.rng.binomial(n, r.share)) if r.state == "canary" else 0
+        n_champ = n - n_cand
+        n_shadow = int(self.rng.binomial(n_champ, r.mirror)) if r.state == "shadow" else 0
+        sc = self.sc
+        for arm, calls, err, tail, delta, over in (
+            ("champion", n_champ, CHAMPION_ERRORS, 0.0, 0.0, 0.0),
+            ("candidate", n_cand, sc.error_rate, sc.tail_ms, sc.accuracy_delta, sc.overconfidence),
+        ):
+            w = self.arms[arm]
+            w.calls.append(calls)
+            w.errors.append(int(self.rng.binomial(calls, err)))
+            w.latency.append(self._latency(calls, tail))
+            conf, right, _ = self._outcomes(calls, delta, over)
+            keep = self.rng.random(calls) < self.labeled
+            w.labels.append(_binned(conf[keep], right[keep]))
+        self._shadow(n_shadow)
+
+    def _shadow(self, n: int) -> None:
+        sc, w = self.sc, self.arms["shadow"]
+        w.calls.append(n)
+        w.errors.append(int(self.rng.binomial(n, sc.error_rate)))
+        w.latency.append(self._latency(n, sc.tail_ms))
+        champ_conf, champ_right, u = self._outcomes(n, 0.0, 0.0)
+        # the same images are as hard for both: the candidate's confidence follows the champion's
+        conf = np.clip(champ_conf + sc.accuracy_delta + self.rng.normal(0, 0.03, n), 0.0, 0.999)
+        own_luck = np.where(self.rng.random(n) < INDEPENDENT, self.rng.random(n), u)
+        cand_right = own_luck < conf
+        both_wrong_agree = self.rng.random(n) < 0.5
+        agree = (champ_right & cand_right) | (~champ_right & ~cand_right & both_wrong_agree)
+        keep = self.rng.random(n) < self.labeled
+        w.labels.append(_binned(np.clip(conf + sc.overconfidence, 0, 0.999)[keep], cand_right[keep]))
+        self.pairs.append(
+            np.array([n, agree.sum(), keep.sum(), (keep & cand_right & ~champ_right).sum(),
+                      (keep & champ_right & ~cand_right).sum()], dtype=float)
+        )  # fmt: skip
+
+    def live(self, r: Rollout, since: int, now: int) -> Live:
+        """The window [since, now] as the evidence source reads it: calls at once, labels late."""
+        arrived = now - self.delay + 1  # ticks whose labels have come in
+
+        def arm(name: str, other: np.ndarray | None = None) -> tuple[Arm, np.ndarray]:
+            w = self.arms[name]
+            calls, errors = sum(w.calls[since:]), sum(w.errors[since:])
+            hist = sum(w.latency[since:], np.zeros(TOP + 1))
+            labels = sum(w.labels[since:arrived], _zeros()) if arrived > since else _zeros()
+            p99 = quantile_ms({k: int(v) for k, v in enumerate(hist) if v}, 0.99)
+            return Arm(calls, errors, p99, int(labels[0].sum()), int(round(labels[1].sum())), None), labels
+
+        cand_name = "shadow" if r.state == "shadow" else "candidate"
+        cand, cand_labels = arm(cand_name)
+        champ, champ_labels = arm("champion")
+        n = min(cand.labels, champ.labels)
+        cand = Arm(
+            cand.calls, cand.errors, cand.p99_ms, cand.labels, cand.correct, _at(cand_labels, n, self.rng)
+        )
+        champ = Arm(
+            champ.calls,
+            champ.errors,
+            champ.p99_ms,
+            champ.labels,
+            champ.correct,
+            _at(champ_labels, n, self.rng),
+        )
+        paired = Paired()
+        if r.state == "shadow":
+            p = sum(self.pairs[since:], np.zeros(5))
+            late = sum(self.pairs[since:arrived], np.zeros(5)) if arrived > since else np.zeros(5)
+            paired = Paired(int(p[0]), int(p[1]), int(late[2]), int(late[3]), int(late[4]))
+        return Live(champ, cand, paired)
+
+
+def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> float | None:
+    """ECE on a random draw of ``n`` of the window's labels (as the evidence source measures the
+    larger arm at the smaller one's count): each bin thinned hypergeometrically."""
+    total = int(binned[0].sum())
+    if n == 0 or total == 0:
+        return None
+    if n >= total:
+        return _ece(binned)
+    counts = rng.multivariate_hypergeometric(binned[0].astype(np.int64), n)
+    kept = np.divide(counts, binned[0], out=np.zeros(BINS), where=binned[0] > 0)
+    right = np.array([rng.hypergeometric(int(c), int(t - c), int(k)) if k else 0
+                      for c, t, k in zip(np.round(binned[1]), binned[0], counts)])  # fmt: skip
+    return _ece(np.stack([counts.astype(float), right.astype(float), binned[2] * kept]))
+
+
+VERSION = VersionInfo("m", "1", "run", {}, [])
+
+
+def run_stream(
+    sc: Scenario, plan: RolloutPlan, seed: int, args: argparse.Namespace
+) -> dict[str, float | str]:
+    """One rollout from shadow to its end (or the horizon) under the controller's decision code."""
+    stream = Stream(sc, plan, seed=seed, rps=args.rps, labeled=args.labeled, delay_s=args.label_delay_s)
+    r, since, max_share = start("2", "1", plan, 0.0), 0, 0.0
+    horizon = int(args.horizon_h * 3600 / plan.interval_s)
+    labels_at_decision = 0
+    for t in range(horizon):
+        stream.tick(r)
+        max_share = max(max_share, r.share)
+        now = (t + 1) * plan.interval_s
+        results = []
+        if r.state in GATED:
+            live = stream.live(r, since, t)
+            labels_at_decision = live.candidate.labels + live.paired.labeled
+            results = evaluate(Evidence(None, VERSION, VERSION, live=live, plan=plan), GATED[r.state])  # type: ignore[arg-type]
+        move = decide(r, results, plan, now)
+        if move is not None:
+            if move.after.entered_at != r.entered_at:
+                since = t + 1
+            r = move.after
+        if r.state in ENDED:
+            if args.verbose and move is not None:
+                print(sc.name, seed, move.reason)
+            return {"state": r.state, "ticks": t + 1, "labels": labels_at_decision, "max_share": max_share}
+    return {"state": r.state, "ticks": horizon, "labels": labels_at_decision, "max_share": max_share}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--rps", type=float, default=10.0, help="Requests per second to the endpoint.")
+    parser.add_argument("--labeled", type=float, default=0.2, help="Share of predictions that get a label.")
+    parser.add_argument("--label-delay-s", type=float, default=300.0)
+    parser.add_argument("--horizon-h", type=float, default=72.0)
+    parser.add_argument("--verbose", action="store_true", help="Say why each stream ended.")
+    args = parser.parse_args()
+    plan, began = RolloutPlan(), time.perf_counter()
+    out: dict[str, object] = {"benchmark": "rollout", "seeds": args.seeds, "plan": "defaults"}
+    scenarios: dict[str, dict[str, object]] = {}
+    for sc in SCENARIOS:
+        runs = [run_stream(sc, plan, seed, args) for seed in range(args.seeds)]
+        states = Counter(str(x["state"]) for x in runs)
+        promoted = states["baked"] + states["promoted"]
+        scenarios[sc.name] = {
+            "final_states": dict(states),
+            "promoted_rate": promoted / len(runs),
+            "median_intervals_to_decision": statistics.median(float(x["ticks"]) for x in runs),
+            "median_labels_to_decision": statistics.median(float(x["labels"]) for x in runs),
+            "max_candidate_share_seen": max(float(x["max_share"]) for x in runs),
+        }
+    out["scenarios"] = scenarios
+    out["bad_ever_champion"] = sum(
+        int(s["final_states"].get("baked", 0)) + int(s["final_states"].get("promoted", 0))  # type: ignore[union-attr]
+        for name, s in scenarios.items() if name in BAD
+    )  # fmt: skip
+    out["false_rollback_rate"] = sum(
+        int(scenarios[name]["final_states"].get("rolled_back", 0))
+        for name in GOOD  # type: ignore[union-attr]
+    ) / (len(GOOD) * args.seeds)
+    out["max_candidate_share_seen_by_bad"] = max(float(scenarios[n]["max_candidate_share_seen"]) for n in BAD)  # type: ignore[arg-type]
+    out["equal_or_better_promoted_rate"] = min(float(scenarios[n]["promoted_rate"]) for n in GOOD)  # type: ignore[arg-type]
+    out["seconds"] = round(time.perf_counter() - began, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

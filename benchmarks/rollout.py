@@ -27,6 +27,7 @@ was promoted), ``false_rollback_rate`` (equal or better candidates rolled back),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -79,11 +80,12 @@ class ArmWindow:
     calls: list[int] = field(default_factory=list)
     errors: list[int] = field(default_factory=list)
     latency: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)  # per tick: (3, BINS) count, correct, conf
+    # per tick, (4, BINS): count, correct, confidence, confidence * (1 - confidence)
+    labels: list[np.ndarray] = field(default_factory=list)
 
 
 def _zeros() -> np.ndarray:
-    return np.zeros((3, BINS))
+    return np.zeros((4, BINS))
 
 
 def _binned(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -92,6 +94,7 @@ def _binned(conf: np.ndarray, correct: np.ndarray) -> np.ndarray:
     np.add.at(out[0], which, 1.0)
     np.add.at(out[1], which, correct)
     np.add.at(out[2], which, conf)
+    np.add.at(out[3], which, conf * (1 - conf))
     return out
 
 
@@ -186,17 +189,9 @@ class Stream:
         cand, cand_labels = arm(cand_name)
         champ, champ_labels = arm("champion")
         n = min(cand.labels, champ.labels)
-        cand = Arm(
-            cand.calls, cand.errors, cand.p99_ms, cand.labels, cand.correct, _at(cand_labels, n, self.rng)
-        )
-        champ = Arm(
-            champ.calls,
-            champ.errors,
-            champ.p99_ms,
-            champ.labels,
-            champ.correct,
-            _at(champ_labels, n, self.rng),
-        )
+        noise = ("ece", "ece_bias", "ece_sd")
+        cand = dataclasses.replace(cand, **dict(zip(noise, _at(cand_labels, n, self.rng), strict=True)))
+        champ = dataclasses.replace(champ, **dict(zip(noise, _at(champ_labels, n, self.rng), strict=True)))
         paired = Paired()
         if r.state == "shadow":
             p = sum(self.pairs[since:], np.zeros(5))
@@ -205,19 +200,25 @@ class Stream:
         return Live(champ, cand, paired)
 
 
-def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> float | None:
+def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | None, float, float]:
     """ECE on a random draw of ``n`` of the window's labels (as the evidence source measures the
-    larger arm at the smaller one's count): each bin thinned hypergeometrically."""
+    larger arm at the smaller one's count; each bin thinned hypergeometrically), with the sampling
+    noise :func:`nicheloop.calibration.ece_noise` gives for the drawn confidences."""
     total = int(binned[0].sum())
     if n == 0 or total == 0:
-        return None
-    if n >= total:
-        return _ece(binned)
-    counts = rng.multivariate_hypergeometric(binned[0].astype(np.int64), n)
-    kept = np.divide(counts, binned[0], out=np.zeros(BINS), where=binned[0] > 0)
-    right = np.array([rng.hypergeometric(int(c), int(t - c), int(k)) if k else 0
-                      for c, t, k in zip(np.round(binned[1]), binned[0], counts)])  # fmt: skip
-    return _ece(np.stack([counts.astype(float), right.astype(float), binned[2] * kept]))
+        return None, 0.0, 0.0
+    if n < total:
+        counts = rng.multivariate_hypergeometric(binned[0].astype(np.int64), n)
+        kept = np.divide(counts, binned[0], out=np.zeros(BINS), where=binned[0] > 0)
+        right = np.array([rng.hypergeometric(int(c), int(t - c), int(k)) if k else 0
+                          for c, t, k in zip(np.round(binned[1]), binned[0], counts)])  # fmt: skip
+        binned = np.stack([counts.astype(float), right.astype(float), binned[2] * kept, binned[3] * kept])
+    v = binned[3]
+    return (
+        _ece(binned),
+        float(np.sqrt(2 * v / np.pi).sum() / n),
+        float(np.sqrt((v * (1 - 2 / np.pi)).sum()) / n),
+    )
 
 
 VERSION = VersionInfo("m", "1", "run", {}, [])

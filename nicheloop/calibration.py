@@ -22,3 +22,19 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
         if m.any():
             gap += m.mean() * abs(correct[m].mean() - conf[m].mean())
     return float(gap)
+
+
+def ece_noise(confidences: np.ndarray, bins: int = 15) -> tuple[float, float]:
+    """What the ECE of a perfectly calibrated model would read on these confidences, from sampling
+    alone: its expected value (ECE is biased upwards on few labels) and its standard deviation.
+
+    Each bin's gap sum(correct - confidence) is then a sum of independent centred terms of variance
+    v_b = sum(conf * (1 - conf)); its absolute value has mean sqrt(2 v_b / pi) and variance
+    v_b (1 - 2 / pi) (normal approximation), and the ECE is their sum over N.
+    """
+    n = len(confidences)
+    if n == 0:
+        return 0.0, 0.0
+    which = np.minimum((confidences * bins).astype(int), bins - 1)
+    v = np.bincount(which, weights=confidences * (1 - confidences), minlength=bins)
+    return float(np.sqrt(2 * v / np.pi).sum() / n), float(np.sqrt((v * (1 - 2 / np.pi)).sum()) / n)

@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 
-from nicheloop.calibration import expected_calibration_error
+from nicheloop.calibration import ece_noise, expected_calibration_error
 from nicheloop.latency import quantile_ms
 from nicheloop.rollouts import ArmCalls, Rollout, Rollouts, Scored
 from rollout.gates import Arm, Live, Paired
@@ -34,13 +34,13 @@ class StoreEvidence:
         champ = [x for x in scored["champion"] if x.truth is not None]
         n = min(len(cand), len(champ))
         return Live(
-            champion=_arm(calls.get("champion"), champ, _ece(champ, n, self.seed)),
-            candidate=_arm(calls.get(cand_arm), cand, _ece(cand, n, self.seed)),
+            champion=_arm(calls.get("champion"), champ, *_ece(champ, n, self.seed)),
+            candidate=_arm(calls.get(cand_arm), cand, *_ece(cand, n, self.seed)),
             paired=_paired(scored["shadow"]) if shadow else Paired(),
         )
 
 
-def _arm(calls: ArmCalls | None, labeled: list[Scored], ece: float | None) -> Arm:
+def _arm(calls: ArmCalls | None, labeled: list[Scored], ece: float | None, bias: float, sd: float) -> Arm:
     c = calls or ArmCalls()
     return Arm(
         calls=c.calls,
@@ -49,18 +49,21 @@ def _arm(calls: ArmCalls | None, labeled: list[Scored], ece: float | None) -> Ar
         labels=len(labeled),
         correct=sum(x.predicted == x.truth for x in labeled),
         ece=ece,
+        ece_bias=bias,
+        ece_sd=sd,
     )
 
 
-def _ece(labeled: list[Scored], n: int, seed: int) -> float | None:
-    """ECE on ``n`` of the labeled predictions (a seeded draw); None without labels. Labels outside
-    the model's classes count as wrong at the model's confidence."""
+def _ece(labeled: list[Scored], n: int, seed: int) -> tuple[float | None, float, float]:
+    """ECE on ``n`` of the labeled predictions (a seeded draw), with what sampling alone would give
+    a calibrated model there (:func:`nicheloop.calibration.ece_noise`); None without labels. Labels
+    outside the model's classes count as wrong at the model's confidence."""
     if n == 0:
-        return None
+        return None, 0.0, 0.0
     drawn = random.Random(seed).sample(labeled, n)
     probs = np.asarray([x.probs for x in drawn], dtype=np.float64)
     y = np.asarray([x.class_names.index(x.truth) if x.truth in x.class_names else -1 for x in drawn])
-    return expected_calibration_error(probs, y)
+    return expected_calibration_error(probs, y), *ece_noise(probs.max(axis=1))
 
 
 def _paired(shadow: list[Scored]) -> Paired:

@@ -52,6 +52,9 @@ class Arm:
     labels: int = 0
     correct: int = 0
     ece: float | None = None
+    # what sampling alone gives a calibrated model's ECE at this count (nicheloop.calibration.ece_noise)
+    ece_bias: float = 0.0
+    ece_sd: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ its figures, passes a good candidate; health gates are hard, statistical ones ar
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nicheloop.registry import VersionInfo
@@ -97,6 +99,20 @@ def test_calibration_fails_beyond_the_allowed_increase() -> None:
     loose = Arm(calls=1000, errors=2, p99_ms=80.0, labels=800, correct=760, ece=0.13)
     calibration = _by_name(evaluate(_evidence(loose), "canary"))["calibration"]
     assert calibration.verdict == "fail" and "ECE 0.130" in calibration.reason
+
+
+def test_calibration_forgives_what_sampling_alone_explains_at_equal_counts() -> None:
+    """At 200 labels a calibrated model's ECE reads about 0.04 +- 0.012 (nicheloop.calibration):
+    an increase within three of those standard deviations of the allowance passes, a larger fails."""
+    champion = dataclasses.replace(CHAMPION, ece=0.035, ece_bias=0.03, ece_sd=0.008)
+    noisy = Arm(
+        calls=1000, errors=2, p99_ms=80.0, labels=200, correct=180, ece=0.075, ece_bias=0.04, ece_sd=0.012
+    )
+    passed = _by_name(evaluate(_evidence(noisy, champion), "canary"))["calibration"]
+    assert passed.verdict == "pass" and passed.figures["ece_increase"] == pytest.approx(0.03)
+    assert passed.figures["allowance"] == pytest.approx(0.02 + 3 * (0.012**2 + 0.008**2) ** 0.5)
+    off = dataclasses.replace(noisy, ece=0.15)
+    assert _by_name(evaluate(_evidence(off, champion), "canary"))["calibration"].verdict == "fail"
 
 
 def test_a_live_gate_without_live_figures_is_a_wiring_error() -> None:

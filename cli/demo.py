@@ -97,7 +97,7 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
     return done
 
 
-DEMO_PLAN = Path(__file__).resolve().parent.parent / "recipes" / "rollout-demo.yaml"
+DEMO_PLAN = Path(__file__).resolve().parent.parent / "recipes" / "rollouts" / "demo.yaml"
 ENDED = ("baked", "rolled_back", "aborted")
 
 

@@ -1,5 +1,5 @@
 """A rollout plan: how a candidate goes from shadow through canary steps to champion, and what it must
-show on the way. A YAML file of these keys (recipes/rollout-*.yaml); every key has a default."""
+show on the way. A YAML file of these keys (recipes/rollouts/*.yaml); every key has a default."""
 
 from __future__ import annotations
 
@@ -77,5 +77,5 @@ def load_plan(path: Path | None = None, overrides: list[str] | tuple[str, ...] =
         InvalidInput: a missing or malformed file, an unknown key or a value out of range.
     """
     return load_yaml_model(
-        RolloutPlan, path, overrides, what="rollout plan", examples="recipes/rollout-*.yaml"
+        RolloutPlan, path, overrides, what="rollout plan", examples="recipes/rollouts/*.yaml"
     )

@@ -128,3 +128,8 @@ def test_plans_load_from_yaml_with_defaults_and_refuse_nonsense(tmp_path: Path) 
         path.write_text(text)
         with pytest.raises(InvalidInput, match=words):
             load_plan(path)
+
+
+def test_shipped_rollout_plans_load() -> None:
+    shipped = sorted((Path(__file__).parents[3] / "recipes" / "rollouts").glob("*.yaml"))
+    assert shipped and all(load_plan(path).steps for path in shipped)

@@ -214,6 +214,8 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     )
     served_after = _served_version(client, images)
     wait_consumed(settings, PREDICTIONS_TOPIC, topic_offsets(settings.bootstrap_servers, PREDICTIONS_TOPIC))
+    feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)  # the rollout's labels too
+    wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
     counts = store.counts()
     return {
         "predictions_served": counts["predictions"],

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nicheloop.latency import TOP, bucket, quantile_ms
+from nicheloop.latency import BASE_MS, GROWTH, TOP, quantile_ms
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout
 from rollout.gates import Arm, Evidence, Live, Paired, evaluate
@@ -72,16 +72,30 @@ CONCENTRATION = 6.0  # of the Beta the per-image confidence is drawn from
 INDEPENDENT = 0.1  # share of shadowed images on which the two models' luck is independent
 
 
+class Running:
+    """Prefix sums of a per-tick quantity, so any window's total costs one subtraction."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.prefix = [np.zeros(shape)]
+
+    def add(self, x: np.ndarray | float) -> None:
+        self.prefix.append(self.prefix[-1] + x)
+
+    def window(self, start: int, end: int | None = None) -> np.ndarray:
+        """The total over ticks ``start`` up to ``end`` (exclusive; default: all so far)."""
+        end = len(self.prefix) - 1 if end is None else end
+        return self.prefix[end] - self.prefix[start] if end > start else np.zeros_like(self.prefix[0])
+
+
 @dataclass
 class ArmWindow:
     """One arm's evidence by tick: calls, errors, latency histogram, and labeled outcomes by the
-    tick their label arrives (confidence-bin sums for ECE)."""
+    tick their label arrives (per bin: count, correct, confidence, confidence * (1 - confidence))."""
 
-    calls: list[int] = field(default_factory=list)
-    errors: list[int] = field(default_factory=list)
-    latency: list[np.ndarray] = field(default_factory=list)
-    # per tick, (4, BINS): count, correct, confidence, confidence * (1 - confidence)
-    labels: list[np.ndarray] = field(default_factory=list)
+    calls: Running = field(default_factory=Running)
+    errors: Running = field(default_factory=Running)
+    latency: Running = field(default_factory=lambda: Running((TOP + 1,)))
+    labels: Running = field(default_factory=lambda: Running((4, BINS)))
 
 
 def _zeros() -> np.ndarray:
@@ -113,9 +127,7 @@ class Stream:
         self.rps, self.labeled = rps, labeled
         self.delay = max(1, math.ceil(delay_s / plan.interval_s))
         self.arms = {"champion": ArmWindow(), "candidate": ArmWindow(), "shadow": ArmWindow()}
-        self.pairs: list[
-            np.ndarray
-        ] = []  # per tick: pairs, agree, labeled, cand_only, champ_only (by arrival)
+        self.pairs = Running((5,))  # pairs, agree, labeled, candidate only, champion only
 
     def _outcomes(
         self, n: int, delta: float, overconfidence: float
@@ -130,9 +142,9 @@ class Stream:
         ms = self.rng.lognormal(math.log(40.0), 0.35, n)
         if tail_ms:
             ms = ms + tail_ms * (self.rng.random(n) < 0.02)
-        hist = np.zeros(TOP + 1)
-        np.add.at(hist, [bucket(x) for x in ms], 1.0)
-        return hist
+        # nicheloop.latency.bucket, vectorised
+        k = np.ceil(np.log(np.maximum(ms, BASE_MS) / BASE_MS) / math.log(GROWTH) - 1e-9)
+        return np.bincount(np.clip(k, 0, TOP).astype(int), minlength=TOP + 1).astype(float)
 
     def tick(self, r: Rollout) -> None:
         """One interval of traffic for rollout ``r`` as it stands."""
@@ -146,19 +158,19 @@ class Stream:
             ("candidate", n_cand, sc.error_rate, sc.tail_ms, sc.accuracy_delta, sc.overconfidence),
         ):
             w = self.arms[arm]
-            w.calls.append(calls)
-            w.errors.append(int(self.rng.binomial(calls, err)))
-            w.latency.append(self._latency(calls, tail))
+            w.calls.add(calls)
+            w.errors.add(int(self.rng.binomial(calls, err)))
+            w.latency.add(self._latency(calls, tail))
             conf, right, _ = self._outcomes(calls, delta, over)
             keep = self.rng.random(calls) < self.labeled
-            w.labels.append(_binned(conf[keep], right[keep]))
+            w.labels.add(_binned(conf[keep], right[keep]))
         self._shadow(n_shadow)
 
     def _shadow(self, n: int) -> None:
         sc, w = self.sc, self.arms["shadow"]
-        w.calls.append(n)
-        w.errors.append(int(self.rng.binomial(n, sc.error_rate)))
-        w.latency.append(self._latency(n, sc.tail_ms))
+        w.calls.add(n)
+        w.errors.add(int(self.rng.binomial(n, sc.error_rate)))
+        w.latency.add(self._latency(n, sc.tail_ms))
         champ_conf, champ_right, u = self._outcomes(n, 0.0, 0.0)
         # the same images are as hard for both: the candidate's confidence follows the champion's
         conf = np.clip(champ_conf + sc.accuracy_delta + self.rng.normal(0, 0.03, n), 0.0, 0.999)
@@ -167,8 +179,8 @@ class Stream:
         both_wrong_agree = self.rng.random(n) < 0.5
         agree = (champ_right & cand_right) | (~champ_right & ~cand_right & both_wrong_agree)
         keep = self.rng.random(n) < self.labeled
-        w.labels.append(_binned(np.clip(conf + sc.overconfidence, 0, 0.999)[keep], cand_right[keep]))
-        self.pairs.append(
+        w.labels.add(_binned(np.clip(conf + sc.overconfidence, 0, 0.999)[keep], cand_right[keep]))
+        self.pairs.add(
             np.array([n, agree.sum(), keep.sum(), (keep & cand_right & ~champ_right).sum(),
                       (keep & champ_right & ~cand_right).sum()], dtype=float)
         )  # fmt: skip
@@ -179,9 +191,9 @@ class Stream:
 
         def arm(name: str, other: np.ndarray | None = None) -> tuple[Arm, np.ndarray]:
             w = self.arms[name]
-            calls, errors = sum(w.calls[since:]), sum(w.errors[since:])
-            hist = sum(w.latency[since:], np.zeros(TOP + 1))
-            labels = sum(w.labels[since:arrived], _zeros()) if arrived > since else _zeros()
+            calls, errors = int(w.calls.window(since)), int(w.errors.window(since))
+            hist = w.latency.window(since)
+            labels = w.labels.window(since, arrived)
             p99 = quantile_ms({k: int(v) for k, v in enumerate(hist) if v}, 0.99)
             return Arm(calls, errors, p99, int(labels[0].sum()), int(round(labels[1].sum())), None), labels
 
@@ -194,8 +206,7 @@ class Stream:
         champ = dataclasses.replace(champ, **dict(zip(noise, _at(champ_labels, n, self.rng), strict=True)))
         paired = Paired()
         if r.state == "shadow":
-            p = sum(self.pairs[since:], np.zeros(5))
-            late = sum(self.pairs[since:arrived], np.zeros(5)) if arrived > since else np.zeros(5)
+            p, late = self.pairs.window(since), self.pairs.window(since, arrived)
             paired = Paired(int(p[0]), int(p[1]), int(late[2]), int(late[3]), int(late[4]))
         return Live(champ, cand, paired)
 

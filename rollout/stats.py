@@ -53,9 +53,13 @@ def accuracy_interval(successes: int, trials: int, alpha: float) -> tuple[float,
         return 0.0, 1.0
     bound = math.log(1 / alpha)
     centre = (successes + PRIOR[0]) / (trials + sum(PRIOR))  # inside the interval: evidence < 0 there
+    a, b = PRIOR
+    s, f = successes, trials - successes
+    mixture = float(betaln(s + a, f + b) - betaln(a, b))  # log_evidence's part that p leaves alone
 
-    def inside(p: float) -> bool:
-        return float(log_evidence(p, successes, trials)) < bound
+    def inside(p: float) -> bool:  # log_evidence(p, s, trials) < bound, in scalar arithmetic
+        log_null = (s * math.log(p) if s else 0.0) + (f * math.log1p(-p) if f else 0.0)
+        return mixture - log_null < bound
 
     def edge(out: float) -> float:
         """The interval's end between ``centre`` (inside) and ``out``, by bisection."""

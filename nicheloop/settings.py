@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     predictor_gpus: float = Field(
         0.0, ge=0, description="GPUs a predictor replica asks Ray for (split mode; 1 on GPU workers)."
     )
+    candidate_cpus: float = Field(
+        0.5,
+        gt=0,
+        description="Logical CPUs the rollout candidate's replica asks Ray for: it idles between "
+        "rollouts and answers a share of traffic during one, so it does not hold a whole CPU.",
+    )
     candidate_gpus: float = Field(
         0.0, ge=0, description="GPUs the rollout candidate's replica asks Ray for (0.5 shares one GPU)."
     )

@@ -258,7 +258,7 @@ def candidate_deployment(settings: Settings) -> Any:
         Predictor,
         name="candidate",
         num_replicas=1,
-        ray_actor_options={"num_cpus": s.predictor_threads, "num_gpus": s.candidate_gpus},
+        ray_actor_options={"num_cpus": s.candidate_cpus, "num_gpus": s.candidate_gpus},
         max_ongoing_requests=s.predictor_max_ongoing,
         max_queued_requests=s.predictor_max_queued,
     )

@@ -112,3 +112,15 @@ def test_a_full_predictor_queue_is_overloaded_with_a_retry_hint() -> None:
     with pytest.raises(Overloaded, match="queue is full") as err:
         asyncio.run(main())
     assert err.value.retry_after_s > 0
+
+
+def test_two_apps_fit_the_local_ray_head() -> None:
+    """The app's replicas ask Ray for at most half the local head's logical CPUs, so a second app
+    (the serving-limits tests deploy one beside the loop's) is scheduled rather than left pending."""
+    from nicheloop.settings import Settings
+    from services.gateway import gateway_deployment
+    from services.inference import candidate_deployment, predictor_deployment
+
+    s = Settings()
+    parts = (gateway_deployment(s), predictor_deployment(s), candidate_deployment(s))
+    assert sum(d.ray_actor_options["num_cpus"] for d in parts) <= s.ray_num_cpus / 2

@@ -45,7 +45,8 @@ async def readyz(res: Resources) -> JSONResponse:
 
 @api.get("/metrics")
 async def metrics(res: Resources) -> Response:
-    """This replica's event-spool and load-shedding metrics in Prometheus text format."""
+    """This replica's event-spool, load-shedding and model-call metrics (by arm and version) in
+    Prometheus text format."""
     registry = CollectorRegistry()
     Gauge(
         "nicheloop_event_spool_depth", "Events waiting on local disk for the broker", registry=registry
@@ -70,7 +71,8 @@ async def metrics(res: Resources) -> Response:
             "Shadow calls to a rollout's candidate not made: at the bound, or the replica was busy",
             registry=registry,
         ).inc(res.rollout.counter.dropped)
-    return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry) + generate_latest(res.calls.registry)
+    return Response(content=body, media_type=CONTENT_TYPE_LATEST)
 
 
 @api.post("/v1/predict", response_model=PredictResponse)

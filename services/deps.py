@@ -6,7 +6,7 @@ Serve replica installs the real ones at start, tests swap them with ``app.depend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
 from fastapi import Depends
@@ -19,7 +19,7 @@ from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.inference import ModelOutput, ModelState, Pixels
 from services.limits import Admission
-from services.routing import RoutingWatch
+from services.routing import ModelCalls, RoutingWatch
 from services.watch import ModelWatch
 
 
@@ -47,6 +47,7 @@ class GatewayResources:
     publisher: Publisher
     candidate: PredictorPort | None = None  # a rollout's candidate (split mode: its own deployment)
     rollout: RoutingWatch | None = None  # the live rollout's routing and this replica's arm counts
+    calls: ModelCalls = field(default_factory=ModelCalls)  # every model call, by arm and version
 
 
 _installed: GatewayResources | None = None

@@ -73,7 +73,7 @@ async def predict_image(
         )
     )
     (out, arm), digest = await asyncio.gather(
-        _answer(res, upload.pixels, way.answer, routing),
+        _answer(res, upload.pixels, way.answer, routing, champion=state.model_version or "unknown"),
         within(
             asyncio.to_thread(res.blobs.put, data),
             s.storage_timeout_s,
@@ -90,7 +90,7 @@ async def predict_image(
         await _publish(res, event)
         _lap(timings, "publish", mark)
     if way.mirror and routing is not None:
-        _mirror(res, upload, digest, routing.rollout_id, twin=prediction_id)
+        _mirror(res, upload, digest, routing, twin=prediction_id)
     return PredictResponse(
         prediction_id=prediction_id,
         model_version=out.model_version,
@@ -101,41 +101,61 @@ async def predict_image(
 
 
 async def _answer(
-    res: GatewayResources, pixels: Pixels, arm: Arm, routing: Routing | None
+    res: GatewayResources, pixels: Pixels, arm: Arm, routing: Routing | None, *, champion: str
 ) -> tuple[ModelOutput, Arm]:
-    """The model output from ``arm``; a candidate that fails is counted and the champion answers."""
+    """The model output from ``arm``; a candidate that fails is counted and the champion (version
+    ``champion`` as last served) answers."""
     if arm == "candidate" and routing is not None and res.candidate is not None:
         try:
-            return await _timed(res, res.candidate, pixels, routing.rollout_id, "candidate"), "candidate"
+            out = await _timed(
+                res,
+                res.candidate,
+                pixels,
+                "candidate",
+                rollout_id=routing.rollout_id,
+                version=routing.candidate,
+            )
+            return out, "candidate"
         except (NicheloopError, TimeoutError) as exc:
             log.warning("the candidate failed a request (%s); the champion answers it", exc)
     rollout_id = None if routing is None else routing.rollout_id
-    return await _timed(res, res.predictor, pixels, rollout_id, "champion"), "champion"
+    out = await _timed(res, res.predictor, pixels, "champion", rollout_id=rollout_id, version=champion)
+    return out, "champion"
 
 
 async def _timed(
-    res: GatewayResources, port: PredictorPort, pixels: Pixels, rollout_id: int | None, arm: Arm
+    res: GatewayResources,
+    port: PredictorPort,
+    pixels: Pixels,
+    arm: Arm,
+    *,
+    rollout_id: int | None,
+    version: str,
 ) -> ModelOutput:
-    """One model call with the predictor's deadline, counted for ``arm`` of the rollout (if any).
-    Not counted: a candidate still loading its model (NotReady, not Overloaded), a cancelled caller."""
+    """One model call with the predictor's deadline, counted for ``arm`` of the rollout (if any) and
+    in the replica's metrics under the version that answered (``version`` if none did). Not counted:
+    a candidate still loading its model (NotReady, not Overloaded), a cancelled caller."""
     s, start = res.settings, time.perf_counter()
-    ok = False
+    ok, counted = False, True
     try:
         out = await within(
             port.predict(pixels), s.predict_timeout_s, part=f"{arm} predictor", knob="predict_timeout_s"
         )
-        ok = True
+        ok, version = True, out.model_version
         return out
     except NotReady as exc:
         if not isinstance(exc, Overloaded):
-            rollout_id = None
+            counted = False
         raise
     except asyncio.CancelledError:
-        rollout_id = None
+        counted = False
         raise
     finally:
-        if rollout_id is not None and res.rollout is not None:
-            res.rollout.counter.record(rollout_id, arm, (time.perf_counter() - start) * 1000, ok=ok)
+        seconds = time.perf_counter() - start
+        if counted:
+            res.calls.record(arm, version, seconds, ok=ok)
+            if rollout_id is not None and res.rollout is not None:
+                res.rollout.counter.record(rollout_id, arm, seconds * 1000, ok=ok)
 
 
 async def _publish(res: GatewayResources, event: PredictionEvent) -> None:
@@ -147,28 +167,33 @@ async def _publish(res: GatewayResources, event: PredictionEvent) -> None:
     )
 
 
-_shadows: set[asyncio.Task[None]] = set()  # mirrored calls in flight (held here so none is collected)
-
-
-def _mirror(res: GatewayResources, upload: Upload, digest: str, rollout_id: int, *, twin: str) -> None:
+def _mirror(res: GatewayResources, upload: Upload, digest: str, routing: Routing, *, twin: str) -> None:
     """Send the image to the candidate in shadow, in the background: its answer becomes a ``shadow``
     event paired with the champion's ``twin``, never an answer. Dropped (and counted) when the
     replica has ``shadow_max_concurrency`` out, or is at half its bound of predictions: under load
     the champion's callers come first."""
     assert res.rollout is not None and res.candidate is not None
     limit = res.settings.shadow_max_concurrency
-    if len(_shadows) >= limit or res.admission.inside * 2 >= res.admission.limit:
+    shadows = res.rollout.shadows
+    if len(shadows) >= limit or res.admission.inside * 2 >= res.admission.limit:
         res.rollout.counter.dropped += 1
         return
-    task = asyncio.ensure_future(_shadow(res, upload, digest, rollout_id, twin))
-    _shadows.add(task)
-    task.add_done_callback(_shadows.discard)
+    task = asyncio.ensure_future(_shadow(res, upload, digest, routing, twin))
+    shadows.add(task)
+    task.add_done_callback(shadows.discard)
 
 
-async def _shadow(res: GatewayResources, upload: Upload, digest: str, rollout_id: int, twin: str) -> None:
+async def _shadow(res: GatewayResources, upload: Upload, digest: str, routing: Routing, twin: str) -> None:
     assert res.candidate is not None
     try:
-        out = await _timed(res, res.candidate, upload.pixels, rollout_id, "shadow")
+        out = await _timed(
+            res,
+            res.candidate,
+            upload.pixels,
+            "shadow",
+            rollout_id=routing.rollout_id,
+            version=routing.candidate,
+        )
         event = _event(res, new_prediction_id(res.key), out, digest, upload.stats, arm="shadow", twin=twin)
         if res.settings.event_logging:
             await _publish(res, event)

@@ -16,6 +16,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from nicheloop.contracts import Arm
 from nicheloop.latency import bucket
 from nicheloop.rollouts import ArmCalls, Rollouts, Routing
@@ -74,6 +76,34 @@ class ArmCounter:
         return {key: ArmCalls(c, e, h) for key, (c, e, h) in taken.items()}
 
 
+class ModelCalls:
+    """Every model call of this replica by arm and model version since it started, as Prometheus
+    counters and a latency histogram (the rollout's gates read :class:`ArmCounter`'s flushes; these
+    are for dashboards and alerts, which compare the arms and versions side by side)."""
+
+    BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._calls = Counter(
+            "nicheloop_model_calls",
+            "Model calls of this gateway replica by arm (champion, candidate, shadow), version and outcome",
+            ["arm", "model_version", "outcome"],
+            registry=self.registry,
+        )
+        self._seconds = Histogram(
+            "nicheloop_model_call_seconds",
+            "Latency of this gateway replica's model calls by arm and version",
+            ["arm", "model_version"],
+            buckets=self.BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def record(self, arm: Arm, version: str, seconds: float, *, ok: bool) -> None:
+        self._calls.labels(arm, version, "ok" if ok else "failed").inc()
+        self._seconds.labels(arm, version).observe(seconds)
+
+
 class RoutingWatch:
     """The live rollout's routing as this gateway replica last read it, re-read in the background
     every ``refresh_s`` (a request never waits on the store but the first), with this replica's arm
@@ -83,6 +113,7 @@ class RoutingWatch:
     def __init__(self, rollouts: Rollouts, *, refresh_s: float, stale_s: float) -> None:
         self.rollouts, self.refresh_s, self.stale_s = rollouts, refresh_s, stale_s
         self.counter = ArmCounter()
+        self.shadows: set[asyncio.Task[None]] = set()  # mirrored calls in flight (held: none is collected)
         self._routing: Routing | None = None
         self._read_at = -math.inf
         self._reading: asyncio.Task[None] | None = None

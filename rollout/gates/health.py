@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rollout.gates import Evidence, GateResult, Phase, register_gate
+from rollout.stats import accuracy_interval
 
 
 def _too_few_calls(gate: str, evidence: Evidence) -> GateResult | None:
@@ -19,7 +20,9 @@ def _too_few_calls(gate: str, evidence: Evidence) -> GateResult | None:
 
 @register_gate
 class ErrorRate:
-    """The share of the candidate's calls that failed, against the champion's."""
+    """The share of the candidate's calls that failed, against the champion's: it fails only once the
+    candidate's rate is above the champion's plus the allowance beyond doubt (anytime intervals at
+    the plan's ``alpha``), because it is read every tick and one failed call in 80 reads 1.2 %."""
 
     name: ClassVar[str] = "error_rate"
     phases: ClassVar[tuple[Phase, ...]] = ("shadow", "canary")
@@ -30,15 +33,21 @@ class ErrorRate:
         if (few := _too_few_calls(self.name, evidence)) is not None:
             return few
         cand_rate, champ_rate = cand.errors / cand.calls, champ.errors / champ.calls
+        # the rate of failed calls is a proportion like accuracy: the same anytime interval holds
+        cand_low = accuracy_interval(cand.errors, cand.calls, plan.alpha / 2)[0]
+        champ_high = accuracy_interval(champ.errors, champ.calls, plan.alpha / 2)[1]
         figures = {
             "candidate_error_rate": cand_rate,
             "champion_error_rate": champ_rate,
+            "candidate_error_rate_low": cand_low,
+            "champion_error_rate_high": champ_high,
             "calls": float(cand.calls),
         }
-        if cand_rate - champ_rate > plan.max_error_rate_increase:
+        if cand_low > champ_high + plan.max_error_rate_increase:
             reason = (
-                f"{cand_rate:.1%} of the candidate's calls failed against {champ_rate:.1%} of the "
-                f"champion's (at most {plan.max_error_rate_increase:.1%} more allowed)"
+                f"{cand_rate:.1%} of the candidate's calls failed (at least {cand_low:.1%}) against "
+                f"{champ_rate:.1%} of the champion's (at most {champ_high:.1%}; "
+                f"{plan.max_error_rate_increase:.1%} more allowed)"
             )
             return GateResult(self.name, "fail", reason, figures, hard=True)
         return GateResult(

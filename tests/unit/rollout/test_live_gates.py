@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nicheloop.registry import VersionInfo
 from rollout.gates import Arm, Evidence, GateResult, Live, Paired, evaluate, gates
+from rollout.gates.health import ErrorRate
 from rollout.plan import RolloutPlan
 
 PLAN = RolloutPlan(min_requests=100, min_labels=200, alpha=0.05, accuracy_margin=0.03)
@@ -69,6 +73,41 @@ def test_errors_and_latency_fail_hard_with_their_figures() -> None:
         and errors.figures["champion_error_rate"] == 0.002
     )
     assert latency.figures["ratio"] == 5.0 and "400 ms" in latency.reason
+
+
+def test_a_failed_call_or_two_on_thin_counts_is_no_rollback() -> None:
+    """2 failed calls in 100 read 2 % against the champion's 0.2 %: over the 1-point allowance as a
+    point estimate, but well within what chance gives an equal candidate."""
+    few = Arm(calls=100, errors=2, p99_ms=80.0, labels=80, correct=76, ece=0.03)
+    errors = _by_name(evaluate(_evidence(few), "canary"))["error_rate"]
+    assert errors.verdict == "pass" and errors.figures["candidate_error_rate"] == 0.02
+    assert errors.figures["candidate_error_rate_low"] < errors.figures["candidate_error_rate"]
+
+
+def _error_gate_ever_fails(rate: float, *, seed: int, streams: int = 300, ticks: int = 40) -> float:
+    """Share of streams in which the error-rate gate, read after every tick of a growing window (20
+    candidate and 380 champion calls a tick, the champion failing 0.1 % of its calls), ever fails."""
+    rng = np.random.default_rng(seed)
+    cand = np.cumsum(rng.binomial(20, rate, (streams, ticks)), 1)
+    champ = np.cumsum(rng.binomial(380, 0.001, (streams, ticks)), 1)
+    failed = 0
+    for s in range(streams):
+        for t in range(4, ticks):  # from 100 candidate calls, the plan's min_requests
+            arms = (
+                Arm(calls=20 * (t + 1), errors=int(cand[s, t])),
+                Arm(calls=380 * (t + 1), errors=int(champ[s, t])),
+            )
+            if ErrorRate()(_evidence(*arms)).verdict == "fail":
+                failed += 1
+                break
+    return failed / streams
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_reading_the_error_gate_every_tick_keeps_its_level_and_catches_five_percent(seed: int) -> None:
+    assert _error_gate_ever_fails(0.001, seed=seed) <= PLAN.alpha
+    assert _error_gate_ever_fails(0.05, seed=seed) >= 0.9
 
 
 def test_a_candidate_ten_points_worse_fails_the_canary_accuracy_gate_not_hard() -> None:

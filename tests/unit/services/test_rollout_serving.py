@@ -114,8 +114,12 @@ def test_shadow_pairs_with_the_champions_answer_and_drops_beyond_its_bound(
             serve[0], settings=serve[0].settings.model_copy(update={"shadow_max_concurrency": 0})
         )
         client.post("/v1/predict", content=png)
-        assert "nicheloop_shadow_calls_dropped_total 1.0" in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert "nicheloop_shadow_calls_dropped_total 1.0" in metrics
     assert len(_events(serve[0], "shadow")) == 3
+    by_arm = 'nicheloop_model_calls_total{arm="%s",model_version="%s",outcome="ok"} %s'
+    assert by_arm % ("champion", "1", "4.0") in metrics and by_arm % ("shadow", "2", "3.0") in metrics
+    assert 'nicheloop_model_call_seconds_count{arm="shadow",model_version="2"} 3.0' in metrics
 
 
 def test_a_failing_candidate_is_counted_and_the_champion_answers(
@@ -127,7 +131,10 @@ def test_a_failing_candidate_is_counted_and_the_champion_answers(
     serve.append(_with_rollout(res, registry, candidate=Broken(ModelSlot(registry, lambda: "2"))))
     with TestClient(api, raise_server_exceptions=False) as client:
         answer = client.post("/v1/predict", content=png)
+        metrics = client.get("/metrics").text
     assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    by_arm = 'nicheloop_model_calls_total{arm="%s",model_version="%s",outcome="%s"} 1.0'
+    assert by_arm % ("candidate", "2", "failed") in metrics and by_arm % ("champion", "1", "ok") in metrics
     counted = serve[0].rollout.counter.take()  # type: ignore[union-attr]
     flushed = Rollouts(res.store).arm_calls(live.id or 0, since=0.0)
     failed = counted.get((live.id or 0, "candidate"), flushed.get("candidate"))

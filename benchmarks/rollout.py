@@ -68,6 +68,7 @@ SCENARIOS = [
     Scenario("miscalibrated", overconfidence=0.10),
 ]
 CHAMPION_ACCURACY, CHAMPION_ERRORS = 0.90, 0.001
+CLASSES = ("crack", "inclusion", "patch", "scratch")  # what the models say, evenly in every scenario
 CONCENTRATION = 6.0  # of the Beta the per-image confidence is drawn from
 INDEPENDENT = 0.1  # share of shadowed images on which the two models' luck is independent
 
@@ -95,6 +96,7 @@ class ArmWindow:
     calls: Running = field(default_factory=Running)
     errors: Running = field(default_factory=Running)
     latency: Running = field(default_factory=lambda: Running((TOP + 1,)))
+    predicted: Running = field(default_factory=lambda: Running((len(CLASSES),)))
     labels: Running = field(default_factory=lambda: Running((4, BINS)))
 
 
@@ -146,6 +148,11 @@ class Stream:
         k = np.ceil(np.log(np.maximum(ms, BASE_MS) / BASE_MS) / math.log(GROWTH) - 1e-9)
         return np.bincount(np.clip(k, 0, TOP).astype(int), minlength=TOP + 1).astype(float)
 
+    def _said(self, n: int) -> np.ndarray:
+        """How many of ``n`` predictions named each class (a wrong answer names another class at
+        random, so the shares stay even whatever the accuracy)."""
+        return self.rng.multinomial(n, [1 / len(CLASSES)] * len(CLASSES)).astype(float)
+
     def tick(self, r: Rollout) -> None:
         """One interval of traffic for rollout ``r`` as it stands."""
         n = int(self.rng.poisson(self.rps * self.plan.interval_s))
@@ -161,6 +168,7 @@ class Stream:
             w.calls.add(calls)
             w.errors.add(int(self.rng.binomial(calls, err)))
             w.latency.add(self._latency(calls, tail))
+            w.predicted.add(self._said(calls))
             conf, right, _ = self._outcomes(calls, delta, over)
             keep = self.rng.random(calls) < self.labeled
             w.labels.add(_binned(conf[keep], right[keep]))
@@ -171,6 +179,7 @@ class Stream:
         w.calls.add(n)
         w.errors.add(int(self.rng.binomial(n, sc.error_rate)))
         w.latency.add(self._latency(n, sc.tail_ms))
+        w.predicted.add(self._said(n))
         champ_conf, champ_right, u = self._outcomes(n, 0.0, 0.0)
         # the same images are as hard for both: the candidate's confidence follows the champion's
         conf = np.clip(champ_conf + sc.accuracy_delta + self.rng.normal(0, 0.03, n), 0.0, 0.999)
@@ -195,7 +204,9 @@ class Stream:
             hist = w.latency.window(since)
             labels = w.labels.window(since, arrived)
             p99 = quantile_ms({k: int(v) for k, v in enumerate(hist) if v}, 0.99)
-            return Arm(calls, errors, p99, int(labels[0].sum()), int(round(labels[1].sum())), None), labels
+            said = dict(zip(CLASSES, (int(x) for x in w.predicted.window(since)), strict=True))
+            labeled, right = int(labels[0].sum()), int(round(labels[1].sum()))
+            return Arm(calls, errors, p99, labeled, right, None, predicted=said), labels
 
         cand_name = "shadow" if r.state == "shadow" else "candidate"
         cand, cand_labels = arm(cand_name)

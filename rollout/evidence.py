@@ -5,6 +5,7 @@ step's window (a new step starts its evidence afresh)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 
@@ -34,13 +35,20 @@ class StoreEvidence:
         champ = [x for x in scored["champion"] if x.truth is not None]
         n = min(len(cand), len(champ))
         return Live(
-            champion=_arm(calls.get("champion"), champ, *_ece(champ, n, self.seed)),
-            candidate=_arm(calls.get(cand_arm), cand, *_ece(cand, n, self.seed)),
+            champion=_arm(calls.get("champion"), scored["champion"], champ, *_ece(champ, n, self.seed)),
+            candidate=_arm(calls.get(cand_arm), scored[cand_arm], cand, *_ece(cand, n, self.seed)),
             paired=_paired(scored["shadow"]) if shadow else Paired(),
         )
 
 
-def _arm(calls: ArmCalls | None, labeled: list[Scored], ece: float | None, bias: float, sd: float) -> Arm:
+def _arm(
+    calls: ArmCalls | None,
+    predictions: list[Scored],
+    labeled: list[Scored],
+    ece: float | None,
+    bias: float,
+    sd: float,
+) -> Arm:
     c = calls or ArmCalls()
     return Arm(
         calls=c.calls,
@@ -51,6 +59,7 @@ def _arm(calls: ArmCalls | None, labeled: list[Scored], ece: float | None, bias:
         ece=ece,
         ece_bias=bias,
         ece_sd=sd,
+        predicted=dict(Counter(x.predicted for x in predictions)),
     )
 
 

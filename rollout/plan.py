@@ -47,6 +47,13 @@ class RolloutPlan(BaseModel):
         0.9, ge=0, le=1, description="Least share of shadowed images on which both models give one label."
     )
     max_ece_increase: float = Field(0.02, ge=0, description="Calibration error the candidate may add.")
+    max_prediction_shift: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="How far one class's share of the candidate's predictions may stray from its share "
+        "of the champion's in the same window (beyond doubt).",
+    )
     max_error_rate_increase: float = Field(
         0.01, ge=0, le=1, description="Share of failed calls the candidate may add to the champion's."
     )

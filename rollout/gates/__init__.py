@@ -43,8 +43,9 @@ class RegistryView(Protocol):
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm's traffic over the gates' window: its calls and how they went, and the delayed labels
-    of its predictions (``ece`` on them, at the other arm's label count: ECE grows as n shrinks)."""
+    """One arm's traffic over the gates' window: its calls and how they went, what its predictions
+    said, and their delayed labels (``ece`` on them, at the other arm's label count: ECE grows as n
+    shrinks)."""
 
     calls: int = 0
     errors: int = 0
@@ -55,6 +56,7 @@ class Arm:
     # what sampling alone gives a calibrated model's ECE at this count (nicheloop.calibration.ece_noise)
     ece_bias: float = 0.0
     ece_sd: float = 0.0
+    predicted: dict[str, int] = field(default_factory=dict)  # class -> predictions of it, labeled or not
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ def test_shadow_evidence_pairs_labels_through_the_champion_twin(any_store: Store
     )
     assert live.candidate.ece is not None and live.champion.ece is not None
     assert live.candidate.ece == pytest.approx(0.1) and live.champion.ece > live.candidate.ece
+    # what each said of every image in the window, labeled or not (the drift gate's counts)
+    assert live.champion.predicted == {"a": 4, "b": 2} and live.candidate.predicted == {"a": 3, "b": 3}
 
 
 def test_canary_evidence_is_the_candidates_answers_over_the_steps_window(any_store: Store) -> None:

@@ -12,13 +12,29 @@ from hypothesis import strategies as st
 
 from nicheloop.registry import VersionInfo
 from rollout.gates import Arm, Evidence, GateResult, Live, Paired, evaluate, gates
+from rollout.gates.drift import PredictionDrift
 from rollout.gates.health import ErrorRate
 from rollout.plan import RolloutPlan
 
 PLAN = RolloutPlan(min_requests=100, min_labels=200, alpha=0.05, accuracy_margin=0.03)
-CHAMPION = Arm(calls=40000, errors=80, p99_ms=80.0, labels=20000, correct=19000, ece=0.03)  # 95 % of traffic
+SHARES = {"crack": 0.5, "scratch": 0.3, "pit": 0.2}  # the classes both models predict, and how often
+CHAMPION = Arm(
+    calls=40000,
+    errors=80,
+    p99_ms=80.0,
+    labels=20000,
+    correct=19000,
+    ece=0.03,
+    predicted={k: int(v * 40000) for k, v in SHARES.items()},
+)  # 95 % of traffic
 GOOD = Arm(
-    calls=4000, errors=8, p99_ms=80.0, labels=2000, correct=1900, ece=0.03
+    calls=4000,
+    errors=8,
+    p99_ms=80.0,
+    labels=2000,
+    correct=1900,
+    ece=0.03,
+    predicted={"crack": 1980, "scratch": 1230, "pit": 790},
 )  # the interval needs ~2000 labels at 95 %
 
 
@@ -43,8 +59,15 @@ def test_each_phase_runs_its_gates() -> None:
         "calibration",
         "agreement",
         "paired_accuracy",
+        "prediction_drift",
     }
-    assert set(gates("canary")) == {"error_rate", "latency_p99", "calibration", "accuracy"}
+    assert set(gates("canary")) == {
+        "error_rate",
+        "latency_p99",
+        "calibration",
+        "accuracy",
+        "prediction_drift",
+    }
 
 
 @pytest.mark.parametrize("phase", ["shadow", "canary"])
@@ -158,3 +181,50 @@ def test_a_live_gate_without_live_figures_is_a_wiring_error() -> None:
     versions = [VersionInfo("m", v, f"run{v}", {}, []) for v in ("1", "2")]
     with pytest.raises(ValueError, match="needs Evidence.live"):
         evaluate(Evidence(None, *versions), "canary")  # type: ignore[arg-type]
+
+
+def test_a_candidate_that_stops_saying_a_class_fails_the_drift_gate_before_any_label() -> None:
+    never_pit = dataclasses.replace(
+        GOOD, labels=0, correct=0, ece=None, predicted={"crack": 2400, "scratch": 1600}
+    )
+    drift = _by_name(evaluate(_evidence(never_pit), "canary"))["prediction_drift"]
+    assert drift.verdict == "fail" and not drift.hard
+    assert "'pit' for 0% of its images against the champion's 20%" in drift.reason
+    assert drift.figures["largest_shift"] == pytest.approx(0.2) and drift.figures["largest_shift_low"] > 0.15
+
+
+def test_class_shares_within_the_allowance_or_within_chance_pass_the_drift_gate() -> None:
+    slightly = dataclasses.replace(GOOD, predicted={"crack": 2200, "scratch": 1100, "pit": 700})  # 0.05 apart
+    assert _by_name(evaluate(_evidence(slightly), "canary"))["prediction_drift"].verdict == "pass"
+    chance = dataclasses.replace(GOOD, predicted={"crack": 62, "scratch": 24, "pit": 14})  # 0.12, 100 images
+    drift = _by_name(evaluate(_evidence(chance), "canary"))["prediction_drift"]
+    assert drift.verdict == "pass" and drift.figures["largest_shift"] == pytest.approx(0.12)
+    fewer = dataclasses.replace(GOOD, predicted={"crack": 35, "scratch": 10, "pit": 5})  # below min_requests
+    assert _by_name(evaluate(_evidence(fewer), "canary"))["prediction_drift"].verdict == "hold"
+
+
+def _drift_gate_ever_fails(shares: list[float], *, seed: int, streams: int = 200, ticks: int = 30) -> float:
+    """Share of streams in which the drift gate, read after every tick of a growing window (20
+    candidate predictions a tick with ``shares`` over four classes, 380 of the champion's evenly),
+    ever fails."""
+    rng = np.random.default_rng(seed)
+    cand = np.cumsum(rng.multinomial(20, shares, (streams, ticks)), 1)
+    champ = np.cumsum(rng.multinomial(380, [0.25] * 4, (streams, ticks)), 1)
+    gate, failed = PredictionDrift(), 0
+    for s in range(streams):
+        for t in range(4, ticks):
+            arms = [
+                dataclasses.replace(CHAMPION, predicted={str(k): int(v) for k, v in enumerate(x)})
+                for x in (cand[s, t], champ[s, t])
+            ]
+            if gate(_evidence(*arms)).verdict == "fail":
+                failed += 1
+                break
+    return failed / streams
+
+
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_reading_the_drift_gate_every_tick_keeps_its_level_and_catches_a_lost_class(seed: int) -> None:
+    assert _drift_gate_ever_fails([0.25] * 4, seed=seed) <= PLAN.alpha
+    assert _drift_gate_ever_fails([0.4, 0.3, 0.3, 0.0], seed=seed) >= 0.9  # one class never said

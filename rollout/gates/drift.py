@@ -1,0 +1,55 @@
+"""Prediction drift of the candidate's traffic in shadow and canary: the classes it predicts against
+the champion's over the same window. Requests reach an arm by a hash of their key, so both arms see
+the same kind of images; a candidate whose class shares stray far from the champion's before any
+label arrives (a broken preprocessing step, a class it never says) is caught here first."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rollout.gates import Evidence, GateResult, Phase, register_gate
+from rollout.stats import accuracy_interval
+
+
+@register_gate
+class PredictionDrift:
+    """The arms' predicted-class shares: fails when one class's share in the candidate's predictions
+    is more than the plan's ``max_prediction_shift`` from its share in the champion's beyond doubt
+    (anytime intervals on both shares, the plan's ``alpha`` split over classes and arms), so reading
+    it every tick keeps its level and a retrained candidate's small, real differences pass."""
+
+    name: ClassVar[str] = "prediction_drift"
+    phases: ClassVar[tuple[Phase, ...]] = ("shadow", "canary")
+
+    def __call__(self, evidence: Evidence) -> GateResult:
+        live, plan = evidence.need_live(), evidence.plan
+        cand, champ = live.candidate.predicted, live.champion.predicted
+        n_cand, n_champ = sum(cand.values()), sum(champ.values())
+        if min(n_cand, n_champ) < plan.min_requests:
+            counts = f"{n_cand} candidate and {n_champ} champion predictions"
+            return GateResult(self.name, "hold", f"{counts}; need {plan.min_requests}")
+        classes = sorted(set(cand) | set(champ))
+        level = plan.alpha / (2 * len(classes))
+        gaps = {}  # class -> the least its two shares can be apart, given the evidence
+        for k in classes:
+            c_low, c_high = accuracy_interval(cand.get(k, 0), n_cand, level)
+            h_low, h_high = accuracy_interval(champ.get(k, 0), n_champ, level)
+            gaps[k] = max(c_low - h_high, h_low - c_high, 0.0)
+        worst = max(classes, key=lambda k: abs(cand.get(k, 0) / n_cand - champ.get(k, 0) / n_champ))
+        said, was = cand.get(worst, 0) / n_cand, champ.get(worst, 0) / n_champ
+        figures = {
+            "largest_shift": abs(said - was),
+            "largest_shift_low": max(gaps.values()),
+            "candidate_predictions": float(n_cand),
+            "champion_predictions": float(n_champ),
+        }
+        if max(gaps.values()) > plan.max_prediction_shift:
+            k = max(gaps, key=gaps.__getitem__)
+            reason = (
+                f"the candidate says {k!r} for {cand.get(k, 0) / n_cand:.0%} of its images against the "
+                f"champion's {champ.get(k, 0) / n_champ:.0%} (at least {gaps[k]:.2f} apart; at most "
+                f"{plan.max_prediction_shift:.2f} allowed)"
+            )
+            return GateResult(self.name, "fail", reason, figures)
+        reason = f"class shares at most {abs(said - was):.2f} apart ({worst!r}: {said:.0%} against {was:.0%})"
+        return GateResult(self.name, "pass", reason, figures)

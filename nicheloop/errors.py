@@ -52,3 +52,8 @@ class Overloaded(NotReady):
 class UpstreamTimeout(NicheloopError):
     """A part the request needs (the predictor, the blob store, the event spool) did not answer in
     time (HTTP 504); the message names it."""
+
+
+class ModelFailed(NicheloopError):
+    """The model replica failed this request (HTTP 502): a version registered with a serving fault
+    (:mod:`services.faults`) for a game day or the rollout benchmark."""

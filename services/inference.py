@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.batching import Batcher
+from services.faults import ServingFault
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,7 @@ class Predictor:
             self._infer, max_size=self.settings.batch_max_size, max_wait_s=self.settings.batch_wait_timeout_s
         )
         self._watcher = asyncio.get_event_loop().create_task(self._watch())
+        self._fault_rng = random.Random()
 
     async def _watch(self) -> None:
         while True:
@@ -227,12 +230,22 @@ class Predictor:
         return self.slot.state()
 
     async def predict(self, pixels: Pixels) -> ModelOutput:
-        return await self.batcher.submit(pixels)
+        """One image's output, batched with whatever else waits here; a version registered with a
+        serving fault (:mod:`services.faults`) fails or stalls its share of calls.
+
+        Raises:
+            NotReady: no model loaded yet. ModelFailed: the version's fault struck this call.
+        """
+        out = await self.batcher.submit(pixels)
+        fault = ServingFault.of(self.slot.model)
+        if fault is not None:
+            await fault.strike(self._fault_rng)
+        return out
 
     async def predict_many(self, items: list[Pixels]) -> list[ModelOutput]:
         """The images of one gateway call, each batched with whatever else waits here (a cancelled
         call's images that have not started are dropped)."""
-        return list(await asyncio.gather(*(self.batcher.submit(pixels) for pixels in items)))
+        return list(await asyncio.gather(*(self.predict(pixels) for pixels in items)))
 
 
 class InProcessPredictor:

@@ -15,8 +15,9 @@ into the same log-spaced histograms the gateways keep (``nicheloop.latency``); o
 the two models' outcomes are correlated (both right on easy images). The evidence is the step's
 window, as ``rollout.evidence`` reads it from the store.
 
-Not measured here yet (issue 18): each scenario once through the real gateway and deployments,
-and the cost of shadow mirroring to the champion's p99.
+The real pass (``benchmarks/_rollout_real.py``; ``--no-real`` skips it): each scenario once through
+the real stack, its gateway and deployments and the controller process, on a short plan with the
+default gates; and the champion's p99 with and without every request mirrored in shadow.
 
 The last line is one JSON object: per scenario the final states, ticks and candidate labels until
 the decision (medians), and the issue's figures: ``bad_ever_champion`` (seeds where a bad candidate
@@ -283,11 +284,12 @@ def main() -> None:
     parser.add_argument("--label-delay-s", type=float, default=300.0)
     parser.add_argument("--horizon-h", type=float, default=72.0)
     parser.add_argument("--verbose", action="store_true", help="Say why each stream ended.")
+    parser.add_argument("--no-real", action="store_true", help="Skip the pass through the real stack.")
     args = parser.parse_args()
     plan, began = RolloutPlan(), time.perf_counter()
     out: dict[str, object] = {"benchmark": "rollout", "seeds": args.seeds, "plan": "defaults"}
     scenarios: dict[str, dict[str, object]] = {}
-    for sc in SCENARIOS:
+    for sc in SCENARIOS if args.seeds else ():
         runs = [run_stream(sc, plan, seed, args) for seed in range(args.seeds)]
         states = Counter(str(x["state"]) for x in runs)
         promoted = states["baked"] + states["promoted"]
@@ -299,10 +301,23 @@ def main() -> None:
             "max_candidate_share_seen": max(float(x["max_share"]) for x in runs),
         }
     out["scenarios"] = scenarios
+    out["simulation_seconds"] = round(time.perf_counter() - began, 1)
+    real: dict[str, dict[str, object]] = {}
+    if not args.no_real:
+        from benchmarks._rollout_real import real_pass  # starts a whole stack: only when asked
+
+        out["real_gateway"] = real_pass()
+        real = out["real_gateway"]["scenarios"]  # type: ignore[index]
+        cost = out["real_gateway"].get("shadow_cost")  # type: ignore[attr-defined]
+        out["shadow_cost_to_champion_p99"] = None if cost is None else round(cost["ratio"] - 1, 3)
+    if not scenarios:
+        out["seconds"] = round(time.perf_counter() - began, 1)
+        print(json.dumps(out))
+        return
     out["bad_ever_champion"] = sum(
         int(s["final_states"].get("baked", 0)) + int(s["final_states"].get("promoted", 0))  # type: ignore[union-attr]
         for name, s in scenarios.items() if name in BAD
-    )  # fmt: skip
+    ) + sum(s["final_state"] in ("promoted", "baked") for name, s in real.items() if name in BAD)  # fmt: skip
     out["false_rollback_rate"] = sum(
         int(scenarios[name]["final_states"].get("rolled_back", 0))
         for name in GOOD  # type: ignore[union-attr]

@@ -29,20 +29,29 @@ class PredictionDrift:
             counts = f"{n_cand} candidate and {n_champ} champion predictions"
             return GateResult(self.name, "hold", f"{counts}; need {plan.min_requests}")
         classes = sorted(set(cand) | set(champ))
+        shifts = {k: abs(cand.get(k, 0) / n_cand - champ.get(k, 0) / n_champ) for k in classes}
+        worst = max(classes, key=shifts.__getitem__)
+        said, was = cand.get(worst, 0) / n_cand, champ.get(worst, 0) / n_champ
+        figures = {
+            "largest_shift": shifts[worst],
+            "candidate_predictions": float(n_cand),
+            "champion_predictions": float(n_champ),
+        }
+        passed = GateResult(
+            self.name,
+            "pass",
+            f"class shares at most {shifts[worst]:.2f} apart ({worst!r}: {said:.0%} against {was:.0%})",
+            figures,
+        )
+        if shifts[worst] <= plan.max_prediction_shift:  # each interval holds its share: no need to look
+            return passed
         level = plan.alpha / (2 * len(classes))
         gaps = {}  # class -> the least its two shares can be apart, given the evidence
         for k in classes:
             c_low, c_high = accuracy_interval(cand.get(k, 0), n_cand, level)
             h_low, h_high = accuracy_interval(champ.get(k, 0), n_champ, level)
             gaps[k] = max(c_low - h_high, h_low - c_high, 0.0)
-        worst = max(classes, key=lambda k: abs(cand.get(k, 0) / n_cand - champ.get(k, 0) / n_champ))
-        said, was = cand.get(worst, 0) / n_cand, champ.get(worst, 0) / n_champ
-        figures = {
-            "largest_shift": abs(said - was),
-            "largest_shift_low": max(gaps.values()),
-            "candidate_predictions": float(n_cand),
-            "champion_predictions": float(n_champ),
-        }
+        figures["largest_shift_low"] = max(gaps.values())
         if max(gaps.values()) > plan.max_prediction_shift:
             k = max(gaps, key=gaps.__getitem__)
             reason = (
@@ -51,5 +60,4 @@ class PredictionDrift:
                 f"{plan.max_prediction_shift:.2f} allowed)"
             )
             return GateResult(self.name, "fail", reason, figures)
-        reason = f"class shares at most {abs(said - was):.2f} apart ({worst!r}: {said:.0%} against {was:.0%})"
-        return GateResult(self.name, "pass", reason, figures)
+        return passed

@@ -33,16 +33,20 @@ class ErrorRate:
         if (few := _too_few_calls(self.name, evidence)) is not None:
             return few
         cand_rate, champ_rate = cand.errors / cand.calls, champ.errors / champ.calls
-        # the rate of failed calls is a proportion like accuracy: the same anytime interval holds
-        cand_low = accuracy_interval(cand.errors, cand.calls, plan.alpha / 2)[0]
-        champ_high = accuracy_interval(champ.errors, champ.calls, plan.alpha / 2)[1]
         figures = {
             "candidate_error_rate": cand_rate,
             "champion_error_rate": champ_rate,
-            "candidate_error_rate_low": cand_low,
-            "champion_error_rate_high": champ_high,
             "calls": float(cand.calls),
         }
+        passed = GateResult(
+            self.name, "pass", f"errors {cand_rate:.2%} against {champ_rate:.2%}", figures, hard=True
+        )
+        if cand_rate - champ_rate <= plan.max_error_rate_increase:  # the intervals hold the rates
+            return passed
+        # the rate of failed calls is a proportion like accuracy: the same anytime interval holds
+        cand_low = accuracy_interval(cand.errors, cand.calls, plan.alpha / 2)[0]
+        champ_high = accuracy_interval(champ.errors, champ.calls, plan.alpha / 2)[1]
+        figures |= {"candidate_error_rate_low": cand_low, "champion_error_rate_high": champ_high}
         if cand_low > champ_high + plan.max_error_rate_increase:
             reason = (
                 f"{cand_rate:.1%} of the candidate's calls failed (at least {cand_low:.1%}) against "
@@ -50,9 +54,7 @@ class ErrorRate:
                 f"{plan.max_error_rate_increase:.1%} more allowed)"
             )
             return GateResult(self.name, "fail", reason, figures, hard=True)
-        return GateResult(
-            self.name, "pass", f"errors {cand_rate:.2%} against {champ_rate:.2%}", figures, hard=True
-        )
+        return passed
 
 
 @register_gate

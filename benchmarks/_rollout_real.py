@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import ray
 import torch
 
 from cli.demo import drive_rollout, start_loop
@@ -139,16 +140,19 @@ def miscalibrated(model: NicheModel, tuner: Tuner, ece_increase: float) -> Niche
     return _bisect(lambda f: _tempered(model, f), tuner.ece, goal, 1.0, 40.0)
 
 
-def _register(registry: Registry, base: LoadedVersion, model: NicheModel, scenario: str) -> VersionInfo:
-    """``model`` as a new version; it claims its base's held-out accuracy, so the offline gate lets it
-    through and the live gates decide (as for a candidate whose offline figures mislead)."""
+def _register(
+    registry: Registry, base: LoadedVersion, model: NicheModel, scenario: str, *, parent: str
+) -> VersionInfo:
+    """``model`` as a new version trained from ``parent`` (the champion it is measured against); it
+    claims its base's held-out accuracy, so the offline gate lets it through and the live gates
+    decide (as for a candidate whose offline figures mislead)."""
     accuracy = base.reference.accuracy if base.reference is not None else 0.9
     return registry.register(
         model,
         base.reference,  # type: ignore[arg-type]
         params={"benchmark": "rollout", "scenario": scenario},
         metrics={"holdout_accuracy": accuracy, "parent_holdout_accuracy": accuracy},
-        lineage={"parent_version": base.info.version},
+        lineage={"parent_version": parent},
         alias=CANDIDATE,
     )
 
@@ -227,13 +231,16 @@ def real_pass(*, epochs: int = 4, per_class: int = 60, shadow_requests: int = 30
         with httpx.Client(base_url=settings.serve_url, timeout=60) as client:
             for name, make in makers.items():
                 if name == "better_5":  # against a champion 5 points worse, recorded by hand
-                    weak = _register(registry, base, worse(own, tuner, 0.05), "weak_champion")
+                    weak = _register(
+                        registry, base, worse(own, tuner, 0.05), "weak_champion", parent=base.info.version
+                    )
                     ops.adopt(
                         actor="benchmark", reason="a weaker champion for better_5", version=weak.version
                     )
                 candidate = make()
                 figures = {"accuracy": tuner.accuracy(candidate), "ece": tuner.ece(candidate)}
-                version = _register(registry, base, candidate, name)
+                champion = ops.rollouts.champion() or base.info.version
+                version = _register(registry, base, candidate, name, parent=champion)
                 started = time.time()
                 ops.start(actor="benchmark", version=version.version, plan=PLAN)
                 if name == "equal":
@@ -250,6 +257,8 @@ def real_pass(*, epochs: int = 4, per_class: int = 60, shadow_requests: int = 30
                     )
                 print(name, out["scenarios"][name], flush=True)
     finally:
+        if ray.is_initialized():  # else the driver aborts once the stack's Ray head is gone
+            ray.shutdown()
         stack.down(settings)
         shutil.rmtree(home, ignore_errors=True)
     return out

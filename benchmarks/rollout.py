@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nicheloop.calibration import binned_ece_noise
 from nicheloop.latency import BASE_MS, GROWTH, TOP, quantile_ms
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout
@@ -236,12 +237,7 @@ def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | N
         right = np.array([rng.hypergeometric(int(c), int(t - c), int(k)) if k else 0
                           for c, t, k in zip(np.round(binned[1]), binned[0], counts)])  # fmt: skip
         binned = np.stack([counts.astype(float), right.astype(float), binned[2] * kept, binned[3] * kept])
-    v = binned[3]
-    return (
-        _ece(binned),
-        float(np.sqrt(2 * v / np.pi).sum() / n),
-        float(np.sqrt((v * (1 - 2 / np.pi)).sum()) / n),
-    )
+    return (_ece(binned), *binned_ece_noise(binned[3], n))
 
 
 VERSION = VersionInfo("m", "1", "run", {}, [])

@@ -128,12 +128,17 @@ def drive_rollout(
         if time.monotonic() > deadline:
             raise NicheloopError(f"the rollout is still {status['state']} after {timeout:.0f}s: {status}")
         if status["state"] in ("shadow", "canary"):
-            truth: dict[str, str] = {}
-            stream(client, images.take(batch, shift), truth)
-            for pid, label in truth.items():
-                client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).raise_for_status()
+            send_labeled(client, images, batch, shift=shift)
         else:
             time.sleep(1.0)
+
+
+def send_labeled(client: httpx.Client, images: SyntheticStream, n: int, *, shift: Shift = Shift()) -> None:
+    """``n`` predictions, then each one's true class as feedback (labels a batch late)."""
+    truth: dict[str, str] = {}
+    stream(client, images.take(n, shift), truth)
+    for pid, label in truth.items():
+        client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).raise_for_status()
 
 
 def start_loop(settings: Settings, per_class: int = 100, epochs: int = 6) -> None:

@@ -32,9 +32,18 @@ def ece_noise(confidences: np.ndarray, bins: int = 15) -> tuple[float, float]:
     v_b = sum(conf * (1 - conf)); its absolute value has mean sqrt(2 v_b / pi) and variance
     v_b (1 - 2 / pi) (normal approximation), and the ECE is their sum over N.
     """
-    n = len(confidences)
-    if n == 0:
+    if len(confidences) == 0:
         return 0.0, 0.0
     which = np.minimum((confidences * bins).astype(int), bins - 1)
-    v = np.bincount(which, weights=confidences * (1 - confidences), minlength=bins)
+    return binned_ece_noise(
+        np.bincount(which, weights=confidences * (1 - confidences), minlength=bins), len(confidences)
+    )
+
+
+def binned_ece_noise(variances: np.ndarray, n: int) -> tuple[float, float]:
+    """:func:`ece_noise` from each bin's sum of ``conf * (1 - conf)`` over ``n`` labels (for callers
+    that keep binned sums rather than the confidences themselves)."""
+    if n == 0:
+        return 0.0, 0.0
+    v = np.asarray(variances, np.float64)
     return float(np.sqrt(2 * v / np.pi).sum() / n), float(np.sqrt((v * (1 - 2 / np.pi)).sum()) / n)

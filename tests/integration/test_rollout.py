@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cli.demo import DEMO_PLAN, drive_rollout, wait_for
+from cli.demo import DEMO_PLAN, drive_rollout, send_labeled, wait_for
 from deploy.local import stack
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.model import build_model
@@ -98,7 +98,7 @@ def test_an_equal_candidate_survives_its_controller_dying_in_canary_and_is_promo
     deadline = time.monotonic() + 300
     while canary["state"] != "canary":  # labeled traffic until the shadow step passes
         assert canary["state"] == "shadow" and time.monotonic() < deadline, canary
-        drive_once(client, images)
+        send_labeled(client, images, 30)
         canary = ops.status()
     wait_for("both models to answer", lambda: _served(client) == {champion, good.version}, timeout=60)
 
@@ -126,10 +126,3 @@ def test_an_equal_candidate_survives_its_controller_dying_in_canary_and_is_promo
 def _path(trail: list[dict[str, object]]) -> list[object]:
     """The states a rollout went through (a counted failure is a move that stays in its state)."""
     return [e["to_state"] for i, e in enumerate(trail) if i == 0 or e["to_state"] != trail[i - 1]["to_state"]]
-
-
-def drive_once(client: httpx.Client, images: SyntheticStream, n: int = 30) -> None:
-    """``n`` predictions, each labeled with its true class."""
-    for image, label in images.take(n):
-        answer = client.post("/v1/predict", content=png_bytes(image)).json()
-        client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": label})

@@ -20,9 +20,11 @@ def _too_few_calls(gate: str, evidence: Evidence) -> GateResult | None:
 
 @register_gate
 class ErrorRate:
-    """The share of the candidate's calls that failed, against the champion's: it fails only once the
-    candidate's rate is above the champion's plus the allowance beyond doubt (anytime intervals at
-    the plan's ``alpha``), because it is read every tick and one failed call in 80 reads 1.2 %."""
+    """The share of the candidate's calls that failed, against the champion's, judged on anytime
+    intervals of both rates at the plan's ``alpha`` (it is read every tick, and one failed call in 80
+    reads 1.2 %): it fails once the candidate's rate is above the champion's plus the allowance
+    beyond doubt, passes once it is below the champion's upper bound plus the allowance, and holds
+    in between (a step may not advance on too few calls to tell a 5 % failure rate from none)."""
 
     name: ClassVar[str] = "error_rate"
     phases: ClassVar[tuple[Phase, ...]] = ("shadow", "canary")
@@ -33,28 +35,31 @@ class ErrorRate:
         if (few := _too_few_calls(self.name, evidence)) is not None:
             return few
         cand_rate, champ_rate = cand.errors / cand.calls, champ.errors / champ.calls
+        # the rate of failed calls is a proportion like accuracy: the same anytime interval holds
+        cand_low, cand_high = accuracy_interval(cand.errors, cand.calls, plan.alpha / 2)
+        champ_high = accuracy_interval(champ.errors, champ.calls, plan.alpha / 2)[1]
+        allowed = champ_high + plan.max_error_rate_increase
         figures = {
             "candidate_error_rate": cand_rate,
             "champion_error_rate": champ_rate,
+            "candidate_error_rate_low": cand_low,
+            "candidate_error_rate_high": cand_high,
+            "champion_error_rate_high": champ_high,
             "calls": float(cand.calls),
         }
-        passed = GateResult(
-            self.name, "pass", f"errors {cand_rate:.2%} against {champ_rate:.2%}", figures, hard=True
-        )
-        if cand_rate - champ_rate <= plan.max_error_rate_increase:  # the intervals hold the rates
-            return passed
-        # the rate of failed calls is a proportion like accuracy: the same anytime interval holds
-        cand_low = accuracy_interval(cand.errors, cand.calls, plan.alpha / 2)[0]
-        champ_high = accuracy_interval(champ.errors, champ.calls, plan.alpha / 2)[1]
-        figures |= {"candidate_error_rate_low": cand_low, "champion_error_rate_high": champ_high}
-        if cand_low > champ_high + plan.max_error_rate_increase:
+        rates = f"{cand_rate:.1%} of the candidate's calls failed against {champ_rate:.1%} of the champion's"
+        if cand_low > allowed:
             reason = (
-                f"{cand_rate:.1%} of the candidate's calls failed (at least {cand_low:.1%}) against "
-                f"{champ_rate:.1%} of the champion's (at most {champ_high:.1%}; "
-                f"{plan.max_error_rate_increase:.1%} more allowed)"
+                f"{rates} (the candidate's at least {cand_low:.1%}, the champion's at most "
+                f"{champ_high:.1%}; {plan.max_error_rate_increase:.1%} more allowed)"
             )
             return GateResult(self.name, "fail", reason, figures, hard=True)
-        return passed
+        if cand_high > allowed:
+            reason = f"{rates}; not yet clear that it is within {allowed:.1%} (at most {cand_high:.1%})"
+            return GateResult(self.name, "hold", reason, figures, hard=True)
+        return GateResult(
+            self.name, "pass", f"errors {cand_rate:.2%} against {champ_rate:.2%}", figures, hard=True
+        )
 
 
 @register_gate

@@ -19,33 +19,13 @@ from rollout.machine import NotAllowed
 from rollout.plan import RolloutPlan
 from rollout.promote import PREVIOUS
 from rollout.status import describe
+from tests.unit.rollout.arms import CHAMPION
+from tests.unit.rollout.arms import GOOD as GOOD_ARM
 
 PLAN = RolloutPlan(
     steps=(0.05, 0.5), min_step_s=60, max_step_s=3600, bake_s=120, interval_s=10, min_labels=200
 )
-SAYS = {"crack": 0.6, "pit": 0.4}  # what share of images each model calls what
-CHAMPION = Arm(
-    calls=40000,
-    errors=80,
-    p99_ms=80.0,
-    labels=20000,
-    correct=19000,
-    ece=0.03,
-    predicted={k: int(40000 * v) for k, v in SAYS.items()},
-)
-GOOD = Live(
-    CHAMPION,
-    Arm(
-        calls=4000,
-        errors=8,
-        p99_ms=80.0,
-        labels=2000,
-        correct=1900,
-        ece=0.03,
-        predicted={k: int(4000 * v) for k, v in SAYS.items()},
-    ),
-    Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8),
-)
+GOOD = Live(CHAMPION, GOOD_ARM, Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8))
 ERRS = Live(
     CHAMPION, Arm(calls=4000, errors=400, p99_ms=80.0, labels=10, correct=9), Paired(pairs=500, agree=480)
 )

@@ -4,6 +4,7 @@ its figures, passes a good candidate; health gates are hard, statistical ones ar
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,31 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nicheloop.registry import VersionInfo
-from rollout.gates import Arm, Evidence, GateResult, Live, Paired, evaluate, gates
+from rollout.gates import Arm, Evidence, Gate, GateResult, Live, Paired, evaluate, gates
 from rollout.gates.drift import PredictionDrift
 from rollout.gates.health import ErrorRate
 from rollout.plan import RolloutPlan
+from tests.unit.rollout.arms import CHAMPION, GOOD
 
 PLAN = RolloutPlan(min_requests=100, min_labels=200, alpha=0.05, accuracy_margin=0.03)
-SHARES = {"crack": 0.5, "scratch": 0.3, "pit": 0.2}  # the classes both models predict, and how often
-CHAMPION = Arm(
-    calls=40000,
-    errors=80,
-    p99_ms=80.0,
-    labels=20000,
-    correct=19000,
-    ece=0.03,
-    predicted={k: int(v * 40000) for k, v in SHARES.items()},
-)  # 95 % of traffic
-GOOD = Arm(
-    calls=4000,
-    errors=8,
-    p99_ms=80.0,
-    labels=2000,
-    correct=1900,
-    ece=0.03,
-    predicted={"crack": 1980, "scratch": 1230, "pit": 790},
-)  # the interval needs ~2000 labels at 95 %
 
 
 def _evidence(candidate: Arm = GOOD, champion: Arm = CHAMPION, paired: Paired | None = None) -> Evidence:
@@ -114,23 +97,33 @@ def test_a_failed_call_or_two_on_thin_counts_holds_rather_than_rolling_back() ->
     assert _by_name(evaluate(_evidence(many), "canary"))["error_rate"].verdict == "pass"
 
 
+def _ever_fails(
+    gate: Gate, arms: Callable[[int, int], tuple[Arm, Arm]], *, streams: int, ticks: int
+) -> float:
+    """Share of ``streams`` in which ``gate``, read after every tick from the fifth on (the plan's
+    ``min_requests`` at 20 candidate calls a tick), ever fails; ``arms(stream, tick)`` gives the
+    candidate's and the champion's figures over the window so far."""
+    failed = 0
+    for s in range(streams):
+        failed += any(gate(_evidence(*arms(s, t))).verdict == "fail" for t in range(4, ticks))
+    return failed / streams
+
+
 def _error_gate_ever_fails(rate: float, *, seed: int, streams: int = 300, ticks: int = 40) -> float:
-    """Share of streams in which the error-rate gate, read after every tick of a growing window (20
-    candidate and 380 champion calls a tick, the champion failing 0.1 % of its calls), ever fails."""
+    """How often the error-rate gate ever fails a candidate failing ``rate`` of its calls (20
+    candidate and 380 champion calls a tick, the champion failing 0.1 % of its calls)."""
     rng = np.random.default_rng(seed)
     cand = np.cumsum(rng.binomial(20, rate, (streams, ticks)), 1)
     champ = np.cumsum(rng.binomial(380, 0.001, (streams, ticks)), 1)
-    failed = 0
-    for s in range(streams):
-        for t in range(4, ticks):  # from 100 candidate calls, the plan's min_requests
-            arms = (
-                Arm(calls=20 * (t + 1), errors=int(cand[s, t])),
-                Arm(calls=380 * (t + 1), errors=int(champ[s, t])),
-            )
-            if ErrorRate()(_evidence(*arms)).verdict == "fail":
-                failed += 1
-                break
-    return failed / streams
+    return _ever_fails(
+        ErrorRate(),
+        lambda s, t: (
+            Arm(calls=20 * (t + 1), errors=int(cand[s, t])),
+            Arm(calls=380 * (t + 1), errors=int(champ[s, t])),
+        ),
+        streams=streams,
+        ticks=ticks,
+    )
 
 
 @settings(max_examples=3, deadline=None)
@@ -211,23 +204,18 @@ def test_class_shares_within_the_allowance_or_within_chance_pass_the_drift_gate(
 
 
 def _drift_gate_ever_fails(shares: list[float], *, seed: int, streams: int = 200, ticks: int = 30) -> float:
-    """Share of streams in which the drift gate, read after every tick of a growing window (20
-    candidate predictions a tick with ``shares`` over four classes, 380 of the champion's evenly),
-    ever fails."""
+    """How often the drift gate ever fails a candidate saying four classes in ``shares`` (20
+    predictions a tick; the champion's 380 a tick evenly)."""
     rng = np.random.default_rng(seed)
     cand = np.cumsum(rng.multinomial(20, shares, (streams, ticks)), 1)
     champ = np.cumsum(rng.multinomial(380, [0.25] * 4, (streams, ticks)), 1)
-    gate, failed = PredictionDrift(), 0
-    for s in range(streams):
-        for t in range(4, ticks):
-            arms = [
-                dataclasses.replace(CHAMPION, predicted={str(k): int(v) for k, v in enumerate(x)})
-                for x in (cand[s, t], champ[s, t])
-            ]
-            if gate(_evidence(*arms)).verdict == "fail":
-                failed += 1
-                break
-    return failed / streams
+
+    def said(counts: np.ndarray) -> Arm:
+        return dataclasses.replace(CHAMPION, predicted={str(k): int(v) for k, v in enumerate(counts)})
+
+    return _ever_fails(
+        PredictionDrift(), lambda s, t: (said(cand[s, t]), said(champ[s, t])), streams=streams, ticks=ticks
+    )
 
 
 @settings(max_examples=2, deadline=None)

@@ -304,8 +304,8 @@ def main() -> None:
 
         out["real_gateway"] = real_pass()
         real = out["real_gateway"]["scenarios"]  # type: ignore[index]
-        cost = out["real_gateway"].get("shadow_cost")  # type: ignore[attr-defined]
-        out["shadow_cost_to_champion_p99"] = None if cost is None else round(cost["ratio"] - 1, 3)
+        costs = out["real_gateway"].get("shadow_cost") or []  # type: ignore[attr-defined]
+        out["shadow_cost_to_champion_p99"] = {str(c["shadow_share"]): round(c["ratio"] - 1, 3) for c in costs}
     if not scenarios:
         out["seconds"] = round(time.perf_counter() - began, 1)
         print(json.dumps(out))

@@ -42,7 +42,7 @@ from nicheloop.calibration import binned_ece_noise
 from nicheloop.latency import BASE_MS, GROWTH, TOP, quantile_ms
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout
-from rollout.gates import Arm, Evidence, Live, Paired, evaluate
+from rollout.gates import Arm, Evidence, Inputs, Live, Paired, evaluate
 from rollout.machine import GATED, decide, start
 from rollout.plan import RolloutPlan
 
@@ -221,7 +221,10 @@ class Stream:
         if r.state == "shadow":
             p, late = self.pairs.window(since), self.pairs.window(since, arrived)
             paired = Paired(int(p[0]), int(p[1]), int(late[2]), int(late[3]), int(late[4]))
-        return Live(champ, cand, paired)
+        # both cohorts send the same kind of images here: the input gate's level and power are the
+        # unit tests' (tests/unit/rollout/test_live_gates.py)
+        inputs = Inputs(cand.calls, champ.calls) if r.state == "canary" else Inputs()
+        return Live(champ, cand, paired, inputs)
 
 
 def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | None, float, float]:

@@ -42,7 +42,7 @@ from nicheloop.calibration import binned_ece_noise
 from nicheloop.latency import BASE_MS, GROWTH, TOP, quantile_ms
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout
-from rollout.gates import Arm, Evidence, Live, Paired, evaluate
+from rollout.gates import Arm, Evidence, Inputs, Live, Paired, evaluate
 from rollout.machine import GATED, decide, start
 from rollout.plan import RolloutPlan
 
@@ -221,7 +221,10 @@ class Stream:
         if r.state == "shadow":
             p, late = self.pairs.window(since), self.pairs.window(since, arrived)
             paired = Paired(int(p[0]), int(p[1]), int(late[2]), int(late[3]), int(late[4]))
-        return Live(champ, cand, paired)
+        # both cohorts send the same kind of images here: the input gate's level and power are the
+        # unit tests' (tests/unit/rollout/test_live_gates.py)
+        inputs = Inputs(cand.calls, champ.calls) if r.state == "canary" else Inputs()
+        return Live(champ, cand, paired, inputs)
 
 
 def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | None, float, float]:
@@ -304,8 +307,8 @@ def main() -> None:
 
         out["real_gateway"] = real_pass()
         real = out["real_gateway"]["scenarios"]  # type: ignore[index]
-        cost = out["real_gateway"].get("shadow_cost")  # type: ignore[attr-defined]
-        out["shadow_cost_to_champion_p99"] = None if cost is None else round(cost["ratio"] - 1, 3)
+        costs = out["real_gateway"].get("shadow_cost") or []  # type: ignore[attr-defined]
+        out["shadow_cost_to_champion_p99"] = {str(c["shadow_share"]): round(c["ratio"] - 1, 3) for c in costs}
     if not scenarios:
         out["seconds"] = round(time.perf_counter() - began, 1)
         print(json.dumps(out))

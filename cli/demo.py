@@ -60,15 +60,17 @@ def scrape(settings: Settings, metric: str, labels: str = "") -> float | None:
     return float(m.group(2)) if m else None
 
 
-def stream(client: httpx.Client, images: list[tuple[Any, str]], truth: dict[str, str]) -> None:
-    """POST every image to /v1/predict (8 at a time, so serving batches them)."""
+def stream(
+    client: httpx.Client, images: list[tuple[Any, str]], truth: dict[str, str], *, workers: int = 8
+) -> None:
+    """POST every image to /v1/predict, ``workers`` at a time (8: serving batches them)."""
 
     def one(item: tuple[Any, str]) -> None:
         resp = client.post("/v1/predict", files={"image": ("img.png", png_bytes(item[0]), "image/png")})
         resp.raise_for_status()
         truth[resp.json()["prediction_id"]] = item[1]
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, images))
 
 
@@ -109,9 +111,10 @@ def drive_rollout(
     batch: int = 40,
     timeout: float = 600.0,
     shift: Shift = Shift(),
+    workers: int = 8,
 ) -> dict[str, Any]:
-    """Send labeled traffic (each answer's true class comes back as feedback) until the live rollout
-    ends, saying each move on stderr; returns the final status.
+    """Send labeled traffic (each answer's true class comes back as feedback; ``workers`` requests
+    at a time) until the live rollout ends, saying each move on stderr; returns the final status.
 
     Raises:
         NicheloopError: the rollout has not ended after ``timeout`` seconds.
@@ -128,15 +131,18 @@ def drive_rollout(
         if time.monotonic() > deadline:
             raise NicheloopError(f"the rollout is still {status['state']} after {timeout:.0f}s: {status}")
         if status["state"] in ("shadow", "canary"):
-            send_labeled(client, images, batch, shift=shift)
+            send_labeled(client, images, batch, shift=shift, workers=workers)
         else:
             time.sleep(1.0)
 
 
-def send_labeled(client: httpx.Client, images: SyntheticStream, n: int, *, shift: Shift = Shift()) -> None:
-    """``n`` predictions, then each one's true class as feedback (labels a batch late)."""
+def send_labeled(
+    client: httpx.Client, images: SyntheticStream, n: int, *, shift: Shift = Shift(), workers: int = 8
+) -> None:
+    """``n`` predictions (``workers`` at a time), then each one's true class as feedback (labels a
+    batch late)."""
     truth: dict[str, str] = {}
-    stream(client, images.take(n, shift), truth)
+    stream(client, images.take(n, shift), truth, workers=workers)
     for pid, label in truth.items():
         client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).raise_for_status()
 

@@ -74,6 +74,7 @@ class Scored:
     class_names: list[str]
     truth: str | None = None
     twin: str | None = None  # the champion's label for a shadow prediction's image
+    stats: dict[str, float] | None = None  # the image's input-drift statistics, where kept
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,9 @@ class Rollouts:
         out: dict[str, dict[str, Scored]] = {"champion": {}, "candidate": {}, "shadow": {}}
         for p, truth in own:  # the newest label of a prediction comes last and wins
             arm = "candidate" if p.arm == "candidate" else "champion"
-            out[arm][p.prediction_id] = Scored(p.label, p.probs, p.class_names, truth)
+            out[arm][p.prediction_id] = Scored(p.label, p.probs, p.class_names, truth, stats=p.image_stats)
         for p, said, truth in shadow:
-            out["shadow"][p.prediction_id] = Scored(p.label, p.probs, p.class_names, truth, said)
+            out["shadow"][p.prediction_id] = Scored(
+                p.label, p.probs, p.class_names, truth, said, stats=p.image_stats
+            )
         return {arm: list(by_id.values()) for arm, by_id in out.items()}

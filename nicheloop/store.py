@@ -55,6 +55,9 @@ class Prediction(Base):
     arm: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: before rollouts
     # a shadow prediction's champion twin (whose id the caller got, and which feedback names)
     paired_with: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the image's input-drift statistics (nicheloop.images.IMAGE_STATS): the rollout's input gate
+    # compares the arms' images with them; None on rows from before they were kept
+    image_stats: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Feedback(Base):
@@ -210,7 +213,7 @@ def _add_missing_columns(engine: Engine) -> None:
 # The event fields a prediction row keeps (its embedding is stored as float32 bytes besides).
 PREDICTION_FIELDS = set(
     "prediction_id model_version label probs class_names uncertainty image_sha256 created_at arm "
-    "paired_with".split()
+    "paired_with image_stats".split()
 )
 
 

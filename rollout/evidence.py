@@ -12,7 +12,7 @@ import numpy as np
 from nicheloop.calibration import ece_noise, expected_calibration_error
 from nicheloop.latency import quantile_ms
 from nicheloop.rollouts import ArmCalls, Rollout, Rollouts, Scored
-from rollout.gates import Arm, Live, Paired
+from rollout.gates import Arm, Inputs, Live, Paired
 from rollout.plan import RolloutPlan
 
 P99 = 0.99
@@ -38,6 +38,7 @@ class StoreEvidence:
             champion=_arm(calls.get("champion"), scored["champion"], champ, *_ece(champ, n, self.seed)),
             candidate=_arm(calls.get(cand_arm), scored[cand_arm], cand, *_ece(cand, n, self.seed)),
             paired=_paired(scored["shadow"]) if shadow else Paired(),
+            inputs=Inputs() if shadow else _inputs(scored["candidate"], scored["champion"]),
         )
 
 
@@ -73,6 +74,25 @@ def _ece(labeled: list[Scored], n: int, seed: int) -> tuple[float | None, float,
     probs = np.asarray([x.probs for x in drawn], dtype=np.float64)
     y = np.asarray([x.class_names.index(x.truth) if x.truth in x.class_names else -1 for x in drawn])
     return expected_calibration_error(probs, y), *ece_noise(probs.max(axis=1))
+
+
+def _inputs(candidate: list[Scored], champion: list[Scored]) -> Inputs:
+    """The two-sample Kolmogorov-Smirnov distance of each image statistic between the images the
+    arms answered (predictions stored without statistics are left out)."""
+    cand = [x.stats for x in candidate if x.stats]
+    champ = [x.stats for x in champion if x.stats]
+    distances: dict[str, float] = {}
+    if cand and champ:
+        for name in sorted(set(cand[0]) & set(champ[0])):
+            a = np.sort([x[name] for x in cand if name in x])
+            b = np.sort([x[name] for x in champ if name in x])
+            if not len(a) or not len(b):
+                continue
+            grid = np.concatenate([a, b])
+            cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+            cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+            distances[name] = float(np.abs(cdf_a - cdf_b).max())
+    return Inputs(len(cand), len(champ), distances)
 
 
 def _paired(shadow: list[Scored]) -> Paired:

@@ -54,6 +54,14 @@ class RolloutPlan(BaseModel):
         description="How far one class's share of the candidate's predictions may stray from its share "
         "of the champion's in the same window (beyond doubt).",
     )
+    max_input_shift: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="How far the canary's two cohorts' images may differ in one statistic (largest gap "
+        "of their distributions) beyond doubt before the arms' figures are not comparable; then "
+        "the step holds and an operator decides.",
+    )
     max_error_rate_increase: float = Field(
         0.01, ge=0, le=1, description="Share of failed calls the candidate may add to the champion's."
     )

@@ -71,12 +71,24 @@ class Paired:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """Canary: how the images each arm answered compare, statistic by statistic (the largest gap
+    between the two arms' distributions of it: the two-sample Kolmogorov-Smirnov distance)."""
+
+    candidate: int = 0  # images with statistics the candidate answered
+    champion: int = 0
+    distances: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Live:
-    """What the live gates look at: the two arms over one window, and the shadow's pairs."""
+    """What the live gates look at: the two arms over one window, the shadow's pairs, and in canary
+    how the images the two arms answered compare."""
 
     champion: Arm
     candidate: Arm
     paired: Paired = field(default_factory=Paired)
+    inputs: Inputs = field(default_factory=Inputs)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
-"""Prediction drift of the candidate's traffic in shadow and canary: the classes it predicts against
-the champion's over the same window. Requests reach an arm by a hash of their key, so both arms see
-the same kind of images; a candidate whose class shares stray far from the champion's before any
-label arrives (a broken preprocessing step, a class it never says) is caught here first."""
+"""Drift of the candidate's traffic against the champion's over the same window. Prediction drift (in
+shadow and canary): requests reach an arm by a hash of their key, so both arms see the same kind of
+images, and a candidate whose class shares stray far from the champion's before any label arrives
+(a broken preprocessing step, a class it never says) is caught here first. Input drift (canary):
+when the key is a device or a customer, one cohort may send other images than the other, and then
+no figure of the two arms compares like with like."""
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from rollout.gates import Evidence, GateResult, Phase, register_gate
@@ -61,3 +64,44 @@ class PredictionDrift:
             )
             return GateResult(self.name, "fail", reason, figures)
         return passed
+
+
+@register_gate
+class InputDrift:
+    """Canary: the images each arm answered, statistic by statistic (brightness, sharpness, size...).
+    Holds, so an operator decides after ``max_step_s``, while some statistic's distributions in the
+    two cohorts are more than the plan's ``max_input_shift`` apart beyond doubt (each arm's empirical
+    distribution is within the DKW bound of its truth, ``alpha`` split over arms and statistics)."""
+
+    name: ClassVar[str] = "input_drift"
+    phases: ClassVar[tuple[Phase, ...]] = ("canary",)
+
+    def __call__(self, evidence: Evidence) -> GateResult:
+        inputs, plan = evidence.need_live().inputs, evidence.plan
+        n_cand, n_champ = inputs.candidate, inputs.champion
+        if min(n_cand, n_champ) < plan.min_requests:
+            counts = f"{n_cand} candidate and {n_champ} champion images with statistics"
+            return GateResult(self.name, "hold", f"{counts}; need {plan.min_requests}")
+        worst = max(inputs.distances, key=inputs.distances.__getitem__, default=None)
+        gap = 0.0 if worst is None else inputs.distances[worst]
+        # Dvoretzky-Kiefer-Wolfowitz: each arm's empirical CDF is within this of its own, at once
+        # for every statistic, with probability 1 - alpha
+        tests = 2 * max(1, len(inputs.distances))
+        slack = math.sqrt(math.log(2 * tests / plan.alpha) / 2) * (n_cand**-0.5 + n_champ**-0.5)
+        figures = {
+            "largest_distance": gap,
+            "largest_distance_low": max(0.0, gap - slack),
+            "candidate_images": float(n_cand),
+            "champion_images": float(n_champ),
+        }
+        if gap - slack > plan.max_input_shift:
+            reason = (
+                f"the cohorts' images differ in {worst}: distributions at least {gap - slack:.2f} apart "
+                f"(at most {plan.max_input_shift:.2f} allowed); the arms' figures are not comparable, "
+                "so the step waits for an operator"
+            )
+            return GateResult(self.name, "hold", reason, figures)
+        where = "" if worst is None else f" (largest in {worst})"
+        return GateResult(
+            self.name, "pass", f"the cohorts' images differ by at most {gap:.2f}{where}", figures
+        )

@@ -14,7 +14,7 @@ from nicheloop.errors import Conflict, GateRefused, NotFound
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
 from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
-from rollout.gates import Arm, Live, Paired
+from rollout.gates import Arm, Inputs, Live, Paired
 from rollout.machine import NotAllowed
 from rollout.plan import RolloutPlan
 from rollout.promote import PREVIOUS
@@ -25,7 +25,12 @@ from tests.unit.rollout.arms import GOOD as GOOD_ARM
 PLAN = RolloutPlan(
     steps=(0.05, 0.5), min_step_s=60, max_step_s=3600, bake_s=120, interval_s=10, min_labels=200
 )
-GOOD = Live(CHAMPION, GOOD_ARM, Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8))
+GOOD = Live(
+    CHAMPION,
+    GOOD_ARM,
+    Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8),
+    Inputs(4000, 40000, {"brightness": 0.02}),  # both cohorts send the same kind of images
+)
 ERRS = Live(
     CHAMPION, Arm(calls=4000, errors=400, p99_ms=80.0, labels=10, correct=9), Paired(pairs=500, agree=480)
 )

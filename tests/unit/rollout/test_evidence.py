@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from nicheloop.contracts import FeedbackEvent, PredictionEvent
+from nicheloop.contracts import IMAGE_STATS, FeedbackEvent, PredictionEvent
 from nicheloop.latency import bucket
 from nicheloop.rollouts import ArmCalls, Rollout, Rollouts
 from nicheloop.store import Store
@@ -97,7 +97,11 @@ def test_canary_evidence_is_the_candidates_answers_over_the_steps_window(any_sto
     store.add_feedback(FeedbackEvent(prediction_id="x", label="a"))
     for i in range(10):
         arm, version = ("candidate", "2") if i % 2 else ("champion", "1")
-        store.add_prediction(_prediction(f"p{i}", version, "a", t1 + i, arm=arm))
+        # the candidate's cohort sends brighter images, of the same size
+        stats = dict.fromkeys(IMAGE_STATS, 1.0) | {
+            "brightness": 200.0 + i if arm == "candidate" else 50.0 + i
+        }
+        store.add_prediction(_prediction(f"p{i}", version, "a", t1 + i, arm=arm, image_stats=stats))
         store.add_feedback(FeedbackEvent(prediction_id=f"p{i}", label="a" if i < 8 else "b"))
     store.add_prediction(_prediction("o", "3", "a", t1, arm="champion"))  # some other version
     store.add_feedback(FeedbackEvent(prediction_id="o", label="a"))
@@ -105,3 +109,6 @@ def test_canary_evidence_is_the_candidates_answers_over_the_steps_window(any_sto
     assert (live.candidate.labels, live.candidate.correct) == (5, 4)  # p1 p3 p5 p7 right, p9 wrong
     assert (live.champion.labels, live.champion.correct) == (5, 4)
     assert live.paired.pairs == 0 and live.candidate.calls == 0 and live.candidate.p99_ms is None
+    # the cohorts' images, statistic by statistic: apart in brightness, alike in the rest
+    assert (live.inputs.candidate, live.inputs.champion) == (5, 5)
+    assert live.inputs.distances["brightness"] == 1.0 and live.inputs.distances["width"] == 0.0

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nicheloop.registry import VersionInfo
-from rollout.gates import Arm, Evidence, Gate, GateResult, Live, Paired, evaluate, gates
-from rollout.gates.drift import PredictionDrift
+from rollout.gates import Arm, Evidence, Gate, GateResult, Inputs, Live, Paired, evaluate, gates
+from rollout.gates.drift import InputDrift, PredictionDrift
 from rollout.gates.health import ErrorRate
 from rollout.plan import RolloutPlan
 from tests.unit.rollout.arms import CHAMPION, GOOD
@@ -21,11 +21,17 @@ from tests.unit.rollout.arms import CHAMPION, GOOD
 PLAN = RolloutPlan(min_requests=100, min_labels=200, alpha=0.05, accuracy_margin=0.03)
 
 
-def _evidence(candidate: Arm = GOOD, champion: Arm = CHAMPION, paired: Paired | None = None) -> Evidence:
+ALIKE = Inputs(candidate=4000, champion=40000, distances={"brightness": 0.02, "sharpness": 0.03})
+
+
+def _evidence(
+    candidate: Arm = GOOD, champion: Arm = CHAMPION, paired: Paired | None = None, inputs: Inputs = ALIKE
+) -> Evidence:
     live = Live(
         champion,
         candidate,
         paired or Paired(pairs=500, agree=480, labeled=300, candidate_only=9, champion_only=8),
+        inputs,
     )
     versions = [VersionInfo("m", v, f"run{v}", {}, []) for v in ("1", "2")]
     return Evidence(None, *versions, live=live, plan=PLAN)  # type: ignore[arg-type]
@@ -50,6 +56,7 @@ def test_each_phase_runs_its_gates() -> None:
         "calibration",
         "accuracy",
         "prediction_drift",
+        "input_drift",
     }
 
 
@@ -62,7 +69,8 @@ def test_a_candidate_like_the_champion_passes_every_gate(phase: str) -> None:
 def test_thin_evidence_holds_every_gate() -> None:
     thin = Arm(calls=10, errors=0, p99_ms=50.0, labels=5, correct=5, ece=0.0)
     for phase in ("shadow", "canary"):
-        results = evaluate(_evidence(thin, thin, Paired(pairs=10, agree=10, labeled=3)), phase)  # type: ignore[arg-type]
+        few = Paired(pairs=10, agree=10, labeled=3)
+        results = evaluate(_evidence(thin, thin, few, Inputs(10, 10, {"brightness": 0.1})), phase)  # type: ignore[arg-type]
         assert {r.verdict for r in results} == {"hold"}, [(r.gate, r.reason) for r in results]
 
 
@@ -223,3 +231,33 @@ def _drift_gate_ever_fails(shares: list[float], *, seed: int, streams: int = 200
 def test_reading_the_drift_gate_every_tick_keeps_its_level_and_catches_a_lost_class(seed: int) -> None:
     assert _drift_gate_ever_fails([0.25] * 4, seed=seed) <= PLAN.alpha
     assert _drift_gate_ever_fails([0.4, 0.3, 0.3, 0.0], seed=seed) >= 0.9  # one class never said
+
+
+def test_cohorts_that_send_other_images_hold_the_canary_for_an_operator() -> None:
+    darker = Inputs(candidate=2000, champion=20000, distances={"brightness": 0.4, "sharpness": 0.05})
+    drift = _by_name(evaluate(_evidence(inputs=darker), "canary"))["input_drift"]
+    assert drift.verdict == "hold" and "differ in brightness" in drift.reason and not drift.hard
+    assert 0.15 < drift.figures["largest_distance_low"] < 0.4
+    thin = Inputs(candidate=120, champion=2000, distances={"brightness": 0.25})  # could be chance
+    assert _by_name(evaluate(_evidence(inputs=thin), "canary"))["input_drift"].verdict == "pass"
+
+
+def test_the_input_gate_rarely_holds_cohorts_of_the_same_images() -> None:
+    """Cohorts drawn from one distribution (13 statistics, 200 and 2,000 images, 300 seeds): the gate
+    holds in at most alpha of them."""
+    rng = np.random.default_rng(4)
+    held = 0
+    for _ in range(300):
+        a, b = np.sort(rng.normal(size=(13, 200)), 1), np.sort(rng.normal(size=(13, 2000)), 1)
+        distances = {}
+        for k in range(13):
+            grid = np.concatenate([a[k], b[k]])
+            gap = (
+                np.searchsorted(a[k], grid, side="right") / 200
+                - np.searchsorted(b[k], grid, side="right") / 2000
+            )
+            distances[f"s{k}"] = float(np.abs(gap).max())
+        plan = PLAN.model_copy(update={"max_input_shift": 0.0})  # any gap beyond chance holds
+        evidence = dataclasses.replace(_evidence(inputs=Inputs(200, 2000, distances)), plan=plan)
+        held += InputDrift()(evidence).verdict == "hold"
+    assert held / 300 <= PLAN.alpha

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WindowKind = Literal["sliding", "tumbling"]
 ServingMode = Literal["split", "fused"]
+ShadowPriority = Literal["idle", "normal"]
 ServeIngress = Literal["haproxy", "proxy"]
 EmbeddingMethod = Literal["mean_shift", "novelty", "mmd", "distance", "model"]
 
@@ -100,6 +101,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Shadow calls to the candidate a gateway replica has out at once; more are dropped "
         "(and counted), as are all while the replica's predictions are at half their bound.",
+    )
+    shadow_priority: ShadowPriority = Field(
+        "idle",
+        description="idle: the candidate computes shadow calls only on CPU nothing else wants, so "
+        "mirroring costs the champion next to nothing; their latency then says nothing of the "
+        "candidate's, which is judged from the first canary step. normal: when the candidate has "
+        "machines of its own (a GPU) and its latency should count in shadow. docs/rollout.md.",
     )
     rollout_refresh_s: float = Field(
         2.0, gt=0, description="How often a gateway replica reads the live rollout's routing."

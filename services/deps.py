@@ -46,6 +46,7 @@ class GatewayResources:
     queue: ReviewQueue
     publisher: Publisher
     candidate: PredictorPort | None = None  # a rollout's candidate (split mode: its own deployment)
+    shadow: PredictorPort | None = None  # the candidate as mirrored calls reach it (else ``candidate``)
     rollout: RoutingWatch | None = None  # the live rollout's routing and this replica's arm counts
     calls: ModelCalls = field(default_factory=ModelCalls)  # every model call, by arm and version
 

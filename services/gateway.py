@@ -23,7 +23,7 @@ from services.api import api
 from services.batching import Batcher
 from services.deps import GatewayResources, PredictorPort, install_resources
 from services.ids import load_or_create_key
-from services.inference import InProcessPredictor, ModelOutput, ModelState, Pixels
+from services.inference import InProcessPredictor, InProcessShadow, ModelOutput, ModelState, Pixels
 from services.limits import Admission
 from services.routing import RoutingWatch
 from services.watch import ModelWatch
@@ -43,8 +43,10 @@ class ServePredictor:
     call costs both sides milliseconds of CPU whatever it carries (docs/serving.md).
     """
 
-    def __init__(self, handle: DeploymentHandle, *, max_batch: int, calls_at_once: int) -> None:
-        self.handle = handle
+    def __init__(
+        self, handle: DeploymentHandle, *, max_batch: int, calls_at_once: int, method: str = "predict_many"
+    ) -> None:
+        self.handle, self.method = handle, method  # method: predict_many, or shadow_many for mirrors
         self._calls: Batcher[Pixels, ModelOutput] = Batcher(
             self._call, max_size=max_batch, max_wait_s=0.0, concurrency=calls_at_once
         )
@@ -59,7 +61,7 @@ class ServePredictor:
     async def _call(self, items: list[Pixels]) -> list[ModelOutput]:
         for attempt in range(1, PREDICT_ATTEMPTS + 1):
             try:
-                outputs: list[ModelOutput] = await _answer(self.handle.predict_many.remote(items))
+                outputs: list[ModelOutput] = await _answer(getattr(self.handle, self.method).remote(items))
                 return outputs
             except RayActorError as exc:  # inference is idempotent: try another replica
                 if attempt == PREDICT_ATTEMPTS:
@@ -93,6 +95,18 @@ def _port(
     )
 
 
+def _shadow_port(
+    settings: Settings, handle: DeploymentHandle | None, candidate: PredictorPort
+) -> PredictorPort:
+    """The candidate as shadow calls reach it (:meth:`services.inference.Predictor.shadow`)."""
+    if handle is None:
+        assert isinstance(candidate, InProcessPredictor)
+        return InProcessShadow(candidate)
+    return ServePredictor(
+        handle, max_batch=settings.batch_max_size, calls_at_once=CALLS_PER_REPLICA, method="shadow_many"
+    )
+
+
 def gateway_resources(
     settings: Settings, predictor: DeploymentHandle | None, candidate: DeploymentHandle | None = None
 ) -> GatewayResources:
@@ -101,6 +115,7 @@ def gateway_resources(
     queue, the publisher."""
     store = Store(settings.db_url)
     port = _port(settings, predictor, "champion", settings.predictor_max_replicas)
+    candidate_port = _port(settings, candidate, "candidate", 1)
     return GatewayResources(
         settings=settings,
         predictor=port,
@@ -121,7 +136,8 @@ def gateway_resources(
             name="gateway",
             spool_max_events=settings.spool_max_events,
         ),
-        candidate=_port(settings, candidate, "candidate", 1),
+        candidate=candidate_port,
+        shadow=_shadow_port(settings, candidate, candidate_port),
         rollout=RoutingWatch(
             Rollouts(store), refresh_s=settings.rollout_refresh_s, stale_s=settings.rollout_stale_s
         ),

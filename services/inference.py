@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -206,10 +208,8 @@ class Predictor:
         self.slot = ModelSlot(registry, target, device=device)
         # one inference thread: torch's OpenMP team belongs to its calling thread, and a new caller
         # thread each batch (asyncio.to_thread) grows a new team of spinning threads
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer")
-        self.batcher: Batcher[Pixels, ModelOutput] = Batcher(
-            self._infer, max_size=self.settings.batch_max_size, max_wait_s=self.settings.batch_wait_timeout_s
-        )
+        self.batcher = self._batcher(ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer"))
+        self._shadows: Batcher[Pixels, ModelOutput] | None = None  # made on the first shadow call
         self._watcher = asyncio.get_event_loop().create_task(self._watch())
         self._fault_rng = random.Random()
 
@@ -223,8 +223,12 @@ class Predictor:
                 log.exception("%s reload failed; still serving version %s", self.arm, self.slot.version)
             await asyncio.sleep(self.settings.reload_interval_s)
 
-    async def _infer(self, items: list[Pixels]) -> list[ModelOutput]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.slot.infer, items)
+    def _batcher(self, executor: ThreadPoolExecutor) -> Batcher[Pixels, ModelOutput]:
+        async def infer(items: list[Pixels]) -> list[ModelOutput]:
+            return await asyncio.get_running_loop().run_in_executor(executor, self.slot.infer, items)
+
+        s = self.settings
+        return Batcher(infer, max_size=s.batch_max_size, max_wait_s=s.batch_wait_timeout_s)
 
     def state(self) -> ModelState:
         return self.slot.state()
@@ -236,16 +240,50 @@ class Predictor:
         Raises:
             NotReady: no model loaded yet. ModelFailed: the version's fault struck this call.
         """
-        out = await self.batcher.submit(pixels)
-        fault = ServingFault.of(self.slot.model)
-        if fault is not None:
-            await fault.strike(self._fault_rng)
-        return out
+        return await self._through(self.batcher, pixels)
 
     async def predict_many(self, items: list[Pixels]) -> list[ModelOutput]:
         """The images of one gateway call, each batched with whatever else waits here (a cancelled
         call's images that have not started are dropped)."""
         return list(await asyncio.gather(*(self.predict(pixels) for pixels in items)))
+
+    async def shadow(self, pixels: Pixels) -> ModelOutput:
+        """One image's output for a shadow call (an answer nobody waits for). With
+        ``shadow_priority=idle`` it is batched apart from answered calls, on a thread that runs only
+        on CPU nothing else wants: mirroring must not slow the champion that shares the machine.
+
+        Raises:
+            NotReady: no model loaded yet. ModelFailed: the version's fault struck this call.
+        """
+        if self.settings.shadow_priority == "normal":
+            return await self.predict(pixels)
+        if self._shadows is None:
+            idle = ThreadPoolExecutor(1, thread_name_prefix="nicheloop-shadow", initializer=spare_cpu_only)
+            self._shadows = self._batcher(idle)
+        return await self._through(self._shadows, pixels)
+
+    async def shadow_many(self, items: list[Pixels]) -> list[ModelOutput]:
+        """The images of one gateway call's shadow batch (:meth:`shadow`)."""
+        return list(await asyncio.gather(*(self.shadow(pixels) for pixels in items)))
+
+    async def _through(self, batcher: Batcher[Pixels, ModelOutput], pixels: Pixels) -> ModelOutput:
+        out = await batcher.submit(pixels)
+        fault = ServingFault.of(self.slot.model)
+        if fault is not None:
+            await fault.strike(self._fault_rng)
+        return out
+
+
+def spare_cpu_only() -> None:
+    """Schedule the calling thread (and the torch threads it starts, which inherit it) only on CPU
+    that nothing else wants: Linux's SCHED_IDLE, else nice 19 (both allowed without privileges)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # Linux: 0 is this thread
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError as exc:
+            log.warning("shadow calls run at normal priority here (%s)", exc)
 
 
 class InProcessPredictor:
@@ -260,6 +298,19 @@ class InProcessPredictor:
 
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return await self.predictor.predict(pixels)
+
+
+class InProcessShadow:
+    """The in-process candidate as the port of shadow calls (:meth:`Predictor.shadow`)."""
+
+    def __init__(self, candidate: InProcessPredictor) -> None:
+        self.predictor = candidate.predictor
+
+    async def state(self) -> ModelState:
+        return self.predictor.state()
+
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        return await self.predictor.shadow(pixels)
 
 
 def candidate_deployment(settings: Settings) -> Any:

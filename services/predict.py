@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from nicheloop.contracts import PREDICTIONS_TOPIC, Arm, PredictionEvent, PredictResponse
-from nicheloop.errors import NicheloopError, NotReady, Overloaded
+from nicheloop.errors import NicheloopError, NotReady, Overloaded, UpstreamTimeout
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.pixels import InputSpec, to_pixels
 from nicheloop.rollouts import Routing
@@ -134,9 +134,12 @@ async def _timed(
 ) -> ModelOutput:
     """One model call with the predictor's deadline, counted for ``arm`` of the rollout (if any) and
     in the replica's metrics under the version that answered (``version`` if none did). Not counted:
-    a candidate still loading its model (NotReady, not Overloaded), a cancelled caller."""
+    a candidate still loading its model (NotReady, not Overloaded), a cancelled caller. An
+    idle-priority shadow call (``shadow_priority=idle``) waits for spare CPU: the rollout counts it
+    without its latency, and one that ran out of time as dropped, not failed."""
     s, start = res.settings, time.perf_counter()
     ok, counted = False, True
+    idle = arm == "shadow" and s.shadow_priority == "idle"
     try:
         out = await within(
             port.predict(pixels), s.predict_timeout_s, part=f"{arm} predictor", knob="predict_timeout_s"
@@ -147,6 +150,11 @@ async def _timed(
         if not isinstance(exc, Overloaded):
             counted = False
         raise
+    except UpstreamTimeout:
+        if idle and res.rollout is not None:
+            counted = False
+            res.rollout.counter.dropped += 1
+        raise
     except asyncio.CancelledError:
         counted = False
         raise
@@ -155,7 +163,8 @@ async def _timed(
         if counted:
             res.calls.record(arm, version, seconds, ok=ok)
             if rollout_id is not None and res.rollout is not None:
-                res.rollout.counter.record(rollout_id, arm, seconds * 1000, ok=ok)
+                ms = None if idle else seconds * 1000
+                res.rollout.counter.record(rollout_id, arm, ms, ok=ok)
 
 
 async def _publish(res: GatewayResources, event: PredictionEvent) -> None:
@@ -188,7 +197,7 @@ async def _shadow(res: GatewayResources, upload: Upload, digest: str, routing: R
     try:
         out = await _timed(
             res,
-            res.candidate,
+            res.shadow or res.candidate,
             upload.pixels,
             "shadow",
             rollout_id=routing.rollout_id,

@@ -56,10 +56,13 @@ class ArmCounter:
         self._open: dict[tuple[int, str], tuple[int, int, dict[int, int]]] = {}
         self.dropped = 0  # shadow calls not made: the bound was reached, or the replica was busy
 
-    def record(self, rollout_id: int, arm: Arm, ms: float, *, ok: bool) -> None:
+    def record(self, rollout_id: int, arm: Arm, ms: float | None, *, ok: bool) -> None:
+        """Count one call; ``ms`` None: a call whose latency is not the model's (an idle-priority
+        shadow call, which waited for spare CPU)."""
         calls, errors, hist = self._open.get((rollout_id, arm), (0, 0, {}))
-        k = bucket(ms)
-        hist[k] = hist.get(k, 0) + 1
+        if ms is not None:
+            k = bucket(ms)
+            hist[k] = hist.get(k, 0) + 1
         self._open[(rollout_id, arm)] = (calls + 1, errors + (not ok), hist)
 
     def put_back(self, taken: dict[tuple[int, str], ArmCalls]) -> None:

@@ -64,7 +64,8 @@ class ErrorRate:
 
 @register_gate
 class Latency:
-    """The candidate's p99 latency against the champion's."""
+    """The candidate's p99 latency against the champion's (from the first canary step when shadow
+    calls run at idle priority, and so go untimed)."""
 
     name: ClassVar[str] = "latency_p99"
     phases: ClassVar[tuple[Phase, ...]] = ("shadow", "canary")
@@ -74,6 +75,14 @@ class Latency:
         cand, champ = live.candidate, live.champion
         if (few := _too_few_calls(self.name, evidence)) is not None:
             return few
+        if cand.p99_ms is None and champ.p99_ms is not None:
+            # calls counted untimed: shadow calls at idle priority (Settings.shadow_priority), whose
+            # latency is the wait for spare CPU; the candidate's own is judged when it answers
+            reason = (
+                f"{cand.calls} shadow calls ran on spare CPU, untimed; latency is judged from the "
+                "first canary step"
+            )
+            return GateResult(self.name, "pass", reason, {"calls": float(cand.calls)}, hard=True)
         if cand.p99_ms is None or champ.p99_ms is None:
             return GateResult(self.name, "hold", "no p99 latency measured for one of the arms yet")
         ratio = cand.p99_ms / max(champ.p99_ms, 1e-9)

@@ -89,6 +89,21 @@ def test_errors_and_latency_fail_hard_with_their_figures() -> None:
     assert latency.figures["ratio"] == 5.0 and "400 ms" in latency.reason
 
 
+def test_untimed_shadow_calls_leave_latency_to_the_canary_and_an_untimed_champion_holds() -> None:
+    """Shadow calls at idle priority are counted without their latency (the wait for spare CPU is
+    not the candidate's): the gate passes them on to canary, where the candidate answers and is timed."""
+    untimed = dataclasses.replace(GOOD, p99_ms=None)
+    latency = _by_name(evaluate(_evidence(untimed), "shadow"))["latency_p99"]
+    assert (
+        latency.verdict == "pass" and latency.hard and "judged from the first canary step" in latency.reason
+    )
+    assert latency.figures == {"calls": 4000.0}
+    no_champion = _by_name(evaluate(_evidence(GOOD, dataclasses.replace(CHAMPION, p99_ms=None)), "shadow"))
+    assert no_champion["latency_p99"].verdict == "hold"
+    slow = _by_name(evaluate(_evidence(dataclasses.replace(GOOD, p99_ms=130.0)), "shadow"))["latency_p99"]
+    assert slow.verdict == "fail"  # timed shadow calls (shadow_priority=normal) are judged
+
+
 def test_a_failed_call_or_two_on_thin_counts_holds_rather_than_rolling_back() -> None:
     """2 failed calls in 100 read 2 % against the champion's 0.2 %: over the 1-point allowance as a
     point estimate, well within what chance gives an equal candidate, and too few calls to tell it

@@ -4,7 +4,9 @@ the model replica fails or stalls its share of calls (a version without one serv
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from nicheloop.model import build_model, load_model, save_model
 from nicheloop.pixels import to_pixels
 from nicheloop.settings import Settings
 from services.faults import ServingFault
-from services.inference import ModelSlot, Pixels, Predictor
+from services.inference import ModelOutput, ModelSlot, Pixels, Predictor
 from tests.unit.services.fakes import OneVersion
 
 
@@ -63,3 +65,40 @@ def test_the_replica_fails_and_stalls_the_declared_shares_of_calls(tmp_path: Pat
     registry.model.extra.clear()
     _, slow = asyncio.run(run(ServingFault(slow_share=1.0, slow_ms=50), 4))
     assert slow >= 0.2
+
+
+@pytest.mark.parametrize("priority", ["idle", "normal"])
+def test_idle_shadow_calls_run_on_a_thread_of_their_own_that_yields_the_cpu(
+    tmp_path: Path, priority: str
+) -> None:
+    registry = OneVersion()
+    registry.registered = True
+    image = Image.fromarray(np.zeros((40, 40, 3), np.uint8))
+    ran: list[tuple[str, int]] = []  # each batch's thread and scheduling policy
+
+    async def run() -> tuple[ModelOutput, ModelOutput]:
+        settings = Settings(home=tmp_path, shadow_priority=priority)  # type: ignore[arg-type]
+        predictor = Predictor(settings.model_dump(mode="json"), "candidate")
+        predictor.slot = ModelSlot(registry, lambda: "1")
+        predictor.slot.reload_if_changed()
+        infer = predictor.slot.infer
+
+        def spy(items: list[Pixels]) -> list[ModelOutput]:
+            ran.append((threading.current_thread().name, os.sched_getscheduler(0)))
+            return infer(items)
+
+        predictor.slot.infer = spy  # type: ignore[method-assign]
+        pixels = Pixels(to_pixels(image, registry.model.input_spec), registry.model.input_spec.key)
+        shadow = (await predictor.shadow_many([pixels]))[0]
+        answer = await predictor.predict(pixels)
+        predictor._watcher.cancel()
+        return shadow, answer
+
+    shadow, answer = asyncio.run(run())
+    assert shadow.probs == pytest.approx(answer.probs)
+    assert ran[1] == (ran[1][0], os.SCHED_OTHER) and ran[1][0].startswith("nicheloop-infer")
+    if priority == "idle":
+        assert ran[0][0].startswith("nicheloop-shadow") and ran[0][1] == os.SCHED_IDLE
+    else:
+        assert ran[0] == ran[1]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is untouched

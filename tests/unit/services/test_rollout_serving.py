@@ -122,6 +122,34 @@ def test_shadow_pairs_with_the_champions_answer_and_drops_beyond_its_bound(
     assert 'nicheloop_model_call_seconds_count{arm="shadow",model_version="2"} 3.0' in metrics
 
 
+@pytest.mark.parametrize("priority", ["idle", "normal"])
+def test_idle_shadow_calls_go_untimed_and_a_starved_one_is_dropped_not_failed(
+    serve: list[GatewayResources], res: GatewayResources, registry: OneVersion, png: bytes, priority: str
+) -> None:
+    live = Rollouts(res.store).create(
+        Rollout("2", "1", mirror=1.0), plan={}, actor="t", reason="", now=time.time()
+    )
+    serve.append(_with_rollout(res, registry, shadow_priority=priority))
+    key = (live.id or 0, "shadow")
+
+    def shadow_counts() -> ArmCalls:
+        with TestClient(api, raise_server_exceptions=False) as client:
+            assert client.post("/v1/predict", content=png).status_code == 200
+            _eventually(lambda: not serve[0].rollout.shadows)  # type: ignore[union-attr]
+        return serve[0].rollout.counter.take().get(key, ArmCalls())  # type: ignore[union-attr]
+
+    answered = shadow_counts()
+    assert (answered.calls, answered.errors) == (1, 0)
+    assert sum(answered.latency.values()) == (0 if priority == "idle" else 1)  # the wait is not the model's
+    serve[0] = dataclasses.replace(serve[0], shadow=Broken(ModelSlot(registry, lambda: "2")))  # times out
+    starved = shadow_counts()
+    dropped = serve[0].rollout.counter.dropped  # type: ignore[union-attr]
+    if priority == "idle":  # it waited for spare CPU: not the candidate's failure
+        assert (starved.calls, dropped) == (0, 1)
+    else:
+        assert (starved.calls, starved.errors, dropped) == (1, 1, 0)
+
+
 def test_a_failing_candidate_is_counted_and_the_champion_answers(
     serve: list[GatewayResources], res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:

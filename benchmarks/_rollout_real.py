@@ -193,14 +193,18 @@ def shadow_cost(
     plan = PLAN.model_copy(update={"shadow_share": share})
     alone: list[float] = []
     mirrored: list[float] = []
+    answered = 0  # shadow calls the candidate answered: mirroring that drops everything costs nothing
     for _ in range(rounds):
         _p99_ms(client, images[:100], concurrency=concurrency)  # warm
         alone.append(_p99_ms(client, images, concurrency=concurrency))
-        ops.start(actor="benchmark", version=version, plan=plan)
+        started = ops.start(actor="benchmark", version=version, plan=plan)
         ops.act("pause", actor="benchmark", reason="measure shadow's cost")
         _p99_ms(client, images[:100], concurrency=concurrency)  # the candidate loads its model
         mirrored.append(_p99_ms(client, images, concurrency=concurrency))
+        time.sleep(3.0)  # the gateways flush their arm counts every rollout_refresh_s (2 s)
         ops.act("rollback", actor="benchmark", reason="measured shadow's cost")
+        shadow = ops.rollouts.arm_calls(int(started["rollout_id"]), since=0.0).get("shadow")
+        answered += 0 if shadow is None else shadow.calls - shadow.errors
     a, m = statistics.median(alone), statistics.median(mirrored)
     return {
         "shadow_share": share,
@@ -208,6 +212,7 @@ def shadow_cost(
         "champion_p99_ms_alone": round(a, 1),
         "champion_p99_ms_shadowed": round(m, 1),
         "ratio": round(m / a, 3),
+        "shadow_answered_share": round(answered / (rounds * (requests + 100) * share), 3),
     }
 
 

@@ -17,7 +17,9 @@ window, as ``rollout.evidence`` reads it from the store.
 
 The real pass (``benchmarks/_rollout_real.py``; ``--no-real`` skips it): each scenario once through
 the real stack, its gateway and deployments and the controller process, on a short plan with the
-default gates; and the champion's p99 with and without every request mirrored in shadow.
+default gates; and the champion's p99 with and without requests mirrored in shadow (at the default
+share and at all of them). Shadow calls run at idle priority and go untimed by default
+(``Settings.shadow_priority``), here as on the stack: latency is judged from the first canary step.
 
 The last line is one JSON object: per scenario the final states, ticks and candidate labels until
 the decision (medians), and the issue's figures: ``bad_ever_champion`` (seeds where a bad candidate
@@ -42,6 +44,7 @@ from nicheloop.calibration import binned_ece_noise
 from nicheloop.latency import BASE_MS, GROWTH, TOP, quantile_ms
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout
+from nicheloop.settings import Settings
 from rollout.gates import Arm, Evidence, Inputs, Live, Paired, evaluate
 from rollout.machine import GATED, decide, start
 from rollout.plan import RolloutPlan
@@ -180,7 +183,8 @@ class Stream:
         sc, w = self.sc, self.arms["shadow"]
         w.calls.add(n)
         w.errors.add(int(self.rng.binomial(n, sc.error_rate)))
-        w.latency.add(self._latency(n, sc.tail_ms))
+        if SHADOW_TIMED:  # by default shadow calls run at idle priority and go untimed (services/predict.py)
+            w.latency.add(self._latency(n, sc.tail_ms))
         w.predicted.add(self._said(n))
         champ_conf, champ_right, u = self._outcomes(n, 0.0, 0.0)
         # the same images are as hard for both: the candidate's confidence follows the champion's
@@ -244,6 +248,7 @@ def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | N
 
 
 VERSION = VersionInfo("m", "1", "run", {}, [])
+SHADOW_TIMED = Settings.model_fields["shadow_priority"].default == "normal"
 
 
 def run_stream(

@@ -186,11 +186,12 @@ def shadow_cost(
     rounds: int = 3,
 ) -> dict[str, float]:
     """The champion's p99 with no rollout, then with ``share`` of requests mirrored to candidate
-    ``version`` (a rollout started and paused in shadow, so it mirrors without moving on; rolled back
-    after), in alternating rounds so that drift in the machine's load falls on both: the ratio is
-    what shadow costs callers."""
+    ``version`` (a rollout kept in shadow by a long ``min_step_s``: a paused one mirrors nothing;
+    rolled back after), in alternating rounds so that drift in the machine's load falls on both: the
+    ratio is what shadow costs callers, and the share of mirrored calls the candidate answered says
+    the mirroring happened."""
     images = [png_bytes(image) for image, _ in SyntheticStream(seed=21, size=size).take(requests)]
-    plan = PLAN.model_copy(update={"shadow_share": share})
+    plan = PLAN.model_copy(update={"shadow_share": share, "min_step_s": 3600.0})
     alone: list[float] = []
     mirrored: list[float] = []
     answered = 0  # shadow calls the candidate answered: mirroring that drops everything costs nothing
@@ -198,7 +199,6 @@ def shadow_cost(
         _p99_ms(client, images[:100], concurrency=concurrency)  # warm
         alone.append(_p99_ms(client, images, concurrency=concurrency))
         started = ops.start(actor="benchmark", version=version, plan=plan)
-        ops.act("pause", actor="benchmark", reason="measure shadow's cost")
         _p99_ms(client, images[:100], concurrency=concurrency)  # the candidate loads its model
         mirrored.append(_p99_ms(client, images, concurrency=concurrency))
         time.sleep(3.0)  # the gateways flush their arm counts every rollout_refresh_s (2 s)

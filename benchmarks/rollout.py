@@ -209,10 +209,11 @@ class Stream:
             calls, errors = int(w.calls.window(since)), int(w.errors.window(since))
             hist = w.latency.window(since)
             labels = w.labels.window(since, arrived)
-            p99 = quantile_ms({k: int(v) for k, v in enumerate(hist) if v}, 0.99)
+            timed = {k: int(v) for k, v in enumerate(hist) if v}
+            p99 = quantile_ms(timed, 0.99)
             said = dict(zip(CLASSES, (int(x) for x in w.predicted.window(since)), strict=True))
             labeled, right = int(labels[0].sum()), int(round(labels[1].sum()))
-            return Arm(calls, errors, p99, labeled, right, None, predicted=said), labels
+            return Arm(calls, errors, p99, labeled, right, None, predicted=said, latency=timed), labels
 
         cand_name = "shadow" if r.state == "shadow" else "candidate"
         cand, cand_labels = arm(cand_name)

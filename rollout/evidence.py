@@ -55,6 +55,7 @@ def _arm(
         calls=c.calls,
         errors=c.errors,
         p99_ms=quantile_ms(c.latency, P99),
+        latency=dict(c.latency),
         labels=len(labeled),
         correct=sum(x.predicted == x.truth for x in labeled),
         ece=ece,

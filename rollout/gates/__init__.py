@@ -57,6 +57,7 @@ class Arm:
     ece_bias: float = 0.0
     ece_sd: float = 0.0
     predicted: dict[str, int] = field(default_factory=dict)  # class -> predictions of it, labeled or not
+    latency: dict[int, int] = field(default_factory=dict)  # timed calls by bucket (nicheloop.latency)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nicheloop.latency import BASE_MS, GROWTH, TOP, bucket, quantile_ms
 from nicheloop.registry import VersionInfo
 from rollout.gates import Arm, Evidence, Gate, GateResult, Inputs, Live, Paired, evaluate, gates
 from rollout.gates.drift import InputDrift, PredictionDrift
-from rollout.gates.health import ErrorRate
+from rollout.gates.health import ErrorRate, Latency
 from rollout.plan import RolloutPlan
 from tests.unit.rollout.arms import CHAMPION, GOOD
 
@@ -75,18 +76,32 @@ def test_thin_evidence_holds_every_gate() -> None:
 
 
 def test_errors_and_latency_fail_hard_with_their_figures() -> None:
-    results = _by_name(
-        evaluate(
-            _evidence(Arm(calls=1000, errors=60, p99_ms=400.0, labels=800, correct=760, ece=0.03)), "canary"
-        )
-    )
+    timed = {bucket(70.0): 940, bucket(400.0): 60}  # 6 % of calls take 400 ms
+    bad = Arm(calls=1000, errors=60, p99_ms=400.0, labels=800, correct=760, ece=0.03, latency=timed)
+    results = _by_name(evaluate(_evidence(bad), "canary"))
     errors, latency = results["error_rate"], results["latency_p99"]
     assert errors.verdict == latency.verdict == "fail" and errors.hard and latency.hard
     assert (
         "6.0% of the candidate's calls failed" in errors.reason
         and errors.figures["champion_error_rate"] == 0.002
     )
-    assert latency.figures["ratio"] == 5.0 and "400 ms" in latency.reason
+    assert (
+        latency.figures["ratio"] == 5.0
+        and "400 ms" in latency.reason
+        and "60 of 1000 calls" in latency.reason
+    )
+    assert latency.figures["slower_share"] == 0.06 and 0.01 < latency.figures["slower_share_low"] < 0.06
+
+
+def test_a_slow_call_or_two_on_thin_counts_holds_the_latency_gate() -> None:
+    """2 slow calls in 100 put the p99 at 400 ms (the p99 of 100 calls is nearly their slowest), 5x
+    the champion's: over the ratio as a point estimate, but too few calls to say that more than 1 %
+    of them are slow: the step waits; with 40 slow calls in 1000 it is beyond doubt."""
+    few = dataclasses.replace(GOOD, calls=100, p99_ms=400.0, latency={bucket(70.0): 98, bucket(400.0): 2})
+    latency = _by_name(evaluate(_evidence(few), "canary"))["latency_p99"]
+    assert latency.verdict == "hold" and "not yet beyond doubt" in latency.reason
+    many = dataclasses.replace(few, calls=1000, latency={bucket(70.0): 960, bucket(400.0): 40})
+    assert _by_name(evaluate(_evidence(many), "canary"))["latency_p99"].verdict == "fail"
 
 
 def test_untimed_shadow_calls_leave_latency_to_the_canary_and_an_untimed_champion_holds() -> None:
@@ -100,8 +115,8 @@ def test_untimed_shadow_calls_leave_latency_to_the_canary_and_an_untimed_champio
     assert latency.figures == {"calls": 4000.0}
     no_champion = _by_name(evaluate(_evidence(GOOD, dataclasses.replace(CHAMPION, p99_ms=None)), "shadow"))
     assert no_champion["latency_p99"].verdict == "hold"
-    slow = _by_name(evaluate(_evidence(dataclasses.replace(GOOD, p99_ms=130.0)), "shadow"))["latency_p99"]
-    assert slow.verdict == "fail"  # timed shadow calls (shadow_priority=normal) are judged
+    slow = dataclasses.replace(GOOD, p99_ms=420.0, latency={bucket(70.0): 3800, bucket(400.0): 200})
+    assert _by_name(evaluate(_evidence(slow), "shadow"))["latency_p99"].verdict == "fail"  # timed: judged
 
 
 def test_a_failed_call_or_two_on_thin_counts_holds_rather_than_rolling_back() -> None:
@@ -147,6 +162,40 @@ def _error_gate_ever_fails(rate: float, *, seed: int, streams: int = 300, ticks:
         streams=streams,
         ticks=ticks,
     )
+
+
+def _cumulative_histograms(ms: np.ndarray) -> np.ndarray:
+    """(streams, ticks, calls) latencies -> (streams, ticks, buckets) counts of the window so far."""
+    k = np.clip(np.ceil(np.log(np.maximum(ms, BASE_MS) / BASE_MS) / np.log(GROWTH) - 1e-9), 0, TOP)
+    counts = np.zeros((*ms.shape[:2], TOP + 1), dtype=np.int64)
+    s, t = np.indices(ms.shape[:2])
+    np.add.at(counts, (s[..., None], t[..., None], k.astype(np.int64)), 1)
+    return np.cumsum(counts, axis=1)
+
+
+def _latency_gate_ever_fails(slow_share: float, *, seed: int, streams: int = 200, ticks: int = 40) -> float:
+    """How often the latency gate ever fails a candidate whose ``slow_share`` of calls take 300 ms
+    more (20 candidate and 380 champion calls a tick, both about 60 ms with a lognormal spread)."""
+    rng = np.random.default_rng(seed)
+    cand_ms = rng.lognormal(np.log(60), 0.3, (streams, ticks, 20))
+    cand_ms += 300.0 * (rng.random(cand_ms.shape) < slow_share)
+    cand = _cumulative_histograms(cand_ms)
+    champ = _cumulative_histograms(rng.lognormal(np.log(60), 0.3, (streams, ticks, 380)))
+
+    def arm(hist: np.ndarray) -> Arm:
+        timed = {int(k): int(n) for k, n in enumerate(hist) if n}
+        return Arm(calls=int(hist.sum()), p99_ms=quantile_ms(timed, 0.99), latency=timed)
+
+    return _ever_fails(
+        Latency(), lambda s, t: (arm(cand[s, t]), arm(champ[s, t])), streams=streams, ticks=ticks
+    )
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_reading_the_latency_gate_every_tick_keeps_its_level_and_catches_slow_calls(seed: int) -> None:
+    assert _latency_gate_ever_fails(0.0, seed=seed) <= PLAN.alpha
+    assert _latency_gate_ever_fails(0.05, seed=seed) >= 0.9
 
 
 @settings(max_examples=3, deadline=None)

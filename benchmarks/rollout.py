@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import os
 import statistics
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -290,12 +293,14 @@ def main() -> None:
     parser.add_argument("--horizon-h", type=float, default=72.0)
     parser.add_argument("--verbose", action="store_true", help="Say why each stream ended.")
     parser.add_argument("--no-real", action="store_true", help="Skip the pass through the real stack.")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Processes for the seeds.")
     args = parser.parse_args()
     plan, began = RolloutPlan(), time.perf_counter()
     out: dict[str, object] = {"benchmark": "rollout", "seeds": args.seeds, "plan": "defaults"}
     scenarios: dict[str, dict[str, object]] = {}
+    pool = ProcessPoolExecutor(args.workers)  # seeds are independent: one process per core
     for sc in SCENARIOS if args.seeds else ():
-        runs = [run_stream(sc, plan, seed, args) for seed in range(args.seeds)]
+        runs = list(pool.map(functools.partial(run_stream, sc, plan, args=args), range(args.seeds)))
         states = Counter(str(x["state"]) for x in runs)
         promoted = states["baked"] + states["promoted"]
         scenarios[sc.name] = {
@@ -305,6 +310,7 @@ def main() -> None:
             "median_labels_to_decision": statistics.median(float(x["labels"]) for x in runs),
             "max_candidate_share_seen": max(float(x["max_share"]) for x in runs),
         }
+    pool.shutdown()
     out["scenarios"] = scenarios
     out["simulation_seconds"] = round(time.perf_counter() - began, 1)
     real: dict[str, dict[str, object]] = {}

@@ -191,7 +191,7 @@ def shadow_cost(
     ratio is what shadow costs callers, and the share of mirrored calls the candidate answered says
     the mirroring happened."""
     images = [png_bytes(image) for image, _ in SyntheticStream(seed=21, size=size).take(requests)]
-    plan = PLAN.model_copy(update={"shadow_share": share, "min_step_s": 3600.0})
+    plan = PLAN.model_copy(update={"shadow_share": share, "min_step_s": 3600.0, "max_step_s": 7200.0})
     alone: list[float] = []
     mirrored: list[float] = []
     answered = 0  # shadow calls the candidate answered: mirroring that drops everything costs nothing

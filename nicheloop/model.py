@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -107,10 +108,16 @@ class NicheModel:
         device = next(self.net.parameters()).device
         pooled: dict[str, torch.Tensor] = {}
         channels = {name: chs for name, chs in early_modules(self.net)}
+        me = threading.get_ident()
+
+        def keep(name: str, out: torch.Tensor) -> None:
+            # hooks belong to the module, so they fire for every thread's forward (a replica's
+            # answers and its shadow calls run in two): keep only this call's own
+            if threading.get_ident() == me:
+                pooled[name] = pool_channels(out, channels[name])
+
         hooks = [
-            self.net.get_submodule(name).register_forward_hook(
-                lambda _m, _i, out, name=name: pooled.__setitem__(name, pool_channels(out, channels[name]))
-            )
+            self.net.get_submodule(name).register_forward_hook(lambda _m, _i, out, name=name: keep(name, out))
             for name in channels
         ]
         try:

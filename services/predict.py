@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from nicheloop.contracts import PREDICTIONS_TOPIC, Arm, PredictionEvent, PredictResponse
-from nicheloop.errors import NicheloopError, NotReady, Overloaded, UpstreamTimeout
+from nicheloop.errors import ModelFailed, NicheloopError, NotReady, Overloaded, UpstreamTimeout
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.pixels import InputSpec, to_pixels
 from nicheloop.rollouts import Routing
@@ -158,6 +158,10 @@ async def _timed(
     except asyncio.CancelledError:
         counted = False
         raise
+    except NicheloopError:
+        raise
+    except Exception as exc:  # a model's own bug: a 502 that names it (a candidate's: the champion answers)
+        raise ModelFailed(f"the {arm} model failed on this request ({type(exc).__name__}: {exc})") from exc
     finally:
         seconds = time.perf_counter() - start
         if counted:

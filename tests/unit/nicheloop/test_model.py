@@ -1,3 +1,4 @@
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,30 @@ def test_early_features_are_the_pooled_stride_4_and_8_maps(model) -> None:
     want = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).numpy()
     np.testing.assert_allclose(out.early, want, rtol=1e-5, atol=1e-6)
     assert not model.net.layer1._forward_hooks  # the hooks are gone after the pass
+
+
+def test_a_forward_in_another_thread_does_not_leak_into_this_ones_early_features(tmp_path: Path) -> None:
+    """A replica runs its answers and its shadow calls in two threads; the early-feature hooks sit
+    on the shared modules, so each forward must keep only its own outputs (a batch of 2 once took
+    a concurrent batch of 1's: "Sizes of tensors must match")."""
+    torch.manual_seed(0)
+    model = build_model("test_resnet", CLASSES, image_size=32)
+    mine = model.preprocess([img for img, _ in SyntheticStream(seed=3, size=32).take(2)])
+    other = model.preprocess([img for img, _ in SyntheticStream(seed=4, size=32).take(1)])
+    alone = model.infer(mine)
+    features = model.net.forward_features
+
+    def interleaved(x: torch.Tensor) -> torch.Tensor:
+        out = features(x)  # this thread's hooks have fired; now another thread's forward runs
+        if x.shape[0] == 2:
+            thread = threading.Thread(target=model.infer, args=(other,))
+            thread.start()
+            thread.join()
+        return out
+
+    model.net.forward_features = interleaved  # type: ignore[method-assign]
+    together = model.infer(mine)
+    np.testing.assert_allclose(together.early, alone.early, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

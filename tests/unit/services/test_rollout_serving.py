@@ -30,6 +30,11 @@ class Broken(LocalPredictor):
         raise UpstreamTimeout("the candidate predictor did not answer")
 
 
+class Buggy(LocalPredictor):
+    async def predict(self, pixels: Pixels) -> ModelOutput:
+        raise RuntimeError("Sizes of tensors must match")  # a model's own bug, not a domain error
+
+
 def _with_rollout(
     res: GatewayResources,
     registry: OneVersion,
@@ -203,3 +208,18 @@ def test_arm_counts_are_flushed_to_the_store_and_kept_when_it_fails(tmp_path: Pa
     assert (shadow.calls, shadow.errors) == (3, 1)
     p50, p99 = quantile_ms(shadow.latency, 0.5), quantile_ms(shadow.latency, 0.99)
     assert p50 is not None and 20 <= p50 <= 22 and p99 is not None and 400 <= p99 <= 440
+
+
+def test_a_models_own_bug_is_a_502_that_names_it_and_a_candidates_is_shielded(
+    serve: list[GatewayResources], res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    Rollouts(res.store).create(
+        Rollout("2", "1", state="canary", share=1.0), plan={}, actor="t", reason="", now=time.time()
+    )
+    serve.append(_with_rollout(res, registry, candidate=Buggy(ModelSlot(registry, lambda: "2"))))
+    with TestClient(api, raise_server_exceptions=False) as client:
+        shielded = client.post("/v1/predict", content=png)
+        serve[0] = dataclasses.replace(serve[0], predictor=Buggy(ModelSlot(registry, lambda: "1")))
+        failed = client.post("/v1/predict", content=png)
+    assert shielded.status_code == 200 and shielded.json()["model_version"] == "1"
+    assert failed.status_code == 502 and "RuntimeError: Sizes of tensors must match" in failed.text

@@ -237,8 +237,11 @@ def _decision(ops: Operations, final: dict[str, Any], began: float) -> dict[str,
     }
 
 
-def real_pass(*, epochs: int = 4, per_class: int = 60, shadow_requests: int = 300) -> dict[str, Any]:
-    """Every scenario once through the real stack (started in a temporary home, stopped after)."""
+def real_pass(
+    *, epochs: int = 4, per_class: int = 60, shadow_requests: int = 300, only: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """Every scenario (or those in ``only``) once through the real stack (started in a temporary
+    home, stopped after); shadow's cost is measured before ``equal``."""
     home = Path(tempfile.mkdtemp(prefix="nicheloop-bench-rollout-"))
     settings = _settings(home)
     out: dict[str, Any] = {"plan": PLAN.model_dump(), "scenarios": {}}
@@ -263,6 +266,8 @@ def real_pass(*, epochs: int = 4, per_class: int = 60, shadow_requests: int = 30
         }
         with httpx.Client(base_url=settings.serve_url, timeout=60) as client:
             for name, make in makers.items():
+                if only is not None and name not in only:
+                    continue
                 if name == "better_5":  # against a champion 5 points worse, recorded by hand
                     weak = _register(
                         registry, base, worse(own, tuner, 0.05), "weak_champion", parent=base.info.version

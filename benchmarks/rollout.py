@@ -294,6 +294,9 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="Say why each stream ended.")
     parser.add_argument("--no-real", action="store_true", help="Skip the pass through the real stack.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Processes for the seeds.")
+    parser.add_argument(
+        "--real-only", default="", help="Comma-separated scenarios for the real pass (default: all)."
+    )
     args = parser.parse_args()
     plan, began = RolloutPlan(), time.perf_counter()
     out: dict[str, object] = {"benchmark": "rollout", "seeds": args.seeds, "plan": "defaults"}
@@ -317,7 +320,8 @@ def main() -> None:
     if not args.no_real:
         from benchmarks._rollout_real import real_pass  # starts a whole stack: only when asked
 
-        out["real_gateway"] = real_pass()
+        only = frozenset(x for x in args.real_only.split(",") if x) or None
+        out["real_gateway"] = real_pass(only=only)
         real = out["real_gateway"]["scenarios"]  # type: ignore[index]
         costs = out["real_gateway"].get("shadow_cost") or []  # type: ignore[attr-defined]
         out["shadow_cost_to_champion_p99"] = {str(c["shadow_share"]): round(c["ratio"] - 1, 3) for c in costs}

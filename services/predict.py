@@ -160,8 +160,12 @@ async def _timed(
         raise
     except NicheloopError:
         raise
-    except Exception as exc:  # a model's own bug: a 502 that names it (a candidate's: the champion answers)
-        raise ModelFailed(f"the {arm} model failed on this request ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # a model's own bug: a 502 (a candidate's: the champion answers)
+        # the caller learns the kind, the log the rest (a Ray error carries a remote traceback)
+        log.exception("the %s model failed a request", arm)
+        raise ModelFailed(
+            f"the {arm} model failed on this request ({_kind(exc)}); see the server log"
+        ) from exc
     finally:
         seconds = time.perf_counter() - start
         if counted:
@@ -169,6 +173,16 @@ async def _timed(
             if rollout_id is not None and res.rollout is not None:
                 ms = None if idle else seconds * 1000
                 res.rollout.counter.record(rollout_id, arm, ms, ok=ok)
+
+
+def _kind(exc: Exception) -> str:
+    """The exception's type, and the type a Ray task error wraps (``RayTaskError(RuntimeError)``)."""
+    cause = getattr(exc, "cause", None)
+    return (
+        f"{type(exc).__name__}({type(cause).__name__})"
+        if isinstance(cause, BaseException)
+        else type(exc).__name__
+    )
 
 
 async def _publish(res: GatewayResources, event: PredictionEvent) -> None:

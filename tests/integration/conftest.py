@@ -49,7 +49,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     once on PostgreSQL (the model in the HTTP replica)."""
     settings = _test_settings(tmp_path_factory.mktemp("nicheloop-home"), request.param)
     try:
-        start_loop(settings, per_class=100, epochs=5)
+        start_loop(settings, per_class=100, epochs=2)  # the loop, not the recipe, is under test here
         yield settings
     finally:
         if ray.is_initialized():

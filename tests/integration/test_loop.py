@@ -31,7 +31,7 @@ PREDICTIONS = 160
 
 
 def test_the_whole_loop_counts_agree_across_systems(live: Settings) -> None:
-    summary = run_loop(live, predictions=PREDICTIONS, epochs=5)
+    summary = run_loop(live, predictions=PREDICTIONS, epochs=2)
     print(json.dumps(summary))
     # every served prediction is one event in Kafka and one row in the store
     assert summary["predictions_served"] == summary["prediction_events_in_kafka"] >= PREDICTIONS

@@ -6,20 +6,30 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from nicheloop.contracts import IMAGE_STATS
-from nicheloop.errors import InvalidInput, PayloadTooLarge
+from nicheloop.errors import InvalidInput, NicheloopError, PayloadTooLarge
 
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF"})
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")  # only these parsers ever see the bytes
+MAX_JPEG_SCANS = 64  # a progressive JPEG has about 10; thousands of tiny scans are a CPU bomb
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+BACKGROUND = (255, 255, 255)  # transparency is composited onto white, as a browser shows a reviewer
 
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode ``data`` into a fully loaded RGB image.
+    """Decode ``data`` into a fully loaded RGB image, as a browser would show it: the first frame,
+    turned upright by its EXIF orientation, transparency composited onto white, 16-bit and float
+    samples scaled to 8 bits.
+
+    Only the :data:`ALLOWED_FORMATS` parsers run; the size is bounded before any pixel is decoded
+    (at most 4 bytes a pixel, :func:`_check_size`); a JPEG may have at most
+    :data:`MAX_JPEG_SCANS` scans.
 
     Raises:
-        PayloadTooLarge: if the bytes or the decoded pixel count exceed the limits.
-        InvalidInput: if the bytes are empty, not an image, truncated or of a refused format.
+        PayloadTooLarge: if the bytes or the decoded size exceed the limits.
+        InvalidInput: if the bytes are empty, not an image, truncated, of a refused format or in a
+            pixel layout that cannot be shown as RGB.
     """
     if not data:
         raise InvalidInput("empty image: send the image file's bytes")
@@ -28,20 +38,64 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ALLOWED_FORMATS:
-                raise InvalidInput(
-                    f"image format {img.format} is not accepted; use one of {sorted(ALLOWED_FORMATS)}"
-                )
-            width, height = img.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            _check_size(img, data, max_pixels)
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # upright, as a browser shows it
+            return _to_rgb(img)
+    except NicheloopError:
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"not a decodable image; send a file in one of {sorted(ALLOWED_FORMATS)}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(
+            f"not an image in an accepted format; send one of {list(ALLOWED_FORMATS)}"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"corrupt or truncated image: {exc}") from exc
+    except Exception as exc:  # a decoder's own failure on crafted bytes is still the input's fault
+        raise InvalidInput(f"the image could not be decoded ({type(exc).__name__})") from exc
+
+
+def _check_size(img: Image.Image, data: bytes, max_pixels: int) -> None:
+    """Refuse more than ``max_pixels`` pixels, or a JPEG of too many scans.
+
+    The pixel bound is a bound in bytes too: Pillow decodes at most 4 bytes a pixel (RGBA, CMYK,
+    32-bit integer or float grey; 16-bit grey is 2), and scaling deep grey to 8 bits adds one
+    float32 copy.
+    """
+    width, height = img.size
+    if width * height > max_pixels:
+        mode = ImageMode.getmode(img.mode)
+        decoded = width * height * len(mode.bands) * int(mode.typestr[-1])
+        raise PayloadTooLarge(
+            f"image is {width}x{height} pixels of {img.mode} ({decoded} bytes decoded); "
+            f"the limit is {max_pixels} pixels"
+        )
+    # scans start with an SOS marker; entropy-coded data stuffs every 0xFF, so none hides there
+    if img.format == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
+        raise InvalidInput(f"JPEG has more than {MAX_JPEG_SCANS} scans; re-encode it")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any pixel layout Pillow decodes: deep samples scaled, alpha composited."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return Image.fromarray(_to_8bit(np.asarray(img)), "L").convert("RGB")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _to_8bit(samples: np.ndarray) -> np.ndarray:
+    """Deep grey samples as 0..255: floats in 0..1 scaled (else clipped), integers over 255 read as
+    16-bit (PNG and TIFF store 16-bit grey as Pillow's ``I`` too)."""
+    values = np.nan_to_num(samples.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+    if samples.dtype.kind == "f" and values.size and values.max() <= 1.0:
+        values *= 255.0
+    elif samples.dtype.kind != "f" and values.size and values.max() > 255:
+        values /= 257.0
+    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
 
 
 STAT_SIDE = 128  # texture statistics are taken at 128-255 pixels a side, whatever the image's size

@@ -1,9 +1,15 @@
-"""Domain errors as HTTP answers, for every HTTP surface (the gateway, the rollout controller):
-JSON ``{"detail": ...}`` with a 4xx or 503 status and ``Retry-After`` where one applies, never a 500."""
+"""What every HTTP surface (the gateway, the rollout controller) does before and after its routes:
+bodies are bounded before a route reads them, and domain errors become JSON ``{"detail": ...}``
+with a 4xx or 503 status and ``Retry-After`` where one applies, never a 500."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import json
+import re
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from nicheloop.errors import (
@@ -35,10 +41,110 @@ STATUS = {
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every domain error of :data:`STATUS` (and its subclasses) to its status on ``app``."""
+MAX_JSON_BODY = 64 * 1024  # ids, labels, reasons and plans: far below this
+MAX_JSON_DEPTH = 32  # the deepest body of these APIs (a rollout plan) nests 4 levels
+DB_INT_MAX = 2**63 - 1  # the widest integer the stores keep
+
+RowId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="A row's id.")]
+"""A path parameter naming a stored row: out of the store's range is a 422, not a database error."""
+OptionalRowId = Annotated[int | None, Query(ge=1, le=DB_INT_MAX)]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def install_guards(app: FastAPI, *, streamed: Collection[str] = ()) -> None:
+    """Bound every body of ``app`` (:class:`BodyLimit`) and map every domain error of
+    :data:`STATUS` (and its subclasses) to its status. ``streamed``: paths whose routes read
+    their bodies in chunks against a limit of their own (an image upload)."""
+    app.add_middleware(BodyLimit, streamed=frozenset(streamed))
     for exc_type, code in STATUS.items():
         app.add_exception_handler(exc_type, _handler(code))
+
+
+class BodyLimit:
+    """ASGI middleware: a body over :data:`MAX_JSON_BODY` gets a 413 before any route reads it, a
+    JSON body nested deeper than :data:`MAX_JSON_DEPTH` a 400 (Python's parser would recurse into
+    a ``RecursionError``). A ``streamed`` path is only held to its declared length here."""
+
+    def __init__(self, app: ASGIApp, *, streamed: frozenset[str] = frozenset()) -> None:
+        self.app, self.streamed = app, streamed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _route_path(scope) in self.streamed:
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > MAX_JSON_BODY:
+            await _refuse(send, 413, f"body is {declared} bytes; the limit is {MAX_JSON_BODY}")
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the caller went away
+            body += message.get("body", b"")
+            if len(body) > MAX_JSON_BODY:
+                await _refuse(send, 413, f"body is over the limit of {MAX_JSON_BODY} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        if "json" in _header(scope, b"content-type") and json_depth(bytes(body)) > MAX_JSON_DEPTH:
+            await _refuse(send, 400, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+            return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings whole (brackets in them do not nest)
+
+
+def json_depth(body: bytes) -> int:
+    """How deep ``body``'s arrays and objects nest, read without parsing it; 0 when it has too few
+    brackets to nest deeper than :data:`MAX_JSON_DEPTH`."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # too few brackets to nest too deep: the common case costs two counts
+    depth = deepest = 0
+    for token in _TOKENS.finditer(body):
+        mark = token.group()
+        if mark in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif mark in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the app routes it (Serve mounts an app under its route prefix as root_path)."""
+    path, root = scope["path"], scope.get("root_path", "").rstrip("/")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value).decode("latin-1").strip().lower()
+    return ""
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the buffered body once, then the caller's own messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _handler(code: int):  # type: ignore[no-untyped-def]

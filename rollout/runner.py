@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
-from nicheloop.http import install_error_handlers
+from nicheloop.http import OptionalRowId, install_guards
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
@@ -57,7 +57,7 @@ class AdoptBody(ActBody):
 def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> FastAPI:
     """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors."""
     app = FastAPI(title="nicheloop rollouts")
-    install_error_handlers(app)
+    install_guards(app)
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
 
     @app.get("/healthz")
@@ -69,7 +69,7 @@ def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> Fast
         return ops.status()
 
     @app.get("/v1/rollouts/history")
-    def history(rollout_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def history(rollout_id: OptionalRowId = None, limit: int = 200) -> list[dict[str, Any]]:
         return ops.history(rollout_id, limit=max(1, min(limit, 1000)))
 
     @app.post("/v1/rollouts/start", status_code=201)

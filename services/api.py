@@ -15,14 +15,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotReady
+from nicheloop.http import RowId
 from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
 from services.deps import GatewayResources, Resources
 from services.feedback import record_feedback, submit_review
-from services.http import image_bytes, install_error_handlers
+from services.http import image_bytes, install_guards
 from services.predict import predict_image
 
 api = FastAPI(title="nicheloop", version="0.1.0")
-install_error_handlers(api)
+install_guards(api, streamed={"/v1/predict"})  # the upload route bounds its own body
 
 
 @api.get("/healthz")
@@ -126,7 +127,7 @@ async def review_stats(res: Resources) -> ReviewStats:
 
 
 @api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
-async def review_submit(task_id: int, body: ReviewLabel, res: Resources) -> FeedbackAccepted:
+async def review_submit(task_id: RowId, body: ReviewLabel, res: Resources) -> FeedbackAccepted:
     """A reviewer's label for a leased task; it becomes feedback with ``source=reviewer``."""
     classes = await _class_names(res)
     event = await asyncio.to_thread(
@@ -136,7 +137,7 @@ async def review_submit(task_id: int, body: ReviewLabel, res: Resources) -> Feed
 
 
 @api.post("/v1/review/{task_id}/skip", status_code=200)
-async def review_skip(task_id: int, body: ReviewSkip, res: Resources) -> dict[str, Any]:
+async def review_skip(task_id: RowId, body: ReviewSkip, res: Resources) -> dict[str, Any]:
     """Give a leased task back unlabeled; it is not offered to the same reviewer again."""
     item = await asyncio.to_thread(res.queue.skip, task_id, body.lease_token)
     return {"task_id": item.task_id, "status": item.status, "skips": item.skips}

@@ -10,9 +10,9 @@ import json
 from fastapi import Request
 
 from nicheloop.errors import InvalidInput, PayloadTooLarge
-from nicheloop.http import install_error_handlers
+from nicheloop.http import install_guards
 
-__all__ = ["image_bytes", "install_error_handlers", "read_body"]
+__all__ = ["image_bytes", "install_guards", "read_body"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -70,7 +70,7 @@ def _from_json(body: bytes) -> bytes:
     try:
         payload = json.loads(body)
         encoded = payload["image_b64"] if isinstance(payload, dict) else None
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError, RecursionError) as exc:  # deep: recursion
         raise InvalidInput('JSON body must be {"image_b64": "<base64 of the image file>"}') from exc
     if not isinstance(encoded, str) or not encoded:
         raise InvalidInput('"image_b64" must be a non-empty base64 string')

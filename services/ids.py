@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import uuid
 from pathlib import Path
@@ -33,10 +34,34 @@ def load_or_create_key(home: Path, configured: str | None = None) -> bytes:
         return key
     path = home.resolve() / "secret.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return bytes.fromhex(path.read_text().strip())
+        _create_key_file(path)
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 32:
+        raise InvalidInput(f"{path} does not hold a hex key of 32 bytes; delete it to make a new one")
+    return key
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key to ``path`` whole and 0600 from the start, or keep the one another replica
+    wrote first: it is written under a private name and linked into place (``link`` never
+    replaces a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another replica's key won: every replica signs with that one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _tag(key: bytes, raw: str) -> str:
@@ -51,6 +76,6 @@ def new_prediction_id(key: bytes) -> str:
 def is_issued(key: bytes, prediction_id: str) -> bool:
     """True when ``prediction_id`` was made by :func:`new_prediction_id` with ``key``."""
     raw, _, tag = prediction_id.partition(".")
-    if len(raw) != 32 or len(tag) != _TAG_CHARS:
-        return False
+    if len(raw) != 32 or len(tag) != _TAG_CHARS or not prediction_id.isascii():
+        return False  # compare_digest refuses non-ASCII text with a TypeError
     return hmac.compare_digest(tag, _tag(key, raw))

@@ -16,6 +16,8 @@ from services.deps import GatewayResources, get_resources
 from services.inference import ModelOutput, Pixels
 from tests.unit.services.fakes import LocalPredictor, OneVersion, ready
 
+JSON = {"content-type": "application/json"}
+
 
 def test_not_ready_without_a_champion(client: TestClient, png: bytes) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -76,6 +78,20 @@ def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
     stats = client.get("/v1/review/stats").json()
     assert stats["done"] == 1 and stats["queued"] == 1 and stats["budget"]["left_hour"] == 4
     assert client.post("/v1/review/999", json=label).status_code == 404
+
+
+def test_hostile_ids_and_bodies_get_a_4xx_not_a_500(
+    client: TestClient, res: GatewayResources, registry: OneVersion
+) -> None:
+    ready(res, registry)
+    forged = client.post("/v1/feedback", json={"prediction_id": "a" * 32 + "." + "é" * 16, "label": "ok"})
+    assert forged.status_code == 404  # a non-ASCII tag is simply not one we issued
+    for path in ("/v1/review/100000000000000000000", "/v1/review/100000000000000000000/skip"):
+        assert client.post(path, json={"label": "ok", "lease_token": "t"}).status_code == 422
+    deep = client.post("/v1/predict", content=b'{"image_b64": ' + b"[" * 200_000, headers=JSON)
+    assert deep.status_code == 400 and "image_b64" in deep.json()["detail"]
+    huge = client.post("/v1/feedback", content=b'{"prediction_id": "' + b"a" * 10**7 + b'"}', headers=JSON)
+    assert huge.status_code == 413 and res.publisher.events == []  # type: ignore[attr-defined]
 
 
 def test_metrics_show_the_spool(client: TestClient) -> None:

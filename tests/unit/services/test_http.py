@@ -1,14 +1,22 @@
 """The request parsing and error mapping of the gateway, on a bare FastAPI app (no Ray)."""
 
 import base64
+from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from nicheloop.errors import NotReady
+from nicheloop.http import MAX_JSON_BODY, MAX_JSON_DEPTH, RowId, _route_path, json_depth
 from nicheloop.images import decode_image
-from services.http import image_bytes, install_error_handlers
+from services.http import image_bytes, install_guards
+
+
+class Label(BaseModel):
+    label: str
+
 
 LIMIT = 200_000
 
@@ -16,7 +24,8 @@ LIMIT = 200_000
 @pytest.fixture
 def client() -> TestClient:
     app = FastAPI()
-    install_error_handlers(app)
+    install_guards(app, streamed={"/img"})
+    seen: list[object] = []
 
     @app.post("/img")
     async def img(request: Request) -> dict[str, int]:
@@ -27,7 +36,18 @@ def client() -> TestClient:
     async def notready() -> None:
         raise NotReady("no model yet")
 
-    return TestClient(app, raise_server_exceptions=False)
+    @app.post("/label")
+    async def label(body: Label) -> dict[str, str]:
+        seen.append(body)
+        return {"label": body.label}
+
+    @app.get("/rows/{row}")
+    async def row(row: RowId) -> dict[str, int]:
+        return {"row": row}
+
+    client = TestClient(app, raise_server_exceptions=False)
+    client.seen = seen  # type: ignore[attr-defined]
+    return client
 
 
 def test_three_ways_to_send_an_image(client: TestClient, png: bytes) -> None:
@@ -40,7 +60,12 @@ def test_three_ways_to_send_an_image(client: TestClient, png: bytes) -> None:
     "kwargs, status, words",
     [
         ({"content": b""}, 400, "empty body"),
-        ({"content": b"not an image"}, 400, "not a decodable image"),
+        ({"content": b"not an image"}, 400, "accepted format"),
+        (
+            {"content": b'{"image_b64": ' + b"[" * 200_000, "headers": {"content-type": "application/json"}},
+            400,
+            "JSON",
+        ),
         ({"json": {"image_b64": "%%%"}}, 400, "not valid base64"),
         ({"json": {"other": 1}}, 400, "image_b64"),
         ({"json": ["a"]}, 400, "image_b64"),
@@ -55,3 +80,47 @@ def test_bad_bodies_get_a_clear_4xx(client: TestClient, kwargs, status: int, wor
 
 def test_not_ready_is_503(client: TestClient) -> None:
     assert client.get("/notready").status_code == 503
+
+
+def _chunks(data: bytes, size: int = 4096) -> Iterator[bytes]:
+    yield from (data[i : i + size] for i in range(0, len(data), size))
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, words",
+    [
+        ({"content": b'{"label": "' + b"x" * MAX_JSON_BODY + b'"}'}, 413, "limit"),  # declared length
+        ({"content": _chunks(b'{"label": "' + b"x" * MAX_JSON_BODY + b'"}')}, 413, "limit"),  # chunked
+        ({"content": b"[" * (MAX_JSON_BODY // 2)}, 400, "nested deeper"),  # Python's parser would recurse
+        (
+            {"content": b'{"label": ' + b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1) + b"}"},
+            400,
+            "nested",
+        ),
+    ],
+)
+def test_json_bodies_are_bounded_before_a_route_reads_them(
+    client: TestClient, kwargs: dict[str, object], status: int, words: str
+) -> None:
+    resp = client.post("/label", headers={"content-type": "application/json"}, **kwargs)  # type: ignore[arg-type]
+    assert resp.status_code == status and words in resp.json()["detail"]
+    assert client.seen == []  # type: ignore[attr-defined]  # the route never ran
+    ok = client.post("/label", json={"label": "[" * 100})  # brackets inside a string do not nest
+    assert ok.status_code == 200 and client.seen  # type: ignore[attr-defined]
+
+
+def test_a_row_id_out_of_the_stores_range_is_a_422(client: TestClient) -> None:
+    assert client.get("/rows/7").json() == {"row": 7}
+    assert [client.get(f"/rows/{n}").status_code for n in (0, 10**20, -1)] == [422, 422, 422]
+
+
+def test_json_depth_reads_nesting_outside_strings() -> None:
+    assert json_depth(b"[" * 100) == 100 and json_depth(b"{}" * 100) == 1
+    assert json_depth(b'["' + b"[" * 100 + b'"]') <= 1  # in a string
+    assert json_depth(b'["\\", ' + b"[" * 40 + b"]" * 40 + b"]") == 41  # an escaped backslash ends nothing
+
+
+@pytest.mark.parametrize("root", ["", "/", "/app"])
+def test_a_streamed_route_is_found_under_any_mount(root: str) -> None:
+    scope = {"type": "http", "path": f"{root.rstrip('/')}/img", "root_path": root, "headers": []}
+    assert _route_path(scope) == "/img"

@@ -1,5 +1,6 @@
 """Prediction ids are signed and verifiable; a configured key is used and checked."""
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,16 @@ def test_a_configured_key_is_used_and_checked(tmp_path: Path) -> None:
     for bad in ("zz" * 32, "ab"):
         with pytest.raises(InvalidInput, match="NICHELOOP_SECRET_KEY"):
             load_or_create_key(tmp_path, bad)
+
+
+def test_a_non_ascii_tag_is_simply_not_issued() -> None:
+    assert not is_issued(b"k" * 32, "a" * 32 + "." + "é" * 16)
+
+
+def test_replicas_starting_together_share_one_key(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: load_or_create_key(tmp_path), range(32)))
+    assert len(keys) == 1 and [p.name for p in tmp_path.iterdir()] == ["secret.key"]  # no leftovers
+    (tmp_path / "secret.key").write_text("not hex")
+    with pytest.raises(InvalidInput, match="delete it"):
+        load_or_create_key(tmp_path)

@@ -16,12 +16,7 @@ class Joiner:
         self.store = store
 
     def __call__(self, topic: str, event: BaseModel) -> None:
-        if isinstance(event, PredictionEvent):
-            if len(event.probs) != len(event.class_names):
-                raise InvalidInput(
-                    f"prediction {event.prediction_id}: {len(event.probs)} probs for "
-                    f"{len(event.class_names)} classes"
-                )
+        if isinstance(event, PredictionEvent):  # its schema checked one probability per class
             self.store.add_prediction(event)
         elif isinstance(event, FeedbackEvent):
             self.store.add_feedback(event)

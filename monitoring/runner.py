@@ -24,7 +24,7 @@ from nicheloop.reference import Reference
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
-from nicheloop.store import Store
+from nicheloop.store import UNAVAILABLE, Store
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def run_monitor(
             GROUP,
             router,
             on_dead_letter=metrics.dead_letters.labels(GROUP).inc,
+            transient=UNAVAILABLE,  # a store outage is waited out; a record that keeps failing is not
         )
 
     consumer = _retry_until_connected(connect, stop, settings.bootstrap_servers)

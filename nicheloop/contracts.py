@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PREDICTIONS_TOPIC = "nicheloop.predictions.v1"
 FEEDBACK_TOPIC = "nicheloop.feedback.v1"
@@ -46,6 +46,25 @@ FeedbackSource = Literal["user", "reviewer", "seed"]
 Arm = Literal["champion", "candidate", "shadow"]  # which model of a rollout made a prediction
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+# What events carry, bounded as the store keeps it (PostgreSQL refuses NUL in text)
+Text = Annotated[str, Field(max_length=100_000), AfterValidator(_no_nul)]
+Name = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
+ShortId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
+Version = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$",
+        description="A registry version: it names folders (drift reports), so never a path.",
+    ),
+]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -62,12 +81,12 @@ class _Event(BaseModel):
 class PredictionEvent(_Event):
     """One answer of the inference endpoint. Kafka key: ``prediction_id``."""
 
-    prediction_id: str
-    model_name: str
-    model_version: str
-    label: str
+    prediction_id: Name
+    model_name: Name
+    model_version: Version
+    label: Name
     probs: list[float] = Field(description="Probabilities, in the order of class_names.")
-    class_names: list[str]
+    class_names: list[Name] = Field(min_length=1, max_length=10_000)
     uncertainty: float = Field(ge=0.0, le=1.0)
     embedding: list[float] = Field(description="Pre-logits features of the image.")
     early_embedding: list[float] = Field(
@@ -75,7 +94,7 @@ class PredictionEvent(_Event):
         description="Pooled early-stage features (edges, textures) for the embedding drift monitor; "
         "empty from older gateways.",
     )
-    image_sha256: str
+    image_sha256: ShortId
     image_stats: dict[str, float] = Field(
         default_factory=dict,
         description="Input-drift features of the image (IMAGE_STATS); empty from older gateways.",
@@ -85,7 +104,7 @@ class PredictionEvent(_Event):
         description="Which model made it: the champion, the candidate answering its canary share, or "
         "the candidate in shadow (mirrored: never returned to the caller).",
     )
-    paired_with: str | None = Field(
+    paired_with: Name | None = Field(
         None,
         description="A shadow prediction's champion twin: the prediction_id the caller got (and labels).",
     )
@@ -108,13 +127,24 @@ class PredictionEvent(_Event):
         cls._finite(list(stats.values()))
         return stats
 
+    @model_validator(mode="after")
+    def _one_probability_per_class(self) -> PredictionEvent:
+        if len(self.probs) != len(self.class_names) or len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(
+                f"{len(self.probs)} probabilities for {len(self.class_names)} classes: need one per "
+                "distinct class"
+            )
+        if self.label not in self.class_names:
+            raise ValueError(f"label {self.label!r} is not one of class_names")
+        return self
+
 
 class FeedbackEvent(_Event):
     """A label for a prediction, from the calling app or a reviewer. Kafka key: ``prediction_id``."""
 
-    feedback_id: str = Field(default_factory=new_id)
-    prediction_id: str
-    label: str
+    feedback_id: ShortId = Field(default_factory=new_id)
+    prediction_id: Name
+    label: Name
     source: FeedbackSource = "user"
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -126,10 +156,10 @@ class DriftEvent(_Event):
     several windows, one ``cleared``.
     """
 
-    drift_id: str = Field(default_factory=new_id)
-    model_name: str
-    model_version: str
-    monitor: str = Field(min_length=1, description="A registered drift monitor's name.")
+    drift_id: ShortId = Field(default_factory=new_id)
+    model_name: Name
+    model_version: Version
+    monitor: Name = Field(description="A registered drift monitor's name.")
     state: Literal["raised", "cleared"]
     p_value: float | None = Field(None, ge=0.0, le=1.0)
     score: float | None = None

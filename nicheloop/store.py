@@ -29,10 +29,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
 from nicheloop.errors import NotFound
+
+UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
+"""The store's errors that say it is away (down, locked, out of connections), not that a row is bad."""
 
 HOLDOUT_BUCKETS = 5  # one image in five (by content hash) is held out from training
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, ValidationError
 
 from nicheloop.contracts import (
@@ -44,7 +45,8 @@ def parse_event(topic: str, raw: bytes | None) -> BaseModel:
     try:
         return schema.model_validate_json(raw or b"")
     except ValidationError as exc:
-        raise InvalidInput(f"record does not match {schema.__name__}: {exc.errors()[:3]}") from exc
+        problems = exc.errors(include_url=False, include_input=False)[:3]  # the input may be huge
+        raise InvalidInput(f"record does not match {schema.__name__}: {problems}") from exc
 
 
 Handler = Callable[[str, BaseModel], None]
@@ -54,7 +56,9 @@ class EventConsumer:
     """At-least-once consumer: offsets are committed only after the handler returned.
 
     A record the handler cannot parse or apply goes to the dead-letter topic with its reason,
-    and the partition moves on.
+    and the partition moves on: at once when it is invalid, after ``max_attempts`` when the
+    handler keeps failing on it. A ``transient`` failure (the broker or the store away) is
+    retried without end: the record is fine, and dead-lettering it would lose it.
     """
 
     def __init__(
@@ -64,8 +68,14 @@ class EventConsumer:
         group_id: str,
         handler: Handler,
         on_dead_letter: Callable[[], None] | None = None,
+        *,
+        transient: tuple[type[BaseException], ...] = (),
+        max_attempts: int = 5,
     ) -> None:
         self.topics, self.handler, self.on_dead_letter = topics, handler, on_dead_letter
+        self.transient = (KafkaError, OSError, *transient)
+        self.max_attempts = max_attempts
+        self._failures: dict[tuple[str, int, int], int] = {}  # (topic, partition, offset) -> failed tries
         self._consumer = KafkaConsumer(
             *topics,
             bootstrap_servers=bootstrap,
@@ -80,23 +90,40 @@ class EventConsumer:
         )
 
     def poll_once(self, timeout_ms: int = 500) -> int:
-        """Handle one batch; returns the number of records handled (dead letters included)."""
+        """Handle one batch; returns the number of records handled (dead letters included).
+
+        When a record fails, the records before it are committed first: a retry starts at the
+        failing record and never feeds the drift windows a record twice.
+        """
         batches = self._consumer.poll(timeout_ms=timeout_ms)
-        handled = 0
-        for records in batches.values():
-            for rec in records:
-                self._handle(rec)
-                handled += 1
-        if handled:
-            self._dlq.flush()
-            self._consumer.commit()
-        return handled
+        done: dict[TopicPartition, int] = {}
+        try:
+            for tp, records in batches.items():
+                for rec in records:
+                    self._handle(rec)
+                    done[tp] = rec.offset + 1
+        finally:
+            if done:
+                self._dlq.flush()
+                self._consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in done.items()})
+        return sum(done[tp] - records[0].offset for tp, records in batches.items() if tp in done)
 
     def _handle(self, rec: Any) -> None:
+        where = (rec.topic, rec.partition, rec.offset)
         try:
             self.handler(rec.topic, parse_event(rec.topic, rec.value))
         except InvalidInput as exc:
             self.dead_letter(rec, str(exc))
+        except self.transient:
+            raise  # the record is fine; the stores behind the handler are not (yet)
+        except Exception as exc:
+            tries = self._failures.pop(where, 0) + 1
+            if tries < self.max_attempts:
+                self._failures[where] = tries
+                raise
+            self.dead_letter(rec, f"the handler failed {tries} times: {type(exc).__name__}: {exc}"[:2000])
+        else:
+            self._failures.pop(where, None)
 
     def dead_letter(self, rec: Any, reason: str) -> None:
         key = rec.key.decode(errors="replace") if rec.key else None

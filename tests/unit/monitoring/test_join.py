@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.join import Joiner
 from nicheloop.contracts import PredictionEvent
-from nicheloop.errors import InvalidInput
 from nicheloop.store import Store
 
 
@@ -29,12 +27,6 @@ def event(
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-
-
-def test_joiner_dead_letters_inconsistent_predictions(store: Store) -> None:
-    bad = event("p", 0.5).model_copy(update={"probs": [1.0]})
-    with pytest.raises(InvalidInput, match="probs"):
-        Joiner(store)("t", bad)
 
 
 def test_monitor_waits_for_a_broker_that_is_down_at_start() -> None:

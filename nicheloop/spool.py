@@ -58,13 +58,17 @@ class Spool:
             raise SpoolBusy(f"spool {path} is in use by another process") from exc
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL)"
-        )
-        self._depth = self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL)"
+            )
+            self._depth = self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+        except sqlite3.DatabaseError:
+            self.close()  # not a spool: let go of its lock
+            raise
         self._warned = False
 
     def __len__(self) -> int:
@@ -131,7 +135,11 @@ class Spool:
 
 
 def orphans(directory: Path, exclude: Path | None = None) -> list[Spool]:
-    """Spools in ``directory`` whose owner process is gone, opened (and locked) for draining."""
+    """Spools in ``directory`` whose owner process is gone, opened (and locked) for draining.
+
+    A spool file SQLite cannot read is renamed ``*.corrupt`` (kept for a person to look at) and
+    skipped: one bad file must not stop the events of the others.
+    """
     found = []
     for path in sorted(directory.glob("*.spool")):
         if path == exclude:
@@ -140,4 +148,9 @@ def orphans(directory: Path, exclude: Path | None = None) -> list[Spool]:
             found.append(Spool(path))
         except SpoolBusy:
             continue
+        except sqlite3.DatabaseError as exc:
+            kept = path.with_name(f"{path.name}.corrupt")
+            path.rename(kept)
+            Path(f"{path}.lock").unlink(missing_ok=True)
+            log.error("spool %s is unreadable (%s); kept as %s and skipped", path, exc, kept)
     return found

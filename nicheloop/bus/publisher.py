@@ -210,11 +210,12 @@ class Publisher:
         return len(acked)
 
     def _drain_forever(self) -> None:
-        self._get_producer()
-        self._adopt_orphans()
+        # orphans first: connecting to a broker that is away can take many seconds
+        orphaned = orphans(self.spool.path.parent, exclude=self.spool.path)
         progress_at = time.monotonic()
-        while not self._stop.wait(0.2 if len(self.spool) else 1.0):
+        while not self._stop.wait(0.2 if len(self.spool) or orphaned else 1.0):
             try:
+                orphaned = self._adopt(orphaned)
                 self._check_stalled()
                 if self._producer is None:
                     self._get_producer()
@@ -232,15 +233,23 @@ class Publisher:
                 log.exception("spool drain failed; retrying")
                 self._stop.wait(self.retry_s)
 
-    def _adopt_orphans(self) -> None:
-        """Deliver the spools of publishers that ended (a restarted replica, say), then delete them."""
-        for orphan in orphans(self.spool.path.parent, exclude=self.spool.path):
-            log.info("delivering %d events left in %s", len(orphan), orphan.path)
-            while len(orphan) and not self._stop.is_set():
-                for item in orphan.head(500):
-                    self.spool.append(item.topic, item.key, item.value)
-                    orphan.remove([item.id])
-            orphan.destroy()
+        for orphan in orphaned:
+            orphan.close()  # still on disk: the next publisher delivers the rest
+
+    def _adopt(self, orphaned: list[Spool]) -> list[Spool]:
+        """Move events of spools whose publishers ended (a restarted replica, say) into this one,
+        while it is under half full (live events keep the other half, and an orphan may hold more
+        than this spool's bound); an emptied orphan is deleted. Returns the orphans not yet empty."""
+        while orphaned and (room := self.spool.max_events // 2 - len(self.spool)) > 0:
+            orphan = orphaned[0]
+            for item in orphan.head(min(500, room)):
+                self.spool.append(item.topic, item.key, item.value)
+                orphan.remove([item.id])
+            if not len(orphan):
+                log.info("took over the events left in %s", orphan.path)
+                orphan.destroy()
+                orphaned = orphaned[1:]
+        return orphaned
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until buffered sends are acknowledged and the spool is delivered (or ``timeout``)."""

@@ -1,8 +1,10 @@
 import logging
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from kafka.errors import KafkaConnectionError
 
 from nicheloop.bus import Publisher
 from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent
@@ -73,3 +75,32 @@ def test_records_stuck_in_a_wedged_producer_are_spooled(tmp_path: Path) -> None:
         assert not publisher._check_stalled()
     finally:
         publisher.close()
+
+
+class NoBroker(Publisher):
+    """A publisher whose broker is away and says so at once (a real client takes ~30 s to)."""
+
+    def _make_producer(self) -> NoReturn:
+        raise KafkaConnectionError("no broker at 127.0.0.1:1")
+
+
+def test_a_corrupt_spool_and_an_orphan_over_the_bound_stop_nothing(tmp_path: Path) -> None:
+    ended = Spool(tmp_path / "ended.spool")  # a replica that died with 25 events waiting
+    for i in range(25):
+        ended.append(
+            FEEDBACK_TOPIC, f"o{i}", FeedbackEvent(prediction_id=f"o{i}", label="a").model_dump_json()
+        )
+    ended.close()
+    (tmp_path / "bad.spool").write_bytes(b"not a database" * 100)
+    publisher = NoBroker("127.0.0.1:1", tmp_path, spool_max_events=10, retry_s=30.0)
+    try:
+        deadline = time.monotonic() + 20
+        while publisher.spool_depth < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert publisher.spool_depth == 5  # took over half its bound, no more: live events keep the rest
+        publisher.publish(FEEDBACK_TOPIC, "live", FeedbackEvent(prediction_id="live", label="a"))
+        assert publisher.spool_depth == 6 and publisher._drainer.is_alive()
+    finally:
+        publisher.close()
+    assert (tmp_path / "bad.spool.corrupt").exists() and not (tmp_path / "bad.spool").exists()
+    assert sum(len(o) for o in orphans(tmp_path)) == 26  # nothing lost, for the next publisher

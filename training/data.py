@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ class Snapshot:
             for e in part
         ]
         return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+    def within(self, classes: list[str]) -> tuple[Snapshot, dict[str, int]]:
+        """This snapshot without the examples whose label is not one of ``classes`` (a forged or
+        mistyped label must not stop training), and how many of each such label were left out."""
+        known = set(classes)
+        left_out = Counter(e.label for e in (*self.train, *self.holdout) if e.label not in known)
+        if not left_out:
+            return self, {}
+        keep = lambda part: tuple(e for e in part if e.label in known)  # noqa: E731
+        return Snapshot(train=keep(self.train), holdout=keep(self.holdout)), dict(left_out)
 
     def manifest(self) -> str:
         return json.dumps(

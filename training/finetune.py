@@ -298,11 +298,14 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     champion = registry.load(registry.resolve(CHAMPION).version)
     manifest = registry.artifact_text(champion.info.run_id, MANIFEST)
     parent_snap = parse_manifest(manifest) if manifest else None
-    snap = snapshot(Store(settings.db_url))
+    snap, left_out = snapshot(Store(settings.db_url)).within(champion.model.class_names)
+    if left_out:
+        log.warning("left out labels that are not the champion's classes: %s", left_out)
     data = continual_set(snap, parent_snap, cfg)
     blobs = BlobStore(str(settings.blob_dir))
     parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
+    extra["labels_left_out_unknown_class"] = float(sum(left_out.values()))  # lineage says so
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
     # a compressed champion trains on from the full-precision weights it was compiled from
     champion.model.runtime = None

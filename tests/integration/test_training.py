@@ -233,8 +233,10 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
     )
     for data, label in shifted:
         store.add_seed_example(blobs.put(data), label)
+    store.add_seed_example(blobs.put(shifted[0][0] + b"forged"), "rust")  # not a class: left out
     second = train(settings, TrainConfig(epochs=2, batch_size=8, replay_per_class=3))
     m = second.metrics
+    assert m["labels_left_out_unknown_class"] == 1
     assert second.version.tags["parent_version"] == first.version.version
     assert json.loads(second.version.tags["start_weights"]) == {
         "source": "mlflow",

@@ -35,3 +35,11 @@ def test_manifest_round_trip_and_refusal() -> None:
     for bad in ("{}", "not json", json.dumps({"train": [[1]], "holdout": []})):
         with pytest.raises(InvalidInput, match="manifest"):
             parse_manifest(bad)
+
+
+def test_labels_outside_the_models_classes_are_left_out_and_counted() -> None:
+    snap = Snapshot(tuple(labeled({"a": 3, "rust": 2})), tuple(labeled({"b": 2, "<script>": 1})))
+    kept, left_out = snap.within(["a", "b"])
+    assert {e.label for e in kept.train} == {"a"} and {e.label for e in kept.holdout} == {"b"}
+    assert left_out == {"rust": 2, "<script>": 1}
+    assert snap.within(["a", "b", "rust", "<script>"]) == (snap, {})

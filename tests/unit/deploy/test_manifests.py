@@ -84,3 +84,68 @@ def test_promtool_accepts_the_alert_rules_and_their_unit_tests() -> None:
         [promtool, "test", "rules", "alerts_test.yml"], cwd=rules, capture_output=True, text=True
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def _compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+
+
+def test_compose_ports_agree_with_the_settings_and_only_the_endpoint_is_public(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from nicheloop.settings import Settings
+
+    services = _compose()["services"]
+
+    def settings_of(name: str) -> Settings:
+        with monkeypatch.context() as env:
+            for key, value in services[name]["environment"].items():
+                env.setenv(key, str(value))
+            return Settings()
+
+    ray, monitor, controller = (settings_of(name) for name in ("ray", "monitor", "controller"))
+    ray_start = services["ray"]["entrypoint"][-1]
+    assert f"--port {ray.ray_head_address.rsplit(':', 1)[1]}" in ray_start
+    assert "--include-dashboard false" in ray_start  # no job API to reach at all
+    published = {name: [str(p) for p in svc.get("ports", [])] for name, svc in services.items()}
+    assert published["ray"] == [f"{ray.serve_port}:{ray.serve_port}"]
+    assert published["monitor"] == [f"127.0.0.1:{monitor.metrics_port}:{monitor.metrics_port}"]
+    port = controller.controller_port
+    assert published["controller"] == [f"127.0.0.1:{port}:{port}"]
+    assert not published["kafka"] and not published["postgres"]
+    public = [p for name, ports in published.items() if name != "ray" for p in ports]
+    assert all(p.startswith("127.0.0.1:") for p in public), public
+    scraped = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert f"monitor:{monitor.metrics_port}" in scraped and f"controller:{port}" in scraped
+    assert f"ray:{ray.serve_port}" in scraped  # the gateway's /metrics
+    assert "ray:8080" in scraped and "--metrics-export-port 8080" in ray_start
+
+
+def test_ray_needs_its_token_everywhere_and_nothing_runs_as_root() -> None:
+    compose = _compose()
+    for name in ("ray", "monitor", "controller"):
+        svc = compose["services"][name]
+        assert svc["environment"]["RAY_AUTH_MODE"] == "token" and "ray_token" in svc["secrets"], name
+    assert "secrets/" in (DEPLOY.parent / ".gitignore").read_text()
+    dockerfile = (DEPLOY / "compose" / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+    service = yaml.safe_load((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    head = cluster["headGroupSpec"]["template"]
+    pods = [head, *(group["template"] for group in cluster["workerGroupSpecs"])]
+    for pod in pods:
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert all(
+            c["securityContext"]["allowPrivilegeEscalation"] is False for c in pod["spec"]["containers"]
+        )
+    env = {e["name"]: e.get("value") for e in head["spec"]["containers"][0]["env"]}
+    ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
+    assert ports == {"gcs": int(env["NICHELOOP_RAY_PORT"]), "serve": int(env["NICHELOOP_SERVE_PORT"])}
+    policy = yaml.safe_load((DEPLOY / "kuberay" / "networkpolicy.yaml").read_text())
+    assert all(
+        policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        for pod in pods
+    )
+    open_rule = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert open_rule == [{"ports": [{"port": ports["serve"], "protocol": "TCP"}]}]  # only the endpoint

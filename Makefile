@@ -8,7 +8,7 @@ KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout bench-hostile lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
 
@@ -82,6 +82,9 @@ bench-drift: python-deps
 
 bench-rollout: python-deps
 	$(PY) -m benchmarks.rollout
+
+bench-hostile: python-deps kafka-jars
+	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m benchmarks.hostile
 
 lint: python-deps
 	$(VENV)/bin/ruff check .

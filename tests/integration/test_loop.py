@@ -87,6 +87,17 @@ def test_the_new_champion_carries_lineage(live: Settings) -> None:
         ({"files": {"image": ("x.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")}}, 400),
         ({"json": {"image_b64": "***"}}, 400),
         ({"content": b"0" * (20 * 1024 * 1024)}, 413),
+        (
+            {"content": b'{"image_b64": ' + b"[" * 200_000, "headers": {"content-type": "application/json"}},
+            400,
+        ),
+        (
+            {
+                "content": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n",
+                "headers": {"content-type": "image/png"},
+            },
+            400,
+        ),
     ],
 )
 def test_bad_predict_requests_get_4xx(live: Settings, kwargs, status: int) -> None:
@@ -108,6 +119,14 @@ def test_bad_feedback_and_review_get_4xx(live: Settings, png: bytes) -> None:
     assert c.post("/v1/review/987654/skip", json={"lease_token": "t"}).status_code == 404
     assert c.post("/v1/review/987654", json={"label": "crazing"}).status_code == 422  # no lease token
     assert c.get("/v1/images/" + "0" * 64).status_code == 404
+    # hostile: each of these was a 500 once (docs/serving.md, "Hostile input"), through the real ingress
+    json_type = {"content-type": "application/json"}
+    forged = c.post("/v1/feedback", json={"prediction_id": "0" * 32 + "." + "é" * 16, "label": "crazing"})
+    assert forged.status_code == 404
+    assert c.post("/v1/review/" + "9" * 21, json={"label": "crazing", "lease_token": "t"}).status_code == 422
+    assert c.post("/v1/feedback", content=b"[" * 50_000, headers=json_type).status_code == 400
+    huge = c.post("/v1/feedback", content=b'{"label": "' + b"x" * 10**6 + b'"}', headers=json_type)
+    assert huge.status_code == 413 and "limit" in huge.json()["detail"]
     assert c.get("/healthz").status_code == 200 and c.get("/readyz").json()["ready"] is True
 
 
@@ -161,16 +180,32 @@ def test_two_reviewers_over_http_leases_skips_labels_and_stats(live: Settings, p
 def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> None:
     producer = KafkaProducer(bootstrap_servers=live.bootstrap_servers)
     producer.send(PREDICTIONS_TOPIC, key=b"garbage-1", value=b"{not json")
+    forged = {  # parses, but its version would name a folder outside the drift reports'
+        "prediction_id": "forged-1",
+        "model_name": "m",
+        "model_version": "../../outside",
+        "label": "crazing",
+        "probs": [1.0],
+        "class_names": ["crazing"],
+        "uncertainty": 0.0,
+        "embedding": [0.0],
+        "image_sha256": "0" * 64,
+    }
+    producer.send(PREDICTIONS_TOPIC, key=b"forged-1", value=json.dumps(forged).encode())
     producer.flush()
     producer.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        letters = [d for d in dead_letters(live.bootstrap_servers) if d.key == "garbage-1"]
-        if letters:
-            assert letters[0].topic == PREDICTIONS_TOPIC and "PredictionEvent" in letters[0].reason
+        letters = {
+            d.key: d for d in dead_letters(live.bootstrap_servers) if d.key in ("garbage-1", "forged-1")
+        }
+        if len(letters) == 2:
+            assert letters["garbage-1"].topic == PREDICTIONS_TOPIC
+            assert "PredictionEvent" in letters["garbage-1"].reason
+            assert "model_version" in letters["forged-1"].reason
             return
         time.sleep(1)
-    pytest.fail("the malformed record never reached the dead-letter topic")
+    pytest.fail(f"the malformed records never all reached the dead-letter topic: {sorted(letters)}")
 
 
 def test_stack_status_says_what_runs_where(live: Settings) -> None:

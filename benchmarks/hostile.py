@@ -69,7 +69,7 @@ def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
 
 def image_cases() -> list[Case]:
     """Images: what must be refused, and the odd layouts that must decode."""
-    grey16 = Image.fromarray(np.full((64, 64), 40_000, np.uint16), "I;16")
+    grey16 = Image.fromarray(np.full((64, 64), 40_000, np.uint16))  # I;16
     palette = Image.new("P", (64, 64), 0)
     frames = [Image.new("L", (64, 64), 30), Image.new("L", (64, 64), 220)]
     exif = Image.Exif()
@@ -93,7 +93,7 @@ def image_cases() -> list[Case]:
     }
     decoded = {
         "16-bit grey PNG": _encoded(grey16),
-        "float TIFF": _encoded(Image.fromarray(np.full((64, 64), 0.5, np.float32), "F"), "TIFF"),
+        "float TIFF": _encoded(Image.fromarray(np.full((64, 64), 0.5, np.float32)), "TIFF"),
         "CMYK JPEG": _encoded(Image.new("CMYK", (64, 64), (0, 200, 200, 0)), "JPEG"),
         "transparent RGBA PNG": _encoded(Image.new("RGBA", (64, 64), (0, 0, 0, 0))),
         "palette PNG with a transparent index": _encoded(palette, transparency=0),

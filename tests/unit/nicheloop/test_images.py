@@ -63,7 +63,9 @@ def _encoded(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     ],
 )
 def test_deep_grey_is_scaled_to_8_bits(samples: np.ndarray, mode: str, fmt: str, expected: int) -> None:
-    img = decode_image(_encoded(Image.fromarray(samples, mode), fmt), LIMIT, PIXELS)
+    source = Image.fromarray(samples)
+    assert source.mode == mode
+    img = decode_image(_encoded(source, fmt), LIMIT, PIXELS)
     assert img.mode == "RGB" and np.asarray(img).mean() == pytest.approx(expected, abs=1)
 
 

@@ -57,3 +57,11 @@ class UpstreamTimeout(NicheloopError):
 class ModelFailed(NicheloopError):
     """The model replica failed this request (HTTP 502): a version registered with a serving fault
     (:mod:`services.faults`) for a game day or the rollout benchmark."""
+
+
+class Unauthenticated(NicheloopError):
+    """The request names no credential, or one that is unknown, revoked or expired (HTTP 401)."""
+
+
+class Forbidden(NicheloopError):
+    """The caller's role may not do this (HTTP 403); the message names the roles that may."""

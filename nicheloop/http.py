@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from nicheloop.errors import (
     BudgetSpent,
     Conflict,
+    Forbidden,
     GateRefused,
     InvalidInput,
     ModelFailed,
@@ -22,6 +23,7 @@ from nicheloop.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    Unauthenticated,
     UpstreamTimeout,
 )
 from nicheloop.spool import SpoolFull
@@ -38,6 +40,8 @@ STATUS = {
     Conflict: 409,
     GateRefused: 409,
     BudgetSpent: 429,
+    Unauthenticated: 401,
+    Forbidden: 403,
 }
 
 

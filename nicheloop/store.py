@@ -191,6 +191,36 @@ class Lease(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
 
+class ApiKeyRow(Base):
+    """A credential (``nicheloop.keys``): only its SHA-256 is kept; the key is shown once."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    lookup: Mapped[str] = mapped_column(String(16), unique=True)  # the key's first characters: finds the row
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRow(Base):
+    """The append-only audit log of privileged actions (``nicheloop.keys.Audit``): who, when, what,
+    from where. Nothing updates or deletes a row."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(128))  # an address, or "cli"
+    detail: Mapped[dict] = mapped_column(JSON)
+
+
 def is_holdout(image_sha256: str) -> bool:
     """Deterministic split by image content: the same image is always on the same side."""
     return int(hashlib.sha256(image_sha256.encode()).hexdigest()[:8], 16) % HOLDOUT_BUCKETS == 0

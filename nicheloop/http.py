@@ -4,12 +4,16 @@ with a 4xx or 503 status and ``Retry-After`` where one applies, never a 500."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
+import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from nicheloop.errors import (
@@ -26,6 +30,7 @@ from nicheloop.errors import (
     Unauthenticated,
     UpstreamTimeout,
 )
+from nicheloop.keys import ROLES, ApiKeys, Caller, Role
 from nicheloop.spool import SpoolFull
 
 STATUS = {
@@ -158,3 +163,121 @@ def _handler(code: int):  # type: ignore[no-untyped-def]
         return JSONResponse(status_code=code, content={"detail": str(exc)}, headers=headers)
 
     return handle
+
+
+# -- who may call ----------------------------------------------------------------------------
+KEY_HEADER = "x-api-key"
+
+
+def presented_key(request: Request) -> str:
+    """The credential of ``request``: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+
+    Raises:
+        Unauthenticated: neither header is there.
+    """
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = request.headers.get(KEY_HEADER, "").strip()
+    if key:
+        return key
+    raise Unauthenticated(
+        "this route needs a credential: send `Authorization: Bearer <key>` or `X-API-Key: <key>` "
+        "(an admin makes keys with `nicheloop keys create`)"
+    )
+
+
+class Gatekeeper:
+    """Resolves keys to callers, remembering each answer for ``ttl_s``: a request costs a store
+    lookup at most every ``ttl_s`` per key, and a revoked key stops working within ``ttl_s``."""
+
+    def __init__(self, keys: ApiKeys, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.keys, self.ttl_s, self.clock = keys, ttl_s, clock
+        self._known: dict[str, tuple[float, Caller | Unauthenticated]] = {}
+        self._lock = threading.Lock()
+
+    def remembered(self, key: str) -> Caller | None:
+        """The caller of ``key`` if it was checked less than ``ttl_s`` ago (no store call).
+
+        Raises:
+            Unauthenticated: it was refused less than ``ttl_s`` ago.
+        """
+        with self._lock:
+            known = self._known.get(_fingerprint(key))
+        if known is None or self.clock() - known[0] > self.ttl_s:
+            return None
+        if isinstance(known[1], Unauthenticated):
+            raise known[1]
+        return known[1]
+
+    def caller(self, key: str) -> Caller:
+        """The caller of ``key``, from memory or the store.
+
+        Raises:
+            Unauthenticated: unknown, revoked or expired.
+        """
+        remembered = self.remembered(key)
+        if remembered is not None:
+            return remembered
+        try:
+            answer: Caller | Unauthenticated = self.keys.verify(key)
+        except Unauthenticated as exc:
+            answer = exc
+        with self._lock:
+            if len(self._known) > 10_000:  # a flood of made-up keys must not grow memory
+                self._known.clear()
+            self._known[_fingerprint(key)] = (self.clock(), answer)
+        if isinstance(answer, Unauthenticated):
+            raise answer
+        return answer
+
+
+def _fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
+def requires(*roles: Role) -> Any:
+    """A route's dependency: the caller, who must hold one of ``roles`` (401 without a valid
+    credential, 403 with another role). The app keeps its :class:`Gatekeeper` in
+    ``app.state.gatekeeper``; a route without this dependency is open, and a test walks every
+    app's routes for one (:data:`OPEN_ROUTES` aside)."""
+    unknown = set(roles) - set(ROLES)
+    if not roles or unknown:
+        raise ValueError(f"roles must be some of {ROLES}, got {roles}")
+
+    async def caller(request: Request) -> Caller:
+        gate: Gatekeeper | None = getattr(request.app.state, "gatekeeper", None)
+        if gate is None:
+            raise NotReady("the service is still starting; retry in a moment")
+        key = presented_key(request)
+        who = gate.remembered(key)
+        if who is None:  # not checked lately: ask the store, off the event loop
+            who = await asyncio.to_thread(gate.caller, key)
+        if who.role not in roles:
+            raise Forbidden(
+                f"{who.name!r} ({who.role}) may not {request.method} {request.url.path}; "
+                f"it takes the role {' or '.join(roles)}"
+            )
+        return who
+
+    caller.roles = roles  # type: ignore[attr-defined]  # read by the route walker
+    return Depends(caller)
+
+
+OPEN_ROUTES = frozenset({"/healthz", "/readyz"})  # liveness and readiness: probes carry no key
+
+
+def route_roles(app: FastAPI) -> dict[tuple[str, str], tuple[Role, ...] | None]:
+    """(method, path) -> the roles each route of ``app`` requires; None for a route that requires
+    none (open)."""
+    from fastapi.routing import APIRoute
+
+    table: dict[tuple[str, str], tuple[Role, ...] | None] = {}
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        roles = [getattr(d.call, "roles", None) for d in route.dependant.dependencies]
+        found = next((r for r in roles if r is not None), None)
+        for method in route.methods or ():
+            table[(method, route.path)] = found
+    return table

@@ -1,0 +1,94 @@
+"""``nicheloop keys ...``: API keys from the command line of a machine that reaches the store (an
+admin's shell). Every key made or revoked is an audit entry."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import typer
+
+from cli.rollout import actor
+from nicheloop.errors import NicheloopError
+
+keys_app = typer.Typer(help="API keys: make (shown once), list and revoke.", no_args_is_help=True)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(code=1)
+
+
+def _store() -> Any:
+    from nicheloop.settings import get_settings
+    from nicheloop.store import Store
+
+    return Store(get_settings().db_url)
+
+
+def _admin() -> Any:
+    from nicheloop.keys import Caller
+
+    return Caller(actor(), "admin")  # the shell's user: whoever reaches the store administers it
+
+
+@keys_app.command("create")
+def create(
+    name: str = typer.Option(..., help="Who or what uses the key (a reviewer's name is their identity)."),
+    role: str = typer.Option(..., help="app, reviewer, operator or admin."),
+    expires_days: float | None = typer.Option(None, help="Days until it expires (default: never)."),
+) -> None:
+    """Make a key; it is printed once and kept only as a hash."""
+    from nicheloop.keys import ApiKeys, Audit
+
+    store = _store()
+    try:
+        key, info = ApiKeys(store).create(
+            name=name,
+            role=role,  # type: ignore[arg-type]  # checked by create
+            created_by=actor(),
+            expires_in=timedelta(days=expires_days) if expires_days else None,
+        )
+    except NicheloopError as exc:
+        _fail(exc)
+    Audit(store).record(actor=_admin(), action="key.create", target=name, source="cli", detail={"role": role})
+    typer.echo(
+        json.dumps({"name": info.name, "role": info.role, "key": key, "expires_at": _when(info.expires_at)})
+    )
+    typer.secho("the key is shown this once: keep it now", fg="yellow", err=True)
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """Every key, newest first: name, role, state, dates (never the key)."""
+    from nicheloop.contracts import utcnow
+    from nicheloop.keys import ApiKeys
+
+    now = utcnow()
+    for info in ApiKeys(_store()).every():
+        state = "active" if info.active(now) else ("revoked" if info.revoked_at else "expired")
+        typer.echo(
+            f"{info.name:24} {info.role:9} {state:8} made {_when(info.created_at)} by {info.created_by}"
+            + (f", expires {_when(info.expires_at)}" if info.expires_at else "")
+        )
+
+
+@keys_app.command("revoke")
+def revoke(name: str = typer.Argument(..., help="Whose active key to revoke.")) -> None:
+    """Revoke a key at once (gateways stop taking it within seconds)."""
+    from nicheloop.keys import ApiKeys, Audit
+
+    store = _store()
+    try:
+        info = ApiKeys(store).revoke(name)
+    except NicheloopError as exc:
+        _fail(exc)
+    Audit(store).record(
+        actor=_admin(), action="key.revoke", target=name, source="cli", detail={"role": info.role}
+    )
+    typer.echo(f"revoked the {info.role} key of {info.name}")
+
+
+def _when(at: Any) -> str | None:
+    return at.isoformat(timespec="seconds") if at else None

@@ -1,0 +1,49 @@
+"""``nicheloop keys``: a key made from the shell works, is listed without its secret, is revoked,
+and both acts are in the audit log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from nicheloop.errors import Unauthenticated
+from nicheloop.keys import ApiKeys, Audit
+from nicheloop.settings import Settings, get_settings
+from nicheloop.store import Store
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    monkeypatch.setenv("NICHELOOP_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_keys_are_made_listed_and_revoked_from_the_shell_with_an_audit_trail(settings: Settings) -> None:
+    runner = CliRunner()
+    made = runner.invoke(app, ["keys", "create", "--name", "alice", "--role", "reviewer"])
+    assert made.exit_code == 0, made.output
+    printed = json.loads(made.stdout.splitlines()[0])
+    store = Store(settings.db_url)
+    assert ApiKeys(store).verify(printed["key"]).name == "alice"
+    listed = runner.invoke(app, ["keys", "list"])
+    assert "alice" in listed.stdout and "reviewer" in listed.stdout and "active" in listed.stdout
+    assert printed["key"] not in listed.stdout
+    twice = runner.invoke(app, ["keys", "create", "--name", "alice", "--role", "app"])
+    assert twice.exit_code == 1 and "revoke it first" in twice.output
+    bad_role = runner.invoke(app, ["keys", "create", "--name", "bob", "--role", "root"])
+    assert bad_role.exit_code == 1 and "unknown role" in bad_role.output
+    assert runner.invoke(app, ["keys", "revoke", "alice"]).exit_code == 0
+    with pytest.raises(Unauthenticated, match="revoked"):
+        ApiKeys(store).verify(printed["key"])
+    assert [(e.action, e.target) for e in Audit(store).read()] == [
+        ("key.revoke", "alice"),
+        ("key.create", "alice"),
+    ]
+    assert runner.invoke(app, ["keys", "revoke", "alice"]).exit_code == 1

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotReady
-from nicheloop.http import RowId
+from nicheloop.http import RowId, requires
+from nicheloop.keys import Caller
 from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
 from services.deps import GatewayResources, Resources
 from services.feedback import record_feedback, submit_review
@@ -45,7 +46,7 @@ async def readyz(res: Resources) -> JSONResponse:
 
 
 @api.get("/metrics")
-async def metrics(res: Resources) -> Response:
+async def metrics(res: Resources, _: Caller = requires("operator")) -> Response:
     """This replica's event-spool, load-shedding and model-call metrics (by arm and version) in
     Prometheus text format."""
     registry = CollectorRegistry()
@@ -77,7 +78,9 @@ async def metrics(res: Resources) -> Response:
 
 
 @api.post("/v1/predict", response_model=PredictResponse)
-async def predict(request: Request, response: Response, res: Resources) -> PredictResponse:
+async def predict(
+    request: Request, response: Response, res: Resources, _: Caller = requires("app")
+) -> PredictResponse:
     """Classify one image; the prediction is published as an event and the image kept by its hash.
 
     Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the body is
@@ -101,7 +104,7 @@ def _accepted(event: FeedbackEvent) -> FeedbackAccepted:
 
 
 @api.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
-async def feedback(body: FeedbackRequest, res: Resources) -> FeedbackAccepted:
+async def feedback(body: FeedbackRequest, res: Resources, _: Caller = requires("app")) -> FeedbackAccepted:
     """A label for a prediction; answered once it is durable (on Kafka or in the spool)."""
     classes = await _class_names(res)
     event = await asyncio.to_thread(
@@ -115,19 +118,21 @@ async def feedback(body: FeedbackRequest, res: Resources) -> FeedbackAccepted:
     response_model=ReviewTask,
     responses={204: {"description": "queue empty"}, 429: {"description": "budget spent"}},
 )
-async def review_next(res: Resources, x_reviewer: str = Header("anonymous", max_length=128)) -> Any:
-    """Lease the next task to the reviewer named in ``X-Reviewer`` (label or skip it with its token)."""
-    task = await asyncio.to_thread(res.queue.claim_task, x_reviewer)
+async def review_next(res: Resources, reviewer: Caller = requires("reviewer")) -> Any:
+    """Lease the next task to the calling reviewer (label or skip it with its token)."""
+    task = await asyncio.to_thread(res.queue.claim_task, reviewer.name)
     return task if task is not None else Response(status_code=204)
 
 
 @api.get("/v1/review/stats", response_model=ReviewStats)
-async def review_stats(res: Resources) -> ReviewStats:
+async def review_stats(res: Resources, _: Caller = requires("reviewer", "operator")) -> ReviewStats:
     return ReviewStats.model_validate(await asyncio.to_thread(res.queue.stats))
 
 
 @api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
-async def review_submit(task_id: RowId, body: ReviewLabel, res: Resources) -> FeedbackAccepted:
+async def review_submit(
+    task_id: RowId, body: ReviewLabel, res: Resources, _: Caller = requires("reviewer")
+) -> FeedbackAccepted:
     """A reviewer's label for a leased task; it becomes feedback with ``source=reviewer``."""
     classes = await _class_names(res)
     event = await asyncio.to_thread(
@@ -137,14 +142,16 @@ async def review_submit(task_id: RowId, body: ReviewLabel, res: Resources) -> Fe
 
 
 @api.post("/v1/review/{task_id}/skip", status_code=200)
-async def review_skip(task_id: RowId, body: ReviewSkip, res: Resources) -> dict[str, Any]:
+async def review_skip(
+    task_id: RowId, body: ReviewSkip, res: Resources, _: Caller = requires("reviewer")
+) -> dict[str, Any]:
     """Give a leased task back unlabeled; it is not offered to the same reviewer again."""
     item = await asyncio.to_thread(res.queue.skip, task_id, body.lease_token)
     return {"task_id": item.task_id, "status": item.status, "skips": item.skips}
 
 
 @api.get("/v1/images/{sha256}")
-async def image(sha256: str, res: Resources) -> Response:
+async def image(sha256: str, res: Resources, _: Caller = requires("reviewer", "operator")) -> Response:
     data = await asyncio.to_thread(res.blobs.get, sha256)
     return Response(content=data, media_type="application/octet-stream")
 

@@ -14,6 +14,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
 from nicheloop.errors import NotReady, Overloaded
+from nicheloop.http import Gatekeeper
+from nicheloop.keys import ApiKeys
 from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
@@ -153,7 +155,9 @@ class Gateway:
         candidate: DeploymentHandle | None = None,
     ) -> None:
         configure_logging()
-        install_resources(gateway_resources(Settings(**settings), predictor, candidate))
+        resources = gateway_resources(Settings(**settings), predictor, candidate)
+        install_resources(resources)
+        api.state.gatekeeper = Gatekeeper(ApiKeys(resources.store))  # who may call which route
 
 
 def gateway_deployment(settings: Settings) -> Any:

@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from nicheloop.blobs import BlobStore
+from nicheloop.http import Gatekeeper
+from nicheloop.keys import ROLES, ApiKeys
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
@@ -44,9 +46,23 @@ def res(tmp_path: Path, registry: OneVersion) -> GatewayResources:
 
 
 @pytest.fixture
-def client(res: GatewayResources) -> Iterator[TestClient]:
+def as_role(res: GatewayResources) -> dict[str, dict[str, str]]:
+    """The headers of a caller of each role (keys made in the test's store), e.g. ``as_role["reviewer"]``."""
+    keys = ApiKeys(res.store)
+    return {
+        role: {"X-API-Key": keys.create(name=f"test-{role}", role=role, created_by="test")[0]}
+        for role in ROLES
+    }
+
+
+@pytest.fixture
+def client(res: GatewayResources, as_role: dict[str, dict[str, str]]) -> Iterator[TestClient]:
+    """The gateway's routes as an application calls them (the ``app`` role's key); other roles'
+    calls pass ``headers=as_role[...]``."""
     api.dependency_overrides[get_resources] = lambda: res
+    api.state.gatekeeper = Gatekeeper(ApiKeys(res.store))
     try:
-        yield TestClient(api, raise_server_exceptions=False)
+        yield TestClient(api, raise_server_exceptions=False, headers=as_role["app"])
     finally:
         api.dependency_overrides.clear()
+        del api.state.gatekeeper

@@ -17,6 +17,7 @@ from services.inference import ModelOutput, Pixels
 from tests.unit.services.fakes import LocalPredictor, OneVersion, ready
 
 JSON = {"content-type": "application/json"}
+Roles = dict[str, dict[str, str]]  # role -> its caller's headers (the ``as_role`` fixture)
 
 
 def test_not_ready_without_a_champion(client: TestClient, png: bytes) -> None:
@@ -27,7 +28,7 @@ def test_not_ready_without_a_champion(client: TestClient, png: bytes) -> None:
 
 
 def test_a_prediction_is_answered_stored_and_published(
-    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes, as_role: Roles
 ) -> None:
     ready(res, registry)
     assert client.get("/readyz").json() == {"ready": True, "model_version": "1"}
@@ -36,7 +37,8 @@ def test_a_prediction_is_answered_stored_and_published(
     [(topic, key, event)] = res.publisher.events  # type: ignore[attr-defined]
     assert (topic, key) == (PREDICTIONS_TOPIC, body["prediction_id"])
     assert isinstance(event, PredictionEvent) and event.image_stats and event.label == body["label"]
-    assert client.get(f"/v1/images/{event.image_sha256}").content == png
+    assert client.get(f"/v1/images/{event.image_sha256}", headers=as_role["reviewer"]).content == png
+    assert client.get(f"/v1/images/{event.image_sha256}").status_code == 403  # not the app's to read
     assert client.post("/v1/predict", content=b"not an image").status_code == 400
 
 
@@ -56,46 +58,51 @@ def test_feedback_needs_an_issued_id_and_a_known_label(
 
 
 def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
-    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes, as_role: Roles
 ) -> None:
+    ann = as_role["reviewer"]  # the reviewer is who the key names: "test-reviewer"
     ready(res, registry)
-    assert client.get("/v1/review/next").status_code == 204
+    assert client.get("/v1/review/next", headers=ann).status_code == 204
     for _ in range(2):
         client.post("/v1/predict", content=png)
     for _, _, event in list(res.publisher.events):  # type: ignore[attr-defined]
         res.store.add_prediction(event)
         res.queue.enqueue(event.prediction_id, 0.5)
-    task = client.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
+    task = client.get("/v1/review/next", headers=ann).json()
     assert task["image_url"].startswith("/v1/images/") and task["class_names"] == ["crack", "ok"]
     label = {"label": "ok", "lease_token": task["lease_token"]}
-    resp = client.post(f"/v1/review/{task['task_id']}", json=label)
+    resp = client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann)
     assert resp.status_code == 202 and resp.json()["source"] == "reviewer"
-    assert client.post(f"/v1/review/{task['task_id']}", json=label).status_code == 409
-    other = client.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
-    skipped = client.post(f"/v1/review/{other['task_id']}/skip", json={"lease_token": other["lease_token"]})
+    assert client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann).status_code == 409
+    other = client.get("/v1/review/next", headers=ann).json()
+    skipped = client.post(
+        f"/v1/review/{other['task_id']}/skip", json={"lease_token": other["lease_token"]}, headers=ann
+    )
     assert skipped.json()["status"] == "queued"
-    assert client.get("/v1/review/next", headers={"X-Reviewer": "ann"}).status_code == 204  # not again
-    stats = client.get("/v1/review/stats").json()
+    assert client.get("/v1/review/next", headers=ann).status_code == 204  # not again
+    stats = client.get("/v1/review/stats", headers=as_role["operator"]).json()
     assert stats["done"] == 1 and stats["queued"] == 1 and stats["budget"]["left_hour"] == 4
-    assert client.post("/v1/review/999", json=label).status_code == 404
+    assert client.post("/v1/review/999", json=label, headers=ann).status_code == 404
+    assert client.post("/v1/review/999", json=label).status_code == 403  # an app may not label
 
 
 def test_hostile_ids_and_bodies_get_a_4xx_not_a_500(
-    client: TestClient, res: GatewayResources, registry: OneVersion
+    client: TestClient, res: GatewayResources, registry: OneVersion, as_role: Roles
 ) -> None:
     ready(res, registry)
     forged = client.post("/v1/feedback", json={"prediction_id": "a" * 32 + "." + "é" * 16, "label": "ok"})
     assert forged.status_code == 404  # a non-ASCII tag is simply not one we issued
     for path in ("/v1/review/100000000000000000000", "/v1/review/100000000000000000000/skip"):
-        assert client.post(path, json={"label": "ok", "lease_token": "t"}).status_code == 422
+        answer = client.post(path, json={"label": "ok", "lease_token": "t"}, headers=as_role["reviewer"])
+        assert answer.status_code == 422
     deep = client.post("/v1/predict", content=b'{"image_b64": ' + b"[" * 200_000, headers=JSON)
     assert deep.status_code == 400 and "image_b64" in deep.json()["detail"]
     huge = client.post("/v1/feedback", content=b'{"prediction_id": "' + b"a" * 10**7 + b'"}', headers=JSON)
     assert huge.status_code == 413 and res.publisher.events == []  # type: ignore[attr-defined]
 
 
-def test_metrics_show_the_spool(client: TestClient) -> None:
-    text = client.get("/metrics").text
+def test_metrics_show_the_spool(client: TestClient, as_role: Roles) -> None:
+    text = client.get("/metrics", headers=as_role["operator"]).text
     assert "nicheloop_event_spool_capacity 100.0" in text and "nicheloop_event_spool_depth 0.0" in text
 
 
@@ -106,7 +113,7 @@ class SlowPredictor(LocalPredictor):
 
 
 def test_a_slow_predictor_gets_a_504_naming_it_and_readiness_still_answers(
-    res: GatewayResources, registry: OneVersion, png: bytes
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:
     ready(res, registry)
     slow = SlowPredictor(res.predictor.champion)  # type: ignore[attr-defined]
@@ -115,7 +122,6 @@ def test_a_slow_predictor_gets_a_504_naming_it_and_readiness_still_answers(
         res, predictor=slow, settings=settings
     )
     try:
-        client = TestClient(api, raise_server_exceptions=False)
         answer = client.post("/v1/predict", content=png)
         assert answer.status_code == 504 and "NICHELOOP_PREDICT_TIMEOUT_S" in answer.json()["detail"]
         assert client.get("/readyz").status_code == 200
@@ -124,7 +130,7 @@ def test_a_slow_predictor_gets_a_504_naming_it_and_readiness_still_answers(
 
 
 def test_a_full_replica_sheds_at_once_with_retry_after(
-    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes, as_role: Roles
 ) -> None:
     ready(res, registry)
     res.admission.inside = res.admission.limit  # every place taken
@@ -136,7 +142,7 @@ def test_a_full_replica_sheds_at_once_with_retry_after(
     assert served.status_code == 200
     steps = {part.split(";")[0] for part in served.headers["server-timing"].split(", ")}
     assert steps == {"prepare", "model", "publish"}
-    assert "nicheloop_predictions_shed_total 1.0" in client.get("/metrics").text
+    assert "nicheloop_predictions_shed_total 1.0" in client.get("/metrics", headers=as_role["operator"]).text
 
 
 def test_the_resources_dependency_runs_on_the_event_loop() -> None:

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 
 from nicheloop.contracts import PredictionEvent
 from nicheloop.errors import UpstreamTimeout
+from nicheloop.http import Gatekeeper
+from nicheloop.keys import ApiKeys
 from nicheloop.latency import quantile_ms
 from nicheloop.rollouts import ArmCalls, Rollout, Rollouts
 from services.api import api
@@ -53,13 +55,19 @@ def _with_rollout(
     )
 
 
+KEYS: dict[str, dict[str, str]] = {}  # the headers of each role's caller, set by ``serve``
+
+
 @pytest.fixture
-def serve(res: GatewayResources) -> Iterator[list[GatewayResources]]:
+def serve(res: GatewayResources, as_role: dict[str, dict[str, str]]) -> Iterator[list[GatewayResources]]:
     """Serve whatever resources the test puts in the list, on one event loop for the whole test."""
     holder: list[GatewayResources] = []
     api.dependency_overrides[get_resources] = lambda: holder[0]
+    api.state.gatekeeper = Gatekeeper(ApiKeys(res.store))
+    KEYS.update(as_role)
     yield holder
     api.dependency_overrides.clear()
+    del api.state.gatekeeper
 
 
 def _events(res: GatewayResources, arm: str) -> list[PredictionEvent]:
@@ -81,7 +89,7 @@ def test_the_candidate_answers_its_share_by_key_and_each_arm_is_counted(
         Rollout("2", "1", state="canary", share=0.5), plan={}, actor="t", reason="", now=time.time()
     )
     serve.append(_with_rollout(res, registry))
-    with TestClient(api, raise_server_exceptions=False) as client:
+    with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
         versions = {
             key: client.post("/v1/predict", content=png, headers={"X-Request-Key": key}).json()[
                 "model_version"
@@ -108,18 +116,21 @@ def test_shadow_pairs_with_the_champions_answer_and_drops_beyond_its_bound(
 ) -> None:
     Rollouts(res.store).create(Rollout("2", "1", mirror=1.0), plan={}, actor="t", reason="", now=time.time())
     serve.append(_with_rollout(res, registry))
-    with TestClient(api, raise_server_exceptions=False) as client:
+    with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
         ids = [client.post("/v1/predict", content=png).json()["prediction_id"] for _ in range(3)]
         _eventually(lambda: len(_events(serve[0], "shadow")) == 3)
         shadows = _events(serve[0], "shadow")
         assert {e.paired_with for e in shadows} == set(ids) and {e.model_version for e in shadows} == {"2"}
         assert {e.model_version for e in _events(serve[0], "champion")} == {"1"}
-        assert "nicheloop_shadow_calls_dropped_total 0.0" in client.get("/metrics").text
+        assert (
+            "nicheloop_shadow_calls_dropped_total 0.0"
+            in client.get("/metrics", headers=KEYS["operator"]).text
+        )
         serve[0] = dataclasses.replace(
             serve[0], settings=serve[0].settings.model_copy(update={"shadow_max_concurrency": 0})
         )
         client.post("/v1/predict", content=png)
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=KEYS["operator"]).text
         assert "nicheloop_shadow_calls_dropped_total 1.0" in metrics
     assert len(_events(serve[0], "shadow")) == 3
     by_arm = 'nicheloop_model_calls_total{arm="%s",model_version="%s",outcome="ok"} %s'
@@ -138,7 +149,7 @@ def test_idle_shadow_calls_go_untimed_and_a_starved_one_is_dropped_not_failed(
     key = (live.id or 0, "shadow")
 
     def shadow_counts() -> ArmCalls:
-        with TestClient(api, raise_server_exceptions=False) as client:
+        with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
             assert client.post("/v1/predict", content=png).status_code == 200
             _eventually(lambda: not serve[0].rollout.shadows)  # type: ignore[union-attr]
         return serve[0].rollout.counter.take().get(key, ArmCalls())  # type: ignore[union-attr]
@@ -162,9 +173,9 @@ def test_a_failing_candidate_is_counted_and_the_champion_answers(
         Rollout("2", "1", state="canary", share=1.0), plan={}, actor="t", reason="", now=time.time()
     )
     serve.append(_with_rollout(res, registry, candidate=Broken(ModelSlot(registry, lambda: "2"))))
-    with TestClient(api, raise_server_exceptions=False) as client:
+    with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
         answer = client.post("/v1/predict", content=png)
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=KEYS["operator"]).text
     assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     by_arm = 'nicheloop_model_calls_total{arm="%s",model_version="%s",outcome="%s"} 1.0'
     assert by_arm % ("candidate", "2", "failed") in metrics and by_arm % ("champion", "1", "ok") in metrics
@@ -182,7 +193,7 @@ def test_a_silent_controller_gets_the_candidate_nothing(
         Rollout("2", "1", state="canary", share=1.0, mirror=1.0), plan={}, actor="t", reason="", now=old
     )
     serve.append(_with_rollout(res, registry))
-    with TestClient(api, raise_server_exceptions=False) as client:
+    with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
         assert client.post("/v1/predict", content=png).json()["model_version"] == "1"
     assert not _events(serve[0], "candidate") and not _events(serve[0], "shadow")
 
@@ -217,7 +228,7 @@ def test_a_models_own_bug_is_a_502_that_names_it_and_a_candidates_is_shielded(
         Rollout("2", "1", state="canary", share=1.0), plan={}, actor="t", reason="", now=time.time()
     )
     serve.append(_with_rollout(res, registry, candidate=Buggy(ModelSlot(registry, lambda: "2"))))
-    with TestClient(api, raise_server_exceptions=False) as client:
+    with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
         shielded = client.post("/v1/predict", content=png)
         serve[0] = dataclasses.replace(serve[0], predictor=Buggy(ModelSlot(registry, lambda: "1")))
         failed = client.post("/v1/predict", content=png)

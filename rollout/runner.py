@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
-from nicheloop.http import OptionalRowId, install_guards
+from nicheloop.http import Gatekeeper, OptionalRowId, install_guards, requires
+from nicheloop.keys import ApiKeys, Caller
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
@@ -35,10 +36,7 @@ STATES = ("none", "shadow", "canary", "hold", "promoted", "baked", "rolled_back"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    actor: str = Field(
-        "http", min_length=1, max_length=128, description="Who acts (the audit trail's actor)."
-    )
+    model_config = ConfigDict(extra="forbid")  # who acts is the caller's key, never a field
 
 
 class StartBody(_Body):
@@ -58,6 +56,8 @@ def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> Fast
     """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors."""
     app = FastAPI(title="nicheloop rollouts")
     install_guards(app)
+    app.state.gatekeeper = Gatekeeper(ApiKeys(ops.rollouts.store))
+    operator = requires("operator")
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
 
     @app.get("/healthz")
@@ -65,27 +65,31 @@ def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> Fast
         return {"status": "ok"}
 
     @app.get("/v1/rollouts/status")
-    def status() -> dict[str, Any]:
+    def status(_: Caller = operator) -> dict[str, Any]:
         return ops.status()
 
     @app.get("/v1/rollouts/history")
-    def history(rollout_id: OptionalRowId = None, limit: int = 200) -> list[dict[str, Any]]:
+    def history(
+        rollout_id: OptionalRowId = None, limit: int = 200, _: Caller = operator
+    ) -> list[dict[str, Any]]:
         return ops.history(rollout_id, limit=max(1, min(limit, 1000)))
 
     @app.post("/v1/rollouts/start", status_code=201)
-    def start(body: StartBody) -> dict[str, Any]:
-        return ops.start(actor=body.actor, version=body.version, plan=body.plan)
+    def start(body: StartBody, who: Caller = operator) -> dict[str, Any]:
+        return ops.start(actor=who.name, version=body.version, plan=body.plan)
 
     @app.post("/v1/rollouts/adopt", status_code=201)
-    def adopt(body: AdoptBody) -> dict[str, Any]:
-        return ops.adopt(actor=body.actor, reason=body.reason or "adopted by hand", version=body.version)
+    def adopt(body: AdoptBody, who: Caller = operator) -> dict[str, Any]:
+        return ops.adopt(actor=who.name, reason=body.reason or "adopted by hand", version=body.version)
 
     @app.post("/v1/rollouts/{action}")
-    def act(action: Literal["pause", "resume", "rollback", "promote"], body: ActBody) -> dict[str, Any]:
-        return ops.act(action, actor=body.actor, reason=body.reason)
+    def act(
+        action: Literal["pause", "resume", "rollback", "promote"], body: ActBody, who: Caller = operator
+    ) -> dict[str, Any]:
+        return ops.act(action, actor=who.name, reason=body.reason)
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    def metrics(_: Caller = operator) -> Response:
         return Response(rollout_metrics(ops.rollouts, counted), media_type=CONTENT_TYPE_LATEST)
 
     return app

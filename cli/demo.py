@@ -8,8 +8,10 @@ rows, the MLflow registry, Prometheus, the endpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
@@ -28,6 +30,7 @@ from monitoring.drift.monitor import monitors
 from nicheloop.bus import ensure_topics, topic_offsets
 from nicheloop.contracts import CHAMPION, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
 from nicheloop.errors import NicheloopError
+from nicheloop.keys import ROLES, ApiKeys
 from nicheloop.registry import Registry
 from nicheloop.settings import Settings
 from nicheloop.store import Store
@@ -82,11 +85,36 @@ def wait_consumed(settings: Settings, topic: str, expected: int) -> None:
     )
 
 
-def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> int:
-    """Label queued items with their true class, as a reviewer would; returns how many."""
+KEYS_FILE = "demo-keys.json"
+
+
+def demo_keys(settings: Settings) -> dict[str, str]:
+    """One key per role (``demo-app``, ``demo-reviewer``, ...): the demo's callers need keys like
+    anyone's. Made once, kept in ``$NICHELOOP_HOME/demo-keys.json`` (0600), said on stderr."""
+    path = settings.home.resolve() / KEYS_FILE
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    keys = ApiKeys(Store(settings.db_url))
+    made: dict[str, str] = {
+        role: keys.create(name=f"demo-{role}", role=role, created_by="nicheloop demo")[0] for role in ROLES
+    }
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump(made, out, indent=1)
+    print(f"demo API keys (one per role) are in {path}", file=sys.stderr, flush=True)
+    return made
+
+
+def as_role(keys: dict[str, str], role: str) -> dict[str, str]:
+    """The headers of a call made as ``role`` with the demo's keys."""
+    return {"X-API-Key": keys[role]}
+
+
+def review_queue(client: httpx.Client, truth: dict[str, str], budget: int, reviewer: dict[str, str]) -> int:
+    """Label queued items with their true class, as the reviewer whose headers are ``reviewer``
+    would; returns how many."""
     done = 0
     while done < budget:
-        resp = client.get("/v1/review/next", headers={"X-Reviewer": "demo"})
+        resp = client.get("/v1/review/next", headers=reviewer)
         if resp.status_code in (204, 429):  # queue empty, or the labeling budget is spent
             break
         resp.raise_for_status()
@@ -94,6 +122,7 @@ def review_queue(client: httpx.Client, truth: dict[str, str], budget: int) -> in
         client.post(
             f"/v1/review/{task['task_id']}",
             json={"label": truth[task["prediction_id"]], "lease_token": task["lease_token"]},
+            headers=reviewer,
         ).raise_for_status()
         done += 1
     return done
@@ -162,6 +191,7 @@ def start_loop(settings: Settings, per_class: int = 100, epochs: int = 6) -> Non
     )
     with RunProgress(settings.ray_results_dir, title="bootstrap the champion", total_epochs=epochs):
         bootstrap(settings, items, TrainConfig(epochs=epochs))
+    demo_keys(settings)
     deploy(settings)
 
 
@@ -188,7 +218,8 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
 
     registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
     champion_before = registry.resolve(CHAMPION).version
-    client = httpx.Client(base_url=settings.serve_url, timeout=60)
+    keys = demo_keys(settings)
+    client = httpx.Client(base_url=settings.serve_url, timeout=60, headers=as_role(keys, "app"))
     images = SyntheticStream(seed=42, size=settings.image_size)
     truth: dict[str, str] = {}  # prediction id -> true class
     half = predictions // 2
@@ -202,7 +233,7 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     rng = random.Random(7)
     for pid in rng.sample(sorted(truth), int(len(truth) * FEEDBACK_FRACTION)):
         client.post("/v1/feedback", json={"prediction_id": pid, "label": truth[pid]}).raise_for_status()
-    reviewed = review_queue(client, truth, REVIEW_BUDGET)
+    reviewed = review_queue(client, truth, REVIEW_BUDGET, as_role(keys, "reviewer"))
     feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)
     wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
 

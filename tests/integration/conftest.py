@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from cli.demo import start_loop
+from cli.demo import as_role, demo_keys, start_loop
 from deploy.local import stack
 from nicheloop.settings import Settings
 from tests.conftest import postgres_database
@@ -58,3 +58,8 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         stack.down(settings)
         left = stack.alive(started)
         assert not left, f"`stack down` left processes {sorted(left)} running"
+
+
+def role(live: Settings, name: str) -> dict[str, str]:
+    """The headers of a call made as the role ``name`` (the demo's keys of the live stack)."""
+    return as_role(demo_keys(live), name)

@@ -20,10 +20,12 @@ from nicheloop.bus import dead_letters, parse_event, read_topic
 from nicheloop.cluster import port_open
 from nicheloop.contracts import CHAMPION, DRIFT_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
 from nicheloop.errors import NotFound
+from nicheloop.keys import ApiKeys
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store
+from tests.integration.conftest import role
 
 pytestmark = pytest.mark.integration
 
@@ -101,12 +103,15 @@ def test_the_new_champion_carries_lineage(live: Settings) -> None:
     ],
 )
 def test_bad_predict_requests_get_4xx(live: Settings, kwargs, status: int) -> None:
-    resp = httpx.post(f"{live.serve_url}/v1/predict", timeout=60, **kwargs)
+    kwargs = dict(kwargs)  # the parameters are shared by both backends' runs
+    headers = {**role(live, "app"), **kwargs.pop("headers", {})}
+    resp = httpx.post(f"{live.serve_url}/v1/predict", timeout=60, headers=headers, **kwargs)
     assert resp.status_code == status and resp.json()["detail"]
 
 
 def test_bad_feedback_and_review_get_4xx(live: Settings, png: bytes) -> None:
-    c = httpx.Client(base_url=live.serve_url, timeout=60)
+    c = httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app"))
+    rv = role(live, "reviewer")
     pid = c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
     unknown_id = c.post(
         "/v1/feedback", json={"prediction_id": "0" * 32 + ".0123456789abcdef", "label": "crazing"}
@@ -115,15 +120,18 @@ def test_bad_feedback_and_review_get_4xx(live: Settings, png: bytes) -> None:
     unknown_label = c.post("/v1/feedback", json={"prediction_id": pid, "label": "rust"})
     assert unknown_label.status_code == 400 and "unknown label" in unknown_label.json()["detail"]
     assert c.post("/v1/feedback", json={"label": "crazing"}).status_code == 422
-    assert c.post("/v1/review/987654", json={"label": "crazing", "lease_token": "t"}).status_code == 404
-    assert c.post("/v1/review/987654/skip", json={"lease_token": "t"}).status_code == 404
-    assert c.post("/v1/review/987654", json={"label": "crazing"}).status_code == 422  # no lease token
-    assert c.get("/v1/images/" + "0" * 64).status_code == 404
+    lease = {"label": "crazing", "lease_token": "t"}
+    assert c.post("/v1/review/987654", json=lease, headers=rv).status_code == 404
+    assert c.post("/v1/review/987654", json=lease).status_code == 403  # an app may not label
+    assert c.post("/v1/review/987654", json=lease, headers={"X-API-Key": ""}).status_code == 401
+    assert c.post("/v1/review/987654/skip", json={"lease_token": "t"}, headers=rv).status_code == 404
+    assert c.post("/v1/review/987654", json={"label": "crazing"}, headers=rv).status_code == 422  # no lease
+    assert c.get("/v1/images/" + "0" * 64, headers=rv).status_code == 404
     # hostile: each of these was a 500 once (docs/serving.md, "Hostile input"), through the real ingress
     json_type = {"content-type": "application/json"}
     forged = c.post("/v1/feedback", json={"prediction_id": "0" * 32 + "." + "é" * 16, "label": "crazing"})
     assert forged.status_code == 404
-    assert c.post("/v1/review/" + "9" * 21, json={"label": "crazing", "lease_token": "t"}).status_code == 422
+    assert c.post("/v1/review/" + "9" * 21, json=lease, headers=rv).status_code == 422
     assert c.post("/v1/feedback", content=b"[" * 50_000, headers=json_type).status_code == 400
     huge = c.post("/v1/feedback", content=b'{"label": "' + b"x" * 10**6 + b'"}', headers=json_type)
     assert huge.status_code == 413 and "limit" in huge.json()["detail"]
@@ -143,8 +151,12 @@ def _wait(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-d
 
 
 def test_two_reviewers_over_http_leases_skips_labels_and_stats(live: Settings, png: bytes) -> None:
-    c = httpx.Client(base_url=live.serve_url, timeout=60)
+    c = httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app"))
     store = Store(live.db_url)
+    keys = ApiKeys(store)  # two reviewers: each is who their key names
+    as_ann, as_bob = (
+        {"X-API-Key": keys.create(name=n, role="reviewer", created_by="t")[0]} for n in ("ann", "bob")
+    )
     queue = ReviewQueue(store, QueuePolicy.from_settings(live))
     pids = [
         c.post("/v1/predict", files={"image": ("x.png", png, "image/png")}).json()["prediction_id"]
@@ -153,28 +165,36 @@ def test_two_reviewers_over_http_leases_skips_labels_and_stats(live: Settings, p
     for i, pid in enumerate(pids):
         _wait("the monitor to store the prediction", lambda pid=pid: store.prediction(pid))
         queue.enqueue(pid, priority=100.0 + i)  # ahead of anything the sampler queued
-    ann = c.get("/v1/review/next", headers={"X-Reviewer": "ann"}).json()
-    bob = c.get("/v1/review/next", headers={"X-Reviewer": "bob"}).json()
+    ann = c.get("/v1/review/next", headers=as_ann).json()
+    bob = c.get("/v1/review/next", headers=as_bob).json()
     assert ann["task_id"] != bob["task_id"] and {ann["prediction_id"], bob["prediction_id"]} == set(pids)
     stolen = c.post(
-        f"/v1/review/{ann['task_id']}", json={"label": "crazing", "lease_token": bob["lease_token"]}
+        f"/v1/review/{ann['task_id']}",
+        json={"label": "crazing", "lease_token": bob["lease_token"]},
+        headers=as_bob,
     )
     assert stolen.status_code == 409 and "not leased to you" in stolen.json()["detail"]
-    skipped = c.post(f"/v1/review/{ann['task_id']}/skip", json={"lease_token": ann["lease_token"]})
+    skipped = c.post(
+        f"/v1/review/{ann['task_id']}/skip", json={"lease_token": ann["lease_token"]}, headers=as_ann
+    )
     assert skipped.status_code == 200 and skipped.json()["status"] == "queued"
     done = c.post(
-        f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]}
+        f"/v1/review/{bob['task_id']}",
+        json={"label": "patches", "lease_token": bob["lease_token"]},
+        headers=as_bob,
     )
     assert done.status_code == 202 and done.json()["source"] == "reviewer"
     again = c.post(
-        f"/v1/review/{bob['task_id']}", json={"label": "patches", "lease_token": bob["lease_token"]}
+        f"/v1/review/{bob['task_id']}",
+        json={"label": "patches", "lease_token": bob["lease_token"]},
+        headers=as_bob,
     )
     assert again.status_code == 409
-    stats = c.get("/v1/review/stats").json()
+    stats = c.get("/v1/review/stats", headers=as_ann).json()
     assert stats["done"] >= 1 and stats["budget"]["left_hour"] < live.review_budget_per_hour
     # the label came back through Kafka as reviewer feedback and was joined
     _wait("the reviewer label to be joined", lambda: store.labeled_ids([bob["prediction_id"]]))
-    assert c.get("/v1/review/next", headers={"X-Reviewer": "bob"}).json()["task_id"] == ann["task_id"]
+    assert c.get("/v1/review/next", headers=as_bob).json()["task_id"] == ann["task_id"]
 
 
 def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> None:
@@ -230,7 +250,7 @@ def test_http_reaches_the_gateway_through_the_configured_ingress(live: Settings,
     """HAProxy (the default) lists the gateway replica as a live server; with the Python proxy
     nothing of HAProxy's runs. The endpoint answers either way."""
     stats_port = live.ingress_ports[0] + 1
-    resp = httpx.post(f"{live.serve_url}/v1/predict", content=png, timeout=30)
+    resp = httpx.post(f"{live.serve_url}/v1/predict", content=png, timeout=30, headers=role(live, "app"))
     assert resp.status_code == 200, resp.text
     if live.serve_ingress == "proxy":
         assert not port_open(live.host, stats_port)
@@ -246,7 +266,7 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
     outage_s = float(os.environ.get("NICHELOOP_OUTAGE_S", "60"))
     stack.kill_process(live, "kafka")
     answered, statuses = [], []
-    with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+    with httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app")) as client:
         deadline = time.monotonic() + outage_s
         while time.monotonic() < deadline:
             resp = client.post("/v1/predict", files={"image": ("x.png", png, "image/png")})
@@ -283,7 +303,7 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
 
 
 def _spool_depth(live: Settings) -> int:
-    text = httpx.get(f"{live.serve_url}/metrics", timeout=30).text
+    text = httpx.get(f"{live.serve_url}/metrics", timeout=30, headers=role(live, "operator")).text
     return int(
         float(
             next(

@@ -24,6 +24,7 @@ from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.plan import load_plan
+from tests.integration.conftest import role
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def parts(live: Settings) -> Iterator[tuple[Registry, Operations, httpx.Client]]
     registry = Registry(live.tracking_uri, live.model_name)
     ops = Operations(Rollouts(Store(live.db_url)), registry)
     before = registry.resolve(CHAMPION).version
-    with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+    with httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app")) as client:
         yield registry, ops, client
     if ops.status()["state"] in ("shadow", "canary", "hold", "promoted"):
         ops.act("rollback", actor="test", reason="test cleanup")

@@ -20,6 +20,7 @@ from nicheloop.settings import Settings
 from nicheloop.store import Store
 from rollout.controller import adopt
 from services.app import deploy
+from tests.integration.conftest import role
 from training.compress import CompressConfig, compress
 
 pytestmark = pytest.mark.integration
@@ -42,8 +43,10 @@ def tight(live: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
     [{"max_inflight_predictions": 1, "gateway_max_ongoing": 4, "gateway_max_queued": 2}],
     indirect=True,
 )
-def test_overload_is_shed_with_503_and_retry_after_never_a_500(tight: str, png: bytes) -> None:
-    with httpx.Client(base_url=tight, timeout=60) as client:
+def test_overload_is_shed_with_503_and_retry_after_never_a_500(
+    live: Settings, tight: str, png: bytes
+) -> None:
+    with httpx.Client(base_url=tight, timeout=60, headers=role(live, "app")) as client:
 
         def post(_: int) -> httpx.Response:
             return client.post("/v1/predict", content=png)
@@ -59,13 +62,15 @@ def test_overload_is_shed_with_503_and_retry_after_never_a_500(tight: str, png: 
         assert {"prepare", "model", "publish"} <= {
             p.split(";")[0] for p in served.headers["server-timing"].split(", ")
         }
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=role(live, "operator")).text
         assert "nicheloop_predictions_in_flight_limit 1.0" in metrics
 
 
 @pytest.mark.parametrize("tight", [{"predict_timeout_s": 0.001}], indirect=True)
-def test_a_predictor_slower_than_its_deadline_answers_504_naming_it(tight: str, png: bytes) -> None:
-    with httpx.Client(base_url=tight, timeout=60) as client:
+def test_a_predictor_slower_than_its_deadline_answers_504_naming_it(
+    live: Settings, tight: str, png: bytes
+) -> None:
+    with httpx.Client(base_url=tight, timeout=60, headers=role(live, "app")) as client:
         answer = client.post("/v1/predict", content=png)
         assert answer.status_code == 504
         assert (
@@ -94,12 +99,12 @@ def test_a_compressed_champion_serves_through_the_endpoint(live: Settings, png: 
     try:
         # past the gates: this test is about serving it
         adopt(rollouts, registry, version=int8.version, actor="test", reason="serve int8", now=time.time())
-        with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+        with httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app")) as client:
             answer = _served_version(client, png, int8.version)
             assert answer.json()["model_version"] == int8.version
             assert sum(answer.json()["probs"].values()) == pytest.approx(1, abs=1e-4)
             assert client.get("/readyz").status_code == 200
     finally:
         adopt(rollouts, registry, version=before, actor="test", reason="back", now=time.time())
-    with httpx.Client(base_url=live.serve_url, timeout=60) as client:
+    with httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app")) as client:
         assert _served_version(client, png, before).json()["model_version"] == before

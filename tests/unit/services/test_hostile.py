@@ -11,10 +11,11 @@ from tests.unit.services.fakes import OneVersion, ready
 
 
 def test_every_hostile_request_gets_the_answer_it_should_and_the_service_still_serves(
-    client: TestClient, res: GatewayResources, registry: OneVersion
+    client: TestClient, res: GatewayResources, registry: OneVersion, as_role: dict[str, dict[str, str]]
 ) -> None:
     ready(res, registry)
-    result = run(client)
-    assert result["cases"] == len(catalogue()) >= 40
+    keys = {role: headers["X-API-Key"] for role, headers in as_role.items()}
+    result = run(client, keys)
+    assert result["cases"] == len(catalogue(keys)) >= 40 and result["role_matrix_mismatches"] == 0, result
     assert result["five_xx"] == 0 and result["unanswered"] == 0, result
     assert result["unexpected"] == {} and result["healthy_after"] is True, result

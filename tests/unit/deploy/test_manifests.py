@@ -117,6 +117,10 @@ def test_compose_ports_agree_with_the_settings_and_only_the_endpoint_is_public(m
     assert f"monitor:{monitor.metrics_port}" in scraped and f"controller:{port}" in scraped
     assert f"ray:{ray.serve_port}" in scraped  # the gateway's /metrics
     assert "ray:8080" in scraped and "--metrics-export-port 8080" in ray_start
+    jobs = {job["job_name"]: job for job in yaml.safe_load(scraped)["scrape_configs"]}
+    for name in ("nicheloop-gateway", "nicheloop-controller"):  # their /metrics take an operator's key
+        secret = jobs[name]["authorization"]["credentials_file"].rsplit("/", 1)[1]
+        assert secret in services["prometheus"]["secrets"] and secret in _compose()["secrets"]
 
 
 def test_ray_needs_its_token_everywhere_and_nothing_runs_as_root() -> None:

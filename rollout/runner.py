@@ -14,13 +14,13 @@ import time
 from typing import Any, Literal
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
 from nicheloop.http import Gatekeeper, OptionalRowId, install_guards, requires
-from nicheloop.keys import ApiKeys, Caller
+from nicheloop.keys import ApiKeys, Audit, Caller
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
@@ -57,6 +57,7 @@ def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> Fast
     app = FastAPI(title="nicheloop rollouts")
     install_guards(app)
     app.state.gatekeeper = Gatekeeper(ApiKeys(ops.rollouts.store))
+    audit = Audit(ops.rollouts.store)
     operator = requires("operator")
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
 
@@ -75,22 +76,40 @@ def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> Fast
         return ops.history(rollout_id, limit=max(1, min(limit, 1000)))
 
     @app.post("/v1/rollouts/start", status_code=201)
-    def start(body: StartBody, who: Caller = operator) -> dict[str, Any]:
-        return ops.start(actor=who.name, version=body.version, plan=body.plan)
+    def start(request: Request, body: StartBody, who: Caller = operator) -> dict[str, Any]:
+        started = ops.start(actor=who.name, version=body.version, plan=body.plan)
+        _audit(request, who, "rollout.start", started)
+        return started
 
     @app.post("/v1/rollouts/adopt", status_code=201)
-    def adopt(body: AdoptBody, who: Caller = operator) -> dict[str, Any]:
-        return ops.adopt(actor=who.name, reason=body.reason or "adopted by hand", version=body.version)
+    def adopt(request: Request, body: AdoptBody, who: Caller = operator) -> dict[str, Any]:
+        adopted = ops.adopt(actor=who.name, reason=body.reason or "adopted by hand", version=body.version)
+        _audit(request, who, "rollout.adopt", adopted, reason=body.reason)
+        return adopted
 
     @app.post("/v1/rollouts/{action}")
     def act(
-        action: Literal["pause", "resume", "rollback", "promote"], body: ActBody, who: Caller = operator
+        request: Request,
+        action: Literal["pause", "resume", "rollback", "promote"],
+        body: ActBody,
+        who: Caller = operator,
     ) -> dict[str, Any]:
-        return ops.act(action, actor=who.name, reason=body.reason)
+        moved = ops.act(action, actor=who.name, reason=body.reason)
+        _audit(request, who, f"rollout.{action}", moved, reason=body.reason)
+        return moved
 
     @app.get("/metrics")
     def metrics(_: Caller = operator) -> Response:
         return Response(rollout_metrics(ops.rollouts, counted), media_type=CONTENT_TYPE_LATEST)
+
+    def _audit(request: Request, who: Caller, action: str, result: dict[str, Any], reason: str = "") -> None:
+        """Each operator's act in the audit log too (the rollout's own trail has its figures)."""
+        target = (
+            f"rollout {result.get('rollout_id', '')} {result.get('candidate', result.get('champion', ''))}"
+        )
+        source = request.client.host if request.client else "unknown"
+        detail = {"reason": reason, "state": result.get("state")}
+        audit.record(actor=who, action=action, target=target.strip(), source=source, detail=detail)
 
     return app
 

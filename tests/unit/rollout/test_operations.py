@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from cli.rollout import render_status
 from nicheloop.http import route_roles
-from nicheloop.keys import ApiKeys
+from nicheloop.keys import ApiKeys, Audit
 from nicheloop.rollouts import Rollouts
 from rollout.operations import Operations
 from rollout.runner import controller_api
@@ -64,6 +64,13 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
         ("ann", "shadow"),
         ("bob", "hold"),
         ("bob", "rolled_back"),
+    ]
+    audited = [(e.actor, e.action) for e in Audit(rollouts.store).read()]
+    assert audited == [
+        ("bob", "rollout.rollback"),
+        ("bob", "rollout.pause"),
+        ("ann", "rollout.start"),
+        ("ann", "rollout.adopt"),
     ]
     assert client.get("/v1/rollouts/history", params={"rollout_id": 99}).status_code == 404
     assert client.post("/v1/rollouts/pause", json={}).status_code == 404  # nothing live

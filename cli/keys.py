@@ -92,3 +92,23 @@ def revoke(name: str = typer.Argument(..., help="Whose active key to revoke.")) 
 
 def _when(at: Any) -> str | None:
     return at.isoformat(timespec="seconds") if at else None
+
+
+labels_app = typer.Typer(help="Who taught the model what: leave an actor's labels out.", no_args_is_help=True)
+
+
+@labels_app.command("exclude")
+def exclude(
+    actor_name: str = typer.Option(..., "--actor", help="The key name whose labels to leave out."),
+    reason: str = typer.Option(..., help="Why (kept with the exclusion and in the audit log)."),
+) -> None:
+    """Leave an actor's labels out of every training snapshot from now on (revoke their key too:
+    `nicheloop keys revoke`); the next snapshot's manifest lists them."""
+    from nicheloop.keys import Audit
+
+    store = _store()
+    new = store.exclude_actor(actor_name, by=actor(), reason=reason)
+    Audit(store).record(
+        actor=_admin(), action="labels.exclude", target=actor_name, source="cli", detail={"reason": reason}
+    )
+    typer.echo(f"{'excluded' if new else 'already excluded'}: the labels of {actor_name}")

@@ -146,6 +146,9 @@ class FeedbackEvent(_Event):
     prediction_id: Name
     label: Name
     source: FeedbackSource = "user"
+    actor: Name | None = Field(
+        None, description="Who gave the label: the caller's key name; None from gateways before roles."
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -73,6 +73,7 @@ class Feedback(Base):
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     joined: Mapped[bool] = mapped_column(default=False, index=True)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True)  # None: before roles
     expired: Mapped[bool] = mapped_column(default=False)
 
 
@@ -88,6 +89,7 @@ class LabeledExample(Base):
     model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     holdout: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # who labeled it
 
 
 class ReviewItem(Base):
@@ -189,6 +191,16 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class ExcludedActor(Base):
+    """Someone whose labels no training snapshot takes any more (``nicheloop labels exclude``)."""
+
+    __tablename__ = "excluded_actors"
+    actor: Mapped[str] = mapped_column(String(128), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(2000))
 
 
 class ApiKeyRow(Base):
@@ -296,7 +308,9 @@ class Store:
 
     def add_feedback(self, ev: FeedbackEvent) -> bool:
         """Store a feedback event (and join it if its prediction is here). Returns True if new."""
-        values = ev.model_dump(include={"feedback_id", "prediction_id", "label", "source", "created_at"})
+        values = ev.model_dump(
+            include={"feedback_id", "prediction_id", "label", "source", "created_at", "actor"}
+        )
         with Session(self.engine) as s, s.begin():
             new = self.insert_ignore(s, Feedback, values, ["feedback_id"])
             self._join(s, ev.prediction_id)
@@ -331,10 +345,11 @@ class Store:
                         model_version=pred.model_version,
                         holdout=is_holdout(pred.image_sha256),
                         created_at=fb.created_at,
+                        actor=fb.actor,
                     )
                 )
             elif row.label != fb.label:
-                row.label, row.created_at = fb.label, fb.created_at
+                row.label, row.created_at, row.actor = fb.label, fb.created_at, fb.actor
 
     def expire_pending(self, ttl: timedelta, now: datetime | None = None) -> int:
         """Mark feedback still waiting for its prediction after ``ttl`` as expired; returns how many.
@@ -403,17 +418,30 @@ class Store:
         return np.stack([np.frombuffer(r, dtype=np.float32) for r in rows])
 
     def labeled_examples(self, holdout: bool | None = None) -> list[LabeledExample]:
-        """Labeled examples, one per image (reviewer > user > seed when an image has several)."""
+        """Labeled examples, one per image (reviewer > user > seed when an image has several),
+        without the labels of excluded actors (an image they labeled keeps its other labels)."""
         rank = {"reviewer": 0, "user": 1, "seed": 2}
+        excluded = set(self.excluded_actors())
         with Session(self.engine, expire_on_commit=False) as s:
             q = select(LabeledExample)
             if holdout is not None:
                 q = q.where(LabeledExample.holdout == holdout)
-            rows = list(s.scalars(q))
+            rows = [r for r in s.scalars(q) if r.actor is None or r.actor not in excluded]
         best: dict[str, LabeledExample] = {}
         for r in sorted(rows, key=lambda r: (rank.get(r.source, 9), r.created_at), reverse=True):
             best[r.image_sha256] = r
         return sorted(best.values(), key=lambda r: r.image_sha256)
+
+    def exclude_actor(self, actor: str, *, by: str, reason: str, now: datetime | None = None) -> bool:
+        """Leave ``actor``'s labels out of every snapshot from now on; False if they already were."""
+        values = {"actor": actor, "at": now or utcnow(), "by": by, "reason": reason[:2000]}
+        with Session(self.engine) as s, s.begin():
+            return self.insert_ignore(s, ExcludedActor, values, ["actor"])
+
+    def excluded_actors(self) -> list[str]:
+        """Everyone whose labels snapshots leave out, in name order."""
+        with Session(self.engine) as s:
+            return sorted(s.scalars(select(ExcludedActor.actor)))
 
     def covered_embeddings(self, model_version: str) -> tuple[list[str], np.ndarray]:
         """Predictions of ``model_version`` that are labeled or were queued for review:

@@ -104,11 +104,18 @@ def _accepted(event: FeedbackEvent) -> FeedbackAccepted:
 
 
 @api.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
-async def feedback(body: FeedbackRequest, res: Resources, _: Caller = requires("app")) -> FeedbackAccepted:
+async def feedback(body: FeedbackRequest, res: Resources, app: Caller = requires("app")) -> FeedbackAccepted:
     """A label for a prediction; answered once it is durable (on Kafka or in the spool)."""
     classes = await _class_names(res)
     event = await asyncio.to_thread(
-        record_feedback, res.publisher, res.key, body.prediction_id, body.label, classes, body.source
+        record_feedback,
+        res.publisher,
+        res.key,
+        body.prediction_id,
+        body.label,
+        classes,
+        body.source,
+        app.name,
     )
     return _accepted(event)
 
@@ -131,12 +138,21 @@ async def review_stats(res: Resources, _: Caller = requires("reviewer", "operato
 
 @api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
 async def review_submit(
-    task_id: RowId, body: ReviewLabel, res: Resources, _: Caller = requires("reviewer")
+    task_id: RowId, body: ReviewLabel, res: Resources, reviewer: Caller = requires("reviewer")
 ) -> FeedbackAccepted:
-    """A reviewer's label for a leased task; it becomes feedback with ``source=reviewer``."""
+    """A reviewer's label for a leased task; it becomes feedback with ``source=reviewer`` and the
+    reviewer as its actor."""
     classes = await _class_names(res)
     event = await asyncio.to_thread(
-        submit_review, res.queue, res.publisher, res.key, task_id, body.label, body.lease_token, classes
+        submit_review,
+        res.queue,
+        res.publisher,
+        res.key,
+        task_id,
+        body.label,
+        body.lease_token,
+        classes,
+        reviewer.name,
     )
     return _accepted(event)
 

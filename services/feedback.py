@@ -30,8 +30,9 @@ def record_feedback(
     label: str,
     class_names: list[str],
     source: FeedbackSource,
+    actor: str | None = None,
 ) -> FeedbackEvent:
-    """Validate and publish one label; returns once it is durable (acknowledged by the broker, or
+    """Validate and publish ``actor``'s label; returns once it is durable (acknowledged by the broker, or
     in the local spool while the broker is unreachable).
 
     Raises:
@@ -40,7 +41,9 @@ def record_feedback(
     """
     if not is_issued(key, prediction_id):
         raise NotFound(f"unknown prediction_id {prediction_id!r}: use the id returned by /v1/predict")
-    event = FeedbackEvent(prediction_id=prediction_id, label=check_label(label, class_names), source=source)
+    event = FeedbackEvent(
+        prediction_id=prediction_id, label=check_label(label, class_names), source=source, actor=actor
+    )
     publisher.publish_durable(FEEDBACK_TOPIC, prediction_id, event, ack_timeout_s=FEEDBACK_ACK_TIMEOUT_S)
     return event
 
@@ -53,8 +56,9 @@ def submit_review(
     label: str,
     lease_token: str,
     class_names: list[str],
+    actor: str | None = None,
 ) -> FeedbackEvent:
-    """Publish a reviewer's label for a leased task as reviewer feedback, then close the task.
+    """Publish a reviewer's (``actor``'s) label for a leased task as reviewer feedback, then close the task.
 
     The label is durable (on Kafka or in the spool) before the task is marked done, so a crash
     in between loses nothing: the task is handed out again and its label simply arrives twice.
@@ -65,7 +69,9 @@ def submit_review(
     """
     check_label(label, class_names)
     item = queue.check_lease(task_id, lease_token)
-    event = record_feedback(publisher, key, item.prediction_id, label, class_names, source="reviewer")
+    event = record_feedback(
+        publisher, key, item.prediction_id, label, class_names, source="reviewer", actor=actor
+    )
     try:
         queue.complete(task_id, label, lease_token)
     except Conflict:  # the lease ran out while publishing: the label is kept, the task stays open

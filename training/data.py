@@ -33,6 +33,7 @@ class Snapshot:
 
     train: tuple[Example, ...]
     holdout: tuple[Example, ...]
+    excluded_actors: tuple[str, ...] = ()  # whose labels it leaves out (lineage)
 
     @property
     def digest(self) -> str:
@@ -51,7 +52,8 @@ class Snapshot:
         if not left_out:
             return self, {}
         keep = lambda part: tuple(e for e in part if e.label in known)  # noqa: E731
-        return Snapshot(train=keep(self.train), holdout=keep(self.holdout)), dict(left_out)
+        kept = Snapshot(keep(self.train), keep(self.holdout), self.excluded_actors)
+        return kept, dict(left_out)
 
     def manifest(self) -> str:
         return json.dumps(
@@ -59,6 +61,7 @@ class Snapshot:
                 "digest": self.digest,
                 "train": [[e.image_sha256, e.label] for e in self.train],
                 "holdout": [[e.image_sha256, e.label] for e in self.holdout],
+                "excluded_actors": list(self.excluded_actors),
             }
         )
 
@@ -87,7 +90,7 @@ def snapshot(store: Store) -> Snapshot:
     rows = store.labeled_examples()
     train = tuple(Example(r.image_sha256, r.label) for r in rows if not r.holdout)
     holdout = tuple(Example(r.image_sha256, r.label) for r in rows if r.holdout)
-    return Snapshot(train=train, holdout=holdout)
+    return Snapshot(train=train, holdout=holdout, excluded_actors=tuple(store.excluded_actors()))
 
 
 class BlobImageDataset(Dataset):
@@ -166,6 +169,7 @@ def parse_manifest(text: str) -> Snapshot:
         return Snapshot(
             train=tuple(Example(s, lbl) for s, lbl in data["train"]),
             holdout=tuple(Example(s, lbl) for s, lbl in data["holdout"]),
+            excluded_actors=tuple(data.get("excluded_actors", ())),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"not a snapshot manifest: {exc}") from exc

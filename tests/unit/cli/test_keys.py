@@ -47,3 +47,6 @@ def test_keys_are_made_listed_and_revoked_from_the_shell_with_an_audit_trail(set
         ("key.create", "alice"),
     ]
     assert runner.invoke(app, ["keys", "revoke", "alice"]).exit_code == 1
+    excluded = runner.invoke(app, ["labels", "exclude", "--actor", "alice", "--reason", "left the team"])
+    assert excluded.exit_code == 0 and store.excluded_actors() == ["alice"]
+    assert Audit(store).read()[0].action == "labels.exclude"

@@ -140,3 +140,24 @@ def test_an_event_from_an_older_gateway_is_the_champions() -> None:
     old = prediction("p1").model_dump(mode="json")
     del old["arm"]
     assert PredictionEvent.model_validate(old).arm == "champion"
+
+
+def test_an_excluded_actors_labels_leave_every_snapshot_and_other_labels_take_over(any_store: Store) -> None:
+    from training.data import snapshot
+
+    any_store.add_prediction(prediction("p1", sha="1" * 64))
+    any_store.add_prediction(prediction("p2", sha="2" * 64))
+    any_store.add_feedback(FeedbackEvent(prediction_id="p1", label="a", source="user", actor="app-1"))
+    any_store.add_feedback(FeedbackEvent(prediction_id="p1", label="b", source="reviewer", actor="mallory"))
+    any_store.add_feedback(FeedbackEvent(prediction_id="p2", label="b", source="reviewer", actor="mallory"))
+    assert {(r.prediction_id, r.label, r.actor) for r in any_store.labeled_examples()} == {
+        ("p1", "b", "mallory"),  # a reviewer's label wins over the app's
+        ("p2", "b", "mallory"),
+    }
+    assert any_store.exclude_actor("mallory", by="admin", reason="labels at random")
+    assert not any_store.exclude_actor("mallory", by="admin", reason="again")
+    assert {(r.prediction_id, r.label, r.actor) for r in any_store.labeled_examples()} == {
+        ("p1", "a", "app-1")
+    }
+    snap = snapshot(any_store)
+    assert snap.excluded_actors == ("mallory",) and '"excluded_actors": ["mallory"]' in snap.manifest()

@@ -54,7 +54,8 @@ def test_feedback_needs_an_issued_id_and_a_known_label(
     assert client.post("/v1/feedback", json={"prediction_id": pid, "label": "dent"}).status_code == 400
     resp = client.post("/v1/feedback", json={"prediction_id": pid, "label": "crack"})
     assert resp.status_code == 202 and resp.json()["source"] == "user"
-    assert res.publisher.events[-1][0] == FEEDBACK_TOPIC  # type: ignore[attr-defined]
+    topic, _, sent = res.publisher.events[-1]  # type: ignore[attr-defined]
+    assert topic == FEEDBACK_TOPIC and sent.actor == "test-app"  # who gave the label: the key's name
 
 
 def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
@@ -73,6 +74,7 @@ def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
     label = {"label": "ok", "lease_token": task["lease_token"]}
     resp = client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann)
     assert resp.status_code == 202 and resp.json()["source"] == "reviewer"
+    assert res.publisher.events[-1][2].actor == "test-reviewer"  # type: ignore[attr-defined]
     assert client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann).status_code == 409
     other = client.get("/v1/review/next", headers=ann).json()
     skipped = client.post(

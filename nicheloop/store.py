@@ -8,6 +8,8 @@ its feedback have arrived, in whichever order.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,7 +41,7 @@ from nicheloop.errors import NotFound
 UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
 """The store's errors that say it is away (down, locked, out of connections), not that a row is bad."""
 
-HOLDOUT_BUCKETS = 5  # one image in five (by content hash) is held out from training
+HOLDOUT_BUCKETS = 5  # one image in five (by a keyed hash of its content) is held out from training
 
 
 class Base(DeclarativeBase):
@@ -203,6 +205,14 @@ class ExcludedActor(Base):
     reason: Mapped[str] = mapped_column(String(2000))
 
 
+class ServerSecret(Base):
+    """Secrets the server makes for itself once, in its own database (never shown by any API)."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+
 class ApiKeyRow(Base):
     """A credential (``nicheloop.keys``): only its SHA-256 is kept; the key is shown once."""
 
@@ -233,9 +243,11 @@ class AuditRow(Base):
     detail: Mapped[dict] = mapped_column(JSON)
 
 
-def is_holdout(image_sha256: str) -> bool:
-    """Deterministic split by image content: the same image is always on the same side."""
-    return int(hashlib.sha256(image_sha256.encode()).hexdigest()[:8], 16) % HOLDOUT_BUCKETS == 0
+def is_holdout(image_sha256: str, key: bytes) -> bool:
+    """Deterministic split by image content under the server's ``key``: the same image is always
+    on the same side, and nobody without the key can choose images that land in the held-out set."""
+    tag = hmac.new(key, image_sha256.encode(), hashlib.sha256).hexdigest()
+    return int(tag[:8], 16) % HOLDOUT_BUCKETS == 0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -273,6 +285,24 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
+        self._holdout_key = self._holdout_secret()
+
+    def _holdout_secret(self) -> bytes:
+        """The key of the held-out split, made once per database; the first time, rows labeled
+        under the old public hash are split again under it, so each image keeps one side."""
+        with Session(self.engine) as s, s.begin():
+            made = self.insert_ignore(
+                s, ServerSecret, {"name": "holdout", "value": secrets.token_hex(32)}, ["name"]
+            )
+            key = bytes.fromhex(s.scalars(select(ServerSecret.value).where(ServerSecret.name == "holdout")).one())
+            if made:
+                for row in s.scalars(select(LabeledExample)):
+                    row.holdout = is_holdout(row.image_sha256, key)
+        return key
+
+    def is_holdout(self, image_sha256: str) -> bool:
+        """Whether this database holds the image out of training (see :func:`is_holdout`)."""
+        return is_holdout(image_sha256, self._holdout_key)
 
     def insert_ignore(self, s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
         """INSERT … ON CONFLICT DO NOTHING; True if the row was new.
@@ -343,7 +373,7 @@ class Store:
                         label=fb.label,
                         predicted_label=pred.label,
                         model_version=pred.model_version,
-                        holdout=is_holdout(pred.image_sha256),
+                        holdout=self.is_holdout(pred.image_sha256),
                         created_at=fb.created_at,
                         actor=fb.actor,
                     )
@@ -367,7 +397,9 @@ class Store:
             return result.rowcount
 
     def content_hash(self) -> str:
-        """SHA-256 over the labeled examples' content (not their row ids): equal stores, equal hash."""
+        """SHA-256 over the labeled examples' content (not their row ids): equal stores, equal hash.
+
+        The held-out flag is left out: it follows from the image and each database's own secret."""
         digest = hashlib.sha256()
         with Session(self.engine) as s:
             rows = s.execute(
@@ -378,7 +410,6 @@ class Store:
                     LabeledExample.label,
                     LabeledExample.predicted_label,
                     LabeledExample.model_version,
-                    LabeledExample.holdout,
                 ).order_by(LabeledExample.prediction_id, LabeledExample.source)
             )
             for row in rows:
@@ -392,7 +423,7 @@ class Store:
             source="seed",
             image_sha256=image_sha256,
             label=label,
-            holdout=is_holdout(image_sha256),
+            holdout=self.is_holdout(image_sha256),
             created_at=utcnow(),
         )
         with Session(self.engine) as s, s.begin():

@@ -24,7 +24,7 @@ from nicheloop.pixels import to_pixels
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
-from nicheloop.store import Store, is_holdout
+from nicheloop.store import Store
 from nicheloop.synthetic import Shift, write_image_folder
 from rollout.promote import promote
 from services.inference import ModelSlot, Pixels, recorded_champion
@@ -243,7 +243,7 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
         "version": first.version.version,
         "origin": start,
     }
-    assert m["new_examples"] == sum(not is_holdout(sha256_hex(data)) for data, _ in shifted)
+    assert m["new_examples"] == sum(not store.is_holdout(sha256_hex(data)) for data, _ in shifted)
     assert m["replayed_examples"] == 3 * 4
     assert {"forgetting_points", "old_data_accuracy_before", "old_data_accuracy_after"} <= set(m)
     assert m["forgetting_points"] == pytest.approx(

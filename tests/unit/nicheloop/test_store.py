@@ -3,10 +3,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
 
 from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
 from nicheloop.errors import NotFound
-from nicheloop.store import Store, is_holdout
+from nicheloop.store import LabeledExample, ServerSecret, Store, is_holdout
 
 CLASSES = ["a", "b"]
 
@@ -81,11 +83,36 @@ def test_unknown_prediction_is_not_found(store: Store) -> None:
         store.prediction("nope")
 
 
-def test_holdout_split_is_deterministic_and_about_one_in_five() -> None:
+def test_holdout_split_is_deterministic_and_about_one_in_five(store: Store) -> None:
     shas = [f"{i:064x}" for i in range(2000)]
-    share = sum(map(is_holdout, shas)) / len(shas)
+    share = sum(map(store.is_holdout, shas)) / len(shas)
     assert 0.15 < share < 0.25
-    assert [is_holdout(s) for s in shas[:50]] == [is_holdout(s) for s in shas[:50]]
+    assert [store.is_holdout(s) for s in shas[:50]] == [store.is_holdout(s) for s in shas[:50]]
+
+
+def test_holdout_is_keyed_by_a_secret_each_database_makes_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    shas = [f"{i:064x}" for i in range(400)]
+    first, again, other = Store(url), Store(url), Store(f"sqlite:///{tmp_path / 'b.db'}")
+    sides = [first.is_holdout(s) for s in shas]
+    assert sides == [again.is_holdout(s) for s in shas]  # every opener of one database agrees
+    assert sides != [other.is_holdout(s) for s in shas]  # another secret, another split
+    public = [is_holdout(s, b"") for s in shas]  # nobody can predict the split without the key
+    assert sides != public
+
+
+def test_rows_labeled_before_the_secret_are_split_again_under_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store(url)
+    shas = [f"{i:064x}" for i in range(100)]
+    for sha in shas:
+        old.add_seed_example(sha, "a")
+    with Session(old.engine) as s, s.begin():  # as an older release left it: no secret, public split
+        s.execute(delete(ServerSecret))
+        s.execute(update(LabeledExample).values(holdout=False))
+    upgraded = Store(url)
+    held = {r.image_sha256 for r in upgraded.labeled_examples(holdout=True)}
+    assert held == {sha for sha in shas if upgraded.is_holdout(sha)} and held
 
 
 def test_seed_examples_are_labeled_without_a_prediction(store: Store) -> None:

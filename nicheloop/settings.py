@@ -204,6 +204,12 @@ class Settings(BaseSettings):
     )
     review_budget_per_hour: int = Field(120, ge=0, description="Labels reviewers may give in a rolling hour.")
     review_budget_per_day: int = Field(600, ge=0, description="Labels reviewers may give in any rolling day.")
+    review_budget_per_reviewer_hour: int = Field(
+        60, ge=0, description="Labels one reviewer may give in a rolling hour (within the global budget)."
+    )
+    review_budget_per_reviewer_day: int = Field(
+        300, ge=0, description="Labels one reviewer may give in any rolling day (within the global budget)."
+    )
     review_lease_s: float = Field(600.0, gt=0, description="How long a claimed task stays with its reviewer.")
     review_item_ttl_s: float = Field(
         3 * 24 * 3600.0, gt=0, description="Queued items older than this expire."

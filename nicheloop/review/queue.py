@@ -9,7 +9,8 @@ Guarantees, on SQLite and PostgreSQL alike:
 - **Leases.** A claim holds the item for ``lease_s`` under a random ``lease_token``; a label or
   skip must present it. An expired lease makes the item claimable again; the late reviewer's
   label is then refused with a Conflict rather than silently overwriting another's.
-- **Budget.** At most ``budget_per_hour`` / ``budget_per_day`` items are labeled or held under a live lease
+- **Budget.** At most ``budget_per_hour`` / ``budget_per_day`` items (and at most
+  ``budget_per_reviewer_hour`` / ``…_day`` by any one reviewer) are labeled or held under a live lease
   in any rolling hour / day; past it a claim raises :class:`BudgetSpent` with a retry time.
 - **Nothing stale.** Queued items past their ``expires_at`` become ``expired``; an item skipped
   ``max_skips`` times is retired as ``skipped``; a reviewer is never offered an item they skipped.
@@ -41,6 +42,8 @@ class QueuePolicy:
 
     budget_per_hour: int = 120
     budget_per_day: int = 600
+    budget_per_reviewer_hour: int = 60
+    budget_per_reviewer_day: int = 300
     lease_s: float = 600.0
     item_ttl_s: float = 3 * 24 * 3600.0
     max_skips: int = 3
@@ -104,12 +107,13 @@ class ReviewQueue:
         """Lease the highest-priority claimable item to ``reviewer``; None when nothing is left.
 
         Raises:
-            BudgetSpent: the hourly or daily labeling budget is used up (``retry_after_s`` says when).
+            BudgetSpent: the hourly or daily labeling budget, everyone's or this reviewer's, is used
+            up (``retry_after_s`` says when).
         """
         now = now or utcnow()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             self.store.serialize(s, "claim")
-            self._check_budget(s, now)
+            self._check_budget(s, now, reviewer)
             s.execute(
                 update(ReviewItem)
                 .where(ReviewItem.status == "queued", ReviewItem.expires_at < now)
@@ -207,9 +211,13 @@ class ReviewQueue:
         return item
 
     # -- budget and figures ----------------------------------------------------------------
-    def _used(self, s: Session, now: datetime, window: timedelta) -> int:
+    def _used(self, s: Session, now: datetime, window: timedelta, reviewer: str | None = None) -> int:
+        """Items labeled in ``window`` or held under a live lease (by ``reviewer``, else anyone)."""
         since = now - window
-        done = s.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.done_at >= since))
+        mine = [ReviewItem.claimed_by == reviewer] if reviewer is not None else []
+        done = s.scalar(
+            select(func.count()).select_from(ReviewItem).where(ReviewItem.done_at >= since, *mine)
+        )
         live = s.scalar(
             select(func.count())
             .select_from(ReviewItem)
@@ -217,18 +225,24 @@ class ReviewQueue:
                 ReviewItem.status == "claimed",
                 ReviewItem.lease_expires_at >= now,
                 ReviewItem.claimed_at >= since,
+                *mine,
             )
         )
         return int(done or 0) + int(live or 0)
 
-    def _check_budget(self, s: Session, now: datetime) -> None:
-        for window, limit, name in (
-            (HOUR, self.policy.budget_per_hour, "hourly"),
-            (DAY, self.policy.budget_per_day, "daily"),
+    def _check_budget(self, s: Session, now: datetime, reviewer: str) -> None:
+        """Refuse a claim past the global budget or ``reviewer``'s own, so that no one reviewer's
+        labels can fill the next training set."""
+        for window, limit, name, whose in (
+            (HOUR, self.policy.budget_per_hour, "hourly", None),
+            (DAY, self.policy.budget_per_day, "daily", None),
+            (HOUR, self.policy.budget_per_reviewer_hour, "hourly per-reviewer", reviewer),
+            (DAY, self.policy.budget_per_reviewer_day, "daily per-reviewer", reviewer),
         ):
-            if self._used(s, now, window) >= limit:
+            if self._used(s, now, window, whose) >= limit:
+                mine = [ReviewItem.claimed_by == whose] if whose is not None else []
                 oldest = s.scalar(
-                    select(func.min(ReviewItem.done_at)).where(ReviewItem.done_at >= now - window)
+                    select(func.min(ReviewItem.done_at)).where(ReviewItem.done_at >= now - window, *mine)
                 )
                 retry = (
                     (_aware(oldest) + window - now).total_seconds()
@@ -278,6 +292,8 @@ class ReviewQueue:
                 "per_day": self.policy.budget_per_day,
                 "left_hour": max(0, self.policy.budget_per_hour - used_hour),
                 "left_day": max(0, self.policy.budget_per_day - used_day),
+                "per_reviewer_hour": self.policy.budget_per_reviewer_hour,
+                "per_reviewer_day": self.policy.budget_per_reviewer_day,
             },
             "lease_s": self.policy.lease_s,
         }

@@ -133,6 +133,23 @@ def test_a_spent_budget_stops_claims_and_says_when_to_come_back(store: Store) ->
         queue.claim("ann", now=now + timedelta(hours=3))
 
 
+def test_one_reviewer_cannot_spend_everyone_s_budget(store: Store) -> None:
+    queue = filled(store, 6, budget_per_hour=10, budget_per_reviewer_hour=2, budget_per_reviewer_day=3)
+    now = utcnow()
+    for _ in range(2):
+        item = queue.claim("ann", now=now)
+        queue.complete(item.task_id, "a", item.lease_token, now=now)
+    with pytest.raises(BudgetSpent, match="hourly per-reviewer") as spent:
+        queue.claim("ann", now=now + timedelta(minutes=1))
+    assert 3500 < spent.value.retry_after_s <= 3600
+    assert queue.claim("bob", now=now + timedelta(minutes=1)) is not None  # the others go on
+    item = queue.claim("ann", now=now + timedelta(hours=1, minutes=1))
+    queue.complete(item.task_id, "a", item.lease_token, now=now + timedelta(hours=1, minutes=1))
+    with pytest.raises(BudgetSpent, match="daily per-reviewer"):
+        queue.claim("ann", now=now + timedelta(hours=3))
+    assert queue.stats(now=now)["budget"]["per_reviewer_hour"] == 2
+
+
 def test_live_leases_count_against_the_budget(store: Store) -> None:
     queue = filled(store, 3, budget_per_hour=1)
     queue.claim("ann")

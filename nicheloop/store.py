@@ -294,7 +294,9 @@ class Store:
             made = self.insert_ignore(
                 s, ServerSecret, {"name": "holdout", "value": secrets.token_hex(32)}, ["name"]
             )
-            key = bytes.fromhex(s.scalars(select(ServerSecret.value).where(ServerSecret.name == "holdout")).one())
+            key = bytes.fromhex(
+                s.scalars(select(ServerSecret.value).where(ServerSecret.name == "holdout")).one()
+            )
             if made:
                 for row in s.scalars(select(LabeledExample)):
                     row.holdout = is_holdout(row.image_sha256, key)

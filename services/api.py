@@ -79,7 +79,7 @@ async def metrics(res: Resources, _: Caller = requires("operator")) -> Response:
 
 @api.post("/v1/predict", response_model=PredictResponse)
 async def predict(
-    request: Request, response: Response, res: Resources, _: Caller = requires("app")
+    request: Request, response: Response, res: Resources, app: Caller = requires("app")
 ) -> PredictResponse:
     """Classify one image; the prediction is published as an event and the image kept by its hash.
 
@@ -89,7 +89,9 @@ async def predict(
     async with res.admission.slot():
         data = await image_bytes(request, res.settings.max_upload_bytes)
         timings: dict[str, float] = {}
-        answer = await predict_image(res, data, timings, key=request.headers.get("x-request-key"))
+        answer = await predict_image(
+            res, data, timings, key=request.headers.get("x-request-key"), owner=app.name
+        )
         response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in timings.items())
         return answer
 
@@ -116,6 +118,7 @@ async def feedback(body: FeedbackRequest, res: Resources, app: Caller = requires
         classes,
         body.source,
         app.name,
+        owner=app.name,
     )
     return _accepted(event)
 

@@ -31,16 +31,24 @@ def record_feedback(
     class_names: list[str],
     source: FeedbackSource,
     actor: str | None = None,
+    *,
+    owner: str | None = None,
 ) -> FeedbackEvent:
     """Validate and publish ``actor``'s label; returns once it is durable (acknowledged by the broker, or
     in the local spool while the broker is unreachable).
 
+    ``owner`` is the caller the prediction must have been issued to; None for a label on a
+    prediction taken from the review queue (the store's own, issued to whichever app).
+
     Raises:
-        NotFound: ``prediction_id`` was not issued by this service.
+        NotFound: ``prediction_id`` was not issued by this service to ``owner``.
         InvalidInput: ``label`` is not a class of the model.
     """
-    if not is_issued(key, prediction_id):
-        raise NotFound(f"unknown prediction_id {prediction_id!r}: use the id returned by /v1/predict")
+    if owner is not None and not is_issued(key, prediction_id, owner=owner):
+        raise NotFound(
+            f"unknown prediction_id {prediction_id!r}: use an id /v1/predict returned to this "
+            "caller (an app labels only its own predictions)"
+        )
     event = FeedbackEvent(
         prediction_id=prediction_id, label=check_label(label, class_names), source=source, actor=actor
     )

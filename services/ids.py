@@ -1,7 +1,9 @@
 """Prediction ids that the feedback API can check without a lookup.
 
-A prediction id is ``<uuid hex>.<hmac>``: feedback naming an id this service never issued is
-refused at once with a 404, even before the prediction event reached the store.
+A prediction id is ``<uuid hex>.<hmac>``, the HMAC over the uuid and the name of the caller it was
+issued to: feedback naming an id this service never issued to that caller is refused at once with
+a 404, even before the prediction event reached the store, and no app can label another's
+predictions (nor learn that they exist).
 """
 
 from __future__ import annotations
@@ -64,18 +66,19 @@ def _create_key_file(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _tag(key: bytes, raw: str) -> str:
-    return hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()[:_TAG_CHARS]
+def _tag(key: bytes, raw: str, owner: str) -> str:
+    return hmac.new(key, f"{raw}\0{owner}".encode(), hashlib.sha256).hexdigest()[:_TAG_CHARS]
 
 
-def new_prediction_id(key: bytes) -> str:
+def new_prediction_id(key: bytes, *, owner: str = "") -> str:
+    """A new id, signed with ``key`` for the caller named ``owner`` ("" for the service's own)."""
     raw = uuid.uuid4().hex
-    return f"{raw}.{_tag(key, raw)}"
+    return f"{raw}.{_tag(key, raw, owner)}"
 
 
-def is_issued(key: bytes, prediction_id: str) -> bool:
-    """True when ``prediction_id`` was made by :func:`new_prediction_id` with ``key``."""
+def is_issued(key: bytes, prediction_id: str, *, owner: str = "") -> bool:
+    """True when ``prediction_id`` was made by :func:`new_prediction_id` with ``key`` for ``owner``."""
     raw, _, tag = prediction_id.partition(".")
     if len(raw) != 32 or len(tag) != _TAG_CHARS or not prediction_id.isascii():
         return False  # compare_digest refuses non-ASCII text with a TypeError
-    return hmac.compare_digest(tag, _tag(key, raw))
+    return hmac.compare_digest(tag, _tag(key, raw, owner))

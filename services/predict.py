@@ -44,9 +44,10 @@ def prepare(data: bytes, spec: InputSpec, *, max_bytes: int, max_pixels: int) ->
 
 
 async def predict_image(
-    res: GatewayResources, data: bytes, timings: dict[str, float], *, key: str | None = None
+    res: GatewayResources, data: bytes, timings: dict[str, float], *, key: str | None = None, owner: str = ""
 ) -> PredictResponse:
-    """Classify the image file ``data``; store it by its hash and publish the prediction event.
+    """Classify the image file ``data`` for the caller named ``owner`` (whose id it gets, for its
+    feedback); store the image by its hash and publish the prediction event.
 
     During a rollout, ``key`` (else the image's hash) decides whether the candidate answers, and
     whether it also sees the image in shadow (:mod:`services.routing`). ``timings`` gets the
@@ -84,7 +85,7 @@ async def predict_image(
     mark = _lap(timings, "model", mark)
     if arm == "champion":
         res.model.seen(out.model_version)
-    prediction_id = new_prediction_id(res.key)
+    prediction_id = new_prediction_id(res.key, owner=owner)
     event = _event(res, prediction_id, out, digest, upload.stats, arm=arm)
     if s.event_logging:
         await _publish(res, event)

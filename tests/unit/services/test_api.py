@@ -11,6 +11,7 @@ import inspect
 from fastapi.testclient import TestClient
 
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
+from nicheloop.keys import ApiKeys
 from services.api import api
 from services.deps import GatewayResources, get_resources
 from services.inference import ModelOutput, Pixels
@@ -56,6 +57,17 @@ def test_feedback_needs_an_issued_id_and_a_known_label(
     assert resp.status_code == 202 and resp.json()["source"] == "user"
     topic, _, sent = res.publisher.events[-1]  # type: ignore[attr-defined]
     assert topic == FEEDBACK_TOPIC and sent.actor == "test-app"  # who gave the label: the key's name
+
+
+def test_an_app_labels_only_its_own_predictions(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    ready(res, registry)
+    pid = client.post("/v1/predict", content=png).json()["prediction_id"]
+    other = {"X-API-Key": ApiKeys(res.store).create(name="other-app", role="app", created_by="test")[0]}
+    resp = client.post("/v1/feedback", json={"prediction_id": pid, "label": "crack"}, headers=other)
+    assert resp.status_code == 404 and "its own predictions" in resp.json()["detail"]
+    assert client.post("/v1/feedback", json={"prediction_id": pid, "label": "crack"}).status_code == 202
 
 
 def test_a_review_task_is_leased_labeled_once_and_skips_go_back(

@@ -26,6 +26,13 @@ def test_a_configured_key_is_used_and_checked(tmp_path: Path) -> None:
             load_or_create_key(tmp_path, bad)
 
 
+def test_an_id_is_issued_to_one_caller_only() -> None:
+    key = b"k" * 32
+    pid = new_prediction_id(key, owner="shop-a")
+    assert is_issued(key, pid, owner="shop-a")
+    assert not is_issued(key, pid, owner="shop-b") and not is_issued(key, pid)
+
+
 def test_a_non_ascii_tag_is_simply_not_issued() -> None:
     assert not is_issued(b"k" * 32, "a" * 32 + "." + "é" * 16)
 

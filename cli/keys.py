@@ -1,8 +1,10 @@
-"""``nicheloop keys ...``: API keys from the command line of a machine that reaches the store (an
-admin's shell). Every key made or revoked is an audit entry."""
+"""``nicheloop keys ...``, ``labels exclude`` and ``audit``: API keys, label provenance and the audit
+log from the command line of a machine that reaches the store (an admin's shell). Every key made
+or revoked and every exclusion is an audit entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any, NoReturn
@@ -112,3 +114,22 @@ def exclude(
         actor=_admin(), action="labels.exclude", target=actor_name, source="cli", detail={"reason": reason}
     )
     typer.echo(f"{'excluded' if new else 'already excluded'}: the labels of {actor_name}")
+
+
+def audit(
+    action: str | None = typer.Option(None, help="Only this action, or this family: key, rollout, labels."),
+    limit: int = typer.Option(50, min=1, max=10_000, help="How many entries, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """The audit log, newest first: who did what, to what, from where, when."""
+    from nicheloop.keys import Audit
+
+    for e in Audit(_store()).read(limit=limit, action=action):
+        if as_json:
+            typer.echo(json.dumps({**dataclasses.asdict(e), "at": _when(e.at)}))
+            continue
+        why = e.detail.get("reason") or ""
+        typer.echo(
+            f"{_when(e.at)}  {e.actor} ({e.role}) {e.action} {e.target} from {e.source}"
+            + (f": {why}" if why else "")
+        )

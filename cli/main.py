@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from cli.keys import keys_app, labels_app
+from cli.keys import audit, keys_app, labels_app
 from cli.progress import RunProgress
 from cli.rollout import actor, rollout_app
 from deploy.local import stack as stack_mod
@@ -34,6 +34,7 @@ app.add_typer(drift_app, name="drift")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(keys_app, name="keys")
 app.add_typer(labels_app, name="labels")
+app.command("audit")(audit)
 
 
 @app.callback()

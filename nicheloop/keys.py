@@ -171,6 +171,8 @@ class ApiKeys:
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One privileged action: who (name and role), when, what, on what, from where, and why."""
+
     id: int
     at: datetime
     actor: str
@@ -213,10 +215,11 @@ class Audit:
             return row.id
 
     def read(self, *, limit: int = 200, action: str | None = None) -> list[AuditEntry]:
-        """The newest ``limit`` entries (of ``action`` if given), newest first."""
+        """The newest ``limit`` entries (of ``action``, or of every action starting ``action.``,
+        if given), newest first."""
         query = select(AuditRow).order_by(AuditRow.id.desc()).limit(max(1, min(limit, 10_000)))
         if action is not None:
-            query = query.where(AuditRow.action == action)
+            query = query.where((AuditRow.action == action) | AuditRow.action.startswith(f"{action}."))
         with Session(self.store.engine) as s:
             return [
                 AuditEntry(r.id, _aware(r.at), r.actor, r.role, r.action, r.target, r.source, dict(r.detail))

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from nicheloop.contracts import CANDIDATE, CHAMPION, ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, NotFound, NotReady
+from nicheloop.keys import Audit, Caller
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
 from rollout.gates import Evidence, GateResult, Live, evaluate
@@ -40,6 +41,7 @@ from rollout.promote import PREVIOUS, offline_gates
 log = logging.getLogger(__name__)
 
 Action = Literal["pause", "resume", "rollback", "promote"]
+CONTROLLER = Caller(name="controller", role="operator")  # who the audit log says moved on its own
 ACTIONS = {"pause": pause, "resume": resume, "rollback": rollback, "promote": force_promote}
 
 
@@ -107,10 +109,11 @@ class Controller:
         *,
         holder: str,
         announce: Announce | None = None,
+        audit: Audit | None = None,
         idle_s: float = 5.0,
     ) -> None:
         self.rollouts, self.registry, self.source, self.holder = rollouts, registry, source, holder
-        self.announce, self.idle_s = announce, idle_s
+        self.announce, self.audit, self.idle_s = announce, audit, idle_s
 
     def publish_pending(self) -> int:
         """Send the audit events not yet announced (every move, whoever stored it), oldest first;
@@ -145,10 +148,13 @@ class Controller:
         newer = self._newer_candidate(live)
         if newer is not None:
             aborted, fresh = supersede(live, newer, plan, now)
-            stored = record_move(self.rollouts, self.registry, aborted)
+            stored = self._audited(record_move(self.rollouts, self.registry, aborted))
             if stored is not None:
-                self.rollouts.create(fresh, plan=plan.model_dump(mode="json"), actor="controller",
-                                     reason=f"new candidate {newer}", now=now)  # fmt: skip
+                made = self.rollouts.create(fresh, plan=plan.model_dump(mode="json"), actor="controller",
+                                            reason=f"new candidate {newer}", now=now)  # fmt: skip
+                self._audited(
+                    Transition(before=fresh, after=made, reason=f"new candidate {newer}"), started=True
+                )
             return stored
         results: list[GateResult] = []
         if live.state in GATED:
@@ -164,7 +170,25 @@ class Controller:
         else:
             self.rollouts.beat(live.id, now)
         move = decide(live, results, plan, now)
-        return None if move is None else record_move(self.rollouts, self.registry, move)
+        return None if move is None else self._audited(record_move(self.rollouts, self.registry, move))
+
+    def _audited(self, move: Transition | None, *, started: bool = False) -> Transition | None:
+        """Each move the controller makes by itself in the audit log too, beside the operators'
+        acts (which are logged where they are made); ``started``: a rollout it created."""
+        if move is not None and self.audit is not None:
+            after = move.after
+            self.audit.record(
+                actor=CONTROLLER,
+                action=f"rollout.{after.state}",
+                target=f"rollout {after.id} {after.candidate}",
+                source=self.holder,
+                detail={
+                    "reason": move.reason,
+                    "from": "none" if started else move.before.state,
+                    "step": after.step,
+                },
+            )
+        return move
 
     def _newer_candidate(self, live: Rollout) -> str | None:
         if live.state not in (*GATED, "hold"):

@@ -5,6 +5,7 @@ HTTP on ``controller_port`` (the operator page calls these)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 from typing import Any, Literal
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,6 +98,17 @@ def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> Fast
         moved = ops.act(action, actor=who.name, reason=body.reason)
         _audit(request, who, f"rollout.{action}", moved, reason=body.reason)
         return moved
+
+    @app.get("/v1/audit")
+    def audit_log(
+        action: str | None = Query(None, max_length=64, description="e.g. key, rollout, rollout.promote"),
+        limit: int = Query(200, ge=1, le=10_000),
+        _: Caller = operator,
+    ) -> list[dict[str, Any]]:
+        """The audit log, newest first: read-only here (no route changes or removes an entry)."""
+        return [
+            {**dataclasses.asdict(e), "at": e.at.isoformat()} for e in audit.read(limit=limit, action=action)
+        ]
 
     @app.get("/metrics")
     def metrics(_: Caller = operator) -> Response:
@@ -190,6 +202,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         StoreEvidence(rollouts),
         holder=holder,
         announce=kafka_announce(publisher, settings.model_name),
+        audit=Audit(rollouts.store),
         idle_s=settings.controller_idle_s,
     )
     ticks = {"ticks": 0, "errors": 0}

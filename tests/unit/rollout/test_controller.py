@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from nicheloop.contracts import ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, GateRefused, NotFound
+from nicheloop.keys import Audit
 from nicheloop.registry import VersionInfo
 from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
 from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
@@ -105,10 +106,17 @@ def test_a_good_candidate_is_promoted_step_by_step_and_the_alias_follows_the_rec
 def test_a_candidate_that_errs_is_rolled_back_and_never_champion(rollouts: Rollouts) -> None:
     reg, source = Registry(), Scripted()
     start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
-    controller = Controller(rollouts, reg, source, holder="c1")
+    controller = Controller(rollouts, reg, source, holder="c1", audit=Audit(rollouts.store))
     assert _ticks(controller, 0.0, 60.0) == ["canary:0.05"]
     source.live_now = ERRS
     assert _ticks(controller, 70.0, 100.0) == ["rolled_back:0"]  # at the first failing check
+    logged = Audit(rollouts.store).read()  # the controller's own moves, in the audit log too
+    assert [(e.action, e.actor, e.role, e.source) for e in logged] == [
+        ("rollout.rolled_back", "controller", "operator", "c1"),
+        ("rollout.canary", "controller", "operator", "c1"),
+    ]
+    assert "10.0% of the candidate's calls failed" in logged[0].detail["reason"]
+    assert logged[0].detail["from"] == "canary"
     assert reg.aliases["champion"] == "1" and ("champion", "2") not in reg.moves
     assert (
         rollouts.live() is None and "10.0% of the candidate's calls failed" in rollouts.history()[-1].reason
@@ -164,8 +172,10 @@ def test_a_newer_candidate_aborts_the_live_rollout_and_starts_over(rollouts: Rol
     reg = Registry()
     start_rollout(rollouts, reg, PLAN, now=0.0, actor="ops")
     reg.aliases["candidate"] = "3"
-    move = Controller(rollouts, reg, Scripted(), holder="c1").tick(20.0)
+    move = Controller(rollouts, reg, Scripted(), holder="c1", audit=Audit(rollouts.store)).tick(20.0)
     assert move is not None and move.after.state == "aborted" and "version 3" in move.reason
+    logged = [(e.action, e.target.split()[-1], e.detail["from"]) for e in Audit(rollouts.store).read()]
+    assert logged == [("rollout.shadow", "3", "none"), ("rollout.aborted", "2", "shadow")]
     fresh = rollouts.live()
     assert fresh is not None and (fresh.candidate, fresh.state, fresh.entered_at) == ("3", "shadow", 20.0)
 

@@ -72,6 +72,13 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
         ("ann", "rollout.start"),
         ("ann", "rollout.adopt"),
     ]
+    read = client.get("/v1/audit", params={"action": "rollout", "limit": 2}).json()
+    assert [(e["actor"], e["action"], e["source"]) for e in read] == [
+        ("bob", "rollout.rollback", "testclient"),
+        ("bob", "rollout.pause", "testclient"),
+    ]
+    assert client.get("/v1/audit", headers=app_key).status_code == 403
+    assert client.delete("/v1/audit").status_code == 405  # read-only: nothing changes an entry
     assert client.get("/v1/rollouts/history", params={"rollout_id": 99}).status_code == 404
     assert client.post("/v1/rollouts/pause", json={}).status_code == 404  # nothing live
 

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
         description="Predictions a gateway replica works on at once; more are shed at once with 503 "
         "and Retry-After (the bound that keeps latency and memory flat under overload).",
     )
+    caller_rate_per_s: float = Field(
+        200.0,
+        ge=0,
+        description="Predictions and labels one credential may send a gateway replica a second, on "
+        "average (0: no limit); more are refused with 429 and Retry-After.",
+    )
+    caller_burst: int = Field(400, ge=1, description="Calls one credential may send at once above its rate.")
     gateway_max_ongoing: int = Field(
         48,
         ge=1,

@@ -67,6 +67,11 @@ async def metrics(res: Resources, _: Caller = requires("operator")) -> Response:
         "Predictions refused with 503 because the replica was full",
         registry=registry,
     ).inc(res.admission.shed)
+    Counter(
+        "nicheloop_caller_rate_refused",
+        "Predictions and labels refused with 429: their credential called faster than its rate",
+        registry=registry,
+    ).inc(res.rates.refused)
     if res.rollout is not None:
         Counter(
             "nicheloop_shadow_calls_dropped",
@@ -86,6 +91,7 @@ async def predict(
     Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the body is
     read. ``Server-Timing`` says where the time went (prepare, model, publish; milliseconds).
     """
+    res.rates.take(app.name, "predictions")
     async with res.admission.slot():
         data = await image_bytes(request, res.settings.max_upload_bytes)
         timings: dict[str, float] = {}
@@ -108,6 +114,7 @@ def _accepted(event: FeedbackEvent) -> FeedbackAccepted:
 @api.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
 async def feedback(body: FeedbackRequest, res: Resources, app: Caller = requires("app")) -> FeedbackAccepted:
     """A label for a prediction; answered once it is durable (on Kafka or in the spool)."""
+    res.rates.take(app.name, "feedback")
     classes = await _class_names(res)
     event = await asyncio.to_thread(
         record_feedback,

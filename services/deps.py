@@ -18,7 +18,7 @@ from nicheloop.review import ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from services.inference import ModelOutput, ModelState, Pixels
-from services.limits import Admission
+from services.limits import Admission, CallerRates
 from services.routing import ModelCalls, RoutingWatch
 from services.watch import ModelWatch
 
@@ -49,6 +49,7 @@ class GatewayResources:
     shadow: PredictorPort | None = None  # the candidate as mirrored calls reach it (else ``candidate``)
     rollout: RoutingWatch | None = None  # the live rollout's routing and this replica's arm counts
     calls: ModelCalls = field(default_factory=ModelCalls)  # every model call, by arm and version
+    rates: CallerRates = field(default_factory=lambda: CallerRates(0, 1))  # per credential (0: off)
 
 
 _installed: GatewayResources | None = None

@@ -26,7 +26,7 @@ from services.batching import Batcher
 from services.deps import GatewayResources, PredictorPort, install_resources
 from services.ids import load_or_create_key
 from services.inference import InProcessPredictor, InProcessShadow, ModelOutput, ModelState, Pixels
-from services.limits import Admission
+from services.limits import Admission, CallerRates
 from services.routing import RoutingWatch
 from services.watch import ModelWatch
 
@@ -128,6 +128,7 @@ def gateway_resources(
             stale_s=max(30.0, 3 * settings.predict_timeout_s),
         ),
         admission=Admission(settings.max_inflight_predictions, retry_after_s=RETRY_AFTER_S),
+        rates=CallerRates(settings.caller_rate_per_s, settings.caller_burst),
         key=load_or_create_key(settings.home, settings.secret_key),
         blobs=BlobStore(str(settings.blob_dir)),
         store=store,

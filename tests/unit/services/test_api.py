@@ -59,6 +59,26 @@ def test_feedback_needs_an_issued_id_and_a_known_label(
     assert topic == FEEDBACK_TOPIC and sent.actor == "test-app"  # who gave the label: the key's name
 
 
+def test_a_caller_over_its_rate_gets_429_and_others_go_on(
+    client: TestClient,
+    res: GatewayResources,
+    registry: OneVersion,
+    png: bytes,
+    as_role: dict[str, dict[str, str]],
+) -> None:
+    ready(res, registry)
+    res.rates.per_s, res.rates.burst = 0.01, 2
+    for _ in range(2):
+        assert client.post("/v1/predict", content=png).status_code == 200
+    refused = client.post("/v1/feedback", json={"prediction_id": "x", "label": "crack"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "test-app sends feedback faster" in refused.json()["detail"]
+    other = {"X-API-Key": ApiKeys(res.store).create(name="other-app", role="app", created_by="test")[0]}
+    assert client.post("/v1/predict", content=png, headers=other).status_code == 200
+    metrics = client.get("/metrics", headers=as_role["operator"]).text
+    assert "nicheloop_caller_rate_refused_total 1.0" in metrics
+
+
 def test_an_app_labels_only_its_own_predictions(
     client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes
 ) -> None:

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from nicheloop.errors import NotReady, Overloaded, UpstreamTimeout
+from nicheloop.errors import BudgetSpent, NotReady, Overloaded, UpstreamTimeout
 from services.batching import Batcher
 from services.inference import ModelState
-from services.limits import Admission, within
+from services.limits import Admission, CallerRates, within
 from services.watch import ModelWatch
 
 
@@ -129,6 +129,26 @@ def test_admission_sheds_the_one_over_the_limit_and_counts_it() -> None:
     assert (gate.inside, gate.shed) == (0, 1)
     with pytest.raises(ValueError):
         Admission(0)
+
+
+def test_each_caller_has_its_own_rate_and_burst() -> None:
+    now = [0.0]
+    rates = CallerRates(2.0, 3, callers=2, clock=lambda: now[0])
+    for _ in range(3):  # the burst
+        rates.take("shop-a", "predictions")
+    with pytest.raises(BudgetSpent, match="shop-a sends predictions faster than its 2 a second") as refused:
+        rates.take("shop-a", "predictions")
+    assert refused.value.retry_after_s == 1.0 and rates.refused == 1
+    rates.take("shop-b", "feedback")  # another caller is not held back
+    now[0] = 0.5  # one call earned back at 2 a second
+    rates.take("shop-a", "predictions")
+    with pytest.raises(BudgetSpent):
+        rates.take("shop-a", "predictions")
+    rates.take("shop-c", "predictions")  # a third caller: the least recently seen bucket goes
+    assert list(rates.buckets) == ["shop-a", "shop-c"]
+    off = CallerRates(0, 1)
+    for _ in range(1000):
+        off.take("shop-a", "predictions")
 
 
 def test_a_deadline_names_the_part_and_its_setting() -> None:

@@ -236,17 +236,28 @@ def _fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
 
 
+_installed_gate: Gatekeeper | None = None
+
+
+def install_gatekeeper(gate: Gatekeeper | None) -> None:
+    """Make ``gate`` answer for every app of this process that keeps none in its own state: a Serve
+    replica runs a pickled copy of its ingress app, whose state the deployment cannot reach."""
+    global _installed_gate
+    _installed_gate = gate
+
+
 def requires(*roles: Role) -> Any:
     """A route's dependency: the caller, who must hold one of ``roles`` (401 without a valid
     credential, 403 with another role). The app keeps its :class:`Gatekeeper` in
-    ``app.state.gatekeeper``; a route without this dependency is open, and a test walks every
-    app's routes for one (:data:`OPEN_ROUTES` aside)."""
+    ``app.state.gatekeeper``, else the process's (:func:`install_gatekeeper`); a route without
+    this dependency is open, and a test walks every app's routes for one (:data:`OPEN_ROUTES`
+    aside)."""
     unknown = set(roles) - set(ROLES)
     if not roles or unknown:
         raise ValueError(f"roles must be some of {ROLES}, got {roles}")
 
     async def caller(request: Request) -> Caller:
-        gate: Gatekeeper | None = getattr(request.app.state, "gatekeeper", None)
+        gate: Gatekeeper | None = getattr(request.app.state, "gatekeeper", None) or _installed_gate
         if gate is None:
             raise NotReady("the service is still starting; retry in a moment")
         key = presented_key(request)

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from nicheloop.http import Gatekeeper, install_guards, requires, route_roles
+from nicheloop.http import Gatekeeper, install_gatekeeper, install_guards, requires, route_roles
 from nicheloop.keys import ApiKeys, Caller
 from nicheloop.store import Store
 
@@ -92,3 +92,24 @@ def test_the_route_walker_reads_each_routes_roles(client: TestClient) -> None:
 def test_requires_refuses_unknown_roles() -> None:
     with pytest.raises(ValueError, match="roles"):
         requires("root")  # type: ignore[arg-type]
+
+
+def test_a_copy_of_the_app_without_state_uses_the_process_gatekeeper(keys: ApiKeys) -> None:
+    """As in a Serve replica, which runs a pickled copy of its ingress app: the state set on the
+    original never reaches the copy, so the replica installs its gatekeeper for the process."""
+    app = FastAPI()
+    install_guards(app)
+
+    @app.get("/drift")
+    async def drift(caller: Caller = requires("operator")) -> dict[str, str]:
+        return {"by": caller.name}
+
+    ops, _ = keys.create(name="ops", role="operator", created_by="t")
+    client = TestClient(app, raise_server_exceptions=False, headers={"X-API-Key": ops})
+    starting = client.get("/drift")
+    assert starting.status_code == 503 and "starting" in starting.json()["detail"]
+    install_gatekeeper(Gatekeeper(keys))
+    try:
+        assert client.get("/drift").json() == {"by": "ops"}
+    finally:
+        install_gatekeeper(None)

@@ -30,8 +30,11 @@ from nicheloop.errors import (
     Unauthenticated,
     UpstreamTimeout,
 )
-from nicheloop.keys import ROLES, ApiKeys, Caller, Role
+from nicheloop.keys import KEY_PREFIX, ROLES, ApiKeys, Caller, Role
+from nicheloop.settings import Settings
 from nicheloop.spool import SpoolFull
+from nicheloop.store import Store
+from nicheloop.tokens import BearerTokens, TokenPolicy
 
 STATUS = {
     PayloadTooLarge: 413,
@@ -188,11 +191,20 @@ def presented_key(request: Request) -> str:
 
 
 class Gatekeeper:
-    """Resolves keys to callers, remembering each answer for ``ttl_s``: a request costs a store
-    lookup at most every ``ttl_s`` per key, and a revoked key stops working within ``ttl_s``."""
+    """Resolves credentials to callers: the service's API keys (``nlk_…``) and, when ``tokens`` is
+    set, the identity provider's bearer tokens. Each answer is remembered for ``ttl_s``: a request
+    costs a store lookup (or a signature check) at most every ``ttl_s`` per credential, and a
+    revoked key stops working within ``ttl_s``."""
 
-    def __init__(self, keys: ApiKeys, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
-        self.keys, self.ttl_s, self.clock = keys, ttl_s, clock
+    def __init__(
+        self,
+        keys: ApiKeys,
+        *,
+        tokens: BearerTokens | None = None,
+        ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.keys, self.tokens, self.ttl_s, self.clock = keys, tokens, ttl_s, clock
         self._known: dict[str, tuple[float, Caller | Unauthenticated]] = {}
         self._lock = threading.Lock()
 
@@ -211,16 +223,21 @@ class Gatekeeper:
         return known[1]
 
     def caller(self, key: str) -> Caller:
-        """The caller of ``key``, from memory or the store.
+        """The caller of ``key``, from memory, the store or the token's signature.
 
         Raises:
-            Unauthenticated: unknown, revoked or expired.
+            Unauthenticated: unknown, revoked or expired. Forbidden: a token without a role.
+            NotReady: the identity provider's keys could not be fetched.
         """
         remembered = self.remembered(key)
         if remembered is not None:
             return remembered
         try:
-            answer: Caller | Unauthenticated = self.keys.verify(key)
+            answer: Caller | Unauthenticated = (
+                self.keys.verify(key)
+                if self.tokens is None or key.startswith(KEY_PREFIX)
+                else self.tokens.verify(key)
+            )
         except Unauthenticated as exc:
             answer = exc
         with self._lock:
@@ -234,6 +251,23 @@ class Gatekeeper:
 
 def _fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+
+def gatekeeper_for(store: Store, settings: Settings) -> Gatekeeper:
+    """The gatekeeper of a service on ``store``: its API keys, and bearer tokens from the identity
+    provider when ``NICHELOOP_OIDC_ISSUER`` and ``…_JWKS_URL`` are set."""
+    tokens = None
+    if settings.oidc_issuer and settings.oidc_jwks_url:
+        tokens = BearerTokens(
+            TokenPolicy(
+                issuer=settings.oidc_issuer,
+                audience=settings.oidc_audience,
+                jwks_url=settings.oidc_jwks_url,
+                role_claim=settings.oidc_role_claim,
+                name_claim=settings.oidc_name_claim,
+            )
+        )
+    return Gatekeeper(ApiKeys(store), tokens=tokens)
 
 
 _installed_gate: Gatekeeper | None = None

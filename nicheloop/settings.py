@@ -188,6 +188,17 @@ class Settings(BaseSettings):
         description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
         "(set it explicitly when gateway replicas run on several nodes).",
     )
+    oidc_issuer: str | None = Field(
+        None, description="Bearer tokens (JWT) from this issuer are taken beside API keys (with …_JWKS_URL)."
+    )
+    oidc_jwks_url: str | None = Field(
+        None, description="Where the identity provider publishes its keys (JWKS)."
+    )
+    oidc_audience: str = Field("nicheloop", description="The audience a bearer token must name.")
+    oidc_role_claim: str = Field("role", description="The token claim holding the role (a string or a list).")
+    oidc_name_claim: str = Field(
+        "sub", description="The token claim naming the caller (audit, label provenance)."
+    )
     event_logging: bool = Field(True, description="Publish prediction events (off only to measure its cost).")
     spool_max_events: int = Field(
         200_000, ge=1, description="Events kept on disk while Kafka is unreachable."

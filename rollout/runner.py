@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
-from nicheloop.http import Gatekeeper, OptionalRowId, install_guards, requires
+from nicheloop.http import Gatekeeper, OptionalRowId, gatekeeper_for, install_guards, requires
 from nicheloop.keys import ApiKeys, Audit, Caller
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
@@ -53,11 +53,14 @@ class AdoptBody(ActBody):
     version: str | None = Field(None, description="The version to record as champion (default: the alias's).")
 
 
-def controller_api(ops: Operations, ticks: dict[str, int] | None = None) -> FastAPI:
-    """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors."""
+def controller_api(
+    ops: Operations, ticks: dict[str, int] | None = None, *, gate: Gatekeeper | None = None
+) -> FastAPI:
+    """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors;
+    ``gate`` says who calls (default: the API keys of ``ops``' store)."""
     app = FastAPI(title="nicheloop rollouts")
     install_guards(app)
-    app.state.gatekeeper = Gatekeeper(ApiKeys(ops.rollouts.store))
+    app.state.gatekeeper = gate or Gatekeeper(ApiKeys(ops.rollouts.store))
     audit = Audit(ops.rollouts.store)
     operator = requires("operator")
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
@@ -208,7 +211,9 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
     ticks = {"ticks": 0, "errors": 0}
     server = uvicorn.Server(
         uvicorn.Config(
-            controller_api(Operations(rollouts, registry), ticks),
+            controller_api(
+                Operations(rollouts, registry), ticks, gate=gatekeeper_for(rollouts.store, settings)
+            ),
             host=settings.host,
             port=settings.controller_port,
             log_level="warning",

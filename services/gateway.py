@@ -14,8 +14,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
 from nicheloop.errors import NotReady, Overloaded
-from nicheloop.http import Gatekeeper, install_gatekeeper
-from nicheloop.keys import ApiKeys
+from nicheloop.http import gatekeeper_for, install_gatekeeper
 from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
@@ -158,7 +157,7 @@ class Gateway:
         configure_logging()
         resources = gateway_resources(Settings(**settings), predictor, candidate)
         install_resources(resources)
-        install_gatekeeper(Gatekeeper(ApiKeys(resources.store)))  # who may call which route
+        install_gatekeeper(gatekeeper_for(resources.store, resources.settings))  # who may call which route
 
 
 def gateway_deployment(settings: Settings) -> Any:

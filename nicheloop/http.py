@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from nicheloop.errors import (
     BudgetSpent,
@@ -52,6 +53,30 @@ STATUS = {
     Forbidden: 403,
 }
 
+
+class Problem(BaseModel):
+    """Every refusal's body: what went wrong and what to do about it."""
+
+    detail: str
+
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": what}
+    for code, what in (
+        (400, "Bad input; `detail` says what to do."),
+        (401, "No valid credential (`X-API-Key` or `Authorization: Bearer`)."),
+        (403, "The credential's role may not call this route."),
+        (404, "Unknown id, or not the caller's."),
+        (409, "It conflicts with the current state (a lease, a rollout)."),
+        (413, "The body is larger than the route takes."),
+        (429, "A budget or rate is spent; `Retry-After` says when to come back."),
+        (502, "The model failed on this input."),
+        (503, "Not ready yet, or overloaded; `Retry-After` says when to come back."),
+        (504, "A part did not answer in time; `detail` names it."),
+    )
+}
+"""The refusals every route of these APIs may answer, for their OpenAPI schemas
+(``FastAPI(responses=PROBLEMS)``)."""
 
 MAX_JSON_BODY = 64 * 1024  # ids, labels, reasons and plans: far below this
 MAX_JSON_DEPTH = 32  # the deepest body of these APIs (a rollout plan) nests 4 levels
@@ -324,5 +349,5 @@ def route_roles(app: FastAPI) -> dict[tuple[str, str], tuple[Role, ...] | None]:
         roles = [getattr(d.call, "roles", None) for d in route.dependant.dependencies]
         found = next((r for r in roles if r is not None), None)
         for method in route.methods or ():
-            table[(method, route.path)] = found
+            table[(method, route.path_format)] = found  # the path as the schema has it
     return table

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
-from nicheloop.http import Gatekeeper, OptionalRowId, gatekeeper_for, install_guards, requires
+from nicheloop.http import PROBLEMS, Gatekeeper, OptionalRowId, gatekeeper_for, install_guards, requires
 from nicheloop.keys import ApiKeys, Audit, Caller
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
@@ -58,7 +58,7 @@ def controller_api(
 ) -> FastAPI:
     """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors;
     ``gate`` says who calls (default: the API keys of ``ops``' store)."""
-    app = FastAPI(title="nicheloop rollouts")
+    app = FastAPI(title="nicheloop rollouts", responses=PROBLEMS)
     install_guards(app)
     app.state.gatekeeper = gate or Gatekeeper(ApiKeys(ops.rollouts.store))
     audit = Audit(ops.rollouts.store)

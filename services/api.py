@@ -7,15 +7,15 @@ and shape the answer. Domain errors become 4xx/503 answers (:mod:`services.http`
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotReady
-from nicheloop.http import RowId, requires
+from nicheloop.http import PROBLEMS, RowId, requires
 from nicheloop.keys import Caller
 from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
 from services.deps import GatewayResources, Resources
@@ -23,7 +23,7 @@ from services.feedback import record_feedback, submit_review
 from services.http import image_bytes, install_guards
 from services.predict import predict_image
 
-api = FastAPI(title="nicheloop", version="0.1.0")
+api = FastAPI(title="nicheloop", version="0.1.0", responses=PROBLEMS)
 install_guards(api, streamed={"/v1/predict"})  # the upload route bounds its own body
 
 
@@ -45,7 +45,11 @@ async def readyz(res: Resources) -> JSONResponse:
     return JSONResponse(status_code=200, content={"ready": True, "model_version": state.model_version})
 
 
-@api.get("/metrics")
+@api.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(res: Resources, _: Caller = requires("operator")) -> Response:
     """This replica's event-spool, load-shedding and model-call metrics (by arm and version) in
     Prometheus text format."""
@@ -146,7 +150,7 @@ async def review_stats(res: Resources, _: Caller = requires("reviewer", "operato
     return ReviewStats.model_validate(await asyncio.to_thread(res.queue.stats))
 
 
-@api.post("/v1/review/{task_id}", status_code=202, response_model=FeedbackAccepted)
+@api.post("/v1/review/{task_id:int}", status_code=202, response_model=FeedbackAccepted)
 async def review_submit(
     task_id: RowId, body: ReviewLabel, res: Resources, reviewer: Caller = requires("reviewer")
 ) -> FeedbackAccepted:
@@ -167,7 +171,7 @@ async def review_submit(
     return _accepted(event)
 
 
-@api.post("/v1/review/{task_id}/skip", status_code=200)
+@api.post("/v1/review/{task_id:int}/skip", status_code=200)
 async def review_skip(
     task_id: RowId, body: ReviewSkip, res: Resources, _: Caller = requires("reviewer")
 ) -> dict[str, Any]:
@@ -176,8 +180,18 @@ async def review_skip(
     return {"task_id": item.task_id, "status": item.status, "skips": item.skips}
 
 
-@api.get("/v1/images/{sha256}")
-async def image(sha256: str, res: Resources, _: Caller = requires("reviewer", "operator")) -> Response:
+@api.get(
+    "/v1/images/{sha256}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def image(
+    sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="The image's SHA-256, hex.")],
+    res: Resources,
+    _: Caller = requires("reviewer", "operator"),
+) -> Response:
     data = await asyncio.to_thread(res.blobs.get, sha256)
     return Response(content=data, media_type="application/octet-stream")
 

@@ -305,6 +305,12 @@ def install_gatekeeper(gate: Gatekeeper | None) -> None:
     _installed_gate = gate
 
 
+def gatekeeper_of(request: Request) -> Gatekeeper | None:
+    """The app's gatekeeper, else the process's. A module-level function on purpose: Serve pickles
+    the ingress app, and a closure pickled by value keeps a frozen copy of the globals it reads."""
+    return getattr(request.app.state, "gatekeeper", None) or _installed_gate
+
+
 def requires(*roles: Role) -> Any:
     """A route's dependency: the caller, who must hold one of ``roles`` (401 without a valid
     credential, 403 with another role). The app keeps its :class:`Gatekeeper` in
@@ -316,7 +322,7 @@ def requires(*roles: Role) -> Any:
         raise ValueError(f"roles must be some of {ROLES}, got {roles}")
 
     async def caller(request: Request) -> Caller:
-        gate: Gatekeeper | None = getattr(request.app.state, "gatekeeper", None) or _installed_gate
+        gate = gatekeeper_of(request)
         if gate is None:
             raise NotReady("the service is still starting; retry in a moment")
         key = presented_key(request)

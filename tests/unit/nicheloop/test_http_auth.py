@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from ray import cloudpickle
+from ray._common.serialization import pickle_dumps
+from ray.serve._private.utils import ensure_serialization_context
 
 from nicheloop.http import Gatekeeper, install_gatekeeper, install_guards, requires, route_roles
 from nicheloop.keys import ApiKeys, Caller
@@ -105,7 +108,9 @@ def test_a_copy_of_the_app_without_state_uses_the_process_gatekeeper(keys: ApiKe
         return {"by": caller.name}
 
     ops, _ = keys.create(name="ops", role="operator", created_by="t")
-    client = TestClient(app, raise_server_exceptions=False, headers={"X-API-Key": ops})
+    ensure_serialization_context()  # as serve.ingress freezes the app it hands its replicas
+    copy = cloudpickle.loads(pickle_dumps(app, error_msg="the app does not pickle"))
+    client = TestClient(copy, raise_server_exceptions=False, headers={"X-API-Key": ops})
     starting = client.get("/drift")
     assert starting.status_code == 503 and "starting" in starting.json()["detail"]
     install_gatekeeper(Gatekeeper(keys))

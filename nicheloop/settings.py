@@ -7,11 +7,12 @@ pass the object down.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WindowKind = Literal["sliding", "tumbling"]
@@ -183,10 +184,15 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="The HTTP proxy's limit on a whole request (a backstop for the above)."
     )
-    secret_key: str | None = Field(
+    secret_key: SecretStr | None = Field(
         None,
-        description="Hex key that signs prediction ids; default: $NICHELOOP_HOME/secret.key "
-        "(set it explicitly when gateway replicas run on several nodes).",
+        description="Hex key that signs prediction ids; default: the file secret_key_file, else "
+        "$NICHELOOP_HOME/secret.key (made once). Prefer the file: a value here travels in environments.",
+    )
+    secret_key_file: Path | None = Field(
+        None,
+        description="A file holding the hex key that signs prediction ids (e.g. a mounted secret): "
+        "one key for gateway replicas on several nodes, and no secret in any environment.",
     )
     oidc_issuer: str | None = Field(
         None, description="Bearer tokens (JWT) from this issuer are taken beside API keys (with …_JWKS_URL)."
@@ -303,14 +309,38 @@ class Settings(BaseSettings):
         return self.kafka_libs or default
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make a child process read exactly ``settings``."""
+SECRETS = frozenset({"secret_key"})  # never in a child's environment or a deployment's arguments
+SECRET_ENV = frozenset(f"NICHELOOP_{name.upper()}" for name in SECRETS)
+
+
+def shareable(settings: Settings) -> dict[str, Any]:
+    """``settings`` as plain values without its secrets, the home resolved: what may travel to
+    another process (a Serve deployment's arguments, a child's environment). Who needs a secret
+    reads it where it is kept (its file, or its own environment)."""
+    values = settings.model_dump(mode="json", exclude=set(SECRETS))
+    values["home"] = str(settings.home.resolve())
+    return values
+
+
+def settings_env(settings: Settings, *, secrets: bool = False) -> dict[str, str]:
+    """Environment variables that make a child process read exactly ``settings``; its secrets
+    only with ``secrets`` (for the Ray nodes, whose gateway replicas sign prediction ids)."""
     env = {}
-    for key, value in settings.model_dump(mode="json").items():
+    for key, value in shareable(settings).items():
         if value is not None:
             env[f"NICHELOOP_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    env["NICHELOOP_HOME"] = str(settings.home.resolve())
+    if secrets and settings.secret_key is not None:
+        env["NICHELOOP_SECRET_KEY"] = settings.secret_key.get_secret_value()
     return env
+
+
+def child_env(
+    settings: Settings, *, secrets: bool = False, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a child process: this one's without nicheloop's secrets, then
+    :func:`settings_env`, then ``extra``."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    return {**inherited, **settings_env(settings, secrets=secrets), **(extra or {})}
 
 
 @lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ from ray.serve import Application
 
 from nicheloop.cluster import connect_ray
 from nicheloop.errors import NotReady
-from nicheloop.settings import Settings
+from nicheloop.settings import Settings, shareable
 from services.gateway import gateway_deployment
 from services.inference import candidate_deployment, predictor_deployment
 
@@ -22,9 +22,9 @@ APP_NAME = "nicheloop"
 
 def build_app(settings: Settings) -> Application:
     """The ingress bound to the champion's and the candidate's predictor deployments, or holding
-    both models itself when ``serving_mode`` is ``fused`` (settings travel as a plain dict)."""
-    config = settings.model_dump(mode="json")
-    config["home"] = str(settings.home.resolve())
+    both models itself when ``serving_mode`` is ``fused`` (settings travel as a plain dict, without
+    secrets)."""
+    config = shareable(settings)  # no secret in a deployment's arguments: replicas read their own
     if settings.fused:
         return gateway_deployment(settings).bind(None, config, None)
     predictor = predictor_deployment(settings).bind(config, "champion")

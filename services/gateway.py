@@ -18,7 +18,7 @@ from nicheloop.http import gatekeeper_for, install_gatekeeper
 from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
-from nicheloop.settings import Settings
+from nicheloop.settings import Settings, shareable
 from nicheloop.store import Store
 from services.api import api
 from services.batching import Batcher
@@ -90,7 +90,7 @@ def _port(
     settings: Settings, handle: DeploymentHandle | None, arm: Literal["champion", "candidate"], replicas: int
 ) -> PredictorPort:
     if handle is None:
-        return InProcessPredictor(settings.model_dump(mode="json"), arm)
+        return InProcessPredictor(shareable(settings), arm)
     return ServePredictor(
         handle, max_batch=settings.batch_max_size, calls_at_once=CALLS_PER_REPLICA * replicas
     )
@@ -128,7 +128,11 @@ def gateway_resources(
         ),
         admission=Admission(settings.max_inflight_predictions, retry_after_s=RETRY_AFTER_S),
         rates=CallerRates(settings.caller_rate_per_s, settings.caller_burst),
-        key=load_or_create_key(settings.home, settings.secret_key),
+        key=load_or_create_key(
+            settings.home,
+            settings.secret_key.get_secret_value() if settings.secret_key else None,
+            file=settings.secret_key_file,
+        ),
         blobs=BlobStore(str(settings.blob_dir)),
         store=store,
         queue=ReviewQueue(store, QueuePolicy.from_settings(settings)),

@@ -20,19 +20,30 @@ from nicheloop.errors import InvalidInput
 _TAG_CHARS = 16
 
 
-def load_or_create_key(home: Path, configured: str | None = None) -> bytes:
-    """The signing key: ``configured`` (hex) if given, else ``home/secret.key`` (created 0600).
+def load_or_create_key(home: Path, configured: str | None = None, *, file: Path | None = None) -> bytes:
+    """The signing key: ``configured`` (hex) if given, else the one in ``file`` (e.g. a mounted
+    secret; it must exist), else ``home/secret.key`` (created 0600).
 
     Raises:
-        InvalidInput: if ``configured`` is not a hex string of at least 32 bytes.
+        InvalidInput: ``configured`` or ``file`` does not hold a hex key of at least 32 bytes, or
+        ``file`` cannot be read.
     """
+    if configured is None and file is not None:
+        try:
+            configured = file.read_text().strip()
+        except OSError as exc:
+            raise InvalidInput(f"NICHELOOP_SECRET_KEY_FILE {file} cannot be read ({exc})") from exc
     if configured is not None:
         try:
             key = bytes.fromhex(configured)
         except ValueError as exc:
-            raise InvalidInput("NICHELOOP_SECRET_KEY must be hex (e.g. `openssl rand -hex 32`)") from exc
+            raise InvalidInput(
+                "NICHELOOP_SECRET_KEY (or its _FILE) must be hex (e.g. `openssl rand -hex 32`)"
+            ) from exc
         if len(key) < 32:
-            raise InvalidInput("NICHELOOP_SECRET_KEY must hold at least 32 bytes (64 hex digits)")
+            raise InvalidInput(
+                "NICHELOOP_SECRET_KEY (or its _FILE) must hold at least 32 bytes (64 hex digits)"
+            )
         return key
     path = home.resolve() / "secret.key"
     if not path.exists():

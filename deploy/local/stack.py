@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nicheloop.cluster import haproxy_dir, port_open, serve_ingress_env
 from nicheloop.errors import StackError
-from nicheloop.settings import Settings, settings_env
+from nicheloop.settings import Settings, child_env
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,11 @@ def start_process(
     ready: Callable[[], bool],
     timeout: float = 120.0,
     env: dict[str, str] | None = None,
+    *,
+    secrets: bool = False,
 ) -> int:
     """Start ``cmd`` in its own session unless ``name`` already runs; wait until ``ready()``.
+    Its environment holds nicheloop's secrets only with ``secrets`` (the Ray head's).
 
     Raises:
         StackError: if the process exits or is not ready within ``timeout`` seconds (the
@@ -127,7 +130,7 @@ def start_process(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, **settings_env(s), **(env or {})},
+            env=child_env(s, secrets=secrets, extra=env),
         )
     (_run_dir(s) / f"{name}.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
@@ -328,6 +331,7 @@ def start_ray(s: Settings) -> int:
         lambda: port_open(s.host, s.ray_port) and port_open(s.host, s.ray_port + 2),
         timeout=120,
         env=env,
+        secrets=True,  # the gateway replicas sign prediction ids (unless the key is a file)
     )
 
 

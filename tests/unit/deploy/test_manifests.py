@@ -143,6 +143,13 @@ def test_ray_needs_its_token_everywhere_and_nothing_runs_as_root() -> None:
         assert all(
             c["securityContext"]["allowPrivilegeEscalation"] is False for c in pod["spec"]["containers"]
         )
+    for pod in pods:  # the id-signing key: a mounted secret on every node, never an environment value
+        [container] = pod["spec"]["containers"]
+        key_file = {e["name"]: e.get("value") for e in container["env"]}["NICHELOOP_SECRET_KEY_FILE"]
+        [mount] = [m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert mount["readOnly"] is True and volume["secret"]["secretName"]
+        assert not any(e["name"] == "NICHELOOP_SECRET_KEY" for e in container["env"])
     env = {e["name"]: e.get("value") for e in head["spec"]["containers"][0]["env"]}
     ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
     assert ports == {"gcs": int(env["NICHELOOP_RAY_PORT"]), "serve": int(env["NICHELOOP_SERVE_PORT"])}

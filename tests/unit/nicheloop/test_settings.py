@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nicheloop.settings import Settings, settings_env
+from nicheloop.settings import Settings, child_env, settings_env, shareable
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,3 +28,15 @@ def test_too_few_ingress_ports_are_refused_with_a_range_that_fits(tmp_path: Path
 
     with pytest.raises(ValidationError, match=r"at least 10 ports, e\.g\. 28100-28199"):
         Settings(home=tmp_path, ingress_ports=(28100, 28104))
+
+
+def test_the_signing_key_stays_out_of_children_unless_they_sign(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = "ab" * 32
+    monkeypatch.setenv("NICHELOOP_SECRET_KEY", secret)
+    s = Settings(home=tmp_path)
+    assert s.secret_key is not None and secret not in repr(s)  # not even in a log line
+    assert "secret_key" not in shareable(s) and "NICHELOOP_SECRET_KEY" not in settings_env(s)
+    assert "NICHELOOP_SECRET_KEY" not in child_env(s)  # not inherited either
+    assert child_env(s, secrets=True)["NICHELOOP_SECRET_KEY"] == secret  # the Ray head's

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from ray._common.serialization import pickle_dumps
 from ray.exceptions import RayActorError
+from ray.serve._private.utils import ensure_serialization_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentResponse
 
 from nicheloop.errors import NotReady, Overloaded
+from nicheloop.settings import Settings
+from services.app import build_app
 from services.gateway import CALLS_PER_REPLICA, ServePredictor
 from services.inference import ModelOutput, Pixels
 
@@ -124,3 +129,16 @@ def test_two_apps_fit_the_local_ray_head() -> None:
     s = Settings()
     parts = (gateway_deployment(s), predictor_deployment(s), candidate_deployment(s))
     assert sum(d.ray_actor_options["num_cpus"] for d in parts) <= s.ray_num_cpus / 2
+
+
+@pytest.mark.parametrize("mode", ["split", "fused"])
+def test_no_secret_travels_in_the_deployments_arguments(tmp_path: Path, mode: str) -> None:
+    """Serve keeps a deployment's arguments in the cluster's state: the signing key stays out of
+    them (replicas read it from their file or their own environment)."""
+    secret = "ef" * 32
+    app = build_app(Settings(home=tmp_path, secret_key=secret, serving_mode=mode))  # type: ignore[arg-type]
+    ensure_serialization_context()
+    frozen = pickle_dumps(app, error_msg="the application does not pickle")
+    assert secret.encode() not in frozen and str(tmp_path.resolve()).encode() in frozen
+    config = app._bound_deployment.init_args[1]  # the gateway's settings: no masked stand-in either
+    assert "secret_key" not in config and config["home"] == str(tmp_path.resolve())

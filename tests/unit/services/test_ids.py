@@ -33,6 +33,18 @@ def test_an_id_is_issued_to_one_caller_only() -> None:
     assert not is_issued(key, pid, owner="shop-b") and not is_issued(key, pid)
 
 
+def test_the_key_may_be_a_file_such_as_a_mounted_secret(tmp_path: Path) -> None:
+    mounted = tmp_path / "secret"
+    mounted.write_text("cd" * 32 + "\n")
+    assert load_or_create_key(tmp_path, file=mounted) == bytes.fromhex("cd" * 32)
+    assert not (tmp_path / "secret.key").exists()
+    with pytest.raises(InvalidInput, match="cannot be read"):
+        load_or_create_key(tmp_path, file=tmp_path / "absent")
+    mounted.write_text("short")
+    with pytest.raises(InvalidInput, match="_FILE"):
+        load_or_create_key(tmp_path, file=mounted)
+
+
 def test_a_non_ascii_tag_is_simply_not_issued() -> None:
     assert not is_issued(b"k" * 32, "a" * 32 + "." + "é" * 16)
 

@@ -17,6 +17,7 @@ Last line JSON: ``cases``, ``by_status_class``, ``five_xx`` (goal 0), ``unanswer
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import shutil
@@ -238,7 +239,35 @@ def auth_cases(keys: dict[str, str]) -> list[Case]:
             "4xx",
             lambda c: c.post("/v1/predict", content=png, headers={"X-API-Key": keys["operator"]}),
         ),
-    ]
+        Case(
+            "auth: an unsigned bearer token claiming admin",
+            "4xx",
+            lambda c: c.get("/metrics", headers={**nobody, "Authorization": f"Bearer {_unsigned_token()}"}),
+        ),
+    ] + (
+        [
+            Case(
+                "auth: an app labels another app's prediction",
+                "4xx",
+                lambda c: c.post(
+                    "/v1/feedback",
+                    json={
+                        "prediction_id": c.post("/v1/predict", content=png).json()["prediction_id"],
+                        "label": "x",
+                    },
+                    headers={"X-API-Key": keys["other-app"]},
+                ),
+            )
+        ]
+        if "other-app" in keys
+        else []
+    )
+
+
+def _unsigned_token() -> str:
+    """A JWT with ``alg: none`` that names itself an admin (``nicheloop.tokens`` takes none)."""
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': 'mallory', 'role': 'admin'})}."
 
 
 def catalogue(keys: dict[str, str]) -> list[Case]:
@@ -326,7 +355,8 @@ def main() -> None:
     parser.add_argument("--url", help="a running stack's endpoint (default: start one)")
     parser.add_argument(
         "--keys",
-        help="with --url: a JSON file of one key per role (e.g. $NICHELOOP_HOME/demo/demo-keys.json)",
+        help="with --url: a JSON file of one key per role (e.g. $NICHELOOP_HOME/demo/demo-keys.json), "
+        "and optionally a second app's as other-app",
     )
     args = parser.parse_args()
     started = time.monotonic()
@@ -337,12 +367,18 @@ def main() -> None:
     else:
         from cli.demo import demo_keys, start_loop
         from deploy.local import stack
+        from nicheloop.keys import ApiKeys
+        from nicheloop.store import Store
 
         home = Path(tempfile.mkdtemp(prefix="nicheloop-hostile-"))
         settings = _own_stack(home)
         try:
             start_loop(settings, per_class=20, epochs=1)
             keys = demo_keys(settings)
+            other, _ = ApiKeys(Store(settings.db_url)).create(
+                name="hostile-other-app", role="app", created_by="benchmarks/hostile.py"
+            )
+            keys = {**keys, "other-app": other}
             with httpx.Client(
                 base_url=settings.serve_url, timeout=60, headers={"X-API-Key": keys["app"]}
             ) as client:

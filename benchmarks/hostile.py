@@ -158,9 +158,11 @@ def body_cases() -> list[Case]:
     ]
 
 
-def id_cases() -> list[Case]:
-    """Ids and paths: forged, out of range, traversing."""
+def id_cases(keys: dict[str, str]) -> list[Case]:
+    """Ids and paths: forged, out of range, traversing (review tasks and images as a reviewer,
+    whose routes they are: an app would be refused before its ids are read)."""
     lease = {"label": "x", "lease_token": "t"}
+    rv = {"X-API-Key": keys["reviewer"]}
     return [
         Case(
             "id: prediction id with a non-ASCII tag",
@@ -186,18 +188,32 @@ def id_cases() -> list[Case]:
                 "/v1/feedback", json={"prediction_id": "0" * 32 + ".0123456789abcdef", "label": "a\x00"}
             ),
         ),
-        Case("id: task 10^20", "4xx", lambda c: c.post("/v1/review/" + "1" + "0" * 20, json=lease)),
-        Case("id: task -1", "4xx", lambda c: c.post("/v1/review/-1", json=lease)),
-        Case("id: task 'abc'", "4xx", lambda c: c.post("/v1/review/abc/skip", json={"lease_token": "t"})),
-        Case("id: task that does not exist", "4xx", lambda c: c.post("/v1/review/987654", json=lease)),
         Case(
-            "id: reviewer name of 10,000 characters",
-            "4xx",
-            lambda c: c.get("/v1/review/next", headers={"x-reviewer": "r" * 10_000}),
+            "id: task 10^20", "4xx", lambda c: c.post("/v1/review/" + "1" + "0" * 20, json=lease, headers=rv)
         ),
-        Case("path: image ../../secret.key", "4xx", lambda c: c.get("/v1/images/..%2F..%2Fsecret.key")),
-        Case("path: image id with NUL", "4xx", lambda c: c.get("/v1/images/" + "0" * 63 + "%00")),
-        Case("path: image that does not exist", "4xx", lambda c: c.get("/v1/images/" + "0" * 64)),
+        Case("id: task -1", "4xx", lambda c: c.post("/v1/review/-1", json=lease, headers=rv)),
+        Case(
+            "id: task 'abc'",
+            "4xx",
+            lambda c: c.post("/v1/review/abc/skip", json={"lease_token": "t"}, headers=rv),
+        ),
+        Case(
+            "id: task that does not exist",
+            "4xx",
+            lambda c: c.post("/v1/review/987654", json=lease, headers=rv),
+        ),
+        Case(
+            "id: a key of 10,000 characters",
+            "4xx",
+            lambda c: c.get("/v1/review/next", headers={"X-API-Key": "nlk_" + "r" * 10_000}),
+        ),
+        Case(
+            "path: image ../../secret.key",
+            "4xx",
+            lambda c: c.get("/v1/images/..%2F..%2Fsecret.key", headers=rv),
+        ),
+        Case("path: image id with NUL", "4xx", lambda c: c.get("/v1/images/" + "0" * 63 + "%00", headers=rv)),
+        Case("path: image that does not exist", "4xx", lambda c: c.get("/v1/images/" + "0" * 64, headers=rv)),
         Case("path: unknown route", "4xx", lambda c: c.get("/v1/../../etc/passwd")),
         Case("method: GET /v1/predict", "4xx", lambda c: c.get("/v1/predict")),
         Case(
@@ -271,7 +287,7 @@ def _unsigned_token() -> str:
 
 
 def catalogue(keys: dict[str, str]) -> list[Case]:
-    return image_cases() + body_cases() + id_cases() + auth_cases(keys)
+    return image_cases() + body_cases() + id_cases(keys) + auth_cases(keys)
 
 
 def role_matrix_mismatches(client: httpx.Client, keys: dict[str, str]) -> list[str]:

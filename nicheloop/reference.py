@@ -48,6 +48,36 @@ class Reference:
             (),
         )
 
+    def in_proportion(self, shares: np.ndarray, *, seed: int = 0) -> Reference:
+        """The largest subset of rows whose classes come in ``shares`` (one per class): a held-out
+        set drawn image by image (a keyed hash) has a chance class mix, which a mean-shift test of
+        the live stream reads as drift. Rows of over-represented classes are dropped at random
+        (seeded); classes the rows lack are left out of the proportions."""
+        y = self.labels.astype(int)
+        counts = np.bincount(y, minlength=len(shares))[: len(shares)]
+        want = np.where(counts > 0, np.asarray(shares, np.float64), 0.0)
+        if len(y) == 0 or want.sum() <= 0:
+            return self
+        want = want / want.sum()
+        scale = min(counts[c] / want[c] for c in np.flatnonzero(want))
+        keep = np.floor(want * scale + 1e-9).astype(int)
+        rng = np.random.default_rng(seed)
+        rows = np.sort(
+            np.concatenate(
+                [rng.choice(np.flatnonzero(y == c), keep[c], replace=False) for c in range(len(keep))]
+            )
+        )
+        return Reference(
+            self.embeddings[rows],
+            self.stats[rows] if self.stats.size else self.stats,
+            self.probs[rows] if self.probs.size else self.probs,
+            self.labels[rows],
+            self.class_names,
+            self.accuracy,
+            self.macro_f1,
+            early=self.early[rows] if self.early.size else self.early,
+        )
+
     def save(self, folder: Path) -> Path:
         path = folder / FILE
         np.savez_compressed(

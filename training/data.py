@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -64,6 +65,14 @@ class Snapshot:
                 "excluded_actors": list(self.excluded_actors),
             }
         )
+
+
+def class_shares(snap: Snapshot, classes: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Each of ``classes``' share of every label in ``snap`` (both sides): the class mix the
+    held-out side would have without the chance of its draw."""
+    counts = Counter(e.label for e in (*snap.train, *snap.holdout))
+    total = sum(counts[c] for c in classes)
+    return np.array([counts[c] / total if total else 0.0 for c in classes])
 
 
 def read_image_folder(root: Path) -> list[tuple[bytes, str]]:

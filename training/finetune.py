@@ -29,7 +29,15 @@ from nicheloop.settings import Settings
 from nicheloop.store import Store
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, dump_recipe
-from training.data import Example, Snapshot, parse_manifest, replay_buffer, snapshot, split_validation
+from training.data import (
+    Example,
+    Snapshot,
+    class_shares,
+    parse_manifest,
+    replay_buffer,
+    snapshot,
+    split_validation,
+)
 from training.distributed import fit
 from training.evaluate import evaluate, predict_all
 from training.probe import probe_head
@@ -204,6 +212,7 @@ def _fit_evaluate_register(
     )
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
+    reference = reference.in_proportion(class_shares(snap, model.class_names))  # not the split's chance mix
     metrics = (
         {f"holdout_{k}": v for k, v in rep.metrics.items()}
         | extra_metrics

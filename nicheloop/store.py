@@ -289,14 +289,18 @@ class Store:
 
     def _holdout_secret(self) -> bytes:
         """The key of the held-out split, made once per database; the first time, rows labeled
-        under the old public hash are split again under it, so each image keeps one side."""
+        under the old public hash are split again under it, so each image keeps one side. Opening
+        a store whose key exists only reads it (no write transaction at every start)."""
+        query = select(ServerSecret.value).where(ServerSecret.name == "holdout")
+        with Session(self.engine) as s:
+            known = s.scalar(query)
+        if known is not None:
+            return bytes.fromhex(known)
         with Session(self.engine) as s, s.begin():
             made = self.insert_ignore(
                 s, ServerSecret, {"name": "holdout", "value": secrets.token_hex(32)}, ["name"]
             )
-            key = bytes.fromhex(
-                s.scalars(select(ServerSecret.value).where(ServerSecret.name == "holdout")).one()
-            )
+            key = bytes.fromhex(s.scalars(query).one())
             if made:
                 for row in s.scalars(select(LabeledExample)):
                     row.holdout = is_holdout(row.image_sha256, key)
@@ -459,7 +463,7 @@ class Store:
             q = select(LabeledExample)
             if holdout is not None:
                 q = q.where(LabeledExample.holdout == holdout)
-            rows = [r for r in s.scalars(q) if r.actor is None or r.actor not in excluded]
+            rows = [r for r in s.scalars(q) if r.actor not in excluded]
         best: dict[str, LabeledExample] = {}
         for r in sorted(rows, key=lambda r: (rank.get(r.source, 9), r.created_at), reverse=True):
             best[r.image_sha256] = r

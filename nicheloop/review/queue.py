@@ -22,6 +22,7 @@ import statistics
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -53,6 +54,11 @@ class QueuePolicy:
     def from_settings(cls, settings: Settings) -> QueuePolicy:
         """The queue's budget, lease and expiry, from ``NICHELOOP_REVIEW_*``."""
         return cls(**settings.section("review_"))
+
+
+def _claimed_by(reviewer: str | None) -> list[Any]:
+    """The filter on items claimed by ``reviewer``; none (everyone's) for None."""
+    return [ReviewItem.claimed_by == reviewer] if reviewer is not None else []
 
 
 def _aware(ts: datetime) -> datetime:
@@ -214,7 +220,7 @@ class ReviewQueue:
     def _used(self, s: Session, now: datetime, window: timedelta, reviewer: str | None = None) -> int:
         """Items labeled in ``window`` or held under a live lease (by ``reviewer``, else anyone)."""
         since = now - window
-        mine = [ReviewItem.claimed_by == reviewer] if reviewer is not None else []
+        mine = _claimed_by(reviewer)
         done = s.scalar(
             select(func.count()).select_from(ReviewItem).where(ReviewItem.done_at >= since, *mine)
         )
@@ -240,9 +246,10 @@ class ReviewQueue:
             (DAY, self.policy.budget_per_reviewer_day, "daily per-reviewer", reviewer),
         ):
             if self._used(s, now, window, whose) >= limit:
-                mine = [ReviewItem.claimed_by == whose] if whose is not None else []
                 oldest = s.scalar(
-                    select(func.min(ReviewItem.done_at)).where(ReviewItem.done_at >= now - window, *mine)
+                    select(func.min(ReviewItem.done_at)).where(
+                        ReviewItem.done_at >= now - window, *_claimed_by(whose)
+                    )
                 )
                 retry = (
                     (_aware(oldest) + window - now).total_seconds()

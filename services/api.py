@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
-from nicheloop.errors import NotReady
+from nicheloop.errors import NotFound, NotReady
 from nicheloop.http import PROBLEMS, RowId, requires
 from nicheloop.keys import Caller
 from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
@@ -190,8 +190,11 @@ async def review_skip(
 async def image(
     sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="The image's SHA-256, hex.")],
     res: Resources,
-    _: Caller = requires("reviewer", "operator"),
+    who: Caller = requires("reviewer", "operator"),
 ) -> Response:
+    """A stored image: any for an operator, those of their own tasks for a reviewer."""
+    if who.role == "reviewer" and not await asyncio.to_thread(res.queue.shows, who.name, sha256):
+        raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")
     data = await asyncio.to_thread(res.blobs.get, sha256)
     return Response(content=data, media_type="application/octet-stream")
 

@@ -31,7 +31,7 @@ from nicheloop.contracts import utcnow
 from nicheloop.errors import BudgetSpent, Conflict, NotFound
 from nicheloop.review.schemas import ReviewTask
 from nicheloop.settings import Settings
-from nicheloop.store import ReviewItem, Store
+from nicheloop.store import Prediction, ReviewItem, Store
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
@@ -164,6 +164,18 @@ class ReviewQueue:
             lease_token=item.lease_token or "",
             lease_expires_at=item.lease_expires_at,
         )
+
+    def shows(self, reviewer: str, image_sha256: str) -> bool:
+        """Whether a task leased to ``reviewer`` (now, or labeled by them) shows this image: a
+        reviewer sees the images of their tasks, not the whole blob store."""
+        with Session(self.engine) as s:
+            found = s.scalar(
+                select(ReviewItem.task_id)
+                .join(Prediction, Prediction.prediction_id == ReviewItem.prediction_id)
+                .where(ReviewItem.claimed_by == reviewer, Prediction.image_sha256 == image_sha256)
+                .limit(1)
+            )
+        return found is not None
 
     def check_lease(self, task_id: int, lease_token: str) -> ReviewItem:
         """The item, if ``lease_token`` is its current lease.

@@ -38,7 +38,9 @@ def test_a_prediction_is_answered_stored_and_published(
     [(topic, key, event)] = res.publisher.events  # type: ignore[attr-defined]
     assert (topic, key) == (PREDICTIONS_TOPIC, body["prediction_id"])
     assert isinstance(event, PredictionEvent) and event.image_stats and event.label == body["label"]
-    assert client.get(f"/v1/images/{event.image_sha256}", headers=as_role["reviewer"]).content == png
+    assert client.get(f"/v1/images/{event.image_sha256}", headers=as_role["operator"]).content == png
+    not_yours = client.get(f"/v1/images/{event.image_sha256}", headers=as_role["reviewer"])
+    assert not_yours.status_code == 404 and "no task of yours" in not_yours.json()["detail"]
     assert client.get(f"/v1/images/{event.image_sha256}").status_code == 403  # not the app's to read
     assert client.post("/v1/predict", content=b"not an image").status_code == 400
 
@@ -103,6 +105,9 @@ def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
         res.queue.enqueue(event.prediction_id, 0.5)
     task = client.get("/v1/review/next", headers=ann).json()
     assert task["image_url"].startswith("/v1/images/") and task["class_names"] == ["crack", "ok"]
+    assert client.get(task["image_url"], headers=ann).content == png  # the image of ann's own task
+    bo = {"X-API-Key": ApiKeys(res.store).create(name="bo", role="reviewer", created_by="t")[0]}
+    assert client.get(task["image_url"], headers=bo).status_code == 404  # not bo's task
     label = {"label": "ok", "lease_token": task["lease_token"]}
     resp = client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann)
     assert resp.status_code == 202 and resp.json()["source"] == "reviewer"

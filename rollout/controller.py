@@ -248,7 +248,7 @@ def start_rollout(
     if version is not None:
         registry.version(version)  # NotFound for a typo, before any alias moves
         registry.set_alias(CANDIDATE, version)
-    checked = offline_gates(registry, tolerance=tolerance)
+    checked = offline_gates(registry, tolerance=max(tolerance, plan.offline_tolerance))
     first = start(checked.promoted, checked.previous, plan, now)
     return rollouts.create(
         first,

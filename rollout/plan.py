@@ -23,6 +23,13 @@ class RolloutPlan(BaseModel):
         (0.05, 0.25, 0.5), description="Canary shares of traffic, in order; then the candidate is champion."
     )
     min_step_s: float = Field(600.0, ge=0, description="Least time in shadow and in each canary step.")
+    offline_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Held-out accuracy (a fraction) a retrained candidate may lose against the champion "
+        "and still start: on a hold-out of a hundred images one image moves it by a point.",
+    )
     max_step_s: float = Field(
         86_400.0, gt=0, description="Longest wait for enough evidence in one step; then the rollout holds."
     )

@@ -79,3 +79,20 @@ def test_refuses_and_says_why(aliases, parent, metrics, words, rollouts: Rollout
     with pytest.raises(GateRefused, match=words):
         promote(reg, rollouts, actor="t")  # type: ignore[arg-type]
     assert reg.moves == [] and rollouts.champion() is None
+
+
+def test_a_plan_may_let_a_candidate_start_within_its_offline_tolerance(rollouts: Rollouts) -> None:
+    from rollout.controller import start_rollout
+    from rollout.plan import RolloutPlan
+    from tests.unit.rollout.test_controller import Registry
+
+    class OnePointWorse(Registry):
+        def run_metrics(self, run_id: str) -> dict[str, float]:
+            return {"holdout_accuracy": 0.9835, "parent_holdout_accuracy": 0.9917}  # one image in 121
+
+    with pytest.raises(GateRefused, match="offline_accuracy"):
+        start_rollout(rollouts, OnePointWorse(), RolloutPlan(), now=0.0, actor="t")
+    started = start_rollout(
+        rollouts, OnePointWorse(), RolloutPlan(offline_tolerance=0.02), now=0.0, actor="t"
+    )
+    assert started.state == "shadow"

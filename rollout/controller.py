@@ -236,10 +236,9 @@ def start_rollout(
     now: float,
     actor: str,
     version: str | None = None,
-    tolerance: float = 0.0,
 ) -> Rollout:
     """Start the candidate (``version``, which becomes the candidate alias, or the alias's version)
-    in shadow, once it passes the offline gates.
+    in shadow, once it passes the offline gates (within the plan's ``offline_tolerance``).
 
     Raises:
         GateRefused: an offline gate failed or held. Conflict: a rollout is live already.
@@ -248,7 +247,7 @@ def start_rollout(
     if version is not None:
         registry.version(version)  # NotFound for a typo, before any alias moves
         registry.set_alias(CANDIDATE, version)
-    checked = offline_gates(registry, tolerance=max(tolerance, plan.offline_tolerance))
+    checked = offline_gates(registry, tolerance=plan.offline_tolerance)
     first = start(checked.promoted, checked.previous, plan, now)
     return rollouts.create(
         first,

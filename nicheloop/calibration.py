@@ -24,20 +24,31 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(gap)
 
 
-def ece_noise(confidences: np.ndarray, bins: int = 15) -> tuple[float, float]:
+def ece_noise(
+    confidences: np.ndarray, correct: np.ndarray | None = None, bins: int = 15
+) -> tuple[float, float]:
     """What the ECE of a perfectly calibrated model would read on these confidences, from sampling
     alone: its expected value (ECE is biased upwards on few labels) and its standard deviation.
 
     Each bin's gap sum(correct - confidence) is then a sum of independent centred terms of variance
     v_b = sum(conf * (1 - conf)); its absolute value has mean sqrt(2 v_b / pi) and variance
     v_b (1 - 2 / pi) (normal approximation), and the ECE is their sum over N.
+
+    With ``correct`` (which predictions were right) the spread is that of the ECE actually read:
+    each bin's variance is the larger of v_b and n_b acc_b (1 - acc_b), taken whole, since an
+    overconfident model's errors vary more than its confidences say and a gap far from zero varies
+    as much as the gap itself.
     """
     if len(confidences) == 0:
         return 0.0, 0.0
     which = np.minimum((confidences * bins).astype(int), bins - 1)
-    return binned_ece_noise(
-        np.bincount(which, weights=confidences * (1 - confidences), minlength=bins), len(confidences)
-    )
+    v = np.bincount(which, weights=confidences * (1 - confidences), minlength=bins)
+    bias, sd = binned_ece_noise(v, len(confidences))
+    if correct is not None:
+        n = np.bincount(which, minlength=bins).astype(np.float64)
+        acc = np.bincount(which, weights=np.asarray(correct, np.float64), minlength=bins) / np.maximum(n, 1)
+        sd = max(sd, float(np.sqrt(np.maximum(v, n * acc * (1 - acc)).sum()) / len(confidences)))
+    return bias, sd
 
 
 def binned_ece_noise(variances: np.ndarray, n: int) -> tuple[float, float]:

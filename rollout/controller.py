@@ -238,7 +238,8 @@ def start_rollout(
     version: str | None = None,
 ) -> Rollout:
     """Start the candidate (``version``, which becomes the candidate alias, or the alias's version)
-    in shadow, once it passes the offline gates (within the plan's ``offline_tolerance``).
+    in shadow, once it passes the offline gates: a held-out loss beyond the plan's ``offline_tolerance``
+    refuses it when significant at the plan's ``alpha`` (shadow and canary then look at live labels).
 
     Raises:
         GateRefused: an offline gate failed or held. Conflict: a rollout is live already.
@@ -247,7 +248,7 @@ def start_rollout(
     if version is not None:
         registry.version(version)  # NotFound for a typo, before any alias moves
         registry.set_alias(CANDIDATE, version)
-    checked = offline_gates(registry, tolerance=plan.offline_tolerance)
+    checked = offline_gates(registry, tolerance=plan.offline_tolerance, alpha=plan.alpha)
     first = start(checked.promoted, checked.previous, plan, now)
     return rollouts.create(
         first,

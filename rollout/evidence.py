@@ -67,14 +67,16 @@ def _arm(
 
 def _ece(labeled: list[Scored], n: int, seed: int) -> tuple[float | None, float, float]:
     """ECE on ``n`` of the labeled predictions (a seeded draw), with what sampling alone would give
-    a calibrated model there (:func:`nicheloop.calibration.ece_noise`); None without labels. Labels
+    a calibrated model there and the spread of the ECE read (:func:`nicheloop.calibration.ece_noise`);
+    None without labels. Labels
     outside the model's classes count as wrong at the model's confidence."""
     if n == 0:
         return None, 0.0, 0.0
     drawn = random.Random(seed).sample(labeled, n)
     probs = np.asarray([x.probs for x in drawn], dtype=np.float64)
     y = np.asarray([x.class_names.index(x.truth) if x.truth in x.class_names else -1 for x in drawn])
-    return expected_calibration_error(probs, y), *ece_noise(probs.max(axis=1))
+    right = probs.argmax(axis=1) == y
+    return expected_calibration_error(probs, y), *ece_noise(probs.max(axis=1), right)
 
 
 def _inputs(candidate: list[Scored], champion: list[Scored]) -> Inputs:

@@ -58,13 +58,15 @@ def offline_gates(
     registry: AliasRegistry,
     *,
     tolerance: float = 0.0,
+    alpha: float | None = None,
     max_drop_points: float = 0.5,
     max_ece_increase: float = 0.01,
     refuse: bool = True,
 ) -> Promotion:
     """Run the offline gates on the candidate against the champion, moving no alias.
 
-    ``tolerance``: held-out accuracy (a fraction) a retrained candidate may lose; ``max_drop_points``
+    ``tolerance``: held-out accuracy (a fraction) a retrained candidate may lose; ``alpha``: a loss
+    beyond it is refused only when significant on the paired hold-out (None: always); ``max_drop_points``
     and ``max_ece_increase``: what a compressed candidate may lose against its source.
     ``refuse=False`` returns every verdict, failed ones too (a preview).
 
@@ -77,6 +79,7 @@ def offline_gates(
         champ,
         cand,
         accuracy_tolerance=tolerance,
+        accuracy_alpha=alpha,
         compression_max_accuracy_drop_points=max_drop_points,
         compression_max_ece_increase=max_ece_increase,
     )

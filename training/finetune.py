@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nicheloop.blobs import BlobStore
 from nicheloop.cluster import connect_ray
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
+from nicheloop.reference import Reference
 from nicheloop.registry import Registry, VersionInfo
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
@@ -160,6 +163,9 @@ class Lineage:
     parent_version: str = "none"
     parent: NicheModel | None = None
     old_holdout: tuple[Example, ...] = ()
+    # which of this snapshot's held-out images the parent got right, in their order (the offline
+    # gate's paired test)
+    parent_correct: np.ndarray | None = None
 
     def tags(self, snap: Snapshot, model: NicheModel, cfg: TrainConfig) -> dict[str, str]:
         return {
@@ -212,12 +218,14 @@ def _fit_evaluate_register(
     )
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
+    paired = discordant(reference, lineage.parent_correct) if lineage.parent_correct is not None else {}
     reference = reference.in_proportion(class_shares(snap, model.class_names))  # not the split's chance mix
     metrics = (
         {f"holdout_{k}": v for k, v in rep.metrics.items()}
         | extra_metrics
         | _training_figures(data, history)
         | calibration
+        | paired
     )
     if lineage.parent is not None:
         metrics |= forgetting(lineage.parent, model, blobs, lineage.old_holdout)
@@ -281,6 +289,16 @@ def continual_set(snap: Snapshot, parent: Snapshot | None, cfg: TrainConfig) -> 
     return training_set(new + replay, cfg, new=len(new), replayed=len(replay))
 
 
+def discordant(candidate: Reference, parent_correct: np.ndarray) -> dict[str, float]:
+    """The held-out images only the candidate and only its parent got right (the pairs both got
+    right or wrong say nothing about which is better)."""
+    mine = candidate.probs.argmax(axis=1) == candidate.labels
+    return {
+        "holdout_candidate_only": float((mine & ~parent_correct).sum()),
+        "holdout_parent_only": float((parent_correct & ~mine).sum()),
+    }
+
+
 def forgetting(
     before: NicheModel, after: NicheModel, blobs: BlobStore, old: list[Example] | tuple[Example, ...]
 ) -> dict[str, float]:
@@ -312,7 +330,9 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         log.warning("left out labels that are not the champion's classes: %s", left_out)
     data = continual_set(snap, parent_snap, cfg)
     blobs = BlobStore(str(settings.blob_dir))
-    parent_report, _ = evaluate(champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
+    parent_report, parent_ref = evaluate(
+        champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall
+    )
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
     extra["labels_left_out_unknown_class"] = float(sum(left_out.values()))  # lineage says so
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
@@ -325,6 +345,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         parent_version=champion.info.version,
         parent=before,
         old_holdout=parent_snap.holdout if parent_snap else (),
+        parent_correct=parent_ref.probs.argmax(axis=1) == parent_ref.labels,
     )
     return _fit_evaluate_register(
         settings, champion.model, snap, data, cfg, lineage=lineage, extra_metrics=extra

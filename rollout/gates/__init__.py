@@ -53,7 +53,8 @@ class Arm:
     labels: int = 0
     correct: int = 0
     ece: float | None = None
-    # what sampling alone gives a calibrated model's ECE at this count (nicheloop.calibration.ece_noise)
+    # what sampling alone gives a calibrated model's ECE at this count, and the spread of the ECE read
+    # (nicheloop.calibration.ece_noise)
     ece_bias: float = 0.0
     ece_sd: float = 0.0
     predicted: dict[str, int] = field(default_factory=dict)  # class -> predictions of it, labeled or not
@@ -101,6 +102,9 @@ class Evidence:
     champion: VersionInfo
     candidate: VersionInfo
     accuracy_tolerance: float = 0.0  # accuracy (fraction) the candidate may lose against the champion
+    # with it, a loss beyond the tolerance is refused only when significant on the paired hold-out
+    # (McNemar at this level); without it (None), any such loss is refused
+    accuracy_alpha: float | None = None
     # what a compressed candidate may lose against the version it was compiled from (Settings)
     compression_max_accuracy_drop_points: float = 0.5
     compression_max_ece_increase: float = 0.01

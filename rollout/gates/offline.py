@@ -1,10 +1,12 @@
-"""The offline gate: the candidate descends from today's champion and is not worse on held-out labels."""
+"""The offline gate: the candidate descends from today's champion and is not worse on held-out labels
+(beyond a tolerance, and, when the caller gives a level, beyond chance on the paired hold-out)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 from rollout.gates import Evidence, GateResult, Phase, register_gate
+from rollout.stats import mcnemar
 
 
 @register_gate
@@ -41,13 +43,36 @@ class OfflineAccuracy:
             "champion_accuracy": base,
             "tolerance": evidence.accuracy_tolerance,
         }
-        if acc < base - evidence.accuracy_tolerance:
+        if acc >= base - evidence.accuracy_tolerance:
+            return GateResult(self.name, "pass", f"held-out accuracy {acc:.4f} against {base:.4f}", figures)
+        worse = (
+            f"candidate {cand.version} held-out accuracy {acc:.4f} is below the champion "
+            f"{champ.version}'s {base:.4f} (tolerance {evidence.accuracy_tolerance})"
+        )
+        pairs = _discordant(metrics)
+        if evidence.accuracy_alpha is None or pairs is None:
+            return self._fail(worse, figures)
+        mine, theirs = pairs
+        p = mcnemar(mine, theirs)
+        figures |= {"candidate_only": float(mine), "champion_only": float(theirs), "p_value": p}
+        if p < evidence.accuracy_alpha:
             return self._fail(
-                f"candidate {cand.version} held-out accuracy {acc:.4f} is below the champion "
-                f"{champ.version}'s {base:.4f} (tolerance {evidence.accuracy_tolerance})",
+                f"{worse}: {theirs} images only the champion got right, {mine} only the "
+                f"candidate (McNemar p = {p:.3g} < {evidence.accuracy_alpha})",
                 figures,
             )
-        return GateResult(self.name, "pass", f"held-out accuracy {acc:.4f} against {base:.4f}", figures)
+        reason = (
+            f"held-out accuracy {acc:.4f} against {base:.4f}, within noise: {theirs} images only the "
+            f"champion got right, {mine} only the candidate (McNemar p = {p:.3g})"
+        )
+        return GateResult(self.name, "pass", reason, figures)
 
     def _fail(self, reason: str, figures: dict[str, float] | None = None) -> GateResult:
         return GateResult(self.name, "fail", reason, figures or {})
+
+
+def _discordant(metrics: dict[str, float]) -> tuple[int, int] | None:
+    """The hold-out images only the candidate and only its parent got right, as training logged
+    them (None for a version trained before it logged them)."""
+    mine, theirs = metrics.get("holdout_candidate_only"), metrics.get("holdout_parent_only")
+    return None if mine is None or theirs is None else (int(mine), int(theirs))

@@ -252,6 +252,11 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
     assert registry.run_metrics(second.version.run_id)["forgetting_points"] == pytest.approx(
         m["forgetting_points"]
     )
+    # the offline gate's paired test: the accuracies differ by the images only one of them got right
+    n = m["holdout_n"]
+    assert m["holdout_accuracy"] - m["parent_holdout_accuracy"] == pytest.approx(
+        (m["holdout_candidate_only"] - m["holdout_parent_only"]) / n
+    )
 
     with pytest.raises(InvalidInput, match="no labels are new"):
         registry.set_alias("champion", second.version.version)

@@ -32,3 +32,18 @@ def test_the_binned_form_agrees_and_no_labels_say_nothing() -> None:
     variances = np.bincount(which, weights=conf * (1 - conf), minlength=15)
     assert binned_ece_noise(variances, len(conf)) == pytest.approx(ece_noise(conf))
     assert ece_noise(np.array([])) == (0.0, 0.0) == binned_ece_noise(np.zeros(15), 0)
+
+
+def test_an_overconfident_models_spread_is_read_from_its_errors() -> None:
+    """Right 75% of the time at 95% confidence: the spread from the confidences alone is too narrow
+    (a gate would fail such a model on noise); read from the errors it covers the simulated one."""
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.93, 0.97, 40)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    eces = np.array(
+        [expected_calibration_error(probs, (rng.random(40) >= 0.75).astype(int)) for _ in range(600)]
+    )
+    right = rng.random(40) < 0.75
+    _, narrow = ece_noise(conf)
+    _, wide = ece_noise(conf, right)
+    assert narrow < 0.5 * eces.std() and eces.std() <= wide < 2.0 * eces.std()

@@ -96,3 +96,35 @@ def test_a_plan_may_let_a_candidate_start_within_its_offline_tolerance(rollouts:
         rollouts, OnePointWorse(), RolloutPlan(offline_tolerance=0.02), now=0.0, actor="t"
     )
     assert started.state == "shadow"
+
+
+@pytest.mark.parametrize(
+    ("candidate_only", "parent_only", "starts"), [(0, 1, True), (2, 4, True), (0, 12, False), (1, 15, False)]
+)
+def test_a_rollout_refuses_a_held_out_loss_only_when_the_paired_test_finds_it(
+    candidate_only: int, parent_only: int, starts: bool, rollouts: Rollouts
+) -> None:
+    from rollout.controller import start_rollout
+    from rollout.plan import RolloutPlan
+    from tests.unit.rollout.test_controller import Registry
+
+    n = 121  # the same hold-out, paired: accuracy follows from the discordant counts
+
+    class Paired(Registry):
+        def run_metrics(self, run_id: str) -> dict[str, float]:
+            return {
+                "holdout_accuracy": (n - 20 + candidate_only) / n,
+                "parent_holdout_accuracy": (n - 20 + parent_only) / n,
+                "holdout_candidate_only": float(candidate_only),
+                "holdout_parent_only": float(parent_only),
+            }
+
+    if starts:
+        assert start_rollout(rollouts, Paired(), RolloutPlan(), now=0.0, actor="t").state == "shadow"
+    else:
+        with pytest.raises(GateRefused, match=f"{parent_only} images only the champion got right"):
+            start_rollout(rollouts, Paired(), RolloutPlan(), now=0.0, actor="t")
+    # promoting on the offline gates alone has no live evidence after it: any loss is refused
+    reg = FakeRegistry({"champion": "1", "candidate": "2"}, "1", Paired().run_metrics("r"))
+    with pytest.raises(GateRefused, match="below"):
+        promote(reg, rollouts, actor="t")  # type: ignore[arg-type]

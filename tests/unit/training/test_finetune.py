@@ -17,7 +17,7 @@ from training.calibrate import fit_temperature
 from training.config import TrainConfig
 from training.data import Example, Snapshot
 from training.evaluate import predict_all
-from training.finetune import TrainingSet, _calibrate, continual_set, training_set
+from training.finetune import TrainingSet, _calibrate, continual_set, discordant, training_set
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
@@ -77,3 +77,14 @@ def test_temperature_is_fitted_on_calibration_labels_and_falls_back_to_selection
     assert _calibrate(model, blobs, fallback, TrainConfig())["calibration_on_selection"] == 1.0
     assert model.extra["temperature"] == pytest.approx(fit_temperature(preds_val.logits, preds_val.y))
     assert _calibrate(model, blobs, fallback, TrainConfig(calibrate=False)) == {}
+
+
+def test_discordant_counts_the_images_only_one_model_got_right() -> None:
+    from nicheloop.reference import Reference
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 0, 1, 1])  # the candidate: right, wrong, wrong, right
+    ref = Reference(np.zeros((4, 3)), np.zeros((0, 0)), probs, labels, ("a", "b"))
+    parent = np.array([True, True, False, False])
+    assert discordant(ref, parent) == {"holdout_candidate_only": 1.0, "holdout_parent_only": 1.0}
+    assert discordant(ref, np.zeros(4, bool)) == {"holdout_candidate_only": 2.0, "holdout_parent_only": 0.0}

@@ -290,16 +290,19 @@ def catalogue(keys: dict[str, str]) -> list[Case]:
     return image_cases() + body_cases() + id_cases(keys) + auth_cases(keys)
 
 
-def role_matrix_mismatches(client: httpx.Client, keys: dict[str, str]) -> list[str]:
-    """Every gateway route called as every role and with no key: what answered otherwise than its
-    declared roles say (401 without a key, 403 for another role, neither for its own roles)."""
+def role_matrix_mismatches(client: Any, keys: dict[str, str], *, app: Any = None) -> list[str]:
+    """Every route of ``app`` (default: the gateway's) called through ``client`` as every role and
+    with no key: what answered otherwise than its declared roles say (401 without a key, 403 for
+    another role, neither for its own roles)."""
     from nicheloop.http import route_roles
     from nicheloop.keys import ROLES
-    from services.api import api
+
+    if app is None:
+        from services.api import api as app
 
     wrong = []
-    for (method, path), allowed in sorted(route_roles(api).items()):
-        url = path.replace("{task_id}", "1").replace("{sha256}", "0" * 64)
+    for (method, path), allowed in sorted(route_roles(app).items()):
+        url = path.replace("{task_id}", "1").replace("{sha256}", "0" * 64).replace("{action}", "pause")
         for role in (*ROLES, None):
             headers = {"X-API-Key": keys[role] if role else ""}
             status = client.request(method, url, headers=headers, json={}).status_code

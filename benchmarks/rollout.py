@@ -238,7 +238,7 @@ class Stream:
 def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | None, float, float]:
     """ECE on a random draw of ``n`` of the window's labels (as the evidence source measures the
     larger arm at the smaller one's count; each bin thinned hypergeometrically), with the sampling
-    noise :func:`nicheloop.calibration.ece_noise` gives for the drawn confidences."""
+    noise :func:`nicheloop.calibration.ece_noise` gives for the drawn confidences and answers."""
     total = int(binned[0].sum())
     if n == 0 or total == 0:
         return None, 0.0, 0.0
@@ -248,7 +248,7 @@ def _at(binned: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float | N
         right = np.array([rng.hypergeometric(int(c), int(t - c), int(k)) if k else 0
                           for c, t, k in zip(np.round(binned[1]), binned[0], counts)])  # fmt: skip
         binned = np.stack([counts.astype(float), right.astype(float), binned[2] * kept, binned[3] * kept])
-    return (_ece(binned), *binned_ece_noise(binned[3], n))
+    return (_ece(binned), *binned_ece_noise(binned[3], n, counts=binned[0], right=binned[1]))
 
 
 VERSION = VersionInfo("m", "1", "run", {}, [])

@@ -30,9 +30,11 @@ def _store() -> Any:
 
 
 def _admin() -> Any:
-    from nicheloop.keys import Caller
+    """The shell's user acting as admin (whoever reaches the store administers it), audited as
+    coming from the command line."""
+    from nicheloop.keys import Administration, Caller
 
-    return Caller(actor(), "admin")  # the shell's user: whoever reaches the store administers it
+    return Administration(_store(), actor=Caller(actor(), "admin"), source="cli")
 
 
 @keys_app.command("create")
@@ -42,19 +44,14 @@ def create(
     expires_days: float | None = typer.Option(None, help="Days until it expires (default: never)."),
 ) -> None:
     """Make a key; it is printed once and kept only as a hash."""
-    from nicheloop.keys import ApiKeys, Audit
-
-    store = _store()
     try:
-        key, info = ApiKeys(store).create(
+        key, info = _admin().create_key(
             name=name,
-            role=role,  # type: ignore[arg-type]  # checked by create
-            created_by=actor(),
+            role=role,  # checked by create
             expires_in=timedelta(days=expires_days) if expires_days else None,
         )
     except NicheloopError as exc:
         _fail(exc)
-    Audit(store).record(actor=_admin(), action="key.create", target=name, source="cli", detail={"role": role})
     typer.echo(
         json.dumps({"name": info.name, "role": info.role, "key": key, "expires_at": _when(info.expires_at)})
     )
@@ -79,16 +76,10 @@ def list_keys() -> None:
 @keys_app.command("revoke")
 def revoke(name: str = typer.Argument(..., help="Whose active key to revoke.")) -> None:
     """Revoke a key at once (gateways stop taking it within seconds)."""
-    from nicheloop.keys import ApiKeys, Audit
-
-    store = _store()
     try:
-        info = ApiKeys(store).revoke(name)
+        info = _admin().revoke_key(name)
     except NicheloopError as exc:
         _fail(exc)
-    Audit(store).record(
-        actor=_admin(), action="key.revoke", target=name, source="cli", detail={"role": info.role}
-    )
     typer.echo(f"revoked the {info.role} key of {info.name}")
 
 
@@ -106,13 +97,10 @@ def exclude(
 ) -> None:
     """Leave an actor's labels out of every training snapshot from now on (revoke their key too:
     `nicheloop keys revoke`); the next snapshot's manifest lists them."""
-    from nicheloop.keys import Audit
-
-    store = _store()
-    new = store.exclude_actor(actor_name, by=actor(), reason=reason)
-    Audit(store).record(
-        actor=_admin(), action="labels.exclude", target=actor_name, source="cli", detail={"reason": reason}
-    )
+    try:
+        new = _admin().exclude_labels(actor_name, reason=reason)
+    except NicheloopError as exc:
+        _fail(exc)
     typer.echo(f"{'excluded' if new else 'already excluded'}: the labels of {actor_name}")
 
 

@@ -34,27 +34,41 @@ def ece_noise(
     v_b = sum(conf * (1 - conf)); its absolute value has mean sqrt(2 v_b / pi) and variance
     v_b (1 - 2 / pi) (normal approximation), and the ECE is their sum over N.
 
-    With ``correct`` (which predictions were right) the spread is that of the ECE actually read:
-    each bin's variance is the larger of v_b and n_b acc_b (1 - acc_b), taken whole, since an
-    overconfident model's errors vary more than its confidences say and a gap far from zero varies
-    as much as the gap itself.
+    With ``correct`` (which predictions were right) the spread is that of the ECE actually read
+    (see :func:`binned_ece_noise`).
     """
     if len(confidences) == 0:
         return 0.0, 0.0
     which = np.minimum((confidences * bins).astype(int), bins - 1)
     v = np.bincount(which, weights=confidences * (1 - confidences), minlength=bins)
-    bias, sd = binned_ece_noise(v, len(confidences))
-    if correct is not None:
-        n = np.bincount(which, minlength=bins).astype(np.float64)
-        acc = np.bincount(which, weights=np.asarray(correct, np.float64), minlength=bins) / np.maximum(n, 1)
-        sd = max(sd, float(np.sqrt(np.maximum(v, n * acc * (1 - acc)).sum()) / len(confidences)))
-    return bias, sd
+    if correct is None:
+        return binned_ece_noise(v, len(confidences))
+    counts = np.bincount(which, minlength=bins)
+    right = np.bincount(which, weights=np.asarray(correct, np.float64), minlength=bins)
+    return binned_ece_noise(v, len(confidences), counts=counts, right=right)
 
 
-def binned_ece_noise(variances: np.ndarray, n: int) -> tuple[float, float]:
+def binned_ece_noise(
+    variances: np.ndarray,
+    n: int,
+    *,
+    counts: np.ndarray | None = None,
+    right: np.ndarray | None = None,
+) -> tuple[float, float]:
     """:func:`ece_noise` from each bin's sum of ``conf * (1 - conf)`` over ``n`` labels (for callers
-    that keep binned sums rather than the confidences themselves)."""
+    that keep binned sums rather than the confidences themselves).
+
+    With each bin's ``counts`` and ``right`` answers, the spread is that of the ECE read: each bin's
+    variance is the larger of v_b and n_b acc_b (1 - acc_b), taken whole, since an overconfident
+    model's errors vary more than its confidences say and a gap far from zero varies as much as
+    the gap itself.
+    """
     if n == 0:
         return 0.0, 0.0
     v = np.asarray(variances, np.float64)
-    return float(np.sqrt(2 * v / np.pi).sum() / n), float(np.sqrt((v * (1 - 2 / np.pi)).sum()) / n)
+    bias, sd = float(np.sqrt(2 * v / np.pi).sum() / n), float(np.sqrt((v * (1 - 2 / np.pi)).sum()) / n)
+    if counts is not None and right is not None:
+        c = np.asarray(counts, np.float64)
+        acc = np.asarray(right, np.float64) / np.maximum(c, 1)
+        sd = max(sd, float(np.sqrt(np.maximum(v, c * acc * (1 - acc)).sum()) / n))
+    return bias, sd

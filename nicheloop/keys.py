@@ -225,3 +225,41 @@ class Audit:
                 AuditEntry(r.id, _aware(r.at), r.actor, r.role, r.action, r.target, r.source, dict(r.detail))
                 for r in s.scalars(query)
             ]
+
+
+class Administration:
+    """The privileged acts on keys and labels, each recorded in the audit log as ``actor`` from
+    ``source``: one implementation for the command line and the controller's HTTP routes."""
+
+    def __init__(self, store: Store, *, actor: Caller, source: str) -> None:
+        self.store, self.actor, self.source = store, actor, source
+        self.keys, self.audit = ApiKeys(store), Audit(store)
+
+    def create_key(
+        self, *, name: str, role: Role, expires_in: timedelta | None = None
+    ) -> tuple[str, KeyInfo]:
+        """A new key (shown this once); raises as :meth:`ApiKeys.create`."""
+        key, info = self.keys.create(name=name, role=role, created_by=self.actor.name, expires_in=expires_in)
+        self._record("key.create", name, {"role": role})
+        return key, info
+
+    def revoke_key(self, name: str) -> KeyInfo:
+        """Revoke ``name``'s active key; raises as :meth:`ApiKeys.revoke`."""
+        info = self.keys.revoke(name)
+        self._record("key.revoke", name, {"role": info.role})
+        return info
+
+    def exclude_labels(self, actor_name: str, *, reason: str) -> bool:
+        """Leave ``actor_name``'s labels out of every snapshot from now on; False if they already were.
+
+        Raises:
+            InvalidInput: no reason given (the exclusion and the audit log keep it).
+        """
+        if not reason.strip():
+            raise InvalidInput("say why the labels are left out (a reason is kept with the exclusion)")
+        new = self.store.exclude_actor(actor_name, by=self.actor.name, reason=reason)
+        self._record("labels.exclude", actor_name, {"reason": reason, "new": new})
+        return new
+
+    def _record(self, action: str, target: str, detail: dict[str, Any]) -> None:
+        self.audit.record(actor=self.actor, action=action, target=target, source=self.source, detail=detail)

@@ -1,7 +1,8 @@
 """The rollout controller process: ticks :class:`rollout.controller.Controller` on the live
 rollout's interval (one process at a time holds the lease; a second one waits as a hot standby),
 announces the audit trail on Kafka, and serves the operators' verbs and Prometheus metrics over
-HTTP on ``controller_port`` (the operator page calls these)."""
+HTTP on ``controller_port`` (the operator page calls these), with the admins' keys, label
+exclusions and the audit log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import uvicorn
@@ -20,8 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
+from nicheloop.contracts import utcnow
 from nicheloop.http import PROBLEMS, Gatekeeper, OptionalRowId, gatekeeper_for, install_guards, requires
-from nicheloop.keys import ApiKeys, Audit, Caller
+from nicheloop.keys import Administration, ApiKeys, Audit, Caller, KeyInfo, Role
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
@@ -53,6 +56,25 @@ class AdoptBody(ActBody):
     version: str | None = Field(None, description="The version to record as champion (default: the alias's).")
 
 
+class KeyBody(_Body):
+    name: str = Field(..., min_length=1, max_length=128, description="Who or what uses the key.")
+    role: Role = Field(..., description="app, reviewer, operator or admin.")
+    expires_days: float | None = Field(
+        None, gt=0, le=3650, description="Days until it expires (default: never)."
+    )
+
+
+class RevokeBody(_Body):
+    name: str = Field(..., min_length=1, max_length=128, description="Whose active key to revoke.")
+
+
+class ExcludeBody(_Body):
+    actor: str = Field(
+        ..., min_length=1, max_length=128, description="The key name whose labels to leave out."
+    )
+    reason: str = Field(..., min_length=1, max_length=2000, description="Why (kept with the exclusion).")
+
+
 def controller_api(
     ops: Operations, ticks: dict[str, int] | None = None, *, gate: Gatekeeper | None = None
 ) -> FastAPI:
@@ -61,8 +83,10 @@ def controller_api(
     app = FastAPI(title="nicheloop rollouts", responses=PROBLEMS)
     install_guards(app)
     app.state.gatekeeper = gate or Gatekeeper(ApiKeys(ops.rollouts.store))
-    audit = Audit(ops.rollouts.store)
-    operator = requires("operator")
+    store = ops.rollouts.store
+    audit = Audit(store)
+    operator, admin = requires("operator"), requires("admin")
+    steward = requires("operator", "admin")  # revoking, excluding and reading the log: either
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
 
     @app.get("/healthz")
@@ -102,11 +126,40 @@ def controller_api(
         _audit(request, who, f"rollout.{action}", moved, reason=body.reason)
         return moved
 
+    @app.get("/v1/keys")
+    def list_keys(_: Caller = admin) -> list[dict[str, Any]]:
+        """Every key, newest first, without its secret."""
+        now = utcnow()
+        return [_key(info, now) for info in ApiKeys(store).every()]
+
+    @app.post("/v1/keys", status_code=201)
+    def create_key(request: Request, body: KeyBody, who: Caller = admin) -> dict[str, Any]:
+        """A new key: the response holds it this once (the store keeps only its hash)."""
+        expires = timedelta(days=body.expires_days) if body.expires_days else None
+        key, info = _admin(request, who).create_key(name=body.name, role=body.role, expires_in=expires)
+        return {**_key(info, utcnow()), "key": key}
+
+    @app.post("/v1/keys/revoke")
+    def revoke_key(request: Request, body: RevokeBody, who: Caller = steward) -> dict[str, Any]:
+        """Revoke a key at once (gateways stop taking it within seconds)."""
+        return _key(_admin(request, who).revoke_key(body.name), utcnow())
+
+    @app.get("/v1/labels/excluded")
+    def excluded(_: Caller = steward) -> list[str]:
+        """Everyone whose labels training snapshots leave out."""
+        return store.excluded_actors()
+
+    @app.post("/v1/labels/exclude")
+    def exclude(request: Request, body: ExcludeBody, who: Caller = steward) -> dict[str, Any]:
+        """Leave an actor's labels out of every training snapshot from now on."""
+        new = _admin(request, who).exclude_labels(body.actor, reason=body.reason)
+        return {"actor": body.actor, "excluded": True, "new": new}
+
     @app.get("/v1/audit")
     def audit_log(
         action: str | None = Query(None, max_length=64, description="e.g. key, rollout, rollout.promote"),
         limit: int = Query(200, ge=1, le=10_000),
-        _: Caller = operator,
+        _: Caller = steward,
     ) -> list[dict[str, Any]]:
         """The audit log, newest first: read-only here (no route changes or removes an entry)."""
         return [
@@ -117,16 +170,36 @@ def controller_api(
     def metrics(_: Caller = operator) -> Response:
         return Response(rollout_metrics(ops.rollouts, counted), media_type=CONTENT_TYPE_LATEST)
 
+    def _admin(request: Request, who: Caller) -> Administration:
+        return Administration(store, actor=who, source=_source(request))
+
     def _audit(request: Request, who: Caller, action: str, result: dict[str, Any], reason: str = "") -> None:
         """Each operator's act in the audit log too (the rollout's own trail has its figures)."""
         target = (
             f"rollout {result.get('rollout_id', '')} {result.get('candidate', result.get('champion', ''))}"
         )
-        source = request.client.host if request.client else "unknown"
         detail = {"reason": reason, "state": result.get("state")}
-        audit.record(actor=who, action=action, target=target.strip(), source=source, detail=detail)
+        audit.record(actor=who, action=action, target=target.strip(), source=_source(request), detail=detail)
 
     return app
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _key(info: KeyInfo, now: datetime) -> dict[str, Any]:
+    """A key as listed: never its secret."""
+    state = "active" if info.active(now) else ("revoked" if info.revoked_at else "expired")
+    return {
+        "name": info.name,
+        "role": info.role,
+        "state": state,
+        "created_at": info.created_at.isoformat(),
+        "created_by": info.created_by,
+        "expires_at": info.expires_at.isoformat() if info.expires_at else None,
+        "revoked_at": info.revoked_at.isoformat() if info.revoked_at else None,
+    }
 
 
 def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int]) -> bytes:

@@ -112,7 +112,77 @@ def test_the_command_line_says_what_is_live(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "needs --force" in refused.stderr
 
 
-def test_every_operator_route_needs_the_operator_role(rollouts: Rollouts) -> None:
+def test_every_controller_route_declares_its_roles(rollouts: Rollouts) -> None:
     table = route_roles(controller_api(Operations(rollouts, Registry())))
     assert {path for (_, path), roles in table.items() if roles is None} == {"/healthz"}
-    assert {roles for roles in table.values() if roles is not None} == {("operator",)}
+    by_roles: dict[tuple[str, ...] | None, set[tuple[str, str]]] = {}
+    for route, roles in table.items():
+        by_roles.setdefault(roles, set()).add(route)
+    assert by_roles[("admin",)] == {("GET", "/v1/keys"), ("POST", "/v1/keys")}
+    assert by_roles[("operator", "admin")] == {
+        ("POST", "/v1/keys/revoke"),
+        ("GET", "/v1/labels/excluded"),
+        ("POST", "/v1/labels/exclude"),
+        ("GET", "/v1/audit"),
+    }
+    assert set(by_roles) == {None, ("operator",), ("admin",), ("operator", "admin")}
+
+
+def test_admins_make_and_list_keys_operators_revoke_and_exclude_over_http(rollouts: Rollouts) -> None:
+    keys = ApiKeys(rollouts.store)
+    root = {"X-API-Key": keys.create(name="root", role="admin", created_by="t")[0]}
+    ops = {"X-API-Key": keys.create(name="ops", role="operator", created_by="t")[0]}
+    client = TestClient(controller_api(Operations(rollouts, Registry())), raise_server_exceptions=False)
+
+    made = client.post(
+        "/v1/keys", json={"name": "alice", "role": "reviewer", "expires_days": 30}, headers=root
+    )
+    assert made.status_code == 201, made.text
+    alice = made.json()
+    assert keys.verify(alice["key"]).name == "alice" and alice["state"] == "active" and alice["expires_at"]
+    listed = client.get("/v1/keys", headers=root).json()
+    assert [k["name"] for k in listed] == ["alice", "ops", "root"] and all("key" not in k for k in listed)
+    assert alice["key"] not in client.get("/v1/keys", headers=root).text
+    # an operator may not make or list keys; an app may do nothing here
+    assert client.post("/v1/keys", json={"name": "x", "role": "admin"}, headers=ops).status_code == 403
+    assert client.get("/v1/keys", headers=ops).status_code == 403
+    # refusals say why: a second active key for a name, an unknown role, an unknown field
+    twice = client.post("/v1/keys", json={"name": "alice", "role": "app"}, headers=root)
+    assert twice.status_code == 409 and "revoke it first" in twice.json()["detail"]
+    assert client.post("/v1/keys", json={"name": "b", "role": "root"}, headers=root).status_code == 422
+    assert (
+        client.post("/v1/keys", json={"name": "b", "role": "app", "by": "x"}, headers=root).status_code == 422
+    )
+
+    revoked = client.post("/v1/keys/revoke", json={"name": "alice"}, headers=ops)
+    assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+    assert client.post("/v1/keys/revoke", json={"name": "alice"}, headers=ops).status_code == 404
+    out = client.post("/v1/labels/exclude", json={"actor": "alice", "reason": "mislabeled rust"}, headers=ops)
+    assert out.status_code == 200 and out.json()["new"] is True
+    assert (
+        client.get("/v1/labels/excluded", headers=root).json()
+        == ["alice"]
+        == rollouts.store.excluded_actors()
+    )
+    assert (
+        client.post("/v1/labels/exclude", json={"actor": "alice", "reason": " "}, headers=ops).status_code
+        == 400
+    )
+
+    trail = client.get("/v1/audit", headers=root).json()
+    assert [(e["action"], e["actor"], e["target"]) for e in trail][:3] == [
+        ("labels.exclude", "ops", "alice"),
+        ("key.revoke", "ops", "alice"),
+        ("key.create", "root", "alice"),
+    ]
+    assert trail[0]["source"] == "testclient" and trail[0]["detail"]["reason"] == "mislabeled rust"
+
+
+def test_every_controller_route_answers_every_role_as_declared(rollouts: Rollouts) -> None:
+    from benchmarks.hostile import role_matrix_mismatches
+    from nicheloop.keys import ROLES
+
+    keys = {role: ApiKeys(rollouts.store).create(name=role, role=role, created_by="t")[0] for role in ROLES}
+    app = controller_api(Operations(rollouts, Registry()))
+    client = TestClient(app, raise_server_exceptions=False)
+    assert role_matrix_mismatches(client, keys, app=app) == []

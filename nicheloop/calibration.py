@@ -49,11 +49,7 @@ def ece_noise(
 
 
 def binned_ece_noise(
-    variances: np.ndarray,
-    n: int,
-    *,
-    counts: np.ndarray | None = None,
-    right: np.ndarray | None = None,
+    variances: np.ndarray, n: int, *, counts: np.ndarray | None = None, right: np.ndarray | None = None
 ) -> tuple[float, float]:
     """:func:`ece_noise` from each bin's sum of ``conf * (1 - conf)`` over ``n`` labels (for callers
     that keep binned sums rather than the confidences themselves).

@@ -205,6 +205,17 @@ class ExcludedActor(Base):
     reason: Mapped[str] = mapped_column(String(2000))
 
 
+class ReviewBudgetRow(Base):
+    """A labeling budget an operator set at run time (``PUT /v1/review/budget``), in place of the
+    setting of the same name; every replica's queue reads it at each claim."""
+
+    __tablename__ = "review_budgets"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    set_by: Mapped[str] = mapped_column(String(128))
+
+
 class ServerSecret(Base):
     """Secrets the server makes for itself once, in its own database (never shown by any API)."""
 

@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.bus import Publisher, ensure_topics
 from nicheloop.contracts import utcnow
+from nicheloop.errors import InvalidInput
 from nicheloop.http import PROBLEMS, Gatekeeper, OptionalRowId, gatekeeper_for, install_guards, requires
 from nicheloop.keys import Administration, ApiKeys, Audit, Caller, KeyInfo, Role
 from nicheloop.registry import Registry
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
@@ -75,16 +77,33 @@ class ExcludeBody(_Body):
     reason: str = Field(..., min_length=1, max_length=2000, description="Why (kept with the exclusion).")
 
 
+class BudgetBody(_Body):
+    per_hour: int | None = Field(None, ge=0, le=1_000_000, description="Labels everyone may give an hour.")
+    per_day: int | None = Field(None, ge=0, le=1_000_000, description="Labels everyone may give a day.")
+    per_reviewer_hour: int | None = Field(
+        None, ge=0, le=1_000_000, description="Labels one reviewer may give an hour."
+    )
+    per_reviewer_day: int | None = Field(
+        None, ge=0, le=1_000_000, description="Labels one reviewer may give a day."
+    )
+
+
 def controller_api(
-    ops: Operations, ticks: dict[str, int] | None = None, *, gate: Gatekeeper | None = None
+    ops: Operations,
+    ticks: dict[str, int] | None = None,
+    *,
+    gate: Gatekeeper | None = None,
+    review: QueuePolicy | None = None,
 ) -> FastAPI:
     """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors;
-    ``gate`` says who calls (default: the API keys of ``ops``' store)."""
+    ``gate`` says who calls (default: the API keys of ``ops``' store); ``review``: the queue's
+    settings, whose budgets an operator may replace."""
     app = FastAPI(title="nicheloop rollouts", responses=PROBLEMS)
     install_guards(app)
     app.state.gatekeeper = gate or Gatekeeper(ApiKeys(ops.rollouts.store))
     store = ops.rollouts.store
     audit = Audit(store)
+    queue = ReviewQueue(store, review)
     operator, admin = requires("operator"), requires("admin")
     steward = requires("operator", "admin")  # revoking, excluding and reading the log: either
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
@@ -125,6 +144,25 @@ def controller_api(
         moved = ops.act(action, actor=who.name, reason=body.reason)
         _audit(request, who, f"rollout.{action}", moved, reason=body.reason)
         return moved
+
+    @app.get("/v1/review/budget")
+    def review_budget(_: Caller = operator) -> dict[str, int]:
+        """The review queue's labeling budgets in force (an operator's, else the settings')."""
+        return _public(queue.budgets())
+
+    @app.put("/v1/review/budget")
+    def set_review_budget(request: Request, body: BudgetBody, who: Caller = operator) -> dict[str, int]:
+        """Replace some of the budgets: every gateway replica's next claim follows; audited with the
+        budgets before and after."""
+        changes = {f"budget_{k}": v for k, v in body.model_dump(exclude_none=True).items()}
+        if not changes:
+            raise InvalidInput(f"name a budget to change: any of {sorted(BudgetBody.model_fields)}")
+        before, after = queue.set_budgets(changes, by=who.name)
+        detail = {"before": _public(before), "after": _public(after)}
+        audit.record(
+            actor=who, action="review.budget", target="review queue", source=_source(request), detail=detail
+        )
+        return _public(after)
 
     @app.get("/v1/keys")
     def list_keys(_: Caller = admin) -> list[dict[str, Any]]:
@@ -182,6 +220,11 @@ def controller_api(
         audit.record(actor=who, action=action, target=target.strip(), source=_source(request), detail=detail)
 
     return app
+
+
+def _public(budgets: dict[str, int]) -> dict[str, int]:
+    """Budgets by the names the HTTP API uses (``per_hour``, not the setting's ``budget_per_hour``)."""
+    return {name.removeprefix("budget_"): value for name, value in budgets.items()}
 
 
 def _source(request: Request) -> str:
@@ -285,7 +328,10 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
     server = uvicorn.Server(
         uvicorn.Config(
             controller_api(
-                Operations(rollouts, registry), ticks, gate=gatekeeper_for(rollouts.store, settings)
+                Operations(rollouts, registry),
+                ticks,
+                gate=gatekeeper_for(rollouts.store, settings),
+                review=QueuePolicy.from_settings(settings),
             ),
             host=settings.host,
             port=settings.controller_port,

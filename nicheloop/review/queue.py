@@ -11,7 +11,8 @@ Guarantees, on SQLite and PostgreSQL alike:
   label is then refused with a Conflict rather than silently overwriting another's.
 - **Budget.** At most ``budget_per_hour`` / ``budget_per_day`` items (and at most
   ``budget_per_reviewer_hour`` / ``…_day`` by any one reviewer) are labeled or held under a live lease
-  in any rolling hour / day; past it a claim raises :class:`BudgetSpent` with a retry time.
+  in any rolling hour / day; past it a claim raises :class:`BudgetSpent` with a retry time. An
+  operator's budget (:meth:`ReviewQueue.set_budgets`) replaces the setting's for every replica.
 - **Nothing stale.** Queued items past their ``expires_at`` become ``expired``; an item skipped
   ``max_skips`` times is retired as ``skipped``; a reviewer is never offered an item they skipped.
 """
@@ -28,13 +29,14 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from nicheloop.contracts import utcnow
-from nicheloop.errors import BudgetSpent, Conflict, NotFound
+from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review.schemas import ReviewTask
 from nicheloop.settings import Settings
-from nicheloop.store import Prediction, ReviewItem, Store
+from nicheloop.store import Prediction, ReviewBudgetRow, ReviewItem, Store
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
+BUDGETS = ("budget_per_hour", "budget_per_day", "budget_per_reviewer_hour", "budget_per_reviewer_day")
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,40 @@ class ReviewQueue:
         return item
 
     # -- budget and figures ----------------------------------------------------------------
+    def budgets(self) -> dict[str, int]:
+        """The labeling budgets in force: the policy's, each replaced by one an operator set."""
+        with Session(self.engine) as s:
+            return self._budgets(s)
+
+    def set_budgets(
+        self, changes: dict[str, int], *, by: str, now: datetime | None = None
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Replace some of the budgets (kept in the store: every replica's next claim follows);
+        returns the budgets before and after.
+
+        Raises:
+            InvalidInput: an unknown budget or a negative one.
+        """
+        unknown = set(changes) - set(BUDGETS)
+        if unknown or any(v < 0 for v in changes.values()):
+            raise InvalidInput(f"budgets are counts >= 0 of {list(BUDGETS)}; got {changes}")
+        now = now or utcnow()
+        with Session(self.engine) as s, s.begin():
+            self.store.serialize(s, "claim")  # one change at a time, never in the middle of a claim
+            before = self._budgets(s)
+            for name, value in changes.items():
+                row = s.get(ReviewBudgetRow, name)
+                if row is None:
+                    s.add(ReviewBudgetRow(name=name, value=int(value), set_at=now, set_by=by))
+                else:
+                    row.value, row.set_at, row.set_by = int(value), now, by
+            s.flush()
+            return before, self._budgets(s)
+
+    def _budgets(self, s: Session) -> dict[str, int]:
+        stored = dict(s.execute(select(ReviewBudgetRow.name, ReviewBudgetRow.value)).all())
+        return {name: int(stored.get(name, getattr(self.policy, name))) for name in BUDGETS}
+
     def _used(self, s: Session, now: datetime, window: timedelta, reviewer: str | None = None) -> int:
         """Items labeled in ``window`` or held under a live lease (by ``reviewer``, else anyone)."""
         since = now - window
@@ -251,11 +287,12 @@ class ReviewQueue:
     def _check_budget(self, s: Session, now: datetime, reviewer: str) -> None:
         """Refuse a claim past the global budget or ``reviewer``'s own, so that no one reviewer's
         labels can fill the next training set."""
+        budget = self._budgets(s)
         for window, limit, name, whose in (
-            (HOUR, self.policy.budget_per_hour, "hourly", None),
-            (DAY, self.policy.budget_per_day, "daily", None),
-            (HOUR, self.policy.budget_per_reviewer_hour, "hourly per-reviewer", reviewer),
-            (DAY, self.policy.budget_per_reviewer_day, "daily per-reviewer", reviewer),
+            (HOUR, budget["budget_per_hour"], "hourly", None),
+            (DAY, budget["budget_per_day"], "daily", None),
+            (HOUR, budget["budget_per_reviewer_hour"], "hourly per-reviewer", reviewer),
+            (DAY, budget["budget_per_reviewer_day"], "daily per-reviewer", reviewer),
         ):
             if self._used(s, now, window, whose) >= limit:
                 oldest = s.scalar(
@@ -293,6 +330,7 @@ class ReviewQueue:
                 select(ReviewItem.claimed_at, ReviewItem.done_at).where(ReviewItem.done_at >= now - DAY)
             ).all()
             used_hour, used_day = self._used(s, now, HOUR), self._used(s, now, DAY)
+            budget = self._budgets(s)
         done = [(c, _aware(d)) for c, d in recent if d is not None]
         seconds = [(d - _aware(c)).total_seconds() for c, d in done if c is not None]
         done_hour = sum(1 for _, d in done if d >= now - HOUR)
@@ -307,12 +345,12 @@ class ReviewQueue:
             "labeled_last_day": len(recent),
             "median_seconds_per_label": round(statistics.median(seconds), 1) if seconds else None,
             "budget": {
-                "per_hour": self.policy.budget_per_hour,
-                "per_day": self.policy.budget_per_day,
-                "left_hour": max(0, self.policy.budget_per_hour - used_hour),
-                "left_day": max(0, self.policy.budget_per_day - used_day),
-                "per_reviewer_hour": self.policy.budget_per_reviewer_hour,
-                "per_reviewer_day": self.policy.budget_per_reviewer_day,
+                "per_hour": budget["budget_per_hour"],
+                "per_day": budget["budget_per_day"],
+                "left_hour": max(0, budget["budget_per_hour"] - used_hour),
+                "left_day": max(0, budget["budget_per_day"] - used_day),
+                "per_reviewer_hour": budget["budget_per_reviewer_hour"],
+                "per_reviewer_day": budget["budget_per_reviewer_day"],
             },
             "lease_s": self.policy.lease_s,
         }

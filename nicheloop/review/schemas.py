@@ -37,6 +37,8 @@ class ReviewBudget(BaseModel):
     per_day: int
     left_hour: int
     left_day: int
+    per_reviewer_hour: int
+    per_reviewer_day: int
 
 
 class ReviewStats(BaseModel):

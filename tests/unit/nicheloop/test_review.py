@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from nicheloop.contracts import PredictionEvent, utcnow
-from nicheloop.errors import BudgetSpent, Conflict, NotFound
+from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.store import Store
 from tests.conftest import BACKENDS, postgres_database
@@ -148,6 +148,23 @@ def test_one_reviewer_cannot_spend_everyone_s_budget(store: Store) -> None:
     with pytest.raises(BudgetSpent, match="daily per-reviewer"):
         queue.claim("ann", now=now + timedelta(hours=3))
     assert queue.stats(now=now)["budget"]["per_reviewer_hour"] == 2
+
+
+def test_an_operators_budget_replaces_the_settings_for_every_queue_on_the_store(store: Store) -> None:
+    queue = filled(store, 6, budget_per_hour=5)
+    other = ReviewQueue(store, QueuePolicy(budget_per_hour=5))  # another replica's queue
+    before, after = queue.set_budgets({"budget_per_hour": 1}, by="ops")
+    assert before["budget_per_hour"] == 5 and after["budget_per_hour"] == 1
+    assert after["budget_per_day"] == QueuePolicy().budget_per_day  # the others stay the settings'
+    other.claim("ann")
+    with pytest.raises(BudgetSpent, match="hourly review budget of 1"):
+        other.claim("bob")
+    assert other.stats()["budget"]["per_hour"] == 1
+    assert queue.set_budgets({"budget_per_hour": 3}, by="ops")[1]["budget_per_hour"] == 3  # changed again
+    assert other.claim("bob") is not None
+    for bad in ({"budget_per_week": 1}, {"budget_per_day": -1}):
+        with pytest.raises(InvalidInput, match="budgets are counts"):
+            queue.set_budgets(bad, by="ops")
 
 
 def test_live_leases_count_against_the_budget(store: Store) -> None:

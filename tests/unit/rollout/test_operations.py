@@ -119,6 +119,7 @@ def test_every_controller_route_declares_its_roles(rollouts: Rollouts) -> None:
     for route, roles in table.items():
         by_roles.setdefault(roles, set()).add(route)
     assert by_roles[("admin",)] == {("GET", "/v1/keys"), ("POST", "/v1/keys")}
+    assert {("GET", "/v1/review/budget"), ("PUT", "/v1/review/budget")} <= by_roles[("operator",)]
     assert by_roles[("operator", "admin")] == {
         ("POST", "/v1/keys/revoke"),
         ("GET", "/v1/labels/excluded"),
@@ -186,3 +187,26 @@ def test_every_controller_route_answers_every_role_as_declared(rollouts: Rollout
     app = controller_api(Operations(rollouts, Registry()))
     client = TestClient(app, raise_server_exceptions=False)
     assert role_matrix_mismatches(client, keys, app=app) == []
+
+
+def test_operators_change_the_review_budget_at_run_time_and_it_is_audited(rollouts: Rollouts) -> None:
+    from nicheloop.review import QueuePolicy, ReviewQueue
+
+    keys = ApiKeys(rollouts.store)
+    ops = {"X-API-Key": keys.create(name="ops", role="operator", created_by="t")[0]}
+    reviewer = {"X-API-Key": keys.create(name="rev", role="reviewer", created_by="t")[0]}
+    policy = QueuePolicy(budget_per_hour=100)
+    app = controller_api(Operations(rollouts, Registry()), review=policy)
+    client = TestClient(app, raise_server_exceptions=False, headers=ops)
+    assert client.get("/v1/review/budget").json()["per_hour"] == 100
+    changed = client.put("/v1/review/budget", json={"per_hour": 7, "per_reviewer_day": 3})
+    assert changed.status_code == 200, changed.text
+    assert changed.json() == {"per_hour": 7, "per_day": 600, "per_reviewer_hour": 60, "per_reviewer_day": 3}
+    assert ReviewQueue(rollouts.store, policy).stats()["budget"]["per_hour"] == 7  # what the gateway reads
+    entry = Audit(rollouts.store).read(action="review")[0]
+    assert (entry.action, entry.actor) == ("review.budget", "ops")
+    assert entry.detail["before"]["per_hour"] == 100 and entry.detail["after"]["per_hour"] == 7
+    assert client.put("/v1/review/budget", json={}).status_code == 400
+    assert client.put("/v1/review/budget", json={"per_hour": -1}).status_code == 422
+    assert client.put("/v1/review/budget", json={"per_week": 1}).status_code == 422
+    assert client.put("/v1/review/budget", json={"per_hour": 1}, headers=reviewer).status_code == 403

@@ -2,7 +2,7 @@
 still serves a normal prediction afterwards.
 
     python -m benchmarks.hostile               # starts its own stack (own ports and home), ~4 min
-    python -m benchmarks.hostile --url URL --keys FILE  # a running stack (e.g. `make demo`'s) and its keys
+    python -m benchmarks.hostile --url URL --keys FILE [--controller-url URL]  # a running stack and its keys
 
 The catalogue: corrupt, spoofed and bomb images, every pixel layout Pillow decodes, oversized and
 deeply nested bodies, malformed multipart, forged and out-of-range ids, path traversal in image
@@ -11,7 +11,8 @@ valid images, a 4xx otherwise; a huge header either, as the HTTP server in front
 
 Last line JSON: ``cases``, ``by_status_class``, ``five_xx`` (goal 0), ``unanswered`` (goal 0),
 ``unexpected`` (cases answered other than expected), ``healthy_after`` (goal true) and
-``role_matrix_mismatches`` (goal 0: every gateway route called as every role and with no key).
+``role_matrix_mismatches`` (goal 0: every route of the gateway and of the rollout controller called
+as every role and with no key; ``controller_checked`` says the controller's were).
 """
 
 from __future__ import annotations
@@ -317,10 +318,24 @@ def role_matrix_mismatches(client: Any, keys: dict[str, str], *, app: Any = None
     return wrong
 
 
-def run(client: httpx.Client, keys: dict[str, str]) -> dict[str, Any]:
+def controller_mismatches(url: str, keys: dict[str, str]) -> list[str]:
+    """:func:`role_matrix_mismatches` for the rollout controller at ``url`` (its route table read
+    from an app over a scratch store: the routes are the code's, the answers the running one's)."""
+    from nicheloop.rollouts import Rollouts
+    from nicheloop.store import Store
+    from rollout.operations import Operations
+    from rollout.runner import controller_api
+
+    with tempfile.TemporaryDirectory() as scratch:
+        app = controller_api(Operations(Rollouts(Store(f"sqlite:///{scratch}/routes.db")), None))  # type: ignore[arg-type]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            return role_matrix_mismatches(client, keys, app=app)
+
+
+def run(client: httpx.Client, keys: dict[str, str], *, controller_url: str | None = None) -> dict[str, Any]:
     """Send every case through ``client`` (the ``app`` role's; ``keys`` holds one key per role);
-    then check each route answers each role as declared, and that the service is still ready and
-    serves a prediction."""
+    then check each route answers each role as declared (the controller's too, at
+    ``controller_url``), and that the service is still ready and serves a prediction."""
     answered: dict[str, int | str] = {}
     cases = catalogue(keys)
     for case in cases:
@@ -333,6 +348,8 @@ def run(client: httpx.Client, keys: dict[str, str]) -> dict[str, Any]:
     normal = client.post("/v1/predict", content=png, headers={"content-type": "image/png"})
     ready = client.get("/readyz")
     mismatches = role_matrix_mismatches(client, keys)
+    if controller_url:
+        mismatches += [f"controller: {m}" for m in controller_mismatches(controller_url, keys)]
     expected = {case.name: case.expect for case in cases}
     classes = Counter(f"{s // 100}xx" if isinstance(s, int) else "none" for s in answered.values())
     return {
@@ -347,6 +364,7 @@ def run(client: httpx.Client, keys: dict[str, str]) -> dict[str, Any]:
             if not (isinstance(status, int) and f"{status // 100}xx" in expected[name].split("|"))
         },
         "healthy_after": normal.status_code == 200 and ready.status_code == 200,
+        "controller_checked": controller_url is not None,
         "role_matrix_mismatches": len(mismatches),
         "mismatched": mismatches,
     }
@@ -377,12 +395,15 @@ def main() -> None:
         help="with --url: a JSON file of one key per role (e.g. $NICHELOOP_HOME/demo/demo-keys.json), "
         "and optionally a second app's as other-app",
     )
+    parser.add_argument(
+        "--controller-url", help="with --url: the rollout controller's, to check its roles too"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     if args.url:
         keys = json.loads(Path(args.keys).read_text())
         with httpx.Client(base_url=args.url, timeout=60, headers={"X-API-Key": keys["app"]}) as client:
-            result = run(client, keys)
+            result = run(client, keys, controller_url=args.controller_url)
     else:
         from cli.demo import demo_keys, start_loop
         from deploy.local import stack
@@ -401,7 +422,9 @@ def main() -> None:
             with httpx.Client(
                 base_url=settings.serve_url, timeout=60, headers={"X-API-Key": keys["app"]}
             ) as client:
-                result = run(client, keys)
+                result = run(
+                    client, keys, controller_url=f"http://{settings.host}:{settings.controller_port}"
+                )
         finally:
             stack.down(settings)
             shutil.rmtree(home, ignore_errors=True)

@@ -14,8 +14,12 @@ from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from nicheloop.errors import (
     BudgetSpent,
@@ -51,6 +55,12 @@ STATUS = {
     BudgetSpent: 429,
     Unauthenticated: 401,
     Forbidden: 403,
+}
+
+
+# what a /metrics route declares it answers: Prometheus text, not JSON
+PROMETHEUS_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
 }
 
 
@@ -100,6 +110,28 @@ def install_guards(app: FastAPI, *, streamed: Collection[str] = ()) -> None:
     app.add_middleware(BodyLimit, streamed=frozenset(streamed))
     for exc_type, code in STATUS.items():
         app.add_exception_handler(exc_type, _handler(code))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTP error, but a 405's ``Allow`` names every method of the path
+    (Starlette names only those of the first route whose path matched)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allowed = sorted(allowed_methods(request.app, request.scope))
+        exc = StarletteHTTPException(
+            405, exc.detail, headers={**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        )
+    return await http_exception_handler(request, exc)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
+    """The methods some route of ``app`` answers on the path of ``scope``."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches({**scope, "method": "GET"})[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
 
 
 class BodyLimit:

@@ -4,8 +4,9 @@ show on the way. A YAML file of these keys (recipes/rollouts/*.yaml); every key 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nicheloop.yamlfile import load_yaml_model
 
@@ -78,6 +79,15 @@ class RolloutPlan(BaseModel):
     min_requests: int = Field(
         100, ge=1, description="Calls of each arm the error and latency gates need before they judge."
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_not_booleans(cls, value: Any) -> Any:
+        """true or false where a number goes is a mistake (pydantic would read them as 1 and 0)."""
+        items = value if isinstance(value, list | tuple) else (value,)
+        if any(isinstance(v, bool) for v in items):
+            raise ValueError("a number, not true or false")
+        return value
 
     @model_validator(mode="after")
     def _check_steps(self) -> RolloutPlan:

@@ -19,12 +19,20 @@ from typing import Any, Literal
 import uvicorn
 from fastapi import FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from nicheloop.bus import Publisher, ensure_topics
 from nicheloop.contracts import utcnow
 from nicheloop.errors import InvalidInput
-from nicheloop.http import PROBLEMS, Gatekeeper, OptionalRowId, gatekeeper_for, install_guards, requires
+from nicheloop.http import (
+    PROBLEMS,
+    PROMETHEUS_TEXT,
+    Gatekeeper,
+    OptionalRowId,
+    gatekeeper_for,
+    install_guards,
+    requires,
+)
 from nicheloop.keys import Administration, ApiKeys, Audit, Caller, KeyInfo, Role
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
@@ -78,12 +86,14 @@ class ExcludeBody(_Body):
 
 
 class BudgetBody(_Body):
-    per_hour: int | None = Field(None, ge=0, le=1_000_000, description="Labels everyone may give an hour.")
-    per_day: int | None = Field(None, ge=0, le=1_000_000, description="Labels everyone may give a day.")
-    per_reviewer_hour: int | None = Field(
+    per_hour: StrictInt | None = Field(
+        None, ge=0, le=1_000_000, description="Labels everyone may give an hour."
+    )
+    per_day: StrictInt | None = Field(None, ge=0, le=1_000_000, description="Labels everyone may give a day.")
+    per_reviewer_hour: StrictInt | None = Field(
         None, ge=0, le=1_000_000, description="Labels one reviewer may give an hour."
     )
-    per_reviewer_day: int | None = Field(
+    per_reviewer_day: StrictInt | None = Field(
         None, ge=0, le=1_000_000, description="Labels one reviewer may give a day."
     )
 
@@ -134,16 +144,19 @@ def controller_api(
         _audit(request, who, "rollout.adopt", adopted, reason=body.reason)
         return adopted
 
-    @app.post("/v1/rollouts/{action}")
-    def act(
-        request: Request,
-        action: Literal["pause", "resume", "rollback", "promote"],
-        body: ActBody,
-        who: Caller = operator,
-    ) -> dict[str, Any]:
-        moved = ops.act(action, actor=who.name, reason=body.reason)
-        _audit(request, who, f"rollout.{action}", moved, reason=body.reason)
-        return moved
+    def verb(action: Literal["pause", "resume", "rollback", "promote"]) -> Any:
+        """The route of one operator's verb (a path of its own: no pattern that catches another's)."""
+
+        def act(request: Request, body: ActBody, who: Caller = operator) -> dict[str, Any]:
+            moved = ops.act(action, actor=who.name, reason=body.reason)
+            _audit(request, who, f"rollout.{action}", moved, reason=body.reason)
+            return moved
+
+        act.__name__ = f"rollout_{action}"
+        return act
+
+    for action in ("pause", "resume", "rollback", "promote"):
+        app.post(f"/v1/rollouts/{action}")(verb(action))
 
     @app.get("/v1/review/budget")
     def review_budget(_: Caller = operator) -> dict[str, int]:
@@ -204,7 +217,7 @@ def controller_api(
             {**dataclasses.asdict(e), "at": e.at.isoformat()} for e in audit.read(limit=limit, action=action)
         ]
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
     def metrics(_: Caller = operator) -> Response:
         return Response(rollout_metrics(ops.rollouts, counted), media_type=CONTENT_TYPE_LATEST)
 

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotFound, NotReady
-from nicheloop.http import PROBLEMS, RowId, requires
+from nicheloop.http import PROBLEMS, PROMETHEUS_TEXT, RowId, requires
 from nicheloop.keys import Caller
 from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
 from services.deps import GatewayResources, Resources
@@ -45,11 +45,7 @@ async def readyz(res: Resources) -> JSONResponse:
     return JSONResponse(status_code=200, content={"ready": True, "model_version": state.model_version})
 
 
-@api.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
-)
+@api.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
 async def metrics(res: Resources, _: Caller = requires("operator")) -> Response:
     """This replica's event-spool, load-shedding and model-call metrics (by arm and version) in
     Prometheus text format."""

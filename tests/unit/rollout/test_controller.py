@@ -45,7 +45,7 @@ class Registry:
     moves: list[tuple[str, str]] = field(default_factory=list)
 
     def version(self, version: str) -> VersionInfo:
-        if version not in "123456789":
+        if version not in {str(i) for i in range(1, 10)}:
             raise NotFound(f"no version {version}")
         parent = str(int(version) - 1)
         return VersionInfo("m", version, f"run{version}", {"parent_version": parent}, [])

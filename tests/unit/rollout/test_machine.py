@@ -124,6 +124,8 @@ def test_plans_load_from_yaml_with_defaults_and_refuse_nonsense(tmp_path: Path) 
         ("steps: [0.5, 0.1]\n", "rising"),
         ("min_step_s: 10\nmax_step_s: 5\n", "below"),
         ("nope: 1\n", "nope"),
+        ("min_labels: true\n", "not true or false"),  # pydantic alone would read it as 1
+        ("steps: [0.1, true]\n", "not true or false"),
     ]:
         path.write_text(text)
         with pytest.raises(InvalidInput, match=words):

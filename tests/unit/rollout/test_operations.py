@@ -49,7 +49,7 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
     assert client.post("/v1/rollouts/pause", json={"actor": "mallory"}).status_code == 422  # no such field
     forced = client.post("/v1/rollouts/promote", json={}, headers=bob)
     assert forced.status_code == 409 and "needs a reason" in forced.json()["detail"]
-    assert client.post("/v1/rollouts/explode", json={}).status_code == 422
+    assert client.post("/v1/rollouts/explode", json={}).status_code == 404  # no such verb
     assert client.post("/v1/rollouts/resume", json={}).status_code == 409  # not held
     held = client.post("/v1/rollouts/pause", json={"reason": "look at it"}, headers=bob).json()
     assert held["state"] == "hold" and "an operator" in held["waiting_for"]
@@ -144,6 +144,9 @@ def test_admins_make_and_list_keys_operators_revoke_and_exclude_over_http(rollou
     listed = client.get("/v1/keys", headers=root).json()
     assert [k["name"] for k in listed] == ["alice", "ops", "root"] and all("key" not in k for k in listed)
     assert alice["key"] not in client.get("/v1/keys", headers=root).text
+    # a method the path does not take: the 405 names every method it does (both routes')
+    refused = client.put("/v1/keys", json={}, headers=root)
+    assert refused.status_code == 405 and {"GET", "POST"} <= set(refused.headers["allow"].split(", "))
     # an operator may not make or list keys; an app may do nothing here
     assert client.post("/v1/keys", json={"name": "x", "role": "admin"}, headers=ops).status_code == 403
     assert client.get("/v1/keys", headers=ops).status_code == 403

@@ -117,6 +117,8 @@ class ReviewItem(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     skips: Mapped[int | None] = mapped_column(Integer, nullable=True, default=0)
     skipped_by: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # each skip's reason, in the order of skipped_by ("unsure", "not a defect image", ...)
+    skip_reasons: Mapped[list | None] = mapped_column(JSON, nullable=True)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
 
 

@@ -16,8 +16,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotFound, NotReady
 from nicheloop.http import PROBLEMS, PROMETHEUS_TEXT, RowId, requires
-from nicheloop.keys import Caller
-from nicheloop.review import ReviewLabel, ReviewSkip, ReviewStats, ReviewTask
+from nicheloop.keys import ROLES, Caller
+from nicheloop.review import (
+    LeaseRenewed,
+    ReviewLabel,
+    ReviewLease,
+    ReviewSkip,
+    ReviewStats,
+    ReviewTask,
+    Whoami,
+)
 from services.deps import GatewayResources, Resources
 from services.feedback import record_feedback, submit_review
 from services.http import image_bytes, install_guards
@@ -171,9 +179,25 @@ async def review_submit(
 async def review_skip(
     task_id: RowId, body: ReviewSkip, res: Resources, _: Caller = requires("reviewer")
 ) -> dict[str, Any]:
-    """Give a leased task back unlabeled; it is not offered to the same reviewer again."""
-    item = await asyncio.to_thread(res.queue.skip, task_id, body.lease_token)
+    """Give a leased task back unlabeled, with a reason; it is not offered to the same reviewer again."""
+    item = await asyncio.to_thread(res.queue.skip, task_id, body.lease_token, reason=body.reason)
     return {"task_id": item.task_id, "status": item.status, "skips": item.skips}
+
+
+@api.post("/v1/review/{task_id:int}/renew", response_model=LeaseRenewed)
+async def review_renew(
+    task_id: RowId, body: ReviewLease, res: Resources, _: Caller = requires("reviewer")
+) -> LeaseRenewed:
+    """Extend a held lease (a reviewer still at work keeps the tasks leased ahead)."""
+    item = await asyncio.to_thread(res.queue.renew, task_id, body.lease_token)
+    assert item.lease_expires_at is not None
+    return LeaseRenewed(task_id=item.task_id, lease_expires_at=item.lease_expires_at)
+
+
+@api.get("/v1/whoami", response_model=Whoami)
+async def whoami(who: Caller = requires(*ROLES)) -> Whoami:
+    """Who the credential names, and its role (the pages greet and route with it)."""
+    return Whoami(name=who.name, role=who.role)
 
 
 @api.get(

@@ -69,14 +69,15 @@ def submit_review(
     """Publish a reviewer's (``actor``'s) label for a leased task as reviewer feedback, then close the task.
 
     The label is durable (on Kafka or in the spool) before the task is marked done, so a crash
-    in between loses nothing: the task is handed out again and its label simply arrives twice.
+    in between loses nothing: the task is handed out again and its label simply arrives twice. A
+    second label under the same lease, while it holds, replaces the first (the newest wins).
 
     Raises:
         NotFound: unknown task. Conflict: lease not held (expired and reassigned, or never
         claimed) or task already labeled. InvalidInput: unknown label.
     """
     check_label(label, class_names)
-    item = queue.check_lease(task_id, lease_token)
+    item = queue.check_lease(task_id, lease_token, correcting=True)  # a second label corrects the first
     event = record_feedback(
         publisher, key, item.prediction_id, label, class_names, source="reviewer", actor=actor
     )

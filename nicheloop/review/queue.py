@@ -36,6 +36,7 @@ from nicheloop.store import Prediction, ReviewBudgetRow, ReviewItem, Store
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
+MAX_HOLD = 4  # leases a reviewer may hold one task for by renewing
 BUDGETS = ("budget_per_hour", "budget_per_day", "budget_per_reviewer_hour", "budget_per_reviewer_day")
 
 
@@ -162,6 +163,8 @@ class ReviewQueue:
             uncertainty=pred.uncertainty,
             priority=item.priority,
             class_names=list(pred.class_names),
+            probs=[float(p) for p in pred.probs],
+            why=why_queued(list(pred.class_names), list(pred.probs), pred.uncertainty, item.priority),
             image_url=f"/v1/images/{pred.image_sha256}",
             lease_token=item.lease_token or "",
             lease_expires_at=item.lease_expires_at,
@@ -179,49 +182,92 @@ class ReviewQueue:
             )
         return found is not None
 
-    def check_lease(self, task_id: int, lease_token: str) -> ReviewItem:
-        """The item, if ``lease_token`` is its current lease.
+    def check_lease(
+        self, task_id: int, lease_token: str, *, correcting: bool = False, now: datetime | None = None
+    ) -> ReviewItem:
+        """The item, if ``lease_token`` is its current lease. ``correcting``: a task already labeled
+        under this lease may be labeled again while the lease holds (a reviewer's undo).
 
         Raises:
-            NotFound: unknown task. Conflict: already labeled, not claimed, or the lease went to
-            another reviewer after it expired.
+            NotFound: unknown task. Conflict: already labeled (and past its lease, or not
+            ``correcting``), not claimed, or the lease went to another reviewer after it expired.
         """
         with Session(self.engine, expire_on_commit=False) as s:
-            return self._leased(s, task_id, lease_token)
+            return self._leased(s, task_id, lease_token, correcting=correcting, now=now or utcnow())
 
     def complete(self, task_id: int, label: str, lease_token: str, now: datetime | None = None) -> ReviewItem:
-        """Record ``label`` for the task under lease ``lease_token``.
+        """Record ``label`` for the task under lease ``lease_token``; a label given again under the
+        same lease while it holds replaces the first (the lease is kept for that).
 
         Raises:
-            NotFound, Conflict: as :meth:`check_lease`.
+            NotFound, Conflict: as :meth:`check_lease` with ``correcting``.
         """
         now = now or utcnow()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            item = self._leased(s, task_id, lease_token, for_update=True)
-            item.status, item.label, item.done_at, item.lease_expires_at = "done", label, now, None
+            item = self._leased(s, task_id, lease_token, for_update=True, correcting=True, now=now)
+            item.status, item.label, item.done_at = "done", label, now
         return item
 
-    def skip(self, task_id: int, lease_token: str, now: datetime | None = None) -> ReviewItem:
-        """Give the task back unlabeled; it is never offered to this reviewer again, and after
-        ``max_skips`` skips it is retired as ``skipped``.
+    def renew(self, task_id: int, lease_token: str, now: datetime | None = None) -> ReviewItem:
+        """Extend the lease by ``lease_s`` from now, for a reviewer still at work on the task (or
+        on the ones after it), up to ``MAX_HOLD`` leases from the claim: an open tab does not hold
+        a task for ever.
+
+        Raises:
+            NotFound, Conflict: as :meth:`check_lease`; Conflict past the longest hold too.
+        """
+        now = now or utcnow()
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            item = self._leased(s, task_id, lease_token, for_update=True, now=now)
+            held_since = _aware(item.claimed_at or now)
+            until = min(now + timedelta(seconds=self.policy.lease_s), held_since + MAX_HOLD * self._lease)
+            if until <= now:
+                raise Conflict(
+                    f"review task {task_id} was held for {MAX_HOLD} leases; label or skip it, or let it go"
+                )
+            item.lease_expires_at = until
+        return item
+
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.policy.lease_s)
+
+    def skip(
+        self, task_id: int, lease_token: str, now: datetime | None = None, *, reason: str = ""
+    ) -> ReviewItem:
+        """Give the task back unlabeled, saying why; it is never offered to this reviewer again,
+        and after ``max_skips`` skips (by as many reviewers) it is retired as ``skipped``.
 
         Raises:
             NotFound, Conflict: as :meth:`check_lease`.
         """
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            item = self._leased(s, task_id, lease_token, for_update=True)
+            item = self._leased(s, task_id, lease_token, for_update=True, now=now or utcnow())
             item.skips = (item.skips or 0) + 1
             item.skipped_by = [*(item.skipped_by or []), item.claimed_by]
+            item.skip_reasons = [*(item.skip_reasons or []), reason[:200]]
             item.status = "skipped" if item.skips >= self.policy.max_skips else "queued"
             item.lease_token = item.lease_expires_at = item.claimed_by = None
         return item
 
-    def _leased(self, s: Session, task_id: int, lease_token: str, for_update: bool = False) -> ReviewItem:
+    def _leased(
+        self,
+        s: Session,
+        task_id: int,
+        lease_token: str,
+        *,
+        now: datetime,
+        for_update: bool = False,
+        correcting: bool = False,
+    ) -> ReviewItem:
         q = select(ReviewItem).where(ReviewItem.task_id == task_id)
         item = s.scalar(q.with_for_update() if for_update else q)
         if item is None:
             raise NotFound(f"unknown review task {task_id}")
         if item.status == "done":
+            held = item.lease_expires_at is not None and _aware(item.lease_expires_at) >= now
+            if correcting and held and lease_token and item.lease_token == lease_token:
+                return item
             raise Conflict(f"review task {task_id} is already labeled ({item.label!r}); claim the next one")
         if item.status != "claimed" or not lease_token or item.lease_token != lease_token:
             raise Conflict(
@@ -354,3 +400,18 @@ class ReviewQueue:
             },
             "lease_s": self.policy.lease_s,
         }
+
+
+def why_queued(class_names: list[str], probs: list[float], uncertainty: float, priority: float) -> str:
+    """What queued an item, in words a reviewer reads at a glance: the model's doubt between its
+    top two classes, or an image unlike those labeled when the model was sure."""
+    ranked = sorted(zip(probs, class_names, strict=False), reverse=True)
+    if len(ranked) >= 2 and ranked[0][0] - ranked[1][0] < 0.3:
+        (p1, c1), (p2, c2) = ranked[0], ranked[1]
+        return f"the model hesitates between {c1} ({p1:.0%}) and {c2} ({p2:.0%}); priority {priority:.2f}"
+    if ranked and uncertainty < 0.3:
+        return (
+            f"the model is sure ({ranked[0][1]}, {ranked[0][0]:.0%}) but the image is unlike those "
+            f"labeled so far; priority {priority:.2f}"
+        )
+    return f"the model is unsure (uncertainty {uncertainty:.2f}); priority {priority:.2f}"

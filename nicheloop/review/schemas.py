@@ -16,6 +16,8 @@ class ReviewTask(BaseModel):
     uncertainty: float
     priority: float
     class_names: list[str]
+    probs: list[float] = Field(description="The served model's probabilities, in class_names order.")
+    why: str = Field(description="What queued it: the model's doubt, or an image unlike those labeled.")
     image_url: str
     lease_token: str
     lease_expires_at: datetime
@@ -30,6 +32,17 @@ class ReviewLabel(BaseModel):
 class ReviewSkip(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lease_token: str = Field(min_length=1, max_length=64)
+    reason: str = Field("", max_length=200, description='Why: "unsure", "not a defect image", ...')
+
+
+class ReviewLease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lease_token: str = Field(min_length=1, max_length=64)
+
+
+class LeaseRenewed(BaseModel):
+    task_id: int
+    lease_expires_at: datetime
 
 
 class ReviewBudget(BaseModel):
@@ -55,3 +68,10 @@ class ReviewStats(BaseModel):
     median_seconds_per_label: float | None
     budget: ReviewBudget
     lease_s: float
+
+
+class Whoami(BaseModel):
+    """``GET /v1/whoami``: the caller the credential names."""
+
+    name: str
+    role: str

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from nicheloop.contracts import PredictionEvent, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review import QueuePolicy, ReviewQueue
-from nicheloop.store import Store
+from nicheloop.review.queue import _aware, why_queued
+from nicheloop.store import ReviewItem, Store
 from tests.conftest import BACKENDS, postgres_database
 
 
@@ -54,14 +56,48 @@ def test_claims_follow_priority_and_labels_need_the_lease(store: Store) -> None:
     assert first.prediction_id == "p2" and first.claimed_by == "ann" and first.lease_token
     with pytest.raises(Conflict, match="not leased to you"):
         queue.complete(first.task_id, "b", "forged-token")
-    queue.complete(first.task_id, "b", first.lease_token)
+    done_at = utcnow()
+    queue.complete(first.task_id, "b", first.lease_token, now=done_at)
+    # while the lease holds, the reviewer may correct the label (undo); after it, never
+    assert queue.complete(first.task_id, "a", first.lease_token, now=done_at).label == "a"
     with pytest.raises(Conflict, match="already labeled"):
-        queue.complete(first.task_id, "a", first.lease_token)
+        queue.check_lease(first.task_id, first.lease_token)  # a first label only, without correcting
+    with pytest.raises(Conflict, match="already labeled"):
+        queue.complete(first.task_id, "b", first.lease_token, now=done_at + timedelta(hours=1))
     unclaimed = queue.claim("ann")
     with pytest.raises(NotFound):
         queue.complete(9999, "a", "x")
     assert queue.claim("bob").prediction_id == "p0" and unclaimed.prediction_id == "p1"
     assert queue.claim("bob") is None
+
+
+def test_a_lease_is_renewed_up_to_its_longest_hold_and_a_skip_keeps_its_reason(store: Store) -> None:
+    queue = filled(store, 2, lease_s=60)
+    now = utcnow()
+    item = queue.claim("ann", now=now)
+    later = now + timedelta(seconds=50)
+    assert _aware(
+        queue.renew(item.task_id, item.lease_token, now=later).lease_expires_at
+    ) == later + timedelta(seconds=60)
+    end = now + timedelta(seconds=4 * 60)  # MAX_HOLD leases from the claim at most
+    assert (
+        _aware(queue.renew(item.task_id, item.lease_token, now=end - timedelta(seconds=10)).lease_expires_at)
+        == end
+    )
+    with pytest.raises(Conflict, match="held for 4 leases"):
+        queue.renew(item.task_id, item.lease_token, now=end)
+    with pytest.raises(Conflict, match="not leased to you"):
+        queue.renew(item.task_id, "forged", now=later)
+    queue.skip(item.task_id, item.lease_token, now=later, reason="not a defect image")
+    with Session(store.engine) as s:
+        row = s.get(ReviewItem, item.task_id)
+        assert row is not None and row.skip_reasons == ["not a defect image"] and row.skipped_by == ["ann"]
+
+
+def test_why_an_item_was_queued_reads_as_a_sentence() -> None:
+    assert "hesitates between b (48%) and a (42%)" in why_queued(["a", "b", "c"], [0.42, 0.48, 0.1], 0.9, 0.7)
+    assert "unlike those labeled" in why_queued(["a", "b"], [0.97, 0.03], 0.05, 0.4)
+    assert "unsure" in why_queued(["a", "b", "c"], [0.6, 0.2, 0.2], 0.5, 0.4)
 
 
 def test_two_reviewers_claiming_at_once_never_get_the_same_item(store: Store) -> None:

@@ -112,12 +112,22 @@ def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
     resp = client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann)
     assert resp.status_code == 202 and resp.json()["source"] == "reviewer"
     assert res.publisher.events[-1][2].actor == "test-reviewer"  # type: ignore[attr-defined]
-    assert client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann).status_code == 409
+    # a second label under the running lease corrects the first (the reviewer's undo)
+    corrected = client.post(f"/v1/review/{task['task_id']}", json={**label, "label": "crack"}, headers=ann)
+    assert corrected.status_code == 202 and res.publisher.events[-1][2].label == "crack"  # type: ignore[attr-defined]
+    assert len(task["probs"]) == 2 and abs(sum(task["probs"]) - 1) < 1e-5 and task["why"]
     other = client.get("/v1/review/next", headers=ann).json()
+    renewed = client.post(
+        f"/v1/review/{other['task_id']}/renew", json={"lease_token": other["lease_token"]}, headers=ann
+    )
+    assert renewed.status_code == 200 and renewed.json()["lease_expires_at"] >= other["lease_expires_at"]
     skipped = client.post(
-        f"/v1/review/{other['task_id']}/skip", json={"lease_token": other["lease_token"]}, headers=ann
+        f"/v1/review/{other['task_id']}/skip",
+        json={"lease_token": other["lease_token"], "reason": "not a defect image"},
+        headers=ann,
     )
     assert skipped.json()["status"] == "queued"
+    assert client.get("/v1/whoami", headers=ann).json() == {"name": "test-reviewer", "role": "reviewer"}
     assert client.get("/v1/review/next", headers=ann).status_code == 204  # not again
     stats = client.get("/v1/review/stats", headers=as_role["operator"]).json()
     assert stats["done"] == 1 and stats["queued"] == 1 and stats["budget"]["left_hour"] == 4

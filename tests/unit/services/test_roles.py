@@ -17,6 +17,8 @@ MATRIX = {
     ("GET", "/v1/review/next"): ("reviewer",),
     ("POST", "/v1/review/{task_id}"): ("reviewer",),
     ("POST", "/v1/review/{task_id}/skip"): ("reviewer",),
+    ("POST", "/v1/review/{task_id}/renew"): ("reviewer",),
+    ("GET", "/v1/whoami"): ("app", "reviewer", "operator", "admin"),
     ("GET", "/v1/review/stats"): ("reviewer", "operator"),
     ("GET", "/v1/images/{sha256}"): ("reviewer", "operator"),
     ("GET", "/metrics"): ("operator",),

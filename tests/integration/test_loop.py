@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 from kafka import KafkaProducer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cli.demo import DEMO_PLAN, run_loop
 from deploy.local import stack
@@ -24,7 +26,7 @@ from nicheloop.keys import ApiKeys
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings, settings_env
-from nicheloop.store import Store
+from nicheloop.store import LabeledExample, Store
 from rollout.plan import load_plan
 from rollout.stats import mcnemar
 from tests.integration.conftest import role
@@ -191,17 +193,30 @@ def test_two_reviewers_over_http_leases_skips_labels_and_stats(live: Settings, p
         headers=as_bob,
     )
     assert done.status_code == 202 and done.json()["source"] == "reviewer"
+    # a second label under the running lease corrects the first: the newest reviewer label wins
     again = c.post(
         f"/v1/review/{bob['task_id']}",
-        json={"label": "patches", "lease_token": bob["lease_token"]},
+        json={"label": "crazing", "lease_token": bob["lease_token"]},
         headers=as_bob,
     )
-    assert again.status_code == 409
+    assert again.status_code == 202
     stats = c.get("/v1/review/stats", headers=as_ann).json()
     assert stats["done"] >= 1 and stats["budget"]["left_hour"] < live.review_budget_per_hour
     # the label came back through Kafka as reviewer feedback and was joined
-    _wait("the reviewer label to be joined", lambda: store.labeled_ids([bob["prediction_id"]]))
+    _wait(
+        "the corrected reviewer label to be joined",
+        lambda: _reviewer_label(store, bob["prediction_id"]) == "crazing",
+    )
     assert c.get("/v1/review/next", headers=as_bob).json()["task_id"] == ann["task_id"]
+
+
+def _reviewer_label(store: Store, prediction_id: str) -> str | None:
+    with Session(store.engine) as s:
+        return s.scalar(
+            select(LabeledExample.label).where(
+                LabeledExample.prediction_id == prediction_id, LabeledExample.source == "reviewer"
+            )
+        )
 
 
 def test_malformed_events_are_dead_lettered_with_a_reason(live: Settings) -> None:

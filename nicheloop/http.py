@@ -372,7 +372,8 @@ def requires(*roles: Role) -> Any:
     return Depends(caller)
 
 
-OPEN_ROUTES = frozenset({"/healthz", "/readyz"})  # liveness and readiness: probes carry no key
+# liveness and readiness (probes carry no key), and the pages' code (no data: their calls carry a key)
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/review", "/pages/{name}"})
 
 
 def route_roles(app: FastAPI) -> dict[tuple[str, str], tuple[Role, ...] | None]:

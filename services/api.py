@@ -26,6 +26,7 @@ from nicheloop.review import (
     ReviewTask,
     Whoami,
 )
+from services import pages
 from services.deps import GatewayResources, Resources
 from services.feedback import record_feedback, submit_review
 from services.http import image_bytes, install_guards
@@ -198,6 +199,23 @@ async def review_renew(
 async def whoami(who: Caller = requires(*ROLES)) -> Whoami:
     """Who the credential names, and its role (the pages greet and route with it)."""
     return Whoami(name=who.name, role=who.role)
+
+
+@api.get("/review", include_in_schema=False)
+async def review_page() -> Response:
+    """The reviewer page: public code, no data (its calls carry the reviewer's own key)."""
+    return _page("review.html")
+
+
+@api.get("/pages/{name}", include_in_schema=False)
+async def page_asset(name: Annotated[str, Path(max_length=64)]) -> Response:
+    """A script or style of the pages."""
+    return _page(name)
+
+
+def _page(name: str) -> Response:
+    body, kind = pages.asset(name)
+    return Response(content=body, media_type=kind, headers=pages.HEADERS)
 
 
 @api.get(

@@ -197,3 +197,15 @@ def test_a_full_replica_sheds_at_once_with_retry_after(
 def test_the_resources_dependency_runs_on_the_event_loop() -> None:
     # FastAPI runs a plain-function dependency in a worker thread: a hop on every request
     assert inspect.iscoroutinefunction(get_resources)
+
+
+def test_the_reviewer_page_is_served_from_the_gateways_origin_and_nothing_else_is(client: TestClient) -> None:
+    page = client.get("/review", headers={"X-API-Key": ""})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script type="module" src="/pages/review.js">' in page.text and "http" not in page.text.lower()
+    script = client.get("/pages/review.js", headers={"X-API-Key": ""})
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "/v1/review/next" in script.text and "https://" not in script.text  # no CDN
+    for name in ("..%2Fapi.py", "__init__.py", "secret.key", "review.py"):
+        assert client.get(f"/pages/{name}").status_code == 404, name

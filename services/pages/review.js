@@ -1,0 +1,435 @@
+// The reviewer page: one keystroke per decision. Tasks are leased and their images loaded ahead,
+// decisions are sent in the background in order with retries, a decision that does not land stays
+// on the page, and Backspace relabels the last item while its lease holds.
+
+const AHEAD = 3; // tasks leased and loaded beyond the one on screen
+const RETRIES = 6; // sends of one decision before it is shown as failed (backoff doubles from 0.5 s)
+const SKIP_REASONS = ["unsure", "not a defect image", "image unreadable", "other"];
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  key: sessionStorage.getItem("nicheloop-key") || "",
+  current: null, // the task on screen
+  ahead: [], // tasks leased and loaded, in order
+  filling: false,
+  emptyUntil: 0, // the queue was empty or the budget spent: ask again after this
+  history: [], // decisions, newest last: {task, label | null, at}
+  outbox: [], // decisions not yet confirmed, in the order made
+  sending: false,
+  failed: [], // decisions that did not land: kept and shown, never dropped
+  confirmed: 0,
+  view: { zoom: 1, x: 0, y: 0, contrast: 1 },
+  mode: "work", // work | skip | help
+  timings: [], // ms from a decision's key to the next image on screen (benchmarks/review_ui.py)
+  shownAt: 0,
+  decisionTimes: [], // seconds each decision took, for the median
+};
+window.nicheloopReview = state; // read by the browser tests and the benchmark
+
+async function call(path, { method = "GET", body } = {}) {
+  const headers = { "X-API-Key": state.key };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+}
+
+function show(section) {
+  for (const id of ["signin", "work", "empty"]) $(id).hidden = id !== section;
+}
+
+// -- signing in -------------------------------------------------------------------------------
+async function signIn(key) {
+  state.key = key;
+  const res = await call("/v1/whoami");
+  if (res.status === 401) return refuse("That key is not one of this service's, or it was revoked.");
+  if (!res.ok) return refuse(`The service answered ${res.status}; try again.`);
+  const me = await res.json();
+  if (me.role !== "reviewer") {
+    return refuse(`This page is for reviewers; that key is an ${me.role}'s. Ask an admin for a reviewer key.`);
+  }
+  sessionStorage.setItem("nicheloop-key", key);
+  $("who").textContent = `Signed in as ${me.name}`;
+  show("work");
+  await fill(); // shows the first task as soon as it is loaded
+  if (!state.current) next();
+  setInterval(renewLeases, 30_000);
+  setInterval(refreshStats, 10_000);
+  setInterval(showLease, 1_000);
+  refreshStats();
+}
+
+function refuse(message) {
+  sessionStorage.removeItem("nicheloop-key");
+  state.key = "";
+  show("signin");
+  $("signin-error").textContent = message;
+}
+
+// -- leasing ahead ----------------------------------------------------------------------------
+async function fill() {
+  if (state.filling) return;
+  state.filling = true;
+  try {
+    while (state.ahead.length < AHEAD && Date.now() >= state.emptyUntil) {
+      const res = await call("/v1/review/next");
+      if (res.status === 204) {
+        state.emptyUntil = Date.now() + 5_000;
+        $("empty-why").textContent = "The queue is empty; new items are looked for every 5 s.";
+        break;
+      }
+      if (res.status === 429) {
+        const wait = Number(res.headers.get("Retry-After") || "60");
+        state.emptyUntil = Date.now() + wait * 1000;
+        $("empty-why").textContent = `${(await res.json()).detail}`;
+        break;
+      }
+      if (!res.ok) {
+        state.emptyUntil = Date.now() + 5_000;
+        $("empty-why").textContent = `The service answered ${res.status}; trying again in 5 s.`;
+        break;
+      }
+      const task = await res.json();
+      task.image = await loadImage(task.image_url);
+      state.ahead.push(task);
+      if (!state.current) next();
+    }
+  } finally {
+    state.filling = false;
+  }
+}
+
+async function loadImage(url) {
+  const res = await call(url);
+  if (!res.ok) return "";
+  const src = URL.createObjectURL(await res.blob());
+  const img = new Image(); // decoded before it is shown: the switch is instant
+  img.src = src;
+  await img.decode().catch(() => {});
+  return src;
+}
+
+setInterval(() => {
+  if (state.key && !state.filling && Date.now() >= state.emptyUntil && state.ahead.length < AHEAD) {
+    fill().then(() => state.current || next());
+  }
+}, 1_000);
+
+// -- the item on screen -------------------------------------------------------------------------
+function next(startedAt) {
+  state.current = state.ahead.shift() || null;
+  if (!state.current) {
+    show("empty");
+    fill();
+    return;
+  }
+  show("work");
+  render(state.current);
+  if (startedAt !== undefined) {
+    requestAnimationFrame(() => state.timings.push(performance.now() - startedAt));
+  }
+  state.shownAt = performance.now();
+  fill();
+}
+
+function letters(classes) {
+  // every class a letter of its own name where one is free, else any free letter
+  const taken = new Set(["r"]);
+  const keys = {};
+  for (const name of classes) {
+    const own = [...name.toLowerCase()].find((ch) => /[a-z]/.test(ch) && !taken.has(ch));
+    const key = own || [..."abcdefghijklmnopqstuvwxyz"].find((ch) => !taken.has(ch));
+    if (key) {
+      taken.add(key);
+      keys[name] = key;
+    }
+  }
+  return keys;
+}
+
+function render(task) {
+  $("image").src = task.image;
+  $("image").alt = `Image of review task ${task.task_id}, predicted ${task.predicted_label}`;
+  resetView();
+  $("why").textContent = `Why this item: ${task.why}`;
+  const ranked = task.class_names
+    .map((name, i) => ({ name, p: task.probs[i] ?? 0 }))
+    .sort((a, b) => b.p - a.p)
+    .slice(0, 3);
+  task.top = ranked.map((r) => r.name);
+  $("top").replaceChildren(
+    ...ranked.map((r, i) => {
+      const li = document.createElement("li");
+      const button = choice(r.name, r.name);
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("span");
+      fill.style.width = `${(100 * r.p).toFixed(1)}%`;
+      bar.append(fill);
+      const pct = document.createElement("span");
+      pct.textContent = `${(100 * r.p).toFixed(0)} %`;
+      const key = document.createElement("kbd");
+      key.textContent = String(i + 1);
+      button.prepend(key, " ");
+      li.append(button, bar, pct);
+      return li;
+    }),
+  );
+  task.keys = letters(task.class_names);
+  $("classes").replaceChildren(
+    ...task.class_names.map((name) => {
+      const li = document.createElement("li");
+      const key = task.keys[name];
+      const button = choice(name, null);
+      const at = key ? name.toLowerCase().indexOf(key) : -1;
+      if (at >= 0) {
+        const u = document.createElement("u");
+        u.textContent = name[at];
+        button.append(name.slice(0, at), u, name.slice(at + 1));
+      } else {
+        button.append(name, key ? ` (${key})` : "");
+      }
+      li.append(button);
+      return li;
+    }),
+  );
+  showLease();
+}
+
+function choice(label, text) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "choice";
+  if (text) button.append(text);
+  button.addEventListener("click", () => decide(label, performance.now()));
+  return button;
+}
+
+function showLease() {
+  const task = state.current;
+  if (!task) return;
+  const left = Math.round((new Date(task.lease_expires_at) - Date.now()) / 1000);
+  $("lease").textContent = left > 0 ? `Lease: ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left` : "Lease expired: this item may go to someone else";
+  $("lease").className = left < 60 ? "short" : "";
+}
+
+// -- deciding -----------------------------------------------------------------------------------
+function decide(label, startedAt) {
+  const task = state.current;
+  if (!task) return;
+  state.decisionTimes.push((performance.now() - state.shownAt) / 1000);
+  state.history.push({ task, label, at: Date.now() });
+  if (state.history.length > 20) state.history.shift();
+  enqueue({ kind: "label", task, label });
+  next(startedAt);
+}
+
+function skip(reason, startedAt) {
+  const task = state.current;
+  if (!task) return;
+  state.history.push({ task, label: null, at: Date.now() });
+  enqueue({ kind: "skip", task, reason });
+  next(startedAt);
+}
+
+function undo() {
+  const last = state.history.at(-1);
+  if (!last) return say("Nothing to undo.");
+  if (last.label === null) return say("A skip cannot be undone: the item went back to the queue.");
+  if (new Date(last.task.lease_expires_at) <= Date.now()) return say("Its lease ran out: it cannot be relabeled.");
+  state.history.pop();
+  if (state.current) state.ahead.unshift(state.current);
+  state.current = last.task;
+  show("work");
+  render(last.task);
+  state.shownAt = performance.now();
+  say(`Undone: ${last.label}. Label it again.`);
+}
+
+// -- sending ------------------------------------------------------------------------------------
+function enqueue(decision) {
+  decision.tries = 0;
+  state.outbox.push(decision);
+  showOutbox();
+  pump();
+}
+
+async function pump() {
+  if (state.sending) return;
+  state.sending = true;
+  try {
+    while (state.outbox.length) {
+      const d = state.outbox[0];
+      const verdict = await send(d);
+      if (verdict === "retry") {
+        d.tries += 1;
+        if (d.tries < RETRIES) {
+          await new Promise((r) => setTimeout(r, 500 * 2 ** (d.tries - 1)));
+          continue;
+        }
+        d.why = "the service did not answer";
+      }
+      state.outbox.shift();
+      if (verdict === "ok") state.confirmed += 1;
+      else state.failed.push(d);
+      showOutbox();
+    }
+  } finally {
+    state.sending = false;
+  }
+}
+
+async function send(d) {
+  const path = d.kind === "label" ? `/v1/review/${d.task.task_id}` : `/v1/review/${d.task.task_id}/skip`;
+  const body = d.kind === "label"
+    ? { label: d.label, lease_token: d.task.lease_token }
+    : { lease_token: d.task.lease_token, reason: d.reason };
+  let res;
+  try {
+    res = await call(path, { method: "POST", body });
+  } catch {
+    return "retry"; // the network: try again
+  }
+  if (res.ok) return "ok";
+  if (res.status === 429 || res.status >= 500) return "retry";
+  d.why = (await res.json().catch(() => ({}))).detail || `answered ${res.status}`;
+  return "failed";
+}
+
+function showOutbox() {
+  const waiting = state.outbox.length;
+  $("outbox").textContent = `${state.confirmed} saved` + (waiting ? `, ${waiting} sending` : "");
+  $("failed").replaceChildren(
+    ...state.failed.map((d) => {
+      const li = document.createElement("li");
+      const what = d.kind === "label" ? `label ${d.label}` : `skip (${d.reason})`;
+      li.textContent = `Task ${d.task.task_id}, ${what}: not saved (${d.why}). Press r to send again.`;
+      return li;
+    }),
+  );
+}
+
+function resend() {
+  const again = state.failed.splice(0);
+  for (const d of again) enqueue(d);
+}
+
+async function renewLeases() {
+  const held = [state.current, ...state.ahead].filter(Boolean);
+  for (const task of held) {
+    const res = await call(`/v1/review/${task.task_id}/renew`, {
+      method: "POST",
+      body: { lease_token: task.lease_token },
+    }).catch(() => null);
+    if (res && res.ok) task.lease_expires_at = (await res.json()).lease_expires_at;
+  }
+}
+
+async function refreshStats() {
+  const res = await call("/v1/review/stats").catch(() => null);
+  if (!res || !res.ok) return;
+  const s = await res.json();
+  const times = [...state.decisionTimes].sort((a, b) => a - b);
+  const median = times.length ? times[Math.floor(times.length / 2)].toFixed(1) : "–";
+  const minutes = state.decisionTimes.reduce((a, b) => a + b, 0) / 60;
+  const rate = minutes > 0 ? (state.history.length / minutes).toFixed(1) : "–";
+  $("throughput").textContent =
+    `${state.decisionTimes.length} done here · ${rate} a minute · median ${median} s · ` +
+    `${s.queued} queued · budget ${s.budget.left_hour} this hour`;
+}
+
+function say(message) {
+  $("outbox").textContent = message;
+}
+
+// -- looking closer -----------------------------------------------------------------------------
+function resetView() {
+  state.view = { zoom: 1, x: 0, y: 0, contrast: 1 };
+  applyView();
+}
+
+function applyView() {
+  const v = state.view;
+  $("image").style.transform = `translate(${v.x}px, ${v.y}px) scale(${v.zoom})`;
+  $("image").style.filter = `contrast(${v.contrast})`;
+}
+
+// -- keys ---------------------------------------------------------------------------------------
+function onKey(event) {
+  if (!state.key || $("signin").hidden === false) return;
+  if (!state.current && state.mode === "work" && !["?", "Backspace", "r"].includes(event.key)) return;
+  const at = performance.now();
+  const key = event.key;
+  if (state.mode === "help") {
+    if (key === "Escape" || key === "?") toggle("help");
+    event.preventDefault();
+    return;
+  }
+  if (state.mode === "skip") {
+    const n = Number(key);
+    if (n >= 1 && n <= SKIP_REASONS.length) {
+      toggle("skip");
+      skip(SKIP_REASONS[n - 1], at);
+    } else if (key === "Escape") {
+      toggle("skip");
+    }
+    event.preventDefault();
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const task = state.current;
+  const v = state.view;
+  const handled = {
+    Enter: () => decide(task.top[0], at),
+    1: () => decide(task.top[0], at),
+    2: () => task.top[1] && decide(task.top[1], at),
+    3: () => task.top[2] && decide(task.top[2], at),
+    "/": () => toggle("skip"),
+    "?": () => toggle("help"),
+    Backspace: () => undo(),
+    "+": () => { v.zoom = Math.min(8, v.zoom * 1.25); applyView(); },
+    "=": () => { v.zoom = Math.min(8, v.zoom * 1.25); applyView(); },
+    "-": () => { v.zoom = Math.max(1, v.zoom / 1.25); applyView(); },
+    ArrowLeft: () => { v.x += 40; applyView(); },
+    ArrowRight: () => { v.x -= 40; applyView(); },
+    ArrowUp: () => { v.y += 40; applyView(); },
+    ArrowDown: () => { v.y -= 40; applyView(); },
+    "[": () => { v.contrast = Math.max(0.25, v.contrast - 0.25); applyView(); },
+    "]": () => { v.contrast = Math.min(4, v.contrast + 0.25); applyView(); },
+    0: () => resetView(),
+    r: () => resend(),
+  }[key];
+  if (handled) {
+    event.preventDefault();
+    handled();
+    return;
+  }
+  const label = task && Object.keys(task.keys).find((name) => task.keys[name] === key.toLowerCase());
+  if (label) {
+    event.preventDefault();
+    decide(label, at);
+  }
+}
+
+function toggle(mode) {
+  const open = state.mode !== mode;
+  state.mode = open ? mode : "work";
+  $("skip").hidden = state.mode !== "skip";
+  $("help").hidden = state.mode !== "help";
+}
+
+// -- start --------------------------------------------------------------------------------------
+$("skip-reasons").replaceChildren(
+  ...SKIP_REASONS.map((reason) => {
+    const li = document.createElement("li");
+    li.textContent = reason;
+    return li;
+  }),
+);
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  $("signin-error").textContent = "";
+  signIn($("key").value.trim());
+});
+document.addEventListener("keydown", onKey);
+if (state.key) signIn(state.key);
+else show("signin");

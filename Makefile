@@ -5,12 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KAFKA_VERSION ?= 4.1.1
 KAFKA_LIBS ?= $(HOME)/.cache/nicheloop/kafka-$(KAFKA_VERSION)/libs
+CHROMIUM ?= /usr/bin/chromium
+AXE_VERSION ?= 4.14.1
+AXE_JS ?= $(HOME)/.cache/nicheloop/axe-core-$(AXE_VERSION)/axe.min.js
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres promtool demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout bench-hostile lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres promtool chromium axe demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout bench-hostile lint stack-up stack-down clean
 
-TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url)
+TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url) \
+	NICHELOOP_CHROMIUM=$(CHROMIUM) NICHELOOP_AXE_JS=$(AXE_JS)
 
 setup: python-deps kafka-jars
 
@@ -36,6 +40,21 @@ $(KAFKA_LIBS)/.resolved: deploy/local/kafka/pom.xml
 	    -Dkafka.version=$(KAFKA_VERSION) -DoutputDirectory=$(KAFKA_LIBS)
 	touch $@
 
+# The browser tests drive Debian's Chromium (Playwright's own download cannot reach its CDN here).
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	    { echo "need Chromium at $(CHROMIUM) for the browser tests: apt-get install chromium, or set CHROMIUM="; exit 1; }
+
+# axe-core from the npm registry, pinned: the pages' accessibility check in the test browser.
+axe: $(AXE_JS)
+
+$(AXE_JS):
+	@command -v npm >/dev/null || { echo "need npm to fetch axe-core $(AXE_VERSION) for the accessibility tests"; exit 1; }
+	mkdir -p $(dir $(AXE_JS)) && cd $(dir $(AXE_JS)) && npm pack -q axe-core@$(AXE_VERSION) >/dev/null && \
+	    tar -xzf axe-core-$(AXE_VERSION).tgz package/axe.min.js && mv package/axe.min.js axe.min.js && \
+	    rm -rf package axe-core-$(AXE_VERSION).tgz
+
 demo: setup
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(VENV)/bin/nicheloop demo $(DEMO_ARGS)
 
@@ -45,14 +64,14 @@ postgres:
 promtool:
 	deploy/local/promtool.sh >/dev/null
 
-test: setup postgres promtool
+test: setup postgres promtool chromium axe
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests need no service: the PostgreSQL variants of the store tests are marked integration.
-test-unit: python-deps promtool
+test-unit: python-deps promtool chromium axe
 	$(PY) -m pytest tests/unit -m "not integration and not e2e" $(PYTEST_ARGS)
 
-test-integration: setup postgres
+test-integration: setup postgres chromium axe
 	$(TEST_ENV) $(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
 
 # Full-size fault injection: 10,000 feedback events, 5 broker kills, 3 consumer kills; last line JSON.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,3 +62,25 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
         name = f"t_{request.node.name[:40].lower().replace('[', '_').replace(']', '').replace('-', '_')}"
         return Store(postgres_database(name))
     return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, one per test module (a page per test)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import chromium_path
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="session")
+def axe_js() -> str:
+    from tests.browser import axe_source
+
+    return axe_source()

@@ -32,7 +32,7 @@ def gateway(
     ready(res, registry)
     res = dataclasses.replace(res, queue=ReviewQueue(res.store, QueuePolicy(budget_per_hour=100)))
     api.dependency_overrides[get_resources] = lambda: res
-    for i in range(ITEMS):
+    for _ in range(ITEMS):
         client.post("/v1/predict", content=png)
     for i, (_, _, event) in enumerate(list(res.publisher.events)):  # type: ignore[attr-defined]
         res.store.add_prediction(event)

@@ -206,6 +206,13 @@ def run_demo(settings: Settings, predictions: int = 300, keep_running: bool = Fa
     finally:
         if not keep_running:
             stack.down(settings)
+        else:
+            print(
+                f"the reviewer page: {settings.serve_url}/review (sign in with the reviewer key in "
+                f"{settings.home / KEYS_FILE})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def label_by_keyboard(settings: Any, key: str, items: int) -> dict[str, Any]:
     """Open the page, sign in with ``key``, press Enter ``items`` times; the page's own figures."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import chromium_path
+    from tests.browser import NEXT_ITEM, chromium_path
 
     loaded: list[int] = []
     with sync_playwright() as pw:
@@ -94,7 +94,7 @@ def label_by_keyboard(settings: Any, key: str, items: int) -> dict[str, Any]:
             shown = page.evaluate("window.nicheloopReview.current.task_id")
             page.keyboard.press("Enter")
             if i < items - 1:
-                page.wait_for_function("id => window.nicheloopReview.current?.task_id !== id", arg=shown)
+                page.wait_for_function(NEXT_ITEM, arg=shown)
             if (i + 1) % 25 == 0:
                 print(f"{i + 1}/{items} labeled", flush=True)
         page.wait_for_function(

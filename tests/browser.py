@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"  # screenshots (git ignores them)
+# a wait_for_function predicate: the reviewer page shows an item other than ``shown`` (a function,
+# not an expression: the page's CSP refuses the eval an expression would need)
+NEXT_ITEM = "shown => { const c = window.nicheloopReview.current; return c !== null && c.task_id !== shown; }"
 
 
 def chromium_path() -> str:

@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   key: sessionStorage.getItem("nicheloop-key") || "",
   current: null, // the task on screen
+  waitingSince: undefined, // when a decision found no item loaded yet (its time runs on)
   ahead: [], // tasks leased and loaded, in order
   filling: false,
   emptyUntil: 0, // the queue was empty or the budget spent: ask again after this
@@ -73,6 +74,7 @@ async function fill() {
       const res = await call("/v1/review/next");
       if (res.status === 204) {
         state.emptyUntil = Date.now() + 5_000;
+        $("empty-title").textContent = "Nothing to review";
         $("empty-why").textContent = "The queue is empty; new items are looked for every 5 s.";
         break;
       }
@@ -116,15 +118,21 @@ setInterval(() => {
 // -- the item on screen -------------------------------------------------------------------------
 function next(startedAt) {
   state.current = state.ahead.shift() || null;
+  const since = startedAt ?? state.waitingSince; // a key pressed while the next item was loading
   if (!state.current) {
+    state.waitingSince = since;
+    const waiting = state.filling || Date.now() >= state.emptyUntil;
+    $("empty-title").textContent = waiting ? "Loading the next item…" : "Nothing to review";
+    if (waiting) $("empty-why").textContent = "";
     show("empty");
     fill();
     return;
   }
+  state.waitingSince = undefined;
   show("work");
   render(state.current);
-  if (startedAt !== undefined) {
-    requestAnimationFrame(() => state.timings.push(performance.now() - startedAt));
+  if (since !== undefined) {
+    requestAnimationFrame(() => state.timings.push(performance.now() - since));
   }
   state.shownAt = performance.now();
   fill();

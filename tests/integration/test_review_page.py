@@ -20,7 +20,7 @@ from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import LabeledExample, ReviewItem, Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
-from tests.browser import screenshot
+from tests.browser import NEXT_ITEM, screenshot
 from tests.integration.conftest import role
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
         for i, pressed in enumerate(keys, start=1):
             shown = page.evaluate("window.nicheloopReview.current.task_id")
             page.keyboard.press(pressed)
-            page.wait_for_function("id => window.nicheloopReview.current?.task_id !== id", arg=shown)
+            page.wait_for_function(NEXT_ITEM, arg=shown)
             if i == 5:  # undo the fifth label and give it again by the top class
                 page.keyboard.press("Backspace")
                 page.wait_for_function("id => window.nicheloopReview.current?.task_id === id", arg=shown)

@@ -18,7 +18,7 @@ from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.store import ReviewItem
 from services.api import api
 from services.deps import GatewayResources, get_resources
-from tests.browser import screenshot, serious_violations, serving
+from tests.browser import NEXT_ITEM, screenshot, serious_violations, serving
 from tests.unit.services.fakes import OneVersion, ready
 
 ITEMS = 6
@@ -68,7 +68,7 @@ def test_a_reviewer_labels_by_keyboard_alone_undoes_and_skips(
         first = page.evaluate("window.nicheloopReview.current.task_id")
         page.keyboard.press("Enter")  # the model's top class
         page.keyboard.press("2")  # its second
-        page.wait_for_function("first => window.nicheloopReview.current.task_id !== first", arg=first)
+        page.wait_for_function(NEXT_ITEM, arg=first)
         page.keyboard.press("Backspace")  # undo the "2": the task comes back, labeled anew
         page.keyboard.press("c")  # "crack" by its letter
         page.keyboard.press("/")

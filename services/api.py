@@ -17,6 +17,7 @@ from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest
 from nicheloop.errors import NotFound, NotReady
 from nicheloop.http import PROBLEMS, PROMETHEUS_TEXT, RowId, requires
 from nicheloop.keys import ROLES, Caller
+from nicheloop.pages import page_file
 from nicheloop.review import (
     LeaseRenewed,
     ReviewLabel,
@@ -214,8 +215,7 @@ async def page_asset(name: Annotated[str, Path(max_length=64)]) -> Response:
 
 
 def _page(name: str) -> Response:
-    body, kind = pages.asset(name)
-    return Response(content=body, media_type=kind, headers=pages.HEADERS)
+    return page_file(pages.HERE, name, pages.FILES)
 
 
 @api.get(

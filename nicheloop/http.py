@@ -373,7 +373,7 @@ def requires(*roles: Role) -> Any:
 
 
 # liveness and readiness (probes carry no key), and the pages' code (no data: their calls carry a key)
-OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/review", "/pages/{name}"})
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/review", "/operate", "/pages/{name}"})
 
 
 def route_roles(app: FastAPI) -> dict[tuple[str, str], tuple[Role, ...] | None]:

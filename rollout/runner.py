@@ -14,10 +14,10 @@ import socket
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import uvicorn
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -33,12 +33,14 @@ from nicheloop.http import (
     install_guards,
     requires,
 )
-from nicheloop.keys import Administration, ApiKeys, Audit, Caller, KeyInfo, Role
+from nicheloop.keys import ROLES, Administration, ApiKeys, Audit, Caller, KeyInfo, Role
+from nicheloop.pages import page_file
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
+from rollout import pages
 from rollout.controller import Controller, kafka_announce
 from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
@@ -157,6 +159,26 @@ def controller_api(
 
     for action in ("pause", "resume", "rollback", "promote"):
         app.post(f"/v1/rollouts/{action}")(verb(action))
+
+    @app.get("/operate", include_in_schema=False)
+    def operate_page() -> Response:
+        """The operator page: public code, no data (its calls carry the operator's own key)."""
+        return page_file(pages.HERE, "operate.html", pages.FILES)
+
+    @app.get("/pages/{name}", include_in_schema=False)
+    def page_asset(name: Annotated[str, Path(max_length=64)]) -> Response:
+        """A script or style of the operator page."""
+        return page_file(pages.HERE, name, pages.FILES)
+
+    @app.get("/v1/whoami")
+    def whoami(who: Caller = requires(*ROLES)) -> dict[str, str]:
+        """Who the credential names, and its role (the page greets and routes with it)."""
+        return {"name": who.name, "role": who.role}
+
+    @app.get("/v1/review/health")
+    def review_health(_: Caller = operator) -> dict[str, Any]:
+        """The review queue's figures: depth, throughput, the oldest waiting item, budget left."""
+        return queue.stats()
 
     @app.get("/v1/review/budget")
     def review_budget(_: Caller = operator) -> dict[str, int]:

@@ -105,7 +105,7 @@ function showHistory(events) {
   $("history").replaceChildren(
     ...events.slice(-12).reverse().map((e) => {
       const li = document.createElement("li");
-      li.textContent = `${new Date(e.at).toLocaleTimeString()} ${e.from_state} → ${e.to_state} by ${e.actor}: ${e.reason}`;
+      li.textContent = `${new Date(e.at).toLocaleTimeString()} ${e.from_state ?? "start"} → ${e.to_state} by ${e.actor}: ${e.reason}`;
       return li;
     }),
   );
@@ -189,6 +189,7 @@ function ask(action) {
   $("confirm-what").textContent = action === "promote" ? "A forced promotion needs a reason." : "";
   $("version-label").hidden = $("confirm-version").hidden = action !== "start";
   $("confirm-reason").value = "";
+  $("act-result").textContent = "";
   $("confirm").hidden = false;
   $(action === "start" ? "confirm-version" : "confirm-reason").focus();
 }
@@ -205,6 +206,7 @@ async function act() {
   $("act-result").textContent = res.ok
     ? `${ACTS[action]}: done (${answer.state}).`
     : `${ACTS[action]}: refused (${res.status}): ${answer.detail ?? ""}`;
+  $("act-result").className = res.ok ? "ok" : "refused";
   refresh();
 }
 

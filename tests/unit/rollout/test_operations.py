@@ -114,7 +114,11 @@ def test_the_command_line_says_what_is_live(tmp_path: Path) -> None:
 
 def test_every_controller_route_declares_its_roles(rollouts: Rollouts) -> None:
     table = route_roles(controller_api(Operations(rollouts, Registry())))
-    assert {path for (_, path), roles in table.items() if roles is None} == {"/healthz"}
+    assert {path for (_, path), roles in table.items() if roles is None} == {
+        "/healthz",
+        "/operate",
+        "/pages/{name}",
+    }
     by_roles: dict[tuple[str, ...] | None, set[tuple[str, str]]] = {}
     for route, roles in table.items():
         by_roles.setdefault(roles, set()).add(route)
@@ -126,7 +130,14 @@ def test_every_controller_route_declares_its_roles(rollouts: Rollouts) -> None:
         ("POST", "/v1/labels/exclude"),
         ("GET", "/v1/audit"),
     }
-    assert set(by_roles) == {None, ("operator",), ("admin",), ("operator", "admin")}
+    assert by_roles[("app", "reviewer", "operator", "admin")] == {("GET", "/v1/whoami")}
+    assert set(by_roles) == {
+        None,
+        ("operator",),
+        ("admin",),
+        ("operator", "admin"),
+        ("app", "reviewer", "operator", "admin"),
+    }
 
 
 def test_admins_make_and_list_keys_operators_revoke_and_exclude_over_http(rollouts: Rollouts) -> None:

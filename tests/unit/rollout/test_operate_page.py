@@ -1,0 +1,102 @@
+"""The operator page in Debian's Chromium, against the controller's routes (MLflow is the stand-in
+registry of tests/unit/rollout/test_controller.py; the store and the page are real): an operator
+starts a candidate and rolls it back, each act confirmed and in the audit log on the page; sets a
+review budget; another role is refused; no serious accessibility violation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nicheloop.keys import ApiKeys, Audit
+from nicheloop.review import QueuePolicy
+from nicheloop.rollouts import Rollouts
+from rollout.operations import Operations
+from rollout.runner import controller_api
+from tests.browser import screenshot, serious_violations, serving
+from tests.unit.rollout.test_controller import Registry
+
+
+@pytest.fixture
+def controller(rollouts: Rollouts) -> Iterator[tuple[str, Rollouts, dict[str, str]]]:
+    ops = Operations(rollouts, Registry())
+    ops.adopt(actor="setup", reason="the first champion", version="1")
+    keys = ApiKeys(rollouts.store)
+    made = {
+        role: keys.create(name=f"page-{role}", role=role, created_by="t")[0]
+        for role in ("operator", "reviewer")
+    }
+    with serving(controller_api(ops, review=QueuePolicy(budget_per_hour=120))) as url:
+        yield url, rollouts, made
+
+
+def _sign_in(page: Any, url: str, key: str) -> None:
+    page.goto(f"{url}/operate")
+    page.fill("#key", key)
+    page.keyboard.press("Enter")
+
+
+def _confirm(page: Any, action: str, reason: str) -> None:
+    page.click(f"#controls button[data-action={action}]")
+    assert page.is_visible("#confirm")
+    page.fill("#confirm-reason", reason)
+    page.click("#confirm-yes")
+    page.wait_for_function("() => document.getElementById('act-result').textContent.length > 0")
+
+
+def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_it(
+    browser: Any, controller: tuple[str, Rollouts, dict[str, str]], axe_js: str
+) -> None:
+    url, rollouts, keys = controller
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        _sign_in(page, url, keys["operator"])
+        page.wait_for_selector("#work:not([hidden]) #status dd")
+        assert page.text_content("#who") == "Signed in as page-operator"
+        page.click("#controls button[data-action=start]")
+        page.click("#confirm-no")  # asked, then thought better of it: nothing moves
+        assert page.is_hidden("#confirm") and rollouts.live() is None
+        _confirm(page, "start", "")
+        assert "done (shadow)" in page.text_content("#act-result")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('shadow')")
+        _confirm(page, "rollback", "drift on the new line")
+        assert "done (rolled_back)" in page.text_content("#act-result")
+        page.wait_for_function(
+            "() => document.getElementById('audit').textContent.includes('drift on the new line')"
+        )
+        audit = page.text_content("#audit")
+        assert "rollout.rollback" in audit and "rollout.start" in audit and "page-operator" in audit
+        page.fill("#budget-form input[name=per_hour]", "30")
+        page.click("#budget-form button[type=submit]")
+        page.wait_for_function(
+            "() => document.getElementById('budget-result').textContent === 'Budgets set.'"
+        )
+        assert page.locator("#share-chart path.share").count() == 1
+        assert serious_violations(page, axe_js) == []
+        screenshot(page, "operate-page")
+    finally:
+        page.close()
+    latest = rollouts.latest()
+    assert latest is not None and latest.state == "rolled_back"
+    entries = Audit(rollouts.store).read()
+    assert [e.action for e in entries][:3] == ["review.budget", "rollout.rollback", "rollout.start"]
+    assert (
+        entries[0].detail["after"]["per_hour"] == 30
+        and entries[1].detail["reason"] == "drift on the new line"
+    )
+
+
+def test_a_reviewer_key_gets_no_operator_page(
+    browser: Any, controller: tuple[str, Rollouts, dict[str, str]]
+) -> None:
+    url, rollouts, keys = controller
+    page = browser.new_page()
+    try:
+        _sign_in(page, url, keys["reviewer"])
+        page.wait_for_function("() => document.getElementById('signin-error').textContent.length > 0")
+        assert "for operators" in page.text_content("#signin-error") and page.is_hidden("#work")
+    finally:
+        page.close()
+    assert Audit(rollouts.store).read() == []

@@ -2,15 +2,10 @@
 // log), the share of traffic over the rollout, the review loop's figures and budgets, the audit log.
 // Everything comes from the controller's own routes with the operator's key; refreshed every 5 s.
 
-const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("nicheloop-operator-key") || "", action: null, timer: null };
-window.nicheloopOperate = state; // read by the browser tests
+import { $, call, signInFor } from "/pages/common.js";
 
-async function call(path, { method = "GET", body } = {}) {
-  const headers = { "X-API-Key": state.key };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-}
+const state = { action: null, timer: null };
+window.nicheloopOperate = state; // read by the browser tests
 
 async function json(path) {
   const res = await call(path);
@@ -19,29 +14,10 @@ async function json(path) {
 }
 
 // -- signing in -------------------------------------------------------------------------------
-async function signIn(key) {
-  state.key = key;
-  const res = await call("/v1/whoami");
-  if (res.status === 401) return refuse("That key is not one of this service's, or it was revoked.");
-  if (!res.ok) return refuse(`The service answered ${res.status}; try again.`);
-  const me = await res.json();
-  if (me.role !== "operator") {
-    return refuse(`This page is for operators; that key is a${/^[aeiou]/.test(me.role) ? "n" : ""} ${me.role}'s.`);
-  }
-  sessionStorage.setItem("nicheloop-operator-key", key);
-  $("who").textContent = `Signed in as ${me.name}`;
-  $("signin").hidden = true;
+async function start() {
   $("work").hidden = false;
   await refresh();
   state.timer = setInterval(refresh, 5_000);
-}
-
-function refuse(message) {
-  sessionStorage.removeItem("nicheloop-operator-key");
-  state.key = "";
-  $("signin").hidden = false;
-  $("work").hidden = true;
-  $("signin-error").textContent = message;
 }
 
 // -- figures ------------------------------------------------------------------------------------
@@ -235,10 +211,4 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") $("confirm").hidden = true;
 });
 $("budget-form").addEventListener("submit", setBudgets);
-$("signin-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  $("signin-error").textContent = "";
-  signIn($("key").value.trim());
-});
-if (state.key) signIn(state.key);
-else $("signin").hidden = false;
+signInFor("operator", start);

@@ -2,13 +2,13 @@
 // decisions are sent in the background in order with retries, a decision that does not land stays
 // on the page, and Backspace relabels the last item while its lease holds.
 
+import { $, call, signInFor, signedIn } from "/pages/common.js";
+
 const AHEAD = 3; // tasks leased and loaded beyond the one on screen
 const RETRIES = 6; // sends of one decision before it is shown as failed (backoff doubles from 0.5 s)
 const SKIP_REASONS = ["unsure", "not a defect image", "image unreadable", "other"];
-const $ = (id) => document.getElementById(id);
 
 const state = {
-  key: sessionStorage.getItem("nicheloop-key") || "",
   current: null, // the task on screen
   waitingSince: undefined, // when a decision found no item loaded yet (its time runs on)
   ahead: [], // tasks leased and loaded, in order
@@ -27,28 +27,12 @@ const state = {
 };
 window.nicheloopReview = state; // read by the browser tests and the benchmark
 
-async function call(path, { method = "GET", body } = {}) {
-  const headers = { "X-API-Key": state.key };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-}
-
 function show(section) {
   for (const id of ["signin", "work", "empty"]) $(id).hidden = id !== section;
 }
 
 // -- signing in -------------------------------------------------------------------------------
-async function signIn(key) {
-  state.key = key;
-  const res = await call("/v1/whoami");
-  if (res.status === 401) return refuse("That key is not one of this service's, or it was revoked.");
-  if (!res.ok) return refuse(`The service answered ${res.status}; try again.`);
-  const me = await res.json();
-  if (me.role !== "reviewer") {
-    return refuse(`This page is for reviewers; that key is an ${me.role}'s. Ask an admin for a reviewer key.`);
-  }
-  sessionStorage.setItem("nicheloop-key", key);
-  $("who").textContent = `Signed in as ${me.name}`;
+async function start() {
   show("work");
   await fill(); // shows the first task as soon as it is loaded
   if (!state.current) next();
@@ -56,13 +40,6 @@ async function signIn(key) {
   setInterval(refreshStats, 10_000);
   setInterval(showLease, 1_000);
   refreshStats();
-}
-
-function refuse(message) {
-  sessionStorage.removeItem("nicheloop-key");
-  state.key = "";
-  show("signin");
-  $("signin-error").textContent = message;
 }
 
 // -- leasing ahead ----------------------------------------------------------------------------
@@ -110,7 +87,7 @@ async function loadImage(url) {
 }
 
 setInterval(() => {
-  if (state.key && !state.filling && Date.now() >= state.emptyUntil && state.ahead.length < AHEAD) {
+  if (signedIn() && !state.filling && Date.now() >= state.emptyUntil && state.ahead.length < AHEAD) {
     fill().then(() => state.current || next());
   }
 }, 1_000);
@@ -363,7 +340,7 @@ function applyView() {
 
 // -- keys ---------------------------------------------------------------------------------------
 function onKey(event) {
-  if (!state.key || $("signin").hidden === false) return;
+  if (!signedIn() || $("signin").hidden === false) return;
   if (!state.current && state.mode === "work" && !["?", "Backspace", "r"].includes(event.key)) return;
   const at = performance.now();
   const key = event.key;
@@ -433,11 +410,5 @@ $("skip-reasons").replaceChildren(
     return li;
   }),
 );
-$("signin-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  $("signin-error").textContent = "";
-  signIn($("key").value.trim());
-});
 document.addEventListener("keydown", onKey);
-if (state.key) signIn(state.key);
-else show("signin");
+signInFor("reviewer", start);

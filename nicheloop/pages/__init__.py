@@ -1,6 +1,7 @@
 """What the pages of every HTTP surface share: their files are served from the surface's own
 origin (no CDN), by a fixed list of names, under a Content-Security-Policy that lets them run
-only their own code. A page holds no data: its calls carry the caller's own key."""
+only their own code; ``common.js`` (calls with the caller's key, signing in for a role) and
+``common.css``. A page holds no data: its calls carry the caller's own key."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from fastapi.responses import Response
 
 from nicheloop.errors import NotFound
 
+HERE = Path(__file__).resolve().parent
+COMMON = frozenset({"common.js", "common.css"})
 TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -27,12 +30,12 @@ HEADERS = {
 
 
 def page_file(directory: Path, name: str, allowed: Collection[str]) -> Response:
-    """The file ``name`` of ``directory`` with its type and :data:`HEADERS`.
+    """The file ``name`` of ``directory`` (or one of :data:`COMMON`) with its type and :data:`HEADERS`.
 
     Raises:
-        NotFound: ``name`` is not one of ``allowed`` (no other path is ever read).
+        NotFound: ``name`` is neither one of ``allowed`` nor common (no other path is ever read).
     """
-    if name not in allowed:
+    if name not in allowed and name not in COMMON:
         raise NotFound(f"no page file {name!r}")
-    path = directory / name
+    path = (HERE if name in COMMON else directory) / name
     return Response(content=path.read_bytes(), media_type=TYPES[path.suffix], headers=HEADERS)

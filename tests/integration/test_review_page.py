@@ -18,7 +18,7 @@ from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent
 from nicheloop.keys import ApiKeys
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
-from nicheloop.store import LabeledExample, ReviewItem, Store
+from nicheloop.store import LabeledExample, Prediction, ReviewItem, Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from tests.browser import NEXT_ITEM, screenshot
 from tests.integration.conftest import role
@@ -53,8 +53,13 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
         ]
         for img, _ in SyntheticStream(seed=41, size=64).take(LABELED + SKIPPED + 3)
     ]
+    # the monitor may be working through a backlog (the broker outage test before this one)
+    _until(
+        "the monitor to store the predictions",
+        lambda: len(store.existing(Prediction.prediction_id, pids)) == len(pids),
+        timeout=300,
+    )
     for i, pid in enumerate(pids):
-        _until("the monitor to store the prediction", lambda pid=pid: store.prediction(pid))
         queue.enqueue(pid, priority=1000.0 - i)  # ahead of anything the sampler queued
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
@@ -102,7 +107,7 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
             ).all()
         return dict(rows) if len(rows) == LABELED else {}
 
-    assert _until("the reviewer's labels to be joined", joined) == newest
+    assert _until("the reviewer's labels to be joined", joined, timeout=300) == newest
     with Session(store.engine) as s:
         rows = s.scalars(select(ReviewItem.skip_reasons).where(ReviewItem.prediction_id.in_(pids)))
         reasons: list[list[str]] = [r for r in rows if r]

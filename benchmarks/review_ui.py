@@ -85,8 +85,16 @@ def label_by_keyboard(settings: Any, key: str, items: int) -> dict[str, Any]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.on("response", lambda r: loaded.append(len(r.body())) if "/v1/" not in r.url and r.ok else None)
-        page.goto(f"{settings.serve_url}/review")
+
+        # the first load: what the page itself weighs (its HTML, scripts and styles), not the
+        # images it fetches for the items later
+        def first(r: Any) -> None:
+            if r.url.startswith(settings.serve_url) and r.ok:
+                loaded.append(len(r.body()))
+
+        page.on("response", first)
+        page.goto(f"{settings.serve_url}/review", wait_until="load")
+        page.remove_listener("response", first)
         page.fill("#key", key)
         page.keyboard.press("Enter")
         page.wait_for_selector("#work:not([hidden]) #top li", timeout=60_000)

@@ -66,9 +66,9 @@ def list_keys() -> None:
 
     now = utcnow()
     for info in ApiKeys(_store()).every():
-        state = "active" if info.active(now) else ("revoked" if info.revoked_at else "expired")
         typer.echo(
-            f"{info.name:24} {info.role:9} {state:8} made {_when(info.created_at)} by {info.created_by}"
+            f"{info.name:24} {info.role:9} {info.state(now):8} "
+            f"made {_when(info.created_at)} by {info.created_by}"
             + (f", expires {_when(info.expires_at)}" if info.expires_at else "")
         )
 

@@ -56,6 +56,10 @@ class KeyInfo:
     def active(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or _aware(self.expires_at) > now)
 
+    def state(self, now: datetime) -> str:
+        """``active``, ``revoked`` or ``expired``, as listed."""
+        return "active" if self.active(now) else ("revoked" if self.revoked_at else "expired")
+
 
 def _aware(at: datetime) -> datetime:
     """SQLite hands datetimes back naive; they were stored in UTC."""

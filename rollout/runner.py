@@ -268,11 +268,10 @@ def _source(request: Request) -> str:
 
 def _key(info: KeyInfo, now: datetime) -> dict[str, Any]:
     """A key as listed: never its secret."""
-    state = "active" if info.active(now) else ("revoked" if info.revoked_at else "expired")
     return {
         "name": info.name,
         "role": info.role,
-        "state": state,
+        "state": info.state(now),
         "created_at": info.created_at.isoformat(),
         "created_by": info.created_by,
         "expires_at": info.expires_at.isoformat() if info.expires_at else None,

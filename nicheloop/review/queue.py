@@ -220,17 +220,14 @@ class ReviewQueue:
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             item = self._leased(s, task_id, lease_token, for_update=True, now=now)
             held_since = _aware(item.claimed_at or now)
-            until = min(now + timedelta(seconds=self.policy.lease_s), held_since + MAX_HOLD * self._lease)
+            lease = timedelta(seconds=self.policy.lease_s)
+            until = min(now + lease, held_since + MAX_HOLD * lease)
             if until <= now:
                 raise Conflict(
                     f"review task {task_id} was held for {MAX_HOLD} leases; label or skip it, or let it go"
                 )
             item.lease_expires_at = until
         return item
-
-    @property
-    def _lease(self) -> timedelta:
-        return timedelta(seconds=self.policy.lease_s)
 
     def skip(
         self, task_id: int, lease_token: str, now: datetime | None = None, *, reason: str = ""

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from nicheloop.bus import parse_event, read_topic
@@ -59,8 +59,12 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
         lambda: len(store.existing(Prediction.prediction_id, pids)) == len(pids),
         timeout=300,
     )
-    for i, pid in enumerate(pids):
-        queue.enqueue(pid, priority=1000.0 - i)  # ahead of anything the sampler queued
+    # ahead of anything else queued; the active sampler may have queued some of these already
+    # (enqueue is idempotent), so their priority is raised in place
+    already = {pid: 1000.0 - i for i, pid in enumerate(pids) if not queue.enqueue(pid, priority=1000.0 - i)}
+    with Session(store.engine) as s, s.begin():
+        for pid, priority in already.items():
+            s.execute(update(ReviewItem).where(ReviewItem.prediction_id == pid).values(priority=priority))
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
         page.goto(f"{live.serve_url}/review")

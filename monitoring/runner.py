@@ -20,6 +20,7 @@ from monitoring.metrics import MonitorMetrics
 from monitoring.sampling import ActiveSampler, SamplerConfig
 from nicheloop.bus import BrokerError, EventConsumer, Publisher, ensure_topics
 from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
+from nicheloop.driftlog import DriftLog
 from nicheloop.reference import Reference
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
@@ -87,6 +88,7 @@ class Stages:
                     drift_config(settings),
                     announce,
                     ReportWriter(settings.drift_report_dir, settings.drift_report_every_s),
+                    DriftLog(store).record,
                 )
             )
 

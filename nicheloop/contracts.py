@@ -69,6 +69,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(at: datetime) -> datetime:
+    """``at`` with its time zone: SQLite hands datetimes back naive, and they were stored in UTC."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

@@ -62,6 +62,10 @@ STATUS = {
 PROMETHEUS_TEXT: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
 }
+# what a route that answers a stored image's bytes declares (its schema is binary, not JSON)
+IMAGE_BYTES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+}
 
 
 class Problem(BaseModel):
@@ -95,6 +99,7 @@ DB_INT_MAX = 2**63 - 1  # the widest integer the stores keep
 RowId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="A row's id.")]
 """A path parameter naming a stored row: out of the store's range is a 422, not a database error."""
 OptionalRowId = Annotated[int | None, Query(ge=1, le=DB_INT_MAX)]
+ImageSha = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="The image's SHA-256, hex.")]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -373,7 +378,10 @@ def requires(*roles: Role) -> Any:
 
 
 # liveness and readiness (probes carry no key), and the pages' code (no data: their calls carry a key)
-OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/review", "/operate", "/pages/{name}"})
+# the pages' code holds no data; a drift report's link is signed by the route that gives it out
+OPEN_ROUTES = frozenset(
+    {"/healthz", "/readyz", "/review", "/operate", "/pages/{name}", "/v1/drift/windows/{window_id}/report"}
+)
 
 
 def route_roles(app: FastAPI) -> dict[tuple[str, str], tuple[Role, ...] | None]:

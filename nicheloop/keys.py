@@ -15,13 +15,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nicheloop.contracts import utcnow
+from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from nicheloop.store import ApiKeyRow, AuditRow, Store
 
@@ -54,16 +54,11 @@ class KeyInfo:
     revoked_at: datetime | None
 
     def active(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or _aware(self.expires_at) > now)
+        return self.revoked_at is None and (self.expires_at is None or aware(self.expires_at) > now)
 
     def state(self, now: datetime) -> str:
         """``active``, ``revoked`` or ``expired``, as listed."""
         return "active" if self.active(now) else ("revoked" if self.revoked_at else "expired")
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _info(row: ApiKeyRow) -> KeyInfo:
@@ -72,10 +67,10 @@ def _info(row: ApiKeyRow) -> KeyInfo:
         name=row.name,
         role=row.role,  # type: ignore[arg-type]
         lookup=row.lookup,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         created_by=row.created_by,
-        expires_at=_aware(row.expires_at) if row.expires_at else None,
-        revoked_at=_aware(row.revoked_at) if row.revoked_at else None,
+        expires_at=aware(row.expires_at) if row.expires_at else None,
+        revoked_at=aware(row.revoked_at) if row.revoked_at else None,
     )
 
 
@@ -226,7 +221,7 @@ class Audit:
             query = query.where((AuditRow.action == action) | AuditRow.action.startswith(f"{action}."))
         with Session(self.store.engine) as s:
             return [
-                AuditEntry(r.id, _aware(r.at), r.actor, r.role, r.action, r.target, r.source, dict(r.detail))
+                AuditEntry(r.id, aware(r.at), r.actor, r.role, r.action, r.target, r.source, dict(r.detail))
                 for r in s.scalars(query)
             ]
 

@@ -188,6 +188,29 @@ class ArmCallsRow(Base):
     latency: Mapped[dict] = mapped_column(JSON)  # bucket index (as text) -> calls
 
 
+class DriftWindowRow(Base):
+    """One monitor's verdict on one evaluated drift window (``nicheloop.driftlog``): the operator
+    page's drift timeline. Append-only; the window's span says which predictions it held."""
+
+    __tablename__ = "drift_windows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model_version: Mapped[str] = mapped_column(String(32))
+    monitor: Mapped[str] = mapped_column(String(64))
+    feed: Mapped[str] = mapped_column(String(16))  # inputs (predictions) or outcomes (user labels)
+    status: Mapped[str] = mapped_column(String(24))
+    n: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    alpha: Mapped[float] = mapped_column(Float)  # the p-value under which the window counts as drifted
+    drifted: Mapped[bool] = mapped_column()
+    alarm: Mapped[bool] = mapped_column()  # the monitor's alarm after this window
+    change: Mapped[str | None] = mapped_column(String(8), nullable=True)  # raised, cleared or None
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    report: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # its Evidently report
+
+
 class Lease(Base):
     """A named lease (one rollout controller at a time): held by ``holder`` until ``expires_at``."""
 

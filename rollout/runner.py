@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pathlib
 import signal
 import socket
 import threading
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher, ensure_topics
 from nicheloop.contracts import utcnow
 from nicheloop.errors import InvalidInput
@@ -45,6 +47,7 @@ from rollout.controller import Controller, kafka_announce
 from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
 from rollout.plan import RolloutPlan
+from rollout.views import add_operator_views
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +109,16 @@ def controller_api(
     *,
     gate: Gatekeeper | None = None,
     review: QueuePolicy | None = None,
+    blobs: BlobStore | None = None,
+    reports: pathlib.Path | None = None,
 ) -> FastAPI:
     """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors;
     ``gate`` says who calls (default: the API keys of ``ops``' store); ``review``: the queue's
-    settings, whose budgets an operator may replace."""
+    settings, whose budgets an operator may replace; ``blobs`` and ``reports``: the stored images
+    and drift reports the page shows (:func:`rollout.views.add_operator_views`)."""
     app = FastAPI(title="nicheloop rollouts", responses=PROBLEMS)
     install_guards(app)
+    add_operator_views(app, ops.rollouts.store, blobs=blobs, reports=reports)
     app.state.gatekeeper = gate or Gatekeeper(ApiKeys(ops.rollouts.store))
     store = ops.rollouts.store
     audit = Audit(store)
@@ -366,6 +373,8 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
                 ticks,
                 gate=gatekeeper_for(rollouts.store, settings),
                 review=QueuePolicy.from_settings(settings),
+                blobs=BlobStore(str(settings.blob_dir)),
+                reports=settings.drift_report_dir,
             ),
             host=settings.host,
             port=settings.controller_port,

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from nicheloop.contracts import FeedbackAccepted, FeedbackEvent, FeedbackRequest, PredictResponse
 from nicheloop.errors import NotFound, NotReady
-from nicheloop.http import PROBLEMS, PROMETHEUS_TEXT, RowId, requires
+from nicheloop.http import IMAGE_BYTES, PROBLEMS, PROMETHEUS_TEXT, ImageSha, RowId, requires
 from nicheloop.keys import ROLES, Caller
 from nicheloop.pages import page_file
 from nicheloop.review import (
@@ -218,18 +218,8 @@ def _page(name: str) -> Response:
     return page_file(pages.HERE, name, pages.FILES)
 
 
-@api.get(
-    "/v1/images/{sha256}",
-    response_class=Response,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-    },
-)
-async def image(
-    sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="The image's SHA-256, hex.")],
-    res: Resources,
-    who: Caller = requires("reviewer", "operator"),
-) -> Response:
+@api.get("/v1/images/{sha256}", response_class=Response, responses=IMAGE_BYTES)
+async def image(sha256: ImageSha, res: Resources, who: Caller = requires("reviewer", "operator")) -> Response:
     """A stored image: any for an operator, those of their own tasks for a reviewer."""
     if who.role == "reviewer" and not await asyncio.to_thread(res.queue.shows, who.name, sha256):
         raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")

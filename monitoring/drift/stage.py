@@ -7,17 +7,20 @@ accuracy says nothing about the traffic). When a window is due, the monitors of
 :func:`monitoring.drift.monitor.monitors` score it against that version's reference; a new version
 brings its own reference and starts empty windows. An alarm per monitor (:class:`~.windows.Alarm`)
 turns evaluations into one ``raised`` and one ``cleared`` transition per shift, which
-``on_transition`` receives (the runner publishes them as drift events).
+``on_transition`` receives (the runner publishes them as drift events); ``on_window`` receives
+every evaluation's verdicts with the window's span (the runner stores them: the drift timeline).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
@@ -29,6 +32,7 @@ from monitoring.drift.report import ReportWriter
 from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
 from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, PredictionEvent
+from nicheloop.driftlog import DriftWindow
 from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,7 @@ class _Row:
     probs: np.ndarray
     early: np.ndarray  # float32, as served
     predicted: int
+    at: datetime  # when it was predicted (a window's span)
 
     @classmethod
     def of(cls, event: PredictionEvent) -> _Row:
@@ -95,6 +100,7 @@ class _Row:
             probs,
             np.asarray(event.early_embedding, np.float32),
             int(probs.argmax()),
+            event.created_at,
         )
 
 
@@ -119,8 +125,16 @@ def _inputs(rows: list[_Row]) -> Inputs:
     )
 
 
-def _outcomes(rows: list[tuple[int, int]]) -> Outcomes:
-    truth, predicted = (np.array(a, dtype=np.int64) for a in zip(*rows))
+_Outcome = tuple[int, int, datetime]  # a user label: true class, predicted class, when labeled
+
+
+def _finite(x: float | None) -> float | None:
+    """None for a missing or non-finite figure (the store's JSON and floats hold no NaN)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _outcomes(rows: list[_Outcome]) -> Outcomes:
+    truth, predicted = (np.array(a, dtype=np.int64) for a in list(zip(*rows))[:2])
     return Outcomes(truth, predicted)
 
 
@@ -130,7 +144,7 @@ class _VersionMonitors:
     def __init__(self, version: str, reference: Reference | None, cfg: DriftConfig) -> None:
         self.version, self.reference, self.cfg = version, reference, cfg
         self.window: Window[_Row] = Window(cfg.window)
-        self.labels: Window[tuple[int, int]] = Window(cfg.label_window)
+        self.labels: Window[_Outcome] = Window(cfg.label_window)
         self.alarms = {name: Alarm(cfg.clear_above, cfg.clear_after) for name in monitors()}
         self.monitors = {
             name: monitor.for_reference(reference, cfg.monitors)
@@ -156,10 +170,11 @@ class DriftStage:
         config: DriftConfig | None = None,
         on_transition: Callable[[Transition], None] | None = None,
         reports: ReportWriter | None = None,
+        on_window: Callable[[list[DriftWindow]], None] | None = None,
     ) -> None:
         self.reference_for, self.metrics = reference_for, metrics
         self.cfg = config or DriftConfig()
-        self.on_transition, self.reports = on_transition, reports
+        self.on_transition, self.reports, self.on_window = on_transition, reports, on_window
         self.current: _VersionMonitors | None = None
         self.predicted: OrderedDict[str, tuple[str, int]] = OrderedDict()
         for name in monitors():  # every registered monitor is on /metrics from the start, alarm down
@@ -193,7 +208,10 @@ class DriftStage:
         if len(self.predicted) > REMEMBERED_PREDICTIONS:
             self.predicted.popitem(last=False)
         due = mon.window.add(row, event.created_at.timestamp())
-        return self._record(mon, mon.evaluate("inputs", _inputs(due)), due) if due is not None else []
+        if due is None:
+            return []
+        span = (min(r.at for r in due), max(r.at for r in due))
+        return self._record(mon, mon.evaluate("inputs", _inputs(due)), span=span, rows=due)
 
     def _feedback(self, event: FeedbackEvent) -> list[MonitorResult]:
         known = self.predicted.get(event.prediction_id)
@@ -202,12 +220,20 @@ class DriftStage:
             return []
         if event.label not in mon.reference.class_names:
             return []
-        row = (mon.reference.class_names.index(event.label), known[1])
+        row = (mon.reference.class_names.index(event.label), known[1], event.created_at)
         due = mon.labels.add(row, event.created_at.timestamp())
-        return self._record(mon, mon.evaluate("outcomes", _outcomes(due))) if due is not None else []
+        if due is None:
+            return []
+        span = (min(r[2] for r in due), max(r[2] for r in due))
+        return self._record(mon, mon.evaluate("outcomes", _outcomes(due)), span=span)
 
     def _record(
-        self, mon: _VersionMonitors, results: list[MonitorResult], rows: list[_Row] | None = None
+        self,
+        mon: _VersionMonitors,
+        results: list[MonitorResult],
+        *,
+        span: tuple[datetime, datetime],
+        rows: list[_Row] | None = None,
     ) -> list[MonitorResult]:
         m, now = self.metrics, time.time()
         changes: list[Transition] = []
@@ -236,7 +262,45 @@ class DriftStage:
         for transition in changes:
             if self.on_transition is not None:
                 self.on_transition(dataclasses.replace(transition, report=report))
+        self._log(mon, results, changes, span, report)
         return results
+
+    def _log(
+        self,
+        mon: _VersionMonitors,
+        results: list[MonitorResult],
+        changes: list[Transition],
+        span: tuple[datetime, datetime],
+        report: str | None,
+    ) -> None:
+        """Hand the verdicts to ``on_window`` (the drift timeline); a failure there is logged, never
+        raised: the timeline is a view, and the alarms and events must go on without it."""
+        if self.on_window is None:
+            return
+        changed = {c.result.monitor: c.state for c in changes}
+        windows = [
+            DriftWindow(
+                model_version=mon.version,
+                monitor=r.monitor,
+                feed=monitors()[r.monitor].feeds,
+                status=r.status,
+                n=r.n,
+                alpha=self.cfg.monitors.alpha,
+                drifted=r.drifted,
+                alarm=mon.alarms[r.monitor].raised,
+                score=_finite(r.score),
+                p_value=_finite(r.p_value),
+                change=changed.get(r.monitor),
+                started_at=span[0],
+                ended_at=span[1],
+                report=report,
+            )
+            for r in results
+        ]
+        try:
+            self.on_window(windows)
+        except Exception:
+            log.exception("drift timeline: %d verdicts of version %s not stored", len(windows), mon.version)
 
     def _report(
         self,

@@ -22,13 +22,13 @@ from __future__ import annotations
 import statistics
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from nicheloop.contracts import utcnow
+from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review.schemas import ReviewTask
 from nicheloop.settings import Settings
@@ -62,11 +62,6 @@ class QueuePolicy:
 def _claimed_by(reviewer: str | None) -> list[Any]:
     """The filter on items claimed by ``reviewer``; none (everyone's) for None."""
     return [ReviewItem.claimed_by == reviewer] if reviewer is not None else []
-
-
-def _aware(ts: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every timestamp here is UTC."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 class ReviewQueue:
@@ -219,7 +214,7 @@ class ReviewQueue:
         now = now or utcnow()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             item = self._leased(s, task_id, lease_token, for_update=True, now=now)
-            held_since = _aware(item.claimed_at or now)
+            held_since = aware(item.claimed_at or now)
             lease = timedelta(seconds=self.policy.lease_s)
             until = min(now + lease, held_since + MAX_HOLD * lease)
             if until <= now:
@@ -262,7 +257,7 @@ class ReviewQueue:
         if item is None:
             raise NotFound(f"unknown review task {task_id}")
         if item.status == "done":
-            held = item.lease_expires_at is not None and _aware(item.lease_expires_at) >= now
+            held = item.lease_expires_at is not None and aware(item.lease_expires_at) >= now
             if correcting and held and lease_token and item.lease_token == lease_token:
                 return item
             raise Conflict(f"review task {task_id} is already labeled ({item.label!r}); claim the next one")
@@ -344,7 +339,7 @@ class ReviewQueue:
                     )
                 )
                 retry = (
-                    (_aware(oldest) + window - now).total_seconds()
+                    (aware(oldest) + window - now).total_seconds()
                     if oldest is not None
                     else self.policy.lease_s
                 )
@@ -374,8 +369,8 @@ class ReviewQueue:
             ).all()
             used_hour, used_day = self._used(s, now, HOUR), self._used(s, now, DAY)
             budget = self._budgets(s)
-        done = [(c, _aware(d)) for c, d in recent if d is not None]
-        seconds = [(d - _aware(c)).total_seconds() for c, d in done if c is not None]
+        done = [(c, aware(d)) for c, d in recent if d is not None]
+        seconds = [(d - aware(c)).total_seconds() for c, d in done if c is not None]
         done_hour = sum(1 for _, d in done if d >= now - HOUR)
         return {
             "queued": int(by_status.get("queued", 0)) + int(stale_leases),
@@ -383,7 +378,7 @@ class ReviewQueue:
             "done": int(by_status.get("done", 0)),
             "skipped": int(by_status.get("skipped", 0)),
             "expired": int(by_status.get("expired", 0)),
-            "oldest_queued_age_s": round((now - _aware(oldest)).total_seconds(), 1) if oldest else None,
+            "oldest_queued_age_s": round((now - aware(oldest)).total_seconds(), 1) if oldest else None,
             "labeled_last_hour": done_hour,
             "labeled_last_day": len(recent),
             "median_seconds_per_label": round(statistics.median(seconds), 1) if seconds else None,

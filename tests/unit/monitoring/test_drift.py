@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,11 @@ from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
 from nicheloop.bus import parse_event
 from nicheloop.contracts import DRIFT_TOPIC, IMAGE_STATS, FeedbackEvent, PredictionEvent
+from nicheloop.driftlog import DriftLog, DriftWindow
+from nicheloop.errors import NotFound
 from nicheloop.images import image_statistics
 from nicheloop.reference import Reference
+from nicheloop.store import Store
 from nicheloop.synthetic import make_image
 
 # -- image statistics ------------------------------------------------------------------------------
@@ -567,3 +570,47 @@ def test_drift_stage_watches_the_champions_traffic_only() -> None:
     for arm in ("shadow", "candidate"):
         assert stage("t", _event(1, ref, rng, version="2").model_copy(update={"arm": arm})) == []
     assert loaded == ["1"] and stage.current is not None and len(stage.current.window.rows) == 1
+
+
+def test_every_evaluation_lands_in_the_drift_timeline_with_its_alarm_and_span(any_store: Store) -> None:
+    ref, rng = _reference(600, seed=7), np.random.default_rng(8)
+    log = DriftLog(any_store)
+    cfg = DriftConfig(window=WindowSpec("sliding", size=100, step=50), monitors=MonitorConfig(min_samples=50))
+    stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg, on_window=log.record)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    for i in range(300):
+        shift = 0.5 if i >= 150 else 0.0
+        event = _event(i, ref, rng, shift=shift, at=start + timedelta(seconds=i))
+        event = event.model_copy(update={"image_sha256": f"{i:064x}"})
+        any_store.add_prediction(event)
+        stage("t", event)
+    windows = log.timeline(since=start - timedelta(days=1))
+    # one verdict per input monitor per evaluation (every 50 events: 6 evaluations)
+    assert len(windows) == 6 * 3 and {w.monitor for w in windows} == {"image", "embedding", "prediction"}
+    assert all(w.feed == "inputs" and w.alpha == cfg.monitors.alpha for w in windows)
+    image = [w for w in windows if w.monitor == "image"]
+    assert [w.change for w in image].count("raised") == 1 and not image[0].alarm and image[-1].alarm
+    raised = next(w for w in image if w.change == "raised")
+    assert raised.drifted and raised.p_value is not None and raised.p_value < cfg.monitors.alpha
+    # a window's span is its events' times: the last window held events 200..299
+    assert image[-1].started_at == start + timedelta(seconds=200)
+    assert image[-1].ended_at == start + timedelta(seconds=299)
+    assert log.window(raised.id or 0) == raised
+    # the sample of a window's images comes from its span, the same twice
+    sample = log.images(image[-1], k=12)
+    assert len(sample) == 12 and sample == log.images(image[-1], k=12)
+    assert {int(sha, 16) for sha in sample} <= set(range(200, 300))
+    with pytest.raises(NotFound, match="no drift window 999"):
+        log.window(999)
+
+
+def test_a_drift_timeline_that_cannot_be_written_stops_nothing() -> None:
+    ref, rng = _reference(600, seed=7), np.random.default_rng(8)
+
+    def broken(windows: list[DriftWindow]) -> None:
+        raise OSError("database away")
+
+    cfg = DriftConfig(window=WindowSpec("tumbling", size=60), monitors=MonitorConfig(min_samples=50))
+    stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg, on_window=broken)
+    results = [r for i in range(60) for r in stage("t", _event(i, ref, rng))]
+    assert {r.monitor for r in results} == {"image", "embedding", "prediction"}

@@ -1,0 +1,119 @@
+"""The drift timeline as stored: every monitor's verdict on every evaluated window, with the alarm
+it left and the window's span (the monitoring process writes it; the operator page reads it).
+
+Prometheus keeps only each monitor's last verdict; a person asking "when did this start, and what
+did the images look like then" needs the history, and the predictions of the window's span.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nicheloop.contracts import aware, utcnow
+from nicheloop.errors import NotFound
+from nicheloop.store import DriftWindowRow, Prediction, Store
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """One monitor's verdict on one window (a row of ``drift_windows``; ``id`` once stored)."""
+
+    model_version: str
+    monitor: str
+    feed: str
+    status: str
+    n: int
+    alpha: float
+    drifted: bool
+    alarm: bool
+    score: float | None = None
+    p_value: float | None = None
+    change: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    report: str | None = None
+    evaluated_at: datetime | None = None
+    id: int | None = None
+
+    @classmethod
+    def of(cls, row: DriftWindowRow) -> DriftWindow:
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        times = {k: aware(v) for k, v in values.items() if isinstance(v, datetime)}
+        return cls(**values | times)
+
+    def public(self) -> dict[str, object]:
+        """As the HTTP API shows it: times in ISO 8601, whether a report exists (not its path)."""
+        out: dict[str, object] = dataclasses.asdict(self)
+        for name in ("started_at", "ended_at", "evaluated_at"):
+            value = getattr(self, name)
+            out[name] = value.isoformat() if value is not None else None
+        out["report"] = self.report is not None
+        return out
+
+
+class DriftLog:
+    """Appends and reads the drift timeline."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record(self, windows: list[DriftWindow]) -> None:
+        """Store one evaluation's verdicts (one per monitor) in one transaction."""
+        now = utcnow()
+        rows = [
+            DriftWindowRow(
+                **{k: v for k, v in dataclasses.asdict(w).items() if k != "id"}
+                | {"evaluated_at": w.evaluated_at or now}
+            )
+            for w in windows
+        ]
+        with Session(self.store.engine) as s, s.begin():
+            s.add_all(rows)
+
+    def timeline(self, *, since: datetime, limit: int = 5000) -> list[DriftWindow]:
+        """Verdicts evaluated since ``since``, oldest first (the newest ``limit`` of them)."""
+        with Session(self.store.engine) as s:
+            rows = s.scalars(
+                select(DriftWindowRow)
+                .where(DriftWindowRow.evaluated_at >= since)
+                .order_by(DriftWindowRow.id.desc())
+                .limit(limit)
+            ).all()
+            return [DriftWindow.of(r) for r in reversed(rows)]
+
+    def window(self, window_id: int) -> DriftWindow:
+        """One stored verdict.
+
+        Raises:
+            NotFound: no window has this id.
+        """
+        with Session(self.store.engine) as s:
+            row = s.get(DriftWindowRow, window_id)
+            if row is None:
+                raise NotFound(f"no drift window {window_id}; GET /v1/drift/timeline lists them")
+            return DriftWindow.of(row)
+
+    def images(self, window: DriftWindow, *, k: int = 12, seed: int = 0) -> list[str]:
+        """The SHA-256 of up to ``k`` images the champion answered during the window's span, drawn
+        at random (seeded by the window, so a page shows the same sample twice)."""
+        if window.started_at is None or window.ended_at is None:
+            return []
+        with Session(self.store.engine) as s:
+            shas = s.scalars(
+                select(Prediction.image_sha256)
+                .where(
+                    Prediction.model_version == window.model_version,
+                    Prediction.created_at >= window.started_at,
+                    Prediction.created_at <= window.ended_at,
+                    (Prediction.arm == "champion") | Prediction.arm.is_(None),
+                )
+                .limit(5000)
+            ).all()
+        unique = sorted(set(shas))
+        return random.Random(seed * 1_000_003 + (window.id or 0)).sample(unique, min(k, len(unique)))

@@ -11,6 +11,18 @@ export async function call(path, { method = "GET", body } = {}) {
   return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 
+/** A stored image fetched with the caller's key, as an object URL ("" if it could not be read);
+ * decoded before it is returned, so showing it is instant. */
+export async function loadImage(path) {
+  const res = await call(path);
+  if (!res.ok) return "";
+  const src = URL.createObjectURL(await res.blob());
+  const img = new Image();
+  img.src = src;
+  await img.decode().catch(() => {});
+  return src;
+}
+
 /** The sign-in form of #signin: a key of ``role`` (kept for the tab in session storage) calls
  * ``onSignedIn(me)``; another role's key or an unknown one is refused there, saying why. */
 export function signInFor(role, onSignedIn) {

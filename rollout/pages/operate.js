@@ -1,10 +1,13 @@
 // The operator page: the rollout and its gates, its controls (each confirmed, each in the audit
-// log), the share of traffic over the rollout, the review loop's figures and budgets, the audit log.
-// Everything comes from the controller's own routes with the operator's key; refreshed every 5 s.
+// log), the share of traffic over the rollout, the drift timeline with its alarms, windows, images
+// and reports, the review loop's figures and budgets, the audit log. Everything comes from the
+// controller's own routes with the operator's key; refreshed every 5 s (the drift every 30 s).
 
-import { $, call, signInFor } from "/pages/common.js";
+import { $, call, loadImage, signInFor } from "/pages/common.js";
 
-const state = { action: null, timer: null };
+const DRIFT_EVERY_MS = 30_000;
+const MOVES = new Set(["promoted", "baked", "rolled_back", "aborted"]); // marked on the drift charts
+const state = { action: null, timer: null, drift: { windows: [], since: 0, fetched: 0, open: null } };
 window.nicheloopOperate = state; // read by the browser tests
 
 async function json(path) {
@@ -35,6 +38,12 @@ async function refresh() {
   if (!status) return;
   showStatus(status);
   showHistory(history.filter((e) => e.rollout_id === status.rollout_id));
+  if (Date.now() - state.drift.fetched >= DRIFT_EVERY_MS) {
+    state.drift.fetched = Date.now();
+    json("/v1/drift/timeline?hours=24")
+      .then((t) => showDrift(t, history))
+      .catch((err) => { $("drift-summary").textContent = `Drift not read: ${err.message}`; });
+  }
   showAudit(audit);
   showReview(review, budget);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
@@ -117,6 +126,116 @@ function drawShares(events) {
   path.setAttribute("d", d);
   path.setAttribute("class", "share");
   svg.append(path);
+}
+
+// -- drift --------------------------------------------------------------------------------------
+const SVG = "http://www.w3.org/2000/svg";
+const W = 600, H = 90, TOP_P = 8; // -log10(p) drawn up to 8
+
+function svgEl(name, attrs, title) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (title) {
+    const t = document.createElementNS(SVG, "title");
+    t.textContent = title;
+    el.append(t);
+  }
+  return el;
+}
+
+const when = (iso) => new Date(iso).toLocaleString();
+const pText = (p) => (p === null ? "–" : p < 1e-4 ? p.toExponential(1) : p.toFixed(4));
+
+function showDrift(timeline, history) {
+  const d = state.drift;
+  d.windows = timeline.windows.filter((w) => w.status === "ok" && w.p_value !== null);
+  d.since = Date.parse(timeline.since);
+  const byMonitor = Map.groupBy(d.windows, (w) => w.monitor);
+  const raised = [...byMonitor].filter(([, ws]) => ws.at(-1).alarm).map(([m]) => m);
+  $("drift-summary").textContent = raised.length
+    ? `Alarm raised now: ${raised.join(", ")}.`
+    : `No alarm raised now; ${d.windows.length} window verdicts in the last day.`;
+  $("drift-summary").className = raised.length ? "refused" : "ok";
+  // from the first verdict (or move) of the day to now: the chart spends its width on the data
+  const moves = history.filter((e) => MOVES.has(e.to_state) && Date.parse(e.at) >= d.since);
+  const times = [...d.windows.map((w) => w.evaluated_at), ...moves.map((m) => m.at)].map(Date.parse);
+  const t1 = Date.now();
+  const t0 = times.length ? Math.min(...times) - 0.02 * Math.max(60_000, t1 - Math.min(...times)) : d.since;
+  const x = (iso) => (W * (Date.parse(iso) - t0)) / Math.max(1, t1 - t0);
+  const y = (p) => H - 5 - ((H - 10) * Math.min(-Math.log10(Math.max(p, 1e-300)), TOP_P)) / TOP_P;
+  $("drift-span").textContent = d.windows.length ? `From ${when(new Date(t0).toISOString())} to now; p-values from 1 (bottom) to 1e-${TOP_P} and below (top).` : "";
+  $("drift-charts").replaceChildren(
+    ...[...byMonitor].map(([monitor, ws]) => {
+      const box = document.createElement("div");
+      box.className = "drift-chart";
+      const h4 = document.createElement("h4");
+      h4.textContent = monitor;
+      const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": `${monitor}: p-value per window` });
+      ws.forEach((w, i) => { // a raised alarm shades until the next window without it
+        if (!w.alarm) return;
+        const end = ws[i + 1] ? x(ws[i + 1].evaluated_at) : W;
+        svg.append(svgEl("rect", { x: x(w.evaluated_at), y: 0, width: Math.max(1, end - x(w.evaluated_at)), height: H, class: "alarm" }));
+      });
+      svg.append(svgEl("line", { x1: 0, x2: W, y1: y(ws[0].alpha), y2: y(ws[0].alpha), class: "threshold" }, `threshold p = ${ws[0].alpha}`));
+      for (const m of moves) {
+        svg.append(svgEl("line", { x1: x(m.at), x2: x(m.at), y1: 0, y2: H, class: "move" }, `${m.to_state}: version ${m.candidate} at ${when(m.at)}`));
+      }
+      for (const w of ws) {
+        const dot = svgEl("circle", { cx: x(w.evaluated_at), cy: y(w.p_value), r: 3, class: w.drifted ? "drifted" : "", "data-id": w.id },
+          `${when(w.evaluated_at)}: p = ${pText(w.p_value)} over ${w.n}`);
+        dot.addEventListener("click", () => openWindow(w.id));
+        svg.append(dot);
+      }
+      box.append(h4, svg);
+      return box;
+    }),
+  );
+  const alarms = d.windows.filter((w) => w.change).reverse().slice(0, 20);
+  $("drift-alarms").replaceChildren(
+    ...(alarms.length ? alarms : [null]).map((w) => {
+      const li = document.createElement("li");
+      if (!w) {
+        li.textContent = "No alarm raised or cleared in the last day.";
+        return li;
+      }
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `alarm-${w.change}`;
+      button.dataset.id = w.id;
+      button.textContent = `${w.monitor} alarm ${w.change} at ${when(w.evaluated_at)} (version ${w.model_version}, p = ${pText(w.p_value)} over ${w.n})`;
+      button.addEventListener("click", () => openWindow(w.id));
+      li.append(button);
+      return li;
+    }),
+  );
+}
+
+async function openWindow(id) {
+  const w = await json(`/v1/drift/windows/${id}`);
+  state.drift.open = { id, images: 0 };
+  $("drift-window").hidden = false;
+  $("drift-window-title").textContent = `Window of ${when(w.started_at ?? w.evaluated_at)} to ${when(w.ended_at ?? w.evaluated_at)}: ${w.monitor}${w.change ? `, alarm ${w.change}` : ""}`;
+  rows($("drift-window-figures"), [
+    ["version", w.model_version],
+    ["verdict", w.drifted ? "drifted" : "no drift"],
+    ["p-value", `${pText(w.p_value)} (threshold ${w.alpha})`],
+    ["score", w.score === null ? "–" : w.score.toFixed(3)],
+    [w.feed === "inputs" ? "predictions" : "user labels", w.n],
+  ]);
+  const link = $("drift-report");
+  link.hidden = !w.report_url;
+  if (w.report_url) link.href = w.report_url;
+  $("drift-window-title").focus();
+  const images = await Promise.all(w.images.map((sha) => loadImage(`/v1/images/${sha}`)));
+  $("drift-images").replaceChildren(
+    ...images.filter(Boolean).map((src, i) => {
+      const img = document.createElement("img");
+      img.src = src;
+      img.alt = `Image ${i + 1} the model answered in this window`;
+      return img;
+    }),
+  );
+  state.drift.open.images = images.filter(Boolean).length;
 }
 
 function showAudit(entries) {

@@ -2,7 +2,7 @@
 // decisions are sent in the background in order with retries, a decision that does not land stays
 // on the page, and Backspace relabels the last item while its lease holds.
 
-import { $, call, signInFor, signedIn } from "/pages/common.js";
+import { $, call, loadImage, signInFor, signedIn } from "/pages/common.js";
 
 const AHEAD = 3; // tasks leased and loaded beyond the one on screen
 const RETRIES = 6; // sends of one decision before it is shown as failed (backoff doubles from 0.5 s)
@@ -74,16 +74,6 @@ async function fill() {
   } finally {
     state.filling = false;
   }
-}
-
-async function loadImage(url) {
-  const res = await call(url);
-  if (!res.ok) return "";
-  const src = URL.createObjectURL(await res.blob());
-  const img = new Image(); // decoded before it is shown: the switch is instant
-  img.src = src;
-  await img.decode().catch(() => {});
-  return src;
 }
 
 setInterval(() => {

@@ -1,22 +1,28 @@
 """The operator page in Debian's Chromium, against the controller's routes (MLflow is the stand-in
 registry of tests/unit/rollout/test_controller.py; the store and the page are real): an operator
 starts a candidate and rolls it back, each act confirmed and in the audit log on the page; sets a
-review budget; another role is refused; no serious accessibility violation."""
+review budget; sees a drift alarm on the timeline and opens its window's images and Evidently
+report; another role is refused; no serious accessibility violation."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nicheloop.blobs import BlobStore
+from nicheloop.driftlog import DriftLog
 from nicheloop.keys import ApiKeys, Audit
 from nicheloop.review import QueuePolicy
 from nicheloop.rollouts import Rollouts
+from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.runner import controller_api
 from tests.browser import screenshot, serious_violations, serving
 from tests.unit.rollout.test_controller import Registry
+from tests.unit.rollout.test_views import _prediction, _window
 
 
 @pytest.fixture
@@ -100,3 +106,43 @@ def test_a_reviewer_key_gets_no_operator_page(
     finally:
         page.close()
     assert Audit(rollouts.store).read() == []
+
+
+def test_an_operator_sees_a_drift_alarm_on_the_timeline_and_opens_its_images_and_report(
+    browser: Any, rollouts: Rollouts, tmp_path: Path, axe_js: str
+) -> None:
+    store, blobs = rollouts.store, BlobStore(str(tmp_path / "blobs"))
+    (tmp_path / "reports" / "3").mkdir(parents=True)
+    report = tmp_path / "reports" / "3" / "alarm.html"
+    report.write_text("<html><body><h1>evidently data drift</h1></body></html>")
+    shas = [blobs.put(png_bytes(img)) for img, _ in SyntheticStream(seed=3, size=64).take(20)]
+    for i, sha in enumerate(shas):
+        store.add_prediction(_prediction(i, sha))
+    log = DriftLog(store)
+    log.record([_window(None, report=None, p=0.3, first=0, last=9)])
+    log.record([_window("raised", report=str(report), p=1e-6, first=10, last=19)])
+    ops = Operations(rollouts, Registry())
+    key = ApiKeys(store).create(name="page-operator", role="operator", created_by="t")[0]
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    app = controller_api(ops, blobs=blobs, reports=tmp_path / "reports")
+    try:
+        with serving(app) as url:
+            _sign_in(page, url, key)
+            page.wait_for_selector("#drift-alarms button.alarm-raised")
+            assert "Alarm raised now: image" in page.text_content("#drift-summary")
+            assert page.locator("#drift-charts circle").count() == 2
+            assert page.locator("#drift-charts circle.drifted").count() == 1
+            page.click("#drift-alarms button.alarm-raised")
+            page.wait_for_function("() => window.nicheloopOperate.drift.open?.images === 10")
+            assert "alarm raised" in page.text_content("#drift-window-title")
+            assert page.locator("#drift-images img").count() == 10
+            assert serious_violations(page, axe_js) == []
+            screenshot(page, "operate-page-drift")
+            with page.expect_popup() as opened:
+                page.click("#drift-report")
+            popup = opened.value
+            popup.wait_for_load_state()
+            assert "evidently data drift" in popup.text_content("h1")
+            popup.close()
+    finally:
+        page.close()

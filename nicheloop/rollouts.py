@@ -75,6 +75,7 @@ class Scored:
     truth: str | None = None
     twin: str | None = None  # the champion's label for a shadow prediction's image
     stats: dict[str, float] | None = None  # the image's input-drift statistics, where kept
+    image_sha256: str | None = None  # which image (the operator page shows disagreements)
 
 
 @dataclass(frozen=True)
@@ -395,9 +396,11 @@ class Rollouts:
         out: dict[str, dict[str, Scored]] = {"champion": {}, "candidate": {}, "shadow": {}}
         for p, truth in own:  # the newest label of a prediction comes last and wins
             arm = "candidate" if p.arm == "candidate" else "champion"
-            out[arm][p.prediction_id] = Scored(p.label, p.probs, p.class_names, truth, stats=p.image_stats)
+            out[arm][p.prediction_id] = Scored(
+                p.label, p.probs, p.class_names, truth, stats=p.image_stats, image_sha256=p.image_sha256
+            )
         for p, said, truth in shadow:
             out["shadow"][p.prediction_id] = Scored(
-                p.label, p.probs, p.class_names, truth, said, stats=p.image_stats
+                p.label, p.probs, p.class_names, truth, said, stats=p.image_stats, image_sha256=p.image_sha256
             )
         return {arm: list(by_id.values()) for arm, by_id in out.items()}

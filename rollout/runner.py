@@ -118,7 +118,7 @@ def controller_api(
     and drift reports the page shows (:func:`rollout.views.add_operator_views`)."""
     app = FastAPI(title="nicheloop rollouts", responses=PROBLEMS)
     install_guards(app)
-    add_operator_views(app, ops.rollouts.store, blobs=blobs, reports=reports)
+    add_operator_views(app, ops, blobs=blobs, reports=reports)
     app.state.gatekeeper = gate or Gatekeeper(ApiKeys(ops.rollouts.store))
     store = ops.rollouts.store
     audit = Audit(store)

@@ -15,7 +15,7 @@ import secrets
 import time
 from datetime import timedelta
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Response
 
@@ -25,7 +25,8 @@ from nicheloop.driftlog import DriftLog, DriftWindow
 from nicheloop.errors import Forbidden, NotFound
 from nicheloop.http import IMAGE_BYTES, ImageSha, RowId, requires
 from nicheloop.keys import Caller
-from nicheloop.store import Store
+from rollout.operations import Operations
+from rollout.quality import Quality, class_figures
 
 LINK_TTL_S = 600
 REPORT_HEADERS = {
@@ -37,13 +38,14 @@ REPORT_HEADERS = {
 
 
 def add_operator_views(
-    app: FastAPI, store: Store, *, blobs: BlobStore | None, reports: FilePath | None
+    app: FastAPI, ops: Operations, *, blobs: BlobStore | None, reports: FilePath | None
 ) -> None:
     """Add the routes to ``app`` (on the app itself: the role table walks its routes); ``blobs``
     holds the images and ``reports`` the drift reports (None: not kept here, and their routes
     answer 404 saying so)."""
     operator = requires("operator")
-    drift = DriftLog(store)
+    store, rollouts = ops.rollouts.store, ops.rollouts
+    drift, quality = DriftLog(store), Quality(store)
     key = secrets.token_bytes(32)  # this process's: a restarted controller's links lapse early
 
     def signature(window_id: int, expires: int) -> str:
@@ -88,12 +90,52 @@ def add_operator_views(
             _report(drift.window(window_id), reports), media_type="text/html", headers=REPORT_HEADERS
         )
 
+    @app.get("/v1/quality/classes")
+    def classes(
+        version: str | None = Query(None, max_length=32, description="Default: the recorded champion."),
+        source: Literal["user", "reviewer", "any"] = Query("user", description="Whose labels."),
+        hours: float = Query(24.0, gt=0, le=24 * 90, description="How far back."),
+        _: Caller = operator,
+    ) -> dict[str, Any]:
+        """A version's confusion matrix, precision and recall per class with their counts (from
+        delayed labels), and its predicted-class mix and confidence over time."""
+        v = version or rollouts.champion()
+        if v is None:
+            raise NotFound("no champion is recorded yet; name a version")
+        now = utcnow()
+        since = now - timedelta(hours=hours)
+        truth, predicted = quality.labeled(v, source=None if source == "any" else source, since=since)
+        figures = class_figures(truth, predicted, quality.class_names(v))
+        return {"version": v, "source": source, **figures, "mix": quality.mix(v, since=since, until=now)}
+
+    @app.get("/v1/quality/versions")
+    def versions(_: Caller = operator) -> dict[str, Any]:
+        """The live (else the latest) rollout's champion against its candidate: per class on their
+        own traffic and on the same images, the shadow pairs where they disagree, and the lineage
+        of both versions."""
+        r = rollouts.live() or rollouts.latest()
+        if r is None:
+            raise NotFound("no rollout yet: start one with POST /v1/rollouts/start")
+        return quality.versions(rollouts, r) | {
+            "lineage": {r.champion: _lineage(ops, r.champion), r.candidate: _lineage(ops, r.candidate)}
+        }
+
     @app.get("/v1/images/{sha256}", response_class=Response, responses=IMAGE_BYTES)
     def image(sha256: ImageSha, _: Caller = operator) -> Response:
         """A stored image."""
         if blobs is None:
             raise NotFound("this controller keeps no images; read them from the gateway")
         return Response(blobs.get(sha256), media_type="application/octet-stream")
+
+
+def _lineage(ops: Operations, version: str) -> dict[str, str]:
+    """A version's lineage tags (data snapshot, parent, recipe, starting weights); empty, with the
+    reason, when the registry does not answer (the figures beside it still do)."""
+    try:
+        tags = ops.registry.version(version).tags
+    except Exception as exc:  # noqa: BLE001 - MLflow away or the version gone: say so, show the rest
+        return {"unavailable": f"{type(exc).__name__}: {exc}"[:300]}
+    return {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
 
 
 def _report(w: DriftWindow, reports: FilePath | None) -> bytes:

@@ -12,6 +12,9 @@ import ray
 
 from cli.demo import as_role, demo_keys, start_loop
 from deploy.local import stack
+from nicheloop.contracts import CANDIDATE, CHAMPION
+from nicheloop.model import build_model
+from nicheloop.registry import Registry, VersionInfo
 from nicheloop.settings import Settings
 from tests.conftest import postgres_database
 
@@ -63,3 +66,21 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 def role(live: Settings, name: str) -> dict[str, str]:
     """The headers of a call made as the role ``name`` (the demo's keys of the live stack)."""
     return as_role(demo_keys(live), name)
+
+
+def register_candidate(live: Settings, registry: Registry, *, trained: bool) -> VersionInfo:
+    """The champion's own weights as a new version (an equal candidate), or an untrained network of
+    the same shape; either claims the champion's held-out accuracy, so the offline gates pass."""
+    champion = registry.load(registry.resolve(CHAMPION).version)
+    model = champion.model
+    if not trained:
+        model = build_model(live.backbone, model.class_names, live.image_size)
+    accuracy = champion.reference.accuracy if champion.reference is not None else 0.9
+    return registry.register(
+        model,
+        champion.reference,
+        params={"test": "rollout"},
+        metrics={"holdout_accuracy": accuracy, "parent_holdout_accuracy": accuracy},
+        lineage={"parent_version": champion.info.version},
+        alias=CANDIDATE,
+    )

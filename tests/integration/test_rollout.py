@@ -15,16 +15,15 @@ import pytest
 
 from cli.demo import DEMO_PLAN, drive_rollout, send_labeled, wait_for
 from deploy.local import stack
-from nicheloop.contracts import CANDIDATE, CHAMPION
-from nicheloop.model import build_model
-from nicheloop.registry import Registry, VersionInfo
+from nicheloop.contracts import CHAMPION
+from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.plan import load_plan
-from tests.integration.conftest import role
+from tests.integration.conftest import register_candidate, role
 
 pytestmark = pytest.mark.integration
 
@@ -43,24 +42,6 @@ def parts(live: Settings) -> Iterator[tuple[Registry, Operations, httpx.Client]]
         ops.adopt(actor="test", reason="test cleanup", version=before)
 
 
-def _register(live: Settings, registry: Registry, *, trained: bool) -> VersionInfo:
-    """The champion's own weights as a new version (an equal candidate), or an untrained network of
-    the same shape; either claims the champion's held-out accuracy, so the offline gates pass."""
-    champion = registry.load(registry.resolve(CHAMPION).version)
-    model = champion.model
-    if not trained:
-        model = build_model(live.backbone, model.class_names, live.image_size)
-    accuracy = champion.reference.accuracy if champion.reference is not None else 0.9
-    return registry.register(
-        model,
-        champion.reference,
-        params={"test": "rollout"},
-        metrics={"holdout_accuracy": accuracy, "parent_holdout_accuracy": accuracy},
-        lineage={"parent_version": champion.info.version},
-        alias=CANDIDATE,
-    )
-
-
 def _served(client: httpx.Client, n: int = 20) -> set[str]:
     """The versions that answer ``n`` requests with distinct keys."""
     image = png_bytes(SyntheticStream(seed=5, size=64).take(1)[0][0])
@@ -75,7 +56,7 @@ def test_a_candidate_that_disagrees_live_is_rolled_back_in_shadow(
 ) -> None:
     registry, ops, client = parts
     champion = registry.resolve(CHAMPION).version
-    bad = _register(live, registry, trained=False)
+    bad = register_candidate(live, registry, trained=False)
     started = ops.start(actor="test", plan=load_plan(DEMO_PLAN))
     assert (started["state"], started["candidate"]) == ("shadow", bad.version)
     final = drive_rollout(client, ops, SyntheticStream(seed=11, size=live.image_size), batch=30, timeout=300)
@@ -95,7 +76,7 @@ def test_an_equal_candidate_survives_its_controller_dying_in_canary_and_is_promo
 ) -> None:
     registry, ops, client = parts
     champion = registry.resolve(CHAMPION).version
-    good = _register(live, registry, trained=True)
+    good = register_candidate(live, registry, trained=True)
     ops.start(actor="test", plan=load_plan(DEMO_PLAN))
     images = SyntheticStream(seed=12, size=live.image_size)
     canary = ops.status()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import NotFound
-from nicheloop.store import DriftWindowRow, Prediction, Store
+from nicheloop.store import DriftWindowRow, LabeledExample, Prediction, Store
 
 
 @dataclass(frozen=True)
@@ -100,20 +100,26 @@ class DriftLog:
             return DriftWindow.of(row)
 
     def images(self, window: DriftWindow, *, k: int = 12, seed: int = 0) -> list[str]:
-        """The SHA-256 of up to ``k`` images the champion answered during the window's span, drawn
-        at random (seeded by the window, so a page shows the same sample twice)."""
+        """The SHA-256 of up to ``k`` images of the window, drawn at random (seeded by the window, so
+        a page shows the same sample twice): for an input window, those the champion answered in its
+        span; for an outcome window, those whose user labels came in its span."""
         if window.started_at is None or window.ended_at is None:
             return []
+        if window.feed == "outcomes":
+            query = select(LabeledExample.image_sha256).where(
+                LabeledExample.model_version == window.model_version,
+                LabeledExample.source == "user",
+                LabeledExample.created_at >= window.started_at,
+                LabeledExample.created_at <= window.ended_at,
+            )
+        else:
+            query = select(Prediction.image_sha256).where(
+                Prediction.model_version == window.model_version,
+                Prediction.created_at >= window.started_at,
+                Prediction.created_at <= window.ended_at,
+                (Prediction.arm == "champion") | Prediction.arm.is_(None),
+            )
         with Session(self.store.engine) as s:
-            shas = s.scalars(
-                select(Prediction.image_sha256)
-                .where(
-                    Prediction.model_version == window.model_version,
-                    Prediction.created_at >= window.started_at,
-                    Prediction.created_at <= window.ended_at,
-                    (Prediction.arm == "champion") | Prediction.arm.is_(None),
-                )
-                .limit(5000)
-            ).all()
+            shas = s.scalars(query.limit(5000)).all()
         unique = sorted(set(shas))
         return random.Random(seed * 1_000_003 + (window.id or 0)).sample(unique, min(k, len(unique)))

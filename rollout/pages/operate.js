@@ -43,6 +43,8 @@ async function refresh() {
     json("/v1/drift/timeline?hours=24")
       .then((t) => showDrift(t, history))
       .catch((err) => { $("drift-summary").textContent = `Drift not read: ${err.message}`; });
+    refreshClasses();
+    refreshVersions();
   }
   showAudit(audit);
   showReview(review, budget);
@@ -238,6 +240,143 @@ async function openWindow(id) {
   state.drift.open.images = images.filter(Boolean).length;
 }
 
+// -- per class and versions ---------------------------------------------------------------------
+const PALETTE = ["#0b5cad", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#cf222e", "#0969da", "#57606a"];
+const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(0)} %`);
+
+function cells(tr, values, tag = "td") {
+  for (const v of values) {
+    const cell = document.createElement(tag);
+    if (tag === "th") cell.scope = "row";
+    cell.textContent = v;
+    tr.append(cell);
+  }
+  return tr;
+}
+
+async function refreshClasses() {
+  try {
+    showClasses(await json(`/v1/quality/classes?hours=24&source=${$("classes-source").value}`));
+  } catch (err) {
+    $("classes-summary").textContent = `Not read: ${err.message}`;
+  }
+}
+
+function showClasses(q) {
+  state.classes = q;
+  $("classes-summary").textContent = q.n
+    ? `Version ${q.version}: ${q.n} labels, accuracy ${pct(q.accuracy)}.`
+    : `Version ${q.version}: no labels of this kind in the last day.`;
+  const head = document.createElement("tr");
+  cells(head, ["label ↓ said →", ...q.classes], "th");
+  head.querySelectorAll("th").forEach((th) => { th.scope = "col"; });
+  $("confusion").tHead.replaceChildren(head);
+  $("confusion").tBodies[0].replaceChildren(
+    ...q.confusion.map((row, i) => {
+      const tr = document.createElement("tr");
+      cells(tr, [q.classes[i]], "th");
+      const total = row.reduce((a, b) => a + b, 0) || 1;
+      row.forEach((n, j) => {
+        const td = document.createElement("td");
+        td.textContent = n;
+        const share = n / total; // shaded by the row's share: where each label's images went
+        td.style.background = `rgba(${i === j ? "26,127,55" : "207,34,46"},${(0.6 * share).toFixed(2)})`;
+        td.title = `${n} labeled ${q.classes[i]}, said ${q.classes[j]} (${pct(share)} of the row)`;
+        tr.append(td);
+      });
+      return tr;
+    }),
+  );
+  $("per-class").tBodies[0].replaceChildren(
+    ...q.per_class.map((c) => {
+      const tr = document.createElement("tr");
+      cells(tr, [c.class], "th");
+      return cells(tr, [c.labeled, c.predicted, pct(c.precision), pct(c.recall)]);
+    }),
+  );
+  drawMix(q);
+}
+
+function drawMix(q) {
+  // stacked bars of the predicted classes per bucket, and the mean confidence as a line on top
+  const svg = $("mix-chart");
+  svg.replaceChildren();
+  const n = q.mix.counts.length;
+  const bw = W / n;
+  const colour = (c) => PALETTE[q.classes.indexOf(c) % PALETTE.length];
+  q.mix.counts.forEach((counts, b) => {
+    const total = Object.values(counts).reduce((a, v) => a + v, 0);
+    let y0 = 120;
+    for (const c of q.classes) {
+      if (!counts[c]) continue;
+      const h = (110 * counts[c]) / total;
+      y0 -= h;
+      svg.append(svgEl("rect", { x: b * bw + 1, y: y0, width: bw - 2, height: h, fill: colour(c) }, `${counts[c]} said ${c}`));
+    }
+  });
+  const pts = q.mix.confidence.map((c, b) => (c === null ? null : `${(b + 0.5) * bw},${120 - 110 * c}`)).filter(Boolean);
+  if (pts.length > 1) svg.append(svgEl("polyline", { points: pts.join(" "), class: "confidence" }, "mean confidence"));
+  $("mix-legend").replaceChildren(
+    ...q.classes.flatMap((c) => {
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = colour(c);
+      return [sw, document.createTextNode(c)];
+    }),
+    document.createTextNode(" · the black line is the mean top-class confidence (0 to 1)"),
+  );
+}
+
+async function refreshVersions() {
+  const res = await call("/v1/quality/versions");
+  if (res.status === 404) {
+    $("versions-summary").textContent = "No rollout yet.";
+    return;
+  }
+  if (!res.ok) {
+    $("versions-summary").textContent = `Not read: ${res.status}`;
+    return;
+  }
+  showVersions(await res.json());
+}
+
+async function showVersions(v) {
+  state.versions = v;
+  const same = v.same_images;
+  $("versions-summary").textContent = `Rollout ${v.rollout_id} (${v.state}): version ${v.champion} against ${v.candidate}. ` +
+    `${v.shadow_pairs} images answered by both, ${v.disagreements} with different answers; ` +
+    `on the ${same.candidate.n} of them that were labeled: champion ${pct(same.champion.accuracy)}, candidate ${pct(same.candidate.accuracy)}.`;
+  $("versions-classes").tBodies[0].replaceChildren(
+    ...same.candidate.per_class.map((c, i) => {
+      const before = same.champion.per_class[i].recall;
+      const tr = document.createElement("tr");
+      cells(tr, [c.class], "th");
+      cells(tr, [c.labeled, pct(before), pct(c.recall)]);
+      const delta = c.recall === null || before === null ? null : c.recall - before;
+      const td = cells(tr, [delta === null ? "–" : `${delta >= 0 ? "+" : ""}${(100 * delta).toFixed(0)} points`]).lastChild;
+      if (delta) td.className = delta > 0 ? "delta-up" : "delta-down";
+      return tr;
+    }),
+  );
+  rows($("lineage-champion"), Object.entries(v.lineage[v.champion] || {}));
+  rows($("lineage-candidate"), Object.entries(v.lineage[v.candidate] || {}));
+  const figures = await Promise.all(
+    v.gallery.map(async (g) => {
+      const src = g.image ? await loadImage(`/v1/images/${g.image}`) : "";
+      if (!src) return null;
+      const fig = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = src;
+      img.alt = `The champion said ${g.champion}, the candidate ${g.candidate}`;
+      const cap = document.createElement("figcaption");
+      cap.textContent = `champion ${g.champion} · candidate ${g.candidate}${g.truth ? ` · label ${g.truth}` : ""}`;
+      fig.append(img, cap);
+      return fig;
+    }),
+  );
+  $("gallery").replaceChildren(...figures.filter(Boolean));
+}
+
 function showAudit(entries) {
   $("audit").tBodies[0].replaceChildren(
     ...entries.map((e) => {
@@ -330,4 +469,5 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") $("confirm").hidden = true;
 });
 $("budget-form").addEventListener("submit", setBudgets);
+$("classes-source").addEventListener("change", refreshClasses);
 signInFor("operator", start);

@@ -59,7 +59,7 @@ def test_an_operator_sees_the_drift_alarm_and_rolls_a_candidate_back_from_the_pa
         page.keyboard.press("Enter")
         page.wait_for_selector("#drift-alarms button.alarm-raised")
         assert page.locator("#drift-charts circle.drifted").count() >= 1
-        page.click("#drift-alarms button.alarm-raised")
+        page.locator("#drift-alarms button.alarm-raised", has_text="image alarm raised").first.click()
         page.wait_for_function("() => window.nicheloopOperate.drift.open?.images > 0")
         with page.expect_popup() as opened:
             page.click("#drift-report")

@@ -6,6 +6,7 @@ report; another role is refused; no serious accessibility violation."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,17 @@ from typing import Any
 import pytest
 
 from nicheloop.blobs import BlobStore
+from nicheloop.contracts import FeedbackEvent
 from nicheloop.driftlog import DriftLog
 from nicheloop.keys import ApiKeys, Audit
 from nicheloop.review import QueuePolicy
-from nicheloop.rollouts import Rollouts
+from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.runner import controller_api
 from tests.browser import screenshot, serious_violations, serving
 from tests.unit.rollout.test_controller import Registry
+from tests.unit.rollout.test_evidence import _prediction as _scored
 from tests.unit.rollout.test_views import _prediction, _window
 
 
@@ -144,5 +147,47 @@ def test_an_operator_sees_a_drift_alarm_on_the_timeline_and_opens_its_images_and
             popup.wait_for_load_state()
             assert "evidently data drift" in popup.text_content("h1")
             popup.close()
+    finally:
+        page.close()
+
+
+def test_an_operator_reads_per_class_figures_and_sees_where_the_candidate_disagrees(
+    browser: Any, rollouts: Rollouts, tmp_path: Path, axe_js: str
+) -> None:
+    store, blobs, now = rollouts.store, BlobStore(str(tmp_path / "blobs")), time.time()
+    rollouts.record_champion("1", previous=None, actor="t", reason="first", now=now - 600)
+    rollouts.create(Rollout("2", "1", mirror=0.5, entered_at=now), plan={}, actor="t", reason="", now=now)
+    said = [("a", "a"), ("a", "b"), ("b", "b"), ("a", "b"), ("b", "a")]  # champion, candidate
+    truth = ["a", "b", "b", "b", None]
+    for i, (img, _) in enumerate(SyntheticStream(seed=4, size=64).take(len(said))):
+        sha = blobs.put(png_bytes(img))
+        champ, cand = said[i]
+        store.add_prediction(
+            _scored(f"c{i}", "1", champ, now + 1 + i, arm="champion").model_copy(update={"image_sha256": sha})
+        )
+        store.add_prediction(
+            _scored(f"s{i}", "2", cand, now + 1 + i, arm="shadow", paired_with=f"c{i}").model_copy(
+                update={"image_sha256": sha}
+            )
+        )
+        if truth[i] is not None:
+            store.add_feedback(FeedbackEvent(prediction_id=f"c{i}", label=truth[i]))
+    key = ApiKeys(store).create(name="page-operator", role="operator", created_by="t")[0]
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        with serving(controller_api(Operations(rollouts, Registry()), blobs=blobs)) as url:
+            _sign_in(page, url, key)
+            page.wait_for_function("() => window.nicheloopOperate.classes?.n === 4")
+            # labeled a, b, b, b; the champion said a, a, b, a
+            assert page.locator("#confusion tbody tr").count() == 2
+            assert page.locator("#confusion tbody tr").nth(1).text_content() == "b21"
+            assert page.locator("#per-class tbody tr").count() == 2
+            assert page.locator("#mix-chart rect").count() >= 1
+            page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 3")
+            assert "3 with different answers" in page.text_content("#versions-summary")
+            assert "champion 50 %, candidate 100 %" in page.text_content("#versions-summary")
+            assert "+67 points" in page.text_content("#versions-classes")  # class b: 1 of 3, then 3 of 3
+            assert serious_violations(page, axe_js) == []
+            screenshot(page, "operate-page-quality")
     finally:
         page.close()

@@ -3,6 +3,7 @@ window with its images and a signed link to its Evidently report, and the stored
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from nicheloop.blobs import BlobStore
-from nicheloop.contracts import PredictionEvent
+from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.driftlog import DriftLog, DriftWindow
 from nicheloop.keys import ApiKeys
 from nicheloop.rollouts import Rollouts
@@ -108,4 +109,21 @@ def test_operators_read_the_drift_timeline_a_windows_images_and_its_report_by_a_
     gone = client.get(outside["report_url"])
     assert gone.status_code == 404 and "gone from" in gone.json()["detail"]
     assert client.get("/v1/drift/windows/999").status_code == 404
+    # an outcome window's sample is of the images whose user labels came in its span
+    labeled_at = datetime.now(UTC)
+    for i in (3, 4, 5):
+        store.add_feedback(FeedbackEvent(prediction_id=f"p{i}", label="b", created_at=labeled_at))
+    span = dict(started_at=labeled_at - timedelta(seconds=1), ended_at=labeled_at + timedelta(seconds=1))
+    log.record(
+        [
+            dataclasses.replace(
+                _window("raised", report=None, p=1e-4, first=0, last=1),
+                feed="outcomes",
+                monitor="label",
+                **span,
+            )
+        ]
+    )
+    outcomes = client.get("/v1/drift/timeline").json()["windows"][-1]
+    assert set(client.get(f"/v1/drift/windows/{outcomes['id']}").json()["images"]) == set(images[3:6])
     assert client.get(f"/v1/drift/windows/{timeline['windows'][0]['id']}").json()["report_url"] is None

@@ -118,6 +118,33 @@ class Quality:
             "confidence": [float(np.mean(c)) if c else None for c in confidence],
         }
 
+    def agreement(self, *, since: datetime, until: datetime, buckets: int = 24) -> dict[str, Any]:
+        """How often the model's answer was the human's, per time bucket and source (``user``:
+        the traffic's; ``reviewer``: the hard items the sampler picked), whichever version answered."""
+        with Session(self.store.engine) as s:
+            rows = s.execute(
+                select(
+                    LabeledExample.created_at,
+                    LabeledExample.source,
+                    LabeledExample.label,
+                    LabeledExample.predicted_label,
+                )
+                .where(LabeledExample.created_at >= since, LabeledExample.predicted_label.is_not(None))
+                .order_by(LabeledExample.id.desc())
+                .limit(MAX_ROWS)
+            ).all()
+        t0, span = since.timestamp(), max(1.0, until.timestamp() - since.timestamp())
+        out: dict[str, list[dict[str, int]]] = {
+            src: [{"n": 0, "agree": 0} for _ in range(buckets)] for src in ("user", "reviewer")
+        }
+        for row in rows:
+            if row.source not in out:
+                continue
+            b = min(buckets - 1, max(0, int(buckets * (aware(row.created_at).timestamp() - t0) / span)))
+            out[row.source][b]["n"] += 1
+            out[row.source][b]["agree"] += int(row.label == row.predicted_label)
+        return {"since": since.isoformat(), "until": until.isoformat(), **out}
+
     def versions(self, rollouts: Rollouts, rollout: Rollout) -> dict[str, Any]:
         """Champion against candidate over the rollout so far: each arm's per-class figures on its
         own labeled traffic, both on the same labeled images (the shadow pairs), and the pairs

@@ -108,6 +108,14 @@ def add_operator_views(
         figures = class_figures(truth, predicted, quality.class_names(v))
         return {"version": v, "source": source, **figures, "mix": quality.mix(v, since=since, until=now)}
 
+    @app.get("/v1/quality/agreement")
+    def agreement(
+        hours: float = Query(24.0, gt=0, le=24 * 90, description="How far back."), _: Caller = operator
+    ) -> dict[str, Any]:
+        """Model–human agreement per hour-sized bucket, for users' and reviewers' labels."""
+        now = utcnow()
+        return quality.agreement(since=now - timedelta(hours=hours), until=now)
+
     @app.get("/v1/quality/versions")
     def versions(_: Caller = operator) -> dict[str, Any]:
         """The live (else the latest) rollout's champion against its candidate: per class on their

@@ -349,7 +349,8 @@ class ReviewQueue:
                 )
 
     def stats(self, now: datetime | None = None) -> dict[str, object]:
-        """Depth by status, throughput over the last hour and day, budget left, oldest waiting item."""
+        """Depth by status, throughput over the last hour and day, skips and lapsed leases, budget
+        left, oldest waiting item."""
         now = now or utcnow()
         with Session(self.engine) as s:
             by_status = dict(
@@ -364,6 +365,7 @@ class ReviewQueue:
                 or 0
             )
             oldest = s.scalar(select(func.min(ReviewItem.created_at)).where(ReviewItem.status == "queued"))
+            skips = int(s.scalar(select(func.coalesce(func.sum(ReviewItem.skips), 0))) or 0)
             recent = s.execute(
                 select(ReviewItem.claimed_at, ReviewItem.done_at).where(ReviewItem.done_at >= now - DAY)
             ).all()
@@ -372,16 +374,20 @@ class ReviewQueue:
         done = [(c, aware(d)) for c, d in recent if d is not None]
         seconds = [(d - aware(c)).total_seconds() for c, d in done if c is not None]
         done_hour = sum(1 for _, d in done if d >= now - HOUR)
+        done_total = int(by_status.get("done", 0))
         return {
             "queued": int(by_status.get("queued", 0)) + int(stale_leases),
             "in_review": int(by_status.get("claimed", 0)) - int(stale_leases),
-            "done": int(by_status.get("done", 0)),
+            "done": done_total,
             "skipped": int(by_status.get("skipped", 0)),
             "expired": int(by_status.get("expired", 0)),
             "oldest_queued_age_s": round((now - aware(oldest)).total_seconds(), 1) if oldest else None,
             "labeled_last_hour": done_hour,
             "labeled_last_day": len(recent),
             "median_seconds_per_label": round(statistics.median(seconds), 1) if seconds else None,
+            "skips": skips,
+            "skip_rate": round(skips / (skips + done_total), 3) if skips + done_total else None,
+            "lapsed_leases": int(stale_leases),
             "budget": {
                 "per_hour": budget["budget_per_hour"],
                 "per_day": budget["budget_per_day"],

@@ -66,6 +66,9 @@ class ReviewStats(BaseModel):
     labeled_last_hour: int
     labeled_last_day: int
     median_seconds_per_label: float | None
+    skips: int = 0  # every skip so far (an item skipped twice counts twice)
+    skip_rate: float | None = None  # skips over skips and labels
+    lapsed_leases: int = 0  # claimed items whose lease ran out (offered again)
     budget: ReviewBudget
     lease_s: float
 

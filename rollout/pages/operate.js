@@ -45,6 +45,7 @@ async function refresh() {
       .catch((err) => { $("drift-summary").textContent = `Drift not read: ${err.message}`; });
     refreshClasses();
     refreshVersions();
+    json("/v1/quality/agreement?hours=24").then(drawAgreement).catch(() => {});
   }
   showAudit(audit);
   showReview(review, budget);
@@ -327,6 +328,25 @@ function drawMix(q) {
   );
 }
 
+function drawAgreement(a) {
+  // the share of labels that agreed with the model, per bucket and source (gaps: no labels)
+  state.agreement = a;
+  const svg = $("agreement-chart");
+  svg.replaceChildren();
+  for (const share of [0.5, 1]) svg.append(svgEl("line", { x1: 0, x2: 600, y1: 95 - 90 * share, y2: 95 - 90 * share, class: "grid", stroke: "#d0d7de" }));
+  const said = [];
+  for (const source of ["user", "reviewer"]) {
+    const buckets = a[source];
+    const bw = 600 / buckets.length;
+    const pts = buckets.map((b, i) => (b.n ? `${(i + 0.5) * bw},${95 - (90 * b.agree) / b.n}` : null)).filter(Boolean);
+    const n = buckets.reduce((t, b) => t + b.n, 0);
+    const agree = buckets.reduce((t, b) => t + b.agree, 0);
+    if (pts.length) svg.append(svgEl("polyline", { points: pts.length > 1 ? pts.join(" ") : `${pts[0]} ${pts[0]}`, class: source }, `${source}s: ${agree} of ${n} agreed`));
+    said.push(`${source}s: ${n ? `${agree} of ${n} agreed (${pct(agree / n)})` : "no labels"}`);
+  }
+  $("agreement-legend").textContent = `${said.join(" · ")}. Solid: users' labels; dashed: reviewers' (hard items, so lower).`;
+}
+
 async function refreshVersions() {
   const res = await call("/v1/quality/versions");
   if (res.status === 404) {
@@ -398,6 +418,9 @@ function showReview(r, budget) {
     ["labeled, last hour", r.labeled_last_hour],
     ["labeled, last day", r.labeled_last_day],
     ["median seconds a label", r.median_seconds_per_label ?? "–"],
+    ["skips", `${r.skips} (${pct(r.skip_rate)} of decisions)`],
+    ["leases run out, now", r.lapsed_leases],
+    ["expired unlabeled", r.expired],
     ["oldest waiting", r.oldest_queued_age_s === null ? "–" : `${Math.round(r.oldest_queued_age_s / 60)} min`],
     ["budget left this hour", `${r.budget.left_hour} of ${r.budget.per_hour}`],
   ]);

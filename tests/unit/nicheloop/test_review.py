@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from nicheloop.contracts import PredictionEvent, utcnow
+from nicheloop.contracts import PredictionEvent, aware, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review import QueuePolicy, ReviewQueue
-from nicheloop.review.queue import _aware, why_queued
+from nicheloop.review.queue import why_queued
 from nicheloop.store import ReviewItem, Store
 from tests.conftest import BACKENDS, postgres_database
 
@@ -76,12 +76,12 @@ def test_a_lease_is_renewed_up_to_its_longest_hold_and_a_skip_keeps_its_reason(s
     now = utcnow()
     item = queue.claim("ann", now=now)
     later = now + timedelta(seconds=50)
-    assert _aware(
+    assert aware(
         queue.renew(item.task_id, item.lease_token, now=later).lease_expires_at
     ) == later + timedelta(seconds=60)
     end = now + timedelta(seconds=4 * 60)  # MAX_HOLD leases from the claim at most
     assert (
-        _aware(queue.renew(item.task_id, item.lease_token, now=end - timedelta(seconds=10)).lease_expires_at)
+        aware(queue.renew(item.task_id, item.lease_token, now=end - timedelta(seconds=10)).lease_expires_at)
         == end
     )
     with pytest.raises(Conflict, match="held for 4 leases"):
@@ -216,9 +216,12 @@ def test_stats_report_depth_throughput_and_budget(store: Store) -> None:
     done = queue.claim("ann", now=now)
     queue.complete(done.task_id, "a", done.lease_token, now=now + timedelta(seconds=12))
     queue.claim("bob", now=now)
+    skipped = queue.claim("dan", now=now)
+    queue.skip(skipped.task_id, skipped.lease_token, now=now, reason="unsure")
     stale = queue.claim("cid", now=now - timedelta(seconds=120))  # its lease has run out
     stats = queue.stats(now=now + timedelta(seconds=20))
     assert (stats["queued"], stats["in_review"], stats["done"]) == (2, 1, 1)
+    assert (stats["skips"], stats["skip_rate"], stats["lapsed_leases"]) == (1, 0.5, 1)
     assert stats["labeled_last_hour"] == stats["labeled_last_day"] == 1
     assert stats["median_seconds_per_label"] == 12.0 and stats["oldest_queued_age_s"] >= 0
     assert stats["budget"]["left_hour"] == 120 - 2 and stale is not None

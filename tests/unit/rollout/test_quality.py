@@ -59,6 +59,11 @@ def test_operators_read_per_class_figures_and_champion_against_candidate(any_sto
     reviewer = client.get("/v1/quality/classes", params={"source": "reviewer"}).json()
     assert reviewer["n"] == 1 and reviewer["confusion"] == [[0, 1], [0, 0]]  # c5: labeled a, said b
     assert client.get("/v1/quality/classes", params={"source": "robot"}).status_code == 422
+    agreement = client.get("/v1/quality/agreement").json()
+    # users labeled c0..c3 a, a, b, b; the champion said a, a, b, a...
+    assert sum(b["n"] for b in agreement["user"]) == 4 and sum(b["agree"] for b in agreement["user"]) == 3
+    # ...and a reviewer c5 (said b, labeled a)
+    assert [(b["n"], b["agree"]) for b in agreement["reviewer"] if b["n"]] == [(1, 0)]
 
     v = client.get("/v1/quality/versions").json()
     assert (v["rollout_id"], v["champion"], v["candidate"]) == (r.id, "1", "2")

@@ -186,9 +186,9 @@ def test_an_operator_reads_per_class_figures_and_sees_where_the_candidate_disagr
             page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 3")
             assert "3 with different answers" in page.text_content("#versions-summary")
             assert "champion 50 %, candidate 100 %" in page.text_content("#versions-summary")
-            assert "+67 points" in page.text_content("#versions-classes")
+            assert "+67 points" in page.text_content("#versions-classes")  # class b: 1 of 3, then 3 of 3
             page.wait_for_function("() => window.nicheloopOperate.agreement !== undefined")
-            assert "users: 2 of 4 agreed (50 %)" in page.text_content("#agreement-legend")  # class b: 1 of 3, then 3 of 3
+            assert "users: 2 of 4 agreed (50 %)" in page.text_content("#agreement-legend")
             assert serious_violations(page, axe_js) == []
             screenshot(page, "operate-page-quality")
     finally:

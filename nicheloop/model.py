@@ -141,6 +141,46 @@ class NicheModel:
         out = self.forward(batch)
         return Inference(self.calibrated(out.logits), as_numpy(out.embeddings), as_numpy(out.early))
 
+    def saliency(self, batch: torch.Tensor, class_index: int | None = None) -> tuple[np.ndarray, int]:
+        """Grad-CAM of one image: where the last feature map's evidence for a class lies.
+
+        The feature map's channels are weighted by the class logit's mean gradient over them, summed,
+        kept where positive and brought to the input's size; 1 is the strongest evidence, 0 none.
+        It runs on the full-precision ``net`` (a compiled runtime has no gradients).
+
+        Args:
+            batch: (1, 3, H, W) preprocessed image.
+            class_index: the class to explain (default: the one the model picks).
+
+        Returns:
+            The (H, W) float32 map in [0, 1], and the class it explains.
+
+        Raises:
+            InvalidInput: a backbone whose features are not a (C, h, w) map (a vision transformer's
+            tokens), or a class index out of range.
+        """
+        if self.net.training:
+            self.net.eval()
+        device = next(self.net.parameters()).device
+        with torch.enable_grad():
+            x = batch[:1].to(device).requires_grad_(True)  # a graph even if every weight is frozen
+            feats = self.net.forward_features(x)
+            if feats.ndim != 4:
+                raise InvalidInput(
+                    f"saliency needs a convolutional backbone; {self.backbone}'s features have shape "
+                    f"{tuple(feats.shape)}"
+                )
+            logits = self.net.forward_head(feats)
+            c = int(logits[0].argmax()) if class_index is None else class_index
+            if not 0 <= c < self.num_classes:
+                raise InvalidInput(f"class index {c} is not one of this model's {self.num_classes} classes")
+            (grad,) = torch.autograd.grad(logits[0, c], feats)
+        cam = torch.relu((grad.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
+        cam = torch.nn.functional.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)
+        top = float(cam.max())
+        heat = (cam[0, 0] / top) if top > 0 else cam[0, 0] * 0
+        return heat.cpu().numpy().astype(np.float32), c
+
     def calibrated(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         """Temperature-scaled float32 probabilities, exactly as serving computes them.
 

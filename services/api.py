@@ -29,6 +29,7 @@ from nicheloop.review import (
 )
 from services import pages
 from services.deps import GatewayResources, Resources
+from services.explain import explain
 from services.feedback import record_feedback, submit_review
 from services.http import image_bytes, install_guards
 from services.predict import predict_image
@@ -225,6 +226,24 @@ async def image(sha256: ImageSha, res: Resources, who: Caller = requires("review
         raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")
     data = await asyncio.to_thread(res.blobs.get, sha256)
     return Response(content=data, media_type="application/octet-stream")
+
+
+@api.get(
+    "/v1/images/{sha256}/saliency",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def saliency(
+    sha256: ImageSha, res: Resources, who: Caller = requires("reviewer", "operator")
+) -> Response:
+    """Where the served version looked: the image as the model saw it with its Grad-CAM for the
+    class it picks laid over (red to yellow: the strongest evidence); cached per version. A
+    reviewer gets those of their own tasks' images, an operator any."""
+    if who.role == "reviewer" and not await asyncio.to_thread(res.queue.shows, who.name, sha256):
+        raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")
+    out = await explain(res, sha256)
+    headers = {"X-Model-Version": out.model_version, "X-Saliency-Class": out.class_name}
+    return Response(content=out.png, media_type="image/png", headers=headers)
 
 
 async def _class_names(res: GatewayResources) -> list[str]:

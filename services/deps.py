@@ -17,7 +17,7 @@ from nicheloop.errors import NotReady
 from nicheloop.review import ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from services.inference import ModelOutput, ModelState, Pixels
+from services.inference import ModelOutput, ModelState, Pixels, Saliency
 from services.limits import Admission, CallerRates
 from services.routing import ModelCalls, RoutingWatch
 from services.watch import ModelWatch
@@ -28,6 +28,7 @@ class PredictorPort(Protocol):
 
     async def state(self) -> ModelState: ...
     async def predict(self, pixels: Pixels) -> ModelOutput: ...
+    async def saliency(self, pixels: Pixels) -> Saliency: ...
 
 
 @dataclass(frozen=True)

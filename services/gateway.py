@@ -24,7 +24,7 @@ from services.api import api
 from services.batching import Batcher
 from services.deps import GatewayResources, PredictorPort, install_resources
 from services.ids import load_or_create_key
-from services.inference import InProcessPredictor, InProcessShadow, ModelOutput, ModelState, Pixels
+from services.inference import InProcessPredictor, InProcessShadow, ModelOutput, ModelState, Pixels, Saliency
 from services.limits import Admission, CallerRates
 from services.routing import RoutingWatch
 from services.watch import ModelWatch
@@ -58,6 +58,11 @@ class ServePredictor:
     async def predict(self, pixels: Pixels) -> ModelOutput:
         """Raises Overloaded when the predictors' queue is full, NotReady when replicas keep dying."""
         return await self._calls.submit(pixels)
+
+    async def saliency(self, pixels: Pixels) -> Saliency:
+        """Grad-CAM of one image by a predictor replica (one call each: a reviewer asks for one)."""
+        saliency: Saliency = await _answer(self.handle.saliency.remote(pixels))
+        return saliency
 
     async def _call(self, items: list[Pixels]) -> list[ModelOutput]:
         for attempt in range(1, PREDICT_ATTEMPTS + 1):

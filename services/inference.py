@@ -72,6 +72,17 @@ class ModelOutput:
     early_embedding: list[float]
 
 
+@dataclass(frozen=True)
+class Saliency:
+    """A Grad-CAM map of one image (:meth:`nicheloop.model.NicheModel.saliency`) with the pixels it
+    is of (the model's input geometry: what the model saw) and which version and class it explains."""
+
+    model_version: str
+    class_name: str
+    heat: np.ndarray  # (H, W) uint8: 255 is the strongest evidence
+    pixels: np.ndarray  # (H, W, 3) uint8
+
+
 class ModelLoader(Protocol):
     """The registry operations serving needs (:class:`nicheloop.registry.Registry` has them)."""
 
@@ -179,6 +190,19 @@ class ModelSlot:
             for p, u, e, x in zip(out.probs, unc, emb, early)
         ]
 
+    def saliency(self, item: Pixels) -> Saliency:
+        """Grad-CAM of one image for the class the loaded model picks.
+
+        Raises:
+            NotReady: no model loaded yet. InvalidInput: as :meth:`infer`, or a backbone without a
+            spatial feature map.
+        """
+        model, version = self._loaded()
+        spec = model.input_spec
+        pixels = _fit(item, spec)
+        heat, c = model.saliency(normalise([pixels], spec))
+        return Saliency(version, model.class_names[c], (heat * 255).round().astype(np.uint8), pixels)
+
     def _loaded(self) -> tuple[NicheModel, str]:
         model, version = self.model, self.version  # read once: a swap may land in between
         if model is None or version is None:
@@ -210,6 +234,8 @@ class Predictor:
         # thread each batch (asyncio.to_thread) grows a new team of spinning threads
         self.batcher = self._batcher(ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer"))
         self._shadows: Batcher[Pixels, ModelOutput] | None = None  # made on the first shadow call
+        # Grad-CAM (a backward pass, several forwards' worth) on its own thread: never ahead of a batch
+        self._explainer = ThreadPoolExecutor(1, thread_name_prefix="nicheloop-saliency")
         self._watcher = asyncio.get_event_loop().create_task(self._watch())
         self._fault_rng = random.Random()
 
@@ -241,6 +267,10 @@ class Predictor:
             NotReady: no model loaded yet. ModelFailed: the version's fault struck this call.
         """
         return await self._through(self.batcher, pixels)
+
+    async def saliency(self, pixels: Pixels) -> Saliency:
+        """Grad-CAM of one image by the version loaded here (:meth:`ModelSlot.saliency`)."""
+        return await asyncio.get_running_loop().run_in_executor(self._explainer, self.slot.saliency, pixels)
 
     async def predict_many(self, items: list[Pixels]) -> list[ModelOutput]:
         """The images of one gateway call, each batched with whatever else waits here (a cancelled
@@ -299,6 +329,9 @@ class InProcessPredictor:
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return await self.predictor.predict(pixels)
 
+    async def saliency(self, pixels: Pixels) -> Saliency:
+        return await self.predictor.saliency(pixels)
+
 
 class InProcessShadow:
     """The in-process candidate as the port of shadow calls (:meth:`Predictor.shadow`)."""
@@ -311,6 +344,9 @@ class InProcessShadow:
 
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return await self.predictor.shadow(pixels)
+
+    async def saliency(self, pixels: Pixels) -> Saliency:
+        return await self.predictor.saliency(pixels)
 
 
 def candidate_deployment(settings: Settings) -> Any:

@@ -20,6 +20,7 @@ const state = {
   failed: [], // decisions that did not land: kept and shown, never dropped
   confirmed: 0,
   view: { zoom: 1, x: 0, y: 0, contrast: 1 },
+  saliency: { on: false, ms: [] }, // the Grad-CAM shown instead of the image; milliseconds each took
   mode: "work", // work | skip | help
   timings: [], // ms from a decision's key to the next image on screen (benchmarks/review_ui.py)
   shownAt: 0,
@@ -121,6 +122,8 @@ function letters(classes) {
 }
 
 function render(task) {
+  state.saliency.on = false;
+  $("saliency-note").textContent = "";
   $("image").src = task.image;
   $("image").alt = `Image of review task ${task.task_id}, predicted ${task.predicted_label}`;
   resetView();
@@ -328,6 +331,38 @@ function applyView() {
   $("image").style.filter = `contrast(${v.contrast})`;
 }
 
+// -- where the model looked ------------------------------------------------------------------------
+async function toggleSaliency() {
+  // the served model's Grad-CAM over the image as it saw it, computed once by the service
+  const task = state.current;
+  if (state.saliency.on) {
+    state.saliency.on = false;
+    $("image").src = task.image;
+    $("saliency-note").textContent = "";
+    return;
+  }
+  const started = performance.now();
+  if (!task.saliency) {
+    $("saliency-note").textContent = "Asking where the model looked…";
+    const res = await call(`${task.image_url}/saliency`).catch(() => null);
+    if (!res || !res.ok) {
+      const answer = res ? await res.json().catch(() => ({})) : {};
+      $("saliency-note").textContent = `No saliency for this item: ${answer.detail ?? "the service did not answer"}`;
+      return;
+    }
+    task.saliency = URL.createObjectURL(await res.blob());
+    task.saliencyOf = { version: res.headers.get("x-model-version"), label: res.headers.get("x-saliency-class") };
+  }
+  if (state.current !== task) return; // the reviewer moved on meanwhile
+  const img = $("image");
+  img.src = task.saliency;
+  await img.decode().catch(() => {});
+  state.saliency.on = true;
+  state.saliency.ms.push(performance.now() - started);
+  $("saliency-note").textContent = `Where version ${task.saliencyOf.version} looked for ${task.saliencyOf.label}: ` +
+    "red to yellow is the strongest evidence, on the image as the model saw it. Press . again for the image.";
+}
+
 // -- keys ---------------------------------------------------------------------------------------
 function onKey(event) {
   if (!signedIn() || $("signin").hidden === false) return;
@@ -371,6 +406,7 @@ function onKey(event) {
     "[": () => { v.contrast = Math.max(0.25, v.contrast - 0.25); applyView(); },
     "]": () => { v.contrast = Math.min(4, v.contrast + 0.25); applyView(); },
     0: () => resetView(),
+    ".": () => toggleSaliency(),
     r: () => resend(),
   }[key];
   if (handled) {

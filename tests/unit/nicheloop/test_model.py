@@ -162,3 +162,33 @@ def test_a_transformer_is_built_for_the_configured_size_and_reloads(tmp_path: Pa
     assert batch.shape[-1] == 28
     again = load_model(save_model(src, tmp_path / "vit"))
     np.testing.assert_allclose(again.infer(batch)[0], src.infer(batch)[0], atol=1e-6)
+
+
+def test_grad_cam_of_an_average_pooled_linear_head_is_its_class_activation_map() -> None:
+    # For global average pooling then a linear layer, the logit's gradient is the class's weights
+    # spread evenly over the map, so Grad-CAM must equal CAM: relu(sum_k w_ck A_k), normalised.
+    model = build_model("test_resnet", ["a", "b", "c"], image_size=96)
+    model.net.eval()
+    image = SyntheticStream(seed=2, size=96).take(1)[0][0]
+    batch = model.preprocess([image])
+    with torch.no_grad():
+        feats = model.net.forward_features(batch)  # (1, C, 3, 3): a map to look at
+        logits = model.net.forward_head(feats)
+    assert feats.shape[-1] > 1
+    for c in range(3):
+        heat, explained = model.saliency(batch, class_index=c)
+        weights = model.net.get_classifier().weight[c].detach()
+        cam = torch.relu((weights[:, None, None] * feats[0]).sum(0))[None, None]
+        cam = torch.nn.functional.interpolate(cam, size=(96, 96), mode="bilinear", align_corners=False)[0, 0]
+        expected = (cam / cam.max()).numpy() if cam.max() > 0 else cam.numpy()
+        assert explained == c and heat.shape == (96, 96) and heat.dtype == np.float32
+        np.testing.assert_allclose(heat, expected, atol=1e-4)
+    assert model.saliency(batch)[1] == int(logits.argmax())  # by default, the class it picks
+    with pytest.raises(InvalidInput, match="not one of this model's 3 classes"):
+        model.saliency(batch, class_index=3)
+
+
+def test_grad_cam_refuses_a_backbone_without_a_feature_map() -> None:
+    model = build_model("test_vit", ["a", "b"], image_size=32)
+    with pytest.raises(InvalidInput, match="convolutional backbone"):
+        model.saliency(model.preprocess([SyntheticStream(size=32).take(1)[0][0]]))

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from nicheloop.model import build_model
 from nicheloop.registry import LoadedVersion, VersionInfo
 from services.deps import GatewayResources
-from services.inference import ModelOutput, ModelSlot, ModelState, Pixels
+from services.inference import ModelOutput, ModelSlot, ModelState, Pixels, Saliency
 
 
 class OneVersion:
@@ -42,6 +42,9 @@ class LocalPredictor:
 
     async def predict(self, pixels: Pixels) -> ModelOutput:
         return (await asyncio.to_thread(self.champion.infer, [pixels]))[0]
+
+    async def saliency(self, pixels: Pixels) -> Saliency:
+        return await asyncio.to_thread(self.champion.saliency, pixels)
 
 
 class RecordingPublisher:

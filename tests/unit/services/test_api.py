@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import io
 
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
 from nicheloop.keys import ApiKeys
@@ -209,3 +211,38 @@ def test_the_reviewer_page_is_served_from_the_gateways_origin_and_nothing_else_i
     assert "/v1/review/next" in script.text and "https://" not in script.text  # no CDN
     for name in ("..%2Fapi.py", "__init__.py", "secret.key", "review.py"):
         assert client.get(f"/pages/{name}").status_code == 404, name
+
+
+def _predicted_and_queued(client: TestClient, res: GatewayResources, png: bytes) -> PredictionEvent:
+    """One prediction of ``png``, stored and queued for review (as the monitor would)."""
+    client.post("/v1/predict", content=png)
+    event = res.publisher.events[-1][2]  # type: ignore[attr-defined]
+    res.store.add_prediction(event)
+    res.queue.enqueue(event.prediction_id, 0.5)
+    return event
+
+
+def test_a_reviewer_sees_where_the_served_model_looked_once_computed_then_cached(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes, as_role: Roles
+) -> None:
+    ready(res, registry)
+    event = _predicted_and_queued(client, res, png)
+    task = client.get("/v1/review/next", headers=as_role["reviewer"]).json()
+    url = f"{task['image_url']}/saliency"
+    shown = client.get(url, headers=as_role["reviewer"])
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/png"
+    assert shown.headers["x-model-version"] == "1" and shown.headers["x-saliency-class"] in ("crack", "ok")
+    overlay = Image.open(io.BytesIO(shown.content))
+    assert overlay.size == (32, 32)  # the model's input: what it saw
+    assert (res.settings.home.resolve() / "saliency" / "1" / f"{event.image_sha256}.png").is_file()
+
+    async def broken(pixels: Pixels) -> None:
+        raise AssertionError("the cache should have answered")
+
+    res.predictor.saliency = broken  # type: ignore[method-assign]
+    again = client.get(url, headers=as_role["operator"])  # an operator may see any image's
+    assert again.status_code == 200 and again.content == shown.content
+    bo = {"X-API-Key": ApiKeys(res.store).create(name="bo", role="reviewer", created_by="t")[0]}
+    assert client.get(url, headers=bo).status_code == 404  # not bo's task
+    assert client.get(url).status_code == 403  # an app's key
+    assert client.get(f"/v1/images/{'0' * 64}/saliency", headers=as_role["operator"]).status_code == 404

@@ -1,7 +1,8 @@
 """The reviewer page in Debian's Chromium, against the gateway's routes (model, publisher and
 registry are the stand-ins of :mod:`tests.unit.services.fakes`; the store, queue and page are
-real; tests/integration/test_review_page.py runs it on the whole stack): keyboard only, undo, a
-skip with its reason, a wrong role refused, no serious accessibility violation."""
+real; tests/integration/test_review_page.py runs it on the whole stack): keyboard only, where the
+model looked, undo, a skip with its reason, a wrong role refused, no serious accessibility
+violation."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def test_a_reviewer_labels_by_keyboard_alone_undoes_and_skips(
         assert "Why this item" in page.text_content("#why")
         assert serious_violations(page, axe_js) == []
         screenshot(page, "review-page")
+        shown = page.get_attribute("#image", "src")
+        page.keyboard.press(".")  # where the model looked
+        page.wait_for_function("() => window.nicheloopReview.saliency.on")
+        assert page.get_attribute("#image", "src") != shown
+        assert "Where version 1 looked for" in page.text_content("#saliency-note")
+        screenshot(page, "review-page-saliency")
+        page.keyboard.press(".")  # and back to the image
+        assert page.get_attribute("#image", "src") == shown and not page.text_content("#saliency-note")
         first = page.evaluate("window.nicheloopReview.current.task_id")
         page.keyboard.press("Enter")  # the model's top class
         page.keyboard.press("2")  # its second

@@ -7,8 +7,9 @@ image is on screen (the frame after it is drawn).
 Last line JSON: ``median_ms_keypress_to_next_image`` (goal <= 150 on this machine),
 ``p95_ms_keypress_to_next_image`` (goal <= 400), ``labels_sent`` and ``labels_joined`` (goal
 equal: every label the page confirmed is in the store, joined, with the reviewer as actor),
-``first_load_kb`` (goal <= 500: the page, its script and its style), ``saliency_ms_p50`` (None:
-the page shows no saliency yet).
+``first_load_kb`` (goal <= 500: the page, its script and its style), ``saliency_ms_p50`` (every
+``SALIENCY_EVERY``-th item the reviewer asks where the model looked: keypress to the Grad-CAM on
+screen, computed by the served model the first time).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import httpx
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+SALIENCY_EVERY = 10  # items between two looks at where the model looked
 
 
 def _own_stack(home: Path) -> Any:
@@ -100,6 +103,10 @@ def label_by_keyboard(settings: Any, key: str, items: int) -> dict[str, Any]:
         page.wait_for_selector("#work:not([hidden]) #top li", timeout=60_000)
         for i in range(items):
             shown = page.evaluate("window.nicheloopReview.current.task_id")
+            if i % SALIENCY_EVERY == 0:  # where the model looked, then back to the image
+                page.keyboard.press(".")
+                page.wait_for_function("() => window.nicheloopReview.saliency.on", timeout=60_000)
+                page.keyboard.press(".")
             page.keyboard.press("Enter")
             if i < items - 1:
                 page.wait_for_function(NEXT_ITEM, arg=shown)
@@ -112,7 +119,7 @@ def label_by_keyboard(settings: Any, key: str, items: int) -> dict[str, Any]:
         )
         figures = page.evaluate(
             "({timings: window.nicheloopReview.timings, confirmed: window.nicheloopReview.confirmed,"
-            " failed: window.nicheloopReview.failed.length})"
+            " failed: window.nicheloopReview.failed.length, saliency: window.nicheloopReview.saliency.ms})"
         )
         browser.close()
     return {**figures, "first_load_bytes": sum(loaded)}
@@ -164,6 +171,7 @@ def main() -> None:
         stack.down(settings)
         shutil.rmtree(home, ignore_errors=True)
     ms = np.asarray(page["timings"], dtype=np.float64)
+    sal = np.asarray(page["saliency"], dtype=np.float64)
     print(
         json.dumps(
             {
@@ -175,7 +183,8 @@ def main() -> None:
                 "labels_failed": page["failed"],
                 "labels_joined": joined,
                 "first_load_kb": round(page["first_load_bytes"] / 1024, 1),
-                "saliency_ms_p50": None,
+                "saliency_ms_p50": round(float(np.median(sal)), 1) if sal.size else None,
+                "saliency_asked": int(sal.size),
                 "seconds": round(time.monotonic() - started, 1),
             }
         )

@@ -176,7 +176,8 @@ class NicheModel:
                 raise InvalidInput(f"class index {c} is not one of this model's {self.num_classes} classes")
             (grad,) = torch.autograd.grad(logits[0, c], feats)
         cam = torch.relu((grad.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True)).detach()
-        cam = torch.nn.functional.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)
+        size = batch.shape[-2:]
+        cam = torch.nn.functional.interpolate(cam, size=size, mode="bilinear", align_corners=False)
         top = float(cam.max())
         heat = (cam[0, 0] / top) if top > 0 else cam[0, 0] * 0
         return heat.cpu().numpy().astype(np.float32), c

@@ -1,6 +1,7 @@
 """The reviewer page on the whole stack, in Debian's Chromium: a reviewer signs in and labels
-twenty queued items by keyboard alone, undoes one and skips one; every decision is a reviewer
-feedback event on Kafka, joined in the store with the reviewer as its actor."""
+twenty queued items by keyboard alone, looks where the model looked on one, undoes one and skips
+one; every decision is a reviewer feedback event on Kafka, joined in the store with the reviewer
+as its actor."""
 
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
         page.fill("#key", key)
         page.keyboard.press("Enter")
         page.wait_for_selector("#work:not([hidden]) #top li")
+        page.keyboard.press(".")  # where the served model looked: a predictor replica's Grad-CAM
+        page.wait_for_function("() => window.nicheloopReview.saliency.on", timeout=60_000)
+        assert "looked for" in (page.text_content("#saliency-note") or "")
+        page.keyboard.press(".")
         keys = ["Enter", "2", "Enter", "c", "Enter"] * 4  # the top class, the second, a letter
         for i, pressed in enumerate(keys, start=1):
             shown = page.evaluate("window.nicheloopReview.current.task_id")

@@ -91,7 +91,8 @@ class Quality:
         return list(names or [])
 
     def mix(self, version: str, *, since: datetime, until: datetime, buckets: int = 24) -> dict[str, Any]:
-        """The champion arm's predicted-class counts and mean top-class confidence per time bucket."""
+        """The champion arm's predicted-class counts and mean top-class confidence per time bucket,
+        the buckets spanning from its first prediction since ``since`` to ``until``."""
         with Session(self.store.engine) as s:
             rows = s.execute(
                 select(Prediction.created_at, Prediction.label, Prediction.probs)
@@ -103,6 +104,7 @@ class Quality:
                 .order_by(Prediction.created_at.desc())
                 .limit(MAX_ROWS)
             ).all()
+        since = _first(rows, since)
         t0, span = since.timestamp(), max(1.0, until.timestamp() - since.timestamp())
         counts: list[dict[str, int]] = [{} for _ in range(buckets)]
         confidence: list[list[float]] = [[] for _ in range(buckets)]
@@ -133,6 +135,7 @@ class Quality:
                 .order_by(LabeledExample.id.desc())
                 .limit(MAX_ROWS)
             ).all()
+        since = _first(rows, since)
         t0, span = since.timestamp(), max(1.0, until.timestamp() - since.timestamp())
         out: dict[str, list[dict[str, int]]] = {
             src: [{"n": 0, "agree": 0} for _ in range(buckets)] for src in ("user", "reviewer")
@@ -180,6 +183,12 @@ class Quality:
                 for x in differ[-GALLERY:][::-1]
             ],
         }
+
+
+def _first(rows: Sequence[Any], since: datetime) -> datetime:
+    """The oldest row's time if it is after ``since``: a chart spends its width where data is."""
+    times = [aware(r.created_at) for r in rows]
+    return max(since, min(times)) if times else since
 
 
 def _classes(arms: dict[str, list[Scored]]) -> list[str]:

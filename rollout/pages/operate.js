@@ -324,7 +324,7 @@ function drawMix(q) {
       sw.style.background = colour(c);
       return [sw, document.createTextNode(c)];
     }),
-    document.createTextNode(" · the black line is the mean top-class confidence (0 to 1)"),
+    document.createTextNode(` · the black line is the mean top-class confidence (0 to 1) · from ${when(q.mix.since)} to ${when(q.mix.until)}`),
   );
 }
 
@@ -344,7 +344,7 @@ function drawAgreement(a) {
     if (pts.length) svg.append(svgEl("polyline", { points: pts.length > 1 ? pts.join(" ") : `${pts[0]} ${pts[0]}`, class: source }, `${source}s: ${agree} of ${n} agreed`));
     said.push(`${source}s: ${n ? `${agree} of ${n} agreed (${pct(agree / n)})` : "no labels"}`);
   }
-  $("agreement-legend").textContent = `${said.join(" · ")}. Solid: users' labels; dashed: reviewers' (hard items, so lower).`;
+  $("agreement-legend").textContent = `${said.join(" · ")}. Solid: users' labels; dashed: reviewers' (hard items, so lower); from ${when(a.since)} to ${when(a.until)}.`;
 }
 
 async function refreshVersions() {

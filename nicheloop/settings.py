@@ -240,6 +240,18 @@ class Settings(BaseSettings):
     )
     review_max_skips: int = Field(3, ge=1, description="Skips after which an item is retired as unlabelable.")
     review_max_depth: int = Field(600, ge=1, description="Most items waiting in the queue at once.")
+    review_gold_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Claims answered with a gold item (a user-labeled one) to check reviewers.",
+    )
+    review_overlap_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Labeled items given to a second reviewer too (agreement, Cohen's kappa).",
+    )
     sampling_strategy: str = Field(
         "default",
         description="random, least_confidence, margin, entropy, novelty, "

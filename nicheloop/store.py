@@ -120,6 +120,28 @@ class ReviewItem(Base):
     # each skip's reason, in the order of skipped_by ("unsure", "not a defect image", ...)
     skip_reasons: Mapped[list | None] = mapped_column(JSON, nullable=True)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    # quality checks the reviewer is not told of: None (a label to give), "gold" (a user-labeled
+    # prediction whose label is ``expected``), "overlap" (labeled by ``first_by`` as ``expected``,
+    # for a second reviewer once the first lease ran out), "overlapped" (both answered)
+    kind: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    expected: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    first_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ReviewAnswer(Base):
+    """Every reviewer's answer to a review task (one per task and reviewer: a correction replaces
+    it): gold accuracy and agreement between reviewers are read from here."""
+
+    __tablename__ = "review_answers"
+    __table_args__ = (UniqueConstraint("task_id", "reviewer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(Integer)
+    prediction_id: Mapped[str] = mapped_column(String(128), index=True)
+    reviewer: Mapped[str] = mapped_column(String(128), index=True)
+    label: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(12))  # label, gold, overlap (the second answer)
+    expected: Mapped[str | None] = mapped_column(String(128), nullable=True)  # gold: the known label
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class ReviewLock(Base):

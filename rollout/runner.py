@@ -187,6 +187,15 @@ def controller_api(
         """The review queue's figures: depth, throughput, the oldest waiting item, budget left."""
         return queue.stats()
 
+    @app.get("/v1/review/quality")
+    def review_quality(
+        days: float = Query(30.0, gt=0, le=3650, description="Answers of the last this many days."),
+        _: Caller = operator,
+    ) -> dict[str, Any]:
+        """Each reviewer's accuracy on gold items and each pair's agreement (Cohen's kappa) on the
+        items both labeled."""
+        return queue.reviewer_quality(since=utcnow() - timedelta(days=days))
+
     @app.get("/v1/review/budget")
     def review_budget(_: Caller = operator) -> dict[str, int]:
         """The review queue's labeling budgets in force (an operator's, else the settings')."""
@@ -248,7 +257,7 @@ def controller_api(
 
     @app.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
     def metrics(_: Caller = operator) -> Response:
-        return Response(rollout_metrics(ops.rollouts, counted), media_type=CONTENT_TYPE_LATEST)
+        return Response(rollout_metrics(ops.rollouts, counted, queue), media_type=CONTENT_TYPE_LATEST)
 
     def _admin(request: Request, who: Caller) -> Administration:
         return Administration(store, actor=who, source=_source(request))
@@ -286,9 +295,10 @@ def _key(info: KeyInfo, now: datetime) -> dict[str, Any]:
     }
 
 
-def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int]) -> bytes:
+def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int], queue: ReviewQueue | None = None) -> bytes:
     """The rollout's state, shares, failures and heartbeat age, every gate's last verdict, the
-    transitions so far by state reached, and this process's ticks, in Prometheus text format."""
+    transitions so far by state reached, this process's ticks and, given the ``queue``, the
+    reviewers' gold accuracy and agreement, in Prometheus text format."""
     registry = CollectorRegistry()
     now = time.time()
     r = rollouts.live() or rollouts.latest()
@@ -334,7 +344,37 @@ def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int]) -> bytes:
     Counter("nicheloop_rollout_tick_errors", "Ticks that failed (logged)", registry=registry).inc(
         ticks["errors"]
     )
+    if queue is not None:
+        review_metrics(registry, queue.reviewer_quality(since=utcnow() - timedelta(days=30)))
     return generate_latest(registry)
+
+
+def review_metrics(registry: CollectorRegistry, quality: dict[str, Any]) -> None:
+    """Reviewers' gold accuracy and answers, and each pair's kappa and shared items, over the last
+    30 days (:meth:`nicheloop.review.ReviewQueue.reviewer_quality`)."""
+    who, pair = ["reviewer"], ["reviewer_a", "reviewer_b"]
+    accuracy = Gauge(
+        "nicheloop_review_gold_accuracy", "A reviewer's accuracy on gold items", who, registry=registry
+    )
+    answered = Gauge(
+        "nicheloop_review_gold_answered", "Gold items a reviewer answered", who, registry=registry
+    )
+    for g in quality["gold"]:
+        accuracy.labels(g["reviewer"]).set(g["accuracy"])
+        answered.labels(g["reviewer"]).set(g["answered"])
+    kappa = Gauge(
+        "nicheloop_review_kappa",
+        "Cohen's kappa of two reviewers on the items both labeled",
+        pair,
+        registry=registry,
+    )
+    shared = Gauge(
+        "nicheloop_review_shared_items", "Items two reviewers both labeled", pair, registry=registry
+    )
+    for p in quality["pairs"]:
+        shared.labels(*p["reviewers"]).set(p["items"])
+        if p["kappa"] is not None:
+            kappa.labels(*p["reviewers"]).set(p["kappa"])
 
 
 def run_controller(settings: Settings, stop: threading.Event | None = None) -> None:

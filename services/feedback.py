@@ -66,7 +66,9 @@ def submit_review(
     class_names: list[str],
     actor: str | None = None,
 ) -> FeedbackEvent:
-    """Publish a reviewer's (``actor``'s) label for a leased task as reviewer feedback, then close the task.
+    """Publish a reviewer's (``actor``'s) label for a leased task as reviewer feedback, then close the
+    task. A gold item's answer (:attr:`QueuePolicy.gold_share`) is kept by the queue and not
+    published: its label is known already; the reviewer is answered alike.
 
     The label is durable (on Kafka or in the spool) before the task is marked done, so a crash
     in between loses nothing: the task is handed out again and its label simply arrives twice. A
@@ -78,6 +80,9 @@ def submit_review(
     """
     check_label(label, class_names)
     item = queue.check_lease(task_id, lease_token, correcting=True)  # a second label corrects the first
+    if item.kind == "gold":  # a check of the reviewer: the label is known, the answer trains nothing
+        queue.complete(task_id, label, lease_token)
+        return FeedbackEvent(prediction_id=item.prediction_id, label=label, source="reviewer", actor=actor)
     event = record_feedback(
         publisher, key, item.prediction_id, label, class_names, source="reviewer", actor=actor
     )

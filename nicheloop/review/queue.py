@@ -19,8 +19,10 @@ Guarantees, on SQLite and PostgreSQL alike:
 
 from __future__ import annotations
 
+import random
 import statistics
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +34,7 @@ from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review.schemas import ReviewTask
 from nicheloop.settings import Settings
-from nicheloop.store import Prediction, ReviewBudgetRow, ReviewItem, Store
+from nicheloop.store import LabeledExample, Prediction, ReviewAnswer, ReviewBudgetRow, ReviewItem, Store
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
@@ -52,6 +54,9 @@ class QueuePolicy:
     item_ttl_s: float = 3 * 24 * 3600.0
     max_skips: int = 3
     max_depth: int = 600
+    gold_share: float = 0.0  # of claims answered with a gold item (a user-labeled prediction)
+    overlap_share: float = 0.0  # of labeled items given to a second reviewer too
+    seed: int | None = None  # of the draws deciding both (tests fix it)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QueuePolicy:
@@ -69,6 +74,7 @@ class ReviewQueue:
 
     def __init__(self, store: Store, policy: QueuePolicy | None = None) -> None:
         self.store, self.policy, self.engine = store, policy or QueuePolicy(), store.engine
+        self._draw = random.Random(self.policy.seed).random
         store.add_lock("claim")
 
     # -- producing -------------------------------------------------------------------------
@@ -123,9 +129,17 @@ class ReviewQueue:
                 .where(ReviewItem.status == "queued", ReviewItem.expires_at < now)
                 .values(status="expired")
             )
+            if self.policy.gold_share and self._draw() < self.policy.gold_share:
+                gold = self._gold(s, reviewer, now)
+                if gold is not None:
+                    return gold
             claimable = or_(
                 ReviewItem.status == "queued",
                 (ReviewItem.status == "claimed") & (ReviewItem.lease_expires_at < now),
+                # labeled once, waiting for a second reviewer now that the first one's lease is over
+                (ReviewItem.status == "done")
+                & (ReviewItem.kind == "overlap")
+                & (ReviewItem.lease_expires_at < now),
             )
             rows = s.scalars(
                 select(ReviewItem)
@@ -133,12 +147,46 @@ class ReviewQueue:
                 .order_by(ReviewItem.priority.desc(), ReviewItem.task_id)
                 .limit(CANDIDATES)
             )
-            item = next((r for r in rows if reviewer not in (r.skipped_by or [])), None)
+            item = next(
+                (r for r in rows if reviewer not in (r.skipped_by or []) and r.first_by != reviewer), None
+            )
             if item is None:
                 return None
             item.status, item.claimed_by, item.claimed_at = "claimed", reviewer, now
             item.lease_token = uuid.uuid4().hex
             item.lease_expires_at = now + timedelta(seconds=self.policy.lease_s)
+        return item
+
+    def _gold(self, s: Session, reviewer: str, now: datetime) -> ReviewItem | None:
+        """A user-labeled prediction never queued, leased to ``reviewer`` as a gold item (its label
+        is known: the reviewer's answer checks the reviewer, and trains nothing); None if none."""
+        queued = select(ReviewItem.prediction_id)
+        row = s.execute(
+            select(LabeledExample.prediction_id, LabeledExample.label)
+            .join(Prediction, Prediction.prediction_id == LabeledExample.prediction_id)
+            .where(LabeledExample.source == "user", LabeledExample.prediction_id.not_in(queued))
+            .order_by(func.random())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        item = ReviewItem(
+            prediction_id=row.prediction_id,
+            priority=0.0,
+            status="claimed",
+            created_at=now,
+            skips=0,
+            skipped_by=[],
+            expires_at=now + timedelta(seconds=self.policy.item_ttl_s),
+            kind="gold",
+            expected=row.label,
+            claimed_by=reviewer,
+            claimed_at=now,
+            lease_token=uuid.uuid4().hex,
+            lease_expires_at=now + timedelta(seconds=self.policy.lease_s),
+        )
+        s.add(item)
+        s.flush()
         return item
 
     def claim_task(self, reviewer: str, now: datetime | None = None) -> ReviewTask | None:
@@ -200,8 +248,74 @@ class ReviewQueue:
         now = now or utcnow()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             item = self._leased(s, task_id, lease_token, for_update=True, correcting=True, now=now)
+            reviewer = item.claimed_by or ""
+            kind = _answer_kind(item, reviewer)
+            if kind == "overlap":  # the second reviewer's answer
+                item.kind = "overlapped"
+            elif item.kind == "overlap":  # the first reviewer correcting under the same lease
+                item.expected = label
+            elif kind == "label" and self.policy.overlap_share and self._draw() < self.policy.overlap_share:
+                item.kind, item.expected, item.first_by = "overlap", label, reviewer
             item.status, item.label, item.done_at = "done", label, now
+            self._answer(s, item, reviewer, label, kind, now)
         return item
+
+    def _answer(
+        self, s: Session, item: ReviewItem, reviewer: str, label: str, kind: str, now: datetime
+    ) -> None:
+        """Keep ``reviewer``'s answer to ``item`` (replacing their earlier one: a correction)."""
+        values = dict(
+            task_id=item.task_id,
+            prediction_id=item.prediction_id,
+            reviewer=reviewer,
+            label=label,
+            kind=kind,
+            expected=item.expected if kind == "gold" else None,
+            at=now,
+        )
+        if not self.store.insert_ignore(s, ReviewAnswer, values, ["task_id", "reviewer"]):
+            s.execute(
+                update(ReviewAnswer)
+                .where(ReviewAnswer.task_id == item.task_id, ReviewAnswer.reviewer == reviewer)
+                .values(label=label, at=now)
+            )
+
+    def reviewer_quality(self, *, since: datetime | None = None) -> dict[str, Any]:
+        """Each reviewer's accuracy on gold items, and each pair's agreement (Cohen's kappa) on the
+        items both labeled, from the answers since ``since`` (default: all)."""
+        query = select(ReviewAnswer)
+        if since is not None:
+            query = query.where(ReviewAnswer.at >= since)
+        with Session(self.engine) as s:
+            answers = s.scalars(query).all()
+        gold: dict[str, list[bool]] = {}
+        by_item: dict[str, dict[str, str]] = {}
+        for a in answers:
+            if a.kind == "gold":
+                gold.setdefault(a.reviewer, []).append(a.label == a.expected)
+            else:
+                by_item.setdefault(a.prediction_id, {})[a.reviewer] = a.label
+        pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for labels in by_item.values():
+            names = sorted(labels)
+            for i, first in enumerate(names):
+                for second in names[i + 1 :]:
+                    pairs.setdefault((first, second), []).append((labels[first], labels[second]))
+        return {
+            "gold": [
+                {"reviewer": r, "answered": len(v), "correct": sum(v), "accuracy": sum(v) / len(v)}
+                for r, v in sorted(gold.items())
+            ],
+            "pairs": [
+                {
+                    "reviewers": [a, b],
+                    "items": len(v),
+                    "agreed": sum(x == y for x, y in v),
+                    "kappa": cohen_kappa(v),
+                }
+                for (a, b), v in sorted(pairs.items())
+            ],
+        }
 
     def renew(self, task_id: int, lease_token: str, now: datetime | None = None) -> ReviewItem:
         """Extend the lease by ``lease_s`` from now, for a reviewer still at work on the task (or
@@ -398,6 +512,30 @@ class ReviewQueue:
             },
             "lease_s": self.policy.lease_s,
         }
+
+
+def _answer_kind(item: ReviewItem, reviewer: str) -> str:
+    """What ``reviewer``'s answer to ``item`` is: a gold check, a second reviewer's label, or a label."""
+    if item.kind == "gold":
+        return "gold"
+    if item.kind in ("overlap", "overlapped") and item.first_by not in (None, reviewer):
+        return "overlap"
+    return "label"
+
+
+def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items: their agreement beyond what their
+    own label mixes would give by chance (1: always agree; 0: chance; None: too few to say)."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(a == b for a, b in pairs) / n
+    first = Counter(a for a, _ in pairs)
+    second = Counter(b for _, b in pairs)
+    chance = sum(first[c] * second[c] for c in first) / (n * n)
+    if chance >= 1.0:
+        return 1.0 if observed == 1.0 else None  # one label throughout: kappa is undefined
+    return (observed - chance) / (1.0 - chance)
 
 
 def why_queued(class_names: list[str], probs: list[float], uncertainty: float, priority: float) -> str:

@@ -46,6 +46,7 @@ async function refresh() {
     refreshClasses();
     refreshVersions();
     json("/v1/quality/agreement?hours=24").then(drawAgreement).catch(() => {});
+    json("/v1/review/quality").then(showReviewers).catch(() => {});
   }
   showAudit(audit);
   showReview(review, budget);
@@ -345,6 +346,29 @@ function drawAgreement(a) {
     said.push(`${source}s: ${n ? `${agree} of ${n} agreed (${pct(agree / n)})` : "no labels"}`);
   }
   $("agreement-legend").textContent = `${said.join(" · ")}. Solid: users' labels; dashed: reviewers' (hard items, so lower); from ${when(a.since)} to ${when(a.until)}.`;
+}
+
+function showReviewers(q) {
+  state.reviewers = q;
+  const none = (cols, text) => {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = cols;
+    td.textContent = text;
+    tr.append(td);
+    return [tr];
+  };
+  $("gold").tBodies[0].replaceChildren(
+    ...(q.gold.length
+      ? q.gold.map((g) => cells(cells(document.createElement("tr"), [g.reviewer], "th"), [g.answered, `${g.correct} (${pct(g.accuracy)})`]))
+      : none(3, "No gold item answered yet (NICHELOOP_REVIEW_GOLD_SHARE mixes them in).")),
+  );
+  $("kappa").tBodies[0].replaceChildren(
+    ...(q.pairs.length
+      ? q.pairs.map((p) => cells(cells(document.createElement("tr"), [p.reviewers.join(" · ")], "th"),
+        [p.items, p.agreed, p.kappa === null ? "–" : p.kappa.toFixed(2)]))
+      : none(4, "No item labeled by two reviewers yet (NICHELOOP_REVIEW_OVERLAP_SHARE gives some a second one).")),
+  );
 }
 
 async function refreshVersions() {

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from nicheloop.contracts import PredictionEvent, aware, utcnow
+from nicheloop.contracts import FeedbackEvent, PredictionEvent, aware, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review import QueuePolicy, ReviewQueue
-from nicheloop.review.queue import why_queued
+from nicheloop.review.queue import cohen_kappa, why_queued
 from nicheloop.store import ReviewItem, Store
 from tests.conftest import BACKENDS, postgres_database
 
@@ -245,3 +245,54 @@ def test_an_older_database_gains_the_new_queue_columns(tmp_path: Path) -> None:
     store.add_prediction(prediction("old"))
     item = ReviewQueue(store).claim("ann")
     assert item.prediction_id == "old" and item.lease_token
+
+
+def test_gold_items_check_a_reviewer_against_known_labels_and_train_nothing(store: Store) -> None:
+    queue = filled(store, 2, gold_share=1.0)  # every claim a gold item while there are some
+    for i, label in enumerate(["a", "b"]):  # two predictions users labeled, never queued
+        store.add_prediction(prediction(f"u{i}"))
+        store.add_feedback(FeedbackEvent(prediction_id=f"u{i}", label=label))
+    got = [queue.claim("ann") for _ in range(3)]
+    assert [g.kind for g in got if g] == ["gold", "gold", None]  # then the queue's own items
+    gold = {g.prediction_id: g for g in got if g and g.kind == "gold"}
+    assert set(gold) == {"u0", "u1"} and all(g.status == "claimed" for g in gold.values())
+    queue.complete(gold["u0"].task_id, "a", gold["u0"].lease_token or "")  # right
+    queue.complete(gold["u1"].task_id, "a", gold["u1"].lease_token or "")  # wrong...
+    queue.complete(gold["u1"].task_id, "b", gold["u1"].lease_token or "")  # ...corrected under the lease
+    bob = queue.claim("bob")
+    assert bob is not None and bob.kind is None  # no gold left that bob could get
+    queue.complete(bob.task_id, "b", bob.lease_token or "")
+    assert queue.reviewer_quality()["gold"] == [
+        {"reviewer": "ann", "answered": 2, "correct": 2, "accuracy": 1.0}
+    ]
+
+
+def test_an_overlap_item_goes_to_a_second_reviewer_once_the_first_lease_is_over(store: Store) -> None:
+    queue = filled(store, 3, overlap_share=1.0, lease_s=60)
+    now = utcnow()
+    firsts = [queue.claim("ann", now=now) for _ in range(3)]
+    for item, label in zip(firsts, ["a", "b", "a"]):
+        assert item is not None
+        queue.complete(item.task_id, label, item.lease_token or "", now=now)
+    # ann may still correct them; nobody else is offered them while her leases hold
+    assert queue.claim("bob", now=now + timedelta(seconds=30)) is None
+    later = now + timedelta(seconds=120)
+    assert queue.claim("ann", now=later) is None  # never her own again
+    seconds = [queue.claim("bob", now=later) for _ in range(3)]
+    assert sorted(s.prediction_id for s in seconds if s) == ["p0", "p1", "p2"]
+    for item, label in zip(seconds, ["a", "b", "b"]):
+        assert item is not None
+        queue.complete(item.task_id, label, item.lease_token or "", now=later)
+    assert queue.claim("cid", now=later + timedelta(seconds=120)) is None  # two answers are enough
+    [pair] = queue.reviewer_quality()["pairs"]
+    assert (pair["reviewers"], pair["items"], pair["agreed"]) == (["ann", "bob"], 3, 2)
+    assert pair["kappa"] == pytest.approx(cohen_kappa(list(zip(["a", "b", "a"], ["a", "b", "b"]))))
+
+
+def test_cohen_kappa_is_agreement_beyond_chance() -> None:
+    assert cohen_kappa([("a", "a"), ("b", "b")]) == 1.0
+    # the textbook case: 20 yes-yes, 5 yes-no, 10 no-yes, 15 no-no: po 0.7, pe 0.5, kappa 0.4
+    pairs = [("y", "y")] * 20 + [("y", "n")] * 5 + [("n", "y")] * 10 + [("n", "n")] * 15
+    assert cohen_kappa(pairs) == pytest.approx(0.4)
+    assert cohen_kappa([("a", "b"), ("b", "a")]) == pytest.approx(-1.0)
+    assert cohen_kappa([]) is None and cohen_kappa([("a", "a")]) == 1.0

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nicheloop.blobs import BlobStore
-from nicheloop.contracts import FeedbackEvent
+from nicheloop.contracts import FeedbackEvent, utcnow
 from nicheloop.driftlog import DriftLog
 from nicheloop.keys import ApiKeys, Audit
-from nicheloop.review import QueuePolicy
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.runner import controller_api
@@ -172,6 +174,7 @@ def test_an_operator_reads_per_class_figures_and_sees_where_the_candidate_disagr
         )
         if truth[i] is not None:
             store.add_feedback(FeedbackEvent(prediction_id=f"c{i}", label=truth[i]))
+    _gold_and_overlap(store)
     key = ApiKeys(store).create(name="page-operator", role="operator", created_by="t")[0]
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
@@ -189,7 +192,23 @@ def test_an_operator_reads_per_class_figures_and_sees_where_the_candidate_disagr
             assert "+67 points" in page.text_content("#versions-classes")  # class b: 1 of 3, then 3 of 3
             page.wait_for_function("() => window.nicheloopOperate.agreement !== undefined")
             assert "users: 2 of 4 agreed (50 %)" in page.text_content("#agreement-legend")
+            page.wait_for_function("() => window.nicheloopOperate.reviewers !== undefined")
+            assert page.text_content("#gold tbody") == "ann11 (100 %)"
+            assert page.text_content("#kappa tbody") == "ann · bob111.00"
             assert serious_violations(page, axe_js) == []
             screenshot(page, "operate-page-quality")
     finally:
         page.close()
+
+
+def _gold_and_overlap(store: Store) -> None:
+    """ann answers a gold item rightly; ann then bob label the same queued item alike."""
+    gold = ReviewQueue(store, QueuePolicy(gold_share=1.0)).claim("ann")
+    assert gold is not None and gold.kind == "gold" and gold.expected
+    ReviewQueue(store).complete(gold.task_id, gold.expected, gold.lease_token or "")
+    overlap, now = ReviewQueue(store, QueuePolicy(overlap_share=1.0, lease_s=60)), utcnow()
+    overlap.enqueue("c4", priority=1.0)
+    for who, at in (("ann", now), ("bob", now + timedelta(seconds=120))):
+        item = overlap.claim(who, now=at)
+        assert item is not None and item.prediction_id == "c4"
+        overlap.complete(item.task_id, "a", item.lease_token or "", now=at)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from nicheloop.contracts import FeedbackEvent
 from nicheloop.keys import ApiKeys
+from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.store import Store
 from rollout.operations import Operations
@@ -88,3 +89,28 @@ def test_quality_views_say_what_is_missing(any_store: Store) -> None:
     assert none.status_code == 404 and "no champion" in none.json()["detail"]
     assert client.get("/v1/quality/classes", params={"version": "9"}).json()["n"] == 0
     assert "no rollout yet" in client.get("/v1/quality/versions").json()["detail"]
+
+
+def test_operators_read_reviewers_gold_accuracy_and_kappa_on_the_page_route_and_metrics(
+    any_store: Store,
+) -> None:
+    for i, label in enumerate(["a", "b"]):
+        any_store.add_prediction(_prediction(f"u{i}", "1", "a", datetime.now(UTC).timestamp()))
+        any_store.add_feedback(FeedbackEvent(prediction_id=f"u{i}", label=label))
+    gold = ReviewQueue(any_store, QueuePolicy(gold_share=1.0))
+    for reviewer in ("ann", "ann"):
+        item = gold.claim(reviewer)
+        assert item is not None and item.kind == "gold"
+        gold.complete(item.task_id, "a", item.lease_token or "")  # right on u0, wrong on u1 (in either order)
+    key = ApiKeys(any_store).create(name="ops", role="operator", created_by="t")[0]
+    client = TestClient(
+        controller_api(Operations(Rollouts(any_store), Registry())), headers={"X-API-Key": key}
+    )
+    quality = client.get("/v1/review/quality").json()
+    assert quality == {
+        "gold": [{"reviewer": "ann", "answered": 2, "correct": 1, "accuracy": 0.5}],
+        "pairs": [],
+    }
+    metrics = client.get("/metrics").text
+    assert 'nicheloop_review_gold_accuracy{reviewer="ann"} 0.5' in metrics
+    assert 'nicheloop_review_gold_answered{reviewer="ann"} 2.0' in metrics

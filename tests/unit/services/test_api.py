@@ -12,8 +12,9 @@ import io
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, PredictionEvent
+from nicheloop.contracts import FEEDBACK_TOPIC, PREDICTIONS_TOPIC, FeedbackEvent, PredictionEvent
 from nicheloop.keys import ApiKeys
+from nicheloop.review import QueuePolicy, ReviewQueue
 from services.api import api
 from services.deps import GatewayResources, get_resources
 from services.inference import ModelOutput, Pixels
@@ -246,3 +247,25 @@ def test_a_reviewer_sees_where_the_served_model_looked_once_computed_then_cached
     assert client.get(url, headers=bo).status_code == 404  # not bo's task
     assert client.get(url).status_code == 403  # an app's key
     assert client.get(f"/v1/images/{'0' * 64}/saliency", headers=as_role["operator"]).status_code == 404
+
+
+def test_a_gold_answer_is_kept_by_the_queue_and_never_published(
+    client: TestClient, res: GatewayResources, registry: OneVersion, png: bytes, as_role: Roles
+) -> None:
+    ready(res, registry)
+    client.post("/v1/predict", content=png)
+    event = res.publisher.events[-1][2]  # type: ignore[attr-defined]
+    res.store.add_prediction(event)
+    res.store.add_feedback(FeedbackEvent(prediction_id=event.prediction_id, label="crack"))  # a user's
+    gold = dataclasses.replace(res, queue=ReviewQueue(res.store, QueuePolicy(gold_share=1.0)))
+    api.dependency_overrides[get_resources] = lambda: gold
+    task = client.get("/v1/review/next", headers=as_role["reviewer"]).json()
+    assert task["prediction_id"] == event.prediction_id and "gold" not in str(task)  # not told
+    published = len(res.publisher.events)  # type: ignore[attr-defined]
+    answer = {"label": "ok", "lease_token": task["lease_token"]}
+    done = client.post(f"/v1/review/{task['task_id']}", json=answer, headers=as_role["reviewer"])
+    assert done.status_code == 202 and done.json()["source"] == "reviewer"  # answered alike
+    assert len(res.publisher.events) == published  # type: ignore[attr-defined]
+    assert gold.queue.reviewer_quality()["gold"] == [
+        {"reviewer": "test-reviewer", "answered": 1, "correct": 0, "accuracy": 0.0}
+    ]

@@ -21,6 +21,7 @@ MATRIX = {
     ("GET", "/v1/whoami"): ("app", "reviewer", "operator", "admin"),
     ("GET", "/v1/review/stats"): ("reviewer", "operator"),
     ("GET", "/v1/images/{sha256}"): ("reviewer", "operator"),
+    ("GET", "/v1/images/{sha256}/saliency"): ("reviewer", "operator"),
     ("GET", "/metrics"): ("operator",),
 }
 

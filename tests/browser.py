@@ -51,6 +51,13 @@ def serious_violations(page: Any, axe_js: str) -> list[str]:
     ]
 
 
+def sign_in(page: Any, url: str, key: str) -> None:
+    """Open the page at ``url`` and sign in with ``key`` by keyboard (the form every page shares)."""
+    page.goto(url)
+    page.fill("#key", key)
+    page.keyboard.press("Enter")
+
+
 def screenshot(page: Any, name: str) -> Path:
     """Keep what ``page`` shows as ``.artifacts/<name>.png``."""
     ARTIFACTS.mkdir(exist_ok=True)

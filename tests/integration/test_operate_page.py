@@ -18,7 +18,7 @@ from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from nicheloop.synthetic import DEMO_SHIFT, SyntheticStream
-from tests.browser import screenshot
+from tests.browser import screenshot, sign_in
 from tests.integration.conftest import register_candidate, role
 
 pytestmark = pytest.mark.integration
@@ -54,9 +54,7 @@ def test_an_operator_sees_the_drift_alarm_and_rolls_a_candidate_back_from_the_pa
     backend = store.engine.dialect.name
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
-        page.goto(f"http://{live.host}:{live.controller_port}/operate")
-        page.fill("#key", operator)
-        page.keyboard.press("Enter")
+        sign_in(page, f"http://{live.host}:{live.controller_port}/operate", operator)
         page.wait_for_selector("#drift-alarms button.alarm-raised")
         assert page.locator("#drift-charts circle.drifted").count() >= 1
         page.locator("#drift-alarms button.alarm-raised", has_text="image alarm raised").first.click()

@@ -21,7 +21,7 @@ from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
 from nicheloop.store import LabeledExample, Prediction, ReviewItem, Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
-from tests.browser import NEXT_ITEM, screenshot
+from tests.browser import NEXT_ITEM, screenshot, sign_in
 from tests.integration.conftest import role
 
 pytestmark = pytest.mark.integration
@@ -68,9 +68,7 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
             s.execute(update(ReviewItem).where(ReviewItem.prediction_id == pid).values(priority=priority))
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
-        page.goto(f"{live.serve_url}/review")
-        page.fill("#key", key)
-        page.keyboard.press("Enter")
+        sign_in(page, f"{live.serve_url}/review", key)
         page.wait_for_selector("#work:not([hidden]) #top li")
         page.keyboard.press(".")  # where the served model looked: a predictor replica's Grad-CAM
         page.wait_for_function("() => window.nicheloopReview.saliency.on", timeout=60_000)

@@ -24,7 +24,7 @@ from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.runner import controller_api
-from tests.browser import screenshot, serious_violations, serving
+from tests.browser import screenshot, serious_violations, serving, sign_in
 from tests.unit.rollout.test_controller import Registry
 from tests.unit.rollout.test_evidence import _prediction as _scored
 from tests.unit.rollout.test_views import _prediction, _window
@@ -43,12 +43,6 @@ def controller(rollouts: Rollouts) -> Iterator[tuple[str, Rollouts, dict[str, st
         yield url, rollouts, made
 
 
-def _sign_in(page: Any, url: str, key: str) -> None:
-    page.goto(f"{url}/operate")
-    page.fill("#key", key)
-    page.keyboard.press("Enter")
-
-
 def _confirm(page: Any, action: str, reason: str) -> None:
     page.click(f"#controls button[data-action={action}]")
     assert page.is_visible("#confirm")
@@ -63,7 +57,7 @@ def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_i
     url, rollouts, keys = controller
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
-        _sign_in(page, url, keys["operator"])
+        sign_in(page, f"{url}/operate", keys["operator"])
         page.wait_for_selector("#work:not([hidden]) #status dd")
         assert page.text_content("#who") == "Signed in as page-operator"
         page.click("#controls button[data-action=start]")
@@ -105,7 +99,7 @@ def test_a_reviewer_key_gets_no_operator_page(
     url, rollouts, keys = controller
     page = browser.new_page()
     try:
-        _sign_in(page, url, keys["reviewer"])
+        sign_in(page, f"{url}/operate", keys["reviewer"])
         page.wait_for_function("() => document.getElementById('signin-error').textContent.length > 0")
         assert "for operators" in page.text_content("#signin-error") and page.is_hidden("#work")
     finally:
@@ -132,7 +126,7 @@ def test_an_operator_sees_a_drift_alarm_on_the_timeline_and_opens_its_images_and
     app = controller_api(ops, blobs=blobs, reports=tmp_path / "reports")
     try:
         with serving(app) as url:
-            _sign_in(page, url, key)
+            sign_in(page, f"{url}/operate", key)
             page.wait_for_selector("#drift-alarms button.alarm-raised")
             assert "Alarm raised now: image" in page.text_content("#drift-summary")
             assert page.locator("#drift-charts circle").count() == 2
@@ -179,7 +173,7 @@ def test_an_operator_reads_per_class_figures_and_sees_where_the_candidate_disagr
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
         with serving(controller_api(Operations(rollouts, Registry()), blobs=blobs)) as url:
-            _sign_in(page, url, key)
+            sign_in(page, f"{url}/operate", key)
             page.wait_for_function("() => window.nicheloopOperate.classes?.n === 4")
             # labeled a, b, b, b; the champion said a, a, b, a
             assert page.locator("#confusion tbody tr").count() == 2

@@ -19,7 +19,7 @@ from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.store import ReviewItem
 from services.api import api
 from services.deps import GatewayResources, get_resources
-from tests.browser import NEXT_ITEM, screenshot, serious_violations, serving
+from tests.browser import NEXT_ITEM, screenshot, serious_violations, serving, sign_in
 from tests.unit.services.fakes import OneVersion, ready
 
 ITEMS = 6
@@ -58,9 +58,7 @@ def test_a_reviewer_labels_by_keyboard_alone_undoes_and_skips(
     url, res = gateway
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     try:
-        page.goto(f"{url}/review")
-        page.fill("#key", as_role["reviewer"]["X-API-Key"])
-        page.keyboard.press("Enter")
+        sign_in(page, f"{url}/review", as_role["reviewer"]["X-API-Key"])
         page.wait_for_selector("#work:not([hidden]) #top li")
         assert page.text_content("#who") == "Signed in as test-reviewer"
         assert "Why this item" in page.text_content("#why")

@@ -100,6 +100,17 @@ class EmbeddingIndex:
         dist, _ = self.index.search(normalize(queries), 1)
         return np.clip(dist[:, 0], 0.0, 4.0)
 
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` nearest indexed keys of each prepared query, nearest first, with their squared
+        L2 distance (0: the same direction, 4: opposite)."""
+        if len(self) == 0 or k <= 0:
+            return [[] for _ in range(len(queries))]
+        dist, idx = self.index.search(normalize(np.atleast_2d(queries)), min(k, len(self)))
+        return [
+            [(self.keys[j], float(np.clip(d, 0.0, 4.0))) for d, j in zip(row_d, row_i) if j >= 0]
+            for row_d, row_i in zip(dist, idx)
+        ]
+
     def memory_bytes(self) -> int:
         """Bytes the index holds: vectors, plus HNSW's neighbour lists once approximate."""
         vectors = len(self) * self.dim * 4

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -30,6 +31,9 @@ from nicheloop.review import ReviewQueue
 from nicheloop.store import Store
 
 log = logging.getLogger(__name__)
+
+NEIGHBOURS = 6  # labeled look-alikes a review item carries
+NEIGHBOUR_POOL = 32  # nearest covered keys searched for them (queued and reference ones are not labeled)
 
 
 @dataclass(frozen=True)
@@ -177,9 +181,11 @@ class ActiveSampler:
             class_quota=self.config.class_quota,
         )
         queued = 0
-        for i, priority in zip(sel.indices.tolist(), sel.priorities.tolist()):
+        chosen = sel.indices.tolist()
+        look_alikes = self._labeled_neighbours(x[chosen]) if chosen else []
+        for i, priority, near in zip(chosen, sel.priorities.tolist(), look_alikes):
             pid, cand = ids[i], cands[i]
-            queued += self.queue.enqueue(pid, priority, predicted_label=cand.label)
+            queued += self.queue.enqueue(pid, priority, predicted_label=cand.label, neighbours=near)
             self.index.add(x[[i]], [pid])
             self.covered_hashes.add(cand.sha)
             self.pool.pop(pid)
@@ -187,6 +193,21 @@ class ActiveSampler:
         if time.monotonic() - self.saved_at >= self.config.save_every_s:
             self.save()
         return queued
+
+    def _labeled_neighbours(self, x: np.ndarray) -> list[list[dict[str, Any]]]:
+        """For each prepared row, the nearest labeled images in the covered set (which also holds
+        queued ones and the reference, whose images are not stored): the reviewer's look-alikes."""
+        assert self.index is not None
+        found = self.index.search(x, NEIGHBOUR_POOL)
+        labels = self.store.labels_of(sorted({key for row in found for key, _ in row}))
+        return [
+            [
+                {"image_sha256": labels[key][1], "label": labels[key][0], "distance": round(d, 4)}
+                for key, d in row
+                if key in labels
+            ][:NEIGHBOURS]
+            for row in found
+        ]
 
     def save(self) -> None:
         """Persist the current version's covered set (between selections at most every ``save_every_s``)."""

@@ -120,6 +120,9 @@ class ReviewItem(Base):
     # each skip's reason, in the order of skipped_by ("unsure", "not a defect image", ...)
     skip_reasons: Mapped[list | None] = mapped_column(JSON, nullable=True)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    # the nearest labeled images when it was queued (the sampler's FAISS index): [{"image_sha256",
+    # "label", "distance"}], nearest first
+    neighbours: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # quality checks the reviewer is not told of: None (a label to give), "gold" (a user-labeled
     # prediction whose label is ``expected``), "overlap" (labeled by ``first_by`` as ``expected``,
     # for a second reviewer once the first lease ran out), "overlapped" (both answered)
@@ -561,6 +564,16 @@ class Store:
         )
         with Session(self.engine) as s:
             return set(s.scalars(select(LabeledExample.image_sha256))) | set(s.scalars(queued))
+
+    def labels_of(self, prediction_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """prediction id -> (its newest label, its image's SHA-256), for those labeled."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(LabeledExample.prediction_id, LabeledExample.label, LabeledExample.image_sha256)
+                .where(LabeledExample.prediction_id.in_(prediction_ids))
+                .order_by(LabeledExample.created_at)
+            ).all()
+        return {pid: (label, sha) for pid, label, sha in rows}  # the newest comes last and wins
 
     def labeled_ids(self, prediction_ids: list[str]) -> set[str]:
         """Those of ``prediction_ids`` that have a label (from any source)."""

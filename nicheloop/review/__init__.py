@@ -13,6 +13,7 @@ from nicheloop.review.schemas import (
     ReviewSkip,
     ReviewStats,
     ReviewTask,
+    SimilarImage,
     Whoami,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "ReviewSkip",
     "ReviewStats",
     "ReviewTask",
+    "SimilarImage",
     "Whoami",
 ]

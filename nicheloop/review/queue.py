@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
-from nicheloop.review.schemas import ReviewTask
+from nicheloop.review.schemas import ReviewTask, SimilarImage
 from nicheloop.settings import Settings
 from nicheloop.store import LabeledExample, Prediction, ReviewAnswer, ReviewBudgetRow, ReviewItem, Store
 
@@ -84,8 +84,11 @@ class ReviewQueue:
         priority: float,
         predicted_label: str | None = None,
         now: datetime | None = None,
+        *,
+        neighbours: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Queue a prediction (idempotent: False if it was ever queued before)."""
+        """Queue a prediction (idempotent: False if it was ever queued before), with the nearest
+        labeled images the sampler found for it (``image_sha256``, ``label``, ``distance``)."""
         now = now or utcnow()
         values = dict(
             prediction_id=prediction_id,
@@ -96,6 +99,7 @@ class ReviewQueue:
             skips=0,
             skipped_by=[],
             expires_at=now + timedelta(seconds=self.policy.item_ttl_s),
+            neighbours=neighbours or None,
         )
         with Session(self.engine) as s, s.begin():
             return self.store.insert_ignore(s, ReviewItem, values, ["prediction_id"])
@@ -211,11 +215,20 @@ class ReviewQueue:
             image_url=f"/v1/images/{pred.image_sha256}",
             lease_token=item.lease_token or "",
             lease_expires_at=item.lease_expires_at,
+            similar=[
+                SimilarImage(
+                    image_url=f"/v1/images/{n['image_sha256']}",
+                    label=n["label"],
+                    similarity=round(1.0 - float(n["distance"]) / 2.0, 4),  # unit vectors: |a-b|² = 2 - 2cos
+                )
+                for n in item.neighbours or []
+            ],
         )
 
     def shows(self, reviewer: str, image_sha256: str) -> bool:
-        """Whether a task leased to ``reviewer`` (now, or labeled by them) shows this image: a
-        reviewer sees the images of their tasks, not the whole blob store."""
+        """Whether a task leased to ``reviewer`` (now, or labeled by them) shows this image, or one
+        leased now lists it among its labeled look-alikes: a reviewer sees the images of their
+        tasks, not the whole blob store."""
         with Session(self.engine) as s:
             found = s.scalar(
                 select(ReviewItem.task_id)
@@ -223,7 +236,16 @@ class ReviewQueue:
                 .where(ReviewItem.claimed_by == reviewer, Prediction.image_sha256 == image_sha256)
                 .limit(1)
             )
-        return found is not None
+            if found is not None:
+                return True
+            held: list[Any] = list(
+                s.scalars(
+                    select(ReviewItem.neighbours).where(
+                        ReviewItem.claimed_by == reviewer, ReviewItem.status == "claimed"
+                    )
+                )
+            )
+        return any(n.get("image_sha256") == image_sha256 for ns in held for n in ns or [])
 
     def check_lease(
         self, task_id: int, lease_token: str, *, correcting: bool = False, now: datetime | None = None

@@ -7,6 +7,14 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class SimilarImage(BaseModel):
+    """An already-labeled image near a review item in the model's embedding space."""
+
+    image_url: str
+    label: str
+    similarity: float = Field(description="Cosine similarity of the centred embeddings (1: the same).")
+
+
 class ReviewTask(BaseModel):
     """A claimed review item: label it (or skip it) with its ``lease_token`` before ``lease_expires_at``."""
 
@@ -21,6 +29,9 @@ class ReviewTask(BaseModel):
     image_url: str
     lease_token: str
     lease_expires_at: datetime
+    similar: list[SimilarImage] = Field(
+        default_factory=list, description="The nearest labeled images when it was queued, nearest first."
+    )
 
 
 class ReviewLabel(BaseModel):

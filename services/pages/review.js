@@ -69,6 +69,8 @@ async function fill() {
       }
       const task = await res.json();
       task.image = await loadImage(task.image_url);
+      // its labeled look-alikes load behind it: they never hold up the next image
+      task.similarReady = Promise.all((task.similar || []).map((n) => loadImage(n.image_url)));
       state.ahead.push(task);
       if (!state.current) next();
     }
@@ -128,6 +130,7 @@ function render(task) {
   $("image").alt = `Image of review task ${task.task_id}, predicted ${task.predicted_label}`;
   resetView();
   $("why").textContent = `Why this item: ${task.why}`;
+  showSimilar(task);
   const ranked = task.class_names
     .map((name, i) => ({ name, p: task.probs[i] ?? 0 }))
     .sort((a, b) => b.p - a.p)
@@ -329,6 +332,30 @@ function applyView() {
   const v = state.view;
   $("image").style.transform = `translate(${v.x}px, ${v.y}px) scale(${v.zoom})`;
   $("image").style.filter = `contrast(${v.contrast})`;
+}
+
+// -- labeled look-alikes ------------------------------------------------------------------------------
+function showSimilar(task) {
+  // the nearest already-labeled images (the sampler's FAISS index) with their labels
+  $("similar").replaceChildren();
+  $("similar-title").hidden = !(task.similar || []).length;
+  task.similarReady.then((sources) => {
+    if (state.current !== task) return;
+    $("similar").replaceChildren(
+      ...task.similar.map((n, i) => {
+        if (!sources[i]) return document.createTextNode("");
+        const fig = document.createElement("figure");
+        const img = document.createElement("img");
+        img.src = sources[i];
+        img.alt = `A labeled image like this one: ${n.label}`;
+        const cap = document.createElement("figcaption");
+        cap.textContent = `${n.label} · ${(100 * n.similarity).toFixed(0)}\u00a0%`;
+        fig.append(img, cap);
+        return fig;
+      }),
+    );
+    state.similarShown = task.task_id;
+  });
 }
 
 // -- where the model looked ------------------------------------------------------------------------

@@ -148,3 +148,31 @@ def test_a_rollouts_candidate_is_not_taken_for_the_champion(parts, tmp_path: Pat
     others = [event(i, rng, version="2").model_copy(update={"arm": arm}) for i, arm in enumerate(arms)]
     assert feed(s, store, champion[:3] + others + champion[3:]) == 0
     assert s.version == "1" and s.seen == 5 and set(s.pool) == {e.prediction_id for e in champion}
+
+
+def test_a_queued_item_carries_its_nearest_labeled_images(parts, tmp_path: Path) -> None:
+    store, queue, _ = parts
+    s = sampler(parts, tmp_path)
+    rng = np.random.default_rng(3)
+    labeled = [event(i, rng) for i in range(20)]
+    for ev in labeled:  # labeled before the sampler starts: in the covered set from the store
+        store.add_prediction(ev)
+        store.add_feedback(FeedbackEvent(prediction_id=ev.prediction_id, label=ev.label))
+    fresh = [event(i, rng) for i in range(100, 110)]
+    assert feed(s, store, fresh) == 4
+    for _ in range(4):
+        task = queue.claim_task("ann")
+        assert task is not None
+        near = task.similar
+        similarity = [n.similarity for n in near]
+        assert len(near) == 6 and similarity == sorted(similarity, reverse=True)
+        # they are the nearest labeled images, by the index's own (centred, unit) embeddings
+        me = next(e for e in fresh if e.prediction_id == task.prediction_id)
+        x = s.index.prepare(np.asarray(me.embedding))
+        ys = s.index.prepare(np.stack([e.embedding for e in labeled]))
+        nearest = np.argsort(((ys - x) ** 2).sum(1))[:6]
+        assert [n.image_url for n in near] == [f"/v1/images/{labeled[j].image_sha256}" for j in nearest]
+        assert [n.label for n in near] == [labeled[j].label for j in nearest]
+        # the reviewer holding the task may see those images, another reviewer may not
+        sha = near[0].image_url.rsplit("/", 1)[1]
+        assert queue.shows("ann", sha) and not queue.shows("bob", sha)

@@ -37,7 +37,8 @@ def gateway(
         client.post("/v1/predict", content=png)
     for i, (_, _, event) in enumerate(list(res.publisher.events)):  # type: ignore[attr-defined]
         res.store.add_prediction(event)
-        res.queue.enqueue(event.prediction_id, priority=1.0 - i / 10)
+        near = [{"image_sha256": event.image_sha256, "label": "crack", "distance": 0.1}]  # the sampler's
+        res.queue.enqueue(event.prediction_id, priority=1.0 - i / 10, neighbours=near if i == 0 else None)
     with serving(api) as url:
         yield url, res
 
@@ -62,6 +63,8 @@ def test_a_reviewer_labels_by_keyboard_alone_undoes_and_skips(
         page.wait_for_selector("#work:not([hidden]) #top li")
         assert page.text_content("#who") == "Signed in as test-reviewer"
         assert "Why this item" in page.text_content("#why")
+        page.wait_for_function("() => window.nicheloopReview.similarShown !== undefined")
+        assert page.text_content("#similar figure figcaption") == "crack · 95\u00a0%"
         assert serious_violations(page, axe_js) == []
         screenshot(page, "review-page")
         shown = page.get_attribute("#image", "src")

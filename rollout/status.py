@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nicheloop.latency import quantile_ms
 from nicheloop.rollouts import Rollout, Rollouts
 from rollout.plan import RolloutPlan
 
@@ -36,7 +37,28 @@ def describe(rollouts: Rollouts, r: Rollout, now: float) -> dict[str, Any]:
         "gates": checks,
         "waiting_for": waiting_for(r, plan, checks, now),
         "revision": r.revision,
+        "arms": arm_traffic(rollouts, r.id, now) if r.live else {},
     }
+
+
+TRAFFIC_WINDOW_S = 300.0  # the arms' traffic figures are of the last five minutes
+
+
+def arm_traffic(rollouts: Rollouts, rollout_id: int, now: float) -> dict[str, dict[str, Any]]:
+    """Each arm's calls, errors, error rate, requests per second and p50/p99 latency over the last
+    :data:`TRAFFIC_WINDOW_S` seconds, as the gateways flushed them."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm, c in sorted(rollouts.arm_calls(rollout_id, since=now - TRAFFIC_WINDOW_S).items()):
+        p50, p99 = quantile_ms(c.latency, 0.5), quantile_ms(c.latency, 0.99)
+        out[arm] = {
+            "calls": c.calls,
+            "errors": c.errors,
+            "error_rate": round(c.errors / c.calls, 4) if c.calls else None,
+            "rps": round(c.calls / TRAFFIC_WINDOW_S, 2),
+            "p50_ms": round(p50, 1) if p50 is not None else None,
+            "p99_ms": round(p99, 1) if p99 is not None else None,
+        }
+    return out
 
 
 def waiting_for(r: Rollout, plan: RolloutPlan, checks: list[dict[str, Any]], now: float) -> str:

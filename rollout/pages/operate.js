@@ -75,6 +75,15 @@ function showStatus(s) {
     ["controller heartbeat", s.heartbeat_age_s === undefined ? "–" : `${s.heartbeat_age_s} s ago`],
   ]);
   $("waiting").textContent = `Waiting for: ${s.waiting_for}`;
+  const arms = Object.entries(s.arms || {});
+  $("arms").hidden = !arms.length;
+  $("arms").tBodies[0].replaceChildren(
+    ...arms.map(([arm, a]) => {
+      const tr = document.createElement("tr");
+      const ms = (v) => (v === null ? "–" : `${v} ms`);
+      return cells(cells(tr, [arm], "th"), [a.rps, ms(a.p50_ms), ms(a.p99_ms), `${a.errors} of ${a.calls} (${pct(a.error_rate)})`]);
+    }),
+  );
   const body = $("gates").tBodies[0];
   body.replaceChildren(
     ...(s.gates || []).map((g) => {

@@ -12,8 +12,9 @@ from pydantic import BaseModel
 from nicheloop.contracts import ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, GateRefused, NotFound
 from nicheloop.keys import Audit
+from nicheloop.latency import bucket
 from nicheloop.registry import VersionInfo
-from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
+from nicheloop.rollouts import ArmCalls, Rollout, RolloutEvent, Rollouts
 from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
 from rollout.gates import Arm, Inputs, Live, Paired
 from rollout.machine import NotAllowed
@@ -223,6 +224,17 @@ def test_status_shows_the_step_every_gate_and_what_it_waits_for(rollouts: Rollou
     assert {g["gate"]: g["verdict"] for g in status["gates"]}["paired_accuracy"] == "pass"
     assert "calibration: 20 candidate labels; need 200" in status["waiting_for"]
     assert "15s more in this step" in status["waiting_for"]
+    # what each arm's traffic looked like over the last five minutes, as the gateways flushed it
+    rid = r.id or 0
+    rollouts.add_calls(
+        {(rid, "champion"): ArmCalls(600, 6, {bucket(40.0): 590, bucket(900.0): 10})}, now=40.0
+    )
+    rollouts.add_calls({(rid, "shadow"): ArmCalls(300, 0, {bucket(70.0): 300})}, now=-400.0)  # too old
+    arms = describe(rollouts, rollouts.live(), 45.0)["arms"]  # type: ignore[arg-type]
+    champion = arms["champion"]
+    assert set(arms) == {"champion"} and (champion["rps"], champion["error_rate"]) == (2.0, 0.01)
+    assert champion["p50_ms"] == pytest.approx(40, rel=0.15)
+    assert champion["p99_ms"] == pytest.approx(900, rel=0.15)
     held = operate(rollouts, reg, "pause", now=50.0, actor="ann", reason="look")
     assert "an operator" in describe(rollouts, held, 60.0)["waiting_for"]
 

@@ -18,8 +18,9 @@ from nicheloop.blobs import BlobStore
 from nicheloop.contracts import FeedbackEvent, utcnow
 from nicheloop.driftlog import DriftLog
 from nicheloop.keys import ApiKeys, Audit
+from nicheloop.latency import bucket
 from nicheloop.review import QueuePolicy, ReviewQueue
-from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.rollouts import ArmCalls, Rollout, Rollouts
 from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
@@ -66,6 +67,14 @@ def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_i
         _confirm(page, "start", "")
         assert "done (shadow)" in page.text_content("#act-result")
         page.wait_for_function("() => document.getElementById('status').textContent.includes('shadow')")
+        live = rollouts.live()
+        assert live is not None and live.id is not None
+        calls = ArmCalls(300, 3, {bucket(50.0): 300})
+        rollouts.add_calls({(live.id, "champion"): calls}, now=time.time())  # as a gateway flushes
+        page.wait_for_function(
+            "() => document.querySelectorAll('#arms tbody tr').length === 1", timeout=15_000
+        )
+        assert page.text_content("#arms tbody tr").startswith("champion1")  # 300 calls over 300 s
         _confirm(page, "rollback", "drift on the new line")
         assert "done (rolled_back)" in page.text_content("#act-result")
         page.wait_for_function(

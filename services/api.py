@@ -222,8 +222,7 @@ def _page(name: str) -> Response:
 @api.get("/v1/images/{sha256}", response_class=Response, responses=IMAGE_BYTES)
 async def image(sha256: ImageSha, res: Resources, who: Caller = requires("reviewer", "operator")) -> Response:
     """A stored image: any for an operator, those of their own tasks for a reviewer."""
-    if who.role == "reviewer" and not await asyncio.to_thread(res.queue.shows, who.name, sha256):
-        raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")
+    await _visible(res, who, sha256)
     data = await asyncio.to_thread(res.blobs.get, sha256)
     return Response(content=data, media_type="application/octet-stream")
 
@@ -239,11 +238,17 @@ async def saliency(
     """Where the served version looked: the image as the model saw it with its Grad-CAM for the
     class it picks laid over (red to yellow: the strongest evidence); cached per version. A
     reviewer gets those of their own tasks' images, an operator any."""
-    if who.role == "reviewer" and not await asyncio.to_thread(res.queue.shows, who.name, sha256):
-        raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")
+    await _visible(res, who, sha256)
     out = await explain(res, sha256)
     headers = {"X-Model-Version": out.model_version, "X-Saliency-Class": out.class_name}
     return Response(content=out.png, media_type="image/png", headers=headers)
+
+
+async def _visible(res: GatewayResources, who: Caller, sha256: str) -> None:
+    """Raises NotFound unless ``who`` may see image ``sha256``: an operator any, a reviewer those of
+    their own tasks (and their look-alikes)."""
+    if who.role == "reviewer" and not await asyncio.to_thread(res.queue.shows, who.name, sha256):
+        raise NotFound(f"no task of yours shows image {sha256}; claim one with GET /v1/review/next")
 
 
 async def _class_names(res: GatewayResources) -> list[str]:

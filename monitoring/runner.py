@@ -25,6 +25,7 @@ from nicheloop.reference import Reference
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
+from nicheloop.spools import SpoolReports
 from nicheloop.store import UNAVAILABLE, Store
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def run_monitor(
             settings.home / "spool",
             name="monitor",
             spool_max_events=settings.spool_max_events,
+            report=SpoolReports(Store(settings.db_url)).reporter("monitor"),
         )
         if "drift" in stages
         else None

@@ -37,6 +37,15 @@ class Spooled:
     value: str
 
 
+@dataclass(frozen=True)
+class SpoolDepth:
+    """How many events one spool file holds, and its bound, as its publisher last saw them."""
+
+    spool: str  # the file's name: unique per publisher, kept by the publisher that adopts it
+    depth: int
+    capacity: int
+
+
 class Spool:
     """First-in first-out events on disk, safe to use from several threads of one process.
 

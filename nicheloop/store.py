@@ -236,6 +236,19 @@ class DriftWindowRow(Base):
     report: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # its Evidently report
 
 
+class SpoolReportRow(Base):
+    """The last depth one event spool reported (``nicheloop.spools``): the operator's view of events
+    waiting on some process's disk for the broker. One row per spool file, replaced on each report."""
+
+    __tablename__ = "spool_reports"
+    spool: Mapped[str] = mapped_column(String(160), primary_key=True)  # the spool file's name
+    role: Mapped[str] = mapped_column(String(32))  # gateway, monitor, controller
+    host: Mapped[str] = mapped_column(String(128))
+    depth: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch
+
+
 class Lease(Base):
     """A named lease (one rollout controller at a time): held by ``holder`` until ``expires_at``."""
 
@@ -262,6 +275,17 @@ class ReviewBudgetRow(Base):
     __tablename__ = "review_budgets"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(Integer)
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    set_by: Mapped[str] = mapped_column(String(128))
+
+
+class ReviewShareRow(Base):
+    """A share of the review queue an operator set at run time (``PUT /v1/review/shares``: gold
+    items, overlap), in place of the setting of the same name; every replica reads it at each claim."""
+
+    __tablename__ = "review_shares"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     set_by: Mapped[str] = mapped_column(String(128))
 

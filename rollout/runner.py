@@ -41,6 +41,7 @@ from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
+from nicheloop.spools import SpoolReports
 from nicheloop.store import Store
 from rollout import pages
 from rollout.controller import Controller, kafka_announce
@@ -103,6 +104,19 @@ class BudgetBody(_Body):
     )
 
 
+class SharesBody(_Body):
+    gold: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="Share of claims given a gold item (known label)."
+    )
+    overlap: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of labeled items a second reviewer labels too.",
+    )
+
+
 def controller_api(
     ops: Operations,
     ticks: dict[str, int] | None = None,
@@ -123,6 +137,7 @@ def controller_api(
     store = ops.rollouts.store
     audit = Audit(store)
     queue = ReviewQueue(store, review)
+    spools = SpoolReports(store)
     operator, admin = requires("operator"), requires("admin")
     steward = requires("operator", "admin")  # revoking, excluding and reading the log: either
     counted = ticks if ticks is not None else {"ticks": 0, "errors": 0}
@@ -133,7 +148,7 @@ def controller_api(
 
     @app.get("/v1/rollouts/status")
     def status(_: Caller = operator) -> dict[str, Any]:
-        return ops.status()
+        return ops.status() | {"spool": spools.summary(now=time.time())}
 
     @app.get("/v1/rollouts/history")
     def history(
@@ -215,6 +230,25 @@ def controller_api(
         )
         return _public(after)
 
+    @app.get("/v1/review/shares")
+    def review_shares(_: Caller = operator) -> dict[str, float]:
+        """The gold and overlap shares of the review queue in force (an operator's, else the settings')."""
+        return _shown(queue.shares())
+
+    @app.put("/v1/review/shares")
+    def set_review_shares(request: Request, body: SharesBody, who: Caller = operator) -> dict[str, float]:
+        """Replace the gold or overlap share: every gateway replica's next claim follows; audited
+        with the shares before and after."""
+        changes = {f"{k}_share": v for k, v in body.model_dump(exclude_none=True).items()}
+        if not changes:
+            raise InvalidInput(f"name a share to change: any of {sorted(SharesBody.model_fields)}")
+        before, after = queue.set_shares(changes, by=who.name)
+        detail = {"before": _shown(before), "after": _shown(after)}
+        audit.record(
+            actor=who, action="review.shares", target="review queue", source=_source(request), detail=detail
+        )
+        return _shown(after)
+
     @app.get("/v1/keys")
     def list_keys(_: Caller = admin) -> list[dict[str, Any]]:
         """Every key, newest first, without its secret."""
@@ -276,6 +310,11 @@ def controller_api(
 def _public(budgets: dict[str, int]) -> dict[str, int]:
     """Budgets by the names the HTTP API uses (``per_hour``, not the setting's ``budget_per_hour``)."""
     return {name.removeprefix("budget_"): value for name, value in budgets.items()}
+
+
+def _shown(shares: dict[str, float]) -> dict[str, float]:
+    """Shares by the names the HTTP API uses (``gold``, not the setting's ``gold_share``)."""
+    return {name.removesuffix("_share"): value for name, value in shares.items()}
 
 
 def _source(request: Request) -> str:
@@ -394,6 +433,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         settings.home / "spool",
         name="controller",
         spool_max_events=settings.spool_max_events,
+        report=SpoolReports(rollouts.store).reporter("controller"),
     )
     holder = f"{socket.gethostname()}:{os.getpid()}"
     controller = Controller(

@@ -19,6 +19,7 @@ from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, shareable
+from nicheloop.spools import SpoolReports
 from nicheloop.store import Store
 from services.api import api
 from services.batching import Batcher
@@ -146,6 +147,7 @@ def gateway_resources(
             settings.home / "spool",
             name="gateway",
             spool_max_events=settings.spool_max_events,
+            report=SpoolReports(store).reporter("gateway"),
         ),
         candidate=candidate_port,
         shadow=_shadow_port(settings, candidate, candidate_port),

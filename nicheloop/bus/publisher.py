@@ -8,6 +8,8 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 
-from nicheloop.spool import Spool, SpoolFull, orphans
+from nicheloop.spool import Spool, SpoolDepth, SpoolFull, orphans
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class Publisher:
         linger_ms: int = 50,
         retry_s: float = 1.0,
         stall_s: float = 45.0,
+        report: Callable[[list[SpoolDepth]], None] | None = None,
+        report_every_s: float = 10.0,
     ) -> None:
         self.bootstrap, self.linger_ms, self.retry_s, self.stall_s = bootstrap, linger_ms, retry_s, stall_s
         # records handed to the producer and not yet acknowledged: token -> (sent at, topic, key, value)
@@ -50,10 +54,25 @@ class Publisher:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # the spools' depths go to ``report`` (nicheloop.spools) every ``report_every_s``, from a thread
+        # of their own: a store that is slow to answer must not hold up delivery
+        self.report_every_s = report_every_s
+        self._orphaned: list[Spool] = []  # the drainer's adopted orphans, as it last listed them
+        self._emptied: deque[SpoolDepth] = deque()  # adopted orphans deleted since the last report
+        self._drained = threading.Event()  # set once the drainer has ended: the reporter's last turn
         self._drainer = threading.Thread(
             target=self._drain_forever, name="nicheloop-spool-drainer", daemon=True
         )
         self._drainer.start()
+        self._reporter = (
+            threading.Thread(
+                target=self._report_forever, args=(report,), name="nicheloop-spool-reporter", daemon=True
+            )
+            if report is not None
+            else None
+        )
+        if self._reporter is not None:
+            self._reporter.start()
 
     def _make_producer(self) -> KafkaProducer:
         return KafkaProducer(
@@ -217,6 +236,7 @@ class Publisher:
             try:
                 orphaned = self._adopt(orphaned)
                 self._check_stalled()
+                self._orphaned = orphaned
                 if self._producer is None:
                     self._get_producer()
                 if not len(self.spool) or self.drain_once() > 0:
@@ -236,6 +256,22 @@ class Publisher:
         for orphan in orphaned:
             orphan.close()  # still on disk: the next publisher delivers the rest
 
+    def _report_forever(self, report: Callable[[list[SpoolDepth]], None]) -> None:
+        """Tell ``report`` what this spool and the adopted orphans hold, now and every
+        ``report_every_s`` until closed, and once more at the end; a failed report is only logged."""
+        while True:
+            last = self._drained.is_set()
+            emptied = [self._emptied.popleft() for _ in range(len(self._emptied))]
+            depths = [SpoolDepth(s.path.name, len(s), s.max_events) for s in (self.spool, *self._orphaned)]
+            try:
+                report(depths + emptied)
+            except Exception as exc:  # noqa: BLE001  the store is away: the next report tries again
+                self._emptied.extend(emptied)
+                log.warning("spool depth not reported (%s)", exc)
+            if last:
+                return
+            self._drained.wait(self.report_every_s)
+
     def _adopt(self, orphaned: list[Spool]) -> list[Spool]:
         """Move events of spools whose publishers ended (a restarted replica, say) into this one,
         while it is under half full (live events keep the other half, and an orphan may hold more
@@ -247,6 +283,7 @@ class Publisher:
                 orphan.remove([item.id])
             if not len(orphan):
                 log.info("took over the events left in %s", orphan.path)
+                self._emptied.append(SpoolDepth(orphan.path.name, 0, orphan.max_events))
                 orphan.destroy()
                 orphaned = orphaned[1:]
         return orphaned
@@ -266,6 +303,9 @@ class Publisher:
     def close(self) -> None:
         self._stop.set()
         self._drainer.join(timeout=5)
+        self._drained.set()
+        if self._reporter is not None:
+            self._reporter.join(timeout=5)  # its last report: what this spool keeps on disk
         if self._producer is not None:
             self._producer.close(timeout=10)
         if len(self.spool):

@@ -13,6 +13,9 @@ Guarantees, on SQLite and PostgreSQL alike:
   ``budget_per_reviewer_hour`` / ``…_day`` by any one reviewer) are labeled or held under a live lease
   in any rolling hour / day; past it a claim raises :class:`BudgetSpent` with a retry time. An
   operator's budget (:meth:`ReviewQueue.set_budgets`) replaces the setting's for every replica.
+- **Quality.** A ``gold_share`` of claims get a gold item (a user-labeled prediction, its label
+  hidden) and an ``overlap_share`` of labeled items go to a second reviewer; an operator's shares
+  (:meth:`ReviewQueue.set_shares`) replace the settings' for every replica.
 - **Nothing stale.** Queued items past their ``expires_at`` become ``expired``; an item skipped
   ``max_skips`` times is retired as ``skipped``; a reviewer is never offered an item they skipped.
 """
@@ -23,6 +26,7 @@ import random
 import statistics
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,12 +38,21 @@ from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import BudgetSpent, Conflict, InvalidInput, NotFound
 from nicheloop.review.schemas import ReviewTask, SimilarImage
 from nicheloop.settings import Settings
-from nicheloop.store import LabeledExample, Prediction, ReviewAnswer, ReviewBudgetRow, ReviewItem, Store
+from nicheloop.store import (
+    LabeledExample,
+    Prediction,
+    ReviewAnswer,
+    ReviewBudgetRow,
+    ReviewItem,
+    ReviewShareRow,
+    Store,
+)
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipped
 MAX_HOLD = 4  # leases a reviewer may hold one task for by renewing
 BUDGETS = ("budget_per_hour", "budget_per_day", "budget_per_reviewer_hour", "budget_per_reviewer_day")
+SHARES = ("gold_share", "overlap_share")
 
 
 @dataclass(frozen=True)
@@ -133,7 +146,8 @@ class ReviewQueue:
                 .where(ReviewItem.status == "queued", ReviewItem.expires_at < now)
                 .values(status="expired")
             )
-            if self.policy.gold_share and self._draw() < self.policy.gold_share:
+            gold_share = self._shares(s)["gold_share"]
+            if gold_share and self._draw() < gold_share:
                 gold = self._gold(s, reviewer, now)
                 if gold is not None:
                     return gold
@@ -276,7 +290,7 @@ class ReviewQueue:
                 item.kind = "overlapped"
             elif item.kind == "overlap":  # the first reviewer correcting under the same lease
                 item.expected = label
-            elif kind == "label" and self.policy.overlap_share and self._draw() < self.policy.overlap_share:
+            elif kind == "label" and self._draw() < self._shares(s)["overlap_share"]:
                 item.kind, item.expected, item.first_by = "overlap", label, reviewer
             item.status, item.label, item.done_at = "done", label, now
             self._answer(s, item, reviewer, label, kind, now)
@@ -422,22 +436,54 @@ class ReviewQueue:
         unknown = set(changes) - set(BUDGETS)
         if unknown or any(v < 0 for v in changes.values()):
             raise InvalidInput(f"budgets are counts >= 0 of {list(BUDGETS)}; got {changes}")
+        changed = {k: int(v) for k, v in changes.items()}
+        return self._replace(ReviewBudgetRow, changed, self._budgets, by=by, now=now)
+
+    def shares(self) -> dict[str, float]:
+        """The gold and overlap shares in force: the policy's, each replaced by one an operator set."""
+        with Session(self.engine) as s:
+            return self._shares(s)
+
+    def set_shares(
+        self, changes: dict[str, float], *, by: str, now: datetime | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Replace the gold or overlap share (kept in the store: every replica's next claim follows);
+        returns the shares before and after.
+
+        Raises:
+            InvalidInput: an unknown share, or one outside [0, 1].
+        """
+        if set(changes) - set(SHARES) or any(not 0.0 <= v <= 1.0 for v in changes.values()):
+            raise InvalidInput(f"shares are fractions in [0, 1] of {list(SHARES)}; got {changes}")
+        changed = {k: float(v) for k, v in changes.items()}
+        return self._replace(ReviewShareRow, changed, self._shares, by=by, now=now)
+
+    def _replace(
+        self,
+        table: type[ReviewBudgetRow] | type[ReviewShareRow],
+        changes: dict[str, Any],
+        read: Callable[[Session], dict[str, Any]],
+        *,
+        by: str,
+        now: datetime | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Store an operator's values of some knobs, and read them all before and after."""
         now = now or utcnow()
         with Session(self.engine) as s, s.begin():
             self.store.serialize(s, "claim")  # one change at a time, never in the middle of a claim
-            before = self._budgets(s)
+            before = read(s)
             for name, value in changes.items():
-                row = s.get(ReviewBudgetRow, name)
-                if row is None:
-                    s.add(ReviewBudgetRow(name=name, value=int(value), set_at=now, set_by=by))
-                else:
-                    row.value, row.set_at, row.set_by = int(value), now, by
+                s.merge(table(name=name, value=value, set_at=now, set_by=by))
             s.flush()
-            return before, self._budgets(s)
+            return before, read(s)
 
     def _budgets(self, s: Session) -> dict[str, int]:
         stored = dict(s.execute(select(ReviewBudgetRow.name, ReviewBudgetRow.value)).all())
         return {name: int(stored.get(name, getattr(self.policy, name))) for name in BUDGETS}
+
+    def _shares(self, s: Session) -> dict[str, float]:
+        stored = dict(s.execute(select(ReviewShareRow.name, ReviewShareRow.value)).all())
+        return {name: float(stored.get(name, getattr(self.policy, name))) for name in SHARES}
 
     def _used(self, s: Session, now: datetime, window: timedelta, reviewer: str | None = None) -> int:
         """Items labeled in ``window`` or held under a live lease (by ``reviewer``, else anyone)."""

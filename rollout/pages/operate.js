@@ -25,12 +25,13 @@ async function start() {
 
 // -- figures ------------------------------------------------------------------------------------
 async function refresh() {
-  const [status, history, audit, review, budget] = await Promise.all([
+  const [status, history, audit, review, budget, shares] = await Promise.all([
     json("/v1/rollouts/status"),
     json("/v1/rollouts/history?limit=200"),
     json("/v1/audit?limit=50"),
     json("/v1/review/health"),
     json("/v1/review/budget"),
+    json("/v1/review/shares"),
   ]).catch((err) => {
     $("updated").textContent = `Not updated: ${err.message}`;
     return [];
@@ -49,7 +50,9 @@ async function refresh() {
     json("/v1/review/quality").then(showReviewers).catch(() => {});
   }
   showAudit(audit);
-  showReview(review, budget);
+  showReview(review);
+  fillForm("budget-form", budget, 1);
+  fillForm("shares-form", shares, 100);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
 }
 
@@ -73,6 +76,7 @@ function showStatus(s) {
     ["candidate's share", s.share === undefined ? "–" : `${(100 * s.share).toFixed(0)} %`],
     ["failed checks", s.failures === undefined ? "–" : `${s.failures} of ${s.max_failures}`],
     ["controller heartbeat", s.heartbeat_age_s === undefined ? "–" : `${s.heartbeat_age_s} s ago`],
+    ["events waiting for Kafka", spoolText(s.spool)],
   ]);
   $("waiting").textContent = `Waiting for: ${s.waiting_for}`;
   const arms = Object.entries(s.arms || {});
@@ -97,6 +101,16 @@ function showStatus(s) {
       return tr;
     }),
   );
+}
+
+// the events on the publishers' disks (the broker was away): in all, the fullest spool, and any
+// spool whose process went quiet while it held events
+function spoolText(spool) {
+  if (!spool) return "–";
+  const roles = Object.entries(spool.by_role).filter(([, n]) => n).map(([role, n]) => `${role} ${n}`);
+  let text = `${spool.depth} in ${spool.spools} spools` + (roles.length ? ` (${roles.join(", ")}; fullest ${pct(spool.fullest)})` : "");
+  for (const q of spool.silent) text += `; ${q.depth} in ${q.role} spool ${q.spool} on ${q.host}, silent ${Math.round(q.age_s / 60)} min`;
+  return text;
 }
 
 function showHistory(events) {
@@ -444,7 +458,7 @@ function showAudit(entries) {
   );
 }
 
-function showReview(r, budget) {
+function showReview(r) {
   rows($("review"), [
     ["queued", r.queued],
     ["in review", r.in_review],
@@ -457,11 +471,6 @@ function showReview(r, budget) {
     ["oldest waiting", r.oldest_queued_age_s === null ? "–" : `${Math.round(r.oldest_queued_age_s / 60)} min`],
     ["budget left this hour", `${r.budget.left_hour} of ${r.budget.per_hour}`],
   ]);
-  const form = $("budget-form");
-  for (const [name, value] of Object.entries(budget)) {
-    const input = form.elements.namedItem(name);
-    if (input && document.activeElement !== input) input.value = value;
-  }
 }
 
 // -- acting -------------------------------------------------------------------------------------
@@ -500,15 +509,25 @@ async function act() {
   refresh();
 }
 
-async function setBudgets(event) {
-  event.preventDefault();
-  const body = {};
-  for (const input of $("budget-form").querySelectorAll("input")) {
-    if (input.value !== "") body[input.name] = Number(input.value);
+// the budgets (counts) and the gold and overlap shares (percent on the page, fractions in the API)
+function fillForm(id, values, scale) {
+  const form = $(id);
+  for (const [name, value] of Object.entries(values)) {
+    const input = form.elements.namedItem(name);
+    if (input && document.activeElement !== input) input.value = Math.round(value * scale * 100) / 100;
   }
-  const res = await call("/v1/review/budget", { method: "PUT", body });
+}
+
+async function submitForm(event, path, scale, done) {
+  event.preventDefault();
+  const form = event.target;
+  const body = {};
+  for (const input of form.querySelectorAll("input")) {
+    if (input.value !== "") body[input.name] = Number(input.value) / scale;
+  }
+  const res = await call(path, { method: "PUT", body });
   const answer = await res.json().catch(() => ({}));
-  $("budget-result").textContent = res.ok ? "Budgets set." : `Refused (${res.status}): ${JSON.stringify(answer.detail)}`;
+  form.nextElementSibling.textContent = res.ok ? done : `Refused (${res.status}): ${JSON.stringify(answer.detail)}`;
   refresh();
 }
 
@@ -524,6 +543,7 @@ $("confirm-no").addEventListener("click", () => { $("confirm").hidden = true; })
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") $("confirm").hidden = true;
 });
-$("budget-form").addEventListener("submit", setBudgets);
+$("budget-form").addEventListener("submit", (e) => submitForm(e, "/v1/review/budget", 1, "Budgets set."));
+$("shares-form").addEventListener("submit", (e) => submitForm(e, "/v1/review/shares", 100, "Shares set."));
 $("classes-source").addEventListener("change", refreshClasses);
 signInFor("operator", start);

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -296,6 +298,7 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
             if resp.status_code == 200:
                 answered.append(resp.json()["prediction_id"])
     depth_during = _spool_depth(live)
+    reported = _reported_spool(live, lambda spool: spool["by_role"].get("gateway", 0) > 0)
     stack.start_kafka(live)
     assert answered and statuses.count(200) == len(statuses), f"not all answered: {set(statuses)}"
     assert depth_during > 0, "the gateway should spool events while the broker is down"
@@ -322,6 +325,22 @@ def test_broker_down_while_predictions_are_served(live: Settings, png: bytes) ->
     while _spool_depth(live) and time.monotonic() < deadline:
         time.sleep(1)
     assert _spool_depth(live) == 0
+    # the operator saw the gateways' waiting events in the controller's status, and sees them delivered
+    assert reported["depth"] >= reported["by_role"]["gateway"] > 0, reported
+    assert _reported_spool(live, lambda spool: spool["depth"] == 0)["spools"] >= 1
+
+
+def _reported_spool(live: Settings, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The spool summary of the controller's status once ``wanted`` holds (publishers report every 10 s)."""
+    url = f"http://{live.host}:{live.controller_port}/v1/rollouts/status"
+    spool: dict[str, Any] = {}
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        spool = httpx.get(url, timeout=30, headers=role(live, "operator")).json()["spool"]
+        if wanted(spool):
+            return spool
+        time.sleep(1)
+    raise AssertionError(f"the controller's spool summary never came to the expected state: {spool}")
 
 
 def _spool_depth(live: Settings) -> int:

@@ -66,6 +66,11 @@ def test_an_operator_sees_the_drift_alarm_and_rolls_a_candidate_back_from_the_pa
         report.wait_for_function("() => document.body.innerText.includes('Drift')", timeout=60_000)
         report.close()
         screenshot(page, f"operate-page-live-drift-{backend}")
+        # every publisher (gateways, monitor, controller) reports its spool: none waits here
+        page.wait_for_function(
+            "() => /events waiting for Kafka0 in [1-9]\\d* spools/"
+            ".test(document.getElementById('status').textContent)"
+        )
 
         assert "done (shadow)" in _confirm(page, "start", "")
         page.wait_for_function(

@@ -248,7 +248,11 @@ def test_an_older_database_gains_the_new_queue_columns(tmp_path: Path) -> None:
 
 
 def test_gold_items_check_a_reviewer_against_known_labels_and_train_nothing(store: Store) -> None:
-    queue = filled(store, 2, gold_share=1.0)  # every claim a gold item while there are some
+    queue = filled(store, 2)
+    # an operator sets the share on another replica: this one's next claims follow
+    ReviewQueue(store).set_shares({"gold_share": 1.0}, by="ops")  # every claim gold while there are some
+    with pytest.raises(InvalidInput, match=r"fractions in \[0, 1\]"):
+        ReviewQueue(store).set_shares({"gold_share": 1.5}, by="ops")
     for i, label in enumerate(["a", "b"]):  # two predictions users labeled, never queued
         store.add_prediction(prediction(f"u{i}"))
         store.add_feedback(FeedbackEvent(prediction_id=f"u{i}", label=label))

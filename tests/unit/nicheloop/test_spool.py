@@ -8,7 +8,7 @@ from kafka.errors import KafkaConnectionError
 
 from nicheloop.bus import Publisher
 from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent
-from nicheloop.spool import Spool, SpoolBusy, SpoolFull, orphans
+from nicheloop.spool import Spool, SpoolBusy, SpoolDepth, SpoolFull, orphans
 
 
 def test_fifo_and_durable_across_reopen(tmp_path: Path) -> None:
@@ -104,3 +104,45 @@ def test_a_corrupt_spool_and_an_orphan_over_the_bound_stop_nothing(tmp_path: Pat
         publisher.close()
     assert (tmp_path / "bad.spool.corrupt").exists() and not (tmp_path / "bad.spool").exists()
     assert sum(len(o) for o in orphans(tmp_path)) == 26  # nothing lost, for the next publisher
+
+
+def test_the_publisher_reports_its_spool_and_the_orphans_it_drains(tmp_path: Path) -> None:
+    ended = Spool(tmp_path / "ended.spool")
+    ended.append(FEEDBACK_TOPIC, "o", FeedbackEvent(prediction_id="o", label="a").model_dump_json())
+    ended.close()
+    seen: list[list[SpoolDepth]] = []
+    publisher = NoBroker("127.0.0.1:1", tmp_path, retry_s=30.0, report=seen.append, report_every_s=0.05)
+    try:
+        publisher.publish(FEEDBACK_TOPIC, "live", FeedbackEvent(prediction_id="live", label="a"))
+        own = publisher.spool.path.name
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            {d.spool: d.depth for d in r}.get(own) == 2 and any(d.spool == "ended.spool" for d in r)
+            for r in seen
+        ):
+            time.sleep(0.05)
+    finally:
+        publisher.close()
+    reported: dict[str, int] = {}
+    for r in seen:
+        reported |= {d.spool: d.depth for d in r}
+    assert reported == {own: 2, "ended.spool": 0}  # the orphan was emptied into this spool
+    assert seen[-1] == [SpoolDepth(own, 2, 100_000)]  # the last word on close: two kept on disk
+
+
+def test_a_report_that_fails_does_not_stop_delivery_or_later_reports(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def flaky(depths: list[SpoolDepth]) -> None:
+        calls.append(len(depths))
+        if len(calls) == 1:
+            raise ConnectionError("the store is away")
+
+    publisher = NoBroker("127.0.0.1:1", tmp_path, retry_s=30.0, report=flaky, report_every_s=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 3 and publisher._drainer.is_alive()
+    finally:
+        publisher.close()

@@ -87,6 +87,11 @@ def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_i
         page.wait_for_function(
             "() => document.getElementById('budget-result').textContent === 'Budgets set.'"
         )
+        page.fill("#shares-form input[name=gold]", "10")
+        page.fill("#shares-form input[name=overlap]", "25")
+        page.click("#shares-form button[type=submit]")
+        page.wait_for_function("() => document.getElementById('shares-result').textContent === 'Shares set.'")
+        assert ReviewQueue(rollouts.store).shares() == {"gold_share": 0.1, "overlap_share": 0.25}
         assert page.locator("#share-chart path.share").count() == 1
         assert serious_violations(page, axe_js) == []
         screenshot(page, "operate-page")
@@ -95,10 +100,19 @@ def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_i
     latest = rollouts.latest()
     assert latest is not None and latest.state == "rolled_back"
     entries = Audit(rollouts.store).read()
-    assert [e.action for e in entries][:3] == ["review.budget", "rollout.rollback", "rollout.start"]
+    assert [e.action for e in entries][:4] == [
+        "review.shares",
+        "review.budget",
+        "rollout.rollback",
+        "rollout.start",
+    ]
+    assert entries[0].detail == {
+        "before": {"gold": 0.0, "overlap": 0.0},
+        "after": {"gold": 0.1, "overlap": 0.25},
+    }
     assert (
-        entries[0].detail["after"]["per_hour"] == 30
-        and entries[1].detail["reason"] == "drift on the new line"
+        entries[1].detail["after"]["per_hour"] == 30
+        and entries[2].detail["reason"] == "drift on the new line"
     )
 
 

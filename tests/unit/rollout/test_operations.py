@@ -34,6 +34,7 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
         "champion": None,
         "state": "none",
         "waiting_for": "a candidate: `nicheloop rollout start`",
+        "spool": {"depth": 0, "spools": 0, "fullest": 0.0, "by_role": {}, "silent": []},
     }
     adopted = client.post("/v1/rollouts/adopt", json={"version": "1", "reason": "upgrade"})
     assert adopted.status_code == 201 and adopted.json()["champion"] == "1"
@@ -225,3 +226,30 @@ def test_operators_change_the_review_budget_at_run_time_and_it_is_audited(rollou
     assert client.put("/v1/review/budget", json={"per_hour": -1}).status_code == 422
     assert client.put("/v1/review/budget", json={"per_week": 1}).status_code == 422
     assert client.put("/v1/review/budget", json={"per_hour": 1}, headers=reviewer).status_code == 403
+
+
+def test_operators_change_the_gold_and_overlap_shares_at_run_time_and_claims_follow(
+    rollouts: Rollouts,
+) -> None:
+    from nicheloop.review import QueuePolicy, ReviewQueue
+
+    keys = ApiKeys(rollouts.store)
+    ops = {"X-API-Key": keys.create(name="ops", role="operator", created_by="t")[0]}
+    reviewer = {"X-API-Key": keys.create(name="rev", role="reviewer", created_by="t")[0]}
+    policy = QueuePolicy(gold_share=0.05)
+    client = TestClient(
+        controller_api(Operations(rollouts, Registry()), review=policy),
+        raise_server_exceptions=False,
+        headers=ops,
+    )
+    assert client.get("/v1/review/shares").json() == {"gold": 0.05, "overlap": 0.0}
+    changed = client.put("/v1/review/shares", json={"overlap": 0.3})
+    assert changed.status_code == 200 and changed.json() == {"gold": 0.05, "overlap": 0.3}
+    assert ReviewQueue(rollouts.store, policy).shares() == {"gold_share": 0.05, "overlap_share": 0.3}
+    entry = Audit(rollouts.store).read(action="review")[0]
+    assert (entry.action, entry.actor, entry.detail["after"]) == ("review.shares", "ops", changed.json())
+    assert client.put("/v1/review/shares", json={}).status_code == 400
+    for bad in ({"gold": 1.5}, {"overlap": -0.1}, {"gold": "NaN"}, {"kappa": 0.2}):
+        assert client.put("/v1/review/shares", json=bad).status_code == 422, bad
+    assert client.put("/v1/review/shares", json={"gold": 0.1}, headers=reviewer).status_code == 403
+    assert client.get("/v1/review/shares").json() == {"gold": 0.05, "overlap": 0.3}

@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -221,14 +222,7 @@ def controller_api(
         """Replace some of the budgets: every gateway replica's next claim follows; audited with the
         budgets before and after."""
         changes = {f"budget_{k}": v for k, v in body.model_dump(exclude_none=True).items()}
-        if not changes:
-            raise InvalidInput(f"name a budget to change: any of {sorted(BudgetBody.model_fields)}")
-        before, after = queue.set_budgets(changes, by=who.name)
-        detail = {"before": _public(before), "after": _public(after)}
-        audit.record(
-            actor=who, action="review.budget", target="review queue", source=_source(request), detail=detail
-        )
-        return _public(after)
+        return _replace(request, who, "budget", changes, body, queue.set_budgets, _public)
 
     @app.get("/v1/review/shares")
     def review_shares(_: Caller = operator) -> dict[str, float]:
@@ -240,14 +234,7 @@ def controller_api(
         """Replace the gold or overlap share: every gateway replica's next claim follows; audited
         with the shares before and after."""
         changes = {f"{k}_share": v for k, v in body.model_dump(exclude_none=True).items()}
-        if not changes:
-            raise InvalidInput(f"name a share to change: any of {sorted(SharesBody.model_fields)}")
-        before, after = queue.set_shares(changes, by=who.name)
-        detail = {"before": _shown(before), "after": _shown(after)}
-        audit.record(
-            actor=who, action="review.shares", target="review queue", source=_source(request), detail=detail
-        )
-        return _shown(after)
+        return _replace(request, who, "shares", changes, body, queue.set_shares, _shown)
 
     @app.get("/v1/keys")
     def list_keys(_: Caller = admin) -> list[dict[str, Any]]:
@@ -292,6 +279,25 @@ def controller_api(
     @app.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
     def metrics(_: Caller = operator) -> Response:
         return Response(rollout_metrics(ops.rollouts, counted, queue), media_type=CONTENT_TYPE_LATEST)
+
+    def _replace(
+        request: Request,
+        who: Caller,
+        knobs: str,
+        changes: dict[str, Any],
+        body: BaseModel,
+        put: Callable[..., tuple[dict[str, Any], dict[str, Any]]],
+        shown: Callable[[Any], Any],
+    ) -> Any:
+        """Replace some of the queue's ``knobs`` (budget, shares) with ``put``, audited before and after."""
+        if not changes:
+            raise InvalidInput(f"name one to change: any of {sorted(type(body).model_fields)}")
+        before, after = put(changes, by=who.name)
+        detail = {"before": shown(before), "after": shown(after)}
+        audit.record(
+            actor=who, action=f"review.{knobs}", target="review queue", source=_source(request), detail=detail
+        )
+        return shown(after)
 
     def _admin(request: Request, who: Caller) -> Administration:
         return Administration(store, actor=who, source=_source(request))

@@ -6,8 +6,6 @@ metrics. Gold answers train nothing (no feedback event); both overlap answers ar
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from cli.demo import wait_for
 from nicheloop.bus import parse_event, read_topic
 from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent, utcnow
 from nicheloop.keys import ApiKeys
@@ -29,15 +28,6 @@ from tests.integration.conftest import role
 pytestmark = pytest.mark.integration
 
 GOLD, SHARED = 4, 4
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 300.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _predict(app: httpx.Client, seed: int, n: int) -> list[dict[str, Any]]:
@@ -89,7 +79,7 @@ def test_gold_accuracy_and_kappa_of_two_reviewers_reach_the_operator(live: Setti
             ).all()
         return len(labeled) == GOLD and len(store.existing(Prediction.prediction_id, queued)) == SHARED
 
-    _until("the monitor to store the predictions and join the users' labels", joined)
+    wait_for("the monitor to store the predictions and join the users' labels", joined, timeout=300)
     for i, pid in enumerate(queued):  # ahead of anything else queued (the sampler may have queued them)
         if not queue.enqueue(pid, priority=2000.0 - i):
             with Session(store.engine) as s, s.begin():

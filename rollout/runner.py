@@ -107,10 +107,16 @@ class BudgetBody(_Body):
 
 class SharesBody(_Body):
     gold: float | None = Field(
-        None, ge=0, le=1, allow_inf_nan=False, description="Share of claims given a gold item (known label)."
+        None,
+        strict=True,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of claims given a gold item (known label).",
     )
     overlap: float | None = Field(
         None,
+        strict=True,
         ge=0,
         le=1,
         allow_inf_nan=False,

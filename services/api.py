@@ -197,6 +197,17 @@ async def review_renew(
     return LeaseRenewed(task_id=item.task_id, lease_expires_at=item.lease_expires_at)
 
 
+@api.post("/v1/review/{task_id:int}/release", response_model=LeaseRenewed)
+async def review_release(
+    task_id: RowId, body: ReviewLease, res: Resources, _: Caller = requires("reviewer")
+) -> LeaseRenewed:
+    """End the lease of a task labeled under it: no more corrections, and an overlap item goes on
+    to its second reviewer at once (the page does this when a decision leaves its undo reach)."""
+    item = await asyncio.to_thread(res.queue.release, task_id, body.lease_token)
+    assert item.lease_expires_at is not None
+    return LeaseRenewed(task_id=item.task_id, lease_expires_at=item.lease_expires_at)
+
+
 @api.get("/v1/whoami", response_model=Whoami)
 async def whoami(who: Caller = requires(*ROLES)) -> Whoami:
     """Who the credential names, and its role (the pages greet and route with it)."""

@@ -374,6 +374,29 @@ class ReviewQueue:
             item.lease_expires_at = until
         return item
 
+    def release(self, task_id: int, lease_token: str, now: datetime | None = None) -> ReviewItem:
+        """End the lease of a task its reviewer labeled and will not correct (it left the page's
+        undo reach), so that an overlap item goes to its second reviewer now rather than when the
+        lease runs out. Releasing twice is harmless.
+
+        Raises:
+            NotFound: unknown task. Conflict: not labeled under this lease (label or skip it first;
+            or a second reviewer holds it now).
+        """
+        now = now or utcnow()
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            item = s.scalar(select(ReviewItem).where(ReviewItem.task_id == task_id).with_for_update())
+            if item is None:
+                raise NotFound(f"unknown review task {task_id}")
+            if item.status != "done" or not lease_token or item.lease_token != lease_token:
+                raise Conflict(
+                    f"review task {task_id} is not labeled under this lease: label or skip it first "
+                    "(a task someone else holds now is theirs)"
+                )
+            if item.lease_expires_at is None or aware(item.lease_expires_at) > now:
+                item.lease_expires_at = now
+        return item
+
     def skip(
         self, task_id: int, lease_token: str, now: datetime | None = None, *, reason: str = ""
     ) -> ReviewItem:

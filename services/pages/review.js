@@ -6,6 +6,7 @@ import { $, call, loadImage, signInFor, signedIn } from "/pages/common.js";
 
 const AHEAD = 3; // tasks leased and loaded beyond the one on screen
 const RETRIES = 6; // sends of one decision before it is shown as failed (backoff doubles from 0.5 s)
+const UNDO_DEPTH = 20; // decisions Backspace can reach; an older label gives its lease back
 const SKIP_REASONS = ["unsure", "not a defect image", "image unreadable", "other"];
 
 const state = {
@@ -198,8 +199,7 @@ function decide(label, startedAt) {
   const task = state.current;
   if (!task) return;
   state.decisionTimes.push((performance.now() - state.shownAt) / 1000);
-  state.history.push({ task, label, at: Date.now() });
-  if (state.history.length > 20) state.history.shift();
+  remember({ task, label, at: Date.now() });
   enqueue({ kind: "label", task, label });
   next(startedAt);
 }
@@ -207,9 +207,24 @@ function decide(label, startedAt) {
 function skip(reason, startedAt) {
   const task = state.current;
   if (!task) return;
-  state.history.push({ task, label: null, at: Date.now() });
+  remember({ task, label: null, at: Date.now() });
   enqueue({ kind: "skip", task, reason });
   next(startedAt);
+}
+
+function remember(decision) {
+  state.history.push(decision);
+  if (state.history.length > UNDO_DEPTH) release(state.history.shift());
+}
+
+// a labeled decision out of undo's reach gives its lease back: an item another reviewer is to label
+// too (overlap) goes on now, not when the lease runs out; if this fails, the lease simply runs out
+function release(decision) {
+  if (decision.label === null) return; // a skip gave its task back already
+  call(`/v1/review/${decision.task.task_id}/release`, {
+    method: "POST",
+    body: { lease_token: decision.task.lease_token },
+  }).catch(() => {});
 }
 
 function undo() {

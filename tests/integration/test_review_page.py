@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from nicheloop.bus import parse_event, read_topic
-from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent
+from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent, aware, utcnow
 from nicheloop.keys import ApiKeys
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.settings import Settings
@@ -119,3 +119,13 @@ def test_a_reviewer_labels_twenty_items_by_keyboard_and_every_decision_is_joined
         rows = s.scalars(select(ReviewItem.skip_reasons).where(ReviewItem.prediction_id.in_(pids)))
         reasons: list[list[str]] = [r for r in rows if r]
     assert reasons == [["unsure"]]
+    # the skip, the 21st decision, took the first label out of undo's reach: its lease was given back
+
+    def released() -> list[int]:
+        with Session(store.engine) as s:
+            done = s.scalars(
+                select(ReviewItem).where(ReviewItem.prediction_id.in_(pids), ReviewItem.status == "done")
+            ).all()
+        return [r.task_id for r in done if r.lease_expires_at and aware(r.lease_expires_at) <= utcnow()]
+
+    assert len(_until("the first label's lease to be given back", released, timeout=30)) == 1

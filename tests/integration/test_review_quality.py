@@ -6,7 +6,6 @@ metrics. Gold answers train nothing (no feedback event); both overlap answers ar
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from cli.demo import wait_for
 from nicheloop.bus import parse_event, read_topic
-from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent, utcnow
+from nicheloop.contracts import FEEDBACK_TOPIC, FeedbackEvent
 from nicheloop.keys import ApiKeys
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.review.queue import cohen_kappa
@@ -111,13 +110,13 @@ def test_gold_accuracy_and_kappa_of_two_reviewers_reach_the_operator(live: Setti
             "/v1/review/shares", json={"gold": live.review_gold_share, "overlap": live.review_overlap_share}
         )
         queue.set_budgets(budgets, by="test")
-    # ...and once her leases are over (as if ten minutes passed), bob gets the same items
-    with Session(store.engine) as s, s.begin():
-        s.execute(
-            update(ReviewItem)
-            .where(ReviewItem.prediction_id.in_(queued))
-            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+    # ...and gives their leases back (as the page does once they leave its undo reach): bob gets them
+    for task in firsts:
+        lease = {"lease_token": task["lease_token"]}
+        let_go = gateway.post(
+            f"/v1/review/{task['task_id']}/release", json=lease, headers={"X-API-Key": keys[ann]}
         )
+        assert let_go.status_code == 200, let_go.text
     seconds = [_claim(gateway, keys[bob]) for _ in range(SHARED)]
     assert sorted(t["prediction_id"] for t in seconds) == sorted(queued)
     bob_says = {

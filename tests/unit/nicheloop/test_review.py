@@ -293,6 +293,27 @@ def test_an_overlap_item_goes_to_a_second_reviewer_once_the_first_lease_is_over(
     assert pair["kappa"] == pytest.approx(cohen_kappa(list(zip(["a", "b", "a"], ["a", "b", "b"]))))
 
 
+def test_a_released_label_goes_to_the_second_reviewer_at_once_and_cannot_be_corrected(store: Store) -> None:
+    queue = filled(store, 1, overlap_share=1.0, lease_s=600)
+    now = utcnow()
+    first = queue.claim("ann", now=now)
+    assert first is not None and first.lease_token
+    with pytest.raises(Conflict, match="label or skip it first"):
+        queue.release(first.task_id, first.lease_token, now=now)  # not labeled yet
+    queue.complete(first.task_id, "a", first.lease_token, now=now)
+    assert queue.claim("bob", now=now + timedelta(seconds=1)) is None  # ann may still correct it
+    queue.release(first.task_id, first.lease_token, now=now + timedelta(seconds=2))
+    queue.release(first.task_id, first.lease_token, now=now + timedelta(seconds=3))  # twice: harmless
+    with pytest.raises(Conflict, match="already labeled"):
+        queue.complete(first.task_id, "b", first.lease_token, now=now + timedelta(seconds=4))
+    second = queue.claim("bob", now=now + timedelta(seconds=5))
+    assert second is not None and second.prediction_id == "p0"
+    with pytest.raises(Conflict):  # bob holds it now: ann's old lease lets nothing go
+        queue.release(first.task_id, first.lease_token, now=now + timedelta(seconds=6))
+    with pytest.raises(NotFound):
+        queue.release(9999, "x")
+
+
 def test_cohen_kappa_is_agreement_beyond_chance() -> None:
     assert cohen_kappa([("a", "a"), ("b", "b")]) == 1.0
     # the textbook case: 20 yes-yes, 5 yes-no, 10 no-yes, 15 no-no: po 0.7, pe 0.5, kappa 0.4

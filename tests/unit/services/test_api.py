@@ -119,7 +119,16 @@ def test_a_review_task_is_leased_labeled_once_and_skips_go_back(
     corrected = client.post(f"/v1/review/{task['task_id']}", json={**label, "label": "crack"}, headers=ann)
     assert corrected.status_code == 202 and res.publisher.events[-1][2].label == "crack"  # type: ignore[attr-defined]
     assert len(task["probs"]) == 2 and abs(sum(task["probs"]) - 1) < 1e-5 and task["why"]
+    # out of the page's undo reach: the lease is given back, and the label can no longer change
+    lease = {"lease_token": task["lease_token"]}
+    released = client.post(f"/v1/review/{task['task_id']}/release", json=lease, headers=ann)
+    assert released.status_code == 200 and released.json()["lease_expires_at"] < task["lease_expires_at"]
+    assert client.post(f"/v1/review/{task['task_id']}", json=label, headers=ann).status_code == 409
     other = client.get("/v1/review/next", headers=ann).json()
+    unlabeled = {"lease_token": other["lease_token"]}
+    assert (
+        client.post(f"/v1/review/{other['task_id']}/release", json=unlabeled, headers=ann).status_code == 409
+    )
     renewed = client.post(
         f"/v1/review/{other['task_id']}/renew", json={"lease_token": other["lease_token"]}, headers=ann
     )

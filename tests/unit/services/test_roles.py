@@ -18,6 +18,7 @@ MATRIX = {
     ("POST", "/v1/review/{task_id}"): ("reviewer",),
     ("POST", "/v1/review/{task_id}/skip"): ("reviewer",),
     ("POST", "/v1/review/{task_id}/renew"): ("reviewer",),
+    ("POST", "/v1/review/{task_id}/release"): ("reviewer",),
     ("GET", "/v1/whoami"): ("app", "reviewer", "operator", "admin"),
     ("GET", "/v1/review/stats"): ("reviewer", "operator"),
     ("GET", "/v1/images/{sha256}"): ("reviewer", "operator"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from nicheloop.contracts import utcnow
@@ -95,6 +95,10 @@ class RolloutEvent:
     champion: str
     revision: int
     id: int = 0  # its place in the trail
+
+
+NO_ROLLOUT = 0  # the rollout id of arm calls made while none is live (real ids start at 1)
+ARM_CALLS_KEEP_S = 2 * 86_400.0  # calls outside any rollout are kept this long; a rollout's for its record
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,12 @@ class Rollouts:
         if rows:
             with Session(self.store.engine) as s, s.begin():
                 s.add_all(rows)
+                if any(r.rollout_id == NO_ROLLOUT for r in rows):
+                    s.execute(
+                        delete(ArmCallsRow).where(
+                            ArmCallsRow.rollout_id == NO_ROLLOUT, ArmCallsRow.at < now - ARM_CALLS_KEEP_S
+                        )
+                    )
 
     def arm_calls(self, rollout_id: int, *, since: float) -> dict[str, ArmCalls]:
         """Every arm's calls flushed after ``since``, summed over the gateways, by arm."""

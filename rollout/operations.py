@@ -11,10 +11,10 @@ import dataclasses
 import time
 from typing import Any
 
-from nicheloop.rollouts import Rollouts
+from nicheloop.rollouts import NO_ROLLOUT, Rollouts
 from rollout.controller import Action, AliasRegistry, adopt, operate, start_rollout
 from rollout.plan import RolloutPlan
-from rollout.status import describe
+from rollout.status import arm_traffic, describe
 
 
 class Operations:
@@ -29,7 +29,11 @@ class Operations:
         r = self.rollouts.live() or self.rollouts.latest()
         base = {"champion": self.rollouts.champion()}
         if r is None:
-            return base | {"state": "none", "waiting_for": "a candidate: `nicheloop rollout start`"}
+            return base | {
+                "state": "none",
+                "waiting_for": "a candidate: `nicheloop rollout start`",
+                "arms": arm_traffic(self.rollouts, NO_ROLLOUT, now),
+            }
         return base | describe(self.rollouts, r, now)
 
     def history(self, rollout_id: int | None = None, *, limit: int = 200) -> list[dict[str, Any]]:

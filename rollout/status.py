@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nicheloop.latency import quantile_ms
-from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.rollouts import NO_ROLLOUT, Rollout, Rollouts
 from rollout.plan import RolloutPlan
 
 
@@ -37,7 +37,7 @@ def describe(rollouts: Rollouts, r: Rollout, now: float) -> dict[str, Any]:
         "gates": checks,
         "waiting_for": waiting_for(r, plan, checks, now),
         "revision": r.revision,
-        "arms": arm_traffic(rollouts, r.id, now) if r.live else {},
+        "arms": arm_traffic(rollouts, r.id if r.live else NO_ROLLOUT, now),
     }
 
 
@@ -46,7 +46,8 @@ TRAFFIC_WINDOW_S = 300.0  # the arms' traffic figures are of the last five minut
 
 def arm_traffic(rollouts: Rollouts, rollout_id: int, now: float) -> dict[str, dict[str, Any]]:
     """Each arm's calls, errors, error rate, requests per second and p50/p99 latency over the last
-    :data:`TRAFFIC_WINDOW_S` seconds, as the gateways flushed them."""
+    :data:`TRAFFIC_WINDOW_S` seconds, as the gateways flushed them (the champion's alone for
+    :data:`~nicheloop.rollouts.NO_ROLLOUT`: serving while no rollout is live)."""
     out: dict[str, dict[str, Any]] = {}
     for arm, c in sorted(rollouts.arm_calls(rollout_id, since=now - TRAFFIC_WINDOW_S).items()):
         p50, p99 = quantile_ms(c.latency, 0.5), quantile_ms(c.latency, 0.99)

@@ -14,7 +14,7 @@ from nicheloop.contracts import PREDICTIONS_TOPIC, Arm, PredictionEvent, Predict
 from nicheloop.errors import ModelFailed, NicheloopError, NotReady, Overloaded, UpstreamTimeout
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.pixels import InputSpec, to_pixels
-from nicheloop.rollouts import Routing
+from nicheloop.rollouts import NO_ROLLOUT, Routing
 from services.deps import GatewayResources, PredictorPort
 from services.ids import new_prediction_id
 from services.inference import ModelOutput, Pixels
@@ -171,9 +171,9 @@ async def _timed(
         seconds = time.perf_counter() - start
         if counted:
             res.calls.record(arm, version, seconds, ok=ok)
-            if rollout_id is not None and res.rollout is not None:
+            if res.rollout is not None:  # outside a rollout too: the operator's view of the champion
                 ms = None if idle else seconds * 1000
-                res.rollout.counter.record(rollout_id, arm, ms, ok=ok)
+                res.rollout.counter.record(NO_ROLLOUT if rollout_id is None else rollout_id, arm, ms, ok=ok)
 
 
 def _kind(exc: Exception) -> str:

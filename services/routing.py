@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from nicheloop.contracts import Arm
 from nicheloop.latency import bucket
-from nicheloop.rollouts import ArmCalls, Rollouts, Routing
+from nicheloop.rollouts import NO_ROLLOUT, ArmCalls, Rollouts, Routing
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,19 @@ def route(key: str, *, rollout_id: int, share: float, mirror: float) -> Route:
     return Route("champion", mirror=point(key, f"mirror:{rollout_id}") < mirror)
 
 
+QUIET_FLUSH_S = 30.0  # the champion's calls while no rollout is live are flushed this seldom
+
+
 class ArmCounter:
     """Calls, failures and latencies per (rollout, arm) since the last :meth:`take`, in this replica
-    (the event loop's thread only: no lock)."""
+    (the event loop's thread only: no lock). The champion's calls while no rollout is live count
+    under :data:`NO_ROLLOUT` and leave at most every :data:`QUIET_FLUSH_S`: the operator's view of
+    serving needs no more, and the store no row every few seconds."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[int, str], tuple[int, int, dict[int, int]]] = {}
         self.dropped = 0  # shadow calls not made: the bound was reached, or the replica was busy
+        self._quiet_at = time.monotonic()
 
     def record(self, rollout_id: int, arm: Arm, ms: float | None, *, ok: bool) -> None:
         """Count one call; ``ms`` None: a call whose latency is not the model's (an idle-priority
@@ -73,9 +79,15 @@ class ArmCounter:
                 hist[k] = hist.get(k, 0) + n
             self._open[(rollout_id, arm)] = (calls + got.calls, errors + got.errors, hist)
 
-    def take(self) -> dict[tuple[int, str], ArmCalls]:
-        """What was counted since the last call, and start afresh."""
-        taken, self._open = self._open, {}
+    def take(self, now: float | None = None) -> dict[tuple[int, str], ArmCalls]:
+        """What was counted since the last call (the no-rollout counts only every
+        :data:`QUIET_FLUSH_S`; ``now``: monotonic seconds), and start afresh."""
+        now = time.monotonic() if now is None else now
+        held = now - self._quiet_at < QUIET_FLUSH_S
+        if not held:
+            self._quiet_at = now
+        taken = {k: v for k, v in self._open.items() if not (held and k[0] == NO_ROLLOUT)}
+        self._open = {k: v for k, v in self._open.items() if k not in taken}
         return {key: ArmCalls(c, e, h) for key, (c, e, h) in taken.items()}
 
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from cli.rollout import render_status
 from nicheloop.http import route_roles
 from nicheloop.keys import ApiKeys, Audit
-from nicheloop.rollouts import Rollouts
+from nicheloop.latency import bucket
+from nicheloop.rollouts import ARM_CALLS_KEEP_S, NO_ROLLOUT, ArmCalls, Rollouts
 from rollout.operations import Operations
 from rollout.runner import controller_api
 from tests.unit.rollout.test_controller import Registry
@@ -34,6 +37,7 @@ def test_operators_start_pause_and_roll_back_over_http_and_each_is_recorded(roll
         "champion": None,
         "state": "none",
         "waiting_for": "a candidate: `nicheloop rollout start`",
+        "arms": {},
         "spool": {"depth": 0, "spools": 0, "fullest": 0.0, "by_role": {}, "silent": []},
     }
     adopted = client.post("/v1/rollouts/adopt", json={"version": "1", "reason": "upgrade"})
@@ -253,3 +257,16 @@ def test_operators_change_the_gold_and_overlap_shares_at_run_time_and_claims_fol
         assert client.put("/v1/review/shares", json=bad).status_code == 422, bad
     assert client.put("/v1/review/shares", json={"gold": 0.1}, headers=reviewer).status_code == 403
     assert client.get("/v1/review/shares").json() == {"gold": 0.05, "overlap": 0.3}
+
+
+def test_with_no_rollout_the_status_shows_the_champions_traffic_and_old_calls_are_dropped(
+    rollouts: Rollouts,
+) -> None:
+    now = time.time()
+    old = ArmCalls(1000, 0, {bucket(5.0): 1000})
+    rollouts.add_calls({(NO_ROLLOUT, "champion"): old}, now=now - ARM_CALLS_KEEP_S - 60)
+    rollouts.add_calls({(NO_ROLLOUT, "champion"): ArmCalls(300, 3, {bucket(20.0): 300})}, now=now)
+    assert rollouts.arm_calls(NO_ROLLOUT, since=0.0)["champion"].calls == 300  # the old row is gone
+    champion = Operations(rollouts, Registry()).status()["arms"]["champion"]
+    assert (champion["rps"], champion["errors"], champion["error_rate"]) == (1.0, 3, 0.01)
+    assert champion["p50_ms"] == pytest.approx(20, rel=0.15)

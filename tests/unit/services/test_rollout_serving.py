@@ -19,11 +19,11 @@ from nicheloop.errors import UpstreamTimeout
 from nicheloop.http import Gatekeeper
 from nicheloop.keys import ApiKeys
 from nicheloop.latency import quantile_ms
-from nicheloop.rollouts import ArmCalls, Rollout, Rollouts
+from nicheloop.rollouts import NO_ROLLOUT, ArmCalls, Rollout, Rollouts
 from services.api import api
 from services.deps import GatewayResources, get_resources
 from services.inference import ModelOutput, ModelSlot, Pixels
-from services.routing import RoutingWatch
+from services.routing import QUIET_FLUSH_S, RoutingWatch
 from tests.unit.services.fakes import LocalPredictor, OneVersion, ready
 
 
@@ -237,3 +237,23 @@ def test_a_models_own_bug_is_a_502_that_names_it_and_a_candidates_is_shielded(
         failed.status_code == 502 and "champion model failed" in failed.text and "RuntimeError" in failed.text
     )
     assert "Sizes of tensors" not in failed.text  # the log has it; callers get the kind
+
+
+def test_with_no_rollout_the_champions_calls_are_counted_and_flushed_seldom(
+    serve: list[GatewayResources], res: GatewayResources, registry: OneVersion, png: bytes
+) -> None:
+    serve.append(_with_rollout(res, registry))
+    with TestClient(api, raise_server_exceptions=False, headers=KEYS["app"]) as client:
+        assert all(client.post("/v1/predict", content=png).status_code == 200 for _ in range(3))
+    watch = serve[0].rollout
+    assert watch is not None
+    # the flushes made while serving held them back (QUIET_FLUSH_S); one after the window carries all
+    rollouts = Rollouts(res.store)
+    assert rollouts.arm_calls(NO_ROLLOUT, since=0.0) == {}
+    assert watch.counter.take(now=time.monotonic()) == {}
+    later = watch.counter.take(now=time.monotonic() + QUIET_FLUSH_S + 1)
+    assert set(later) == {(NO_ROLLOUT, "champion")} and later[(NO_ROLLOUT, "champion")].calls == 3
+    assert watch.counter.take(now=time.monotonic() + QUIET_FLUSH_S + 2) == {}  # a new window began
+    watch._sync(later)
+    stored = rollouts.arm_calls(NO_ROLLOUT, since=0.0)["champion"]
+    assert (stored.calls, stored.errors, sum(stored.latency.values())) == (3, 0, 3)

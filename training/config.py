@@ -115,6 +115,24 @@ class TrainConfig(BaseModel):
         "version's labels per class replayed with new data.",
     )
 
+    # -- the label-quality gate (training/label_quality.py) --------------------------------------
+    label_gate: bool = Field(
+        True, description="Hold back the training labels confident learning suspects (continual runs)."
+    )
+    label_gate_min_per_class: int = Field(
+        5, ge=2, description="Classes with fewer training labels are not judged (the probe needs some)."
+    )
+    label_gate_min_probe_accuracy: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Below this out-of-sample accuracy of the probe on the given labels the gate "
+        "judges nothing: a weak model's doubts say little about the labels.",
+    )
+    label_gate_max_share: float = Field(
+        0.2, ge=0, le=1, description="At most this share of the judged labels is held back (likeliest first)."
+    )
+
     # -- evaluation -----------------------------------------------------------------------------
     critical_classes: list[str] = Field(
         default_factory=list, description="Classes whose precision at `target_recall` is reported."

@@ -29,12 +29,22 @@ class Example:
 
 
 @dataclass(frozen=True)
+class HeldBack:
+    """A label the store has that a training run did not take, and why (lineage)."""
+
+    image_sha256: str
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """An immutable view of labeled data: training and held-out examples, and a content hash."""
 
     train: tuple[Example, ...]
     holdout: tuple[Example, ...]
     excluded_actors: tuple[str, ...] = ()  # whose labels it leaves out (lineage)
+    held_back: tuple[HeldBack, ...] = ()  # training labels a gate left out, with why (lineage)
 
     @property
     def digest(self) -> str:
@@ -53,7 +63,7 @@ class Snapshot:
         if not left_out:
             return self, {}
         keep = lambda part: tuple(e for e in part if e.label in known)  # noqa: E731
-        kept = Snapshot(keep(self.train), keep(self.holdout), self.excluded_actors)
+        kept = Snapshot(keep(self.train), keep(self.holdout), self.excluded_actors, self.held_back)
         return kept, dict(left_out)
 
     def manifest(self) -> str:
@@ -63,6 +73,7 @@ class Snapshot:
                 "train": [[e.image_sha256, e.label] for e in self.train],
                 "holdout": [[e.image_sha256, e.label] for e in self.holdout],
                 "excluded_actors": list(self.excluded_actors),
+                "held_back": [[h.image_sha256, h.label, h.reason] for h in self.held_back],
             }
         )
 
@@ -179,6 +190,7 @@ def parse_manifest(text: str) -> Snapshot:
             train=tuple(Example(s, lbl) for s, lbl in data["train"]),
             holdout=tuple(Example(s, lbl) for s, lbl in data["holdout"]),
             excluded_actors=tuple(data.get("excluded_actors", ())),
+            held_back=tuple(HeldBack(*h) for h in data.get("held_back", ())),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"not a snapshot manifest: {exc}") from exc

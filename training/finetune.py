@@ -43,6 +43,7 @@ from training.data import (
 )
 from training.distributed import fit
 from training.evaluate import evaluate, predict_all
+from training.label_quality import gate_labels, gate_policy, second_looked, second_opinions
 from training.probe import probe_head
 
 log = logging.getLogger(__name__)
@@ -328,13 +329,20 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     snap, left_out = snapshot(Store(settings.db_url)).within(champion.model.class_names)
     if left_out:
         log.warning("left out labels that are not the champion's classes: %s", left_out)
-    data = continual_set(snap, parent_snap, cfg)
     blobs = BlobStore(str(settings.blob_dir))
+    gate: dict[str, float] = {}
+    if cfg.label_gate:  # on the champion's embeddings, before anything trains on the labels
+        store = Store(settings.db_url)
+        snap, gate = gate_labels(champion.model, blobs, snap, gate_policy(cfg), trusted=second_looked(store))
+        gate["label_gate_second_opinions"] = float(second_opinions(store, snap.held_back))
+        log.info("label gate: %s", gate)
+    data = continual_set(snap, parent_snap, cfg)
     parent_report, parent_ref = evaluate(
         champion.model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall
     )
     extra = {f"parent_holdout_{k}": v for k, v in parent_report.metrics.items()}
     extra["labels_left_out_unknown_class"] = float(sum(left_out.values()))  # lineage says so
+    extra |= gate  # and the manifest lists each label the gate held back, with why
     before = copy.deepcopy(champion.model)  # `champion.model` is fine-tuned in place
     # a compressed champion trains on from the full-precision weights it was compiled from
     champion.model.runtime = None

@@ -20,11 +20,20 @@ Labels" (JAIR 2021), implemented here from the paper (cleanlab, its reference co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+
+from nicheloop.blobs import BlobStore
+from nicheloop.model import NicheModel
+from nicheloop.review import ReviewQueue
+from nicheloop.store import Store
+from training.config import TrainConfig
+from training.data import HeldBack, Snapshot
+from training.evaluate import predict_all
 
 
 @dataclass(frozen=True)
@@ -86,3 +95,79 @@ def estimated_errors(labels: np.ndarray, probs: np.ndarray) -> float:
     """How many of the labels are wrong, by the confident joint's off-diagonal."""
     joint, _ = confident_joint(labels, probs)
     return float(joint.sum() - np.trace(joint))
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When the gate judges, and how much it may hold back (:class:`training.config.TrainConfig`)."""
+
+    min_per_class: int = 5
+    min_probe_accuracy: float = 0.8
+    max_share: float = 0.2
+    seed: int = 0
+
+
+def gate_policy(cfg: TrainConfig) -> GatePolicy:
+    """The gate's knobs from a training recipe."""
+    return GatePolicy(
+        cfg.label_gate_min_per_class, cfg.label_gate_min_probe_accuracy, cfg.label_gate_max_share, cfg.seed
+    )
+
+
+def gate_labels(
+    model: NicheModel,
+    blobs: BlobStore,
+    snap: Snapshot,
+    policy: GatePolicy = GatePolicy(),
+    *,
+    trusted: frozenset[str] = frozenset(),
+) -> tuple[Snapshot, dict[str, float]]:
+    """``snap`` without the training labels confident learning suspects on ``model``'s embeddings
+    (listed in its ``held_back``, with why), and the gate's figures for the run's metrics. Judges
+    nothing when fewer than two classes have ``min_per_class`` labels, or when the probe agrees
+    with fewer than ``min_probe_accuracy`` of the labels (a weak model's doubts say little).
+    Images in ``trusted`` (labels a second reviewer gave after an earlier doubt) are not held back."""
+    counts = Counter(e.label for e in snap.train)
+    judged = [e for e in snap.train if counts[e.label] >= policy.min_per_class]
+    figures = {"label_gate_judged": 0.0, "label_gate_held_back": 0.0}
+    if len({e.label for e in judged}) < 2:
+        return snap, figures
+    preds = predict_all(model, blobs, judged)
+    probs = out_of_sample_probs(preds.embeddings, preds.y, model.num_classes, seed=policy.seed)
+    accuracy = float((probs.argmax(axis=1) == preds.y).mean())
+    figures |= {
+        "label_gate_probe_accuracy": accuracy,
+        "label_gate_estimated_errors": estimated_errors(preds.y, probs),
+    }
+    if accuracy < policy.min_probe_accuracy:
+        return snap, figures
+    names = model.class_names
+    doubted = [x for x in suspected_errors(preds.y, probs) if judged[x.index].image_sha256 not in trusted]
+    suspects = doubted[: int(policy.max_share * len(judged))]
+    held = tuple(
+        HeldBack(
+            judged[s.index].image_sha256,
+            judged[s.index].label,
+            f"suspected label error: the probe finds {names[s.likely]} likelier by {s.margin:.2f}",
+        )
+        for s in suspects
+    )
+    out = {h.image_sha256 for h in held}
+    kept = replace(
+        snap, train=tuple(e for e in snap.train if e.image_sha256 not in out), held_back=snap.held_back + held
+    )
+    return kept, figures | {"label_gate_judged": float(len(judged)), "label_gate_held_back": float(len(held))}
+
+
+def second_looked(store: Store) -> frozenset[str]:
+    """Images whose label a second reviewer gave after the gate doubted it: their label stands."""
+    return frozenset(sha for _, sha in store.labels_of(sorted(ReviewQueue(store).second_looks())).values())
+
+
+def second_opinions(store: Store, held: tuple[HeldBack, ...], *, priority: float = 1.0) -> int:
+    """Queue every held-back label that came with a served prediction for another reviewer's look
+    (:meth:`nicheloop.review.ReviewQueue.second_opinion`); returns how many were queued. Their
+    answers join as the newest reviewer labels, which the next training run's snapshot takes."""
+    found = store.predictions_labeled([h.image_sha256 for h in held], {h.image_sha256: h.label for h in held})
+    queue = ReviewQueue(store)
+    return sum(queue.second_opinion(pid, priority=priority) for pid in found.values())

@@ -117,6 +117,43 @@ class ReviewQueue:
         with Session(self.engine) as s, s.begin():
             return self.store.insert_ignore(s, ReviewItem, values, ["prediction_id"])
 
+    def second_opinion(self, prediction_id: str, *, priority: float, now: datetime | None = None) -> bool:
+        """Queue a labeled prediction again for another reviewer (a label-quality check doubts its
+        label); the one who labeled it before is not offered it. False when it already waits for
+        review, or already had its second opinion (the newest reviewer label is the one joined)."""
+        now = now or utcnow()
+        values = dict(
+            priority=float(priority),
+            status="queued",
+            created_at=now,
+            skips=0,
+            skipped_by=[],
+            expires_at=now + timedelta(seconds=self.policy.item_ttl_s),
+            kind="second",
+        )
+        with Session(self.engine) as s, s.begin():
+            self.store.serialize(s, "claim")
+            item = s.scalar(select(ReviewItem).where(ReviewItem.prediction_id == prediction_id))
+            if item is None:
+                s.add(ReviewItem(prediction_id=prediction_id, **values))
+                return True
+            if item.status in ("queued", "claimed") or item.kind == "second":
+                return False
+            first_by = item.claimed_by if item.kind != "gold" else None
+            for key, value in values.items():
+                setattr(item, key, value)
+            item.first_by, item.expected, item.lease_token, item.lease_expires_at = first_by, None, None, None
+            return True
+
+    def second_looks(self) -> set[str]:
+        """Prediction ids labeled again by a second reviewer after a label-quality check doubted
+        them: their label now stands (the check does not hold it back again)."""
+        with Session(self.engine) as s:
+            done = select(ReviewItem.prediction_id).where(
+                ReviewItem.kind == "second", ReviewItem.status == "done"
+            )
+            return set(s.scalars(done))
+
     def room(self) -> int:
         """How many more items may be queued before the queue holds ``max_depth`` waiting items."""
         with Session(self.engine) as s:
@@ -225,7 +262,11 @@ class ReviewQueue:
             priority=item.priority,
             class_names=list(pred.class_names),
             probs=[float(p) for p in pred.probs],
-            why=why_queued(list(pred.class_names), list(pred.probs), pred.uncertainty, item.priority),
+            why=(
+                "a second look: a check of the labels found the one this image has doubtful"
+                if item.kind == "second"
+                else why_queued(list(pred.class_names), list(pred.probs), pred.uncertainty, item.priority)
+            ),
             image_url=f"/v1/images/{pred.image_sha256}",
             lease_token=item.lease_token or "",
             lease_expires_at=item.lease_expires_at,
@@ -329,7 +370,7 @@ class ReviewQueue:
         for a in answers:
             if a.kind == "gold":
                 gold.setdefault(a.reviewer, []).append(a.label == a.expected)
-            else:
+            elif a.kind != "second":  # a doubted label's second look is no fair sample of agreement
                 by_item.setdefault(a.prediction_id, {})[a.reviewer] = a.label
         pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for labels in by_item.values():
@@ -611,6 +652,8 @@ def _answer_kind(item: ReviewItem, reviewer: str) -> str:
         return "gold"
     if item.kind in ("overlap", "overlapped") and item.first_by not in (None, reviewer):
         return "overlap"
+    if item.kind == "second":
+        return "second"
     return "label"
 
 

@@ -32,7 +32,7 @@ from tests.integration import worker_faults
 from tests.integration.worker_faults import DieOnce
 from training.compress import CompressConfig, compress
 from training.config import TrainConfig, load_recipe
-from training.data import Example, read_image_folder, split_validation
+from training.data import Example, parse_manifest, read_image_folder, split_validation
 from training.distributed import PROGRESS_FILE, fit
 from training.evaluate import predict_all
 from training.finetune import MANIFEST, bootstrap, start_model, train
@@ -243,7 +243,13 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
         "version": first.version.version,
         "origin": start,
     }
-    assert m["new_examples"] == sum(not store.is_holdout(sha256_hex(data)) for data, _ in shifted)
+    # the label gate judged the labels on the champion's embeddings; what it held back is in the manifest
+    gated = parse_manifest(registry.artifact_text(second.version.run_id, MANIFEST) or "")
+    assert {"label_gate_judged", "label_gate_held_back"} <= set(m)
+    assert len(gated.held_back) == m["label_gate_held_back"] <= 0.2 * m["label_gate_judged"]
+    held = {h.image_sha256 for h in gated.held_back}
+    new = {sha256_hex(data) for data, _ in shifted if not store.is_holdout(sha256_hex(data))}
+    assert m["new_examples"] == len(new - held)
     assert m["replayed_examples"] == 3 * 4
     assert {"forgetting_points", "old_data_accuracy_before", "old_data_accuracy_after"} <= set(m)
     assert m["forgetting_points"] == pytest.approx(

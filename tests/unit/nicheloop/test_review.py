@@ -314,6 +314,28 @@ def test_a_released_label_goes_to_the_second_reviewer_at_once_and_cannot_be_corr
         queue.release(9999, "x")
 
 
+def test_a_doubted_label_gets_a_second_look_from_someone_else_once(store: Store) -> None:
+    queue = filled(store, 2)
+    first = queue.claim("ann")
+    assert first is not None and queue.claim("ann") is not None  # p0 and p1, ann holds both
+    queue.complete(first.task_id, "a", first.lease_token or "")
+    assert not queue.second_opinion("p0", priority=5.0)  # still claimed by ann: it waits for her
+    assert queue.second_opinion(first.prediction_id, priority=5.0)  # the gate doubts ann's label
+    assert not queue.second_opinion(first.prediction_id, priority=5.0)  # queued already
+    assert queue.claim("ann") is None  # not to the one who labeled it
+    task = queue.claim_task("bob")
+    assert task is not None and task.prediction_id == first.prediction_id
+    assert task.why.startswith("a second look") and "ann" not in task.why
+    queue.complete(task.task_id, "b", task.lease_token)
+    assert queue.second_looks() == {first.prediction_id}
+    assert not queue.second_opinion(first.prediction_id, priority=5.0)  # once is enough
+    assert queue.reviewer_quality()["pairs"] == []  # a doubted item is no fair sample of agreement
+    # a user-labeled prediction never queued gets an item of its own
+    store.add_prediction(prediction("u0"))
+    store.add_feedback(FeedbackEvent(prediction_id="u0", label="a"))
+    assert queue.second_opinion("u0", priority=5.0) and queue.claim("cid").prediction_id == "u0"
+
+
 def test_cohen_kappa_is_agreement_beyond_chance() -> None:
     assert cohen_kappa([("a", "a"), ("b", "b")]) == 1.0
     # the textbook case: 20 yes-yes, 5 yes-no, 10 no-yes, 15 no-no: po 0.7, pe 0.5, kappa 0.4

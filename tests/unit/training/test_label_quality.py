@@ -5,11 +5,23 @@ import pytest
 import torch
 
 from nicheloop.blobs import BlobStore
+from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.model import build_model
+from nicheloop.review import ReviewQueue
+from nicheloop.store import Store
 from nicheloop.synthetic import CLASSES, SyntheticStream, png_bytes
-from training.data import Example
+from training.data import Example, HeldBack, Snapshot, parse_manifest
 from training.evaluate import predict_all
-from training.label_quality import confident_joint, estimated_errors, out_of_sample_probs, suspected_errors
+from training.label_quality import (
+    GatePolicy,
+    confident_joint,
+    estimated_errors,
+    gate_labels,
+    out_of_sample_probs,
+    second_looked,
+    second_opinions,
+    suspected_errors,
+)
 
 
 def _blobs(seed: int, *, n: int = 1200, k: int = 6, d: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -99,3 +111,74 @@ def test_a_class_rarer_than_the_folds_still_gets_probabilities() -> None:
     truth[:2] = 3  # two examples of a fourth class
     probs = out_of_sample_probs(np.vstack([features]), truth, 4, folds=5)
     assert probs.shape == (200, 4) and np.allclose(probs.sum(axis=1), 1.0)
+
+
+def test_the_gate_holds_back_suspected_labels_with_why_and_the_manifest_keeps_them(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    blobs = BlobStore(str(tmp_path))
+    items = SyntheticStream(seed=3, size=64).take(200)
+    truth = np.array([CLASSES.index(label) for _, label in items])
+    noisy, flipped = _flip(truth, 0.10, 3, k=len(CLASSES))
+    train = tuple(Example(blobs.put(png_bytes(img)), CLASSES[n]) for (img, _), n in zip(items, noisy))
+    snap = Snapshot(train=train, holdout=())
+    model = build_model("tf_efficientnet_lite0", list(CLASSES), 64, weights="package")
+    kept, figures = gate_labels(model, blobs, snap)
+    flips = {train[i].image_sha256 for i in np.flatnonzero(flipped)}
+    held = {h.image_sha256 for h in kept.held_back}
+    assert figures["label_gate_judged"] == 200 and figures["label_gate_held_back"] == len(held) > 0
+    assert len(held & flips) >= 0.7 * len(flips) and len(held & flips) >= 0.7 * len(held)
+    assert len(kept.train) == 200 - len(held) and not held & {e.image_sha256 for e in kept.train}
+    assert all(h.reason.startswith("suspected label error: the probe finds ") for h in kept.held_back)
+    assert parse_manifest(kept.manifest()).held_back == kept.held_back  # lineage: what and why
+    # at most max_share is held back, likeliest first
+    capped, _ = gate_labels(model, blobs, snap, GatePolicy(max_share=0.05))
+    assert len(capped.held_back) == 10 and {h.image_sha256 for h in capped.held_back} <= held
+    # labels a second reviewer gave after the doubt stand
+    again, _ = gate_labels(model, blobs, snap, trusted=frozenset(held))
+    assert not {h.image_sha256 for h in again.held_back} & held
+
+
+def test_the_gate_judges_nothing_with_too_few_labels_or_a_weak_model(tmp_path: Path) -> None:
+    blobs = BlobStore(str(tmp_path))
+    items = SyntheticStream(seed=4, size=64).take(60)
+    snap = Snapshot(tuple(Example(blobs.put(png_bytes(img)), label) for img, label in items), ())
+    weak = build_model("test_resnet", list(CLASSES), 64, weights="none")  # random features
+    kept, figures = gate_labels(weak, blobs, snap, GatePolicy(min_probe_accuracy=0.99))
+    assert (
+        kept == snap and figures["label_gate_held_back"] == 0 and figures["label_gate_probe_accuracy"] < 0.99
+    )
+    kept, figures = gate_labels(weak, blobs, snap, GatePolicy(min_per_class=100))
+    assert kept == snap and figures == {"label_gate_judged": 0.0, "label_gate_held_back": 0.0}
+
+
+def test_held_back_labels_with_a_prediction_go_to_a_second_reviewer_whose_label_then_stands(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    for i in range(3):
+        store.add_prediction(
+            PredictionEvent(
+                prediction_id=f"p{i}",
+                model_name="m",
+                model_version="1",
+                label="a",
+                probs=[0.6, 0.4],
+                class_names=["a", "b"],
+                uncertainty=0.8,
+                embedding=[0.1, 0.2],
+                image_sha256=f"{i}" * 64,
+            )
+        )
+        store.add_feedback(FeedbackEvent(prediction_id=f"p{i}", label="a"))  # a user's label
+    store.add_seed_example("s" * 64, "b")  # a seed label: no prediction to show a reviewer
+    held = (
+        HeldBack("0" * 64, "a", "suspected"),
+        HeldBack("1" * 64, "b", "suspected"),  # not the label the store has: nothing to look at
+        HeldBack("s" * 64, "b", "suspected"),
+    )
+    assert second_opinions(store, held) == 1
+    assert second_opinions(store, held) == 0  # queued already
+    task = ReviewQueue(store).claim_task("bob")
+    assert task is not None and task.prediction_id == "p0"
+    ReviewQueue(store).complete(task.task_id, "b", task.lease_token)
+    assert second_looked(store) == frozenset({"0" * 64})

@@ -129,6 +129,16 @@ class TrainConfig(BaseModel):
         description="Below this out-of-sample accuracy of the probe on the given labels the gate "
         "judges nothing: a weak model's doubts say little about the labels.",
     )
+    label_gate_min_gold_accuracy: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="A reviewer right on fewer of their gold items has their labels held out of training "
+        "until an operator excludes them or their accuracy recovers.",
+    )
+    label_gate_min_gold_answers: int = Field(
+        10, ge=1, description="Gold answers a reviewer needs before their accuracy is judged."
+    )
     label_gate_max_share: float = Field(
         0.2, ge=0, le=1, description="At most this share of the judged labels is held back (likeliest first)."
     )

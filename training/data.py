@@ -26,6 +26,7 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 class Example:
     image_sha256: str
     label: str
+    actor: str = ""  # who gave the label, where the store knows (not in the manifest or the digest)
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ def read_image_folder(root: Path) -> list[tuple[bytes, str]]:
 def snapshot(store: Store) -> Snapshot:
     """Freeze the labeled store; the held-out side is fixed by image content (see store.is_holdout)."""
     rows = store.labeled_examples()
-    train = tuple(Example(r.image_sha256, r.label) for r in rows if not r.holdout)
-    holdout = tuple(Example(r.image_sha256, r.label) for r in rows if r.holdout)
+    train = tuple(Example(r.image_sha256, r.label, r.actor or "") for r in rows if not r.holdout)
+    holdout = tuple(Example(r.image_sha256, r.label, r.actor or "") for r in rows if r.holdout)
     return Snapshot(train=train, holdout=holdout, excluded_actors=tuple(store.excluded_actors()))
 
 

@@ -43,7 +43,7 @@ from training.data import (
 )
 from training.distributed import fit
 from training.evaluate import evaluate, predict_all
-from training.label_quality import gate_labels, gate_policy, second_looked, second_opinions
+from training.label_quality import gate_snapshot
 from training.probe import probe_head
 
 log = logging.getLogger(__name__)
@@ -331,10 +331,8 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         log.warning("left out labels that are not the champion's classes: %s", left_out)
     blobs = BlobStore(str(settings.blob_dir))
     gate: dict[str, float] = {}
-    if cfg.label_gate:  # on the champion's embeddings, before anything trains on the labels
-        store = Store(settings.db_url)
-        snap, gate = gate_labels(champion.model, blobs, snap, gate_policy(cfg), trusted=second_looked(store))
-        gate["label_gate_second_opinions"] = float(second_opinions(store, snap.held_back))
+    if cfg.label_gate:  # before anything trains on the labels
+        snap, gate = gate_snapshot(Store(settings.db_url), champion.model, blobs, snap, cfg)
         log.info("label gate: %s", gate)
     data = continual_set(snap, parent_snap, cfg)
     parent_report, parent_ref = evaluate(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -171,3 +172,50 @@ def second_opinions(store: Store, held: tuple[HeldBack, ...], *, priority: float
     found = store.predictions_labeled([h.image_sha256 for h in held], {h.image_sha256: h.label for h in held})
     queue = ReviewQueue(store)
     return sum(queue.second_opinion(pid, priority=priority) for pid in found.values())
+
+
+def doubtful_reviewers(quality: dict[str, Any], *, min_answers: int, min_accuracy: float) -> dict[str, str]:
+    """Reviewers whose accuracy on gold items (:meth:`nicheloop.review.ReviewQueue.reviewer_quality`)
+    is under ``min_accuracy`` over at least ``min_answers`` answers, with why."""
+    return {
+        g["reviewer"]: (
+            f"reviewer {g['reviewer']} is right on {g['accuracy']:.0%} of {g['answered']} gold items "
+            f"(under {min_accuracy:.0%})"
+        )
+        for g in quality["gold"]
+        if g["answered"] >= min_answers and g["accuracy"] < min_accuracy
+    }
+
+
+def hold_reviewers(snap: Snapshot, doubtful: dict[str, str]) -> Snapshot:
+    """``snap`` without the training labels of the ``doubtful`` reviewers, listed with why."""
+    held = tuple(
+        HeldBack(e.image_sha256, e.label, doubtful[e.actor]) for e in snap.train if e.actor in doubtful
+    )
+    if not held:
+        return snap
+    return replace(
+        snap, train=tuple(e for e in snap.train if e.actor not in doubtful), held_back=snap.held_back + held
+    )
+
+
+def gate_snapshot(
+    store: Store, model: NicheModel, blobs: BlobStore, snap: Snapshot, cfg: TrainConfig
+) -> tuple[Snapshot, dict[str, float]]:
+    """The gate before a continual run: the labels of reviewers under the gold-accuracy bar held
+    back, then the labels ``model``'s probe doubts held back and queued for a second look; the
+    snapshot without them (each listed with why) and the gate's figures."""
+    doubtful = doubtful_reviewers(
+        ReviewQueue(store).reviewer_quality(),
+        min_answers=cfg.label_gate_min_gold_answers,
+        min_accuracy=cfg.label_gate_min_gold_accuracy,
+    )
+    snap = hold_reviewers(snap, doubtful)
+    by_reviewers = len(snap.held_back)
+    snap, figures = gate_labels(model, blobs, snap, gate_policy(cfg), trusted=second_looked(store))
+    queued = second_opinions(store, snap.held_back[by_reviewers:])
+    return snap, figures | {
+        "label_gate_reviewers_held": float(len(doubtful)),
+        "label_gate_held_back_reviewers": float(by_reviewers),
+        "label_gate_second_opinions": float(queued),
+    }

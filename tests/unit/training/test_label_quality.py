@@ -3,20 +3,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from nicheloop.blobs import BlobStore
 from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.model import build_model
-from nicheloop.review import ReviewQueue
-from nicheloop.store import Store
+from nicheloop.review import QueuePolicy, ReviewQueue
+from nicheloop.store import ReviewItem, Store
 from nicheloop.synthetic import CLASSES, SyntheticStream, png_bytes
-from training.data import Example, HeldBack, Snapshot, parse_manifest
+from training.config import TrainConfig
+from training.data import Example, HeldBack, Snapshot, parse_manifest, snapshot
 from training.evaluate import predict_all
 from training.label_quality import (
     GatePolicy,
     confident_joint,
+    doubtful_reviewers,
     estimated_errors,
     gate_labels,
+    gate_snapshot,
+    hold_reviewers,
     out_of_sample_probs,
     second_looked,
     second_opinions,
@@ -182,3 +188,90 @@ def test_held_back_labels_with_a_prediction_go_to_a_second_reviewer_whose_label_
     assert task is not None and task.prediction_id == "p0"
     ReviewQueue(store).complete(task.task_id, "b", task.lease_token)
     assert second_looked(store) == frozenset({"0" * 64})
+
+
+def test_a_reviewer_under_the_gold_bar_has_their_labels_held_back_with_why() -> None:
+    quality = {
+        "gold": [
+            {"reviewer": "ann", "answered": 20, "correct": 19, "accuracy": 0.95},
+            {"reviewer": "bob", "answered": 20, "correct": 12, "accuracy": 0.6},
+            {"reviewer": "cid", "answered": 3, "correct": 0, "accuracy": 0.0},  # too few to judge
+        ],
+        "pairs": [],
+    }
+    doubtful = doubtful_reviewers(quality, min_answers=10, min_accuracy=0.8)
+    assert doubtful == {"bob": "reviewer bob is right on 60% of 20 gold items (under 80%)"}
+    snap = Snapshot(
+        train=(Example("1" * 64, "a", "ann"), Example("2" * 64, "b", "bob"), Example("3" * 64, "a", "")),
+        holdout=(Example("4" * 64, "b", "bob"),),  # evaluation keeps its labels
+    )
+    kept = hold_reviewers(snap, doubtful)
+    assert [e.actor for e in kept.train] == ["ann", ""] and kept.holdout == snap.holdout
+    assert kept.held_back == (HeldBack("2" * 64, "b", doubtful["bob"]),)
+    assert hold_reviewers(snap, {}) is snap
+
+
+def test_the_whole_gate_on_a_store_holds_back_a_weak_reviewer_and_doubted_labels(tmp_path: Path) -> None:
+    """A store where reviewer "bob" failed his gold items and a tenth of the users' labels are
+    flipped: bob's labels are held back for who gave them, the flips for what they are, and the
+    flips with a served prediction are queued for a second look."""
+    torch.set_num_threads(1)
+    store, blobs = Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), BlobStore(str(tmp_path / "blobs"))
+    items = SyntheticStream(seed=6, size=64).take(120)
+    truth = np.array([CLASSES.index(label) for _, label in items])
+    noisy, _ = _flip(truth, 0.10, 6, k=len(CLASSES))
+    queue = ReviewQueue(store, QueuePolicy(budget_per_hour=1000, budget_per_reviewer_hour=1000))
+    for i, ((img, _), n) in enumerate(zip(items, noisy)):
+        sha = blobs.put(png_bytes(img))
+        store.add_prediction(_event(f"p{i}", sha))
+        if i < 100:  # users' labels, some flipped
+            store.add_feedback(FeedbackEvent(prediction_id=f"p{i}", label=CLASSES[n]))
+        else:  # bob's (right, but he is under the gold bar)
+            store.add_feedback(
+                FeedbackEvent(prediction_id=f"p{i}", label=CLASSES[truth[i]], source="reviewer", actor="bob")
+            )
+    for _ in range(10):  # bob answers ten gold items (users' labels), all wrong
+        gold = ReviewQueue(
+            store, QueuePolicy(gold_share=1.0, budget_per_hour=1000, budget_per_reviewer_hour=1000)
+        ).claim("bob")
+        assert gold is not None and gold.kind == "gold"
+        queue.complete(gold.task_id, "not-a-class", gold.lease_token or "")
+    snap = snapshot(store)
+    model = build_model("tf_efficientnet_lite0", list(CLASSES), 64, weights="package")
+    kept, figures = gate_snapshot(store, model, blobs, snap, TrainConfig())
+    bobs = [h for h in kept.held_back if h.reason.startswith("reviewer bob")]
+    doubted = [h for h in kept.held_back if h.reason.startswith("suspected label error")]
+    assert (
+        len(bobs)
+        == figures["label_gate_held_back_reviewers"]
+        == sum(e.actor == "bob" for e in snap.train)
+        > 0
+    )
+    assert doubted and figures["label_gate_second_opinions"] == len(doubted)  # each one has a prediction
+    assert figures["label_gate_reviewers_held"] == 1 and not any(e.actor == "bob" for e in kept.train)
+    assert {i.prediction_id for i in _queued(store)} == {
+        pid
+        for pid, (_, sha) in store.labels_of([f"p{i}" for i in range(120)]).items()
+        if sha in {h.image_sha256 for h in doubted}
+    }
+
+
+def _event(pid: str, sha: str) -> PredictionEvent:
+    return PredictionEvent(
+        prediction_id=pid,
+        model_name="m",
+        model_version="1",
+        label=CLASSES[0],
+        probs=[0.25] * 4,
+        class_names=list(CLASSES),
+        uncertainty=0.9,
+        embedding=[0.1, 0.2],
+        image_sha256=sha,
+    )
+
+
+def _queued(store: Store) -> list[ReviewItem]:
+    with Session(store.engine) as s:
+        return list(
+            s.scalars(select(ReviewItem).where(ReviewItem.kind == "second", ReviewItem.status == "queued"))
+        )

@@ -87,7 +87,9 @@ def _when(at: Any) -> str | None:
     return at.isoformat(timespec="seconds") if at else None
 
 
-labels_app = typer.Typer(help="Who taught the model what: leave an actor's labels out.", no_args_is_help=True)
+labels_app = typer.Typer(
+    help="Who taught the model what: leave an actor's labels out, or vouch for them.", no_args_is_help=True
+)
 
 
 @labels_app.command("exclude")
@@ -102,6 +104,20 @@ def exclude(
     except NicheloopError as exc:
         _fail(exc)
     typer.echo(f"{'excluded' if new else 'already excluded'}: the labels of {actor_name}")
+
+
+@labels_app.command("vouch")
+def vouch(
+    actor_name: str = typer.Option(..., "--actor", help="The reviewer whose labels may train."),
+    reason: str = typer.Option(..., help="Why (kept with the decision and in the audit log)."),
+) -> None:
+    """Let a reviewer's labels train although their accuracy on gold items is under the label
+    gate's bar (`label_gate_min_gold_accuracy`); the other way is `labels exclude`."""
+    try:
+        new = _admin().vouch_labels(actor_name, reason=reason)
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(f"{'vouched for' if new else 'already vouched for'}: the labels of {actor_name}")
 
 
 def audit(

@@ -260,5 +260,18 @@ class Administration:
         self._record("labels.exclude", actor_name, {"reason": reason, "new": new})
         return new
 
+    def vouch_labels(self, actor_name: str, *, reason: str) -> bool:
+        """Let ``actor_name``'s labels train although their gold accuracy is under the gate's bar;
+        False if they already did.
+
+        Raises:
+            InvalidInput: no reason given (the decision and the audit log keep it).
+        """
+        if not reason.strip():
+            raise InvalidInput("say why these labels may train (a reason is kept with the decision)")
+        new = self.store.vouch_actor(actor_name, by=self.actor.name, reason=reason)
+        self._record("labels.vouch", actor_name, {"reason": reason, "new": new})
+        return new
+
     def _record(self, action: str, target: str, detail: dict[str, Any]) -> None:
         self.audit.record(actor=self.actor, action=action, target=target, source=self.source, detail=detail)

@@ -269,6 +269,17 @@ class ExcludedActor(Base):
     reason: Mapped[str] = mapped_column(String(2000))
 
 
+class VouchedActor(Base):
+    """A reviewer an operator vouched for (``nicheloop labels vouch``): the label-quality gate does
+    not hold their labels back for their gold accuracy."""
+
+    __tablename__ = "vouched_actors"
+    actor: Mapped[str] = mapped_column(String(128), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(2000))
+
+
 class ReviewBudgetRow(Base):
     """A labeling budget an operator set at run time (``PUT /v1/review/budget``), in place of the
     setting of the same name; every replica's queue reads it at each claim."""
@@ -560,6 +571,17 @@ class Store:
         values = {"actor": actor, "at": now or utcnow(), "by": by, "reason": reason[:2000]}
         with Session(self.engine) as s, s.begin():
             return self.insert_ignore(s, ExcludedActor, values, ["actor"])
+
+    def vouch_actor(self, actor: str, *, by: str, reason: str, now: datetime | None = None) -> bool:
+        """Let ``actor``'s labels train whatever their gold accuracy; False if they already did."""
+        values = {"actor": actor, "at": now or utcnow(), "by": by, "reason": reason[:2000]}
+        with Session(self.engine) as s, s.begin():
+            return self.insert_ignore(s, VouchedActor, values, ["actor"])
+
+    def vouched_actors(self) -> list[str]:
+        """Everyone an operator vouched for, in name order."""
+        with Session(self.engine) as s:
+            return sorted(s.scalars(select(VouchedActor.actor)))
 
     def excluded_actors(self) -> list[str]:
         """Everyone whose labels snapshots leave out, in name order."""

@@ -210,6 +210,8 @@ def gate_snapshot(
         min_answers=cfg.label_gate_min_gold_answers,
         min_accuracy=cfg.label_gate_min_gold_accuracy,
     )
+    for vouched in store.vouched_actors():  # an operator decided their labels train
+        doubtful.pop(vouched, None)
     snap = hold_reviewers(snap, doubtful)
     by_reviewers = len(snap.held_back)
     snap, figures = gate_labels(model, blobs, snap, gate_policy(cfg), trusted=second_looked(store))

@@ -50,6 +50,10 @@ def test_keys_are_made_listed_and_revoked_from_the_shell_with_an_audit_trail(set
     excluded = runner.invoke(app, ["labels", "exclude", "--actor", "alice", "--reason", "left the team"])
     assert excluded.exit_code == 0 and store.excluded_actors() == ["alice"]
     assert Audit(store).read()[0].action == "labels.exclude"
+    vouched = runner.invoke(app, ["labels", "vouch", "--actor", "bob", "--reason", "gold set was wrong"])
+    assert vouched.exit_code == 0 and "vouched for: the labels of bob" in vouched.output
+    assert store.vouched_actors() == ["bob"] and Audit(store).read()[0].action == "labels.vouch"
+    assert runner.invoke(app, ["labels", "vouch", "--actor", "bob", "--reason", " "]).exit_code == 1
     shown = runner.invoke(app, ["audit", "--action", "key"])
     assert shown.exit_code == 0 and [line.split()[3] for line in shown.stdout.splitlines()] == [
         "key.revoke",
@@ -60,5 +64,5 @@ def test_keys_are_made_listed_and_revoked_from_the_shell_with_an_audit_trail(set
         for line in runner.invoke(app, ["audit", "--json", "--limit", "1"]).stdout.splitlines()
     ]
     assert [(r["action"], r["target"], r["detail"]["reason"]) for r in rows] == [
-        ("labels.exclude", "alice", "left the team")
+        ("labels.vouch", "bob", "gold set was wrong")
     ]

@@ -134,6 +134,7 @@ def test_every_controller_route_declares_its_roles(rollouts: Rollouts) -> None:
         ("POST", "/v1/keys/revoke"),
         ("GET", "/v1/labels/excluded"),
         ("POST", "/v1/labels/exclude"),
+        ("POST", "/v1/labels/vouch"),
         ("GET", "/v1/audit"),
     }
     assert by_roles[("app", "reviewer", "operator", "admin")] == {("GET", "/v1/whoami")}
@@ -190,13 +191,23 @@ def test_admins_make_and_list_keys_operators_revoke_and_exclude_over_http(rollou
         == 400
     )
 
+    vouched = client.post(
+        "/v1/labels/vouch", json={"actor": "bob", "reason": "gold set was wrong"}, headers=ops
+    )
+    assert vouched.status_code == 200 and vouched.json() == {"actor": "bob", "vouched": True, "new": True}
+    assert rollouts.store.vouched_actors() == ["bob"]
+    assert (
+        client.post("/v1/labels/vouch", json={"actor": "bob", "reason": ""}, headers=ops).status_code == 422
+    )
+
     trail = client.get("/v1/audit", headers=root).json()
-    assert [(e["action"], e["actor"], e["target"]) for e in trail][:3] == [
+    assert [(e["action"], e["actor"], e["target"]) for e in trail][:4] == [
+        ("labels.vouch", "ops", "bob"),
         ("labels.exclude", "ops", "alice"),
         ("key.revoke", "ops", "alice"),
         ("key.create", "root", "alice"),
     ]
-    assert trail[0]["source"] == "testclient" and trail[0]["detail"]["reason"] == "mislabeled rust"
+    assert trail[1]["source"] == "testclient" and trail[1]["detail"]["reason"] == "mislabeled rust"
 
 
 def test_every_controller_route_answers_every_role_as_declared(rollouts: Rollouts) -> None:

@@ -254,6 +254,10 @@ def test_the_whole_gate_on_a_store_holds_back_a_weak_reviewer_and_doubted_labels
         for pid, (_, sha) in store.labels_of([f"p{i}" for i in range(120)]).items()
         if sha in {h.image_sha256 for h in doubted}
     }
+    # an operator vouches for bob: his labels train again
+    store.vouch_actor("bob", by="ops", reason="the gold set was wrong")
+    vouched, again = gate_snapshot(store, model, blobs, snapshot(store), TrainConfig())
+    assert again["label_gate_reviewers_held"] == 0 and any(e.actor == "bob" for e in vouched.train)
 
 
 def _event(pid: str, sha: str) -> PredictionEvent:

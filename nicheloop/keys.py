@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
@@ -254,11 +255,7 @@ class Administration:
         Raises:
             InvalidInput: no reason given (the exclusion and the audit log keep it).
         """
-        if not reason.strip():
-            raise InvalidInput("say why the labels are left out (a reason is kept with the exclusion)")
-        new = self.store.exclude_actor(actor_name, by=self.actor.name, reason=reason)
-        self._record("labels.exclude", actor_name, {"reason": reason, "new": new})
-        return new
+        return self._decide("labels.exclude", self.store.exclude_actor, actor_name, reason)
 
     def vouch_labels(self, actor_name: str, *, reason: str) -> bool:
         """Let ``actor_name``'s labels train although their gold accuracy is under the gate's bar;
@@ -267,10 +264,14 @@ class Administration:
         Raises:
             InvalidInput: no reason given (the decision and the audit log keep it).
         """
+        return self._decide("labels.vouch", self.store.vouch_actor, actor_name, reason)
+
+    def _decide(self, action: str, record: Callable[..., bool], actor_name: str, reason: str) -> bool:
+        """An operator's decision on someone's labels, kept with its reason and audited."""
         if not reason.strip():
-            raise InvalidInput("say why these labels may train (a reason is kept with the decision)")
-        new = self.store.vouch_actor(actor_name, by=self.actor.name, reason=reason)
-        self._record("labels.vouch", actor_name, {"reason": reason, "new": new})
+            raise InvalidInput("say why (a reason is kept with the decision on these labels)")
+        new = record(actor_name, by=self.actor.name, reason=reason)
+        self._record(action, actor_name, {"reason": reason, "new": new})
         return new
 
     def _record(self, action: str, target: str, detail: dict[str, Any]) -> None:

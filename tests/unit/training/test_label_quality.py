@@ -12,6 +12,7 @@ from nicheloop.model import build_model
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.store import ReviewItem, Store
 from nicheloop.synthetic import CLASSES, SyntheticStream, png_bytes
+from tests.unit.nicheloop.test_review import prediction
 from training.config import TrainConfig
 from training.data import Example, HeldBack, Snapshot, parse_manifest, snapshot
 from training.evaluate import predict_all
@@ -162,32 +163,20 @@ def test_held_back_labels_with_a_prediction_go_to_a_second_reviewer_whose_label_
 ) -> None:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     for i in range(3):
-        store.add_prediction(
-            PredictionEvent(
-                prediction_id=f"p{i}",
-                model_name="m",
-                model_version="1",
-                label="a",
-                probs=[0.6, 0.4],
-                class_names=["a", "b"],
-                uncertainty=0.8,
-                embedding=[0.1, 0.2],
-                image_sha256=f"{i}" * 64,
-            )
-        )
-        store.add_feedback(FeedbackEvent(prediction_id=f"p{i}", label="a"))  # a user's label
+        store.add_prediction(prediction(f"{i}"))  # its image: "{i}" padded with zeros
+        store.add_feedback(FeedbackEvent(prediction_id=f"{i}", label="a"))  # a user's label
     store.add_seed_example("s" * 64, "b")  # a seed label: no prediction to show a reviewer
     held = (
-        HeldBack("0" * 64, "a", "suspected"),
-        HeldBack("1" * 64, "b", "suspected"),  # not the label the store has: nothing to look at
+        HeldBack("0".ljust(64, "0"), "a", "suspected"),
+        HeldBack("1".ljust(64, "0"), "b", "suspected"),  # not the label the store has: nothing to look at
         HeldBack("s" * 64, "b", "suspected"),
     )
     assert second_opinions(store, held) == 1
     assert second_opinions(store, held) == 0  # queued already
     task = ReviewQueue(store).claim_task("bob")
-    assert task is not None and task.prediction_id == "p0"
+    assert task is not None and task.prediction_id == "0"
     ReviewQueue(store).complete(task.task_id, "b", task.lease_token)
-    assert second_looked(store) == frozenset({"0" * 64})
+    assert second_looked(store) == frozenset({"0".ljust(64, "0")})
 
 
 def test_a_reviewer_under_the_gold_bar_has_their_labels_held_back_with_why() -> None:

@@ -1,0 +1,178 @@
+"""The retraining policy: drift proposes, labels confirm, cost decides.
+
+Evaluated on the evidence of the moment (:class:`Evidence`: alarms and how long they have held,
+labels since the champion's snapshot, the champion's accuracy on users' labels, the review budget,
+training already running, the last run, the champion's age), :func:`decide` says ``train`` or
+``wait``, by which rule and why, with the figures it used. The thresholds are a YAML file of the
+keys of :class:`RetrainPolicy` (recipes/policies/*.yaml); every key has a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nicheloop.yamlfile import load_yaml_model
+
+
+class RetrainPolicy(BaseModel):
+    """When the loop retrains by itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alarm_hold_s: float = Field(
+        1800.0, ge=0, description="How long a drift alarm must hold before it may start a run."
+    )
+    labels_after_alarm: int = Field(
+        100, ge=1, description="New labels of post-alarm traffic that confirm a drift alarm."
+    )
+    accuracy_drop_points: float = Field(
+        3.0,
+        gt=0,
+        description="Champion accuracy on users' labels this many points under its held-out figure...",
+    )
+    accuracy_min_labels: int = Field(100, ge=1, description="... over at least this many users' labels.")
+    labels_after_drop: int = Field(50, ge=1, description="New labels an accuracy drop needs to train on.")
+    new_labels: int = Field(
+        500, ge=1, description="New labels since the champion's snapshot that are worth a run on their own."
+    )
+    max_age_s: float = Field(
+        7 * 86_400.0, gt=0, description="The periodic floor: a champion this old is retrained..."
+    )
+    labels_for_age: int = Field(20, ge=1, description="... if at least this many labels are new.")
+    cooldown_s: float = Field(
+        6 * 3600.0, ge=0, description="Least time between the end of one run and the start of the next."
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the policy weighs, at ``now`` (seconds since the epoch)."""
+
+    now: float
+    new_labels: int  # labeled images not in the champion's snapshot
+    alarm_since: float | None = None  # the oldest drift alarm still raised, when it was raised
+    labels_after_alarm: int = 0  # new labels of traffic served after that alarm
+    accuracy_drop_points: float | None = None  # held-out accuracy minus accuracy on users' labels
+    user_labels: int = 0  # users' labels of the champion's predictions that figure is from
+    training: bool = False  # a run is going on
+    last_run_at: float | None = None  # when the last run ended
+    champion_since: float | None = None  # when the champion was registered
+    budget_left_hour: int | None = None  # the review budget left this hour
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy says, by which rule, why, and the figures it used."""
+
+    action: Literal["train", "wait"]
+    rule: str
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(ev: Evidence, policy: RetrainPolicy) -> Decision:
+    """``train`` when a rule fires and nothing forbids a run; else ``wait``, saying for what."""
+    figures = {k: v for k, v in asdict(ev).items() if v is not None}
+    if ev.training:
+        return Decision(
+            "wait", "training", "a run is going on; its candidate goes through the rollout", figures
+        )
+    if ev.last_run_at is not None and ev.now - ev.last_run_at < policy.cooldown_s:
+        left = policy.cooldown_s - (ev.now - ev.last_run_at)
+        return Decision(
+            "wait",
+            "cooldown",
+            f"the last run ended {_ago(ev.now - ev.last_run_at)}; {left:.0f}s of cooldown left",
+            figures,
+        )
+    for rule in (_drift, _accuracy, _labels, _age):
+        fired = rule(ev, policy)
+        if fired is not None:
+            return Decision("train", fired[0], fired[1], figures)
+    return Decision("wait", "evidence", waiting_for(ev, policy), figures)
+
+
+def _drift(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
+    if (
+        ev.alarm_since is None
+        or ev.now - ev.alarm_since < p.alarm_hold_s
+        or ev.labels_after_alarm < p.labels_after_alarm
+    ):
+        return None
+    return "drift", (
+        f"a drift alarm has held for {_ago(ev.now - ev.alarm_since)} and {ev.labels_after_alarm} labels "
+        f"of traffic since confirm it (policy: {p.alarm_hold_s:.0f}s, {p.labels_after_alarm} labels)"
+    )
+
+
+def _accuracy(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
+    drop = ev.accuracy_drop_points
+    if drop is None or ev.user_labels < p.accuracy_min_labels or drop < p.accuracy_drop_points:
+        return None
+    if ev.new_labels < p.labels_after_drop:
+        return None
+    return "accuracy", (
+        f"on {ev.user_labels} users' labels the champion is {drop:.1f} points under its held-out "
+        f"accuracy (policy: {p.accuracy_drop_points:.1f}), and {ev.new_labels} labels are new"
+    )
+
+
+def _labels(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
+    if ev.new_labels < p.new_labels:
+        return None
+    return "labels", f"{ev.new_labels} labels are new since the champion's snapshot (policy: {p.new_labels})"
+
+
+def _age(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
+    if (
+        ev.champion_since is None
+        or ev.now - ev.champion_since < p.max_age_s
+        or ev.new_labels < p.labels_for_age
+    ):
+        return None
+    return "age", (
+        f"the champion is {_ago(ev.now - ev.champion_since)} old (policy: {_ago(p.max_age_s)}) and "
+        f"{ev.new_labels} labels are new"
+    )
+
+
+def waiting_for(ev: Evidence, p: RetrainPolicy) -> str:
+    """What each rule still lacks, in a sentence."""
+    waits = [f"{max(0, p.new_labels - ev.new_labels)} more new labels"]
+    if ev.alarm_since is not None:
+        held = ev.now - ev.alarm_since
+        need = [f"{p.alarm_hold_s - held:.0f}s more alarm"] if held < p.alarm_hold_s else []
+        if ev.labels_after_alarm < p.labels_after_alarm:
+            need.append(f"{p.labels_after_alarm - ev.labels_after_alarm} more labels of post-alarm traffic")
+        waits.append("a drift alarm confirmed: " + " and ".join(need))
+    if ev.champion_since is not None:
+        left = p.max_age_s - (ev.now - ev.champion_since)
+        waits.append(
+            f"the periodic floor in {_ago(left)}"
+            if left > 0
+            else f"{p.labels_for_age - ev.new_labels} more new labels for the periodic floor"
+        )
+    return "waiting for " + "; or ".join(waits)
+
+
+def _ago(seconds: float) -> str:
+    """A duration in the largest unit that keeps it readable."""
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def load_policy(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RetrainPolicy:
+    """The policy in ``path`` (none: the defaults), with ``key=value`` overrides.
+
+    Raises:
+        InvalidInput: a missing or malformed file, an unknown key or a value out of range.
+    """
+    return load_yaml_model(
+        RetrainPolicy, path, overrides, what="retraining policy", examples="recipes/policies/*.yaml"
+    )

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from nicheloop.errors import InvalidInput
+from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
+
+POLICY = RetrainPolicy()
+NOW = 1_000_000.0
+
+
+def test_a_drift_alarm_trains_only_once_it_has_held_and_labels_of_traffic_after_it_confirm_it() -> None:
+    young = Evidence(NOW, new_labels=150, alarm_since=NOW - 600, labels_after_alarm=150)
+    waiting = decide(young, POLICY)
+    assert (waiting.action, waiting.rule) == ("wait", "evidence")
+    assert "1200s more alarm" in waiting.reason and "350 more new labels" in waiting.reason
+    unconfirmed = decide(Evidence(NOW, new_labels=150, alarm_since=NOW - 3600, labels_after_alarm=40), POLICY)
+    assert unconfirmed.action == "wait" and "60 more labels of post-alarm traffic" in unconfirmed.reason
+    confirmed = decide(Evidence(NOW, new_labels=150, alarm_since=NOW - 3600, labels_after_alarm=100), POLICY)
+    assert (confirmed.action, confirmed.rule) == ("train", "drift")
+    assert "held for 1.0 h" in confirmed.reason and confirmed.figures["labels_after_alarm"] == 100
+
+
+def test_an_accuracy_drop_on_users_labels_trains_with_enough_of_them() -> None:
+    few = Evidence(NOW, new_labels=60, accuracy_drop_points=8.0, user_labels=30)
+    assert decide(few, POLICY).action == "wait"  # 30 users' labels say little
+    dropped = decide(Evidence(NOW, new_labels=60, accuracy_drop_points=4.0, user_labels=120), POLICY)
+    assert (dropped.action, dropped.rule) == ("train", "accuracy") and "4.0 points" in dropped.reason
+    assert decide(Evidence(NOW, new_labels=60, accuracy_drop_points=2.0, user_labels=500), POLICY).action == "wait"
+
+
+def test_many_new_labels_or_an_old_champion_train_and_a_run_or_its_cooldown_waits() -> None:
+    assert decide(Evidence(NOW, new_labels=500), POLICY).rule == "labels"
+    old = Evidence(NOW, new_labels=25, champion_since=NOW - 8 * 86_400)
+    assert (decide(old, POLICY).action, decide(old, POLICY).rule) == ("train", "age")
+    assert decide(Evidence(NOW, new_labels=5, champion_since=NOW - 8 * 86_400), POLICY).action == "wait"
+    busy = decide(Evidence(NOW, new_labels=900, training=True), POLICY)
+    assert (busy.action, busy.rule) == ("wait", "training")
+    cooling = decide(Evidence(NOW, new_labels=900, last_run_at=NOW - 3600), POLICY)
+    assert (cooling.action, cooling.rule) == ("wait", "cooldown") and "18000s of cooldown left" in cooling.reason
+    assert decide(Evidence(NOW, new_labels=900, last_run_at=NOW - 7 * 3600), POLICY).action == "train"
+    calm = decide(Evidence(NOW, new_labels=10, champion_since=NOW - 86_400), POLICY)
+    assert calm.action == "wait" and "the periodic floor in 6.0 d" in calm.reason
+
+
+def test_the_policy_file_and_overrides_are_checked(tmp_path: Path) -> None:
+    shipped = load_policy(Path(__file__).parents[3] / "recipes" / "policies" / "default.yaml")
+    assert shipped == RetrainPolicy()  # the file documents the defaults
+    assert load_policy(None, ["new_labels=50"]).new_labels == 50
+    bad = tmp_path / "p.yaml"
+    bad.write_text("new_label: 3\n")
+    with pytest.raises(InvalidInput):
+        load_policy(bad)
+    with pytest.raises(InvalidInput):
+        load_policy(None, ["cooldown_s=-1"])

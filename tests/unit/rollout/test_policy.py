@@ -26,7 +26,10 @@ def test_an_accuracy_drop_on_users_labels_trains_with_enough_of_them() -> None:
     assert decide(few, POLICY).action == "wait"  # 30 users' labels say little
     dropped = decide(Evidence(NOW, new_labels=60, accuracy_drop_points=4.0, user_labels=120), POLICY)
     assert (dropped.action, dropped.rule) == ("train", "accuracy") and "4.0 points" in dropped.reason
-    assert decide(Evidence(NOW, new_labels=60, accuracy_drop_points=2.0, user_labels=500), POLICY).action == "wait"
+    assert (
+        decide(Evidence(NOW, new_labels=60, accuracy_drop_points=2.0, user_labels=500), POLICY).action
+        == "wait"
+    )
 
 
 def test_many_new_labels_or_an_old_champion_train_and_a_run_or_its_cooldown_waits() -> None:
@@ -37,7 +40,10 @@ def test_many_new_labels_or_an_old_champion_train_and_a_run_or_its_cooldown_wait
     busy = decide(Evidence(NOW, new_labels=900, training=True), POLICY)
     assert (busy.action, busy.rule) == ("wait", "training")
     cooling = decide(Evidence(NOW, new_labels=900, last_run_at=NOW - 3600), POLICY)
-    assert (cooling.action, cooling.rule) == ("wait", "cooldown") and "18000s of cooldown left" in cooling.reason
+    assert (cooling.action, cooling.rule) == (
+        "wait",
+        "cooldown",
+    ) and "18000s of cooldown left" in cooling.reason
     assert decide(Evidence(NOW, new_labels=900, last_run_at=NOW - 7 * 3600), POLICY).action == "train"
     calm = decide(Evidence(NOW, new_labels=10, champion_since=NOW - 86_400), POLICY)
     assert calm.action == "wait" and "the periodic floor in 6.0 d" in calm.reason

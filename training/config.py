@@ -140,7 +140,16 @@ class TrainConfig(BaseModel):
         10, ge=1, description="Gold answers a reviewer needs before their accuracy is judged."
     )
     label_gate_max_share: float = Field(
-        0.2, ge=0, le=1, description="At most this share of the judged labels is held back (likeliest first)."
+        0.2, ge=0, le=1, description="At most this share of the judged labels is doubted (likeliest first)."
+    )
+    label_gate_hold_suspects: bool = Field(
+        False,
+        description="Doubted labels sit out the run until their second look. Off: they train (after a "
+        "shift the champion's features doubt the new domain's right labels most), and the second "
+        "look corrects a wrong one for the next run.",
+    )
+    label_gate_second_looks: int = Field(
+        20, ge=0, description="Doubted labels queued for a second reviewer per run, likeliest first."
     )
 
     # -- evaluation -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Snapshot:
     holdout: tuple[Example, ...]
     excluded_actors: tuple[str, ...] = ()  # whose labels it leaves out (lineage)
     held_back: tuple[HeldBack, ...] = ()  # training labels a gate left out, with why (lineage)
+    doubted: tuple[HeldBack, ...] = ()  # training labels a gate doubted but kept, with why (lineage)
 
     @property
     def digest(self) -> str:
@@ -64,7 +65,7 @@ class Snapshot:
         if not left_out:
             return self, {}
         keep = lambda part: tuple(e for e in part if e.label in known)  # noqa: E731
-        kept = Snapshot(keep(self.train), keep(self.holdout), self.excluded_actors, self.held_back)
+        kept = replace(self, train=keep(self.train), holdout=keep(self.holdout))
         return kept, dict(left_out)
 
     def manifest(self) -> str:
@@ -75,6 +76,7 @@ class Snapshot:
                 "holdout": [[e.image_sha256, e.label] for e in self.holdout],
                 "excluded_actors": list(self.excluded_actors),
                 "held_back": [[h.image_sha256, h.label, h.reason] for h in self.held_back],
+                "doubted": [[h.image_sha256, h.label, h.reason] for h in self.doubted],
             }
         )
 
@@ -192,6 +194,7 @@ def parse_manifest(text: str) -> Snapshot:
             holdout=tuple(Example(s, lbl) for s, lbl in data["holdout"]),
             excluded_actors=tuple(data.get("excluded_actors", ())),
             held_back=tuple(HeldBack(*h) for h in data.get("held_back", ())),
+            doubted=tuple(HeldBack(*h) for h in data.get("doubted", ())),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"not a snapshot manifest: {exc}") from exc

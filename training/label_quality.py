@@ -105,13 +105,18 @@ class GatePolicy:
     min_per_class: int = 5
     min_probe_accuracy: float = 0.8
     max_share: float = 0.2
+    hold: bool = False  # doubted labels sit out the run (else they train, listed as doubted)
     seed: int = 0
 
 
 def gate_policy(cfg: TrainConfig) -> GatePolicy:
     """The gate's knobs from a training recipe."""
     return GatePolicy(
-        cfg.label_gate_min_per_class, cfg.label_gate_min_probe_accuracy, cfg.label_gate_max_share, cfg.seed
+        cfg.label_gate_min_per_class,
+        cfg.label_gate_min_probe_accuracy,
+        cfg.label_gate_max_share,
+        cfg.label_gate_hold_suspects,
+        cfg.seed,
     )
 
 
@@ -123,14 +128,15 @@ def gate_labels(
     *,
     trusted: frozenset[str] = frozenset(),
 ) -> tuple[Snapshot, dict[str, float]]:
-    """``snap`` without the training labels confident learning suspects on ``model``'s embeddings
-    (listed in its ``held_back``, with why), and the gate's figures for the run's metrics. Judges
+    """``snap`` with the training labels confident learning suspects on ``model``'s embeddings
+    listed, with why, in its ``doubted`` (or, with ``policy.hold``, moved out of its training side
+    into its ``held_back``), and the gate's figures for the run's metrics. Judges
     nothing when fewer than two classes have ``min_per_class`` labels, or when the probe agrees
     with fewer than ``min_probe_accuracy`` of the labels (a weak model's doubts say little).
-    Images in ``trusted`` (labels a second reviewer gave after an earlier doubt) are not held back."""
+    Images in ``trusted`` (labels a second reviewer gave after an earlier doubt) are not doubted."""
     counts = Counter(e.label for e in snap.train)
     judged = [e for e in snap.train if counts[e.label] >= policy.min_per_class]
-    figures = {"label_gate_judged": 0.0, "label_gate_held_back": 0.0}
+    figures = {"label_gate_judged": 0.0, "label_gate_doubted": 0.0, "label_gate_held_back": 0.0}
     if len({e.label for e in judged}) < 2:
         return snap, figures
     preds = predict_all(model, blobs, judged)
@@ -145,7 +151,7 @@ def gate_labels(
     names = model.class_names
     doubted = [x for x in suspected_errors(preds.y, probs) if judged[x.index].image_sha256 not in trusted]
     suspects = doubted[: int(policy.max_share * len(judged))]
-    held = tuple(
+    flagged = tuple(
         HeldBack(
             judged[s.index].image_sha256,
             judged[s.index].label,
@@ -153,11 +159,16 @@ def gate_labels(
         )
         for s in suspects
     )
-    out = {h.image_sha256 for h in held}
+    figures |= {"label_gate_judged": float(len(judged)), "label_gate_doubted": float(len(flagged))}
+    if not policy.hold:
+        return replace(snap, doubted=snap.doubted + flagged), figures
+    out = {h.image_sha256 for h in flagged}
     kept = replace(
-        snap, train=tuple(e for e in snap.train if e.image_sha256 not in out), held_back=snap.held_back + held
+        snap,
+        train=tuple(e for e in snap.train if e.image_sha256 not in out),
+        held_back=snap.held_back + flagged,
     )
-    return kept, figures | {"label_gate_judged": float(len(judged)), "label_gate_held_back": float(len(held))}
+    return kept, figures | {"label_gate_held_back": float(len(flagged))}
 
 
 def second_looked(store: Store) -> frozenset[str]:
@@ -165,8 +176,8 @@ def second_looked(store: Store) -> frozenset[str]:
     return frozenset(sha for _, sha in store.labels_of(sorted(ReviewQueue(store).second_looks())).values())
 
 
-def second_opinions(store: Store, held: tuple[HeldBack, ...], *, priority: float = 1.0) -> int:
-    """Queue every held-back label that came with a served prediction for another reviewer's look
+def second_opinions(store: Store, held: tuple[HeldBack, ...], *, priority: float = 0.5) -> int:
+    """Queue every doubted label that came with a served prediction for another reviewer's look
     (:meth:`nicheloop.review.ReviewQueue.second_opinion`); returns how many were queued. Their
     answers join as the newest reviewer labels, which the next training run's snapshot takes."""
     found = store.predictions_labeled([h.image_sha256 for h in held], {h.image_sha256: h.label for h in held})
@@ -203,8 +214,9 @@ def gate_snapshot(
     store: Store, model: NicheModel, blobs: BlobStore, snap: Snapshot, cfg: TrainConfig
 ) -> tuple[Snapshot, dict[str, float]]:
     """The gate before a continual run: the labels of reviewers under the gold-accuracy bar held
-    back, then the labels ``model``'s probe doubts held back and queued for a second look; the
-    snapshot without them (each listed with why) and the gate's figures."""
+    back, then the labels ``model``'s probe doubts listed (held back too with
+    ``label_gate_hold_suspects``) and the likeliest ``label_gate_second_looks`` of them queued for
+    a second look; the gated snapshot (each label listed with why) and the gate's figures."""
     doubtful = doubtful_reviewers(
         ReviewQueue(store).reviewer_quality(),
         min_answers=cfg.label_gate_min_gold_answers,
@@ -213,9 +225,10 @@ def gate_snapshot(
     for vouched in store.vouched_actors():  # an operator decided their labels train
         doubtful.pop(vouched, None)
     snap = hold_reviewers(snap, doubtful)
-    by_reviewers = len(snap.held_back)
+    by_reviewers, doubted_before = len(snap.held_back), len(snap.doubted)
     snap, figures = gate_labels(model, blobs, snap, gate_policy(cfg), trusted=second_looked(store))
-    queued = second_opinions(store, snap.held_back[by_reviewers:])
+    flagged = snap.held_back[by_reviewers:] + snap.doubted[doubted_before:]
+    queued = second_opinions(store, flagged[: cfg.label_gate_second_looks])
     return snap, figures | {
         "label_gate_reviewers_held": float(len(doubtful)),
         "label_gate_held_back_reviewers": float(by_reviewers),

@@ -120,7 +120,7 @@ def test_a_class_rarer_than_the_folds_still_gets_probabilities() -> None:
     assert probs.shape == (200, 4) and np.allclose(probs.sum(axis=1), 1.0)
 
 
-def test_the_gate_holds_back_suspected_labels_with_why_and_the_manifest_keeps_them(tmp_path: Path) -> None:
+def test_the_gate_doubts_flipped_labels_with_why_and_may_hold_them_back(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     blobs = BlobStore(str(tmp_path))
     items = SyntheticStream(seed=3, size=64).take(200)
@@ -129,7 +129,14 @@ def test_the_gate_holds_back_suspected_labels_with_why_and_the_manifest_keeps_th
     train = tuple(Example(blobs.put(png_bytes(img)), CLASSES[n]) for (img, _), n in zip(items, noisy))
     snap = Snapshot(train=train, holdout=())
     model = build_model("tf_efficientnet_lite0", list(CLASSES), 64, weights="package")
-    kept, figures = gate_labels(model, blobs, snap)
+    # by default the doubted labels train, listed with why (the manifest keeps them)
+    flagged, figures = gate_labels(model, blobs, snap)
+    assert flagged.train == snap.train and flagged.held_back == () and flagged.doubted
+    assert figures["label_gate_doubted"] == len(flagged.doubted) and figures["label_gate_held_back"] == 0
+    assert parse_manifest(flagged.manifest()).doubted == flagged.doubted
+    # held back, they sit the run out
+    kept, figures = gate_labels(model, blobs, snap, GatePolicy(hold=True))
+    assert {h.image_sha256 for h in kept.held_back} == {h.image_sha256 for h in flagged.doubted}
     flips = {train[i].image_sha256 for i in np.flatnonzero(flipped)}
     held = {h.image_sha256 for h in kept.held_back}
     assert figures["label_gate_judged"] == 200 and figures["label_gate_held_back"] == len(held) > 0
@@ -138,10 +145,10 @@ def test_the_gate_holds_back_suspected_labels_with_why_and_the_manifest_keeps_th
     assert all(h.reason.startswith("suspected label error: the probe finds ") for h in kept.held_back)
     assert parse_manifest(kept.manifest()).held_back == kept.held_back  # lineage: what and why
     # at most max_share is held back, likeliest first
-    capped, _ = gate_labels(model, blobs, snap, GatePolicy(max_share=0.05))
+    capped, _ = gate_labels(model, blobs, snap, GatePolicy(max_share=0.05, hold=True))
     assert len(capped.held_back) == 10 and {h.image_sha256 for h in capped.held_back} <= held
     # labels a second reviewer gave after the doubt stand
-    again, _ = gate_labels(model, blobs, snap, trusted=frozenset(held))
+    again, _ = gate_labels(model, blobs, snap, GatePolicy(hold=True), trusted=frozenset(held))
     assert not {h.image_sha256 for h in again.held_back} & held
 
 
@@ -155,7 +162,11 @@ def test_the_gate_judges_nothing_with_too_few_labels_or_a_weak_model(tmp_path: P
         kept == snap and figures["label_gate_held_back"] == 0 and figures["label_gate_probe_accuracy"] < 0.99
     )
     kept, figures = gate_labels(weak, blobs, snap, GatePolicy(min_per_class=100))
-    assert kept == snap and figures == {"label_gate_judged": 0.0, "label_gate_held_back": 0.0}
+    assert kept == snap and figures == {
+        "label_gate_judged": 0.0,
+        "label_gate_doubted": 0.0,
+        "label_gate_held_back": 0.0,
+    }
 
 
 def test_held_back_labels_with_a_prediction_go_to_a_second_reviewer_whose_label_then_stands(
@@ -229,7 +240,7 @@ def test_the_whole_gate_on_a_store_holds_back_a_weak_reviewer_and_doubted_labels
     model = build_model("tf_efficientnet_lite0", list(CLASSES), 64, weights="package")
     kept, figures = gate_snapshot(store, model, blobs, snap, TrainConfig())
     bobs = [h for h in kept.held_back if h.reason.startswith("reviewer bob")]
-    doubted = [h for h in kept.held_back if h.reason.startswith("suspected label error")]
+    doubted = [h for h in kept.doubted if h.reason.startswith("suspected label error")]
     assert (
         len(bobs)
         == figures["label_gate_held_back_reviewers"]

@@ -659,6 +659,9 @@ class Store:
                 select(LabeledExample.source, func.count()).group_by(LabeledExample.source)
             ):
                 out[f"labeled_{source}"] = n
+            # every reviewer's answer to a task (one each; a correction replaces it): a task the
+            # label gate sent back for a second look is queued again, but its answers stay counted
+            out["review_answers"] = s.scalar(select(func.count()).select_from(ReviewAnswer)) or 0
             out["feedback_pending"] = (
                 s.scalar(select(func.count()).select_from(Feedback).where(Feedback.joined.is_(False))) or 0
             )

@@ -328,6 +328,7 @@ def test_a_doubted_label_gets_a_second_look_from_someone_else_once(store: Store)
     assert task.why.startswith("a second look") and "ann" not in task.why
     queue.complete(task.task_id, "b", task.lease_token)
     assert queue.second_looks() == {first.prediction_id}
+    assert store.counts()["review_answers"] == 2  # ann's and bob's: a second look counts both
     assert not queue.second_opinion(first.prediction_id, priority=5.0)  # once is enough
     assert queue.reviewer_quality()["pairs"] == []  # a doubted item is no fair sample of agreement
     # a user-labeled prediction never queued gets an item of its own

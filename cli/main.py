@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from cli.keys import audit, keys_app, labels_app
 from cli.progress import RunProgress
-from cli.rollout import actor, rollout_app
+from cli.rollout import actor, policy_app, rollout_app
 from deploy.local import stack as stack_mod
 from nicheloop.cluster import connect_ray
 from nicheloop.errors import NicheloopError
@@ -32,6 +32,7 @@ app.add_typer(stack_app, name="stack")
 drift_app = typer.Typer(help="Drift monitoring: the reports of evaluated windows.", no_args_is_help=True)
 app.add_typer(drift_app, name="drift")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(labels_app, name="labels")
 app.command("audit")(audit)

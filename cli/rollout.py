@@ -178,3 +178,47 @@ def controller(detach: bool = typer.Option(False, help="Run in the background, m
     from rollout.runner import run_controller
 
     run_controller(s)
+
+
+policy_app = typer.Typer(
+    help="The retraining policy: drift proposes, labels confirm, cost decides.", no_args_is_help=True
+)
+
+
+@policy_app.command("explain")
+def explain(
+    policy: Path | None = typer.Option(
+        None, help="Policy YAML (recipes/policies/*.yaml); default: the controller's (retrain_policy)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override one policy key: KEY=VALUE (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the decision, its evidence, the policy."),
+) -> None:
+    """What the retraining policy decides now, by which rule, and what it waits for."""
+    import time
+
+    from nicheloop.registry import Registry
+    from nicheloop.settings import get_settings
+    from nicheloop.store import Store
+    from rollout.policy import load_policy
+    from rollout.retrain import PolicyEvidence
+    from rollout.retrain import explain as explained
+
+    s = get_settings()
+    try:
+        rules = load_policy(policy or s.retrain_policy, set_)
+        evidence = PolicyEvidence(Store(s.db_url), Registry(s.tracking_uri, s.model_name)).gather(time.time())
+    except NicheloopError as exc:
+        _fail(exc)
+    out = explained(evidence, rules)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(render_decision(out))
+
+
+def render_decision(out: dict[str, Any]) -> str:
+    """A policy decision for people: the verdict and its reason, then the evidence it weighed."""
+    d, ev = out["decision"], out["evidence"]
+    lines = [f"{d['action']} ({d['rule']}): {d['reason']}"]
+    lines += [f"  {key:<22} {value}" for key, value in ev.items() if value is not None and key != "now"]
+    return "\n".join(lines)

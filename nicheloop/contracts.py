@@ -17,7 +17,15 @@ FEEDBACK_TOPIC = "nicheloop.feedback.v1"
 DEAD_LETTER_TOPIC = "nicheloop.deadletter.v1"
 DRIFT_TOPIC = "nicheloop.drift.v1"
 ROLLOUTS_TOPIC = "nicheloop.rollouts.v1"
-ALL_TOPICS = (PREDICTIONS_TOPIC, FEEDBACK_TOPIC, DEAD_LETTER_TOPIC, DRIFT_TOPIC, ROLLOUTS_TOPIC)
+DECISIONS_TOPIC = "nicheloop.decisions.v1"
+ALL_TOPICS = (
+    PREDICTIONS_TOPIC,
+    FEEDBACK_TOPIC,
+    DEAD_LETTER_TOPIC,
+    DRIFT_TOPIC,
+    ROLLOUTS_TOPIC,
+    DECISIONS_TOPIC,
+)
 # A training run's progress: one JSON line per epoch in this file of the run's folder.
 PROGRESS_FILE = "progress.jsonl"
 
@@ -192,6 +200,20 @@ class RolloutMoved(_Event):
     actor: str
     reason: str
     revision: int = Field(ge=0)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PolicyDecided(_Event):
+    """The retraining policy's verdict changed (``train`` or ``wait``, by which rule, why, on which
+    figures). Kafka key: the champion's version."""
+
+    decision_id: ShortId = Field(default_factory=new_id)
+    model_name: Name
+    champion: Version
+    action: Literal["train", "wait"]
+    rule: Name
+    reason: str = Field(max_length=4000)
+    figures: dict[str, float | int | bool] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from nicheloop.contracts import aware, utcnow
@@ -86,6 +86,30 @@ class DriftLog:
                 .limit(limit)
             ).all()
             return [DriftWindow.of(r) for r in reversed(rows)]
+
+    def alarm_since(self, model_version: str) -> datetime | None:
+        """When the oldest of ``model_version``'s alarms that still hold was raised (None: none holds)."""
+        with Session(self.store.engine) as s:
+            latest = (
+                select(func.max(DriftWindowRow.id))
+                .where(DriftWindowRow.model_version == model_version)
+                .group_by(DriftWindowRow.monitor)
+            )
+            holding = s.scalars(
+                select(DriftWindowRow.monitor).where(DriftWindowRow.id.in_(latest), DriftWindowRow.alarm)
+            ).all()
+            if not holding:
+                return None
+            raised = s.scalars(
+                select(func.max(DriftWindowRow.evaluated_at))
+                .where(
+                    DriftWindowRow.model_version == model_version,
+                    DriftWindowRow.monitor.in_(holding),
+                    DriftWindowRow.change == "raised",
+                )
+                .group_by(DriftWindowRow.monitor)
+            ).all()
+        return min((aware(at) for at in raised if at is not None), default=None)
 
     def window(self, window_id: int) -> DriftWindow:
         """One stored verdict.

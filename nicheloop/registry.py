@@ -9,6 +9,7 @@ in the version's tags.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -29,6 +30,9 @@ from nicheloop.reference import Reference
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "nicheloop"
+# the run artifact listing the labels a version trained and was held out on (lineage; the
+# retraining policy counts the labels that are new since)
+MANIFEST = "snapshot_manifest.json"
 
 
 class _NichePyfunc(PythonModel):
@@ -50,6 +54,7 @@ class VersionInfo:
     run_id: str
     tags: dict[str, str]
     aliases: list[str]
+    created_at: float | None = None  # when it was registered (seconds since the epoch)
 
 
 @dataclass
@@ -57,6 +62,26 @@ class LoadedVersion:
     info: VersionInfo
     model: NicheModel
     reference: Reference  # what the validation set looked like to this version
+
+
+def manifest_images(text: str) -> frozenset[str]:
+    """Every image a :data:`MANIFEST` names: trained, held out, or left out by a gate.
+
+    Raises:
+        ValueError: ``text`` is not a manifest (not JSON, or its lists are not of rows).
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("a snapshot manifest is a JSON object")
+    return frozenset(
+        str(row[0]) for part in ("train", "holdout", "held_back", "doubted") for row in data.get(part, ())
+    )
+
+
+def _info(name: str, mv: Any) -> VersionInfo:
+    """A :class:`VersionInfo` of an MLflow ``ModelVersion``."""
+    created = mv.creation_timestamp / 1000.0 if mv.creation_timestamp else None
+    return VersionInfo(name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases), created)
 
 
 class Registry:
@@ -115,7 +140,7 @@ class Registry:
             mv = self.client.get_model_version(self.name, version)
         except MlflowException as exc:
             raise NotFound(f"{self.name} has no version {version}: {exc.message}") from exc
-        return VersionInfo(self.name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
+        return _info(self.name, mv)
 
     def resolve(self, alias: str) -> VersionInfo:
         """The version ``alias`` points at.
@@ -129,7 +154,7 @@ class Registry:
             raise NotReady(
                 f"no version of {self.name} has alias {alias!r}; run `nicheloop bootstrap`"
             ) from exc
-        return VersionInfo(self.name, str(mv.version), mv.run_id or "", dict(mv.tags), list(mv.aliases))
+        return _info(self.name, mv)
 
     def load(self, version: str, device: str = "cpu") -> LoadedVersion:
         """Download and rebuild a version (model + drift reference)."""
@@ -157,6 +182,11 @@ class Registry:
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
+
+    def newest_at(self) -> float | None:
+        """When the newest version was registered (seconds since the epoch; None: there is none)."""
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        return max((mv.creation_timestamp / 1000.0 for mv in found if mv.creation_timestamp), default=None)
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name='{self.name}'")

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     controller_idle_s: float = Field(
         5.0, gt=0, description="How often the rollout controller looks for work while no rollout is live."
     )
+    retrain_policy: Path | None = Field(
+        None, description="The retraining policy's YAML (recipes/policies/*.yaml); none: its defaults."
+    )
+    policy_every_s: float = Field(
+        30.0, gt=0, description="How often the controller weighs the retraining policy's evidence."
+    )
     model_name: str = "nicheloop-classifier"
     backbone: str = Field(
         "tf_efficientnet_lite0",

@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     func,
@@ -35,7 +36,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from nicheloop.contracts import FeedbackEvent, PredictionEvent, utcnow
+from nicheloop.contracts import FeedbackEvent, PredictionEvent, aware, utcnow
 from nicheloop.errors import NotFound
 
 UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
@@ -565,6 +566,36 @@ class Store:
         for r in sorted(rows, key=lambda r: (rank.get(r.source, 9), r.created_at), reverse=True):
             best[r.image_sha256] = r
         return sorted(best.values(), key=lambda r: r.image_sha256)
+
+    def served_at(self, prediction_ids: list[str], *, chunk: int = 500) -> dict[str, datetime]:
+        """When each of ``prediction_ids`` was served (ids the store does not know are left out)."""
+        out: dict[str, datetime] = {}
+        with Session(self.engine) as s:
+            for i in range(0, len(prediction_ids), chunk):
+                part = prediction_ids[i : i + chunk]
+                rows = s.execute(
+                    select(Prediction.prediction_id, Prediction.created_at).where(
+                        Prediction.prediction_id.in_(part)
+                    )
+                )
+                out.update({pid: aware(at) for pid, at in rows})
+        return out
+
+    def user_label_hits(self, model_version: str) -> tuple[int, int]:
+        """(right, labeled): of ``model_version``'s predictions that users labeled, how many it got
+        right. Users' labels are the unbiased ones (reviewers see what the sampler picked)."""
+        excluded = self.excluded_actors()
+        right = LabeledExample.predicted_label == LabeledExample.label
+        with Session(self.engine) as s:
+            q = select(func.count(), func.coalesce(func.sum(case((right, 1), else_=0)), 0)).where(
+                LabeledExample.source == "user",
+                LabeledExample.model_version == model_version,
+                LabeledExample.predicted_label.is_not(None),
+            )
+            if excluded:
+                q = q.where(LabeledExample.actor.is_(None) | LabeledExample.actor.not_in(excluded))
+            row = s.execute(q).one()
+        return int(row[1] or 0), int(row[0] or 0)
 
     def exclude_actor(self, actor: str, *, by: str, reason: str, now: datetime | None = None) -> bool:
         """Leave ``actor``'s labels out of every snapshot from now on; False if they already were."""

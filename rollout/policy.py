@@ -54,11 +54,13 @@ class Evidence:
 
     now: float
     new_labels: int  # labeled images not in the champion's snapshot
+    champion: str | None = None  # the version the evidence is about
     alarm_since: float | None = None  # the oldest drift alarm still raised, when it was raised
     labels_after_alarm: int = 0  # new labels of traffic served after that alarm
     accuracy_drop_points: float | None = None  # held-out accuracy minus accuracy on users' labels
     user_labels: int = 0  # users' labels of the champion's predictions that figure is from
     training: bool = False  # a run is going on
+    rollout_live: bool = False  # a candidate is going through its rollout
     last_run_at: float | None = None  # when the last run ended
     champion_since: float | None = None  # when the champion was registered
     budget_left_hour: int | None = None  # the review budget left this hour
@@ -81,12 +83,16 @@ def decide(ev: Evidence, policy: RetrainPolicy) -> Decision:
         return Decision(
             "wait", "training", "a run is going on; its candidate goes through the rollout", figures
         )
+    if ev.rollout_live:
+        return Decision(
+            "wait", "rollout", "a candidate is going through its rollout; its outcome comes first", figures
+        )
     if ev.last_run_at is not None and ev.now - ev.last_run_at < policy.cooldown_s:
         left = policy.cooldown_s - (ev.now - ev.last_run_at)
         return Decision(
             "wait",
             "cooldown",
-            f"the last run ended {_ago(ev.now - ev.last_run_at)}; {left:.0f}s of cooldown left",
+            f"the last run ended {_ago(ev.now - ev.last_run_at)} ago; {left:.0f}s of cooldown left",
             figures,
         )
     for rule in (_drift, _accuracy, _labels, _age):

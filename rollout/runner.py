@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher, ensure_topics
-from nicheloop.contracts import utcnow
-from nicheloop.errors import InvalidInput
+from nicheloop.contracts import DECISIONS_TOPIC, utcnow
+from nicheloop.errors import InvalidInput, NicheloopError
 from nicheloop.http import (
     PROBLEMS,
     PROMETHEUS_TEXT,
@@ -49,6 +49,8 @@ from rollout.controller import Controller, kafka_announce
 from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
 from rollout.plan import RolloutPlan
+from rollout.policy import load_policy
+from rollout.retrain import PolicyEvidence, PolicyLoop, explain
 from rollout.views import add_operator_views
 
 log = logging.getLogger(__name__)
@@ -132,11 +134,13 @@ def controller_api(
     review: QueuePolicy | None = None,
     blobs: BlobStore | None = None,
     reports: pathlib.Path | None = None,
+    policy: PolicyLoop | None = None,
 ) -> FastAPI:
     """The operators' HTTP surface over ``ops``; ``ticks`` counts the loop's ticks and errors;
     ``gate`` says who calls (default: the API keys of ``ops``' store); ``review``: the queue's
     settings, whose budgets an operator may replace; ``blobs`` and ``reports``: the stored images
-    and drift reports the page shows (:func:`rollout.views.add_operator_views`)."""
+    and drift reports the page shows (:func:`rollout.views.add_operator_views`); ``policy``: the
+    retraining policy the loop weighs, whose latest verdict the API and metrics show."""
     app = FastAPI(title="nicheloop rollouts", responses=PROBLEMS)
     install_guards(app)
     add_operator_views(app, ops, blobs=blobs, reports=reports)
@@ -156,6 +160,16 @@ def controller_api(
     @app.get("/v1/rollouts/status")
     def status(_: Caller = operator) -> dict[str, Any]:
         return ops.status() | {"spool": spools.summary(now=time.time())}
+
+    if policy is not None:
+
+        @app.get("/v1/policy/decision")
+        def policy_decision(_: Caller = operator) -> dict[str, Any]:
+            """The retraining policy's verdict (as of its last look), its evidence and the policy."""
+            latest = policy.latest
+            if latest is None:  # not looked yet, or another controller holds the policy's lease
+                return explain(policy.evidence.gather(time.time()), policy.policy)
+            return latest
 
     @app.get("/v1/rollouts/history")
     def history(
@@ -290,7 +304,8 @@ def controller_api(
 
     @app.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
     def metrics(_: Caller = operator) -> Response:
-        return Response(rollout_metrics(ops.rollouts, counted, queue), media_type=CONTENT_TYPE_LATEST)
+        latest = policy.latest if policy is not None else None
+        return Response(rollout_metrics(ops.rollouts, counted, queue, latest), media_type=CONTENT_TYPE_LATEST)
 
     def _replace(
         request: Request,
@@ -352,10 +367,16 @@ def _key(info: KeyInfo, now: datetime) -> dict[str, Any]:
     }
 
 
-def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int], queue: ReviewQueue | None = None) -> bytes:
+def rollout_metrics(
+    rollouts: Rollouts,
+    ticks: dict[str, int],
+    queue: ReviewQueue | None = None,
+    policy: dict[str, Any] | None = None,
+) -> bytes:
     """The rollout's state, shares, failures and heartbeat age, every gate's last verdict, the
-    transitions so far by state reached, this process's ticks and, given the ``queue``, the
-    reviewers' gold accuracy and agreement, in Prometheus text format."""
+    transitions so far by state reached, this process's ticks, given the ``queue`` the reviewers'
+    gold accuracy and agreement, and given the retraining ``policy``'s latest explanation its
+    verdict and evidence, in Prometheus text format."""
     registry = CollectorRegistry()
     now = time.time()
     r = rollouts.live() or rollouts.latest()
@@ -403,7 +424,41 @@ def rollout_metrics(rollouts: Rollouts, ticks: dict[str, int], queue: ReviewQueu
     )
     if queue is not None:
         review_metrics(registry, queue.reviewer_quality(since=utcnow() - timedelta(days=30)))
+    if policy is not None:
+        policy_metrics(registry, policy)
     return generate_latest(registry)
+
+
+POLICY_GAUGES = {  # evidence figure -> (metric, help)
+    "new_labels": ("nicheloop_policy_new_labels", "Labels not in the champion's snapshot"),
+    "labels_after_alarm": ("nicheloop_policy_labels_after_alarm", "New labels of traffic since the alarm"),
+    "accuracy_drop_points": (
+        "nicheloop_policy_accuracy_drop_points",
+        "The champion's held-out accuracy minus its accuracy on users' labels, in points",
+    ),
+    "user_labels": ("nicheloop_policy_user_labels", "Users' labels of the champion's answers"),
+}
+
+
+def policy_metrics(registry: CollectorRegistry, explained: dict[str, Any]) -> None:
+    """The retraining policy's verdict (1 for the action and rule of its last look), the age of the
+    alarm it weighs and the figures it counts (:func:`rollout.retrain.explain`)."""
+    d, ev = explained["decision"], explained["evidence"]
+    Gauge(
+        "nicheloop_policy_decision",
+        "1 for the policy's latest verdict",
+        ["action", "rule"],
+        registry=registry,
+    ).labels(d["action"], d["rule"]).set(1.0)
+    for key, (name, doc) in POLICY_GAUGES.items():
+        if ev.get(key) is not None:
+            Gauge(name, doc, registry=registry).set(float(ev[key]))
+    if ev.get("alarm_since") is not None:
+        Gauge(
+            "nicheloop_policy_alarm_age_seconds",
+            "How long the oldest drift alarm has held",
+            registry=registry,
+        ).set(max(0.0, ev["now"] - ev["alarm_since"]))
 
 
 def review_metrics(registry: CollectorRegistry, quality: dict[str, Any]) -> None:
@@ -454,6 +509,15 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         report=SpoolReports(rollouts.store).reporter("controller"),
     )
     holder = f"{socket.gethostname()}:{os.getpid()}"
+    policy = PolicyLoop(
+        PolicyEvidence(rollouts.store, registry),
+        load_policy(settings.retrain_policy),
+        holder=holder,
+        model_name=settings.model_name,
+        announce=lambda e: publisher.publish_durable(DECISIONS_TOPIC, e.champion, e),
+        audit=Audit(rollouts.store),
+        every_s=settings.policy_every_s,
+    )
     controller = Controller(
         rollouts,
         registry,
@@ -473,6 +537,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
                 review=QueuePolicy.from_settings(settings),
                 blobs=BlobStore(str(settings.blob_dir)),
                 reports=settings.drift_report_dir,
+                policy=policy,
             ),
             host=settings.host,
             port=settings.controller_port,
@@ -490,6 +555,12 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
             except Exception:
                 ticks["errors"] += 1
                 log.exception("rollout controller tick failed")
+            try:
+                policy.step(time.time())
+            except NicheloopError as exc:  # no champion yet, say: the next look retries
+                log.warning("the retraining policy could not look: %s", exc)
+            except Exception:
+                log.exception("the retraining policy's look failed; the next look retries")
             stop.wait(_interval(rollouts, settings.controller_idle_s))
     finally:
         rollouts.release(holder)

@@ -28,13 +28,13 @@ from nicheloop.blobs import BlobStore
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel
-from nicheloop.registry import Registry, VersionInfo
+from nicheloop.registry import MANIFEST, Registry, VersionInfo
 from nicheloop.runtime import INPUT, OUTPUTS, OnnxNet
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from training.data import BlobImageDataset, Example, class_shares, parse_manifest, replay_buffer, snapshot
 from training.evaluate import evaluate
-from training.finetune import MANIFEST, code_version
+from training.finetune import code_version
 
 log = logging.getLogger(__name__)
 

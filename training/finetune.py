@@ -26,7 +26,7 @@ from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.reference import Reference
-from nicheloop.registry import Registry, VersionInfo
+from nicheloop.registry import MANIFEST, Registry, VersionInfo
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
@@ -47,7 +47,6 @@ from training.label_quality import gate_snapshot
 from training.probe import probe_head
 
 log = logging.getLogger(__name__)
-MANIFEST = "snapshot_manifest.json"
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from pydantic import BaseModel, ValidationError
 
 from nicheloop.contracts import (
     DEAD_LETTER_TOPIC,
+    DECISIONS_TOPIC,
     DRIFT_TOPIC,
     FEEDBACK_TOPIC,
     PREDICTIONS_TOPIC,
     DeadLetter,
     DriftEvent,
     FeedbackEvent,
+    PolicyDecided,
     PredictionEvent,
 )
 from nicheloop.errors import InvalidInput
@@ -30,6 +32,7 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
     PREDICTIONS_TOPIC: PredictionEvent,
     FEEDBACK_TOPIC: FeedbackEvent,
     DRIFT_TOPIC: DriftEvent,
+    DECISIONS_TOPIC: PolicyDecided,
 }
 
 

@@ -21,7 +21,7 @@ from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from nicheloop.pixels import to_pixels
-from nicheloop.registry import Registry
+from nicheloop.registry import MANIFEST, Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store
@@ -35,7 +35,7 @@ from training.config import TrainConfig, load_recipe
 from training.data import Example, parse_manifest, read_image_folder, split_validation
 from training.distributed import PROGRESS_FILE, fit
 from training.evaluate import predict_all
-from training.finetune import MANIFEST, bootstrap, start_model, train
+from training.finetune import bootstrap, start_model, train
 from training.pretrain import usable_images
 
 ray.cloudpickle.register_pickle_by_value(worker_faults)  # Ray's workers cannot import tests

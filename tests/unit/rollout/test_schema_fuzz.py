@@ -16,12 +16,18 @@ from nicheloop.keys import ROLES, ApiKeys
 from nicheloop.rollouts import Rollouts
 from nicheloop.store import Store
 from rollout.operations import Operations
+from rollout.policy import RetrainPolicy
+from rollout.retrain import PolicyEvidence, PolicyLoop
 from rollout.runner import controller_api
 from tests.unit.rollout.test_controller import Registry
+from tests.unit.rollout.test_retrain import Registry as PolicyRegistry
 
 
 def _app(store: Store) -> FastAPI:
-    return controller_api(Operations(Rollouts(store), Registry()))
+    policy = PolicyLoop(
+        PolicyEvidence(store, PolicyRegistry(None)), RetrainPolicy(), holder="t", model_name="m"
+    )
+    return controller_api(Operations(Rollouts(store), Registry()), policy=policy)
 
 
 # the schema and route table are the code's: an in-memory store serves to build them

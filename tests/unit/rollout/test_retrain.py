@@ -1,0 +1,218 @@
+"""The retraining policy's evidence read from the store, the drift log and the registry, and the
+decision `nicheloop policy explain` prints (SQLite here; PostgreSQL under the integration mark)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from cli.main import app
+from cli.rollout import render_decision
+from nicheloop.bus import parse_event
+from nicheloop.contracts import DECISIONS_TOPIC, FeedbackEvent, PolicyDecided, PredictionEvent
+from nicheloop.driftlog import DriftLog, DriftWindow
+from nicheloop.keys import ApiKeys, Audit
+from nicheloop.registry import MANIFEST, VersionInfo
+from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.store import Store
+from rollout.operations import Operations
+from rollout.policy import RetrainPolicy
+from rollout.retrain import PolicyEvidence, PolicyLoop, explain
+from rollout.runner import controller_api, rollout_metrics
+
+T0 = 1_800_000_000.0
+NOW = T0 + 1000
+
+
+class Registry:
+    """The champion ``1`` of run ``run1``, registered two days before T0, trained on the images
+    ``p*``; the newest version ``newest`` seconds before T0."""
+
+    def __init__(self, manifest: str | None, newest: float = 86_400) -> None:
+        self.manifest, self.newest, self.reads = manifest, newest, 0
+
+    def resolve(self, alias: str) -> VersionInfo:
+        return VersionInfo("m", "1", "run1", {}, [alias], created_at=T0 - 2 * 86_400)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return {"holdout_accuracy": 0.95}
+
+    def artifact_text(self, run_id: str, name: str) -> str | None:
+        assert (run_id, name) == ("run1", MANIFEST)
+        self.reads += 1
+        return self.manifest
+
+    def newest_at(self) -> float | None:
+        return T0 - self.newest
+
+
+def _sha(pid: str) -> str:
+    return hashlib.sha256(pid.encode()).hexdigest()
+
+
+def _served(store: Store, pid: str, at: float, said: str, truth: str) -> None:
+    """A champion answer ``said`` at ``at``, then a user's label ``truth`` of it."""
+    store.add_prediction(
+        PredictionEvent(
+            prediction_id=pid,
+            model_name="m",
+            model_version="1",
+            label=said,
+            probs=[0.9, 0.1] if said == "a" else [0.1, 0.9],
+            class_names=["a", "b"],
+            uncertainty=0.2,
+            embedding=[0.0],
+            image_sha256=_sha(pid),
+            created_at=datetime.fromtimestamp(at, UTC),
+        )
+    )
+    store.add_feedback(FeedbackEvent(prediction_id=pid, label=truth))
+
+
+def _window(monitor: str, at: float, *, alarm: bool, change: str | None) -> DriftWindow:
+    return DriftWindow(
+        model_version="1",
+        monitor=monitor,
+        feed="inputs",
+        status="ok",
+        n=200,
+        alpha=0.01,
+        drifted=alarm,
+        alarm=alarm,
+        change=change,
+        evaluated_at=datetime.fromtimestamp(at, UTC),
+    )
+
+
+def _world(store: Store) -> None:
+    """10 labels the champion trained on; 20 new before the alarm (half right); 30 after it (all
+    wrong). The embedding alarm was raised first but cleared; the image alarm still holds."""
+    for i in range(10):
+        _served(store, f"p{i}", T0 - 1000 + i, "a", "a")
+    for i in range(20):
+        _served(store, f"q{i}", T0 + 10 + i, "a", "a" if i % 2 else "b")
+    for i in range(30):
+        _served(store, f"r{i}", T0 + 200 + i, "a", "b")
+    log = DriftLog(store)
+    log.record([_window("embedding", T0 + 50, alarm=True, change="raised")])
+    log.record([_window("image", T0 + 100, alarm=True, change="raised")])
+    log.record([_window("embedding", T0 + 120, alarm=False, change="cleared")])
+    log.record([_window("image", T0 + 150, alarm=True, change=None)])
+
+
+def _manifest() -> str:
+    return json.dumps(
+        {
+            "train": [[_sha(f"p{i}"), "a"] for i in range(8)],
+            "holdout": [[_sha("p8"), "a"]],
+            "held_back": [[_sha("p9"), "a", "suspected error"]],
+        }
+    )
+
+
+def test_evidence_counts_new_labels_post_alarm_traffic_and_the_users_verdict(any_store: Store) -> None:
+    _world(any_store)
+    registry = Registry(_manifest())
+    source = PolicyEvidence(any_store, registry)
+    ev = source.gather(NOW)
+    assert ev.new_labels == 50  # the ten the manifest names (trained, held out, held back) are not new
+    assert ev.alarm_since == T0 + 100  # the image alarm; the embedding alarm has cleared
+    assert ev.labels_after_alarm == 30
+    assert ev.user_labels == 60
+    assert ev.accuracy_drop_points == round(100 * (0.95 - 20 / 60), 2)
+    assert (ev.champion_since, ev.last_run_at) == (T0 - 2 * 86_400, T0 - 86_400)
+    assert ev.rollout_live is False and ev.budget_left_hour is not None and ev.budget_left_hour > 0
+    source.gather(NOW)
+    assert registry.reads == 1  # a champion's manifest is read once
+
+    held = explain(ev, RetrainPolicy())  # 60 users' labels are too few to judge accuracy by
+    assert held["decision"]["action"] == "wait" and "450 more new labels" in held["decision"]["reason"]
+    assert "900s more alarm" in held["decision"]["reason"] and "70 more labels" in held["decision"]["reason"]
+    accuracy = explain(ev, RetrainPolicy(accuracy_min_labels=50))
+    assert (accuracy["decision"]["action"], accuracy["decision"]["rule"]) == ("train", "accuracy")
+    drift = explain(ev, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))
+    assert drift["decision"]["rule"] == "drift" and drift["evidence"]["labels_after_alarm"] == 30
+    recent = PolicyEvidence(any_store, Registry(_manifest(), newest=3600)).gather(NOW)
+    cooling = explain(recent, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))["decision"]
+    assert cooling["rule"] == "cooldown" and "ended 1.3 h ago; 17000s of cooldown left" in cooling["reason"]
+    assert render_decision(drift).startswith("train (drift): a drift alarm has held for 15.0 min")
+
+
+def test_a_live_rollout_waits_and_a_champion_without_manifest_counts_every_label_new(
+    any_store: Store,
+) -> None:
+    _world(any_store)
+    Rollouts(any_store).create(Rollout("2", "1", entered_at=NOW), plan={}, actor="t", reason="", now=NOW)
+    for manifest in (None, "not json"):
+        ev = PolicyEvidence(any_store, Registry(manifest)).gather(NOW)
+        assert ev.new_labels == 60 and ev.rollout_live
+        out = explain(ev, RetrainPolicy())
+        assert (out["decision"]["action"], out["decision"]["rule"]) == ("wait", "rollout")
+
+
+def test_no_alarm_no_user_labels_leaves_those_figures_out(any_store: Store) -> None:
+    ev = PolicyEvidence(any_store, Registry(_manifest())).gather(NOW)
+    assert (ev.new_labels, ev.alarm_since, ev.labels_after_alarm, ev.user_labels) == (0, None, 0, 0)
+    assert ev.accuracy_drop_points is None
+    assert explain(ev, RetrainPolicy())["decision"]["rule"] == "evidence"
+
+
+def test_explain_refuses_a_policy_key_it_does_not_know() -> None:
+    result = CliRunner().invoke(app, ["policy", "explain", "--set", "alarm_hold=3"])
+    assert result.exit_code == 1 and "alarm_hold" in result.output
+
+
+def test_the_loop_says_each_new_verdict_once_on_kafka_and_in_the_audit_log(any_store: Store) -> None:
+    _world(any_store)
+    sent: list[PolicyDecided] = []
+    down = {"kafka": True}
+
+    def announce(event: PolicyDecided) -> None:
+        if down["kafka"]:
+            raise ConnectionError("broker away")
+        sent.append(event)
+
+    evidence = PolicyEvidence(any_store, Registry(_manifest()))
+    loop = PolicyLoop(evidence, RetrainPolicy(), holder="a", model_name="m", announce=announce,
+                      audit=Audit(any_store), every_s=30)  # fmt: skip
+    first = loop.step(NOW)
+    assert first is not None and first["decision"]["action"] == "wait" and loop.latest == first
+    assert sent == [] and Audit(any_store).read(action="policy") == []  # Kafka away: said next look
+    assert loop.step(NOW + 10) is None  # not due yet
+    down["kafka"] = False
+    loop.step(NOW + 30)
+    loop.step(NOW + 60)  # the same verdict: not said again
+    assert [(e.action, e.rule, e.champion) for e in sent] == [("wait", "evidence", "1")]
+    assert sent[0].figures["new_labels"] == 50 and "now" not in sent[0].figures
+    assert parse_event(DECISIONS_TOPIC, sent[0].model_dump_json().encode()) == sent[0]
+    loop.policy = RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30)
+    loop.step(NOW + 90)
+    assert [(e.action, e.rule) for e in sent][-1] == ("train", "drift")
+    trail = Audit(any_store).read(action="policy")
+    assert [(e.action, e.actor, e.detail["rule"]) for e in trail] == [
+        ("policy.train", "policy", "drift"),
+        ("policy.wait", "policy", "evidence"),
+    ]
+    other = PolicyLoop(evidence, RetrainPolicy(), holder="b", model_name="m", announce=announce)
+    assert other.step(NOW + 100) is None  # "a" holds the policy's lease
+
+
+def test_metrics_and_http_show_the_latest_verdict(any_store: Store) -> None:
+    _world(any_store)
+    registry = Registry(_manifest())
+    loop = PolicyLoop(PolicyEvidence(any_store, registry), RetrainPolicy(), holder="a", model_name="m")
+    text = rollout_metrics(Rollouts(any_store), {"ticks": 1, "errors": 0}, policy=loop.step(NOW)).decode()
+    assert 'nicheloop_policy_decision{action="wait",rule="evidence"} 1.0' in text
+    assert "nicheloop_policy_new_labels 50.0" in text and "nicheloop_policy_alarm_age_seconds 900.0" in text
+    keys = ApiKeys(any_store)
+    operator = {"Authorization": f"Bearer {keys.create(name='ops', role='operator', created_by='t')[0]}"}
+    app = controller_api(Operations(Rollouts(any_store), registry), policy=loop)  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        got = client.get("/v1/policy/decision", headers=operator)
+        assert got.status_code == 200 and got.json()["decision"]["rule"] == "evidence"
+        reviewer = {"Authorization": f"Bearer {keys.create(name='rev', role='reviewer', created_by='t')[0]}"}
+        assert client.get("/v1/policy/decision", headers=reviewer).status_code == 403

@@ -197,6 +197,7 @@ def explain(
     import time
 
     from nicheloop.registry import Registry
+    from nicheloop.rollouts import Rollouts
     from nicheloop.settings import get_settings
     from nicheloop.store import Store
     from rollout.policy import load_policy
@@ -206,10 +207,11 @@ def explain(
     s = get_settings()
     try:
         rules = load_policy(policy or s.retrain_policy, set_)
-        evidence = PolicyEvidence(Store(s.db_url), Registry(s.tracking_uri, s.model_name)).gather(time.time())
+        store = Store(s.db_url)
+        evidence = PolicyEvidence(store, Registry(s.tracking_uri, s.model_name)).gather(time.time())
     except NicheloopError as exc:
         _fail(exc)
-    out = explained(evidence, rules)
+    out = explained(evidence, rules) | {"paused": Rollouts(store).policy_pause()}
     if as_json:
         typer.echo(json.dumps(out))
         return
@@ -220,5 +222,43 @@ def render_decision(out: dict[str, Any]) -> str:
     """A policy decision for people: the verdict and its reason, then the evidence it weighed."""
     d, ev = out["decision"], out["evidence"]
     lines = [f"{d['action']} ({d['rule']}): {d['reason']}"]
+    if out.get("paused"):
+        p = out["paused"]
+        lines.append(f"  paused by {p['by']} at {p['at']}: {p['reason']} (it decides but starts no run)")
     lines += [f"  {key:<22} {value}" for key, value in ev.items() if value is not None and key != "now"]
     return "\n".join(lines)
+
+
+def _switch(pause: bool, reason: str) -> None:
+    """Pause or resume the policy in the store, audited as this shell's user."""
+    from nicheloop.keys import Audit, Caller
+    from nicheloop.rollouts import Rollouts
+    from nicheloop.settings import get_settings
+    from nicheloop.store import Store
+
+    store = Store(get_settings().db_url)
+    rollouts, who = Rollouts(store), actor()
+    new = rollouts.pause_policy(by=who, reason=reason) if pause else rollouts.resume_policy()
+    verb = "policy.pause" if pause else "policy.resume"
+    if new:
+        Audit(store).record(
+            actor=Caller(name=who, role="operator"),
+            action=verb,
+            target="retraining policy",
+            source="cli",
+            detail={"reason": reason},
+        )
+    state = "paused: it decides but starts no run" if pause else "running: a train verdict starts a run"
+    typer.echo(f"the retraining policy is {state}" + ("" if new else " (it already was)"))
+
+
+@policy_app.command("pause")
+def pause_policy(reason: str = typer.Option(..., help="Why (kept in the audit log).")) -> None:
+    """Stop the policy starting runs (it still decides and says so); a run going on finishes."""
+    _switch(True, reason)
+
+
+@policy_app.command("resume")
+def resume_policy(reason: str = typer.Option(..., help="Why (kept in the audit log).")) -> None:
+    """Let the policy start runs again."""
+    _switch(False, reason)

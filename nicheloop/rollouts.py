@@ -23,15 +23,25 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from nicheloop.contracts import utcnow
+from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import Conflict, NotFound
 from nicheloop.latency import merge
-from nicheloop.store import ArmCallsRow, Feedback, Lease, Prediction, RolloutEventRow, RolloutRow, Store
+from nicheloop.store import (
+    ArmCallsRow,
+    Feedback,
+    Lease,
+    PolicyPauseRow,
+    Prediction,
+    RolloutEventRow,
+    RolloutRow,
+    Store,
+)
 
 State = Literal["shadow", "canary", "promoted", "baked", "rolled_back", "aborted", "hold"]
 LIVE: frozenset[str] = frozenset({"shadow", "canary", "promoted", "hold"})
 CONTROLLER_LEASE = "rollout-controller"
 CREATE_LOCK = "rollout-create"
+POLICY_PAUSE = "retrain-policy"
 
 
 @dataclass(frozen=True)
@@ -328,6 +338,26 @@ class Rollouts:
                 .returning(Lease.name)
             ).first()
             return won is not None
+
+    def policy_pause(self) -> dict[str, str] | None:
+        """Who paused the retraining policy, when and why; None while it runs."""
+        with Session(self.store.engine) as s:
+            row = s.get(PolicyPauseRow, POLICY_PAUSE)
+            if row is None:
+                return None
+            return {"by": row.set_by, "reason": row.reason, "at": aware(row.set_at).isoformat()}
+
+    def pause_policy(self, *, by: str, reason: str, now: datetime | None = None) -> bool:
+        """Stop the retraining policy starting runs (it still decides); False if it already was."""
+        with Session(self.store.engine) as s, s.begin():
+            values = {"name": POLICY_PAUSE, "reason": reason, "set_at": now or utcnow(), "set_by": by}
+            return self.store.insert_ignore(s, PolicyPauseRow, values, ["name"])
+
+    def resume_policy(self) -> bool:
+        """Let the retraining policy start runs again; False if it was not paused."""
+        with Session(self.store.engine) as s, s.begin():
+            gone = delete(PolicyPauseRow).where(PolicyPauseRow.name == POLICY_PAUSE)
+            return s.execute(gone.returning(PolicyPauseRow.name)).first() is not None
 
     def release(self, holder: str, *, name: str = CONTROLLER_LEASE) -> None:
         """Give the lease up (a clean stop), so the next controller need not wait for it to expire."""

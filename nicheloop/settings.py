@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     policy_every_s: float = Field(
         30.0, gt=0, description="How often the controller weighs the retraining policy's evidence."
     )
+    retrain_recipe: Path | None = Field(
+        None, description="The recipe the policy's runs train with (recipes/*.yaml); none: the defaults."
+    )
+    policy_rollout_plan: Path | None = Field(
+        None,
+        description="The plan its candidates roll out with (recipes/rollouts/*.yaml); none: the defaults.",
+    )
     model_name: str = "nicheloop-classifier"
     backbone: str = Field(
         "tf_efficientnet_lite0",

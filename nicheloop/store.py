@@ -303,6 +303,17 @@ class ReviewShareRow(Base):
     set_by: Mapped[str] = mapped_column(String(128))
 
 
+class PolicyPauseRow(Base):
+    """The retraining policy paused by an operator (one row while paused): it still weighs the
+    evidence and says its verdict, but starts no run."""
+
+    __tablename__ = "policy_pauses"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(2000))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    set_by: Mapped[str] = mapped_column(String(128))
+
+
 class ServerSecret(Base):
     """Secrets the server makes for itself once, in its own database (never shown by any API)."""
 

@@ -5,20 +5,26 @@ accuracy, the newest run)."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from nicheloop.contracts import CHAMPION, PolicyDecided
 from nicheloop.driftlog import DriftLog
+from nicheloop.errors import Conflict, GateRefused, NicheloopError, NotFound
 from nicheloop.keys import Audit, Caller
 from nicheloop.registry import MANIFEST, VersionInfo, manifest_images
 from nicheloop.review import ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.store import Store
-from rollout.policy import Decision, Evidence, RetrainPolicy, decide
+from rollout.operations import Operations
+from rollout.plan import RolloutPlan
+from rollout.policy import Decision, Evidence, RetrainPolicy, decide, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,10 @@ class PolicyEvidence:
         self.drift, self.queue, self.rollouts = DriftLog(store), ReviewQueue(store), Rollouts(store)
         self._snapshots: dict[str, frozenset[str]] = {}
 
-    def gather(self, now: float) -> Evidence:
-        """The evidence at ``now`` (seconds since the epoch) for the champion of the moment."""
+    def gather(self, now: float, *, training: bool = False, run_ended_at: float | None = None) -> Evidence:
+        """The evidence at ``now`` (seconds since the epoch) for the champion of the moment;
+        ``training``: a run is going on; ``run_ended_at``: when the last run ended, registered or
+        not (a failed run must cool down too)."""
         champion = self.registry.resolve(CHAMPION)
         trained_on = self._snapshot(champion.run_id)
         new = [r for r in self.store.labeled_examples() if r.image_sha256 not in trained_on]
@@ -73,7 +81,10 @@ class PolicyEvidence:
             accuracy_drop_points=drop,
             user_labels=user_labels,
             rollout_live=self.rollouts.live() is not None,
-            last_run_at=self.registry.newest_at(),
+            training=training,
+            last_run_at=max(
+                (t for t in (self.registry.newest_at(), run_ended_at) if t is not None), default=None
+            ),
             champion_since=champion.created_at,
             budget_left_hour=int(budget["left_hour"]) if isinstance(budget, dict) else None,
         )
@@ -115,11 +126,15 @@ class PolicyLoop:
         announce: Callable[[PolicyDecided], None] | None = None,
         audit: Audit | None = None,
         every_s: float = 30.0,
+        runs: PolicyRuns | None = None,
+        policy_file: Path | None = None,
     ) -> None:
         self.evidence, self.policy, self.holder, self.model_name = evidence, policy, holder, model_name
-        self.announce, self.audit, self.every_s = announce, audit, every_s
+        self.announce, self.audit, self.every_s, self.runs = announce, audit, every_s, runs
+        self.policy_file = policy_file
         self.latest: dict[str, Any] | None = None
         self._due, self._said = 0.0, ("", "", "")
+        self._mtime = _mtime(policy_file)
 
     def step(self, now: float) -> dict[str, Any] | None:
         """Look once if a look is due at ``now`` and the lease is ours; the explanation, if looked."""
@@ -128,13 +143,50 @@ class PolicyLoop:
         self._due = now + self.every_s
         if not self.evidence.rollouts.acquire(self.holder, now, ttl_s=3 * self.every_s, name=POLICY_LEASE):
             return None
-        out = explain(self.evidence.gather(now), self.policy)
-        self.latest = out
+        self._reload()
+        runs = self.runs
+        if runs is not None:
+            runs.poll(now)
+        ev = self.evidence.gather(
+            now,
+            training=runs is not None and runs.running,
+            run_ended_at=runs.ended_at if runs is not None else None,
+        )
+        out = explain(ev, self.policy) | {"paused": self.evidence.rollouts.policy_pause(), "acted": False}
         d, champion = out["decision"], str(out["evidence"].get("champion") or "")
         said = (champion, d["action"], d["rule"])
         if said != self._said and self._say(out, champion, now):
             self._said = said
+        if d["action"] == "train" and runs is not None and out["paused"] is None:
+            runs.start(rule=d["rule"], reason=d["reason"], champion=champion, now=now)
+            out["acted"] = True
+        self.latest = out
         return out
+
+    def _reload(self) -> None:
+        """Read the policy file again once it changed (an operator edited it); a file that does not
+        load keeps the policy in force, and says why."""
+        mtime = _mtime(self.policy_file)
+        if self.policy_file is None or mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            fresh = load_policy(self.policy_file)
+        except NicheloopError as exc:
+            log.warning("kept the retraining policy in force: %s does not load (%s)", self.policy_file, exc)
+            return
+        if fresh != self.policy:
+            before, self.policy = self.policy.model_dump(), fresh
+            changed = {k: [before[k], v] for k, v in fresh.model_dump().items() if before[k] != v}
+            log.info("retraining policy reloaded from %s: %s", self.policy_file, changed)
+            if self.audit is not None:
+                self.audit.record(
+                    actor=POLICY,
+                    action="policy.reload",
+                    target=str(self.policy_file),
+                    source="controller",
+                    detail={"changed": changed},
+                )
 
     def _say(self, out: dict[str, Any], champion: str, now: float) -> bool:
         """Announce and audit one verdict; False if it could not be announced (tried again next look)."""
@@ -158,10 +210,125 @@ class PolicyLoop:
         if self.audit is not None:
             self.audit.record(
                 actor=POLICY,
-                action=f"policy.{d['action']}",
+                action="policy.decided",
                 target=f"champion {champion}",
                 source="controller",
-                detail={"rule": d["rule"], "reason": d["reason"], "decision_id": event.decision_id},
+                detail={
+                    "action": d["action"],
+                    "rule": d["rule"],
+                    "reason": d["reason"],
+                    "decision_id": event.decision_id,
+                },
             )
         log.info("retraining policy: %s (%s): %s", d["action"], d["rule"], d["reason"])
         return True
+
+
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return path.stat().st_mtime if path is not None else None
+    except OSError:
+        return None
+
+
+class PolicyRuns:
+    """The runs the policy starts, one at a time: ``command`` (``nicheloop train``) in a child
+    process whose output goes to ``log_dir``, then the rollout of the version it registered with
+    ``plan``. Each step is audited as the policy's. A child outlives no controller: :meth:`stop`
+    ends it."""
+
+    def __init__(
+        self,
+        ops: Operations,
+        *,
+        command: Sequence[str],
+        log_dir: Path,
+        plan: RolloutPlan,
+        env: dict[str, str] | None = None,
+        audit: Audit | None = None,
+    ) -> None:
+        self.ops, self.command, self.log_dir, self.plan = ops, list(command), log_dir, plan
+        self.env, self.audit = env, audit
+        self.ended_at: float | None = None
+        self.last: dict[str, Any] | None = None  # the last run's outcome
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._run: dict[str, Any] = {}
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, *, rule: str, reason: str, champion: str, now: float) -> None:
+        """Start a run (nothing while one runs)."""
+        if self._proc is not None:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.log_dir / f"policy-run-{int(now)}"
+        out, err = stem.with_suffix(".out"), stem.with_suffix(".log")
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            self._proc = subprocess.Popen(self.command, stdout=stdout, stderr=stderr, env=self.env)
+        self._run = {
+            "rule": rule,
+            "reason": reason,
+            "champion": champion,
+            "started_at": now,
+            "out": str(out),
+            "log": str(err),
+        }
+        log.info("retraining policy started a run (%s): %s; its log: %s", rule, reason, err)
+        self._audit("policy.run", f"champion {champion}", {"rule": rule, "reason": reason, "log": str(err)})
+
+    def poll(self, now: float) -> dict[str, Any] | None:
+        """Once the run has ended: roll its candidate out (or say why not); the outcome, else None."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        rc, run = self._proc.returncode, self._run
+        self._proc, self.ended_at = None, now
+        version = _registered(Path(run["out"])) if rc == 0 else None
+        outcome = run | {"ended_at": now, "returncode": rc, "version": version, "rollout": None}
+        if version is None:
+            outcome["error"] = f"the run failed (exit {rc}): {_tail(Path(run['log']))}"
+            log.warning("retraining policy: %s", outcome["error"])
+            self._audit("policy.run.failed", f"champion {run['champion']}", outcome)
+        else:
+            self._audit("policy.run.done", f"version {version}", outcome)
+            try:
+                started = self.ops.start(actor=POLICY.name, version=version, plan=self.plan)
+                outcome["rollout"] = started.get("rollout_id")
+            except (GateRefused, Conflict, NotFound) as exc:
+                outcome["error"] = f"version {version} was not rolled out: {exc}"
+                log.warning("retraining policy: %s", outcome["error"])
+                self._audit("policy.rollout.refused", f"version {version}", outcome)
+        self.last = outcome
+        return outcome
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End a run going on (the controller is stopping)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+    def _audit(self, action: str, target: str, detail: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.record(actor=POLICY, action=action, target=target, source="controller", detail=detail)
+
+
+def _registered(out: Path) -> str | None:
+    """The version ``nicheloop train`` registered: its last stdout line is its JSON result."""
+    try:
+        lines = [line for line in out.read_text().splitlines() if line.strip()]
+        version = json.loads(lines[-1]).get("version") if lines else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(version) if version is not None else None
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` lines of a run's log, for the audit log and the warning."""
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])[-2000:]
+    except OSError:
+        return "(no log)"

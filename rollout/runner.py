@@ -12,6 +12,7 @@ import os
 import pathlib
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,16 +42,16 @@ from nicheloop.pages import page_file
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
-from nicheloop.settings import Settings
+from nicheloop.settings import Settings, child_env
 from nicheloop.spools import SpoolReports
 from nicheloop.store import Store
 from rollout import pages
 from rollout.controller import Controller, kafka_announce
 from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
-from rollout.plan import RolloutPlan
+from rollout.plan import RolloutPlan, load_plan
 from rollout.policy import load_policy
-from rollout.retrain import PolicyEvidence, PolicyLoop, explain
+from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, explain
 from rollout.views import add_operator_views
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class StartBody(_Body):
 
 class ActBody(_Body):
     reason: str = Field("", max_length=2000, description="Why (a forced promotion needs one).")
+
+
+class ReasonBody(_Body):
+    reason: str = Field(..., min_length=1, max_length=2000, description="Why (kept in the audit log).")
 
 
 class AdoptBody(ActBody):
@@ -168,8 +173,37 @@ def controller_api(
             """The retraining policy's verdict (as of its last look), its evidence and the policy."""
             latest = policy.latest
             if latest is None:  # not looked yet, or another controller holds the policy's lease
-                return explain(policy.evidence.gather(time.time()), policy.policy)
-            return latest
+                fresh = explain(policy.evidence.gather(time.time()), policy.policy)
+                return fresh | {"paused": ops.rollouts.policy_pause(), "acted": False}
+            return latest | {"paused": ops.rollouts.policy_pause()}  # a pause shows at once
+
+        @app.post("/v1/policy/pause")
+        def pause_policy(request: Request, body: ReasonBody, who: Caller = operator) -> dict[str, Any]:
+            """Stop the policy starting runs (it still decides and says so); a run going on finishes."""
+            new = ops.rollouts.pause_policy(by=who.name, reason=body.reason)
+            if new:
+                audit.record(
+                    actor=who,
+                    action="policy.pause",
+                    target="retraining policy",
+                    source=_source(request),
+                    detail={"reason": body.reason},
+                )
+            return {"paused": ops.rollouts.policy_pause(), "new": new}
+
+        @app.post("/v1/policy/resume")
+        def resume_policy(request: Request, body: ReasonBody, who: Caller = operator) -> dict[str, Any]:
+            """Let the policy start runs again."""
+            new = ops.rollouts.resume_policy()
+            if new:
+                audit.record(
+                    actor=who,
+                    action="policy.resume",
+                    target="retraining policy",
+                    source=_source(request),
+                    detail={"reason": body.reason},
+                )
+            return {"paused": None, "new": new}
 
     @app.get("/v1/rollouts/history")
     def history(
@@ -509,6 +543,15 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         report=SpoolReports(rollouts.store).reporter("controller"),
     )
     holder = f"{socket.gethostname()}:{os.getpid()}"
+    runs = PolicyRuns(
+        Operations(rollouts, registry),
+        command=[sys.executable, "-m", "cli", "train"]
+        + (["--recipe", str(settings.retrain_recipe)] if settings.retrain_recipe else []),
+        log_dir=settings.home.resolve() / "logs",
+        plan=load_plan(settings.policy_rollout_plan),
+        env=child_env(settings),
+        audit=Audit(rollouts.store),
+    )
     policy = PolicyLoop(
         PolicyEvidence(rollouts.store, registry),
         load_policy(settings.retrain_policy),
@@ -517,6 +560,8 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         announce=lambda e: publisher.publish_durable(DECISIONS_TOPIC, e.champion, e),
         audit=Audit(rollouts.store),
         every_s=settings.policy_every_s,
+        runs=runs,
+        policy_file=settings.retrain_policy,
     )
     controller = Controller(
         rollouts,
@@ -563,6 +608,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
                 log.exception("the retraining policy's look failed; the next look retries")
             stop.wait(_interval(rollouts, settings.controller_idle_s))
     finally:
+        runs.stop()
         rollouts.release(holder)
         server.should_exit = True
         web.join(timeout=5)

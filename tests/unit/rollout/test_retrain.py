@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -15,13 +20,15 @@ from cli.rollout import render_decision
 from nicheloop.bus import parse_event
 from nicheloop.contracts import DECISIONS_TOPIC, FeedbackEvent, PolicyDecided, PredictionEvent
 from nicheloop.driftlog import DriftLog, DriftWindow
+from nicheloop.errors import GateRefused
 from nicheloop.keys import ApiKeys, Audit
 from nicheloop.registry import MANIFEST, VersionInfo
 from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.store import Store
 from rollout.operations import Operations
-from rollout.policy import RetrainPolicy
-from rollout.retrain import PolicyEvidence, PolicyLoop, explain
+from rollout.plan import RolloutPlan
+from rollout.policy import RetrainPolicy, load_policy
+from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, explain
 from rollout.runner import controller_api, rollout_metrics
 
 T0 = 1_800_000_000.0
@@ -177,8 +184,15 @@ def test_the_loop_says_each_new_verdict_once_on_kafka_and_in_the_audit_log(any_s
         sent.append(event)
 
     evidence = PolicyEvidence(any_store, Registry(_manifest()))
-    loop = PolicyLoop(evidence, RetrainPolicy(), holder="a", model_name="m", announce=announce,
-                      audit=Audit(any_store), every_s=30)  # fmt: skip
+    loop = PolicyLoop(
+        evidence,
+        RetrainPolicy(),
+        holder="a",
+        model_name="m",
+        announce=announce,
+        audit=Audit(any_store),
+        every_s=30,
+    )
     first = loop.step(NOW)
     assert first is not None and first["decision"]["action"] == "wait" and loop.latest == first
     assert sent == [] and Audit(any_store).read(action="policy") == []  # Kafka away: said next look
@@ -193,9 +207,9 @@ def test_the_loop_says_each_new_verdict_once_on_kafka_and_in_the_audit_log(any_s
     loop.step(NOW + 90)
     assert [(e.action, e.rule) for e in sent][-1] == ("train", "drift")
     trail = Audit(any_store).read(action="policy")
-    assert [(e.action, e.actor, e.detail["rule"]) for e in trail] == [
-        ("policy.train", "policy", "drift"),
-        ("policy.wait", "policy", "evidence"),
+    assert [(e.action, e.actor, e.detail["action"], e.detail["rule"]) for e in trail] == [
+        ("policy.decided", "policy", "train", "drift"),
+        ("policy.decided", "policy", "wait", "evidence"),
     ]
     other = PolicyLoop(evidence, RetrainPolicy(), holder="b", model_name="m", announce=announce)
     assert other.step(NOW + 100) is None  # "a" holds the policy's lease
@@ -210,9 +224,175 @@ def test_metrics_and_http_show_the_latest_verdict(any_store: Store) -> None:
     assert "nicheloop_policy_new_labels 50.0" in text and "nicheloop_policy_alarm_age_seconds 900.0" in text
     keys = ApiKeys(any_store)
     operator = {"Authorization": f"Bearer {keys.create(name='ops', role='operator', created_by='t')[0]}"}
-    app = controller_api(Operations(Rollouts(any_store), registry), policy=loop)  # type: ignore[arg-type]
+    app = controller_api(Operations(Rollouts(any_store), registry), policy=loop)
     with TestClient(app) as client:
         got = client.get("/v1/policy/decision", headers=operator)
         assert got.status_code == 200 and got.json()["decision"]["rule"] == "evidence"
         reviewer = {"Authorization": f"Bearer {keys.create(name='rev', role='reviewer', created_by='t')[0]}"}
         assert client.get("/v1/policy/decision", headers=reviewer).status_code == 403
+
+
+class Ops:
+    """Starts rollouts as :class:`rollout.operations.Operations` would, or refuses them."""
+
+    def __init__(self, refuse: Exception | None = None) -> None:
+        self.started: list[tuple[str, str | None, RolloutPlan | None]] = []
+        self.refuse = refuse
+
+    def start(
+        self, *, actor: str, version: str | None = None, plan: RolloutPlan | None = None
+    ) -> dict[str, Any]:
+        if self.refuse is not None:
+            raise self.refuse
+        self.started.append((actor, version, plan))
+        return {"rollout_id": 7}
+
+
+def _child(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def _until_ended(runs: PolicyRuns, now: float) -> dict[str, Any]:
+    for _ in range(200):
+        outcome = runs.poll(now)
+        if outcome is not None:
+            return outcome
+        time.sleep(0.05)
+    raise AssertionError("the child did not end")
+
+
+TRAINS = "import json, sys; print('epoch 1', file=sys.stderr); print(json.dumps({'version': '2', 'x': 1}))"
+
+
+def test_a_train_verdict_runs_the_command_then_rolls_its_version_out_once(
+    any_store: Store, tmp_path: Path
+) -> None:
+    _world(any_store)
+    ops, plan = Ops(), RolloutPlan(min_labels=40)
+    runs = PolicyRuns(
+        ops, command=_child(TRAINS), log_dir=tmp_path / "logs", plan=plan, audit=Audit(any_store)
+    )
+    fires = RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30, cooldown_s=3600)
+    loop = PolicyLoop(
+        PolicyEvidence(any_store, Registry(_manifest())),
+        fires,
+        holder="a",
+        model_name="m",
+        audit=Audit(any_store),
+        every_s=1,
+        runs=runs,
+    )
+    first = loop.step(NOW)
+    assert first is not None and first["acted"] and first["decision"]["rule"] == "drift"
+    outcome = _until_ended(runs, NOW + 5)
+    assert outcome["version"] == "2" and outcome["returncode"] == 0 and outcome["rollout"] == 7
+    assert ops.started == [("policy", "2", plan)]
+    after = loop.step(NOW + 10)  # the run ended at NOW + 5: the cooldown holds
+    assert after is not None and after["decision"]["rule"] == "cooldown" and not after["acted"]
+    trail = [(e.action, e.detail.get("rule")) for e in Audit(any_store).read(action="policy")]
+    assert trail == [
+        ("policy.decided", "cooldown"),
+        ("policy.run.done", "drift"),
+        ("policy.run", "drift"),
+        ("policy.decided", "drift"),
+    ]
+    assert "epoch 1" in Path(Audit(any_store).read(action="policy.run")[0].detail["log"]).read_text()
+
+
+def test_a_failed_run_is_audited_with_its_log_and_cools_down_and_a_refused_candidate_is_said(
+    any_store: Store, tmp_path: Path
+) -> None:
+    _world(any_store)
+    fires = RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30, cooldown_s=3600)
+    failing = PolicyRuns(
+        Ops(),
+        command=_child("import sys; print('out of memory', file=sys.stderr); sys.exit(3)"),
+        log_dir=tmp_path,
+        plan=RolloutPlan(),
+        audit=Audit(any_store),
+    )
+    loop = PolicyLoop(
+        PolicyEvidence(any_store, Registry(_manifest())),
+        fires,
+        holder="a",
+        model_name="m",
+        every_s=1,
+        runs=failing,
+    )
+    loop.step(NOW)
+    outcome = _until_ended(failing, NOW + 2)
+    assert outcome["version"] is None and "exit 3" in outcome["error"] and "out of memory" in outcome["error"]
+    assert Audit(any_store).read(action="policy.run.failed")[0].detail["returncode"] == 3
+    cooling = loop.step(NOW + 3)
+    assert cooling is not None and cooling["decision"]["rule"] == "cooldown"  # no retry storm
+
+    refusing = PolicyRuns(
+        Ops(refuse=GateRefused("held-out loss worse")),
+        command=_child(TRAINS),
+        log_dir=tmp_path,
+        plan=RolloutPlan(),
+        audit=Audit(any_store),
+    )
+    refusing.start(rule="drift", reason="r", champion="1", now=NOW)
+    refused = _until_ended(refusing, NOW + 1)
+    assert refused["rollout"] is None and "held-out loss worse" in refused["error"]
+    assert Audit(any_store).read(action="policy.rollout.refused")[0].target == "version 2"
+
+
+def test_a_paused_policy_decides_but_starts_nothing_and_an_edited_policy_file_is_reloaded(
+    any_store: Store, tmp_path: Path
+) -> None:
+    _world(any_store)
+    rollouts = Rollouts(any_store)
+    assert rollouts.pause_policy(by="ops", reason="label audit this week") is True
+    assert rollouts.pause_policy(by="ops", reason="again") is False
+    path = tmp_path / "policy.yaml"
+    path.write_text("alarm_hold_s: 600\nlabels_after_alarm: 30\n")
+    runs = PolicyRuns(Ops(), command=_child(TRAINS), log_dir=tmp_path, plan=RolloutPlan())
+    loop = PolicyLoop(
+        PolicyEvidence(any_store, Registry(_manifest())),
+        load_policy(path),
+        holder="a",
+        model_name="m",
+        audit=Audit(any_store),
+        every_s=1,
+        runs=runs,
+        policy_file=path,
+    )
+    paused = loop.step(NOW)
+    assert paused is not None and paused["decision"]["action"] == "train" and not paused["acted"]
+    assert paused["paused"]["by"] == "ops" and not runs.running
+    assert "paused by ops" in render_decision(paused)
+    path.write_text("alarm_hold_s: 3600\n")
+    os.utime(path, (NOW + 1, NOW + 1))
+    assert rollouts.resume_policy() is True and rollouts.resume_policy() is False
+    resumed = loop.step(NOW + 2)
+    assert (
+        resumed is not None and resumed["decision"]["action"] == "wait" and loop.policy.alarm_hold_s == 3600
+    )
+    reload = Audit(any_store).read(action="policy.reload")[0]
+    assert reload.detail["changed"]["alarm_hold_s"] == [600.0, 3600.0]
+    path.write_text("alarm_hold_s: -1\n")  # does not load: the policy in force stays
+    os.utime(path, (NOW + 3, NOW + 3))
+    loop.step(NOW + 4)
+    assert loop.policy.alarm_hold_s == 3600
+
+
+def test_operators_pause_and_resume_over_http_audited(any_store: Store) -> None:
+    keys = ApiKeys(any_store)
+    operator = {"X-API-Key": keys.create(name="ops", role="operator", created_by="t")[0]}
+    app_reviewer = {"X-API-Key": keys.create(name="rev", role="reviewer", created_by="t")[0]}
+    loop = PolicyLoop(
+        PolicyEvidence(any_store, Registry(_manifest())), RetrainPolicy(), holder="a", model_name="m"
+    )
+    app = controller_api(Operations(Rollouts(any_store), Registry(None)), policy=loop)
+    with TestClient(app) as client:
+        assert client.post("/v1/policy/pause", json={"reason": "x"}, headers=app_reviewer).status_code == 403
+        assert client.post("/v1/policy/pause", json={}, headers=operator).status_code == 422
+        got = client.post("/v1/policy/pause", json={"reason": "relabeling"}, headers=operator).json()
+        assert got["new"] and got["paused"]["by"] == "ops"
+        assert client.get("/v1/policy/decision", headers=operator).json()["paused"]["reason"] == "relabeling"
+        assert client.post("/v1/policy/resume", json={"reason": "done"}, headers=operator).json()["new"]
+        assert client.get("/v1/policy/decision", headers=operator).json()["paused"] is None
+    trail = [(e.action, e.actor, e.detail["reason"]) for e in Audit(any_store).read(action="policy")]
+    assert trail == [("policy.resume", "ops", "done"), ("policy.pause", "ops", "relabeling")]

@@ -92,7 +92,7 @@ def decide(ev: Evidence, policy: RetrainPolicy) -> Decision:
         return Decision(
             "wait",
             "cooldown",
-            f"the last run ended {_ago(ev.now - ev.last_run_at)} ago; {left:.0f}s of cooldown left",
+            f"the last run ended {_ago(ev.now - ev.last_run_at)} ago; {_ago(left)} of cooldown left",
             figures,
         )
     for rule in (_drift, _accuracy, _labels, _age):
@@ -151,7 +151,7 @@ def waiting_for(ev: Evidence, p: RetrainPolicy) -> str:
     waits = [f"{max(0, p.new_labels - ev.new_labels)} more new labels"]
     if ev.alarm_since is not None:
         held = ev.now - ev.alarm_since
-        need = [f"{p.alarm_hold_s - held:.0f}s more alarm"] if held < p.alarm_hold_s else []
+        need = [f"{_ago(p.alarm_hold_s - held)} more alarm"] if held < p.alarm_hold_s else []
         if ev.labels_after_alarm < p.labels_after_alarm:
             need.append(f"{p.labels_after_alarm - ev.labels_after_alarm} more labels of post-alarm traffic")
         waits.append("a drift alarm confirmed: " + " and ".join(need))
@@ -166,7 +166,8 @@ def waiting_for(ev: Evidence, p: RetrainPolicy) -> str:
 
 
 def _ago(seconds: float) -> str:
-    """A duration in the largest unit that keeps it readable."""
+    """A duration in the largest unit that keeps it readable (a clock skew's negative: 0 s)."""
+    seconds = max(0.0, seconds)
     for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"

@@ -1,5 +1,5 @@
 // The operator page: the rollout and its gates, its controls (each confirmed, each in the audit
-// log), the share of traffic over the rollout, the drift timeline with its alarms, windows, images
+// log), the retraining policy's verdict and its pause, the share of traffic over the rollout, the drift timeline with its alarms, windows, images
 // and reports, the review loop's figures and budgets, the audit log. Everything comes from the
 // controller's own routes with the operator's key; refreshed every 5 s (the drift every 30 s).
 
@@ -49,11 +49,42 @@ async function refresh() {
     json("/v1/quality/agreement?hours=24").then(drawAgreement).catch(() => {});
     json("/v1/review/quality").then(showReviewers).catch(() => {});
   }
+  json("/v1/policy/decision").then(showPolicy).catch((err) => {
+    $("policy-verdict").textContent = `The policy's verdict was not read: ${err.message}`;
+  });
   showAudit(audit);
   showReview(review);
   fillForm("budget-form", budget, 1);
   fillForm("shares-form", shares, 100);
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+}
+
+// the retraining policy: its verdict, the evidence it weighed, whether an operator paused it
+function showPolicy(p) {
+  const d = p.decision;
+  const ev = p.evidence;
+  const ago = (t) => (t == null ? "never" : `${since(ev.now - t)} ago`);
+  $("policy-verdict").textContent = `${d.action === "train" ? "Train" : "Wait"} (${d.rule}): ${d.reason}`;
+  $("policy-verdict").className = d.action === "train" ? "ok" : "";
+  rows($("policy"), [
+    ["state", p.paused ? `paused by ${p.paused.by}: ${p.paused.reason}` : "acts on its verdicts"],
+    ["new labels", String(ev.new_labels)],
+    ["drift alarm", ev.alarm_since == null ? "none holds"
+      : `raised ${ago(ev.alarm_since)}; ${ev.labels_after_alarm} labels of traffic since`],
+    ["champion on users' labels", ev.accuracy_drop_points == null ? "no users' labels yet"
+      : `${ev.accuracy_drop_points} points under its held-out accuracy (${ev.user_labels} labels)`],
+    ["last run", ago(ev.last_run_at)],
+    ["champion registered", ago(ev.champion_since)],
+  ]);
+  $("policy-controls").querySelector("[data-action=policy-pause]").hidden = Boolean(p.paused);
+  $("policy-controls").querySelector("[data-action=policy-resume]").hidden = !p.paused;
+}
+
+function since(seconds) {
+  for (const [unit, size] of [["d", 86_400], ["h", 3600], ["min", 60]]) {
+    if (seconds >= size) return `${(seconds / size).toFixed(1)} ${unit}`;
+  }
+  return `${Math.round(seconds)} s`;
 }
 
 function rows(dl, pairs) {
@@ -478,6 +509,8 @@ const ACTS = {
   start: "Start the candidate in shadow",
   pause: "Pause the rollout",
   resume: "Resume the rollout",
+  "policy-pause": "Pause the retraining policy (it still decides, starts no run)",
+  "policy-resume": "Let the retraining policy start runs again",
   rollback: "Roll the candidate back",
   promote: "Promote the candidate now, skipping the remaining gates",
 };
@@ -488,7 +521,7 @@ function ask(action) {
   $("confirm-what").textContent = action === "promote" ? "A forced promotion needs a reason." : "";
   $("version-label").hidden = $("confirm-version").hidden = action !== "start";
   $("confirm-reason").value = "";
-  $("act-result").textContent = "";
+  $("act-result").textContent = $("policy-result").textContent = "";
   $("confirm").hidden = false;
   $(action === "start" ? "confirm-version" : "confirm-reason").focus();
 }
@@ -500,12 +533,14 @@ async function act() {
   const body = action === "start"
     ? { version: $("confirm-version").value.trim() || null }
     : { reason };
-  const res = await call(`/v1/rollouts/${action}`, { method: "POST", body });
+  const path = action.startsWith("policy-") ? `/v1/policy/${action.slice(7)}` : `/v1/rollouts/${action}`;
+  const res = await call(path, { method: "POST", body });
   const answer = await res.json().catch(() => ({}));
-  $("act-result").textContent = res.ok
-    ? `${ACTS[action]}: done (${answer.state}).`
-    : `${ACTS[action]}: refused (${res.status}): ${answer.detail ?? ""}`;
-  $("act-result").className = res.ok ? "ok" : "refused";
+  const now = answer.state ?? (answer.paused ? "paused" : "acting");
+  const why = typeof answer.detail === "string" ? answer.detail : JSON.stringify(answer.detail ?? "");
+  const result = $(action.startsWith("policy-") ? "policy-result" : "act-result");
+  result.textContent = res.ok ? `${ACTS[action]}: done (${now}).` : `${ACTS[action]}: refused (${res.status}): ${why}`;
+  result.className = res.ok ? "ok" : "refused";
   refresh();
 }
 
@@ -532,7 +567,7 @@ async function submitForm(event, path, scale, done) {
 }
 
 // -- start --------------------------------------------------------------------------------------
-for (const button of $("controls").querySelectorAll("button")) {
+for (const button of document.querySelectorAll("#controls button, #policy-controls button")) {
   button.addEventListener("click", () => ask(button.dataset.action));
 }
 $("confirm-form").addEventListener("submit", (event) => {

@@ -10,13 +10,16 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from cli.demo import as_role, demo_keys, start_loop
+from cli.demo import DEMO_PLAN, as_role, demo_keys, start_loop
 from deploy.local import stack
 from nicheloop.contracts import CANDIDATE, CHAMPION
 from nicheloop.model import build_model
 from nicheloop.registry import Registry, VersionInfo
 from nicheloop.settings import Settings
 from tests.conftest import postgres_database
+
+# the defaults, said out loud: the tests register versions often enough that its cooldown holds
+QUIET_POLICY = "cooldown_s: 21600\n"
 
 
 def _test_settings(home, backend: str) -> Settings:
@@ -30,6 +33,8 @@ def _test_settings(home, backend: str) -> Settings:
             "serving_mode": "fused",
             "serve_ingress": "proxy",  # and Ray Serve's Python proxy takes HTTP: both ingresses too
         }
+    (home / "policy.yaml").write_text(QUIET_POLICY)
+    (home / "retrain.yaml").write_text("epochs: 2\n")
     return Settings(
         home=home,
         kafka_port=29092,
@@ -46,6 +51,9 @@ def _test_settings(home, backend: str) -> Settings:
         # default 0.01 a chance alarm fails about one run in thirty (the shift scores p < 1e-6)
         drift_alpha=0.001,
         policy_every_s=3.0,  # the retraining policy looks within the tests' waits
+        retrain_policy=home / "policy.yaml",  # a test edits it to make the policy act
+        retrain_recipe=home / "retrain.yaml",
+        policy_rollout_plan=DEMO_PLAN,
         **urls,
     )
 

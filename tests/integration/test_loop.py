@@ -17,7 +17,7 @@ from kafka import KafkaProducer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cli.demo import DEMO_PLAN, run_loop, wait_for
+from cli.demo import DEMO_PLAN, drive_rollout, run_loop, wait_for
 from deploy.local import stack
 from monitoring.drift.report import list_reports
 from nicheloop.bus import dead_letters, parse_event, read_topic
@@ -34,11 +34,14 @@ from nicheloop.errors import NotFound
 from nicheloop.keys import ApiKeys, Audit
 from nicheloop.registry import Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import LabeledExample, Store
+from nicheloop.synthetic import DEMO_SHIFT, SyntheticStream
+from rollout.operations import Operations
 from rollout.plan import load_plan
 from rollout.stats import mcnemar
-from tests.integration.conftest import role
+from tests.integration.conftest import QUIET_POLICY, role
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +137,48 @@ def test_the_controller_weighs_the_retraining_policy_and_says_its_verdict(live: 
     controller = f"http://{live.host}:{live.controller_port}"
     metrics = httpx.get(f"{controller}/metrics", headers=role(live, "operator"), timeout=10).text
     assert "nicheloop_policy_decision{" in metrics and "nicheloop_policy_new_labels" in metrics
+
+
+def test_the_policy_retrains_and_rolls_the_candidate_out_by_itself(live: Settings) -> None:
+    """An operator edits the policy so that the labels already new fire it: the controller trains,
+    registers and starts the rollout with no other step; the gates end it on labeled traffic."""
+    registry, store = Registry(live.tracking_uri, live.model_name), Store(live.db_url)
+    before = registry.resolve(CHAMPION).version
+    policy_file = live.retrain_policy
+    assert policy_file is not None
+    ops = Operations(Rollouts(store), registry)
+
+    def started() -> dict[str, Any] | None:
+        status = ops.status()
+        return status if status["state"] in ("shadow", "canary") and status["candidate"] != before else None
+
+    try:
+        # only the labels rule can fire: the rollout's labels are new since the champion's snapshot
+        policy_file.write_text(
+            "new_labels: 1\ncooldown_s: 0\naccuracy_min_labels: 1000000\nalarm_hold_s: 1e9\n"
+        )
+        wait_for(
+            "the policy to start a run", lambda: bool(Audit(store).read(action="policy.run")), timeout=60
+        )
+        wait_for(
+            "the policy's candidate in its rollout", lambda: started() is not None, timeout=600, every=3.0
+        )
+    finally:
+        policy_file.write_text(QUIET_POLICY)  # one run is enough; the next look reloads it
+    status = started()
+    assert status is not None
+    first = ops.history(status["rollout_id"])[0]
+    assert first["actor"] == "policy"
+    run = Audit(store).read(action="policy.run")[0]
+    assert run.actor == "policy" and run.detail["rule"] == "labels" and Path(run.detail["log"]).exists()
+    done = Audit(store).read(action="policy.run.done")[0]
+    assert done.detail["version"] == status["candidate"]
+    assert registry.version(status["candidate"]).tags["parent_version"] == before
+    client = httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app"))
+    final = drive_rollout(client, ops, SyntheticStream(seed=11, size=live.image_size), shift=DEMO_SHIFT)
+    assert final["state"] in ("baked", "rolled_back")  # the gates' call, on live labels
+    decided = [e for e in Audit(store).read(action="policy.decided") if e.target == f"champion {before}"]
+    assert any(e.detail["action"] == "train" and e.detail["rule"] == "labels" for e in decided)
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,13 @@ from nicheloop.rollouts import ArmCalls, Rollout, Rollouts
 from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
+from rollout.policy import RetrainPolicy
+from rollout.retrain import PolicyEvidence, PolicyLoop
 from rollout.runner import controller_api
 from tests.browser import screenshot, serious_violations, serving, sign_in
 from tests.unit.rollout.test_controller import Registry
 from tests.unit.rollout.test_evidence import _prediction as _scored
+from tests.unit.rollout.test_retrain import Registry as PolicyRegistry
 from tests.unit.rollout.test_views import _prediction, _window
 
 
@@ -40,16 +43,23 @@ def controller(rollouts: Rollouts) -> Iterator[tuple[str, Rollouts, dict[str, st
         role: keys.create(name=f"page-{role}", role=role, created_by="t")[0]
         for role in ("operator", "reviewer")
     }
-    with serving(controller_api(ops, review=QueuePolicy(budget_per_hour=120))) as url:
+    policy = PolicyLoop(
+        PolicyEvidence(rollouts.store, PolicyRegistry(None, newest=3600, t0=time.time())),
+        RetrainPolicy(),
+        holder="t",
+        model_name="m",
+    )
+    with serving(controller_api(ops, review=QueuePolicy(budget_per_hour=120), policy=policy)) as url:
         yield url, rollouts, made
 
 
 def _confirm(page: Any, action: str, reason: str) -> None:
-    page.click(f"#controls button[data-action={action}]")
+    page.click(f"button[data-action={action}]")
     assert page.is_visible("#confirm")
     page.fill("#confirm-reason", reason)
     page.click("#confirm-yes")
-    page.wait_for_function("() => document.getElementById('act-result').textContent.length > 0")
+    result = "policy-result" if action.startswith("policy-") else "act-result"
+    page.wait_for_function(f"() => document.getElementById('{result}').textContent.length > 0")
 
 
 def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_it(
@@ -229,3 +239,35 @@ def _gold_and_overlap(store: Store) -> None:
         item = overlap.claim(who, now=at)
         assert item is not None and item.prediction_id == "c4"
         overlap.complete(item.task_id, "a", item.lease_token or "", now=at)
+
+
+def test_an_operator_reads_the_policys_verdict_and_pauses_it_with_a_reason(
+    browser: Any, controller: tuple[str, Rollouts, dict[str, str]]
+) -> None:
+    url, rollouts, keys = controller
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        sign_in(page, f"{url}/operate", keys["operator"])
+        page.wait_for_selector("#policy dd")
+        assert page.text_content("#policy-verdict").startswith("Wait (cooldown)")  # the champion is new
+        assert "acts on its verdicts" in page.text_content("#policy")
+        assert page.is_hidden("[data-action=policy-resume]")
+        _confirm(page, "policy-pause", "relabeling the scratches")
+        assert "done (paused)" in page.text_content("#policy-result")
+        page.wait_for_function(
+            "() => document.getElementById('policy').textContent.includes('paused by page-operator')"
+        )
+        assert rollouts.policy_pause() is not None and page.is_hidden("[data-action=policy-pause]")
+        _confirm(page, "policy-resume", "")  # a reason is required
+        assert "refused (422)" in page.text_content("#policy-result")
+        _confirm(page, "policy-resume", "done relabeling")
+        page.wait_for_function(
+            "() => document.getElementById('policy').textContent.includes('acts on its verdicts')"
+        )
+        assert rollouts.policy_pause() is None
+    finally:
+        page.close()
+    assert [e.action for e in Audit(rollouts.store).read(action="policy")] == [
+        "policy.resume",
+        "policy.pause",
+    ]

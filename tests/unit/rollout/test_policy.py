@@ -13,7 +13,7 @@ def test_a_drift_alarm_trains_only_once_it_has_held_and_labels_of_traffic_after_
     young = Evidence(NOW, new_labels=150, alarm_since=NOW - 600, labels_after_alarm=150)
     waiting = decide(young, POLICY)
     assert (waiting.action, waiting.rule) == ("wait", "evidence")
-    assert "1200s more alarm" in waiting.reason and "350 more new labels" in waiting.reason
+    assert "20.0 min more alarm" in waiting.reason and "350 more new labels" in waiting.reason
     unconfirmed = decide(Evidence(NOW, new_labels=150, alarm_since=NOW - 3600, labels_after_alarm=40), POLICY)
     assert unconfirmed.action == "wait" and "60 more labels of post-alarm traffic" in unconfirmed.reason
     confirmed = decide(Evidence(NOW, new_labels=150, alarm_since=NOW - 3600, labels_after_alarm=100), POLICY)
@@ -43,7 +43,7 @@ def test_many_new_labels_or_an_old_champion_train_and_a_run_or_its_cooldown_wait
     assert (cooling.action, cooling.rule) == (
         "wait",
         "cooldown",
-    ) and "18000s of cooldown left" in cooling.reason
+    ) and "5.0 h of cooldown left" in cooling.reason
     assert decide(Evidence(NOW, new_labels=900, last_run_at=NOW - 7 * 3600), POLICY).action == "train"
     calm = decide(Evidence(NOW, new_labels=10, champion_since=NOW - 86_400), POLICY)
     assert calm.action == "wait" and "the periodic floor in 6.0 d" in calm.reason

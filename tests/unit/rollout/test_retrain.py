@@ -37,13 +37,13 @@ NOW = T0 + 1000
 
 class Registry:
     """The champion ``1`` of run ``run1``, registered two days before T0, trained on the images
-    ``p*``; the newest version ``newest`` seconds before T0."""
+    ``p*``; the newest version ``newest`` seconds before T0 (or ``t0``)."""
 
-    def __init__(self, manifest: str | None, newest: float = 86_400) -> None:
-        self.manifest, self.newest, self.reads = manifest, newest, 0
+    def __init__(self, manifest: str | None, newest: float = 86_400, t0: float = T0) -> None:
+        self.manifest, self.newest, self.t0, self.reads = manifest, newest, t0, 0
 
     def resolve(self, alias: str) -> VersionInfo:
-        return VersionInfo("m", "1", "run1", {}, [alias], created_at=T0 - 2 * 86_400)
+        return VersionInfo("m", "1", "run1", {}, [alias], created_at=self.t0 - 2 * 86_400)
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return {"holdout_accuracy": 0.95}
@@ -54,7 +54,7 @@ class Registry:
         return self.manifest
 
     def newest_at(self) -> float | None:
-        return T0 - self.newest
+        return self.t0 - self.newest
 
 
 def _sha(pid: str) -> str:
@@ -137,15 +137,16 @@ def test_evidence_counts_new_labels_post_alarm_traffic_and_the_users_verdict(any
     assert registry.reads == 1  # a champion's manifest is read once
 
     held = explain(ev, RetrainPolicy())  # 60 users' labels are too few to judge accuracy by
-    assert held["decision"]["action"] == "wait" and "450 more new labels" in held["decision"]["reason"]
-    assert "900s more alarm" in held["decision"]["reason"] and "70 more labels" in held["decision"]["reason"]
+    why = held["decision"]["reason"]
+    assert held["decision"]["action"] == "wait" and "450 more new labels" in why
+    assert "15.0 min more alarm" in why and "70 more labels" in why
     accuracy = explain(ev, RetrainPolicy(accuracy_min_labels=50))
     assert (accuracy["decision"]["action"], accuracy["decision"]["rule"]) == ("train", "accuracy")
     drift = explain(ev, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))
     assert drift["decision"]["rule"] == "drift" and drift["evidence"]["labels_after_alarm"] == 30
     recent = PolicyEvidence(any_store, Registry(_manifest(), newest=3600)).gather(NOW)
     cooling = explain(recent, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))["decision"]
-    assert cooling["rule"] == "cooldown" and "ended 1.3 h ago; 17000s of cooldown left" in cooling["reason"]
+    assert cooling["rule"] == "cooldown" and "ended 1.3 h ago; 4.7 h of cooldown left" in cooling["reason"]
     assert render_decision(drift).startswith("train (drift): a drift alarm has held for 15.0 min")
 
 

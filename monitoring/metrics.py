@@ -64,6 +64,10 @@ class MonitorMetrics:
     def _sampling(self) -> None:
         """The review sampler: queued items, suppressed duplicates, the covered-set index."""
         self.review_enqueued = self._counter("nicheloop_review_enqueued", "Predictions queued for review")
+        self.review_enqueued_after_alarm = self._counter(
+            "nicheloop_review_enqueued_after_alarm",
+            "Of those, queued from traffic served since a drift alarm that still held",
+        )
         self.duplicates_suppressed = self._counter(
             "nicheloop_sampling_duplicates_suppressed",
             "Candidates dropped as duplicates of labeled or queued images",

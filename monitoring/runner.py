@@ -70,6 +70,7 @@ class Stages:
                     sampler_config(settings),
                     lambda version: reference_for(version).embeddings,
                     metrics,
+                    alarm_since=alarm_clock(DriftLog(store)),
                 )
             )
         if "drift" in stages:
@@ -116,6 +117,16 @@ def drift_config(settings: Settings) -> DriftConfig:
 
 def sampler_config(settings: Settings) -> SamplerConfig:
     return SamplerConfig(**settings.section("sampling_"))
+
+
+def alarm_clock(drift: DriftLog) -> Callable[[str], float | None]:
+    """A version's oldest holding alarm, as the drift stage stored it, in seconds since the epoch."""
+
+    def since(version: str) -> float | None:
+        at = drift.alarm_since(version)
+        return at.timestamp() if at is not None else None
+
+    return since
 
 
 def _sweep_pending(

@@ -46,6 +46,7 @@ class SamplerConfig:
     approx_after: int = 50_000
     near_radius: float = NEAR_RADIUS
     save_every_s: float = 60.0  # the index is also rebuilt from the store at start, so nothing is lost
+    alarm_share: float = 0.8  # while a drift alarm holds: the share of a batch from traffic served since
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,22 @@ class _Candidate:
     label: str
     probs: np.ndarray
     embedding: np.ndarray
+    served_at: float = 0.0  # seconds since the epoch
+
+
+MIN_BEFORE = 20  # pre-alarm candidates under which the class mix before is not judged
+
+
+def shift_weights(before: np.ndarray, after: np.ndarray, classes: int, cap: float = 4.0) -> list[float]:
+    """Per predicted class, how much more of the traffic since the alarm it takes than before (its
+    share's ratio, between 1 and ``cap``): the classes a shift pushes images into get more of the
+    batch's class quota. Equal weights with fewer than :data:`MIN_BEFORE` rows before."""
+    if len(before) < MIN_BEFORE or len(after) == 0:
+        return [1.0] * classes
+    pre = np.bincount(before, minlength=classes)[:classes] / len(before)
+    post = np.bincount(after, minlength=classes)[:classes] / len(after)
+    ratio = (post + 1.0 / len(after)) / (pre + 1.0 / len(before))  # add-one: no class from nothing
+    return np.clip(ratio, 1.0, cap).tolist()
 
 
 class ActiveSampler:
@@ -62,6 +79,10 @@ class ActiveSampler:
     Args:
         reference_for: the reference embeddings (n, D) of a model version; they seed the covered
             set and their mean centres the embedding space.
+        alarm_since: when the oldest of a version's drift alarms that still hold was raised
+            (seconds since the epoch; None: none holds). While one holds, ``alarm_share`` of each
+            batch comes from traffic served since, and the class quotas lean to the classes the
+            shift pushed images into.
     """
 
     def __init__(
@@ -72,10 +93,11 @@ class ActiveSampler:
         config: SamplerConfig,
         reference_for: Callable[[str], np.ndarray],
         metrics: MonitorMetrics,
+        alarm_since: Callable[[str], float | None] | None = None,
     ) -> None:
         strategy(config.strategy)  # unknown names fail at start, not at the first batch
         self.store, self.queue, self.index_dir, self.config = store, queue, index_dir, config
-        self.reference_for, self.metrics = reference_for, metrics
+        self.reference_for, self.metrics, self.alarm_since = reference_for, metrics, alarm_since
         self.version: str | None = None
         self.index: EmbeddingIndex | None = None
         self.pool: OrderedDict[str, _Candidate] = OrderedDict()
@@ -96,6 +118,7 @@ class ActiveSampler:
             event.label,
             np.asarray(event.probs, np.float32),
             np.asarray(event.embedding, np.float32),
+            event.created_at.timestamp(),
         )
         while len(self.pool) > self.config.pool:
             self.pool.popitem(last=False)
@@ -167,8 +190,40 @@ class ActiveSampler:
         k = min(self.config.batch, self.queue.room(), len(self.pool))
         if k == 0:
             return 0
-        ids = list(self.pool)
-        cands = list(self.pool.values())
+        alarm = self._alarm()
+        if alarm is None:
+            queued = self._queue_from(list(self.pool), k)
+        else:  # most of the batch from traffic since the alarm, the rest from all that is left
+            after = [pid for pid, c in self.pool.items() if c.served_at >= alarm]
+            predicted = {pid: int(c.probs.argmax()) for pid, c in self.pool.items()}
+            weights = shift_weights(
+                np.array([predicted[p] for p in self.pool if p not in set(after)], np.int64),
+                np.array([predicted[p] for p in after], np.int64),
+                len(next(iter(self.pool.values())).probs),
+            )
+            since = self._queue_from(after, min(len(after), round(k * self.config.alarm_share)), weights)
+            self.metrics.review_enqueued_after_alarm.inc(since)
+            queued = since + self._queue_from(list(self.pool), k - since)
+        if time.monotonic() - self.saved_at >= self.config.save_every_s:
+            self.save()
+        return queued
+
+    def _alarm(self) -> float | None:
+        """When the served version's oldest holding alarm was raised (None: none holds, or unknown)."""
+        if self.alarm_since is None or self.version is None:
+            return None
+        try:
+            return self.alarm_since(self.version)
+        except Exception as exc:  # noqa: BLE001  the store away: sample as without an alarm, not stop
+            log.warning("could not read the drift alarms (%s); sampling as if none holds", exc)
+            return None
+
+    def _queue_from(self, ids: list[str], k: int, class_weights: list[float] | None = None) -> int:
+        """Select up to ``k`` of the pool's ``ids`` and queue them; how many were queued."""
+        if k <= 0 or not ids:
+            return 0
+        assert self.index is not None
+        cands = [self.pool[pid] for pid in ids]
         x = self.index.prepare(np.stack([c.embedding for c in cands]))
         sel = select_batch(
             Pool(np.stack([c.probs for c in cands]), x),
@@ -179,6 +234,7 @@ class ActiveSampler:
             covered_hashes=frozenset(self.covered_hashes),
             near_radius=self.config.near_radius,
             class_quota=self.config.class_quota,
+            class_weights=class_weights,
         )
         queued = 0
         chosen = sel.indices.tolist()
@@ -190,8 +246,6 @@ class ActiveSampler:
             self.covered_hashes.add(cand.sha)
             self.pool.pop(pid)
         self._count(queued, sel.exact_duplicates, sel.near_duplicates)
-        if time.monotonic() - self.saved_at >= self.config.save_every_s:
-            self.save()
         return queued
 
     def _labeled_neighbours(self, x: np.ndarray) -> list[list[dict[str, Any]]]:

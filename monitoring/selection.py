@@ -85,6 +85,7 @@ def select_batch(
     covered_hashes: frozenset[str] = frozenset(),
     near_radius: float = NEAR_RADIUS,
     class_quota: float = 0.3,
+    class_weights: Sequence[float] | None = None,
 ) -> Selection:
     """Choose up to ``k`` candidates of ``pool`` for review.
 
@@ -97,6 +98,8 @@ def select_batch(
         covered_hashes: hashes already labeled or queued.
         near_radius: squared L2 distance under which two unit embeddings are the same image.
         class_quota: share of the batch reserved, equally, for each predicted class (0 disables).
+        class_weights: split the reserved share in proportion to these, one per class, instead
+            (a drift alarm's sampler weights the classes the shift touches).
 
     Raises:
         ValueError: for an unknown strategy, a negative ``k``, a quota outside [0, 1] or a
@@ -107,13 +110,17 @@ def select_batch(
         raise ValueError(f"need k ≥ 0 and class_quota in [0, 1], got k={k}, class_quota={class_quota}")
     if hashes is not None and len(hashes) != len(pool):
         raise ValueError(f"hashes has {len(hashes)} entries for a pool of {len(pool)}")
+    if class_weights is not None and (
+        len(class_weights) != pool.probs.shape[1] or min(class_weights) < 0 or sum(class_weights) <= 0
+    ):
+        raise ValueError(f"class_weights must be {pool.probs.shape[1]} non-negative numbers, not all zero")
     order_fn = strategy(strategy_name)
     if k == 0 or len(pool) == 0:
         return Selection(np.zeros(0, np.int64), np.zeros(0), 0, 0)
     order = order_fn(pool, k, ctx)
     known = dict(zip(order.tolist(), novelty(pool.embeddings[order], ctx.covered).tolist()))
     batch = _Batch(pool, k, ctx, hashes, covered_hashes, near_radius, known)
-    _fill_quotas(batch, order, class_quota)
+    _fill_quotas(batch, order, class_quota, class_weights)
     for i in order:
         if len(batch.taken) >= k:
             break
@@ -124,16 +131,21 @@ def select_batch(
     return Selection(chosen, np.nan_to_num(prio, nan=0.0), batch.exact, batch.near)
 
 
-def _fill_quotas(batch: _Batch, order: np.ndarray, class_quota: float) -> None:
-    """Give each predicted class up to its reserved share: from the strategy's order first, then
-    the class's most uncertain candidates (by margin) when the order holds too few of them."""
+def _fill_quotas(
+    batch: _Batch, order: np.ndarray, class_quota: float, weights: Sequence[float] | None = None
+) -> None:
+    """Give each predicted class up to its reserved share (equal, or in proportion to ``weights``):
+    from the strategy's order first, then the class's most uncertain candidates (by margin) when the
+    order holds too few of them."""
     n_classes = batch.pool.probs.shape[1]
-    quota = int(batch.k * class_quota) // n_classes
-    if quota == 0:
-        return
+    w = np.ones(n_classes) if weights is None else np.asarray(weights, np.float64)
+    quotas = np.floor(int(batch.k * class_quota) * w / w.sum()).astype(int)
     predicted = batch.pool.predicted
     by_margin: np.ndarray | None = None
     for c in range(n_classes):
+        quota = int(quotas[c])
+        if quota == 0:
+            continue
         got = _take_class(batch, order, predicted, c, quota)
         if got < quota:
             if by_margin is None:

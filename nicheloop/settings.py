@@ -275,6 +275,9 @@ class Settings(BaseSettings):
     sampling_pool: int = Field(2000, ge=10, description="Recent unlabeled predictions to choose from.")
     sampling_class_quota: float = Field(0.3, ge=0, le=1, description="Share of a batch kept for the classes.")
     sampling_approx_after: int = Field(50_000, ge=1, description="Covered-set size where FAISS goes HNSW.")
+    sampling_alarm_share: float = Field(
+        0.8, ge=0, le=1, description="While a drift alarm holds: a batch's share from traffic since."
+    )
 
     @field_validator("ingress_ports")
     @classmethod

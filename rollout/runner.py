@@ -573,6 +573,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         idle_s=settings.controller_idle_s,
     )
     ticks = {"ticks": 0, "errors": 0}
+    unable = ""  # why the policy could not look last time
     server = uvicorn.Server(
         uvicorn.Config(
             controller_api(
@@ -602,8 +603,11 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
                 log.exception("rollout controller tick failed")
             try:
                 policy.step(time.time())
+                unable = ""
             except NicheloopError as exc:  # no champion yet, say: the next look retries
-                log.warning("the retraining policy could not look: %s", exc)
+                if str(exc) != unable:  # once, not at every look
+                    log.warning("the retraining policy could not look: %s", exc)
+                unable = str(exc)
             except Exception:
                 log.exception("the retraining policy's look failed; the next look retries")
             stop.wait(_interval(rollouts, settings.controller_idle_s))

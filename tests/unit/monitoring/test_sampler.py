@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from monitoring.metrics import MonitorMetrics
-from monitoring.sampling import ActiveSampler, SamplerConfig
+from monitoring.sampling import ActiveSampler, SamplerConfig, shift_weights
+from monitoring.selection import select_batch
+from monitoring.strategies import Pool
 from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.review import QueuePolicy, ReviewQueue
-from nicheloop.store import Store
+from nicheloop.store import ReviewItem, Store
 
 D = 8
 
@@ -176,3 +181,71 @@ def test_a_queued_item_carries_its_nearest_labeled_images(parts, tmp_path: Path)
         # the reviewer holding the task may see those images, another reviewer may not
         sha = near[0].image_url.rsplit("/", 1)[1]
         assert queue.shows("ann", sha) and not queue.shows("bob", sha)
+
+
+def _served(i: int, rng: np.random.Generator, at: float, leans: int | None = None) -> PredictionEvent:
+    """A champion answer served at ``at``; ``leans``: the class a shift pushes it to."""
+    p = rng.dirichlet([1.0, 1.0, 1.0]) if leans is None else rng.dirichlet([1.0, 1.0, 1.0]) * 0.3
+    if leans is not None:
+        p[leans] += 0.7
+    return PredictionEvent(
+        prediction_id=f"s-{i}",
+        model_name="m",
+        model_version="1",
+        label="abc"[int(np.argmax(p))],
+        probs=p.tolist(),
+        class_names=["a", "b", "c"],
+        uncertainty=0.5,
+        embedding=rng.normal(size=D).tolist(),
+        image_sha256=f"s-{i}".ljust(64, "0"),
+        created_at=datetime.fromtimestamp(at, UTC),
+    )
+
+
+def test_while_an_alarm_holds_most_of_a_batch_is_traffic_served_since(parts, tmp_path: Path) -> None:
+    store, queue, metrics = parts
+    alarm = 1_800_000_000.0
+    holding: dict[str, float | None] = {"since": None}
+    s = ActiveSampler(
+        store,
+        ReviewQueue(store, QueuePolicy(max_depth=100)),
+        tmp_path / "sampling",
+        SamplerConfig(every=10_000, batch=10, alarm_share=0.8),
+        lambda version: np.random.default_rng(5).normal(size=(30, D)).astype(np.float32),
+        metrics,
+        alarm_since=lambda version: holding["since"],
+    )
+    rng = np.random.default_rng(3)
+    feed(s, store, [_served(i, rng, alarm - 1000 + i) for i in range(90)])
+    feed(s, store, [_served(90 + i, rng, alarm + i, leans=2) for i in range(30)])
+
+    def queued_ids() -> set[str]:
+        with Session(store.engine) as session:
+            return set(session.scalars(select(ReviewItem.prediction_id)))
+
+    assert s.select() == 10
+    calm = sum(int(pid.removeprefix("s-")) >= 90 for pid in queued_ids())
+    assert calm <= 6  # a quarter of the pool, as uncertainty and diversity pick
+    holding["since"] = alarm
+    assert s.select() == 10
+    since = sum(int(pid.removeprefix("s-")) >= 90 for pid in queued_ids()) - calm
+    assert since >= 8
+    assert metrics.registry.get_sample_value("nicheloop_review_enqueued_after_alarm_total") == since
+
+
+def test_class_weights_split_the_quota_toward_the_classes_a_shift_pushed_images_into() -> None:
+    before = np.array([0, 1, 2] * 20)
+    after = np.array([2] * 25 + [0] * 5)
+    w = shift_weights(before, after, 3)
+    assert w[2] > 2.0 and w[0] == 1.0 and w[1] == 1.0
+    assert shift_weights(before[:10], after, 3) == [1.0, 1.0, 1.0]  # too little before to judge
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=300)
+    emb = rng.normal(size=(300, D))
+    pool = Pool(probs, emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    leaning = select_batch(pool, 12, strategy_name="random", class_quota=1.0, class_weights=[0.0, 0.0, 1.0])
+    assert (pool.predicted[leaning.indices] == 2).all()
+    even = select_batch(pool, 12, strategy_name="random", class_quota=1.0)
+    assert np.bincount(pool.predicted[even.indices], minlength=3).tolist() == [4, 4, 4]
+    with pytest.raises(ValueError, match="class_weights"):
+        select_batch(pool, 12, class_weights=[1.0, -1.0, 1.0])

@@ -220,6 +220,8 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     from nicheloop.rollouts import Rollouts
     from rollout.operations import Operations
     from rollout.plan import load_plan
+    from rollout.policy import load_policy
+    from rollout.retrain import PolicyEvidence, explain
     from training.config import TrainConfig
     from training.finetune import train
 
@@ -266,6 +268,9 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     feedback_sent = topic_offsets(settings.bootstrap_servers, FEEDBACK_TOPIC)  # the rollout's labels too
     wait_consumed(settings, FEEDBACK_TOPIC, feedback_sent)
     counts = store.counts()
+    policy = explain(
+        PolicyEvidence(store, registry).gather(time.time()), load_policy(settings.retrain_policy)
+    )
     return {
         "predictions_served": counts["predictions"],
         "prediction_events_in_kafka": topic_offsets(settings.bootstrap_servers, PREDICTIONS_TOPIC),
@@ -291,6 +296,8 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
         "reviewed_by_demo": reviewed,
         "rollout_path": [e["to_state"] for e in ops.history(final["rollout_id"])],
         "rollout_seconds": round(time.monotonic() - rollout_began, 1),
+        # what the controller's retraining policy makes of it now (it would start the next run)
+        "policy_verdict": "{action} ({rule}): {reason}".format(**policy["decision"]),
     }
 
 

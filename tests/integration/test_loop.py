@@ -58,6 +58,8 @@ def test_the_whole_loop_counts_agree_across_systems(live: Settings) -> None:
     # every feedback event (user and reviewer) was joined into a labeled example
     assert summary["feedback_joined"] == summary["feedback_events_in_kafka"] >= PREDICTIONS // 2
     assert summary["reviewed"] == summary["reviewed_by_demo"] >= 1
+    # the retraining policy waits: a version was registered minutes ago (its cooldown)
+    assert summary["policy_verdict"].startswith("wait (cooldown): the last run ended")
     # the shift is seen by the drift monitor, the unshifted stream is not
     assert summary["drift_detected_before"] is False and summary["drift_detected_after_shift"] is True
     assert summary["drift_score_after_shift"] > summary["drift_score_before"]

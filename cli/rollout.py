@@ -235,19 +235,11 @@ def _switch(pause: bool, reason: str) -> None:
     from nicheloop.rollouts import Rollouts
     from nicheloop.settings import get_settings
     from nicheloop.store import Store
+    from rollout.retrain import switch_policy
 
     store = Store(get_settings().db_url)
-    rollouts, who = Rollouts(store), actor()
-    new = rollouts.pause_policy(by=who, reason=reason) if pause else rollouts.resume_policy()
-    verb = "policy.pause" if pause else "policy.resume"
-    if new:
-        Audit(store).record(
-            actor=Caller(name=who, role="operator"),
-            action=verb,
-            target="retraining policy",
-            source="cli",
-            detail={"reason": reason},
-        )
+    who = Caller(name=actor(), role="operator")
+    new = switch_policy(Rollouts(store), Audit(store), pause=pause, who=who, reason=reason, source="cli")
     state = "paused: it decides but starts no run" if pause else "running: a train verdict starts a run"
     typer.echo(f"the retraining policy is {state}" + ("" if new else " (it already was)"))
 

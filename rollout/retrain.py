@@ -104,6 +104,23 @@ class PolicyEvidence:
         return self._snapshots[run_id]
 
 
+def switch_policy(
+    rollouts: Rollouts, audit: Audit, *, pause: bool, who: Caller, reason: str, source: str
+) -> bool:
+    """Pause the policy (it decides but starts no run) or let it act again, audited as ``who``'s;
+    False if it already was so (nothing recorded)."""
+    new = rollouts.pause_policy(by=who.name, reason=reason) if pause else rollouts.resume_policy()
+    if new:
+        audit.record(
+            actor=who,
+            action="policy.pause" if pause else "policy.resume",
+            target="retraining policy",
+            source=source,
+            detail={"reason": reason},
+        )
+    return new
+
+
 def explain(evidence: Evidence, policy: RetrainPolicy) -> dict[str, Any]:
     """The decision at the evidence's moment, with the evidence, as one JSON-able object."""
     decision: Decision = decide(evidence, policy)

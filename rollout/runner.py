@@ -51,7 +51,7 @@ from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
 from rollout.plan import RolloutPlan, load_plan
 from rollout.policy import load_policy
-from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, explain
+from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, explain, switch_policy
 from rollout.views import add_operator_views
 
 log = logging.getLogger(__name__)
@@ -180,29 +180,17 @@ def controller_api(
         @app.post("/v1/policy/pause")
         def pause_policy(request: Request, body: ReasonBody, who: Caller = operator) -> dict[str, Any]:
             """Stop the policy starting runs (it still decides and says so); a run going on finishes."""
-            new = ops.rollouts.pause_policy(by=who.name, reason=body.reason)
-            if new:
-                audit.record(
-                    actor=who,
-                    action="policy.pause",
-                    target="retraining policy",
-                    source=_source(request),
-                    detail={"reason": body.reason},
-                )
+            new = switch_policy(
+                ops.rollouts, audit, pause=True, who=who, reason=body.reason, source=_source(request)
+            )
             return {"paused": ops.rollouts.policy_pause(), "new": new}
 
         @app.post("/v1/policy/resume")
         def resume_policy(request: Request, body: ReasonBody, who: Caller = operator) -> dict[str, Any]:
             """Let the policy start runs again."""
-            new = ops.rollouts.resume_policy()
-            if new:
-                audit.record(
-                    actor=who,
-                    action="policy.resume",
-                    target="retraining policy",
-                    source=_source(request),
-                    detail={"reason": body.reason},
-                )
+            new = switch_policy(
+                ops.rollouts, audit, pause=False, who=who, reason=body.reason, source=_source(request)
+            )
             return {"paused": None, "new": new}
 
     @app.get("/v1/rollouts/history")

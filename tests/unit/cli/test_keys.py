@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from nicheloop.errors import Unauthenticated
 from nicheloop.keys import ApiKeys, Audit
+from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, get_settings
 from nicheloop.store import Store
 
@@ -66,3 +67,20 @@ def test_keys_are_made_listed_and_revoked_from_the_shell_with_an_audit_trail(set
     assert [(r["action"], r["target"], r["detail"]["reason"]) for r in rows] == [
         ("labels.vouch", "bob", "gold set was wrong")
     ]
+
+
+def test_an_operator_pauses_and_resumes_the_retraining_policy_from_the_shell(settings: Settings) -> None:
+    runner = CliRunner()
+    paused = runner.invoke(app, ["policy", "pause", "--reason", "relabeling week"])
+    assert paused.exit_code == 0 and "paused: it decides but starts no run" in paused.output
+    again = runner.invoke(app, ["policy", "pause", "--reason", "twice"])
+    assert "(it already was)" in again.output
+    assert Rollouts(Store(settings.db_url)).policy_pause()["reason"] == "relabeling week"  # type: ignore[index]
+    resumed = runner.invoke(app, ["policy", "resume", "--reason", "done"])
+    assert resumed.exit_code == 0 and "running" in resumed.output
+    assert Rollouts(Store(settings.db_url)).policy_pause() is None
+    trail = [
+        (e.action, e.source, e.detail["reason"]) for e in Audit(Store(settings.db_url)).read(action="policy")
+    ]
+    assert trail == [("policy.resume", "cli", "done"), ("policy.pause", "cli", "relabeling week")]
+    assert runner.invoke(app, ["policy", "pause"]).exit_code != 0  # a reason is required

@@ -112,75 +112,27 @@ class MeanShift:
     evidence, and duplicated or constant columns (R, G and B of grey images) cost no degrees of
     freedom. A mixture moves the mean in proportion to its share, which this sees before any
     single column's distribution or any tail does.
-
-    Hotelling's F law assumes Gaussian rows; pooled CNN features and image statistics are not,
-    and its far tail fired 4-6 times too often on calm traffic (docs/drift.md). So a p-value under
-    ``confirm_below`` is confirmed by a permutation test of the window against the reference rows
-    (exact under calm traffic, whatever the law), and the larger of the two is the answer.
     """
 
-    def __init__(self, reference: np.ndarray, *, confirm_below: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, reference: np.ndarray) -> None:
         ref = np.asarray(reference, np.float64)
-        self.m, self.mean, self.rows = len(ref), ref.mean(0), ref
-        self.confirm_below, self.seed = confirm_below, seed
-        self.whiten, self.k = _whitening(ref)
+        self.m, self.mean = len(ref), ref.mean(0)
+        sd = ref.std(0)
+        scale = np.where(sd > 1e-12, sd, 1.0)
+        eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(ref / scale, rowvar=False)))
+        keep = eigval > max(float(eigval.max(initial=0.0)), 1e-12) * 1e-6
+        self.whiten = (eigvec[:, keep] / np.sqrt(eigval[keep])) / scale[:, None]  # (J, k)
+        self.k = int(keep.sum())
 
     def p_value(self, rows: np.ndarray) -> float:
         """The p-value of "the window's mean is the reference's" (1.0 where it cannot be tested)."""
         m, n, k = self.m, len(rows), self.k
         if k == 0 or m <= k + 1 or n == 0:
             return 1.0
-        rows = np.asarray(rows, np.float64)
-        z = (rows.mean(0) - self.mean) @ self.whiten
+        z = (np.asarray(rows, np.float64).mean(0) - self.mean) @ self.whiten
         t2 = float(z @ z) / (1.0 / n + 1.0 / m)
         # Hotelling's T² with the covariance estimated from m rows: an F law, not chi-square
-        p = float(f_dist.sf(t2 * (m - k) / (k * (m - 1)), k, m - k))
-        return max(p, permutation_p(self.rows, rows, seed=self.seed)) if p < self.confirm_below else p
-
-
-def _whitening(rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """The (J, k) map that standardises and whitens ``rows`` along their non-degenerate directions."""
-    sd = rows.std(0)
-    scale = np.where(sd > 1e-12, sd, 1.0)
-    eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(rows / scale, rowvar=False)))
-    keep = eigval > max(float(eigval.max(initial=0.0)), 1e-12) * 1e-6
-    return (eigvec[:, keep] / np.sqrt(eigval[keep])) / scale[:, None], int(keep.sum())
-
-
-PERMUTATIONS = (999, 9_999)  # draws, then more while the window beats almost all of them
-CHUNK = 256  # permutations computed at once (memory: CHUNK × window × k floats)
-
-
-def permutation_p(reference: np.ndarray, window: np.ndarray, *, seed: int = 0) -> float:
-    """Permutation p-value of the window's mean against the reference rows: the squared distance
-    between the two groups' means, whitened by the pooled rows' covariance (a symmetric function
-    of the pooled rows, so the test is exact when window and reference are exchangeable), over
-    random splits of the pooled rows. 999 draws, then 9,999 when fewer than 10 beat the window;
-    p ≥ 1/10,000."""
-    pooled = np.vstack([reference, window]).astype(np.float64)
-    whiten, k = _whitening(pooled)
-    if k == 0:
-        return 1.0
-    x = (pooled - pooled.mean(0)) @ whiten
-    total, size, n = x.sum(0), len(x), len(window)
-    observed = _distances(x[len(reference) :].sum(0)[None, :], total, n, size)[0]
-    rng = np.random.default_rng(seed)
-    beaten, done = 0, 0
-    for draws in PERMUTATIONS:
-        while done < draws:
-            b = min(CHUNK, draws - done)
-            picks = np.argsort(rng.random((b, size)), axis=1)[:, :n]
-            beaten += int((_distances(x[picks].sum(1), total, n, size) >= observed - 1e-12).sum())
-            done += b
-        if beaten >= 10:
-            break
-    return (1 + beaten) / (1 + done)
-
-
-def _distances(window_sums: np.ndarray, total: np.ndarray, n: int, size: int) -> np.ndarray:
-    """Squared distance between each split's window mean and the rest's mean (rows whitened)."""
-    diff = window_sums / n - (total - window_sums) / (size - n)
-    return (diff * diff).sum(1)
+        return float(f_dist.sf(t2 * (m - k) / (k * (m - 1)), k, m - k))
 
 
 class SubspaceShift:

@@ -18,7 +18,7 @@ from monitoring.drift.monitors.image import ImageDrift
 from monitoring.drift.monitors.label import label_drift
 from monitoring.drift.monitors.prediction import prediction_drift
 from monitoring.drift.stage import DriftConfig, DriftStage, Transition
-from monitoring.drift.twosample import MeanDistance, MeanShift, Novelty, WithinClass, macro_f1, permutation_p
+from monitoring.drift.twosample import MeanDistance, MeanShift, Novelty, WithinClass, macro_f1
 from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
 from nicheloop.bus import parse_event
@@ -187,23 +187,7 @@ def test_mean_shift_holds_its_level_and_spends_no_freedom_on_copied_columns() ->
     ]
     assert np.mean(null) <= 0.03
     moved = rng.normal(size=(100, 3)) + [0.8, 0.0, 0.0]
-    assert shift.p_value(np.hstack([moved, moved[:, :1], np.ones((100, 1))])) <= 1e-4  # permutations' floor
-
-
-def test_a_small_p_value_is_confirmed_by_permutations_so_heavy_tails_raise_no_extra_alarms() -> None:
-    """Skewed rows and a small reference (as pooled CNN features of ~70 held-out images are): the
-    F law's far tail fires several times too often on calm windows; confirmed, it holds its level."""
-    rng = np.random.default_rng(21)
-    draw = lambda n: rng.lognormal(sigma=1.0, size=(n, 3))  # noqa: E731
-    f_only, confirmed = [], []
-    for _ in range(1500):
-        shift = MeanShift(draw(34), seed=int(rng.integers(1 << 30)))
-        window = draw(50)
-        f_only.append(MeanShift(shift.rows, confirm_below=0.0).p_value(window) < 0.005)
-        confirmed.append(shift.p_value(window) < 0.005)
-    assert np.mean(f_only) > 0.015  # the F law: over three times its level
-    assert np.mean(confirmed) <= 0.009
-    assert permutation_p(draw(34), draw(50) + 3.0) <= 1e-3  # a real shift still shows
+    assert shift.p_value(np.hstack([moved, moved[:, :1], np.ones((100, 1))])) < 1e-4
 
 
 def test_within_class_test_sees_a_darker_fifth_that_hides_in_the_spread_between_classes() -> None:
@@ -216,7 +200,7 @@ def test_within_class_test_sees_a_darker_fifth_that_hides_in_the_spread_between_
     darker[:40, [IMAGE_STATS.index(n) for n in ("brightness", "red_mean", "green_mean", "blue_mean")]] *= 0.8
     darker[:40, IMAGE_STATS.index("contrast")] *= 0.8
     with_classes, without = mon(darker, y), mon(darker)
-    assert with_classes.drifted and with_classes.details["p_within_class"] <= 1e-4  # permutations' floor
+    assert with_classes.drifted and with_classes.details["p_within_class"] < 1e-4
     assert "p_within_class" not in without.details and not without.drifted  # across classes it hides
     # a changed class mix moves the global mean, not the within-class one: the prediction monitor's job
     mix, mix_y = _classed(200, rng, (0.6, 0.2, 0.2))
@@ -428,7 +412,7 @@ def test_drift_stage_feeds_early_features_to_the_embedding_monitor() -> None:
     stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg)
     results = [r for i in range(100) for r in stage("t", _event(i, ref, rng, early_shift=1.0))]
     [embedding] = [r for r in results if r.monitor == "embedding"]
-    assert embedding.drifted and embedding.details["p_early"] <= 1e-4  # the permutations' floor
+    assert embedding.drifted and embedding.details["p_early"] < 1e-6
     assert embedding.details["p_pre_logits"] > 0.001  # the pre-logits did not move
 
 

@@ -197,21 +197,18 @@ def explain(
     import time
 
     from nicheloop.registry import Registry
-    from nicheloop.rollouts import Rollouts
     from nicheloop.settings import get_settings
     from nicheloop.store import Store
     from rollout.policy import load_policy
     from rollout.retrain import PolicyEvidence
-    from rollout.retrain import explain as explained
 
     s = get_settings()
     try:
         rules = load_policy(policy or s.retrain_policy, set_)
-        store = Store(s.db_url)
-        evidence = PolicyEvidence(store, Registry(s.tracking_uri, s.model_name)).gather(time.time())
+        source = PolicyEvidence(Store(s.db_url), Registry(s.tracking_uri, s.model_name))
+        out = source.explained(time.time(), rules)
     except NicheloopError as exc:
         _fail(exc)
-    out = explained(evidence, rules) | {"paused": Rollouts(store).policy_pause()}
     if as_json:
         typer.echo(json.dumps(out))
         return

@@ -195,11 +195,10 @@ class ActiveSampler:
             queued = self._queue_from(list(self.pool), k)
         else:  # most of the batch from traffic since the alarm, the rest from all that is left
             after = [pid for pid, c in self.pool.items() if c.served_at >= alarm]
-            predicted = {pid: int(c.probs.argmax()) for pid, c in self.pool.items()}
+            predicted = np.array([int(c.probs.argmax()) for c in self.pool.values()], np.int64)
+            is_after = np.array([c.served_at >= alarm for c in self.pool.values()])
             weights = shift_weights(
-                np.array([predicted[p] for p in self.pool if p not in set(after)], np.int64),
-                np.array([predicted[p] for p in after], np.int64),
-                len(next(iter(self.pool.values())).probs),
+                predicted[~is_after], predicted[is_after], len(next(iter(self.pool.values())).probs)
             )
             since = self._queue_from(after, min(len(after), round(k * self.config.alarm_share)), weights)
             self.metrics.review_enqueued_after_alarm.inc(since)

@@ -89,6 +89,14 @@ class PolicyEvidence:
             budget_left_hour=int(budget["left_hour"]) if isinstance(budget, dict) else None,
         )
 
+    def explained(
+        self, now: float, policy: RetrainPolicy, *, training: bool = False, run_ended_at: float | None = None
+    ) -> dict[str, Any]:
+        """:func:`explain` on the evidence at ``now``, with who paused the policy (None: nobody)
+        and ``acted`` False (the loop sets it when it starts a run)."""
+        evidence = self.gather(now, training=training, run_ended_at=run_ended_at)
+        return explain(evidence, policy) | {"paused": self.rollouts.policy_pause(), "acted": False}
+
     def _snapshot(self, run_id: str) -> frozenset[str]:
         """The images the run's manifest names (none where it has no readable manifest: a champion
         registered by hand trained on nothing the store knows)."""
@@ -164,12 +172,12 @@ class PolicyLoop:
         runs = self.runs
         if runs is not None:
             runs.poll(now)
-        ev = self.evidence.gather(
+        out = self.evidence.explained(
             now,
+            self.policy,
             training=runs is not None and runs.running,
             run_ended_at=runs.ended_at if runs is not None else None,
         )
-        out = explain(ev, self.policy) | {"paused": self.evidence.rollouts.policy_pause(), "acted": False}
         d, champion = out["decision"], str(out["evidence"].get("champion") or "")
         said = (champion, d["action"], d["rule"])
         if said != self._said and self._say(out, champion, now):

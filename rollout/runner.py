@@ -51,7 +51,7 @@ from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
 from rollout.plan import RolloutPlan, load_plan
 from rollout.policy import load_policy
-from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, explain, switch_policy
+from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, switch_policy
 from rollout.views import add_operator_views
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,7 @@ def controller_api(
             """The retraining policy's verdict (as of its last look), its evidence and the policy."""
             latest = policy.latest
             if latest is None:  # not looked yet, or another controller holds the policy's lease
-                fresh = explain(policy.evidence.gather(time.time()), policy.policy)
-                return fresh | {"paused": ops.rollouts.policy_pause(), "acted": False}
+                return policy.evidence.explained(time.time(), policy.policy)
             return latest | {"paused": ops.rollouts.policy_pause()}  # a pause shows at once
 
         @app.post("/v1/policy/pause")

@@ -11,7 +11,7 @@ AXE_JS ?= $(HOME)/.cache/nicheloop/axe-core-$(AXE_VERSION)/axe.min.js
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup python-deps kafka-jars postgres promtool chromium axe demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout bench-hostile bench-review-ui lint stack-up stack-down clean
+.PHONY: setup python-deps kafka-jars postgres promtool chromium axe demo test test-unit test-integration soak bench bench-serving bench-sampling bench-train bench-drift bench-rollout bench-loop bench-hostile bench-review-ui lint stack-up stack-down clean
 
 TEST_ENV = NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_TEST_POSTGRES_URL=$$(deploy/local/postgres.sh url) \
 	NICHELOOP_CHROMIUM=$(CHROMIUM) NICHELOOP_AXE_JS=$(AXE_JS)
@@ -101,6 +101,10 @@ bench-drift: python-deps
 
 bench-rollout: python-deps
 	$(PY) -m benchmarks.rollout
+
+# The loop after a shift against static, periodic and drift-triggered retraining (BENCH_ARGS=--quick: 15 min).
+bench-loop: python-deps
+	$(PY) -m benchmarks.closed_loop $(BENCH_ARGS)
 
 bench-review-ui: setup chromium
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) NICHELOOP_CHROMIUM=$(CHROMIUM) $(PY) -m benchmarks.review_ui

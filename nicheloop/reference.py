@@ -17,6 +17,7 @@ from nicheloop.contracts import IMAGE_STATS
 
 FILE = "reference.npz"
 LEGACY_FILE = "reference.npy"  # versions registered before image statistics: embeddings only
+MIN_ROWS = 20  # reference rows a drift monitor needs (novelty splits them in two halves)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class Reference:
         """The largest subset of rows whose classes come in ``shares`` (one per class): a held-out
         set drawn image by image (a keyed hash) has a chance class mix, which a mean-shift test of
         the live stream reads as drift. Rows of over-represented classes are dropped at random
-        (seeded); classes the rows lack are left out of the proportions."""
+        (seeded); classes the rows lack are left out of the proportions. Never under ``MIN_ROWS``
+        rows while the whole set has them: a chance mix is a lesser harm than silent monitors."""
         y = self.labels.astype(int)
         counts = np.bincount(y, minlength=len(shares))[: len(shares)]
         want = np.where(counts > 0, np.asarray(shares, np.float64), 0.0)
@@ -67,6 +69,8 @@ class Reference:
                 [rng.choice(np.flatnonzero(y == c), keep[c], replace=False) for c in range(len(keep))]
             )
         )
+        if len(rows) < MIN_ROWS <= len(y):
+            return self
         return Reference(
             self.embeddings[rows],
             self.stats[rows] if self.stats.size else self.stats,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nicheloop.yamlfile import load_yaml_model
+from rollout.stats import accuracy_interval
 
 
 class RetrainPolicy(BaseModel):
@@ -34,7 +35,14 @@ class RetrainPolicy(BaseModel):
         gt=0,
         description="Champion accuracy on users' labels this many points under its held-out figure...",
     )
-    accuracy_min_labels: int = Field(100, ge=1, description="... over at least this many users' labels.")
+    accuracy_min_labels: int = Field(100, ge=1, description="... over at least this many users' labels...")
+    accuracy_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="... and beyond chance: the users' accuracy's anytime-valid interval at this level "
+        "lies wholly that many points under the held-out figure (the policy looks again and again).",
+    )
     labels_after_drop: int = Field(50, ge=1, description="New labels an accuracy drop needs to train on.")
     new_labels: int = Field(
         500, ge=1, description="New labels since the champion's snapshot that are worth a run on their own."
@@ -59,6 +67,7 @@ class Evidence:
     labels_after_alarm: int = 0  # new labels of traffic served after that alarm
     accuracy_drop_points: float | None = None  # held-out accuracy minus accuracy on users' labels
     user_labels: int = 0  # users' labels of the champion's predictions that figure is from
+    holdout_accuracy: float | None = None  # the champion's held-out accuracy (a fraction)
     training: bool = False  # a run is going on
     rollout_live: bool = False  # a candidate is going through its rollout
     last_run_at: float | None = None  # when the last run ended
@@ -121,9 +130,16 @@ def _accuracy(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
         return None
     if ev.new_labels < p.labels_after_drop:
         return None
+    upper = None
+    if ev.holdout_accuracy is not None:  # a small hold-out's 100% against users' 96% is chance, not a drop
+        hits = min(ev.user_labels, max(0, round((ev.holdout_accuracy - drop / 100) * ev.user_labels)))
+        upper = accuracy_interval(hits, ev.user_labels, p.accuracy_alpha)[1]
+        if upper > ev.holdout_accuracy - p.accuracy_drop_points / 100:
+            return None
+    beyond = f", beyond chance (at most {100 * upper:.1f}% right)" if upper is not None else ""
     return "accuracy", (
         f"on {ev.user_labels} users' labels the champion is {drop:.1f} points under its held-out "
-        f"accuracy (policy: {p.accuracy_drop_points:.1f}), and {ev.new_labels} labels are new"
+        f"accuracy{beyond} (policy: {p.accuracy_drop_points:.1f}), and {ev.new_labels} labels are new"
     )
 
 

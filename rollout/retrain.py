@@ -80,6 +80,7 @@ class PolicyEvidence:
             labels_after_alarm=after_alarm,
             accuracy_drop_points=drop,
             user_labels=user_labels,
+            holdout_accuracy=held_out,
             rollout_live=self.rollouts.live() is not None,
             training=training,
             last_run_at=max(

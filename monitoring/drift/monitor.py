@@ -16,10 +16,10 @@ import numpy as np
 
 from monitoring.drift.twosample import bonferroni
 from nicheloop.plugins import PluginRegistry
-from nicheloop.reference import Reference
+from nicheloop.reference import MIN_ROWS, Reference
 from nicheloop.settings import EmbeddingMethod
 
-MIN_REFERENCE = 20  # reference rows a monitor needs (novelty splits them in two halves)
+MIN_REFERENCE = MIN_ROWS  # reference rows a monitor needs (novelty splits them in two halves)
 Status = Literal["ok", "insufficient_data"]
 Feed = Literal["inputs", "outcomes"]
 

@@ -38,3 +38,10 @@ def test_class_shares_count_both_sides_of_the_snapshot() -> None:
     ex = lambda label: Example("0" * 64, label)  # noqa: E731
     snap = Snapshot(train=(ex("a"), ex("a"), ex("b")), holdout=(ex("c"),))
     assert class_shares(snap, ["a", "b", "c", "d"]).tolist() == [0.5, 0.25, 0.25, 0.0]
+
+
+def test_a_cut_that_would_silence_the_monitors_keeps_the_whole_set() -> None:
+    drawn = _reference([0] * 20 + [1] * 2 + [2] * 8)  # balanced, it would be 6 rows: under MIN_ROWS
+    kept = drawn.in_proportion(np.array([1 / 3, 1 / 3, 1 / 3]))
+    assert np.array_equal(kept.labels, drawn.labels)
+    assert len(_reference([0] * 40 + [1] * 8 + [2] * 12).in_proportion(np.full(3, 1 / 3)).labels) == 24

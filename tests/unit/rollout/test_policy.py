@@ -32,6 +32,22 @@ def test_an_accuracy_drop_on_users_labels_trains_with_enough_of_them() -> None:
     )
 
 
+def test_an_accuracy_drop_within_chance_of_a_small_hold_out_waits() -> None:
+    policy = RetrainPolicy(accuracy_min_labels=30, labels_after_drop=30)
+    # 100% on a few dozen held-out images, 95% on 40 users' labels: 5 points, and nothing proven
+    calm = Evidence(NOW, new_labels=60, accuracy_drop_points=5.0, user_labels=40, holdout_accuracy=1.0)
+    assert decide(calm, policy).action == "wait"
+    shifted = Evidence(NOW, new_labels=60, accuracy_drop_points=30.0, user_labels=40, holdout_accuracy=0.97)
+    verdict = decide(shifted, policy)
+    assert (verdict.action, verdict.rule) == ("train", "accuracy") and "beyond chance" in verdict.reason
+    assert (
+        decide(
+            shifted, RetrainPolicy(accuracy_min_labels=30, labels_after_drop=30, accuracy_alpha=1e-12)
+        ).action
+        == "wait"
+    )
+
+
 def test_many_new_labels_or_an_old_champion_train_and_a_run_or_its_cooldown_waits() -> None:
     assert decide(Evidence(NOW, new_labels=500), POLICY).rule == "labels"
     old = Evidence(NOW, new_labels=25, champion_since=NOW - 8 * 86_400)

@@ -1,0 +1,112 @@
+"""The closed-loop benchmark's figures: what counts as deficit and recovery, and its goals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.closed_loop import (
+    T0,
+    Marks,
+    Run,
+    camera_change,
+    deficit_area,
+    goals_met,
+    holdout_side,
+    recovered_at,
+    recovery,
+)
+
+
+def _windows(online: list[float], shifted: list[float], *, step: float = 900.0) -> list[dict[str, float]]:
+    return [
+        {
+            "end": T0 + step * (j + 1),
+            "online": o,
+            "test_shifted": s,
+            "test_clean": 0.98,
+            "reviewed": 10.0 * j + 5,
+        }
+        for j, (o, s) in enumerate(zip(online, shifted))
+    ]
+
+
+def test_deficit_counts_only_the_points_under_the_level_after_the_shift() -> None:
+    w = _windows([0.5, 0.9, 0.8, 0.95, 1.0], [0.0] * 5)
+    shift = T0 + 900 * 1.5  # after the first window ends
+    # windows 2..5: 0.9 -> 5 points under 0.95, 0.8 -> 15, 0.95 -> 0, 1.0 -> 0 (above is not credit)
+    assert deficit_area(w, shift, 0.95, 0.25) == pytest.approx((5 + 15) * 0.25)
+
+
+def test_recovery_needs_three_windows_in_a_row_within_two_points() -> None:
+    shifted = [0.97, 0.7, 0.96, 0.965, 0.9, 0.96, 0.97, 0.975]
+    w = _windows([0.9] * len(shifted), shifted)
+    shift = T0 + 900 * 1.5
+    # windows 2,3 pass but window 4 dips: the run of three starts at window 5
+    assert recovered_at(w, shift, 0.98) == 5
+    assert recovered_at(w, shift, 0.999) is None
+
+
+def test_recovery_counts_labels_from_the_shift_and_splits_the_time() -> None:
+    shifted = [0.6, 0.6, 0.6, 0.97, 0.97, 0.97]
+    w = _windows([0.9] * 6, shifted)
+    shift = T0 + 900 * 1.5
+    marks = Marks(alarms=[T0 - 10, T0 + 2000])  # an alarm before the shift is not its detection
+    run = Run(None, "drift", started_at=T0 + 2200, ready_at=T0 + 2300)
+    marks.runs.append(run)
+    marks.promotions.append((T0 + 2600, run))
+
+    class _Arm:
+        windows = w
+
+    arm = _Arm()
+    arm.marks = marks  # type: ignore[attr-defined]
+    out = recovery(arm, shift, 0.98)  # type: ignore[arg-type]
+    assert out["labels_to_recover"] == 35 - 5  # window 4's reviewed labels minus the last before the shift
+    assert out["time_to_recover_s"] == round(T0 + 3600 - shift)
+    split = out["time_split_s"]
+    assert split["detection"] == round(T0 + 2000 - shift)
+    assert (split["waiting_for_labels"], split["training"], split["rollout"]) == (200, 100, 300)
+    assert split["windows_to_confirm"] == 3600 - 2600
+
+
+def test_the_held_out_side_is_a_stable_fifth() -> None:
+    keys = [f"{i:064x}" for i in range(2000)]
+    sides = [holdout_side(k) for k in keys]
+    assert sides == [holdout_side(k) for k in keys]
+    assert 0.17 < np.mean(sides) < 0.23
+
+
+def test_the_camera_change_is_darker_flatter_and_the_same_for_a_seed() -> None:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    a, b = camera_change(img, 3), camera_change(img, 3)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    before, after = np.asarray(img, np.float32), np.asarray(a, np.float32)
+    assert after.mean() < before.mean() - 10 and after.std() < before.std() / 2
+
+
+def test_goals_compare_the_arms_and_say_none_where_an_arm_is_missing() -> None:
+    out = {
+        "static": {"deficit_area": 100.0},
+        "periodic_random": {"deficit_area": 40.0},
+        "drift_random": {"labels_to_recover": 200, "deficit_area": 50.0},
+        "loop": {
+            "labels_to_recover": 90,
+            "deficit_area": 24.0,
+            "false_triggers": 0,
+            "forgetting_points": 1.0,
+        },
+    }
+    goals = goals_met(out)
+    assert goals["labels_to_recover_le_half_drift_random"] is True
+    assert goals["deficit_le_0_6_periodic_random"] is True
+    assert goals["deficit_le_0_3_static"] is True
+    assert goals["no_false_triggers"] is True and goals["forgetting_le_2"] is True
+    out["loop"]["deficit_area"] = 31.0
+    out["loop"]["false_triggers"] = 1
+    goals = goals_met(out)
+    assert goals["deficit_le_0_3_static"] is False and goals["no_false_triggers"] is False
+    del out["drift_random"]
+    assert goals_met(out)["labels_to_recover_le_half_drift_random"] is None

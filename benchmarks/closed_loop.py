@@ -63,7 +63,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +87,7 @@ from nicheloop.model import NicheModel, build_model
 from nicheloop.reference import Reference
 from rollout.plan import RolloutPlan
 from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
+from training.adapt import recalibrated
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, load_recipe
 from training.data import Example, Snapshot, class_shares, read_image_folder
@@ -98,7 +99,7 @@ from training.probe import probe_head
 log = logging.getLogger("closed_loop")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "neu-steel"
-ARMS = ("static", "periodic_random", "drift_random", "loop")
+ARMS = ("static", "periodic_random", "drift_random", "loop", "loop_bn")
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=UTC).timestamp()  # the stream's first event
 MAX_BYTES, MAX_PIXELS = 64 << 20, 4096 * 4096
 # The default policy, scaled to a stream of hours: a 6-hour cooldown would allow one run a stream.
@@ -329,6 +330,7 @@ class Marks:
     promotions: list[tuple[float, Run]] = field(default_factory=list)
     rejected: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
+    stopgaps: list[dict[str, Any]] = field(default_factory=list)  # loop_bn: each recalibration's fate
 
 
 class Arm:
@@ -371,6 +373,9 @@ class Arm:
         self._feedback_events: list[tuple[float, str, str]] = []  # (due, prediction id, label)
         self.stage = DriftStage(self._reference, MonitorMetrics(), DriftConfig(), self._transition)
         self.sampler = SamplerConfig()
+        self.recent: deque[str] = deque(maxlen=1000)  # the images served last, newest last
+        self.stopgap: Version | None = None
+        self.stopgap_serving, self.stopgap_since, self.stopgap_tried = False, 0.0, ""
         self._switch(champion)
 
     # -- the champion's monitors and covered set
@@ -393,8 +398,12 @@ class Arm:
         return min(held.values()) if held else None
 
     def _switch(self, v: Version) -> None:
-        """A new champion: the sampler's pool is dropped and its covered set starts from the reference."""
+        """A new champion: the sampler's pool is dropped and its covered set starts from the reference;
+        a batch-norm stopgap ends (the new version learnt the shift from labels)."""
         self.pool.clear()
+        if self.stopgap is not None:
+            self.scores.forget(self.stopgap)
+        self.stopgap, self.stopgap_serving = None, False
         ref = v.reference.embeddings.astype(np.float32)
         self.index = EmbeddingIndex(ref.shape[1], center=ref.mean(axis=0))
         self.index.add(self.index.prepare(ref), [f"reference-{i}" for i in range(len(ref))])
@@ -413,7 +422,11 @@ class Arm:
             self.rng.random()  # keep the draws aligned across arms
         probs, emb, early = self.scores.of(serving, [key])[0]
         truth = self.world.label[key]
-        self.correct.append(bool(probs.argmax() == truth))
+        answer = probs  # the champion still runs beside a stopgap: its monitors and evidence stay its own
+        if arm == "champion" and self.stopgap is not None and self.stopgap_serving:
+            answer = self.scores.of(self.stopgap, [key])[0][0]
+        self.correct.append(bool(answer.argmax() == truth))
+        self.recent.append(key)
         pid = f"{self.name}-{i}"
         at = datetime.fromtimestamp(self.now, UTC)
         self.stage(
@@ -478,7 +491,7 @@ class Arm:
         k = min(self.sampler.batch, len(ids))
         if k == 0:
             return
-        if self.name == "loop":
+        if self.name.startswith("loop"):
             chosen = self._active(ids, k)
         else:
             chosen = [ids[int(j)] for j in self.pick.choice(len(ids), k, replace=False)]
@@ -554,11 +567,13 @@ class Arm:
         )
 
     def _decide(self) -> None:
+        if self.name == "loop_bn" and not self.calm:
+            self._stopgap()
         if self.name == "static" or self.run is not None or self.rollout is not None:
             return
         rule: str | None = None
         cooled = self.last_run_at is None or self.now - self.last_run_at >= self.policy.cooldown_s
-        if self.name == "loop":
+        if self.name.startswith("loop"):
             d = decide(self.evidence(), self.policy)
             rule = d.rule if d.action == "train" else None
         elif self.name == "drift_random":
@@ -616,6 +631,74 @@ class Arm:
         self.run = Run(cand, rule, self.now, self.now + took, parent)
         self.marks.runs.append(self.run)
 
+    def _input_alarm(self) -> bool:
+        """An image or embedding alarm holds on the champion (a prediction alarm alone may be the
+        class mix, where the old statistics were right)."""
+        return bool({"image", "embedding"} & set(self.raised.get(self.champion.name, {})))
+
+    def _stopgap(self) -> None:
+        """loop_bn: once per champion, when an input alarm holds, recalibrate its batch norm on the
+        latest traffic; it answers once it beats the champion in shadow on fresh labels."""
+        if self.stopgap is None:
+            if self.stopgap_tried == self.champion.name or not self._input_alarm():
+                return
+            self.stopgap_tried = self.champion.name
+            keys = list(self.recent)[-self.args.bn_images :]
+            model = recalibrated(self.champion.model, [self.world.images[k] for k in keys])
+            c = self.champion
+            v = Version(f"{c.name}-bn", model, c.snapshot, c.reference, c.holdout_accuracy, self.now)
+            v.test_clean = self.scores.accuracy(v, self.world.test_clean)
+            v.test_shifted = self.scores.accuracy(v, self.world.test_shifted)
+            self.stopgap, self.stopgap_since = v, self.now
+            self.marks.stopgaps.append(
+                {
+                    "at_h": round((self.now - T0) / 3600, 2),
+                    "images": len(keys),
+                    "test_shifted": round(v.test_shifted, 4),
+                    "champion_test_shifted": round(c.test_shifted, 4),
+                }
+            )
+            log.info(
+                "%s: stopgap %s in shadow (shifted test %.3f against %.3f)",
+                self.name,
+                v.name,
+                v.test_shifted,
+                c.test_shifted,
+            )
+            return
+        if self.stopgap_serving:
+            return
+        fresh = [lb.key for lb in self.labels if lb.served_at >= self.stopgap_since]
+        if len(fresh) < self.args.bn_min_labels:
+            return
+        mine = self.scores.accuracy(self.stopgap, fresh)
+        theirs = self.scores.accuracy(self.champion, fresh)
+        self.marks.stopgaps[-1] |= {
+            "shadow_labels": len(fresh),
+            "shadow_accuracy": round(mine, 4),
+            "champion_shadow_accuracy": round(theirs, 4),
+        }
+        if mine > theirs:
+            self.stopgap_serving = True
+            self.marks.stopgaps[-1]["served_at_h"] = round((self.now - T0) / 3600, 2)
+            log.info(
+                "%s: stopgap serves (%.3f against %.3f on %d fresh labels)",
+                self.name,
+                mine,
+                theirs,
+                len(fresh),
+            )
+        else:
+            log.info(
+                "%s: stopgap refused (%.3f against %.3f on %d fresh labels)",
+                self.name,
+                mine,
+                theirs,
+                len(fresh),
+            )
+            self.scores.forget(self.stopgap)
+            self.stopgap = None
+
     def scores_holdout(self, snap: Snapshot) -> float:
         return self.scores.accuracy(self.champion, [e.image_sha256 for e in snap.holdout])
 
@@ -665,12 +748,13 @@ class Arm:
         w = self.args.window
         if (i + 1) % w:
             return
+        serving = self.stopgap if self.stopgap is not None and self.stopgap_serving else self.champion
         self.windows.append(
             {
                 "end": self.now,
                 "online": float(np.mean(self.correct[-w:])),
-                "test_shifted": self.champion.test_shifted,
-                "test_clean": self.champion.test_clean,
+                "test_shifted": serving.test_shifted,
+                "test_clean": serving.test_clean,
                 "reviewed": sum(lb.reviewed for lb in self.labels),
             }
         )
@@ -835,6 +919,8 @@ def main() -> None:
     p.add_argument("--decide-every", type=int, default=5, help="Events between two looks of the policy.")
     p.add_argument("--window", type=int, default=50, help="Events in an accuracy window.")
     p.add_argument("--calm-events", type=int, default=5000)
+    p.add_argument("--bn-images", type=int, default=128, help="loop_bn: recent images a recalibration sees.")
+    p.add_argument("--bn-min-labels", type=int, default=20, help="loop_bn: fresh labels its shadow needs.")
     p.add_argument("--epochs", type=int, default=0, help="Continual runs' epochs (0: the recipe's).")
     p.add_argument(
         "--boot-epochs", type=int, default=0, help="The first champion's epochs (0: the recipe's)."
@@ -915,7 +1001,7 @@ def main() -> None:
                     "shifted": round(arm.champion.test_shifted, 4),
                 },
                 "decisions": arm.marks.decisions,
-            }
+            } | ({"stopgaps": arm.marks.stopgaps} if name == "loop_bn" else {})
         if calm is not None:
             out["loop"]["false_triggers"] = sum(
                 n for rule, n in calm.marks.decisions.items() if rule in ("drift", "accuracy")
@@ -966,6 +1052,7 @@ def goals_met(out: dict[str, Any]) -> dict[str, bool | None]:
         "no_false_triggers": loop.get("false_triggers") == 0 if "false_triggers" in loop else None,
         "forgetting_le_2": loop["forgetting_points"] <= 2 if loop else None,
         "recovered_within_2_points": loop.get("labels_to_recover") is not None if loop else None,
+        "stopgap_lowers_deficit": ratio("loop_bn", "loop", "deficit_area", 1.0),
     }
 
 

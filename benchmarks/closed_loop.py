@@ -36,7 +36,9 @@ rollout plan, ``--step-s`` each, then becomes champion.
 
 The stream never waits for training: a run starts at the event the decision is taken, takes the
 wall time it really takes times ``--time-scale`` on the simulated clock, and its candidate enters
-the rollout at the first event after that.
+the rollout at the first event after that. Wall time depends on the machine's load, and which
+labels arrive meanwhile on it: ``--train-s S`` makes every run take S simulated seconds instead,
+for figures that repeat exactly.
 
 Metrics per arm: online accuracy in windows of ``--window`` events; ``deficit_area`` (accuracy
 points lost under the pre-shift online level after the shift, summed over windows, times their
@@ -627,7 +629,7 @@ class Arm:
             self.now,
         )
         parent = self.scores_holdout(snap)
-        took = (time.perf_counter() - wall) * self.args.time_scale
+        took = self.args.train_s or (time.perf_counter() - wall) * self.args.time_scale
         self.run = Run(cand, rule, self.now, self.now + took, parent)
         self.marks.runs.append(self.run)
 
@@ -915,6 +917,9 @@ def main() -> None:
     p.add_argument("--step-s", type=float, default=600.0, help="Time in shadow and in each canary step.")
     p.add_argument(
         "--time-scale", type=float, default=1.0, help="Simulated seconds per wall second of training."
+    )
+    p.add_argument(
+        "--train-s", type=float, default=0.0, help="Simulated seconds every run takes (0: its wall time)."
     )
     p.add_argument("--decide-every", type=int, default=5, help="Events between two looks of the policy.")
     p.add_argument("--window", type=int, default=50, help="Events in an accuracy window.")

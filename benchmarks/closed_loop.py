@@ -78,7 +78,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from monitoring.drift.stage import DriftConfig, DriftStage, Transition
 from monitoring.index import EmbeddingIndex
 from monitoring.metrics import MonitorMetrics
-from monitoring.sampling import SamplerConfig, shift_weights
+from monitoring.sampling import SamplerConfig, alarm_split
 from monitoring.selection import select_batch
 from monitoring.strategies import Context, Pool
 from nicheloop.blobs import BlobStore
@@ -410,6 +410,24 @@ class Arm:
         self.index = EmbeddingIndex(ref.shape[1], center=ref.mean(axis=0))
         self.index.add(self.index.prepare(ref), [f"reference-{i}" for i in range(len(ref))])
 
+    def play(self) -> Arm:
+        """Serve its whole stream (the calm one for a calm arm), closing accuracy windows as it goes."""
+        stream = self.world.calm if self.calm else self.world.stream
+        t0 = time.perf_counter()
+        for i, key in enumerate(stream):
+            self.serve(i, key)
+            self.close_window(i)
+            if i % 500 == 499:
+                log.info(
+                    "%s%s: %d/%d events (%.0fs)",
+                    self.name,
+                    " (calm)" if self.calm else "",
+                    i + 1,
+                    len(stream),
+                    time.perf_counter() - t0,
+                )
+        return self
+
     # -- the stream
     def serve(self, i: int, key: str) -> None:
         self.now = T0 + i * 3600.0 / self.args.events_per_hour
@@ -517,13 +535,17 @@ class Arm:
         alarm = self.alarm_since()
         if alarm is None:
             return self._choose(ids, k, None)
-        after = [i for i in ids if self.pool[i][3] >= alarm]
-        predicted = np.array([int(self.pool[i][1].argmax()) for i in ids])
-        is_after = np.array([self.pool[i][3] >= alarm for i in ids])
-        weights = shift_weights(predicted[~is_after], predicted[is_after], len(self.world.classes))
-        first = self._choose(after, min(len(after), round(k * self.sampler.alarm_share)), weights)
-        rest = [i for i in ids if i not in set(first)]
-        return first + self._choose(rest, k - len(first), None)
+        is_after, k_after, weights = alarm_split(
+            np.array([self.pool[i][3] for i in ids]),
+            np.array([int(self.pool[i][1].argmax()) for i in ids]),
+            alarm,
+            k=k,
+            share=self.sampler.alarm_share,
+            classes=len(self.world.classes),
+        )
+        first = self._choose([i for i, a in zip(ids, is_after) if a], k_after, weights)
+        taken = set(first)
+        return first + self._choose([i for i in ids if i not in taken], k - len(first), None)
 
     def _choose(self, ids: list[int], k: int, weights: list[float] | None) -> list[int]:
         if k <= 0 or not ids:
@@ -866,36 +888,6 @@ def chart(arms: dict[str, Arm], shift_t: float, path: Path) -> Path:
 # -- the benchmark -----------------------------------------------------------------------------------
 
 
-def run_arm(
-    name: str,
-    world: World,
-    scores: Scores,
-    champion: Version,
-    cfg: TrainConfig,
-    policy: RetrainPolicy,
-    plan: RolloutPlan,
-    args: argparse.Namespace,
-    *,
-    calm: bool = False,
-) -> Arm:
-    arm = Arm(name, world, scores, champion, cfg, policy, plan, args, calm=calm)
-    stream = world.calm if calm else world.stream
-    t0 = time.perf_counter()
-    for i, key in enumerate(stream):
-        arm.serve(i, key)
-        arm.close_window(i)
-        if i % 500 == 499:
-            log.info(
-                "%s%s: %d/%d events (%.0fs)",
-                name,
-                " (calm)" if calm else "",
-                i + 1,
-                len(stream),
-                time.perf_counter() - t0,
-            )
-    return arm
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -975,11 +967,11 @@ def main() -> None:
             time.perf_counter() - t0,
         )
         arms = {
-            name: run_arm(name, world, scores, first, cfg, policy, plan, args)
+            name: Arm(name, world, scores, first, cfg, policy, plan, args).play()
             for name in args.arms.split(",")
         }
         calm = (
-            run_arm("loop", world, scores, first, cfg, policy, plan, args, calm=True)
+            Arm("loop", world, scores, first, cfg, policy, plan, args, calm=True).play()
             if "loop" in arms
             else None
         )

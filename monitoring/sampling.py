@@ -73,6 +73,16 @@ def shift_weights(before: np.ndarray, after: np.ndarray, classes: int, cap: floa
     return np.clip(ratio, 1.0, cap).tolist()
 
 
+def alarm_split(
+    served_at: np.ndarray, predicted: np.ndarray, alarm: float, *, k: int, share: float, classes: int
+) -> tuple[np.ndarray, int, list[float]]:
+    """While an alarm holds: which candidates were served since it (a mask), how many of a batch of
+    ``k`` go to them (``share`` of it, at most all of them), and the class weights of their quota."""
+    is_after = np.asarray(served_at) >= alarm
+    weights = shift_weights(predicted[~is_after], predicted[is_after], classes)
+    return is_after, min(int(is_after.sum()), round(k * share)), weights
+
+
 class ActiveSampler:
     """A monitoring stage: ``sampler(topic, event)`` returns how many items it queued (0 mostly).
 
@@ -194,13 +204,17 @@ class ActiveSampler:
         if alarm is None:
             queued = self._queue_from(list(self.pool), k)
         else:  # most of the batch from traffic since the alarm, the rest from all that is left
-            after = [pid for pid, c in self.pool.items() if c.served_at >= alarm]
-            predicted = np.array([int(c.probs.argmax()) for c in self.pool.values()], np.int64)
-            is_after = np.array([c.served_at >= alarm for c in self.pool.values()])
-            weights = shift_weights(
-                predicted[~is_after], predicted[is_after], len(next(iter(self.pool.values())).probs)
+            cands = list(self.pool.values())
+            is_after, k_after, weights = alarm_split(
+                np.array([c.served_at for c in cands]),
+                np.array([int(c.probs.argmax()) for c in cands], np.int64),
+                alarm,
+                k=k,
+                share=self.config.alarm_share,
+                classes=len(cands[0].probs),
             )
-            since = self._queue_from(after, min(len(after), round(k * self.config.alarm_share)), weights)
+            after = [pid for pid, a in zip(self.pool, is_after) if a]
+            since = self._queue_from(after, k_after, weights)
             self.metrics.review_enqueued_after_alarm.inc(since)
             queued = since + self._queue_from(list(self.pool), k - since)
         if time.monotonic() - self.saved_at >= self.config.save_every_s:

@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 INDEX = "index.jsonl"
 
 
+# Decimals a report's numbers keep: a column spread over a few float32 ulps (a sure model's
+# confidence, 1 - 6e-8 to 1.0) makes Evidently's ten-bin histogram raise; rounded, it is constant.
+DECIMALS = 6
+
+
 def _frame(stats: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> pd.DataFrame:
-    frame = pd.DataFrame(stats, columns=list(IMAGE_STATS)) if len(stats) else pd.DataFrame()
+    rounded = np.round(np.asarray(stats, dtype=np.float64), DECIMALS)
+    frame = pd.DataFrame(rounded, columns=list(IMAGE_STATS)) if len(stats) else pd.DataFrame()
     if len(probs):
-        frame["confidence"] = probs.max(1)
+        frame["confidence"] = np.round(probs.max(1).astype(np.float64), DECIMALS)
         frame["predicted_class"] = [
             class_names[i] if i < len(class_names) else str(i) for i in probs.argmax(1)
         ]
@@ -51,10 +57,11 @@ def render(reference: Reference, stats: np.ndarray, probs: np.ndarray, path: Pat
         numerical_columns=numeric,
         categorical_columns=["predicted_class"] if "predicted_class" in cols else [],
     )
-    snapshot = Report([DataDriftPreset()]).run(
-        Dataset.from_pandas(cur[cols], data_definition=definition),
-        Dataset.from_pandas(ref[cols], data_definition=definition),
-    )
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant column's correlation is NaN
+        snapshot = Report([DataDriftPreset()]).run(
+            Dataset.from_pandas(cur[cols], data_definition=definition),
+            Dataset.from_pandas(ref[cols], data_definition=definition),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
     return path

@@ -500,6 +500,22 @@ def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Pa
     assert list_reports(tmp_path, version="1")[0] == newest and list_reports(tmp_path, version="9") == []
 
 
+def test_a_report_renders_when_a_sure_model_spreads_its_confidence_over_a_few_ulps(tmp_path: Path) -> None:
+    """A retrained champion answers 1.0 or 1 - 6e-8 in float32: Evidently's histogram of that
+    column used to raise, and the alarm's window went without its report."""
+    from monitoring.drift.report import render
+
+    rng, n = np.random.default_rng(15), 60
+    probs = np.zeros((n, 3), np.float32)
+    probs[:, 0] = 1.0
+    probs[::2, 0], probs[::2, 1] = np.float32(1 - 6e-8), np.float32(6e-8)
+    stats = rng.normal(size=(n, len(IMAGE_STATS)))
+    stats[:, 0] = 0.3 + np.where(np.arange(n) % 2, 1e-16, 0.0)  # a statistic a few ulps wide
+    reference = Reference(rng.normal(size=(n, 4)), stats, probs, np.zeros(n, dtype=int), ("a", "b", "c"))
+    path = render(reference, stats + 1.0, probs, tmp_path / "sure.html")
+    assert path.read_text().lstrip().lower().startswith("<!doctype html")
+
+
 def test_report_every_evaluated_window_when_asked(tmp_path: Path) -> None:
     from monitoring.drift.report import ReportWriter, list_reports
 

@@ -87,7 +87,7 @@ from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.model import NicheModel, build_model
 from nicheloop.reference import Reference
-from rollout.plan import RolloutPlan
+from rollout.plan import STOPGAP_PLAN, RolloutPlan
 from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
 from training.adapt import recalibrated
 from training.calibrate import fit_temperature
@@ -377,7 +377,10 @@ class Arm:
         self.sampler = SamplerConfig()
         self.recent: deque[str] = deque(maxlen=1000)  # the images served last, newest last
         self.stopgap: Version | None = None
-        self.stopgap_serving, self.stopgap_since, self.stopgap_tried = False, 0.0, ""
+        self.stopgap_plan = RolloutPlan(**STOPGAP_PLAN)  # the product's: shadow wins, one canary step
+        # when its shadow passed (None: still in shadow); the canary step, then it serves all
+        self.stopgap_passed: float | None = None
+        self.stopgap_since, self.stopgap_tried = 0.0, ""
         self._switch(champion)
 
     # -- the champion's monitors and covered set
@@ -405,7 +408,7 @@ class Arm:
         self.pool.clear()
         if self.stopgap is not None:
             self.scores.forget(self.stopgap)
-        self.stopgap, self.stopgap_serving = None, False
+        self.stopgap, self.stopgap_passed = None, None
         ref = v.reference.embeddings.astype(np.float32)
         self.index = EmbeddingIndex(ref.shape[1], center=ref.mean(axis=0))
         self.index.add(self.index.prepare(ref), [f"reference-{i}" for i in range(len(ref))])
@@ -443,7 +446,7 @@ class Arm:
         probs, emb, early = self.scores.of(serving, [key])[0]
         truth = self.world.label[key]
         answer = probs  # the champion still runs beside a stopgap: its monitors and evidence stay its own
-        if arm == "champion" and self.stopgap is not None and self.stopgap_serving:
+        if arm == "champion" and self.stopgap is not None and self._stopgap_answers(key):
             answer = self.scores.of(self.stopgap, [key])[0][0]
         self.correct.append(bool(answer.argmax() == truth))
         self.recent.append(key)
@@ -660,9 +663,30 @@ class Arm:
         class mix, where the old statistics were right)."""
         return bool({"image", "embedding"} & set(self.raised.get(self.champion.name, {})))
 
+    def _stopgap_share(self) -> float:
+        """The share of the champion's traffic its stopgap answers: none in shadow, the plan's canary
+        step for ``step_s`` once its shadow passed, then all."""
+        if self.stopgap is None or self.stopgap_passed is None:
+            return 0.0
+        return 1.0 if self.now - self.stopgap_passed >= self.args.step_s else self.stopgap_plan.steps[0]
+
+    def _stopgap_answers(self, key: str) -> bool:
+        """Whether the stopgap answers ``key`` (by the image's hash: the draws of the arms stay aligned)."""
+        share = self._stopgap_share()
+        return share >= 1.0 or (
+            share > 0 and int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) < share * 2**32
+        )
+
+    def _right(self, v: Version, keys: list[str]) -> np.ndarray:
+        return np.array(
+            [int(p.argmax()) == self.world.label[k] for k, (p, _, _) in zip(keys, self.scores.of(v, keys))]
+        )
+
     def _stopgap(self) -> None:
         """loop_bn: once per champion, when an input alarm holds, recalibrate its batch norm on the
-        latest traffic; it answers once it beats the champion in shadow on fresh labels."""
+        latest traffic; it goes through the product's stopgap plan (rollout.plan.STOPGAP_PLAN): in
+        shadow for ``step_s`` and until it wins ``min_wins`` of ``min_labels`` fresh labeled pairs,
+        then a canary step, then it answers all the champion's traffic."""
         if self.stopgap is None:
             if self.stopgap_tried == self.champion.name or not self._input_alarm():
                 return
@@ -690,21 +714,25 @@ class Arm:
                 c.test_shifted,
             )
             return
-        if self.stopgap_serving:
+        if self.stopgap_passed is not None:
             return
         fresh = [lb.key for lb in self.labels if lb.served_at >= self.stopgap_since]
-        if len(fresh) < self.args.bn_min_labels:
+        plan = self.stopgap_plan
+        if len(fresh) < plan.min_labels or self.now - self.stopgap_since < self.args.step_s:
             return
-        mine = self.scores.accuracy(self.stopgap, fresh)
-        theirs = self.scores.accuracy(self.champion, fresh)
+        mine_right, theirs_right = self._right(self.stopgap, fresh), self._right(self.champion, fresh)
+        mine, theirs = float(mine_right.mean()), float(theirs_right.mean())
+        wins = int((mine_right & ~theirs_right).sum()) - int((theirs_right & ~mine_right).sum())
         self.marks.stopgaps[-1] |= {
             "shadow_labels": len(fresh),
             "shadow_accuracy": round(mine, 4),
             "champion_shadow_accuracy": round(theirs, 4),
+            "wins": wins,
         }
-        if mine > theirs:
-            self.stopgap_serving = True
-            self.marks.stopgaps[-1]["served_at_h"] = round((self.now - T0) / 3600, 2)
+        if wins >= plan.min_wins:
+            self.stopgap_passed = self.now
+            self.marks.stopgaps[-1]["canary_at_h"] = round((self.now - T0) / 3600, 2)
+            self.marks.stopgaps[-1]["served_at_h"] = round((self.now + self.args.step_s - T0) / 3600, 2)
             log.info(
                 "%s: stopgap serves (%.3f against %.3f on %d fresh labels)",
                 self.name,
@@ -772,7 +800,7 @@ class Arm:
         w = self.args.window
         if (i + 1) % w:
             return
-        serving = self.stopgap if self.stopgap is not None and self.stopgap_serving else self.champion
+        serving = self.stopgap if self.stopgap is not None and self._stopgap_share() >= 1.0 else self.champion
         self.windows.append(
             {
                 "end": self.now,
@@ -917,7 +945,6 @@ def main() -> None:
     p.add_argument("--window", type=int, default=50, help="Events in an accuracy window.")
     p.add_argument("--calm-events", type=int, default=5000)
     p.add_argument("--bn-images", type=int, default=128, help="loop_bn: recent images a recalibration sees.")
-    p.add_argument("--bn-min-labels", type=int, default=20, help="loop_bn: fresh labels its shadow needs.")
     p.add_argument("--epochs", type=int, default=0, help="Continual runs' epochs (0: the recipe's).")
     p.add_argument(
         "--boot-epochs", type=int, default=0, help="The first champion's epochs (0: the recipe's)."

@@ -299,6 +299,22 @@ def train(
 
 
 @app.command()
+def stopgap(
+    images: int = typer.Option(128, min=32, help="Recent images the batch-norm statistics are taken from."),
+) -> None:
+    """Recalibrate the champion's batch-norm statistics on the images it answered since its image or
+    embedding alarm (no label, no gradient) and register the result, tagged `stopgap_of`; print its
+    figures. The retraining policy does this by itself and rolls it out, judged by its shadow wins."""
+    from training.adapt import make_stopgap
+
+    try:
+        made = make_stopgap(get_settings(), images=images)
+    except NicheloopError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"version": made.version.version, **made.metrics}))
+
+
+@app.command()
 def compress(
     version: str | None = typer.Option(None, help="Registered version to compress (default: the champion)."),
     precision: str = typer.Option(

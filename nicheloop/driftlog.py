@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
 from nicheloop.contracts import aware, utcnow
 from nicheloop.errors import NotFound
 from nicheloop.store import DriftWindowRow, LabeledExample, Prediction, Store
+
+# the monitors whose alarm says the pixels changed (light, focus, noise); a prediction or label
+# alarm alone may be only the class mix
+INPUT_MONITORS = ("image", "embedding")
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,17 @@ class DriftLog:
             ).all()
             return [DriftWindow.of(r) for r in reversed(rows)]
 
-    def alarm_since(self, model_version: str) -> datetime | None:
-        """When the oldest of ``model_version``'s alarms that still hold was raised (None: none holds)."""
+    def alarm_since(
+        self, model_version: str, monitors: Sequence[str] = (), *, window_start: bool = False
+    ) -> datetime | None:
+        """When the oldest of ``model_version``'s alarms that still hold was raised (None: none holds);
+        only the alarms of ``monitors`` when given; ``window_start``: when the window that raised it
+        began (its images were served before the verdict)."""
         with Session(self.store.engine) as s:
             latest = (
                 select(func.max(DriftWindowRow.id))
                 .where(DriftWindowRow.model_version == model_version)
+                .where(DriftWindowRow.monitor.in_(monitors) if monitors else true())
                 .group_by(DriftWindowRow.monitor)
             )
             holding = s.scalars(
@@ -100,8 +110,11 @@ class DriftLog:
             ).all()
             if not holding:
                 return None
+            at = DriftWindowRow.evaluated_at
+            if window_start:
+                at = func.coalesce(DriftWindowRow.started_at, DriftWindowRow.evaluated_at)
             raised = s.scalars(
-                select(func.max(DriftWindowRow.evaluated_at))
+                select(func.max(at))
                 .where(
                     DriftWindowRow.model_version == model_version,
                     DriftWindowRow.monitor.in_(holding),

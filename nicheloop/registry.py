@@ -33,6 +33,8 @@ EXPERIMENT = "nicheloop"
 # the run artifact listing the labels a version trained and was held out on (lineage; the
 # retraining policy counts the labels that are new since)
 MANIFEST = "snapshot_manifest.json"
+# the tag of a label-free stopgap (training.adapt): the version whose batch-norm statistics it moved
+STOPGAP_OF = "stopgap_of"
 
 
 class _NichePyfunc(PythonModel):
@@ -184,9 +186,23 @@ class Registry:
         return dict(self.client.get_run(run_id).data.metrics)
 
     def newest_at(self) -> float | None:
-        """When the newest version was registered (seconds since the epoch; None: there is none)."""
+        """When the newest trained version was registered (seconds since the epoch; None: there is
+        none); a stopgap is no training run, so it starts no cooldown."""
         found = self.client.search_model_versions(f"name='{self.name}'")
-        return max((mv.creation_timestamp / 1000.0 for mv in found if mv.creation_timestamp), default=None)
+        return max(
+            (
+                mv.creation_timestamp / 1000.0
+                for mv in found
+                if mv.creation_timestamp and STOPGAP_OF not in (mv.tags or {})
+            ),
+            default=None,
+        )
+
+    def stopgap_of(self, version: str) -> VersionInfo | None:
+        """The stopgap made for ``version``, if one was (one is made per champion)."""
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        made = [mv for mv in found if (mv.tags or {}).get(STOPGAP_OF) == version]
+        return self.version(str(made[0].version)) if made else None  # the search has no aliases
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name='{self.name}'")

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         None,
         description="The plan its candidates roll out with (recipes/rollouts/*.yaml); none: the defaults.",
     )
+    stopgap_rollout_plan: Path | None = Field(
+        None,
+        description="The plan a label-free stopgap rolls out with (recipes/rollouts/*.yaml); none: "
+        "rollout.plan.STOPGAP_PLAN (every request mirrored, served once it wins on 20 fresh labels).",
+    )
     model_name: str = "nicheloop-classifier"
     backbone: str = Field(
         "tf_efficientnet_lite0",

@@ -563,6 +563,23 @@ class Store:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([np.frombuffer(r, dtype=np.float32) for r in rows])
 
+    def recent_images(self, model_version: str, *, since: datetime, limit: int) -> list[str]:
+        """The SHA-256 of up to ``limit`` distinct images ``model_version`` answered as champion
+        since ``since``, newest first (what a stopgap recalibrates on)."""
+        q = (
+            select(Prediction.image_sha256)
+            .where(
+                Prediction.model_version == model_version,
+                Prediction.created_at >= since,
+                (Prediction.arm == "champion") | Prediction.arm.is_(None),
+            )
+            .order_by(Prediction.created_at.desc())
+            .limit(4 * limit)
+        )
+        with Session(self.engine) as s:
+            shas = s.scalars(q).all()
+        return list(dict.fromkeys(shas))[:limit]
+
     def labeled_examples(self, holdout: bool | None = None) -> list[LabeledExample]:
         """Labeled examples, one per image (reviewer > user > seed when an image has several),
         without the labels of excluded actors (an image they labeled keeps its other labels)."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from nicheloop.contracts import CANDIDATE, CHAMPION, ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, NotFound, NotReady
 from nicheloop.keys import Audit, Caller
-from nicheloop.registry import VersionInfo
+from nicheloop.registry import STOPGAP_OF, VersionInfo
 from nicheloop.rollouts import Rollout, RolloutEvent, Rollouts
 from rollout.gates import Evidence, GateResult, Live, evaluate
 from rollout.machine import (
@@ -31,6 +31,7 @@ from rollout.machine import (
     force_promote,
     pause,
     resume,
+    retire,
     rollback,
     start,
     supersede,
@@ -197,7 +198,9 @@ class Controller:
             version = self.registry.resolve(CANDIDATE).version
         except NotReady:
             return None
-        return None if version in (live.candidate, live.champion) else version
+        if version in (live.candidate, live.champion) or is_stopgap(self.registry, live.candidate):
+            return None  # a trained version ends a stopgap's rollout when it starts (start_rollout)
+        return version
 
 
 def record_move(rollouts: Rollouts, registry: AliasRegistry, move: Transition) -> Transition | None:
@@ -249,6 +252,7 @@ def start_rollout(
         registry.version(version)  # NotFound for a typo, before any alias moves
         registry.set_alias(CANDIDATE, version)
     checked = offline_gates(registry, tolerance=plan.offline_tolerance, alpha=plan.alpha)
+    _retire_stopgap(rollouts, registry, checked.promoted, now=now, actor=actor)
     first = start(checked.promoted, checked.previous, plan, now)
     return rollouts.create(
         first,
@@ -257,6 +261,30 @@ def start_rollout(
         reason=f"offline gates passed: {', '.join(g.gate for g in checked.gates)}",
         now=now,
     )
+
+
+def is_stopgap(registry: AliasRegistry, version: str) -> bool:
+    """Whether ``version`` is a label-free stopgap (training.adapt), not a trained version."""
+    return STOPGAP_OF in registry.version(version).tags
+
+
+def _retire_stopgap(
+    rollouts: Rollouts, registry: AliasRegistry, candidate: str, *, now: float, actor: str
+) -> None:
+    """A trained ``candidate`` ends the live rollout of a stopgap (a patch until a retrained version
+    comes); any other live rollout stays, and :meth:`Rollouts.create` refuses the new one."""
+    live = rollouts.live()
+    if (
+        live is None
+        or live.id is None
+        or not is_stopgap(registry, live.candidate)
+        or is_stopgap(registry, candidate)
+    ):
+        return
+    plan = RolloutPlan(**rollouts.plan(live.id))
+    move = retire(live, plan, now, actor=actor, reason=f"trained version {candidate} replaces the stopgap")
+    if record_move(rollouts, registry, move) is None:
+        raise Conflict(f"rollout {live.id} moved while version {candidate} started; try again")
 
 
 def adopt(

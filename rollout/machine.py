@@ -161,6 +161,16 @@ def force_promote(r: Rollout, plan: RolloutPlan, now: float, *, actor: str, reas
     return Transition(r, _to(r, "promoted", now, plan), f"forced: {reason}", actor)
 
 
+def retire(r: Rollout, plan: RolloutPlan, now: float, *, actor: str, reason: str) -> Transition:
+    """A retrained candidate replaces a live stopgap's rollout: one still in shadow, canary or hold
+    is rolled back; a promoted one is baked at once (it serves until the new candidate is promoted)."""
+    if not r.live:
+        raise NotAllowed(f"only a live rollout can be retired; this one is {r.state}")
+    return Transition(
+        r, _to(r, "baked" if r.state == "promoted" else "rolled_back", now, plan), reason, actor
+    )
+
+
 def supersede(r: Rollout, candidate: str, plan: RolloutPlan, now: float) -> tuple[Transition, Rollout]:
     """A newer candidate replaces a live rollout's: the old one is aborted, the new one starts in
     shadow against the same champion (its analysis starts over)."""

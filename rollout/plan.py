@@ -51,6 +51,12 @@ class RolloutPlan(BaseModel):
     accuracy_margin: float = Field(
         0.03, ge=0, lt=1, description="Accuracy on delayed labels the candidate may lose (non-inferiority)."
     )
+    min_wins: int = Field(
+        0,
+        ge=0,
+        description="Labeled shadow disagreements the candidate must win beyond the champion's before "
+        "it serves (0: it need only not be worse; a label-free stopgap must win).",
+    )
     min_agreement: float = Field(
         0.9, ge=0, le=1, description="Least share of shadowed images on which both models give one label."
     )
@@ -100,6 +106,19 @@ class RolloutPlan(BaseModel):
         if self.max_step_s < self.min_step_s:
             raise ValueError(f"max_step_s ({self.max_step_s}) is below min_step_s ({self.min_step_s})")
         return self
+
+
+# A label-free stopgap (training.adapt) changes every answer it changes for the same reason, so it
+# is judged by its wins: every request mirrored, served once it got more of 20 fresh labels right
+# than the champion, one canary step, a short bake (a retrained version replaces it soon).
+STOPGAP_PLAN = {
+    "shadow_share": 1.0,
+    "min_agreement": 0.0,
+    "min_wins": 1,
+    "min_labels": 20,
+    "steps": (0.5,),
+    "bake_s": 600.0,
+}
 
 
 def load_plan(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RolloutPlan:

@@ -54,6 +54,13 @@ class RetrainPolicy(BaseModel):
     cooldown_s: float = Field(
         6 * 3600.0, ge=0, description="Least time between the end of one run and the start of the next."
     )
+    stopgap_images: int = Field(
+        128,
+        ge=0,
+        description="On an image or embedding alarm, the champion's batch-norm statistics are "
+        "recalibrated on this many recent images and rolled out, served once they win in shadow "
+        "(training.adapt; once per champion); 0: never.",
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class Evidence:
     last_run_at: float | None = None  # when the last run ended
     champion_since: float | None = None  # when the champion was registered
     budget_left_hour: int | None = None  # the review budget left this hour
+    input_alarm_since: float | None = None  # the oldest image or embedding alarm still raised
+    stopgap: str | None = None  # the stopgap made for the champion (or the champion, if it is one)
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,19 @@ def _age(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
     return "age", (
         f"the champion is {_ago(ev.now - ev.champion_since)} old (policy: {_ago(p.max_age_s)}) and "
         f"{ev.new_labels} labels are new"
+    )
+
+
+def stopgap_due(ev: Evidence, p: RetrainPolicy) -> str | None:
+    """Why a label-free stopgap is due now (None: it is not): an image or embedding alarm holds, the
+    champion has none yet, and no run or trained candidate's rollout is going on."""
+    if p.stopgap_images == 0 or ev.input_alarm_since is None or ev.stopgap is not None:
+        return None
+    if ev.training or ev.rollout_live:
+        return None
+    return (
+        f"an image or embedding alarm has held for {_ago(ev.now - ev.input_alarm_since)}: the champion's "
+        f"batch-norm statistics are recalibrated on {p.stopgap_images} recent images while labels come"
     )
 
 

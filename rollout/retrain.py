@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nicheloop.contracts import CHAMPION, PolicyDecided
-from nicheloop.driftlog import DriftLog
+from nicheloop.driftlog import INPUT_MONITORS, DriftLog
 from nicheloop.errors import Conflict, GateRefused, NicheloopError, NotFound
 from nicheloop.keys import Audit, Caller
-from nicheloop.registry import MANIFEST, VersionInfo, manifest_images
+from nicheloop.registry import MANIFEST, STOPGAP_OF, VersionInfo, manifest_images
 from nicheloop.review import ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.store import Store
 from rollout.operations import Operations
 from rollout.plan import RolloutPlan
-from rollout.policy import Decision, Evidence, RetrainPolicy, decide, load_policy
+from rollout.policy import Decision, Evidence, RetrainPolicy, decide, load_policy, stopgap_due
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class PolicyRegistry(Protocol):
     """The registry reads the policy needs (:class:`nicheloop.registry.Registry` has them)."""
 
     def resolve(self, alias: str) -> VersionInfo: ...
+    def version(self, version: str) -> VersionInfo: ...
+    def stopgap_of(self, version: str) -> VersionInfo | None: ...
     def run_metrics(self, run_id: str) -> dict[str, float]: ...
     def artifact_text(self, run_id: str, name: str) -> str | None: ...
     def newest_at(self) -> float | None: ...
@@ -57,7 +59,15 @@ class PolicyEvidence:
         champion = self.registry.resolve(CHAMPION)
         trained_on = self._snapshot(champion.run_id)
         new = [r for r in self.store.labeled_examples() if r.image_sha256 not in trained_on]
-        alarm = self.drift.alarm_since(champion.version)
+        # a stopgap champion is a patch of the version it recalibrated: that version's alarm stands
+        patched = champion.tags.get(STOPGAP_OF)
+        alarm = min(
+            (a for v in (champion.version, patched) if v for a in [self.drift.alarm_since(v)] if a),
+            default=None,
+        )
+        inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
+        stopgap = champion if patched else self.registry.stopgap_of(champion.version)
+        live = self.rollouts.live()
         after_alarm = 0
         if alarm is not None and new:
             served = self.store.served_at([r.prediction_id for r in new])
@@ -81,13 +91,16 @@ class PolicyEvidence:
             accuracy_drop_points=drop,
             user_labels=user_labels,
             holdout_accuracy=held_out,
-            rollout_live=self.rollouts.live() is not None,
+            # a stopgap's rollout does not hold a run back: a trained candidate ends it
+            rollout_live=live is not None and STOPGAP_OF not in self.registry.version(live.candidate).tags,
             training=training,
             last_run_at=max(
                 (t for t in (self.registry.newest_at(), run_ended_at) if t is not None), default=None
             ),
             champion_since=champion.created_at,
             budget_left_hour=int(budget["left_hour"]) if isinstance(budget, dict) else None,
+            input_alarm_since=inputs.timestamp() if inputs is not None else None,
+            stopgap=stopgap.version if stopgap is not None else None,
         )
 
     def explained(
@@ -153,10 +166,13 @@ class PolicyLoop:
         audit: Audit | None = None,
         every_s: float = 30.0,
         runs: PolicyRuns | None = None,
+        stopgaps: PolicyRuns | None = None,
         policy_file: Path | None = None,
     ) -> None:
         self.evidence, self.policy, self.holder, self.model_name = evidence, policy, holder, model_name
         self.announce, self.audit, self.every_s, self.runs = announce, audit, every_s, runs
+        self.stopgaps = stopgaps
+        self._stopgap_tried: dict[str, float] = {}  # champion -> when a stopgap run last began
         self.policy_file = policy_file
         self.latest: dict[str, Any] | None = None
         self._due, self._said = 0.0, ("", "", "")
@@ -171,12 +187,13 @@ class PolicyLoop:
             return None
         self._reload()
         runs = self.runs
-        if runs is not None:
-            runs.poll(now)
+        for each in (runs, self.stopgaps):
+            if each is not None:
+                each.poll(now)
         out = self.evidence.explained(
             now,
             self.policy,
-            training=runs is not None and runs.running,
+            training=any(r is not None and r.running for r in (runs, self.stopgaps)),
             run_ended_at=runs.ended_at if runs is not None else None,
         )
         d, champion = out["decision"], str(out["evidence"].get("champion") or "")
@@ -186,8 +203,27 @@ class PolicyLoop:
         if d["action"] == "train" and runs is not None and out["paused"] is None:
             runs.start(rule=d["rule"], reason=d["reason"], champion=champion, now=now)
             out["acted"] = True
+        elif out["paused"] is None and self._stopgap(out, champion, now):
+            out["acted"] = True
         self.latest = out
         return out
+
+    def _stopgap(self, out: dict[str, Any], champion: str, now: float) -> bool:
+        """Start a stopgap run when one is due (at most one try every ten minutes per champion: a run
+        that failed tries again later); whether one started."""
+        why = stopgap_due(Evidence(**out["evidence"]), self.policy)
+        if self.stopgaps is None or why is None or now - self._stopgap_tried.get(champion, -1e18) < 600:
+            return False
+        self._stopgap_tried[champion] = now
+        self.stopgaps.start(
+            rule="stopgap",
+            reason=why,
+            champion=champion,
+            now=now,
+            args=["--images", str(self.policy.stopgap_images)],
+        )
+        out["stopgap"] = why
+        return True
 
     def _reload(self) -> None:
         """Read the policy file again once it changed (an operator edited it); a file that does not
@@ -284,15 +320,15 @@ class PolicyRuns:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, *, rule: str, reason: str, champion: str, now: float) -> None:
-        """Start a run (nothing while one runs)."""
+    def start(self, *, rule: str, reason: str, champion: str, now: float, args: Sequence[str] = ()) -> None:
+        """Start a run, the command with ``args`` (nothing while one runs)."""
         if self._proc is not None:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         stem = self.log_dir / f"policy-run-{int(now)}"
         out, err = stem.with_suffix(".out"), stem.with_suffix(".log")
         with out.open("wb") as stdout, err.open("wb") as stderr:
-            self._proc = subprocess.Popen(self.command, stdout=stdout, stderr=stderr, env=self.env)
+            self._proc = subprocess.Popen([*self.command, *args], stdout=stdout, stderr=stderr, env=self.env)
         self._run = {
             "rule": rule,
             "reason": reason,

@@ -49,7 +49,7 @@ from rollout import pages
 from rollout.controller import Controller, kafka_announce
 from rollout.evidence import StoreEvidence
 from rollout.operations import Operations
-from rollout.plan import RolloutPlan, load_plan
+from rollout.plan import STOPGAP_PLAN, RolloutPlan, load_plan
 from rollout.policy import load_policy
 from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, switch_policy
 from rollout.views import add_operator_views
@@ -539,6 +539,16 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         env=child_env(settings),
         audit=Audit(rollouts.store),
     )
+    stopgaps = PolicyRuns(
+        Operations(rollouts, registry),
+        command=[sys.executable, "-m", "cli", "stopgap"],
+        log_dir=settings.home.resolve() / "logs",
+        plan=load_plan(settings.stopgap_rollout_plan)
+        if settings.stopgap_rollout_plan
+        else RolloutPlan(**STOPGAP_PLAN),
+        env=child_env(settings),
+        audit=Audit(rollouts.store),
+    )
     policy = PolicyLoop(
         PolicyEvidence(rollouts.store, registry),
         load_policy(settings.retrain_policy),
@@ -548,6 +558,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
         audit=Audit(rollouts.store),
         every_s=settings.policy_every_s,
         runs=runs,
+        stopgaps=stopgaps,
         policy_file=settings.retrain_policy,
     )
     controller = Controller(
@@ -600,6 +611,7 @@ def run_controller(settings: Settings, stop: threading.Event | None = None) -> N
             stop.wait(_interval(rollouts, settings.controller_idle_s))
     finally:
         runs.stop()
+        stopgaps.stop()
         rollouts.release(holder)
         server.should_exit = True
         web.join(timeout=5)

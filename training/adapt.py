@@ -11,12 +11,24 @@ served only after it wins in shadow on fresh labels (benchmarks/closed_loop.py m
 from __future__ import annotations
 
 import copy
+import json
 import logging
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from nicheloop.blobs import BlobStore
+from nicheloop.contracts import CHAMPION
+from nicheloop.driftlog import INPUT_MONITORS, DriftLog
+from nicheloop.errors import Conflict, InvalidInput, NotReady
+from nicheloop.images import decode_image
 from nicheloop.model import NicheModel
+from nicheloop.registry import MANIFEST, STOPGAP_OF, Registry, VersionInfo
+from nicheloop.settings import Settings
+from nicheloop.store import Store
+from training.data import MAX_FILE_BYTES, class_shares, parse_manifest
+from training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 32  # fewer, and a layer's variance is noise
@@ -60,3 +72,90 @@ def recalibrated(model: NicheModel, images: list[Image.Image], *, batch_size: in
     adapted.net.eval()
     log.info("batch-norm statistics of %d layers recalibrated on %d images", len(layers), len(images))
     return adapted
+
+
+STOPGAP_ALIAS = "stopgap"
+
+
+@dataclass(frozen=True)
+class Stopgap:
+    version: VersionInfo
+    metrics: dict[str, float]
+
+
+def make_stopgap(settings: Settings, *, images: int = 128) -> Stopgap:
+    """Recalibrate the champion on up to ``images`` images it answered since its input alarm, measure
+    it on the champion's held-out labels (its drift reference), and register it, tagged
+    ``stopgap_of`` the champion, with the champion's snapshot manifest (it learnt no label).
+
+    Raises:
+        Conflict: the champion is a stopgap already, or one was made for it.
+        NotReady: no image or embedding alarm holds on the champion, or it answered too few
+            images since.
+        InvalidInput: the champion has no snapshot manifest (no held-out labels to measure on), or
+            no batch-norm layer.
+    """
+    registry, store = Registry(settings.tracking_uri, settings.model_name), Store(settings.db_url)
+    champion = registry.resolve(CHAMPION)
+    if STOPGAP_OF in champion.tags:
+        raise Conflict(f"champion {champion.version} is a stopgap already; a retrained version replaces it")
+    made = registry.stopgap_of(champion.version)
+    if made is not None:
+        raise Conflict(f"version {made.version} is the stopgap of champion {champion.version} already")
+    since = DriftLog(store).alarm_since(champion.version, INPUT_MONITORS, window_start=True)
+    if since is None:
+        raise NotReady(
+            f"no image or embedding alarm holds on champion {champion.version}: a stopgap helps when "
+            "the images changed, not when only the class mix did"
+        )
+    shas = store.recent_images(champion.version, since=since, limit=images)
+    if len(shas) < MIN_IMAGES:
+        raise NotReady(
+            f"champion {champion.version} answered {len(shas)} images since the window that raised "
+            f"its alarm began ({since.isoformat()}); a stopgap needs {MIN_IMAGES}"
+        )
+    manifest = registry.artifact_text(champion.run_id, MANIFEST)
+    if not manifest:
+        raise InvalidInput(
+            f"champion {champion.version} has no {MANIFEST}: no held-out labels to measure a stopgap on"
+        )
+    snap = parse_manifest(manifest)
+    blobs = BlobStore(str(settings.blob_dir))
+    pictures = [decode_image(blobs.get(sha), MAX_FILE_BYTES, 4096 * 4096) for sha in shas]
+    parent = registry.load(champion.version)
+    try:
+        model = recalibrated(parent.model, pictures)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    rep, reference = evaluate(model, blobs, snap.holdout)
+    reference = reference.in_proportion(class_shares(snap, model.class_names))
+    before = registry.run_metrics(champion.run_id)
+    metrics = {f"holdout_{k}": v for k, v in rep.metrics.items()} | {
+        "stopgap_images": float(len(shas)),
+        **{f"parent_{k}": v for k, v in before.items() if k.startswith("holdout_")},
+    }
+    lineage = {
+        STOPGAP_OF: champion.version,
+        "parent_version": champion.version,
+        "snapshot_digest": champion.tags.get("snapshot_digest", ""),
+        "backbone": model.backbone,
+        "stopgap_since": since.isoformat(),
+        "stopgap_images": str(len(shas)),
+    }
+    info = registry.register(
+        model,
+        reference,
+        params={"stopgap_images": len(shas), "stopgap_since": since.isoformat()},
+        metrics=metrics,
+        lineage=lineage,
+        alias=STOPGAP_ALIAS,
+        artifacts={MANIFEST: manifest, "stopgap_images.json": json.dumps(shas)},
+    )
+    log.info(
+        "stopgap %s of champion %s: held-out accuracy %.3f against %.3f",
+        info.version,
+        champion.version,
+        rep.metrics["accuracy"],
+        before.get("holdout_accuracy", float("nan")),
+    )
+    return Stopgap(info, metrics)

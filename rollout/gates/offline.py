@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from nicheloop.registry import STOPGAP_OF
 from rollout.gates import Evidence, GateResult, Phase, register_gate
 from rollout.stats import mcnemar
 
@@ -22,8 +23,21 @@ class OfflineAccuracy:
             return self._fail(
                 f"candidate version {cand.version} is already the champion; run `nicheloop train`"
             )
+        if STOPGAP_OF in cand.tags:
+            if cand.tags[STOPGAP_OF] != champ.version:
+                return self._fail(
+                    f"stopgap {cand.version} recalibrates version {cand.tags[STOPGAP_OF]}, but the "
+                    f"champion is now {champ.version}: it is stale"
+                )
+            return GateResult(
+                self.name,
+                "pass",
+                f"a label-free stopgap of champion {champ.version}: judged by its shadow wins",
+            )
         parent = cand.tags.get("parent_version")
-        if parent != champ.version:
+        # a stopgap champion only moved its parent's statistics: a version trained from that parent
+        # compares with it as it would have
+        if parent not in (champ.version, champ.tags.get(STOPGAP_OF)):
             return self._fail(
                 f"candidate {cand.version} was trained from version {parent}, but the champion is "
                 f"now {champ.version}: its comparison is stale; run `nicheloop train` again"

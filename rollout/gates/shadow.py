@@ -42,7 +42,8 @@ class Agreement:
 @register_gate
 class PairedAccuracy:
     """On shadowed images that got a delayed label: does the candidate get fewer right? Exact McNemar,
-    read once the step has ``min_labels`` labeled pairs (a fixed-sample test, so not before)."""
+    read once the step has ``min_labels`` labeled pairs (a fixed-sample test, so not before). A plan
+    with ``min_wins`` (a label-free stopgap's) also needs the candidate to win that many more."""
 
     name: ClassVar[str] = "paired_accuracy"
     phases: ClassVar[tuple[Phase, ...]] = ("shadow",)
@@ -64,5 +65,12 @@ class PairedAccuracy:
                 f"the candidate alone {paired.candidate_only} (McNemar p = {p:.3g})"
             )
             return GateResult(self.name, "fail", reason, figures)
+        wins = paired.candidate_only - paired.champion_only
+        if wins < plan.min_wins:  # a stopgap that does not win only adds risk: out at once
+            reason = (
+                f"of {paired.labeled} labeled images the candidate alone got {paired.candidate_only} "
+                f"right, the champion alone {paired.champion_only}: it must win by {plan.min_wins}"
+            )
+            return GateResult(self.name, "fail", reason, figures, hard=True)
         reason = f"{paired.candidate_only} against {paired.champion_only} labeled disagreements (p = {p:.3g})"
         return GateResult(self.name, "pass", reason, figures)

@@ -19,7 +19,7 @@ from nicheloop.settings import Settings
 from tests.conftest import postgres_database
 
 # the defaults, said out loud: the tests register versions often enough that its cooldown holds
-QUIET_POLICY = "cooldown_s: 21600\n"
+QUIET_POLICY = "cooldown_s: 21600\nstopgap_images: 0\n"  # a test turns on what it tests
 
 
 def _test_settings(home, backend: str) -> Settings:

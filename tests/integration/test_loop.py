@@ -17,7 +17,7 @@ from kafka import KafkaProducer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cli.demo import DEMO_PLAN, drive_rollout, run_loop, wait_for
+from cli.demo import DEMO_PLAN, drive_rollout, run_loop, send_labeled, wait_for
 from deploy.local import stack
 from monitoring.drift.report import list_reports
 from nicheloop.bus import dead_letters, parse_event, read_topic
@@ -30,18 +30,19 @@ from nicheloop.contracts import (
     PolicyDecided,
     PredictionEvent,
 )
+from nicheloop.driftlog import INPUT_MONITORS, DriftLog
 from nicheloop.errors import NotFound
 from nicheloop.keys import ApiKeys, Audit
-from nicheloop.registry import Registry
+from nicheloop.registry import MANIFEST, Registry
 from nicheloop.review import QueuePolicy, ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import LabeledExample, Store
-from nicheloop.synthetic import DEMO_SHIFT, SyntheticStream
+from nicheloop.synthetic import DEMO_SHIFT, Shift, SyntheticStream
 from rollout.operations import Operations
 from rollout.plan import load_plan
 from rollout.stats import mcnemar
-from tests.integration.conftest import QUIET_POLICY, role
+from tests.integration.conftest import QUIET_POLICY, register_candidate, role
 
 pytestmark = pytest.mark.integration
 
@@ -181,6 +182,65 @@ def test_the_policy_retrains_and_rolls_the_candidate_out_by_itself(live: Setting
     assert final["state"] in ("baked", "rolled_back")  # the gates' call, on live labels
     decided = [e for e in Audit(store).read(action="policy.decided") if e.target == f"champion {before}"]
     assert any(e.detail["action"] == "train" and e.detail["rule"] == "labels" for e in decided)
+
+
+# another camera than the demo's: darker and grainy, so that whichever version is champion by now
+# (a retrained one has seen the demo's shift) sees images it was not made for
+NIGHT_CAMERA = Shift(brightness=-0.25, contrast=1.2, noise_std=0.08)
+
+
+def test_the_policy_makes_a_stopgap_on_an_image_alarm_and_a_trained_candidate_retires_it(
+    live: Settings,
+) -> None:
+    """With the stopgap on, an image or embedding alarm makes the controller recalibrate the
+    champion's batch-norm statistics in a child process, register the result tagged ``stopgap_of``
+    with the champion's manifest, and start it in shadow on the stopgap plan (every request
+    mirrored); a trained candidate started meanwhile rolls the stopgap back and takes its place."""
+    registry, store = Registry(live.tracking_uri, live.model_name), Store(live.db_url)
+    champion = registry.resolve(CHAMPION)
+    ops, drift = Operations(Rollouts(store), registry), DriftLog(store)
+    policy_file = live.retrain_policy
+    assert policy_file is not None and ops.status()["state"] not in ("shadow", "canary", "hold")
+    client = httpx.Client(base_url=live.serve_url, timeout=60, headers=role(live, "app"))
+    night = SyntheticStream(seed=93, size=live.image_size)
+    try:
+        policy_file.write_text(QUIET_POLICY.replace("stopgap_images: 0", "stopgap_images: 64"))
+        wait_for(
+            "an image or embedding alarm on the champion",
+            lambda: (
+                drift.alarm_since(champion.version, INPUT_MONITORS) is not None
+                or send_labeled(client, night, 50, shift=NIGHT_CAMERA)
+            ),
+            timeout=600,
+            every=1.0,
+        )
+        wait_for(
+            "the policy's stopgap in shadow",
+            lambda: (
+                registry.stopgap_of(champion.version) is not None
+                and ops.status().get("candidate") == registry.stopgap_of(champion.version).version
+            ),
+            timeout=300,
+            every=3.0,
+        )
+    finally:
+        policy_file.write_text(QUIET_POLICY)
+    made = registry.stopgap_of(champion.version)
+    assert made is not None and made.tags["parent_version"] == champion.version
+    status = ops.status()
+    assert status["state"] == "shadow" and status["mirror"] == 1.0 and status["champion"] == champion.version
+    run = [e for e in Audit(store).read(action="policy.run") if e.detail["rule"] == "stopgap"][0]
+    assert run.actor == "policy" and "image or embedding alarm" in run.detail["reason"]
+    assert registry.artifact_text(made.run_id, MANIFEST) == registry.artifact_text(champion.run_id, MANIFEST)
+    assert int(made.tags["stopgap_images"]) >= 32 and "holdout_accuracy" in registry.run_metrics(made.run_id)
+    # a trained candidate ends the stopgap's rollout and starts in its place
+    trained = register_candidate(live, registry, trained=True)
+    started = ops.start(actor="test", version=trained.version)
+    assert started["candidate"] == trained.version and started["state"] == "shadow"
+    ended = ops.history(status["rollout_id"])[-1]
+    assert ended["to_state"] == "rolled_back" and f"trained version {trained.version}" in ended["reason"]
+    assert registry.resolve(CHAMPION).version == champion.version
+    ops.act("rollback", actor="test", reason="the stopgap test is done")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from nicheloop.contracts import ROLLOUTS_TOPIC, RolloutMoved
 from nicheloop.errors import Conflict, GateRefused, NotFound
 from nicheloop.keys import Audit
 from nicheloop.latency import bucket
-from nicheloop.registry import VersionInfo
+from nicheloop.registry import STOPGAP_OF, VersionInfo
 from nicheloop.rollouts import ArmCalls, Rollout, RolloutEvent, Rollouts
 from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
 from rollout.gates import Arm, Inputs, Live, Paired
@@ -44,11 +44,18 @@ class Registry:
 
     aliases: dict[str, str] = field(default_factory=lambda: {"champion": "1", "candidate": "2"})
     moves: list[tuple[str, str]] = field(default_factory=list)
+    stopgaps: dict[str, str] = field(default_factory=dict)  # stopgap version -> the version it patches
+    parents: dict[str, str] = field(default_factory=dict)  # else a version's parent is the one before
 
     def version(self, version: str) -> VersionInfo:
         if version not in {str(i) for i in range(1, 10)}:
             raise NotFound(f"no version {version}")
-        parent = str(int(version) - 1)
+        if version in self.stopgaps:
+            patched = self.stopgaps[version]
+            return VersionInfo(
+                "m", version, f"run{version}", {"parent_version": patched, STOPGAP_OF: patched}, []
+            )
+        parent = self.parents.get(version, str(int(version) - 1))
         return VersionInfo("m", version, f"run{version}", {"parent_version": parent}, [])
 
     def resolve(self, alias: str) -> VersionInfo:
@@ -284,3 +291,44 @@ def test_a_failed_send_is_sent_again_on_the_next_tick(rollouts: Rollouts) -> Non
     down[0] = False
     controller.tick(20.0)
     assert [e.to_state for _, _, e in sent.events] == ["shadow"]  # type: ignore[attr-defined]
+
+
+def test_a_trained_candidate_retires_a_stopgaps_rollout_which_no_newer_candidate_supersedes(
+    rollouts: Rollouts,
+) -> None:
+    """Version 2 is a stopgap of champion 1: it starts without held-out figures (its shadow wins
+    judge it); a newer candidate alias does not abort it (it would inherit the stopgap's plan); a
+    trained version 3 started from 1 rolls it back and takes its place."""
+    reg = Registry(stopgaps={"2": "1"})
+    stopgap = start_rollout(rollouts, reg, PLAN, now=0.0, actor="policy")
+    assert (stopgap.state, stopgap.candidate) == ("shadow", "2")
+    assert "offline_accuracy" in rollouts.history(stopgap.id)[0].reason
+    reg.aliases["candidate"] = "3"
+    assert Controller(rollouts, reg, Scripted(), holder="c1").tick(10.0) is None
+    assert rollouts.live() == rollouts.get(stopgap.id or 0)
+    reg.stopgaps["3"] = "1"  # a second stopgap does not retire the first
+    with pytest.raises(Conflict):
+        start_rollout(rollouts, reg, PLAN, now=20.0, actor="policy", version="3")
+    del reg.stopgaps["3"]
+    reg.aliases["candidate"] = "2"
+    with pytest.raises(GateRefused, match="trained from version 2"):  # 3's parent is 2, not champion 1
+        start_rollout(rollouts, reg, PLAN, now=30.0, actor="policy", version="3")
+    reg.stopgaps["3"] = "9"  # 9 is no champion: the stopgap is stale
+    with pytest.raises(GateRefused, match="stale"):
+        start_rollout(rollouts, reg, PLAN, now=35.0, actor="policy", version="3")
+    del reg.stopgaps["3"]
+    reg.parents["4"] = "1"
+    trained = start_rollout(rollouts, reg, PLAN, now=40.0, actor="policy", version="4")
+    assert (trained.candidate, trained.champion, trained.state) == ("4", "1", "shadow")
+    assert rollouts.get(stopgap.id or 0).state == "rolled_back" and reg.aliases["champion"] == "1"
+    assert "trained version 4 replaces the stopgap" in rollouts.history(stopgap.id)[-1].reason
+
+
+def test_a_version_trained_from_the_version_a_champion_stopgap_patches_compares_with_it(
+    rollouts: Rollouts,
+) -> None:
+    """Stopgap 2 of version 1 is champion; version 3, trained from 1 while 2 was in its rollout,
+    is not stale: 2 only moved 1's statistics."""
+    reg = Registry(aliases={"champion": "2", "candidate": "3"}, stopgaps={"2": "1"}, parents={"3": "1"})
+    started = start_rollout(rollouts, reg, PLAN, now=0.0, actor="policy")
+    assert (started.candidate, started.champion) == ("3", "2")

@@ -16,7 +16,7 @@ from nicheloop.registry import VersionInfo
 from rollout.gates import Arm, Evidence, Gate, GateResult, Inputs, Live, Paired, evaluate, gates
 from rollout.gates.drift import InputDrift, PredictionDrift
 from rollout.gates.health import ErrorRate, Latency
-from rollout.plan import RolloutPlan
+from rollout.plan import STOPGAP_PLAN, RolloutPlan
 from tests.unit.rollout.arms import CHAMPION, GOOD
 
 PLAN = RolloutPlan(min_requests=100, min_labels=200, alpha=0.05, accuracy_margin=0.03)
@@ -325,3 +325,25 @@ def test_the_input_gate_rarely_holds_cohorts_of_the_same_images() -> None:
         evidence = dataclasses.replace(_evidence(inputs=Inputs(200, 2000, distances)), plan=plan)
         held += InputDrift()(evidence).verdict == "hold"
     assert held / 300 <= PLAN.alpha
+
+
+def test_a_stopgap_must_win_its_labeled_shadow_pairs_or_goes_at_once() -> None:
+    """The stopgap plan asks for no agreement (it changes answers on purpose) but for wins: more of
+    20 labeled pairs right than the champion, else a hard failure."""
+    plan = RolloutPlan(**STOPGAP_PLAN)
+
+    def shadow(paired: Paired) -> dict[str, GateResult]:
+        return _by_name(evaluate(dataclasses.replace(_evidence(paired=paired), plan=plan), "shadow"))
+
+    few = shadow(Paired(pairs=500, agree=300, labeled=10, candidate_only=4, champion_only=0))
+    assert few["paired_accuracy"].verdict == "hold" and few["agreement"].verdict == "pass"
+    tied = shadow(Paired(pairs=500, agree=300, labeled=20, candidate_only=3, champion_only=3))[
+        "paired_accuracy"
+    ]
+    assert tied.verdict == "fail" and tied.hard and "must win by 1" in tied.reason
+    won = shadow(Paired(pairs=500, agree=300, labeled=20, candidate_only=5, champion_only=1))[
+        "paired_accuracy"
+    ]
+    assert won.verdict == "pass" and won.figures["candidate_only"] == 5
+    # a trained candidate's plan asks for no wins: a tie passes
+    assert _by_name(evaluate(_evidence(), "shadow"))["paired_accuracy"].verdict == "pass"

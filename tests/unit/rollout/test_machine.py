@@ -17,6 +17,7 @@ from rollout.machine import (
     force_promote,
     pause,
     resume,
+    retire,
     rollback,
     start,
     supersede,
@@ -100,6 +101,18 @@ def test_operators_act_only_where_it_makes_sense() -> None:
     for act in (pause, rollback):
         with pytest.raises(NotAllowed):
             act(done.after, PLAN, 4.0, actor="ops", reason="again")
+
+
+def test_a_retired_stopgap_is_rolled_back_before_promotion_and_baked_after() -> None:
+    why = "trained version 3 replaces the stopgap"
+    shadow = retire(Rollout("2", "1", state="shadow"), PLAN, 5.0, actor="policy", reason=why)
+    assert (shadow.after.state, shadow.after.share, shadow.reason) == ("rolled_back", 0, why)
+    held = retire(Rollout("2", "1", state="hold", held="canary"), PLAN, 5.0, actor="policy", reason=why)
+    assert held.after.state == "rolled_back"
+    promoted = retire(Rollout("2", "1", state="promoted"), PLAN, 5.0, actor="policy", reason=why)
+    assert (promoted.after.state, promoted.after.share) == ("baked", 1)  # it serves until 3 is promoted
+    with pytest.raises(NotAllowed):
+        retire(shadow.after, PLAN, 6.0, actor="policy", reason=why)
 
 
 def test_a_newer_candidate_aborts_the_old_rollout_and_starts_over_in_shadow() -> None:

@@ -1,9 +1,10 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from nicheloop.errors import InvalidInput
-from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
+from rollout.policy import Evidence, RetrainPolicy, decide, load_policy, stopgap_due
 
 POLICY = RetrainPolicy()
 NOW = 1_000_000.0
@@ -75,3 +76,15 @@ def test_the_policy_file_and_overrides_are_checked(tmp_path: Path) -> None:
         load_policy(bad)
     with pytest.raises(InvalidInput):
         load_policy(None, ["cooldown_s=-1"])
+
+
+def test_a_stopgap_is_due_on_an_input_alarm_once_per_champion_and_never_beside_a_run() -> None:
+    alarmed = Evidence(now=NOW, new_labels=0, champion="3", input_alarm_since=NOW - 60)
+    why = stopgap_due(alarmed, POLICY)
+    assert why is not None and "image or embedding alarm" in why and "128 recent images" in why
+    # only a prediction or label alarm: the class mix may be all that moved
+    assert stopgap_due(replace(alarmed, input_alarm_since=None, alarm_since=NOW - 60), POLICY) is None
+    assert stopgap_due(replace(alarmed, stopgap="4"), POLICY) is None  # one per champion
+    assert stopgap_due(replace(alarmed, training=True), POLICY) is None
+    assert stopgap_due(replace(alarmed, rollout_live=True), POLICY) is None
+    assert stopgap_due(alarmed, POLICY.model_copy(update={"stopgap_images": 0})) is None

@@ -22,11 +22,11 @@ from nicheloop.contracts import DECISIONS_TOPIC, FeedbackEvent, PolicyDecided, P
 from nicheloop.driftlog import DriftLog, DriftWindow
 from nicheloop.errors import GateRefused
 from nicheloop.keys import ApiKeys, Audit
-from nicheloop.registry import MANIFEST, VersionInfo
+from nicheloop.registry import MANIFEST, STOPGAP_OF, VersionInfo
 from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.store import Store
 from rollout.operations import Operations
-from rollout.plan import RolloutPlan
+from rollout.plan import STOPGAP_PLAN, RolloutPlan
 from rollout.policy import RetrainPolicy, load_policy
 from rollout.retrain import PolicyEvidence, PolicyLoop, PolicyRuns, explain
 from rollout.runner import controller_api, rollout_metrics
@@ -41,15 +41,27 @@ class Registry:
 
     def __init__(self, manifest: str | None, newest: float = 86_400, t0: float = T0) -> None:
         self.manifest, self.newest, self.t0, self.reads = manifest, newest, t0, 0
+        self.tags: dict[str, dict[str, str]] = {}  # version -> its tags (a stopgap's: stopgap_of)
+        self.champion = "1"
 
     def resolve(self, alias: str) -> VersionInfo:
-        return VersionInfo("m", "1", "run1", {}, [alias], created_at=self.t0 - 2 * 86_400)
+        return VersionInfo(
+            "m", self.champion, f"run{self.champion}", self.tags.get(self.champion, {}), [alias],
+            created_at=self.t0 - 2 * 86_400,
+        )  # fmt: skip
+
+    def version(self, version: str) -> VersionInfo:
+        return VersionInfo("m", version, f"run{version}", self.tags.get(version, {}), [])
+
+    def stopgap_of(self, version: str) -> VersionInfo | None:
+        made = [v for v, tags in self.tags.items() if tags.get(STOPGAP_OF) == version]
+        return self.version(made[0]) if made else None
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return {"holdout_accuracy": 0.95}
 
     def artifact_text(self, run_id: str, name: str) -> str | None:
-        assert (run_id, name) == ("run1", MANIFEST)
+        assert name == MANIFEST and run_id == f"run{self.champion}"  # a stopgap keeps its parent's
         self.reads += 1
         return self.manifest
 
@@ -397,3 +409,44 @@ def test_operators_pause_and_resume_over_http_audited(any_store: Store) -> None:
         assert client.get("/v1/policy/decision", headers=operator).json()["paused"] is None
     trail = [(e.action, e.actor, e.detail["reason"]) for e in Audit(any_store).read(action="policy")]
     assert trail == [("policy.resume", "ops", "done"), ("policy.pause", "ops", "relabeling")]
+
+
+STOPGAP = "import json, sys; print(json.dumps({'version': '3', 'argv': sys.argv[1:]}))"
+
+
+def test_an_image_alarm_makes_one_stopgap_per_champion_rolled_out_on_its_plan(
+    any_store: Store, tmp_path: Path
+) -> None:
+    _world(any_store)
+    ops, plan = Ops(), RolloutPlan(**STOPGAP_PLAN)
+    stopgaps = PolicyRuns(ops, command=_child(STOPGAP), log_dir=tmp_path, plan=plan, audit=Audit(any_store))
+    registry = Registry(_manifest())
+    waits = RetrainPolicy(alarm_hold_s=1e9, stopgap_images=64)  # no rule trains: the stopgap comes first
+    loop = PolicyLoop(
+        PolicyEvidence(any_store, registry),
+        waits,
+        holder="a",
+        model_name="m",
+        audit=Audit(any_store),
+        every_s=1,
+        stopgaps=stopgaps,
+    )
+    first = loop.step(NOW)
+    assert first is not None and first["acted"] and first["decision"]["action"] == "wait"
+    assert (
+        "image or embedding alarm" in first["stopgap"] and first["evidence"]["input_alarm_since"] == T0 + 100
+    )
+    outcome = _until_ended(stopgaps, NOW + 1)
+    assert outcome["version"] == "3" and ops.started == [("policy", "3", plan)]
+    assert json.loads(Path(outcome["out"]).read_text())["argv"] == ["--images", "64"]
+    trail = [(e.action, e.detail["rule"]) for e in Audit(any_store).read(action="policy.run")]
+    assert trail == [("policy.run.done", "stopgap"), ("policy.run", "stopgap")]
+    registry.tags["3"] = {STOPGAP_OF: "1"}  # the registry knows 3 as champion 1's stopgap: no second
+    later = loop.step(NOW + 10)
+    assert later is not None and not later["acted"] and later["evidence"]["stopgap"] == "3"
+    # served as champion, the stopgap is weighed as the version it patches: that version's alarm
+    # and labels stand, and its own rollout held no run back
+    registry.champion = "3"
+    ev = PolicyEvidence(any_store, registry).gather(NOW + 20)
+    assert (ev.champion, ev.stopgap, ev.alarm_since, ev.input_alarm_since) == ("3", "3", T0 + 100, None)
+    assert ev.labels_after_alarm == 30 and ev.new_labels == 50

@@ -110,11 +110,13 @@ class DriftLog:
             ).all()
             if not holding:
                 return None
-            at = DriftWindowRow.evaluated_at
-            if window_start:
-                at = func.coalesce(DriftWindowRow.started_at, DriftWindowRow.evaluated_at)
+            newest = (
+                func.max(func.coalesce(DriftWindowRow.started_at, DriftWindowRow.evaluated_at))
+                if window_start
+                else func.max(DriftWindowRow.evaluated_at)
+            )
             raised = s.scalars(
-                select(func.max(at))
+                select(newest)
                 .where(
                     DriftWindowRow.model_version == model_version,
                     DriftWindowRow.monitor.in_(holding),

@@ -4,9 +4,11 @@ On an ImageFolder (default ../shared/datasets/neu-steel; ``--data DIR``), split 
 seed set that bootstraps the champion (``--bootstrap`` a class), held-out test images never
 labeled (``--test`` a class, each also under the shift) and the rest, streamed in a random order
 on a compressed clock (``--events-per-hour``). At ``--shift-at`` (30%) of the stream the camera
-changes (``camera``: blur, darker and flatter light, sensor noise, all at once) or slides into
-that change over a fifth of the stream (``ramp``). Every event is scored by whichever version
-serves at that moment; the score counts before any label of it is used.
+changes (``camera``: blur, darker and flatter light, sensor noise, all at once), slides into
+that change over a fifth of the stream (``ramp``), or stays while the mix of classes changes
+(``mix``: the last class half the traffic; the shifted test images are then the clean ones).
+Every event is scored by whichever version serves at that moment; the score counts before any
+label of it is used.
 
 Each arm runs the same stream, with the same review budget (``--budget`` labels an hour, answered
 with the true label ``--review-delay-s`` after they are queued) and the same user feedback (a
@@ -124,6 +126,13 @@ def camera_change(img: Image.Image, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).astype(np.uint8))
 
 
+def mix_weights(n: int) -> np.ndarray:
+    """The class mix after a ``mix`` shift: the last class half the traffic, the others the rest."""
+    w = np.full(n, 0.5 / max(1, n - 1))
+    w[-1] = 0.5 if n > 1 else 1.0
+    return w
+
+
 def png(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
@@ -175,6 +184,7 @@ def build_world(items: list[tuple[bytes, str]], blobs: BlobStore, args: argparse
             )
         pool += [(d, c) for d in members[args.bootstrap + args.test :]]
     order = rng.permutation(len(pool))[: args.events or None]
+    by_class = [[d for d, c in pool if c == k] for k in range(len(classes))]
     n = len(order)
     world.shift_at = int(args.shift_at * n)
     ramp = max(1, int(0.2 * n))
@@ -188,11 +198,17 @@ def build_world(items: list[tuple[bytes, str]], blobs: BlobStore, args: argparse
             if args.shift == "camera"
             else min(1.0, (i - world.shift_at + 1) / ramp)
         )
+        if args.shift == "mix" and i >= world.shift_at:  # the same camera, another mix of classes
+            c = int(rng.choice(len(classes), p=mix_weights(len(classes))))
+            data = by_class[c][int(rng.integers(len(by_class[c])))]
+            key, p = world.add(data, c), 0.0
         shifted = bool(rng.random() < p)
         if shifted:
             key = world.add(png(camera_change(world.images[key], 10_000 + int(j))), c)
         world.stream.append(key)
         world.shifted.append(shifted)
+    if args.shift == "mix":  # no camera changed: the shifted test images are the clean ones
+        world.test_shifted = list(world.test_clean)
     clean_pool = [world.add(d, c) for d, c in pool]
     world.calm = [clean_pool[int(i)] for i in rng.integers(0, len(clean_pool), args.calm_events)]
     return world
@@ -923,7 +939,7 @@ def main() -> None:
         "--quick", action="store_true", help="A smaller stream and shorter training (under 15 min)."
     )
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--shift", choices=("camera", "ramp"), default="camera")
+    p.add_argument("--shift", choices=("camera", "ramp", "mix"), default="camera")
     p.add_argument("--shift-at", type=float, default=0.3)
     p.add_argument("--bootstrap", type=int, default=40, help="Seed labels a class.")
     p.add_argument("--test", type=int, default=60, help="Held-out test images a class.")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,6 +13,7 @@ from benchmarks.closed_loop import (
     T0,
     Marks,
     Run,
+    build_world,
     camera_change,
     deficit_area,
     goals_met,
@@ -110,3 +114,24 @@ def test_goals_compare_the_arms_and_say_none_where_an_arm_is_missing() -> None:
     assert goals["deficit_le_0_3_static"] is False and goals["no_false_triggers"] is False
     del out["drift_random"]
     assert goals_met(out)["labels_to_recover_le_half_drift_random"] is None
+
+
+def test_a_class_mix_shift_keeps_the_camera_and_gives_the_last_class_half_the_traffic(tmp_path: Path) -> None:
+    from benchmarks.closed_loop import png
+    from nicheloop.blobs import BlobStore
+
+    rng = np.random.default_rng(1)
+    items = [
+        (png(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))), name)
+        for name in ("a", "b", "c")
+        for _ in range(30)
+    ]
+    args = argparse.Namespace(
+        seed=0, bootstrap=4, test=4, events=0, shift_at=0.3, shift="mix", calm_events=10
+    )
+    world = build_world(items, BlobStore(str(tmp_path)), args)
+    after = [world.label[k] for k in world.stream[world.shift_at :]]
+    assert not any(world.shifted) and world.test_shifted == world.test_clean
+    assert len(world.stream) == 66 and 0.35 < after.count(2) / len(after) < 0.65
+    before = [world.label[k] for k in world.stream[: world.shift_at]]
+    assert before.count(2) / len(before) < 0.6  # the old mix: a third each, give or take

@@ -222,6 +222,8 @@ def render_decision(out: dict[str, Any]) -> str:
     if out.get("paused"):
         p = out["paused"]
         lines.append(f"  paused by {p['by']} at {p['at']}: {p['reason']} (it decides but starts no run)")
+    if out.get("stopgap_due"):
+        lines.append(f"  stopgap due: {out['stopgap_due']}")
     lines += [f"  {key:<22} {value}" for key, value in ev.items() if value is not None and key != "now"]
     return "\n".join(lines)
 

@@ -144,9 +144,15 @@ def switch_policy(
 
 
 def explain(evidence: Evidence, policy: RetrainPolicy) -> dict[str, Any]:
-    """The decision at the evidence's moment, with the evidence, as one JSON-able object."""
+    """The decision at the evidence's moment, with the evidence and why a stopgap is due (None: it
+    is not), as one JSON-able object."""
     decision: Decision = decide(evidence, policy)
-    return {"decision": asdict(decision), "evidence": asdict(evidence), "policy": policy.model_dump()}
+    return {
+        "decision": asdict(decision),
+        "evidence": asdict(evidence),
+        "policy": policy.model_dump(),
+        "stopgap_due": stopgap_due(evidence, policy),
+    }
 
 
 class PolicyLoop:
@@ -211,7 +217,7 @@ class PolicyLoop:
     def _stopgap(self, out: dict[str, Any], champion: str, now: float) -> bool:
         """Start a stopgap run when one is due (at most one try every ten minutes per champion: a run
         that failed tries again later); whether one started."""
-        why = stopgap_due(Evidence(**out["evidence"]), self.policy)
+        why = out["stopgap_due"]
         if self.stopgaps is None or why is None or now - self._stopgap_tried.get(champion, -1e18) < 600:
             return False
         self._stopgap_tried[champion] = now
@@ -222,7 +228,6 @@ class PolicyLoop:
             now=now,
             args=["--images", str(self.policy.stopgap_images)],
         )
-        out["stopgap"] = why
         return True
 
     def _reload(self) -> None:

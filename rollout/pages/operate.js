@@ -73,6 +73,8 @@ function showPolicy(p) {
       : `raised ${ago(ev.alarm_since)}; ${ev.labels_after_alarm} labels of traffic since`],
     ["champion on users' labels", ev.accuracy_drop_points == null ? "no users' labels yet"
       : `${ev.accuracy_drop_points} points under its held-out accuracy (${ev.user_labels} labels)`],
+    ["label-free stopgap", ev.stopgap != null ? `version ${ev.stopgap}`
+      : p.stopgap_due ?? (ev.input_alarm_since == null ? "none: no image or embedding alarm" : "none yet")],
     ["last run", ago(ev.last_run_at)],
     ["champion registered", ago(ev.champion_since)],
   ]);

@@ -251,6 +251,7 @@ def test_an_operator_reads_the_policys_verdict_and_pauses_it_with_a_reason(
         page.wait_for_selector("#policy dd")
         assert page.text_content("#policy-verdict").startswith("Wait (cooldown)")  # the champion is new
         assert "acts on its verdicts" in page.text_content("#policy")
+        assert "none: no image or embedding alarm" in page.text_content("#policy")  # no stopgap due
         assert page.is_hidden("[data-action=policy-resume]")
         _confirm(page, "policy-pause", "relabeling the scratches")
         assert "done (paused)" in page.text_content("#policy-result")

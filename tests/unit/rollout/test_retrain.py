@@ -434,8 +434,10 @@ def test_an_image_alarm_makes_one_stopgap_per_champion_rolled_out_on_its_plan(
     first = loop.step(NOW)
     assert first is not None and first["acted"] and first["decision"]["action"] == "wait"
     assert (
-        "image or embedding alarm" in first["stopgap"] and first["evidence"]["input_alarm_since"] == T0 + 100
+        "image or embedding alarm" in first["stopgap_due"]
+        and first["evidence"]["input_alarm_since"] == T0 + 100
     )
+    assert "stopgap due: an image or embedding alarm has held" in render_decision(first)
     outcome = _until_ended(stopgaps, NOW + 1)
     assert outcome["version"] == "3" and ops.started == [("policy", "3", plan)]
     assert json.loads(Path(outcome["out"]).read_text())["argv"] == ["--images", "64"]

@@ -288,6 +288,15 @@ def test_prediction_and_label_monitors() -> None:
     bad = label_drift(ref, truth, bad_pred, alpha=0.01, min_samples=50)
     assert not good.drifted and bad.drifted and bad.details["accuracy"] == pytest.approx(0.7)
     assert bad.details["macro_f1"] == pytest.approx(macro_f1(truth, bad_pred))
+    # a small validation set all right is an estimate: 45 of 50 right is no drift against it, 35 is
+    perfect = dataclasses.replace(_reference(48), accuracy=1.0)
+    truth = perfect.labels[:48].repeat(2)[:50]
+    chance = truth.copy()
+    chance[:5] = (chance[:5] + 1) % 3
+    assert not label_drift(perfect, truth, chance, alpha=0.01, min_samples=50).drifted
+    worse = truth.copy()
+    worse[:15] = (worse[:15] + 1) % 3
+    assert label_drift(perfect, truth, worse, alpha=0.01, min_samples=50).drifted
     assert label_drift(ref, truth[:10], truth[:10], alpha=0.01, min_samples=50).status == "insufficient_data"
     assert (
         label_drift(

@@ -968,6 +968,13 @@ def main() -> None:
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--policy-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A retraining-policy key for the loop arms, after the benchmark's own (repeatable).",
+    )
     p.add_argument("--out", type=Path, default=Path("closed_loop.png"))
     args = p.parse_args()
     if args.quick:
@@ -982,7 +989,8 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    policy = load_policy(ROOT / "recipes" / "policies" / "default.yaml", POLICY_OVERRIDES)
+    overrides = [*POLICY_OVERRIDES, *args.policy_set]
+    policy = load_policy(ROOT / "recipes" / "policies" / "default.yaml", overrides)
     plan = RolloutPlan()
     boot_cfg = load_recipe(
         ROOT / "recipes" / "few-labels.yaml",
@@ -1061,7 +1069,7 @@ def main() -> None:
                 "calm_events": len(world.calm),
                 "events_per_hour": args.events_per_hour,
                 "review_budget_per_hour": args.budget,
-                "policy_overrides": list(POLICY_OVERRIDES),
+                "policy_overrides": overrides,
                 "first_champion_test": {
                     "clean": round(first.test_clean, 4),
                     "shifted": round(first.test_shifted, 4),

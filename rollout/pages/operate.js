@@ -547,8 +547,11 @@ async function act() {
 }
 
 // the budgets (counts) and the gold and overlap shares (percent on the page, fractions in the API)
+// (a form the operator has begun to edit keeps their values until it is sent: a refresh between two
+// fields used to put the first back to the stored value)
 function fillForm(id, values, scale) {
   const form = $(id);
+  if (form.dataset.edited) return;
   for (const [name, value] of Object.entries(values)) {
     const input = form.elements.namedItem(name);
     if (input && document.activeElement !== input) input.value = Math.round(value * scale * 100) / 100;
@@ -565,6 +568,7 @@ async function submitForm(event, path, scale, done) {
   const res = await call(path, { method: "PUT", body });
   const answer = await res.json().catch(() => ({}));
   form.nextElementSibling.textContent = res.ok ? done : `Refused (${res.status}): ${JSON.stringify(answer.detail)}`;
+  if (res.ok) delete form.dataset.edited; // a refused form keeps the values to correct
   refresh();
 }
 
@@ -580,6 +584,9 @@ $("confirm-no").addEventListener("click", () => { $("confirm").hidden = true; })
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") $("confirm").hidden = true;
 });
+for (const id of ["budget-form", "shares-form"]) {
+  $(id).addEventListener("input", () => { $(id).dataset.edited = "1"; });
+}
 $("budget-form").addEventListener("submit", (e) => submitForm(e, "/v1/review/budget", 1, "Budgets set."));
 $("shares-form").addEventListener("submit", (e) => submitForm(e, "/v1/review/shares", 100, "Shares set."));
 $("classes-source").addEventListener("change", refreshClasses);

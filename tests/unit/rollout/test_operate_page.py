@@ -99,6 +99,12 @@ def test_an_operator_starts_and_rolls_back_a_candidate_and_the_audit_log_shows_i
         )
         page.fill("#shares-form input[name=gold]", "10")
         page.fill("#shares-form input[name=overlap]", "25")
+        # a refresh while the operator is on the second field keeps the first one's edit
+        updated = page.text_content("#updated")
+        page.wait_for_function(
+            "u => document.getElementById('updated').textContent !== u", arg=updated, timeout=15_000
+        )
+        assert page.input_value("#shares-form input[name=gold]") == "10"
         page.click("#shares-form button[type=submit]")
         page.wait_for_function("() => document.getElementById('shares-result').textContent === 'Shares set.'")
         assert ReviewQueue(rollouts.store).shares() == {"gold_share": 0.1, "overlap_share": 0.25}

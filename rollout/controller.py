@@ -263,7 +263,13 @@ def start_rollout(
     )
 
 
-def is_stopgap(registry: AliasRegistry, version: str) -> bool:
+class VersionReader(Protocol):
+    """Reads one version's record (both registries the rollouts and the policy use have it)."""
+
+    def version(self, version: str) -> VersionInfo: ...
+
+
+def is_stopgap(registry: VersionReader, version: str) -> bool:
     """Whether ``version`` is a label-free stopgap (training.adapt), not a trained version."""
     return STOPGAP_OF in registry.version(version).tags
 

@@ -22,6 +22,7 @@ from nicheloop.registry import MANIFEST, STOPGAP_OF, VersionInfo, manifest_image
 from nicheloop.review import ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.store import Store
+from rollout.controller import is_stopgap
 from rollout.operations import Operations
 from rollout.plan import RolloutPlan
 from rollout.policy import Decision, Evidence, RetrainPolicy, decide, load_policy, stopgap_due
@@ -92,7 +93,7 @@ class PolicyEvidence:
             user_labels=user_labels,
             holdout_accuracy=held_out,
             # a stopgap's rollout does not hold a run back: a trained candidate ends it
-            rollout_live=live is not None and STOPGAP_OF not in self.registry.version(live.candidate).tags,
+            rollout_live=live is not None and not is_stopgap(self.registry, live.candidate),
             training=training,
             last_run_at=max(
                 (t for t in (self.registry.newest_at(), run_ended_at) if t is not None), default=None

@@ -377,6 +377,7 @@ class Arm:
         self.waiting: list[Label] = []  # queued or given, not yet in the store
         self.user_hits: dict[str, list[tuple[float, bool]]] = {}
         self.raised: dict[str, dict[str, float]] = {}  # version -> monitor -> raised at
+        self.began: dict[str, dict[str, float]] = {}  # version -> monitor -> its raising window began
         self.pool: OrderedDict[int, tuple[str, np.ndarray, np.ndarray, float]] = OrderedDict()
         self.index: EmbeddingIndex | None = None
         self.covered: set[str] = set()
@@ -408,14 +409,22 @@ class Arm:
 
     def _transition(self, t: Transition) -> None:
         alarms = self.raised.setdefault(t.model_version, {})
+        began = self.began.setdefault(t.model_version, {})
         if t.state == "raised":
             alarms[t.result.monitor] = self.now
+            began[t.result.monitor] = t.window_start.timestamp() if t.window_start else self.now
             self.marks.alarms.append(self.now)
         else:
             alarms.pop(t.result.monitor, None)
+            began.pop(t.result.monitor, None)
 
     def alarm_since(self) -> float | None:
         held = self.raised.get(self.champion.name, {})
+        return min(held.values()) if held else None
+
+    def alarm_began(self) -> float | None:
+        """When the window that raised the oldest alarm still holding began (the policy's count)."""
+        held = self.began.get(self.champion.name, {})
         return min(held.values()) if held else None
 
     def _switch(self, v: Version) -> None:
@@ -590,14 +599,14 @@ class Arm:
     def evidence(self) -> Evidence:
         known = {e.image_sha256 for e in (*self.champion.snapshot.train, *self.champion.snapshot.holdout)}
         new = [lb for lb in self.labels if lb.key not in known]
-        alarm = self.alarm_since()
+        alarm, began = self.alarm_since(), self.alarm_began()
         hits = [ok for at, ok in self.user_hits.get(self.champion.name, []) if at <= self.now]
         return Evidence(
             now=self.now,
             new_labels=len(new),
             champion=self.champion.name,
             alarm_since=alarm,
-            labels_after_alarm=sum(lb.served_at >= alarm for lb in new) if alarm is not None else 0,
+            labels_after_alarm=sum(lb.served_at >= began for lb in new) if began is not None else 0,
             accuracy_drop_points=100 * (self.champion.holdout_accuracy - float(np.mean(hits)))
             if hits
             else None,

@@ -28,7 +28,10 @@ class RetrainPolicy(BaseModel):
         1800.0, ge=0, description="How long a drift alarm must hold before it may start a run."
     )
     labels_after_alarm: int = Field(
-        100, ge=1, description="New labels of post-alarm traffic that confirm a drift alarm."
+        100,
+        ge=1,
+        description="New labels of the alarm's traffic (served since the window that raised it began) "
+        "that confirm a drift alarm.",
     )
     accuracy_drop_points: float = Field(
         3.0,
@@ -71,7 +74,7 @@ class Evidence:
     new_labels: int  # labeled images not in the champion's snapshot
     champion: str | None = None  # the version the evidence is about
     alarm_since: float | None = None  # the oldest drift alarm still raised, when it was raised
-    labels_after_alarm: int = 0  # new labels of traffic served after that alarm
+    labels_after_alarm: int = 0  # new labels of traffic served since the window that raised it began
     accuracy_drop_points: float | None = None  # held-out accuracy minus accuracy on users' labels
     user_labels: int = 0  # users' labels of the champion's predictions that figure is from
     holdout_accuracy: float | None = None  # the champion's held-out accuracy (a fraction)
@@ -129,7 +132,7 @@ def _drift(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
         return None
     return "drift", (
         f"a drift alarm has held for {_ago(ev.now - ev.alarm_since)} and {ev.labels_after_alarm} labels "
-        f"of traffic since confirm it (policy: {p.alarm_hold_s:.0f}s, {p.labels_after_alarm} labels)"
+        f"of its traffic confirm it (policy: {p.alarm_hold_s:.0f}s, {p.labels_after_alarm} labels)"
     )
 
 
@@ -191,7 +194,7 @@ def waiting_for(ev: Evidence, p: RetrainPolicy) -> str:
         held = ev.now - ev.alarm_since
         need = [f"{_ago(p.alarm_hold_s - held)} more alarm"] if held < p.alarm_hold_s else []
         if ev.labels_after_alarm < p.labels_after_alarm:
-            need.append(f"{p.labels_after_alarm - ev.labels_after_alarm} more labels of post-alarm traffic")
+            need.append(f"{p.labels_after_alarm - ev.labels_after_alarm} more labels of the alarm's traffic")
         waits.append("a drift alarm confirmed: " + " and ".join(need))
     if ev.champion_since is not None:
         left = p.max_age_s - (ev.now - ev.champion_since)

@@ -62,18 +62,20 @@ class PolicyEvidence:
         new = [r for r in self.store.labeled_examples() if r.image_sha256 not in trained_on]
         # a stopgap champion is a patch of the version it recalibrated: that version's alarm stands
         patched = champion.tags.get(STOPGAP_OF)
-        alarm = min(
-            (a for v in (champion.version, patched) if v for a in [self.drift.alarm_since(v)] if a),
-            default=None,
+        versions = [v for v in (champion.version, patched) if v]
+        alarm = min((a for v in versions if (a := self.drift.alarm_since(v))), default=None)
+        # the window that raised the alarm was served in the new world already: its labels confirm too
+        began = min(
+            (a for v in versions if (a := self.drift.alarm_since(v, window_start=True))), default=None
         )
         inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
         stopgap = champion if patched else self.registry.stopgap_of(champion.version)
         live = self.rollouts.live()
         after_alarm = 0
-        if alarm is not None and new:
+        if began is not None and new:
             served = self.store.served_at([r.prediction_id for r in new])
             after_alarm = sum(
-                1 for r in new if r.prediction_id in served and served[r.prediction_id] >= alarm
+                1 for r in new if r.prediction_id in served and served[r.prediction_id] >= began
             )
         hits, user_labels = self.store.user_label_hits(champion.version)
         held_out = self.registry.run_metrics(champion.run_id).get("holdout_accuracy")

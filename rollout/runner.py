@@ -452,7 +452,10 @@ def rollout_metrics(
 
 POLICY_GAUGES = {  # evidence figure -> (metric, help)
     "new_labels": ("nicheloop_policy_new_labels", "Labels not in the champion's snapshot"),
-    "labels_after_alarm": ("nicheloop_policy_labels_after_alarm", "New labels of traffic since the alarm"),
+    "labels_after_alarm": (
+        "nicheloop_policy_labels_after_alarm",
+        "New labels of the alarm's traffic (since its window began)",
+    ),
     "accuracy_drop_points": (
         "nicheloop_policy_accuracy_drop_points",
         "The champion's held-out accuracy minus its accuracy on users' labels, in points",

@@ -69,6 +69,7 @@ class Transition:
     model_version: str
     result: MonitorResult
     report: str | None = None
+    window_start: datetime | None = None  # when the evaluated window's first row arrived
 
     def event(self, model_name: str) -> DriftEvent:
         """The drift event that tells the world (``nicheloop.drift.v1``)."""
@@ -257,7 +258,7 @@ class DriftStage:
                     r.p_value,
                     r.n,
                 )
-                changes.append(Transition(change, mon.version, r))
+                changes.append(Transition(change, mon.version, r, window_start=span[0]))
         report = self._report(mon, results, rows, changes)
         for transition in changes:
             if self.on_transition is not None:

@@ -70,7 +70,7 @@ function showPolicy(p) {
     ["state", p.paused ? `paused by ${p.paused.by}: ${p.paused.reason}` : "acts on its verdicts"],
     ["new labels", String(ev.new_labels)],
     ["drift alarm", ev.alarm_since == null ? "none holds"
-      : `raised ${ago(ev.alarm_since)}; ${ev.labels_after_alarm} labels of traffic since`],
+      : `raised ${ago(ev.alarm_since)}; ${ev.labels_after_alarm} labels of its traffic`],
     ["champion on users' labels", ev.accuracy_drop_points == null ? "no users' labels yet"
       : `${ev.accuracy_drop_points} points under its held-out accuracy (${ev.user_labels} labels)`],
     ["label-free stopgap", ev.stopgap != null ? `version ${ev.stopgap}`

@@ -394,6 +394,7 @@ def test_drift_stage_raises_one_alarm_per_shift_and_resets_on_a_new_version() ->
     raised = [t for t in transitions if t.state == "raised"]
     assert {t.result.monitor for t in raised} >= {"image", "embedding"}
     assert len(raised) == len({t.result.monitor for t in raised})  # one alarm per monitor, no flapping
+    assert all(t.window_start is not None and t.window_start <= datetime.now(UTC) for t in raised)
     assert metrics.registry.get_sample_value("nicheloop_drift_detected", {"monitor": "image"}) == 1.0
     assert (
         metrics.registry.get_sample_value(

@@ -16,7 +16,7 @@ def test_a_drift_alarm_trains_only_once_it_has_held_and_labels_of_traffic_after_
     assert (waiting.action, waiting.rule) == ("wait", "evidence")
     assert "20.0 min more alarm" in waiting.reason and "350 more new labels" in waiting.reason
     unconfirmed = decide(Evidence(NOW, new_labels=150, alarm_since=NOW - 3600, labels_after_alarm=40), POLICY)
-    assert unconfirmed.action == "wait" and "60 more labels of post-alarm traffic" in unconfirmed.reason
+    assert unconfirmed.action == "wait" and "60 more labels of the alarm's traffic" in unconfirmed.reason
     confirmed = decide(Evidence(NOW, new_labels=150, alarm_since=NOW - 3600, labels_after_alarm=100), POLICY)
     assert (confirmed.action, confirmed.rule) == ("train", "drift")
     assert "held for 1.0 h" in confirmed.reason and confirmed.figures["labels_after_alarm"] == 100

@@ -92,7 +92,9 @@ def _served(store: Store, pid: str, at: float, said: str, truth: str) -> None:
     store.add_feedback(FeedbackEvent(prediction_id=pid, label=truth))
 
 
-def _window(monitor: str, at: float, *, alarm: bool, change: str | None) -> DriftWindow:
+def _window(
+    monitor: str, at: float, *, alarm: bool, change: str | None, began: float | None = None
+) -> DriftWindow:
     return DriftWindow(
         model_version="1",
         monitor=monitor,
@@ -104,6 +106,7 @@ def _window(monitor: str, at: float, *, alarm: bool, change: str | None) -> Drif
         alarm=alarm,
         change=change,
         evaluated_at=datetime.fromtimestamp(at, UTC),
+        started_at=datetime.fromtimestamp(began, UTC) if began is not None else None,
     )
 
 
@@ -160,6 +163,18 @@ def test_evidence_counts_new_labels_post_alarm_traffic_and_the_users_verdict(any
     cooling = explain(recent, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))["decision"]
     assert cooling["rule"] == "cooldown" and "ended 1.3 h ago; 4.7 h of cooldown left" in cooling["reason"]
     assert render_decision(drift).startswith("train (drift): a drift alarm has held for 15.0 min")
+
+
+def test_the_labels_of_the_window_that_raised_the_alarm_confirm_it(any_store: Store) -> None:
+    """Traffic in the raising window was served in the new world before the verdict: its labels
+    count, while the alarm's hold still runs from when it was raised."""
+    _world(any_store)
+    DriftLog(any_store).record([_window("prediction", T0 + 160, alarm=True, change="raised", began=T0 + 20)])
+    ev = PolicyEvidence(any_store, Registry(_manifest())).gather(NOW)
+    assert ev.alarm_since == T0 + 100  # the image alarm is older; its window began when it was raised
+    assert ev.labels_after_alarm == 30 + 10  # q10..q19 were served after the prediction window began
+    why = explain(ev, RetrainPolicy())["decision"]["reason"]
+    assert "60 more labels of the alarm's traffic" in why
 
 
 def test_a_live_rollout_waits_and_a_champion_without_manifest_counts_every_label_new(

@@ -85,6 +85,7 @@ from monitoring.selection import select_batch
 from monitoring.strategies import Context, Pool
 from nicheloop.blobs import BlobStore
 from nicheloop.contracts import FEEDBACK_TOPIC, IMAGE_STATS, PREDICTIONS_TOPIC, FeedbackEvent, PredictionEvent
+from nicheloop.driftlog import INPUT_MONITORS
 from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.model import NicheModel, build_model
@@ -94,9 +95,9 @@ from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
 from training.adapt import recalibrated
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, load_recipe
-from training.data import Example, Snapshot, class_shares, read_image_folder
+from training.data import Example, Snapshot, read_image_folder
 from training.engine import fit_local, local_job
-from training.evaluate import evaluate, predict_all
+from training.evaluate import drift_reference, evaluate, predict_all
 from training.finetune import continual_set, training_set
 from training.probe import probe_head
 
@@ -277,9 +278,12 @@ def trained(
     world: World,
     scores: Scores,
     now: float,
+    *,
+    alarm_world: frozenset[str] = frozenset(),
 ) -> Version:
     """Fine-tune ``model`` in place by the training engine, fit its temperature, evaluate it on the
-    snapshot's held-out labels (its drift reference) and on the test images."""
+    snapshot's held-out labels (its drift reference: those of ``alarm_world`` where enough) and on
+    the test images."""
     torch.manual_seed(cfg.seed)
     fit_local(local_job(model, world.blobs, data_train, data_val, cfg), cfg)
     model.net.eval()
@@ -288,7 +292,7 @@ def trained(
         preds = predict_all(model, world.blobs, labels)
         model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
     rep, ref = evaluate(model, world.blobs, snap.holdout)
-    ref = ref.in_proportion(class_shares(snap, model.class_names))
+    ref = drift_reference(ref, snap, model.class_names, world=alarm_world)
     v = Version(name, model, snap, ref, rep.metrics["accuracy"], now)
     v.test_clean = scores.accuracy(v, world.test_clean)
     v.test_shifted = scores.accuracy(v, world.test_shifted)
@@ -677,16 +681,25 @@ class Arm:
             self.world,
             self.scores,
             self.now,
+            alarm_world=self._alarm_world(),
         )
         parent = self.scores_holdout(snap)
         took = self.args.train_s or (time.perf_counter() - wall) * self.args.time_scale
         self.run = Run(cand, rule, self.now, self.now + took, parent)
         self.marks.runs.append(self.run)
 
+    def _alarm_world(self) -> frozenset[str]:
+        """The held-out labels served since the window that raised the oldest input alarm holding
+        began (training.finetune.alarm_world)."""
+        began = [t for m, t in self.began.get(self.champion.name, {}).items() if m in INPUT_MONITORS]
+        if not began:
+            return frozenset()
+        return frozenset(lb.key for lb in self.labels if holdout_side(lb.key) and lb.served_at >= min(began))
+
     def _input_alarm(self) -> bool:
         """An image or embedding alarm holds on the champion (a prediction alarm alone may be the
         class mix, where the old statistics were right)."""
-        return bool({"image", "embedding"} & set(self.raised.get(self.champion.name, {})))
+        return bool(set(INPUT_MONITORS) & set(self.raised.get(self.champion.name, {})))
 
     def _stopgap_share(self) -> float:
         """The share of the champion's traffic its stopgap answers: none in shadow, the plan's canary

@@ -71,6 +71,16 @@ class Reference:
         )
         if len(rows) < MIN_ROWS <= len(y):
             return self
+        return self.rows(rows)
+
+    def where(self, keep: np.ndarray) -> Reference:
+        """The rows ``keep`` (one bool a row) marks, when there are at least ``MIN_ROWS`` of them;
+        else all the rows (a monitor needs that many)."""
+        rows = np.flatnonzero(np.asarray(keep, bool))
+        return self.rows(rows) if len(rows) >= MIN_ROWS and len(rows) < len(self.labels) else self
+
+    def rows(self, rows: np.ndarray) -> Reference:
+        """These rows of every array (the scores stay the whole set's)."""
         return Reference(
             self.embeddings[rows],
             self.stats[rows] if self.stats.size else self.stats,

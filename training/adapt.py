@@ -27,8 +27,8 @@ from nicheloop.model import NicheModel
 from nicheloop.registry import MANIFEST, STOPGAP_OF, Registry, VersionInfo
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from training.data import MAX_FILE_BYTES, class_shares, parse_manifest
-from training.evaluate import evaluate
+from training.data import MAX_FILE_BYTES, parse_manifest
+from training.evaluate import drift_reference, evaluate
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 32  # fewer, and a layer's variance is noise
@@ -128,7 +128,7 @@ def make_stopgap(settings: Settings, *, images: int = 128) -> Stopgap:
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
     rep, reference = evaluate(model, blobs, snap.holdout)
-    reference = reference.in_proportion(class_shares(snap, model.class_names))
+    reference = drift_reference(reference, snap, model.class_names)
     before = registry.run_metrics(champion.run_id)
     metrics = {f"holdout_{k}": v for k, v in rep.metrics.items()} | {
         "stopgap_images": float(len(shas)),

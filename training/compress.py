@@ -32,8 +32,8 @@ from nicheloop.registry import MANIFEST, Registry, VersionInfo
 from nicheloop.runtime import INPUT, OUTPUTS, OnnxNet
 from nicheloop.settings import Settings
 from nicheloop.store import Store
-from training.data import BlobImageDataset, Example, class_shares, parse_manifest, replay_buffer, snapshot
-from training.evaluate import evaluate
+from training.data import BlobImageDataset, Example, parse_manifest, replay_buffer, snapshot
+from training.evaluate import drift_reference, evaluate
 from training.finetune import code_version
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def compress(settings: Settings, cfg: CompressConfig, *, version: str | None = N
     compiled = compile_model(source, pixel_batches(source, blobs, chosen), cfg)
     before, _ = evaluate(source, blobs, held_out)
     after, reference = evaluate(compiled, blobs, held_out)
-    reference = reference.in_proportion(class_shares(snap, compiled.class_names))  # as train() does
+    reference = drift_reference(reference, snap, compiled.class_names)  # as train() does
     probe = next(pixel_batches(source, blobs, chosen, batch_size=settings.batch_max_size))
     speed = {
         "img_per_s": images_per_second(compiled, probe),

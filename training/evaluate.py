@@ -16,7 +16,7 @@ from nicheloop.contracts import IMAGE_STATS
 from nicheloop.model import NicheModel, as_numpy
 from nicheloop.reference import Reference
 from training.calibrate import softmax
-from training.data import BlobImageDataset, Example
+from training.data import BlobImageDataset, Example, Snapshot, class_shares
 
 BRIGHTNESS_SLICES = ((0.0, 85.0, "dark"), (85.0, 170.0, "mid"), (170.0, 256.0, "bright"))
 
@@ -179,3 +179,20 @@ def evaluate(
         early=preds.early if preds.early is not None else np.zeros((0, 0)),
     )
     return rep, reference
+
+
+def drift_reference(
+    reference: Reference,
+    snap: Snapshot,
+    class_names: list[str] | tuple[str, ...],
+    *,
+    world: frozenset[str] = frozenset(),
+) -> Reference:
+    """The reference a version's drift monitors watch, from its evaluation on ``snap``'s held-out
+    side (``reference``, one row per held-out example): only the rows of the images in ``world``
+    when at least ``MIN_ROWS`` are (a version trained on an alarm is for the world that raised it;
+    the old world's rows would keep the alarm up), in the snapshot's class mix (not the split's
+    chance mix)."""
+    if world:
+        reference = reference.where(np.array([e.image_sha256 in world for e in snap.holdout], bool))
+    return reference.in_proportion(class_shares(snap, class_names))

@@ -23,26 +23,19 @@ import numpy as np
 from nicheloop.blobs import BlobStore
 from nicheloop.cluster import connect_ray
 from nicheloop.contracts import CANDIDATE, CHAMPION
+from nicheloop.driftlog import INPUT_MONITORS, DriftLog
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.reference import Reference
-from nicheloop.registry import MANIFEST, Registry, VersionInfo
+from nicheloop.registry import MANIFEST, STOPGAP_OF, Registry, VersionInfo
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
 from training.calibrate import fit_temperature
 from training.config import TrainConfig, dump_recipe
-from training.data import (
-    Example,
-    Snapshot,
-    class_shares,
-    parse_manifest,
-    replay_buffer,
-    snapshot,
-    split_validation,
-)
+from training.data import Example, Snapshot, parse_manifest, replay_buffer, snapshot, split_validation
 from training.distributed import fit
-from training.evaluate import evaluate, predict_all
+from training.evaluate import drift_reference, evaluate, predict_all
 from training.label_quality import gate_snapshot
 from training.probe import probe_head
 
@@ -166,6 +159,8 @@ class Lineage:
     # which of this snapshot's held-out images the parent got right, in their order (the offline
     # gate's paired test)
     parent_correct: np.ndarray | None = None
+    # held-out images of the world an input alarm on the parent saw: the new version's drift reference
+    world: frozenset[str] = frozenset()
 
     def tags(self, snap: Snapshot, model: NicheModel, cfg: TrainConfig) -> dict[str, str]:
         return {
@@ -219,9 +214,13 @@ def _fit_evaluate_register(
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     paired = discordant(reference, lineage.parent_correct) if lineage.parent_correct is not None else {}
-    reference = reference.in_proportion(class_shares(snap, model.class_names))  # not the split's chance mix
+    reference = drift_reference(reference, snap, model.class_names, world=lineage.world)
     metrics = (
         {f"holdout_{k}": v for k, v in rep.metrics.items()}
+        | {
+            "reference_rows": float(len(reference.labels)),
+            "reference_world_images": float(len(lineage.world)),
+        }
         | extra_metrics
         | _training_figures(data, history)
         | calibration
@@ -316,6 +315,23 @@ def forgetting(
     }
 
 
+def alarm_world(store: Store, *versions: str) -> frozenset[str]:
+    """The held-out labeled images served since the window that raised the oldest image or
+    embedding alarm still holding on ``versions`` began (empty: none holds): the world a version
+    trained now is for."""
+    drift = DriftLog(store)
+    since = min(
+        (a for v in versions if (a := drift.alarm_since(v, INPUT_MONITORS, window_start=True))), default=None
+    )
+    if since is None:
+        return frozenset()
+    held_out = store.labeled_examples(holdout=True)
+    served = store.served_at([r.prediction_id for r in held_out])
+    return frozenset(
+        r.image_sha256 for r in held_out if r.prediction_id in served and served[r.prediction_id] >= since
+    )
+
+
 def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     """Fine-tune the champion continually on the labeled store; register the result as ``candidate``.
 
@@ -351,6 +367,11 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         parent=before,
         old_holdout=parent_snap.holdout if parent_snap else (),
         parent_correct=parent_ref.probs.argmax(axis=1) == parent_ref.labels,
+        # a stopgap champion patches its parent: the parent's alarm is the world's too
+        world=alarm_world(
+            Store(settings.db_url),
+            *(v for v in (champion.info.version, champion.info.tags.get(STOPGAP_OF)) if v),
+        ),
     )
     return _fit_evaluate_register(
         settings, champion.model, snap, data, cfg, lineage=lineage, extra_metrics=extra

@@ -6,6 +6,7 @@ import numpy as np
 
 from nicheloop.reference import Reference
 from training.data import Example, Snapshot, class_shares
+from training.evaluate import drift_reference
 
 
 def _reference(labels: list[int]) -> Reference:
@@ -45,3 +46,18 @@ def test_a_cut_that_would_silence_the_monitors_keeps_the_whole_set() -> None:
     kept = drawn.in_proportion(np.array([1 / 3, 1 / 3, 1 / 3]))
     assert np.array_equal(kept.labels, drawn.labels)
     assert len(_reference([0] * 40 + [1] * 8 + [2] * 12).in_proportion(np.full(3, 1 / 3)).labels) == 24
+
+
+def test_a_version_trained_on_an_alarm_is_watched_against_the_world_that_raised_it() -> None:
+    """The held-out rows of the alarm's traffic make the reference when there are enough; too few
+    would leave the monitors blind, so then every row stays."""
+    labels = [0, 1, 2] * 20  # 60 held-out rows, balanced
+    snap = Snapshot(train=(), holdout=tuple(Example(f"{i:064d}", "abc"[c]) for i, c in enumerate(labels)))
+    drawn = _reference(labels)
+    new_world = frozenset(e.image_sha256 for e in snap.holdout[30:])  # the last 30 were served since
+    watched = drift_reference(drawn, snap, ["a", "b", "c"], world=new_world)
+    assert watched.embeddings[:, 0].astype(int).tolist() == list(range(30, 60))
+    assert np.bincount(watched.labels).tolist() == [10, 10, 10] and watched.accuracy == 0.9
+    few = frozenset(e.image_sha256 for e in snap.holdout[50:])  # 10: under MIN_ROWS
+    assert len(drift_reference(drawn, snap, ["a", "b", "c"], world=few).labels) == 60
+    assert len(drift_reference(drawn, snap, ["a", "b", "c"]).labels) == 60  # no alarm: every row

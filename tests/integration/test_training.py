@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ import ray
 import torch
 
 from nicheloop.blobs import BlobStore, sha256_hex
-from nicheloop.contracts import CANDIDATE, CHAMPION
+from nicheloop.contracts import CANDIDATE, CHAMPION, FeedbackEvent, PredictionEvent
+from nicheloop.driftlog import DriftLog, DriftWindow
 from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from nicheloop.pixels import to_pixels
+from nicheloop.reference import MIN_ROWS
 from nicheloop.registry import MANIFEST, Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
@@ -234,8 +237,34 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
     for data, label in shifted:
         store.add_seed_example(blobs.put(data), label)
     store.add_seed_example(blobs.put(shifted[0][0] + b"forged"), "rust")  # not a class: left out
+    # the champion answered them too, users labeled them alike, and an image alarm holds since: the
+    # held-out ones are the world the next version is for
+    began = datetime.now(UTC) - timedelta(seconds=5)
+    classes = champion.model.class_names
+    for i, (data, label) in enumerate(shifted):
+        pid = f"shifted-{i}"
+        store.add_prediction(
+            PredictionEvent(
+                prediction_id=pid, model_name=settings.model_name, model_version=first.version.version,
+                label=classes[0], probs=[1.0 / len(classes)] * len(classes), class_names=list(classes),
+                uncertainty=0.5, embedding=[0.0], image_sha256=sha256_hex(data),
+            )
+        )  # fmt: skip
+        store.add_feedback(FeedbackEvent(prediction_id=pid, label=label))
+    DriftLog(store).record(
+        [
+            DriftWindow(
+                model_version=first.version.version, monitor="image", feed="inputs", status="ok",
+                n=len(shifted), alpha=0.01, drifted=True, alarm=True, change="raised",
+                started_at=began, ended_at=datetime.now(UTC),
+            )
+        ]
+    )  # fmt: skip
+    world = {sha256_hex(data) for data, _ in shifted if store.is_holdout(sha256_hex(data))}
     second = train(settings, TrainConfig(epochs=2, batch_size=8, replay_per_class=3))
     m = second.metrics
+    assert world and m["reference_world_images"] == len(world)
+    assert (m["reference_rows"] <= len(world)) == (len(world) >= MIN_ROWS)  # too few: every row stays
     assert m["labels_left_out_unknown_class"] == 1
     assert second.version.tags["parent_version"] == first.version.version
     assert json.loads(second.version.tags["start_weights"]) == {

@@ -670,6 +670,7 @@ class Arm:
         log.info(
             "%s: %s run %s on %d new and %d replayed labels", self.name, rule, name, data.new, data.replayed
         )
+        world = self._alarm_world()
         cand = trained(
             name,
             copy.deepcopy(self.champion.model),
@@ -681,9 +682,16 @@ class Arm:
             self.world,
             self.scores,
             self.now,
-            alarm_world=self._alarm_world(),
+            alarm_world=world,
         )
         parent = self.scores_holdout(snap)
+        log.info(
+            "%s: %s watches %d reference rows (%d held-out labels of the alarm's world)",
+            self.name,
+            name,
+            len(cand.reference.labels),
+            len(world),
+        )
         took = self.args.train_s or (time.perf_counter() - wall) * self.args.time_scale
         self.run = Run(cand, rule, self.now, self.now + took, parent)
         self.marks.runs.append(self.run)

@@ -224,8 +224,19 @@ def render_decision(out: dict[str, Any]) -> str:
         lines.append(f"  paused by {p['by']} at {p['at']}: {p['reason']} (it decides but starts no run)")
     if out.get("stopgap_due"):
         lines.append(f"  stopgap due: {out['stopgap_due']}")
-    lines += [f"  {key:<22} {value}" for key, value in ev.items() if value is not None and key != "now"]
+    lines += [
+        f"  {key:<22} {_figure(value)}"
+        for key, value in ev.items()
+        if value not in (None, {}) and key != "now"
+    ]
     return "\n".join(lines)
+
+
+def _figure(value: Any) -> str:
+    """One evidence figure as a person reads it (per class: "crazing 12, scratches 3")."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _switch(pause: bool, reason: str) -> None:

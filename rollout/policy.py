@@ -85,6 +85,8 @@ class Evidence:
     budget_left_hour: int | None = None  # the review budget left this hour
     input_alarm_since: float | None = None  # the oldest image or embedding alarm still raised
     stopgap: str | None = None  # the stopgap made for the champion (or the champion, if it is one)
+    new_by_class: dict[str, int] = field(default_factory=dict)  # new_labels, per class
+    after_alarm_by_class: dict[str, int] = field(default_factory=dict)  # labels_after_alarm, per class
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,15 @@ def _drift(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
         return None
     return "drift", (
         f"a drift alarm has held for {_ago(ev.now - ev.alarm_since)} and {ev.labels_after_alarm} labels "
-        f"of its traffic confirm it (policy: {p.alarm_hold_s:.0f}s, {p.labels_after_alarm} labels)"
+        f"of its traffic confirm it{_most(ev.after_alarm_by_class)} (policy: {p.alarm_hold_s:.0f}s, "
+        f"{p.labels_after_alarm} labels)"
     )
+
+
+def _most(by_class: dict[str, int], top: int = 3) -> str:
+    """The classes most of the labels fall in, for a reason ("" when not counted)."""
+    ranked = sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return ", most of " + ", ".join(f"{c} ({n})" for c, n in ranked) if ranked else ""
 
 
 def _accuracy(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -71,12 +72,12 @@ class PolicyEvidence:
         inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
         stopgap = champion if patched else self.registry.stopgap_of(champion.version)
         live = self.rollouts.live()
-        after_alarm = 0
+        after_alarm: list[str] = []  # the labels of the alarm's traffic
         if began is not None and new:
             served = self.store.served_at([r.prediction_id for r in new])
-            after_alarm = sum(
-                1 for r in new if r.prediction_id in served and served[r.prediction_id] >= began
-            )
+            after_alarm = [
+                r.label for r in new if r.prediction_id in served and served[r.prediction_id] >= began
+            ]
         hits, user_labels = self.store.user_label_hits(champion.version)
         held_out = self.registry.run_metrics(champion.run_id).get("holdout_accuracy")
         drop = (
@@ -90,7 +91,7 @@ class PolicyEvidence:
             champion=champion.version,
             new_labels=len(new),
             alarm_since=alarm.timestamp() if alarm is not None else None,
-            labels_after_alarm=after_alarm,
+            labels_after_alarm=len(after_alarm),
             accuracy_drop_points=drop,
             user_labels=user_labels,
             holdout_accuracy=held_out,
@@ -104,6 +105,8 @@ class PolicyEvidence:
             budget_left_hour=int(budget["left_hour"]) if isinstance(budget, dict) else None,
             input_alarm_since=inputs.timestamp() if inputs is not None else None,
             stopgap=stopgap.version if stopgap is not None else None,
+            new_by_class=dict(sorted(Counter(r.label for r in new).items())),
+            after_alarm_by_class=dict(sorted(Counter(after_alarm).items())),
         )
 
     def explained(
@@ -262,6 +265,9 @@ class PolicyLoop:
         """Announce and audit one verdict; False if it could not be announced (tried again next look)."""
         d = out["decision"]
         figures = {k: v for k, v in d["figures"].items() if isinstance(v, int | float) and k != "now"}
+        figures |= {  # per class, flat: "new_by_class.crazing"
+            f"{k}.{c}": n for k, v in d["figures"].items() if isinstance(v, dict) for c, n in v.items()
+        }
         event = PolicyDecided(
             model_name=self.model_name,
             champion=champion,

@@ -464,6 +464,18 @@ POLICY_GAUGES = {  # evidence figure -> (metric, help)
 }
 
 
+POLICY_CLASS_GAUGES = {  # evidence figure per class -> (metric, help)
+    "new_by_class": (
+        "nicheloop_policy_new_labels_by_class",
+        "Labels not in the champion's snapshot, per class",
+    ),
+    "after_alarm_by_class": (
+        "nicheloop_policy_labels_after_alarm_by_class",
+        "New labels of the alarm's traffic, per class",
+    ),
+}
+
+
 def policy_metrics(registry: CollectorRegistry, explained: dict[str, Any]) -> None:
     """The retraining policy's verdict (1 for the action and rule of its last look), the age of the
     alarm it weighs and the figures it counts (:func:`rollout.retrain.explain`)."""
@@ -477,6 +489,10 @@ def policy_metrics(registry: CollectorRegistry, explained: dict[str, Any]) -> No
     for key, (name, doc) in POLICY_GAUGES.items():
         if ev.get(key) is not None:
             Gauge(name, doc, registry=registry).set(float(ev[key]))
+    for key, (name, doc) in POLICY_CLASS_GAUGES.items():
+        gauge = Gauge(name, doc, ["class"], registry=registry)
+        for cls, n in (ev.get(key) or {}).items():
+            gauge.labels(cls).set(float(n))
     if ev.get("alarm_since") is not None:
         Gauge(
             "nicheloop_policy_alarm_age_seconds",

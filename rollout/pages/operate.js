@@ -64,13 +64,17 @@ function showPolicy(p) {
   const d = p.decision;
   const ev = p.evidence;
   const ago = (t) => (t == null ? "never" : `${since(ev.now - t)} ago`);
+  const byClass = (counts) => {  // "(crazing 12, scratches 3)", most first
+    const top = Object.entries(counts ?? {}).sort((a, b) => b[1] - a[1]);
+    return top.length ? ` (${top.map(([c, n]) => `${c} ${n}`).join(", ")})` : "";
+  };
   $("policy-verdict").textContent = `${d.action === "train" ? "Train" : "Wait"} (${d.rule}): ${d.reason}`;
   $("policy-verdict").className = d.action === "train" ? "ok" : "";
   rows($("policy"), [
     ["state", p.paused ? `paused by ${p.paused.by}: ${p.paused.reason}` : "acts on its verdicts"],
-    ["new labels", String(ev.new_labels)],
+    ["new labels", `${ev.new_labels}${byClass(ev.new_by_class)}`],
     ["drift alarm", ev.alarm_since == null ? "none holds"
-      : `raised ${ago(ev.alarm_since)}; ${ev.labels_after_alarm} labels of its traffic`],
+      : `raised ${ago(ev.alarm_since)}; ${ev.labels_after_alarm} labels of its traffic${byClass(ev.after_alarm_by_class)}`],
     ["champion on users' labels", ev.accuracy_drop_points == null ? "no users' labels yet"
       : `${ev.accuracy_drop_points} points under its held-out accuracy (${ev.user_labels} labels)`],
     ["label-free stopgap", ev.stopgap != null ? `version ${ev.stopgap}`

@@ -31,6 +31,7 @@ from tests.browser import screenshot, serious_violations, serving, sign_in
 from tests.unit.rollout.test_controller import Registry
 from tests.unit.rollout.test_evidence import _prediction as _scored
 from tests.unit.rollout.test_retrain import Registry as PolicyRegistry
+from tests.unit.rollout.test_retrain import _served as _labeled
 from tests.unit.rollout.test_views import _prediction, _window
 
 
@@ -251,11 +252,14 @@ def test_an_operator_reads_the_policys_verdict_and_pauses_it_with_a_reason(
     browser: Any, controller: tuple[str, Rollouts, dict[str, str]]
 ) -> None:
     url, rollouts, keys = controller
+    for i, truth in enumerate("bba"):  # three new labels, two of class b
+        _labeled(rollouts.store, f"n{i}", time.time() - 60, "a", truth)
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
         sign_in(page, f"{url}/operate", keys["operator"])
         page.wait_for_selector("#policy dd")
         assert page.text_content("#policy-verdict").startswith("Wait (cooldown)")  # the champion is new
+        assert "new labels3 (b 2, a 1)" in page.text_content("#policy")  # most first
         assert "acts on its verdicts" in page.text_content("#policy")
         assert "none: no image or embedding alarm" in page.text_content("#policy")  # no stopgap due
         assert page.is_hidden("[data-action=policy-resume]")

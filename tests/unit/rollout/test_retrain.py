@@ -144,6 +144,7 @@ def test_evidence_counts_new_labels_post_alarm_traffic_and_the_users_verdict(any
     assert ev.new_labels == 50  # the ten the manifest names (trained, held out, held back) are not new
     assert ev.alarm_since == T0 + 100  # the image alarm; the embedding alarm has cleared
     assert ev.labels_after_alarm == 30
+    assert ev.new_by_class == {"a": 10, "b": 40} and ev.after_alarm_by_class == {"b": 30}
     assert ev.user_labels == 60
     assert ev.accuracy_drop_points == round(100 * (0.95 - 20 / 60), 2)
     assert (ev.champion_since, ev.last_run_at) == (T0 - 2 * 86_400, T0 - 86_400)
@@ -159,6 +160,8 @@ def test_evidence_counts_new_labels_post_alarm_traffic_and_the_users_verdict(any
     assert (accuracy["decision"]["action"], accuracy["decision"]["rule"]) == ("train", "accuracy")
     drift = explain(ev, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))
     assert drift["decision"]["rule"] == "drift" and drift["evidence"]["labels_after_alarm"] == 30
+    assert "confirm it, most of b (30) (policy" in drift["decision"]["reason"]
+    assert "  new_by_class           a 10, b 40\n" in render_decision(drift)
     recent = PolicyEvidence(any_store, Registry(_manifest(), newest=3600)).gather(NOW)
     cooling = explain(recent, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))["decision"]
     assert cooling["rule"] == "cooldown" and "ended 1.3 h ago; 4.7 h of cooldown left" in cooling["reason"]
@@ -234,6 +237,9 @@ def test_the_loop_says_each_new_verdict_once_on_kafka_and_in_the_audit_log(any_s
     loop.policy = RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30)
     loop.step(NOW + 90)
     assert [(e.action, e.rule) for e in sent][-1] == ("train", "drift")
+    said = sent[-1].figures  # per class, flat
+    assert (said["new_by_class.a"], said["new_by_class.b"], said["after_alarm_by_class.b"]) == (10, 40, 30)
+    assert parse_event(DECISIONS_TOPIC, sent[-1].model_dump_json().encode()) == sent[-1]
     trail = Audit(any_store).read(action="policy")
     assert [(e.action, e.actor, e.detail["action"], e.detail["rule"]) for e in trail] == [
         ("policy.decided", "policy", "train", "drift"),
@@ -250,6 +256,8 @@ def test_metrics_and_http_show_the_latest_verdict(any_store: Store) -> None:
     text = rollout_metrics(Rollouts(any_store), {"ticks": 1, "errors": 0}, policy=loop.step(NOW)).decode()
     assert 'nicheloop_policy_decision{action="wait",rule="evidence"} 1.0' in text
     assert "nicheloop_policy_new_labels 50.0" in text and "nicheloop_policy_alarm_age_seconds 900.0" in text
+    assert 'nicheloop_policy_new_labels_by_class{class="b"} 40.0' in text
+    assert 'nicheloop_policy_labels_after_alarm_by_class{class="b"} 30.0' in text
     keys = ApiKeys(any_store)
     operator = {"Authorization": f"Bearer {keys.create(name='ops', role='operator', created_by='t')[0]}"}
     app = controller_api(Operations(Rollouts(any_store), registry), policy=loop)

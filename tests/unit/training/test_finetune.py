@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +9,12 @@ import pytest
 import torch
 
 from nicheloop.blobs import BlobStore
-from nicheloop.contracts import FeedbackEvent, PredictionEvent
-from nicheloop.driftlog import DriftLog, DriftWindow
+from nicheloop.driftlog import DriftLog
 from nicheloop.errors import InvalidInput
 from nicheloop.model import build_model
 from nicheloop.store import Store
 from nicheloop.synthetic import make_image, png_bytes
+from tests.unit.rollout.test_retrain import _served, _window
 from tests.unit.training.examples import labeled
 from training.calibrate import fit_temperature
 from training.config import TrainConfig
@@ -95,49 +93,23 @@ def test_discordant_counts_the_images_only_one_model_got_right() -> None:
     assert discordant(ref, np.zeros(4, bool)) == {"holdout_candidate_only": 2.0, "holdout_parent_only": 0.0}
 
 
-def _served(store: Store, pid: str, at: float) -> None:
-    """Version 1 answered image ``pid`` at ``at`` and a user labeled it."""
-    store.add_prediction(
-        PredictionEvent(
-            prediction_id=pid,
-            model_name="m",
-            model_version="1",
-            label="a",
-            probs=[0.9, 0.1],
-            class_names=["a", "b"],
-            uncertainty=0.2,
-            embedding=[0.0],
-            image_sha256=hashlib.sha256(pid.encode()).hexdigest(),
-            created_at=datetime.fromtimestamp(at, UTC),
-        )
-    )
-    store.add_feedback(FeedbackEvent(prediction_id=pid, label="a"))
-
-
-def _raised(monitor: str, at: float, began: float, *, alarm: bool = True) -> DriftWindow:
-    return DriftWindow(
-        model_version="1", monitor=monitor, feed="inputs", status="ok", n=200, alpha=0.01,
-        drifted=alarm, alarm=alarm, change="raised" if alarm else "cleared",
-        evaluated_at=datetime.fromtimestamp(at, UTC), started_at=datetime.fromtimestamp(began, UTC),
-    )  # fmt: skip
-
-
 def test_the_alarm_world_is_the_held_out_labels_served_since_the_raising_window_began(
     any_store: Store,
 ) -> None:
     t0 = 1_800_000_000.0
     for i in range(80):
-        _served(any_store, f"x{i}", t0 + 10 * i)
+        _served(any_store, f"x{i}", t0 + 10 * i, "a", "a")
     assert alarm_world(any_store, "1") == frozenset()  # no alarm holds
     log = DriftLog(any_store)
-    log.record([_raised("prediction", t0 + 300, t0 + 100)])  # the class mix alone: not the world's
+    # the class mix alone: not the world's
+    log.record([_window("prediction", t0 + 300, alarm=True, change="raised", began=t0 + 100)])
     assert alarm_world(any_store, "1") == frozenset()
-    log.record([_raised("image", t0 + 700, t0 + 400)])
+    log.record([_window("image", t0 + 700, alarm=True, change="raised", began=t0 + 400)])
     held_out = {r.image_sha256: r.prediction_id for r in any_store.labeled_examples(holdout=True)}
     since = {sha for sha, pid in held_out.items() if int(pid[1:]) >= 40}
     assert held_out and since and alarm_world(any_store, "1", "2") == since  # "2": no alarm of its own
     assert not {r.image_sha256 for r in any_store.labeled_examples(holdout=False)} & alarm_world(
         any_store, "1"
     )
-    log.record([_raised("image", t0 + 800, t0 + 600, alarm=False)])
+    log.record([_window("image", t0 + 800, alarm=False, change="cleared", began=t0 + 600)])
     assert alarm_world(any_store, "1") == frozenset()  # it cleared

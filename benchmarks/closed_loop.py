@@ -426,10 +426,11 @@ class Arm:
         held = self.raised.get(self.champion.name, {})
         return min(held.values()) if held else None
 
-    def alarm_began(self) -> float | None:
-        """When the window that raised the oldest alarm still holding began (the policy's count)."""
-        held = self.began.get(self.champion.name, {})
-        return min(held.values()) if held else None
+    def alarm_began(self, monitors: tuple[str, ...] = ()) -> float | None:
+        """When the window that raised the oldest alarm still holding began (the policy's count);
+        only ``monitors``' alarms when given."""
+        held = [t for m, t in self.began.get(self.champion.name, {}).items() if not monitors or m in monitors]
+        return min(held) if held else None
 
     def _switch(self, v: Version) -> None:
         """A new champion: the sampler's pool is dropped and its covered set starts from the reference;
@@ -699,10 +700,10 @@ class Arm:
     def _alarm_world(self) -> frozenset[str]:
         """The held-out labels served since the window that raised the oldest input alarm holding
         began (training.finetune.alarm_world)."""
-        began = [t for m, t in self.began.get(self.champion.name, {}).items() if m in INPUT_MONITORS]
-        if not began:
+        began = self.alarm_began(INPUT_MONITORS)
+        if began is None:
             return frozenset()
-        return frozenset(lb.key for lb in self.labels if holdout_side(lb.key) and lb.served_at >= min(began))
+        return frozenset(lb.key for lb in self.labels if holdout_side(lb.key) and lb.served_at >= began)
 
     def _input_alarm(self) -> bool:
         """An image or embedding alarm holds on the champion (a prediction alarm alone may be the

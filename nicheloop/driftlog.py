@@ -126,6 +126,14 @@ class DriftLog:
             ).all()
         return min((aware(at) for at in raised if at is not None), default=None)
 
+    def earliest_alarm(
+        self, versions: Sequence[str], monitors: Sequence[str] = (), *, window_start: bool = False
+    ) -> datetime | None:
+        """:meth:`alarm_since` of the oldest alarm still holding on any of ``versions`` (a stopgap
+        champion and the version it patches)."""
+        found = (self.alarm_since(v, monitors, window_start=window_start) for v in versions)
+        return min((at for at in found if at is not None), default=None)
+
     def window(self, window_id: int) -> DriftWindow:
         """One stored verdict.
 

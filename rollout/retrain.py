@@ -64,11 +64,9 @@ class PolicyEvidence:
         # a stopgap champion is a patch of the version it recalibrated: that version's alarm stands
         patched = champion.tags.get(STOPGAP_OF)
         versions = [v for v in (champion.version, patched) if v]
-        alarm = min((a for v in versions if (a := self.drift.alarm_since(v))), default=None)
+        alarm = self.drift.earliest_alarm(versions)
         # the window that raised the alarm was served in the new world already: its labels confirm too
-        began = min(
-            (a for v in versions if (a := self.drift.alarm_since(v, window_start=True))), default=None
-        )
+        began = self.drift.earliest_alarm(versions, window_start=True)
         inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
         stopgap = champion if patched else self.registry.stopgap_of(champion.version)
         live = self.rollouts.live()

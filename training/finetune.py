@@ -319,10 +319,7 @@ def alarm_world(store: Store, *versions: str) -> frozenset[str]:
     """The held-out labeled images served since the window that raised the oldest image or
     embedding alarm still holding on ``versions`` began (empty: none holds): the world a version
     trained now is for."""
-    drift = DriftLog(store)
-    since = min(
-        (a for v in versions if (a := drift.alarm_since(v, INPUT_MONITORS, window_start=True))), default=None
-    )
+    since = DriftLog(store).earliest_alarm(versions, INPUT_MONITORS, window_start=True)
     if since is None:
         return frozenset()
     held_out = store.labeled_examples(holdout=True)

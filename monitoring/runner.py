@@ -112,7 +112,11 @@ def drift_config(settings: Settings) -> DriftConfig:
         min_samples=settings.drift_min_samples,
         embedding_method=settings.drift_embedding_method,
     )
-    return DriftConfig(window=window, monitors=knobs)
+    fast = settings.drift_fast_window
+    fast_window = WindowSpec("sliding", size=fast, step=settings.drift_fast_step) if fast else None
+    return DriftConfig(
+        window=window, monitors=knobs, fast_window=fast_window, fast_alpha=settings.drift_fast_alpha
+    )
 
 
 def sampler_config(settings: Settings) -> SamplerConfig:

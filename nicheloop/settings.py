@@ -239,6 +239,11 @@ class Settings(BaseSettings):
     drift_window_seconds: float = Field(0.0, ge=0, description="> 0: windows of this many seconds.")
     drift_alpha: float = Field(0.01, gt=0, lt=1, description="False-alarm level per monitor and window.")
     drift_min_samples: int = Field(50, ge=10, description="Fewer events: insufficient data, no score.")
+    drift_fast_window: int = Field(
+        50, ge=0, description="The fast lane's window, raising on an abrupt change (0: no fast lane)."
+    )
+    drift_fast_step: int = Field(25, ge=1, description="Events between the fast lane's evaluations.")
+    drift_fast_alpha: float = Field(1e-4, gt=0, lt=1, description="The level at which the fast lane raises.")
     # an alarm raised or cleared always gets a report; 0 writes one for every evaluated window
     drift_report_every_s: float = Field(3600.0, ge=0, description="A drift report at least this often.")
     drift_embedding_method: EmbeddingMethod = Field(

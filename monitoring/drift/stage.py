@@ -32,7 +32,7 @@ from monitoring.drift.report import ReportWriter
 from monitoring.drift.windows import Alarm, Window, WindowSpec
 from monitoring.metrics import MonitorMetrics
 from nicheloop.contracts import IMAGE_STATS, DriftEvent, FeedbackEvent, PredictionEvent
-from nicheloop.driftlog import DriftWindow
+from nicheloop.driftlog import INPUT_MONITORS, DriftWindow
 from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,20 @@ class DriftConfig:
     monitors: MonitorConfig = field(default_factory=MonitorConfig)  # the knobs every monitor gets
     clear_above: float = 0.1
     clear_after: int = 3
+    # the fast lane: a short window that only raises, at a far stricter level, so that an abrupt
+    # change (a new camera) is seen in tens of events instead of the hundreds a window of 200
+    # needs to fill; None: no fast lane
+    fast_window: WindowSpec | None = field(default_factory=lambda: WindowSpec("sliding", size=50, step=25))
+    fast_alpha: float = 1e-4
+    fast_monitors: tuple[str, ...] = INPUT_MONITORS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fast_alpha < 1:
+            raise ValueError(f"fast_alpha must lie in (0, 1), got {self.fast_alpha}")
+        unknown = set(self.fast_monitors) - set(monitors("inputs"))
+        if unknown:
+            known = sorted(monitors("inputs"))
+            raise ValueError(f"fast lane monitors {sorted(unknown)}: use monitors of predictions, {known}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,7 @@ class _VersionMonitors:
     def __init__(self, version: str, reference: Reference | None, cfg: DriftConfig) -> None:
         self.version, self.reference, self.cfg = version, reference, cfg
         self.window: Window[_Row] = Window(cfg.window)
+        self.fast: Window[_Row] | None = Window(cfg.fast_window) if cfg.fast_window else None
         self.labels: Window[_Outcome] = Window(cfg.label_window)
         self.alarms = {name: Alarm(cfg.clear_above, cfg.clear_after) for name in monitors()}
         self.monitors = {
@@ -208,11 +223,34 @@ class DriftStage:
         self.predicted[event.prediction_id] = (event.model_version, row.predicted)
         if len(self.predicted) > REMEMBERED_PREDICTIONS:
             self.predicted.popitem(last=False)
-        due = mon.window.add(row, event.created_at.timestamp())
+        at = event.created_at.timestamp()
+        fast = mon.fast.add(row, at) if mon.fast is not None else None
+        results = self._fast(mon, fast) if fast is not None else []
+        due = mon.window.add(row, at)
         if due is None:
-            return []
+            return results
         span = (min(r.at for r in due), max(r.at for r in due))
-        return self._record(mon, mon.evaluate("inputs", _inputs(due)), span=span, rows=due)
+        return results + self._record(mon, mon.evaluate("inputs", _inputs(due)), span=span, rows=due)
+
+    def _fast(self, mon: _VersionMonitors, rows: list[_Row]) -> list[MonitorResult]:
+        """Score a full fast-lane window with the fast monitors whose alarm is down, and raise it on
+        p < ``fast_alpha``. Only a raising verdict is recorded (alarm, metrics, report, timeline,
+        drift event, as any raise); calm ones are not, and clearing is left to the main window, whose
+        larger windows say more: the fast lane only speaks to say "changed"."""
+        names = [n for n in self.cfg.fast_monitors if not mon.alarms[n].raised]
+        if mon.fast is None or len(rows) < mon.fast.spec.size or not names or mon.reference is None:
+            return []
+        window = _inputs(rows)
+        results = [mon.monitors[n].evaluate(window) for n in names]
+        raised = [
+            dataclasses.replace(r, drifted=True)
+            for r in results
+            if r.status == "ok" and r.p_value is not None and r.p_value < self.cfg.fast_alpha
+        ]
+        if raised:
+            span = (min(r.at for r in rows), max(r.at for r in rows))
+            self._record(mon, raised, span=span, rows=rows, alpha=self.cfg.fast_alpha)
+        return raised
 
     def _feedback(self, event: FeedbackEvent) -> list[MonitorResult]:
         known = self.predicted.get(event.prediction_id)
@@ -235,7 +273,10 @@ class DriftStage:
         *,
         span: tuple[datetime, datetime],
         rows: list[_Row] | None = None,
+        alpha: float | None = None,
     ) -> list[MonitorResult]:
+        """Update the alarms, metrics, reports and timeline with one window's ``results``, judged at
+        ``alpha`` (the monitors' own when None)."""
         m, now = self.metrics, time.time()
         changes: list[Transition] = []
         for r in results:
@@ -263,7 +304,7 @@ class DriftStage:
         for transition in changes:
             if self.on_transition is not None:
                 self.on_transition(dataclasses.replace(transition, report=report))
-        self._log(mon, results, changes, span, report)
+        self._log(mon, results, changes, span, report, self.cfg.monitors.alpha if alpha is None else alpha)
         return results
 
     def _log(
@@ -273,6 +314,7 @@ class DriftStage:
         changes: list[Transition],
         span: tuple[datetime, datetime],
         report: str | None,
+        alpha: float,
     ) -> None:
         """Hand the verdicts to ``on_window`` (the drift timeline); a failure there is logged, never
         raised: the timeline is a view, and the alarms and events must go on without it."""
@@ -286,7 +328,7 @@ class DriftStage:
                 feed=monitors()[r.monitor].feeds,
                 status=r.status,
                 n=r.n,
-                alpha=self.cfg.monitors.alpha,
+                alpha=alpha,
                 drifted=r.drifted,
                 alarm=mon.alarms[r.monitor].raised,
                 score=_finite(r.score),

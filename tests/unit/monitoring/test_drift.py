@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
-from monitoring.drift.monitor import MonitorConfig
+from monitoring.drift.monitor import MonitorConfig, MonitorResult
 from monitoring.drift.monitors.embedding import EmbeddingDrift
 from monitoring.drift.monitors.image import ImageDrift
 from monitoring.drift.monitors.label import label_drift
@@ -417,7 +417,9 @@ def test_drift_stage_feeds_early_features_to_the_embedding_monitor() -> None:
     rng = np.random.default_rng(11)
     ref = dataclasses.replace(_reference(600, seed=12), early=rng.normal(size=(600, 6)))
     cfg = DriftConfig(
-        window=WindowSpec("sliding", size=100, step=100), monitors=MonitorConfig(min_samples=50)
+        window=WindowSpec("sliding", size=100, step=100),
+        monitors=MonitorConfig(min_samples=50),
+        fast_window=None,
     )
     stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg)
     results = [r for i in range(100) for r in stage("t", _event(i, ref, rng, early_shift=1.0))]
@@ -487,7 +489,7 @@ def test_alarm_windows_get_an_evidently_report_that_the_index_lists(tmp_path: Pa
     stage = DriftStage(
         lambda v: ref,
         MonitorMetrics(),
-        DriftConfig(window=WindowSpec("tumbling", size=100)),
+        DriftConfig(window=WindowSpec("tumbling", size=100), fast_window=None),
         transitions.append,
         writer,
     )
@@ -601,7 +603,11 @@ def test_drift_stage_watches_the_champions_traffic_only() -> None:
 def test_every_evaluation_lands_in_the_drift_timeline_with_its_alarm_and_span(any_store: Store) -> None:
     ref, rng = _reference(600, seed=7), np.random.default_rng(8)
     log = DriftLog(any_store)
-    cfg = DriftConfig(window=WindowSpec("sliding", size=100, step=50), monitors=MonitorConfig(min_samples=50))
+    cfg = DriftConfig(
+        window=WindowSpec("sliding", size=100, step=50),
+        monitors=MonitorConfig(min_samples=50),
+        fast_window=None,
+    )
     stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg, on_window=log.record)
     start = datetime(2026, 12, 1, tzinfo=UTC)
     for i in range(300):
@@ -628,6 +634,63 @@ def test_every_evaluation_lands_in_the_drift_timeline_with_its_alarm_and_span(an
     assert {int(sha, 16) for sha in sample} <= set(range(200, 300))
     with pytest.raises(NotFound, match="no drift window 999"):
         log.window(999)
+
+
+def test_the_fast_lane_raises_an_abrupt_change_first_and_leaves_clearing_to_the_main_window(
+    any_store: Store,
+) -> None:
+    ref, rng = _reference(600, seed=7), np.random.default_rng(8)
+    log, transitions = DriftLog(any_store), list[Transition]()
+    fast = WindowSpec("sliding", size=50, step=25)
+    cfg = DriftConfig(
+        window=WindowSpec("sliding", size=200, step=50),
+        monitors=MonitorConfig(min_samples=50),
+        fast_window=fast,
+        fast_alpha=1e-6,
+    )
+    stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg, transitions.append, on_window=log.record)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def serve(i: int, shift: float) -> list[MonitorResult]:
+        return stage("t", _event(i, ref, rng, shift=shift, at=start + timedelta(seconds=i)))
+
+    calm = [r for i in range(1000) for r in serve(i, 0.0)]
+    assert not any(t.state == "raised" for t in transitions)  # 39 calm fast windows: nothing raised
+    assert len(calm) == 20 * 3  # the main window's 20 evaluations: a calm fast window is not recorded
+    # a burst of 30 changed events, then calm again: a fifth of the next main windows, too few for them
+    burst = [r for i in range(1000, 1030) for r in serve(i, 0.5)]
+    raised = [t for t in transitions if t.state == "raised"]
+    assert {t.result.monitor for t in raised} == {"image", "embedding"}
+    assert all(t.result.n == 50 and t.result.drifted and (t.result.p_value or 1) < 1e-6 for t in raised)
+    assert {r.n for r in burst} == {50}  # the main window had not come due yet
+    assert all(t.window_start == start + timedelta(seconds=975) for t in raised)  # events 975..1024
+    # stored as a raise at the fast lane's level: the policy counts the alarm's traffic from its start
+    stored = [w for w in log.timeline(since=start) if w.change == "raised"]
+    assert {(w.monitor, w.n, w.alpha) for w in stored} == {("image", 50, 1e-6), ("embedding", 50, 1e-6)}
+    assert log.alarm_since("1", window_start=True) == start + timedelta(seconds=975)
+    for i in range(1030, 1600):
+        serve(i, 0.0)
+    cleared = {t.result.monitor for t in transitions if t.state == "cleared"}
+    assert cleared == {"image", "embedding"}  # the main window's calm verdicts cleared it
+    assert all(t.result.n == 200 for t in transitions if t.state == "cleared")
+    assert log.alarm_since("1") is None
+
+
+def test_drift_config_refuses_a_fast_lane_it_cannot_run() -> None:
+    with pytest.raises(ValueError, match=r"fast lane monitors \['label'\]: use monitors of predictions"):
+        DriftConfig(fast_monitors=("label",))
+    with pytest.raises(ValueError, match="fast_alpha"):
+        DriftConfig(fast_alpha=0.0)
+
+
+def test_the_fast_lane_is_configured_from_the_settings(tmp_path: Path) -> None:
+    from monitoring.runner import drift_config
+    from nicheloop.settings import Settings
+
+    fast = Settings(home=tmp_path, drift_fast_window=40, drift_fast_step=10, drift_fast_alpha=1e-5)
+    cfg = drift_config(fast)
+    assert cfg.fast_window == WindowSpec("sliding", size=40, step=10) and cfg.fast_alpha == 1e-5
+    assert drift_config(Settings(home=tmp_path, drift_fast_window=0)).fast_window is None
 
 
 def test_a_drift_timeline_that_cannot_be_written_stops_nothing() -> None:

@@ -90,6 +90,7 @@ from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.model import NicheModel, build_model
 from nicheloop.reference import Reference
+from rollout.gates.shadow import not_won
 from rollout.plan import STOPGAP_PLAN, RolloutPlan
 from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
 from training.adapt import recalibrated
@@ -732,8 +733,9 @@ class Arm:
     def _stopgap(self) -> None:
         """loop_bn: once per champion, when an input alarm holds, recalibrate its batch norm on the
         latest traffic; it goes through the product's stopgap plan (rollout.plan.STOPGAP_PLAN): in
-        shadow for ``step_s`` and until it wins ``min_wins`` of ``min_labels`` fresh labeled pairs,
-        then a canary step, then it answers all the champion's traffic."""
+        shadow for ``step_s`` and until ``min_labels`` fresh labeled pairs say whether it won (the
+        product's shadow gate, ``rollout.gates.shadow.not_won``), then a canary step, then it
+        answers all the champion's traffic."""
         if self.stopgap is None:
             if self.stopgap_tried == self.champion.name or not self._input_alarm():
                 return
@@ -769,14 +771,16 @@ class Arm:
             return
         mine_right, theirs_right = self._right(self.stopgap, fresh), self._right(self.champion, fresh)
         mine, theirs = float(mine_right.mean()), float(theirs_right.mean())
-        wins = int((mine_right & ~theirs_right).sum()) - int((theirs_right & ~mine_right).sum())
+        only_mine = int((mine_right & ~theirs_right).sum())
+        only_theirs = int((theirs_right & ~mine_right).sum())
+        wins = only_mine - only_theirs
         self.marks.stopgaps[-1] |= {
             "shadow_labels": len(fresh),
             "shadow_accuracy": round(mine, 4),
             "champion_shadow_accuracy": round(theirs, 4),
             "wins": wins,
         }
-        if wins >= plan.min_wins:
+        if not_won(only_mine, only_theirs, plan) is None:
             self.stopgap_passed = self.now
             self.marks.stopgaps[-1]["canary_at_h"] = round((self.now - T0) / 3600, 2)
             self.marks.stopgaps[-1]["served_at_h"] = round((self.now + self.args.step_s - T0) / 3600, 2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.special import betaln
@@ -130,12 +130,15 @@ def non_inferior(
     return Comparison(verdict, reason, cand, champ, n_cand, n_champ)
 
 
-def mcnemar(candidate_only: int, champion_only: int) -> float:
-    """Two-sided exact McNemar p-value on paired labels: ``candidate_only`` images only the candidate
-    got right, ``champion_only`` only the champion (the pairs both got right or wrong say nothing)."""
+def mcnemar(
+    candidate_only: int, champion_only: int, *, alternative: Literal["two-sided", "greater"] = "two-sided"
+) -> float:
+    """Exact McNemar p-value on paired labels: ``candidate_only`` images only the candidate got right,
+    ``champion_only`` only the champion (the pairs both got right or wrong say nothing); two-sided,
+    or ``greater``: one-sided, that the candidate is the better (a sign test on the disagreements)."""
     if candidate_only < 0 or champion_only < 0:
         raise ValueError(f"counts must be >= 0, got {candidate_only} and {champion_only}")
     discordant = candidate_only + champion_only
     if discordant == 0:
         return 1.0
-    return float(binomtest(candidate_only, discordant, 0.5).pvalue)
+    return float(binomtest(candidate_only, discordant, 0.5, alternative=alternative).pvalue)

@@ -329,7 +329,7 @@ def test_the_input_gate_rarely_holds_cohorts_of_the_same_images() -> None:
 
 def test_a_stopgap_must_win_its_labeled_shadow_pairs_or_goes_at_once() -> None:
     """The stopgap plan asks for no agreement (it changes answers on purpose) but for wins: more of
-    20 labeled pairs right than the champion, else a hard failure."""
+    20 labeled pairs right than the champion, beyond chance, else a hard failure."""
     plan = RolloutPlan(**STOPGAP_PLAN)
 
     def shadow(paired: Paired) -> dict[str, GateResult]:
@@ -341,9 +341,15 @@ def test_a_stopgap_must_win_its_labeled_shadow_pairs_or_goes_at_once() -> None:
         "paired_accuracy"
     ]
     assert tied.verdict == "fail" and tied.hard and "must win by 1" in tied.reason
-    won = shadow(Paired(pairs=500, agree=300, labeled=20, candidate_only=5, champion_only=1))[
+    # 5 against 2: ahead by 3, as a coin is on 7 tosses one time in six (p = 0.23)
+    lucky = shadow(Paired(pairs=500, agree=300, labeled=20, candidate_only=5, champion_only=2))[
         "paired_accuracy"
     ]
-    assert won.verdict == "pass" and won.figures["candidate_only"] == 5
+    assert lucky.verdict == "fail" and lucky.hard
+    assert "beyond chance (one-sided McNemar p = 0.227" in lucky.reason
+    won = shadow(Paired(pairs=500, agree=300, labeled=20, candidate_only=7, champion_only=1))[
+        "paired_accuracy"
+    ]
+    assert won.verdict == "pass" and won.figures["candidate_only"] == 7
     # a trained candidate's plan asks for no wins: a tie passes
     assert _by_name(evaluate(_evidence(), "shadow"))["paired_accuracy"].verdict == "pass"

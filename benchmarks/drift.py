@@ -243,14 +243,24 @@ def compare_embedding_methods(
     return out
 
 
-def stage_cpu_per_event(ref: Reference, served: list[Served], classes: list[str]) -> tuple[float, float, int]:
-    """CPU seconds per event of the product's drift stage (default windows and cadence) over a
-    replayed stream (the given parts one after another, each in random order), the CPU seconds of
-    its first event (fitting the monitors to the version's reference, once per version), and how
-    many alarms it raised."""
+@dataclass(frozen=True)
+class Replay:
+    """The drift stage over a replayed stream: CPU seconds per event, of its first event (fitting the
+    monitors to the version's reference, once per version), the alarms it raised, and how many
+    events of the last part it took to raise the first of them (None: none)."""
+
+    cpu_per_event: float
+    fit_cpu: float
+    alarms: int
+    events_to_alarm: int | None
+
+
+def replay_stage(ref: Reference, served: list[Served], classes: list[str], config: DriftConfig) -> Replay:
+    """The product's drift stage with ``config`` over a replayed stream: the given parts one after
+    another, each in random order (clean, then an abrupt change)."""
     rng = np.random.default_rng(0)
     transitions: list[Transition] = []
-    stage = DriftStage(lambda version: ref, MonitorMetrics(), DriftConfig(), transitions.append)
+    stage = DriftStage(lambda version: ref, MonitorMetrics(), config, transitions.append)
     events = [
         PredictionEvent(
             prediction_id=f"p{part}-{i}",
@@ -268,14 +278,19 @@ def stage_cpu_per_event(ref: Reference, served: list[Served], classes: list[str]
         for part, s in enumerate(served)
         for i in rng.permutation(len(s.probs))
     ]
+    stamps: list[int] = []  # the event that caused each transition
     with one_blas_thread():
         cpu = time.process_time()
         stage(PREDICTIONS_TOPIC, events[0])
         fit, cpu = time.process_time() - cpu, time.process_time()
-        for e in events[1:]:
+        for at, e in enumerate(events[1:], start=1):
             stage(PREDICTIONS_TOPIC, e)
+            stamps += [at] * (len(transitions) - len(stamps))
         per_event = (time.process_time() - cpu) / (len(events) - 1)
-    return per_event, fit, sum(t.state == "raised" for t in transitions)
+    change = len(events) - len(served[-1].probs)
+    after = [at - change + 1 for at, t in zip(stamps, transitions) if t.state == "raised" and at >= change]
+    raised = sum(t.state == "raised" for t in transitions)
+    return Replay(per_event, fit, raised, min(after, default=None))
 
 
 def main() -> None:
@@ -364,7 +379,10 @@ def main() -> None:
     all_null = [f for flags in null_flags.values() for f in flags]
     methods = compare_embedding_methods(ref, clean, shifted, args, rng)
     default_method = MonitorConfig().embedding_method
-    stage_cpu, fit_cpu, alarms = stage_cpu_per_event(ref, [clean, shifted["blur"]], classes)
+    abrupt = [clean, shifted["blur"]]
+    replay = replay_stage(ref, abrupt, classes, DriftConfig())
+    main_only = replay_stage(ref, abrupt, classes, DriftConfig(fast_window=None))
+    stage_cpu, fit_cpu = replay.cpu_per_event, replay.fit_cpu
     monitor_cpu = clean.stats_cpu_per_event + stage_cpu
     result = {
         "benchmark": "drift",
@@ -399,10 +417,16 @@ def main() -> None:
         "monitor_cpu_ms_per_event": {
             "image_statistics": round(1000 * clean.stats_cpu_per_event, 3),
             "drift_stage": round(1000 * stage_cpu, 3),
+            "drift_stage_without_fast_lane": round(1000 * main_only.cpu_per_event, 3),
         },
         "monitor_fit_cpu_ms_per_version": round(1000 * fit_cpu, 1),
         "model_cpu_ms_per_event": round(1000 * clean.model_cpu_per_event, 3),
-        "replayed_stream_alarms": alarms,
+        "replayed_stream_alarms": replay.alarms,
+        # the replayed stream turns from clean to blurred at once: events of the blur until an alarm
+        "abrupt_change_events_to_alarm": {
+            "fast_lane": replay.events_to_alarm,
+            "main_window_only": main_only.events_to_alarm,
+        },
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
@@ -19,7 +20,7 @@ from monitoring.join import Joiner
 from monitoring.metrics import MonitorMetrics
 from monitoring.sampling import ActiveSampler, SamplerConfig
 from nicheloop.bus import BrokerError, EventConsumer, Publisher, ensure_topics
-from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC
+from nicheloop.contracts import DRIFT_TOPIC, FEEDBACK_TOPIC, PREDICTIONS_TOPIC, utcnow
 from nicheloop.driftlog import DriftLog
 from nicheloop.reference import Reference
 from nicheloop.registry import Registry
@@ -136,8 +137,11 @@ def alarm_clock(drift: DriftLog) -> Callable[[str], float | None]:
 def _sweep_pending(
     settings: Settings, metrics: MonitorMetrics, stop: threading.Event, every_s: float = 60.0
 ) -> None:
-    """Count feedback that waited past its TTL for a prediction (it is kept, never dropped)."""
+    """Count feedback that waited past its TTL for a prediction (it is kept, never dropped), and
+    once an hour delete the drift verdicts past their retention (the timeline grows by a row per
+    monitor every 50 events)."""
     store, ttl = Store(settings.db_url), timedelta(seconds=settings.pending_feedback_ttl_s)
+    pruned_at = float("-inf")
     while not stop.wait(every_s):
         try:
             expired = store.expire_pending(ttl)
@@ -145,8 +149,24 @@ def _sweep_pending(
             metrics.feedback_pending.set(store.counts()["feedback_pending"])
             if expired:
                 log.warning("%d feedback events expired waiting for their predictions", expired)
+            if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                prune_timeline(DriftLog(store), settings.drift_timeline_retention_days)
+                pruned_at = time.monotonic()
         except Exception:
             log.exception("pending-feedback sweep failed; retrying in %.0fs", every_s)
+
+
+PRUNE_EVERY_S = 3600.0
+
+
+def prune_timeline(drift: DriftLog, retention_days: float) -> int:
+    """Delete the drift verdicts older than ``retention_days`` that moved no alarm (0: keep all)."""
+    if retention_days <= 0:
+        return 0
+    pruned = drift.prune(before=utcnow() - timedelta(days=retention_days))
+    if pruned:
+        log.info("deleted %d drift verdicts older than %g days", pruned, retention_days)
+    return pruned
 
 
 def _retry_until_connected(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, true
+from sqlalchemy import delete, func, select, true
 from sqlalchemy.orm import Session
 
 from nicheloop.contracts import aware, utcnow
@@ -80,6 +80,36 @@ class DriftLog:
         ]
         with Session(self.store.engine) as s, s.begin():
             s.add_all(rows)
+
+    def prune(self, *, before: datetime, chunk: int = 10_000) -> int:
+        """Delete the verdicts evaluated before ``before`` that moved no alarm; returns how many.
+
+        A window every 50 events writes one row per monitor, millions a day under load. Kept
+        whatever their age: every transition (``raised``, ``cleared``: the timeline's story, and the
+        clock of :meth:`alarm_since`) and each version's latest verdict per monitor (whether its
+        alarm still holds). Deleted in chunks, each its own transaction, so writers never wait long.
+        """
+        latest = select(func.max(DriftWindowRow.id)).group_by(
+            DriftWindowRow.model_version, DriftWindowRow.monitor
+        )
+        doomed = (
+            select(DriftWindowRow.id)
+            .where(
+                DriftWindowRow.evaluated_at < before,
+                DriftWindowRow.change.is_(None),
+                DriftWindowRow.id.not_in(latest),
+            )
+            .limit(chunk)
+        )
+        total = 0
+        while True:
+            with Session(self.store.engine) as s, s.begin():
+                ids = s.scalars(doomed).all()
+                if ids:
+                    s.execute(delete(DriftWindowRow).where(DriftWindowRow.id.in_(ids)))
+            total += len(ids)
+            if len(ids) < chunk:
+                return total
 
     def timeline(self, *, since: datetime, limit: int = 5000) -> list[DriftWindow]:
         """Verdicts evaluated since ``since``, oldest first (the newest ``limit`` of them)."""

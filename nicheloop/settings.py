@@ -244,6 +244,9 @@ class Settings(BaseSettings):
     )
     drift_fast_step: int = Field(25, ge=1, description="Events between the fast lane's evaluations.")
     drift_fast_alpha: float = Field(1e-4, gt=0, lt=1, description="The level at which the fast lane raises.")
+    drift_timeline_retention_days: float = Field(
+        14.0, ge=0, description="Drift verdicts moving no alarm are deleted after this many days (0: kept)."
+    )
     # an alarm raised or cleared always gets a report; 0 writes one for every evaluated window
     drift_report_every_s: float = Field(3600.0, ge=0, description="A drift report at least this often.")
     drift_embedding_method: EmbeddingMethod = Field(

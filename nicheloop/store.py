@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Float,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -32,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import CursorResult, Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -220,6 +221,8 @@ class DriftWindowRow(Base):
     page's drift timeline. Append-only; the window's span says which predictions it held."""
 
     __tablename__ = "drift_windows"
+    # a version's latest verdict per monitor (alarm_since, at every look of the policy) by index
+    __table_args__ = (Index("ix_drift_windows_version_monitor", "model_version", "monitor", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     model_version: Mapped[str] = mapped_column(String(32))
@@ -367,7 +370,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _add_missing_columns(engine: Engine) -> None:
-    """Bring a database made by an older release up to date: add the (nullable) columns it lacks."""
+    """Bring a database made by an older release up to date: add the (nullable) columns and the
+    indexes it lacks."""
     inspector = inspect(engine)
     for table in Base.metadata.sorted_tables:
         have = {c["name"] for c in inspector.get_columns(table.name)}
@@ -376,6 +380,14 @@ def _add_missing_columns(engine: Engine) -> None:
                 kind = column.type.compile(dialect=engine.dialect)
                 with engine.begin() as conn:
                     conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+        indexed = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                try:
+                    index.create(engine)
+                except DBAPIError:  # another process opening the store made it first
+                    if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                        raise
 
 
 # The event fields a prediction row keeps (its embedding is stored as float32 bytes besides).

@@ -703,3 +703,65 @@ def test_a_drift_timeline_that_cannot_be_written_stops_nothing() -> None:
     stage = DriftStage(lambda v: ref, MonitorMetrics(), cfg, on_window=broken)
     results = [r for i in range(60) for r in stage("t", _event(i, ref, rng))]
     assert {r.monitor for r in results} == {"image", "embedding", "prediction"}
+
+
+def _verdict(
+    version: str, monitor: str, at: datetime, *, alarm: bool, change: str | None = None
+) -> DriftWindow:
+    return DriftWindow(
+        model_version=version,
+        monitor=monitor,
+        feed="inputs",
+        status="drift" if alarm else "ok",
+        n=200,
+        alpha=0.01,
+        drifted=alarm,
+        alarm=alarm,
+        change=change,
+        started_at=at - timedelta(minutes=5),
+        ended_at=at,
+        evaluated_at=at,
+    )
+
+
+def test_pruning_the_timeline_keeps_every_transition_and_each_latest_verdict(any_store: Store) -> None:
+    from monitoring.runner import prune_timeline
+
+    log, now = DriftLog(any_store), datetime.now(UTC)
+    old = [now - timedelta(days=30, minutes=m) for m in range(10, 0, -1)]
+    # version 1: calm verdicts, an alarm raised 30 days ago that still holds, its latest verdict old too
+    log.record([_verdict("1", "image", at, alarm=False) for at in old[:4]])
+    log.record([_verdict("1", "image", old[4], alarm=True, change="raised")])
+    log.record([_verdict("1", "image", at, alarm=True) for at in old[5:]])
+    # version 1's embedding monitor: one old verdict, its latest
+    log.record([_verdict("1", "embedding", old[0], alarm=False)])
+    # version 2: recent verdicts, kept whatever they say
+    log.record([_verdict("2", "image", now - timedelta(hours=h), alarm=False) for h in (3, 2, 1)])
+    since_before = log.alarm_since("1", window_start=True)
+    assert since_before == old[4] - timedelta(minutes=5)
+    every = log.timeline(since=now - timedelta(days=365))
+    assert len(every) == 14
+
+    assert log.prune(before=now - timedelta(days=14), chunk=2) == 8  # in chunks of 2: 4 rounds and a last
+    kept = log.timeline(since=now - timedelta(days=365))
+    assert [(w.model_version, w.monitor, w.change, w.evaluated_at) for w in kept] == [
+        ("1", "image", "raised", old[4]),
+        ("1", "image", None, old[9]),
+        ("1", "embedding", None, old[0]),
+        *[("2", "image", None, now - timedelta(hours=h)) for h in (3, 2, 1)],
+    ]
+    # what the policy and the sampler read of the alarm is what it was
+    assert log.alarm_since("1", window_start=True) == since_before and log.alarm_since("1") == old[4]
+    assert log.prune(before=now - timedelta(days=14)) == 0  # nothing more to delete
+    assert prune_timeline(log, 0) == 0 and len(log.timeline(since=now - timedelta(days=365))) == 6
+    assert prune_timeline(log, 1 / 24 / 60) == 2  # a minute: version 2's older verdicts go too
+
+
+def test_a_store_made_before_the_timeline_index_gets_it(tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with Store(url).engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_drift_windows_version_monitor"))
+    names = {i["name"] for i in inspect(Store(url).engine).get_indexes("drift_windows")}
+    assert "ix_drift_windows_version_monitor" in names

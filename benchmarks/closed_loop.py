@@ -52,6 +52,11 @@ recovered), training and rollout; ``forgetting_points`` (clean test accuracy the
 against the first); ``retrains``; and, for the loop, ``false_triggers``: runs its policy starts on
 drift or accuracy evidence over a calm stream of ``--calm-events`` (no shift, nothing trains).
 
+``--curve K,K,...`` also fine-tunes the first champion offline on the first K images of the new
+world with their true labels, for each K, and reports the fewest that bring it within 2 points of
+its clean level (``offline_labels_to_recover``) beside the review budget the stream has after the
+shift: whether any arm could recover within the stream at all.
+
 ``--quick`` is a smaller stream and shorter training (under 15 minutes on two cores). Writes a PNG
 of accuracy over time per arm (``--out``); the last line is one JSON object.
 """
@@ -311,6 +316,47 @@ def bootstrap_champion(world: World, cfg: TrainConfig, scores: Scores, args: arg
     data = training_set(list(snap.train), cfg, new=len(snap.train), replayed=0)
     probe_head(model, world.blobs, data.train, weight_decay=cfg.probe_weight_decay)
     return trained("1", model, snap, data.train, data.val, data.calibration, cfg, world, scores, T0)
+
+
+def learning_curve(
+    world: World, first: Version, cfg: TrainConfig, scores: Scores, sizes: list[int]
+) -> list[dict[str, Any]]:
+    """What fine-tuning the first champion on the first ``k`` images of the new world (their true
+    labels, one in five held out as the product does, with the same replay) wins on the test images,
+    for each ``k``: how many labels recovery needs at all, whatever chooses them and whenever."""
+    new = [key for key, shifted in zip(world.stream, world.shifted) if shifted]
+    if not new:  # a class-mix shift: no image changed
+        new = world.stream[world.shift_at :]
+    out = []
+    for k in sizes:
+        if k > len(new):
+            log.info("curve: %d labels asked, the stream has %d images of the new world", k, len(new))
+            break
+        labels = [Example(key, world.classes[world.label[key]]) for key in new[:k]]
+        snap = Snapshot(
+            train=(*first.snapshot.train, *(e for e in labels if not holdout_side(e.image_sha256))),
+            holdout=(*first.snapshot.holdout, *(e for e in labels if holdout_side(e.image_sha256))),
+        )
+        data = continual_set(snap, first.snapshot, cfg)
+        model = copy.deepcopy(first.model)
+        v = trained(f"curve-{k}", model, snap, data.train, data.val, data.calibration, cfg, world, scores, T0)
+        out.append(
+            {"labels": k, "test_clean": round(v.test_clean, 4), "test_shifted": round(v.test_shifted, 4)}
+        )
+        log.info(
+            "curve: %d labels of the new world: shifted test %.3f, clean %.3f",
+            k,
+            v.test_shifted,
+            v.test_clean,
+        )
+        scores.forget(v)
+    return out
+
+
+def labels_needed(curve: list[dict[str, Any]], level: float, points: float = 2.0) -> int | None:
+    """The fewest labels of the curve whose version is within ``points`` of ``level`` on the
+    shifted test images (None: none of them)."""
+    return next((c["labels"] for c in curve if c["test_shifted"] >= level - points / 100), None)
 
 
 # -- one arm's run ---------------------------------------------------------------------------------
@@ -1002,6 +1048,13 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--curve",
+        default="",
+        metavar="K,K,...",
+        help="Also fine-tune the first champion offline on the first K labeled images of the new world, "
+        "for each K: the labels recovery needs whatever the loop does (about a minute each).",
+    )
+    p.add_argument(
         "--policy-set",
         action="append",
         default=[],
@@ -1050,9 +1103,11 @@ def main() -> None:
             first.test_shifted,
             time.perf_counter() - t0,
         )
+        curve = learning_curve(world, first, cfg, scores, [int(k) for k in args.curve.split(",") if k])
         arms = {
             name: Arm(name, world, scores, first, cfg, policy, plan, args).play()
             for name in args.arms.split(",")
+            if name
         }
         calm = (
             Arm("loop", world, scores, first, cfg, policy, plan, args, calm=True).play()
@@ -1089,7 +1144,8 @@ def main() -> None:
             )
             out["loop"]["calm_alarms"] = len(calm.marks.alarms)
             out["loop"]["calm_decisions"] = calm.marks.decisions
-        chart(arms, shift_t, args.out)
+        if arms:
+            chart(arms, shift_t, args.out)
     goals = goals_met(out)
     print(
         json.dumps(
@@ -1109,6 +1165,17 @@ def main() -> None:
                 },
                 "arms": out,
                 "goals_met": goals,
+                **(
+                    {
+                        "offline_curve": curve,
+                        "offline_labels_to_recover": labels_needed(curve, first.test_clean),
+                        "review_budget_after_shift": round(
+                            args.budget * (len(world.stream) - world.shift_at) / args.events_per_hour
+                        ),
+                    }
+                    if curve
+                    else {}
+                ),
                 "chart": str(args.out),
                 "scored_images": scores.images,
                 "wall_s": round(time.perf_counter() - t0, 1),

@@ -140,6 +140,11 @@ def _inputs(rows: list[_Row]) -> Inputs:
     )
 
 
+def _span(rows: list[_Row]) -> tuple[datetime, datetime]:
+    """When a window's first and last events were served (the timeline's span of it)."""
+    return min(r.at for r in rows), max(r.at for r in rows)
+
+
 _Outcome = tuple[int, int, datetime]  # a user label: true class, predicted class, when labeled
 
 
@@ -229,8 +234,7 @@ class DriftStage:
         due = mon.window.add(row, at)
         if due is None:
             return results
-        span = (min(r.at for r in due), max(r.at for r in due))
-        return results + self._record(mon, mon.evaluate("inputs", _inputs(due)), span=span, rows=due)
+        return results + self._record(mon, mon.evaluate("inputs", _inputs(due)), span=_span(due), rows=due)
 
     def _fast(self, mon: _VersionMonitors, rows: list[_Row]) -> list[MonitorResult]:
         """Score a full fast-lane window with the fast monitors whose alarm is down, and raise it on
@@ -248,8 +252,7 @@ class DriftStage:
             if r.status == "ok" and r.p_value is not None and r.p_value < self.cfg.fast_alpha
         ]
         if raised:
-            span = (min(r.at for r in rows), max(r.at for r in rows))
-            self._record(mon, raised, span=span, rows=rows, alpha=self.cfg.fast_alpha)
+            self._record(mon, raised, span=_span(rows), rows=rows, alpha=self.cfg.fast_alpha)
         return raised
 
     def _feedback(self, event: FeedbackEvent) -> list[MonitorResult]:

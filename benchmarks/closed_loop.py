@@ -1164,6 +1164,7 @@ def main() -> None:
                     "shifted": round(first.test_shifted, 4),
                 },
                 "arms": out,
+                "goals_for": product_arm(out),
                 "goals_met": goals,
                 **(
                     {
@@ -1184,22 +1185,31 @@ def main() -> None:
     )
 
 
+def product_arm(out: dict[str, Any]) -> str:
+    """The arm that runs as the product does by default: with the stopgap (``stopgap_images`` is on
+    in recipes/policies/default.yaml) where it ran, else the loop."""
+    return "loop_bn" if "loop_bn" in out else "loop"
+
+
 def goals_met(out: dict[str, Any]) -> dict[str, bool | None]:
-    """The issue's goals, each None where an arm it compares is missing or never recovered."""
+    """The issue's goals for the product's arm (:func:`product_arm`), each None where an arm it
+    compares is missing or never recovered. False triggers are counted on the calm stream, which
+    runs the loop's policy (nothing trains there, so the stopgap makes no difference)."""
+    me = product_arm(out)
 
     def ratio(a: str, b: str, key: str, bound: float) -> bool | None:
         if a not in out or b not in out or out[a].get(key) is None or out[b].get(key) is None:
             return None
         return out[a][key] <= bound * out[b][key]
 
-    loop = out.get("loop", {})
+    loop, mine = out.get("loop", {}), out.get(me, {})
     return {
-        "labels_to_recover_le_half_drift_random": ratio("loop", "drift_random", "labels_to_recover", 0.5),
-        "deficit_le_0_6_periodic_random": ratio("loop", "periodic_random", "deficit_area", 0.6),
-        "deficit_le_0_3_static": ratio("loop", "static", "deficit_area", 0.3),
+        "labels_to_recover_le_half_drift_random": ratio(me, "drift_random", "labels_to_recover", 0.5),
+        "deficit_le_0_6_periodic_random": ratio(me, "periodic_random", "deficit_area", 0.6),
+        "deficit_le_0_3_static": ratio(me, "static", "deficit_area", 0.3),
         "no_false_triggers": loop.get("false_triggers") == 0 if "false_triggers" in loop else None,
-        "forgetting_le_2": loop["forgetting_points"] <= 2 if loop else None,
-        "recovered_within_2_points": loop.get("labels_to_recover") is not None if loop else None,
+        "forgetting_le_2": mine["forgetting_points"] <= 2 if mine else None,
+        "recovered_within_2_points": mine.get("labels_to_recover") is not None if mine else None,
         "stopgap_lowers_deficit": ratio("loop_bn", "loop", "deficit_area", 1.0),
     }
 

@@ -18,6 +18,7 @@ from benchmarks.closed_loop import (
     deficit_area,
     goals_met,
     holdout_side,
+    labels_needed,
     recovered_at,
     recovery,
 )
@@ -114,6 +115,24 @@ def test_goals_compare_the_arms_and_say_none_where_an_arm_is_missing() -> None:
     assert goals["deficit_le_0_3_static"] is False and goals["no_false_triggers"] is False
     del out["drift_random"]
     assert goals_met(out)["labels_to_recover_le_half_drift_random"] is None
+    # with the stopgap's arm there, the goals are the product's default (the stopgap is on)
+    out["loop_bn"] = {"labels_to_recover": None, "deficit_area": 29.0, "forgetting_points": 3.0}
+    goals = goals_met(out)
+    assert goals["deficit_le_0_3_static"] is True and goals["stopgap_lowers_deficit"] is True
+    assert goals["forgetting_le_2"] is False and goals["recovered_within_2_points"] is False
+    assert goals["no_false_triggers"] is False  # the calm stream is the loop's
+
+
+def test_the_offline_curve_names_the_fewest_labels_within_two_points() -> None:
+    curve = [
+        {"labels": 100, "test_shifted": 0.889},
+        {"labels": 300, "test_shifted": 0.928},
+        {"labels": 400, "test_shifted": 0.9395},
+        {"labels": 600, "test_shifted": 0.944},
+    ]
+    assert labels_needed(curve, 0.961) == 600  # 0.941 and over
+    assert labels_needed(curve, 0.95) == 400  # 0.93 and over
+    assert labels_needed(curve, 0.99) is None and labels_needed([], 0.9) is None
 
 
 def test_a_class_mix_shift_keeps_the_camera_and_gives_the_last_class_half_the_traffic(tmp_path: Path) -> None:

@@ -320,14 +320,16 @@ def bootstrap_champion(world: World, cfg: TrainConfig, scores: Scores, args: arg
 
 def learning_curve(
     world: World, first: Version, cfg: TrainConfig, scores: Scores, sizes: list[int]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], Version | None]:
     """What fine-tuning the first champion on the first ``k`` images of the new world (their true
     labels, one in five held out as the product does, with the same replay) wins on the test images,
-    for each ``k``: how many labels recovery needs at all, whatever chooses them and whenever."""
+    for each ``k``: how many labels recovery needs at all, whatever chooses them and whenever. Also
+    returns the version best on the shifted test images (None: no ``k`` fitted the stream)."""
     new = [key for key, shifted in zip(world.stream, world.shifted) if shifted]
     if not new:  # a class-mix shift: no image changed
         new = world.stream[world.shift_at :]
-    out = []
+    out: list[dict[str, Any]] = []
+    best: Version | None = None
     for k in sizes:
         if k > len(new):
             log.info("curve: %d labels asked, the stream has %d images of the new world", k, len(new))
@@ -349,8 +351,33 @@ def learning_curve(
             v.test_shifted,
             v.test_clean,
         )
-        scores.forget(v)
-    return out
+        if best is None or v.test_shifted > best.test_shifted:
+            if best is not None:
+                scores.forget(best)
+            best = v
+        else:
+            scores.forget(v)
+    return out, best
+
+
+def oracle_deficit(
+    world: World, scores: Scores, first: Version, best: Version, args: argparse.Namespace
+) -> float:
+    """The deficit of an arm that serves ``best`` from the shift's first event on: no detection, no
+    wait for labels, no training or rollout, and more labels of the new world than the stream's budget
+    gives. No arm can lose less with versions trained on that many labels: a floor for the goals."""
+    right = [
+        int(p.argmax()) == world.label[k]
+        for v, keys in ((first, world.stream[: world.shift_at]), (best, world.stream[world.shift_at :]))
+        for k, (p, _, _) in zip(keys, scores.of(v, keys))
+    ]
+    w, per_hour = args.window, args.events_per_hour
+    windows = [
+        {"end": T0 + (j + w - 1) * 3600.0 / per_hour, "online": float(np.mean(right[j : j + w]))}
+        for j in range(0, len(right) - w + 1, w)
+    ]
+    shift_t = T0 + world.shift_at * 3600.0 / per_hour
+    return deficit_area(windows, shift_t, float(np.mean(right[: world.shift_at])), w / per_hour)
 
 
 def labels_needed(curve: list[dict[str, Any]], level: float, points: float = 2.0) -> int | None:
@@ -1103,7 +1130,8 @@ def main() -> None:
             first.test_shifted,
             time.perf_counter() - t0,
         )
-        curve = learning_curve(world, first, cfg, scores, [int(k) for k in args.curve.split(",") if k])
+        curve, best = learning_curve(world, first, cfg, scores, [int(k) for k in args.curve.split(",") if k])
+        floor = round(oracle_deficit(world, scores, first, best, args), 2) if best is not None else None
         arms = {
             name: Arm(name, world, scores, first, cfg, policy, plan, args).play()
             for name in args.arms.split(",")
@@ -1170,6 +1198,7 @@ def main() -> None:
                     {
                         "offline_curve": curve,
                         "offline_labels_to_recover": labels_needed(curve, first.test_clean),
+                        "oracle_deficit_area": floor,
                         "review_budget_after_shift": round(
                             args.budget * (len(world.stream) - world.shift_at) / args.events_per_hour
                         ),

@@ -154,3 +154,23 @@ def test_a_class_mix_shift_keeps_the_camera_and_gives_the_last_class_half_the_tr
     assert len(world.stream) == 66 and 0.35 < after.count(2) / len(after) < 0.65
     before = [world.label[k] for k in world.stream[: world.shift_at]]
     assert before.count(2) / len(before) < 0.6  # the old mix: a third each, give or take
+
+
+def test_the_oracle_serves_the_best_curve_version_from_the_shift_on(tmp_path: Path) -> None:
+    from benchmarks.closed_loop import Scores, Version, World, oracle_deficit
+    from nicheloop.blobs import BlobStore
+
+    world = World(["a", "b"], BlobStore(str(tmp_path)))
+    world.stream, world.shift_at = [f"k{i}" for i in range(8)], 4
+    world.label = {k: 0 for k in world.stream}
+    first, best = (Version(n, None, None, None, 1.0, T0) for n in ("1", "curve-600"))  # type: ignore[arg-type]
+    scores = Scores(world)
+    right, wrong = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+    for i, k in enumerate(world.stream):
+        scores.cache["1", k] = (right if i < 4 else wrong, np.zeros(1), np.zeros(1))
+        scores.cache["curve-600", k] = (wrong if i == 4 else right, np.zeros(1), np.zeros(1))
+    args = argparse.Namespace(window=2, events_per_hour=200.0)
+    # before the shift the first champion is right (level 1.0); after it the best version serves:
+    # windows of 0.5 and 1.0, so 50 points for one window of 0.01 h; the first champion's misses
+    # after the shift do not count
+    assert oracle_deficit(world, scores, first, best, args) == pytest.approx(0.5)

@@ -1206,7 +1206,7 @@ def main() -> None:
                     if curve
                     else {}
                 ),
-                "chart": str(args.out),
+                "chart": str(args.out) if arms else None,
                 "scored_images": scores.images,
                 "wall_s": round(time.perf_counter() - t0, 1),
             }

@@ -90,7 +90,11 @@ class Stages:
                     metrics,
                     drift_config(settings),
                     announce,
-                    ReportWriter(settings.drift_report_dir, settings.drift_report_every_s),
+                    ReportWriter(
+                        settings.drift_report_dir,
+                        settings.drift_report_every_s,
+                        keep_days=settings.drift_timeline_retention_days,
+                    ),
                     DriftLog(store).record,
                 )
             )

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from nicheloop.reference import Reference
 
 log = logging.getLogger(__name__)
 INDEX = "index.jsonl"
+PRUNE_EVERY_S = 3600.0  # how often a writer deletes its reports past their retention
 
 
 # Decimals a report's numbers keep: a column spread over a few float32 ulps (a sure model's
@@ -70,9 +72,11 @@ def render(reference: Reference, stats: np.ndarray, probs: np.ndarray, path: Pat
 class ReportWriter:
     """Writes reports under ``folder`` (one sub-folder per model version) and indexes them."""
 
-    def __init__(self, folder: Path, every_s: float = 3600.0) -> None:
-        self.folder, self.every_s = folder, every_s
-        self.last_at = float("-inf")
+    def __init__(self, folder: Path, every_s: float = 3600.0, *, keep_days: float = 0.0) -> None:
+        """``keep_days`` > 0: periodic reports older than that are deleted (at most once an hour, by
+        the writer itself, so nothing else appends to the index meanwhile); an alarm's are kept."""
+        self.folder, self.every_s, self.keep_days = folder, every_s, keep_days
+        self.last_at = self.pruned_at = float("-inf")
 
     def due(self, transition: bool) -> bool:
         return transition or time.monotonic() - self.last_at >= self.every_s
@@ -105,7 +109,40 @@ class ReportWriter:
         }
         with (self.folder / INDEX).open("a") as f:
             f.write(json.dumps(entry) + "\n")
+        if self.keep_days > 0 and time.monotonic() - self.pruned_at >= PRUNE_EVERY_S:
+            self.pruned_at = time.monotonic()
+            prune_reports(self.folder, before=at - timedelta(days=self.keep_days))
         return path
+
+
+def prune_reports(folder: Path, *, before: datetime) -> int:
+    """Delete the periodic reports created before ``before`` and their index lines; returns how many.
+
+    A report is about 4 MB and one comes every hour: 35 GB a year. The reports of alarms raised or
+    cleared are kept whatever their age (the timeline's transitions keep theirs too). The index is
+    rewritten whole and swapped in, so a reader never sees half of it.
+    """
+    index = folder / INDEX
+    if not index.is_file():
+        return 0
+    kept, pruned = [], 0
+    for line in index.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            old = entry.get("reason") == "periodic" and datetime.fromisoformat(entry["created_at"]) < before
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a torn or foreign line: dropped with the rewrite
+        if old:
+            Path(entry.get("path", "")).unlink(missing_ok=True)
+            pruned += 1
+        else:
+            kept.append(line)
+    if pruned:
+        tmp = index.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, index)
+        log.info("deleted %d periodic drift reports older than %s", pruned, before.isoformat())
+    return pruned
 
 
 def list_reports(folder: Path, version: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -765,3 +766,33 @@ def test_a_store_made_before_the_timeline_index_gets_it(tmp_path: Path) -> None:
         conn.execute(text("DROP INDEX ix_drift_windows_version_monitor"))
     names = {i["name"] for i in inspect(Store(url).engine).get_indexes("drift_windows")}
     assert "ix_drift_windows_version_monitor" in names
+
+
+def test_periodic_reports_past_their_retention_are_deleted_and_an_alarms_are_kept(tmp_path: Path) -> None:
+    from monitoring.drift.report import INDEX, ReportWriter, list_reports, prune_reports
+
+    now = datetime.now(UTC)
+
+    def entry(name: str, reason: str, days: float) -> dict[str, object]:
+        path = tmp_path / "1" / f"{name}.html"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("<html>")
+        at = (now - timedelta(days=days)).isoformat()
+        return {"path": str(path), "model_version": "1", "created_at": at, "reason": reason}
+
+    entries = [entry("old", "periodic", 30), entry("alarm", "image raised", 30), entry("new", "periodic", 1)]
+    (tmp_path / INDEX).write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"torn')
+    assert prune_reports(tmp_path, before=now - timedelta(days=14)) == 1
+    assert not (tmp_path / "1" / "old.html").exists()
+    assert (tmp_path / "1" / "alarm.html").is_file() and (tmp_path / "1" / "new.html").is_file()
+    assert [e["path"] for e in list_reports(tmp_path)] == [entries[2]["path"], entries[1]["path"]]
+    assert prune_reports(tmp_path, before=now - timedelta(days=14)) == 0
+    # the writer prunes after it writes, when it keeps reports for a number of days only
+    with (tmp_path / INDEX).open("a") as f:
+        f.write(json.dumps(entry("older", "periodic", 20)) + "\n")
+    ref = _reference(300, seed=11)
+    written = ReportWriter(tmp_path, keep_days=14).write(
+        "1", ref, ref.stats[:60], ref.probs[:60], [], "periodic"
+    )
+    assert written is not None and written.is_file() and not (tmp_path / "1" / "older.html").exists()
+    assert len(list_reports(tmp_path)) == 3

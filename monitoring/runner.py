@@ -13,7 +13,7 @@ from functools import lru_cache
 from pydantic import BaseModel
 
 from monitoring.drift.monitor import MonitorConfig
-from monitoring.drift.report import ReportWriter
+from monitoring.drift.report import PRUNE_EVERY_S, ReportWriter
 from monitoring.drift.stage import DriftConfig, DriftStage, Transition, one_blas_thread
 from monitoring.drift.windows import WindowSpec
 from monitoring.join import Joiner
@@ -158,9 +158,6 @@ def _sweep_pending(
                 pruned_at = time.monotonic()
         except Exception:
             log.exception("pending-feedback sweep failed; retrying in %.0fs", every_s)
-
-
-PRUNE_EVERY_S = 3600.0
 
 
 def prune_timeline(drift: DriftLog, retention_days: float) -> int:

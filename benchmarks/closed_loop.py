@@ -21,7 +21,8 @@ too, and feed the accuracy evidence):
   labels chosen at random.
 - ``loop``: the product: labels chosen by the active sampler (uncertainty x FAISS novelty and
   diversity, most of the budget on post-alarm traffic while an alarm holds, class quotas leaning to
-  the classes the shift touched) and retraining when the retraining policy says so.
+  the classes the shift touched, and first the images a candidate in shadow answers otherwise) and
+  retraining when the retraining policy says so.
 
 What runs is the product's code, in this process: the drift stage and its monitors
 (``monitoring.drift.stage.DriftStage``, fed the prediction and feedback events the gateway would
@@ -85,7 +86,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from monitoring.drift.stage import DriftConfig, DriftStage, Transition
 from monitoring.index import EmbeddingIndex
 from monitoring.metrics import MonitorMetrics
-from monitoring.sampling import SamplerConfig, alarm_split
+from monitoring.sampling import SamplerConfig, alarm_split, dispute_quota
 from monitoring.selection import select_batch
 from monitoring.strategies import Context, Pool
 from nicheloop.blobs import BlobStore
@@ -217,6 +218,13 @@ def build_world(items: list[tuple[bytes, str]], blobs: BlobStore, args: argparse
     clean_pool = [world.add(d, c) for d, c in pool]
     world.calm = [clean_pool[int(i)] for i in rng.integers(0, len(clean_pool), args.calm_events)]
     return world
+
+
+def _hashed_in(key: str, share: float) -> bool:
+    """Whether ``key`` falls in a ``share`` of the images, by its hash (the arms' draws stay aligned)."""
+    return share >= 1.0 or (
+        share > 0 and int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) < share * 2**32
+    )
 
 
 def holdout_side(key: str) -> bool:
@@ -425,6 +433,7 @@ class Marks:
     rejected: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
     stopgaps: list[dict[str, Any]] = field(default_factory=list)  # loop_bn: each recalibration's fate
+    disputed: int = 0  # review items the sampler took because a candidate in shadow answered otherwise
 
 
 class Arm:
@@ -467,7 +476,7 @@ class Arm:
         self.now = T0
         self._feedback_events: list[tuple[float, str, str]] = []  # (due, prediction id, label)
         self.stage = DriftStage(self._reference, MonitorMetrics(), DriftConfig(), self._transition)
-        self.sampler = SamplerConfig()
+        self.sampler = SamplerConfig(dispute_share=args.dispute_share)
         self.recent: deque[str] = deque(maxlen=1000)  # the images served last, newest last
         self.stopgap: Version | None = None
         self.stopgap_plan = RolloutPlan(**STOPGAP_PLAN)  # the product's: shadow wins, one canary step
@@ -635,8 +644,34 @@ class Arm:
             )
 
     def _active(self, ids: list[int], k: int) -> list[int]:
-        """The sampler's choice (monitoring/sampling.py): while an alarm holds, ``alarm_share`` of the
-        batch from traffic since it, class quotas leaning to the classes the shift pushed images into."""
+        """The sampler's choice (monitoring/sampling.py): first the images a candidate in shadow
+        answered otherwise (``dispute_share`` of the batch), then, while an alarm holds,
+        ``alarm_share`` of the rest from traffic since it, class quotas leaning to the classes the
+        shift pushed images into."""
+        disputed = self._disputed(ids)
+        first = self._choose(disputed, dispute_quota(len(disputed), k, self.sampler.dispute_share), None)
+        self.marks.disputed += len(first)
+        taken = set(first)
+        return first + self._rest([i for i in ids if i not in taken], k - len(first))
+
+    def _disputed(self, ids: list[int]) -> list[int]:
+        """The pool's images mirrored to a candidate in shadow since its shadow began that it answers
+        otherwise than the champion (the product's sampler hears its shadow events)."""
+        if self.stopgap is not None and self.stopgap_passed is None:  # a stopgap mirrors everything
+            version, since, share = self.stopgap, self.stopgap_since, 1.0
+        elif self.rollout is not None and self.rollout.run.candidate is not None and not self._canary_share():
+            version, since, share = (
+                self.rollout.run.candidate,
+                self.rollout.started_at,
+                self.plan.shadow_share,
+            )
+        else:
+            return []
+        mine = [i for i in ids if self.pool[i][3] >= since and _hashed_in(self.pool[i][0], share)]
+        said = self.scores.of(version, [self.pool[i][0] for i in mine])
+        return [i for i, out in zip(mine, said) if out[0].argmax() != self.pool[i][1].argmax()]
+
+    def _rest(self, ids: list[int], k: int) -> list[int]:
         alarm = self.alarm_since()
         if alarm is None:
             return self._choose(ids, k, None)
@@ -791,10 +826,7 @@ class Arm:
 
     def _stopgap_answers(self, key: str) -> bool:
         """Whether the stopgap answers ``key`` (by the image's hash: the draws of the arms stay aligned)."""
-        share = self._stopgap_share()
-        return share >= 1.0 or (
-            share > 0 and int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) < share * 2**32
-        )
+        return _hashed_in(key, self._stopgap_share())
 
     def _right(self, v: Version, keys: list[str]) -> np.ndarray:
         return np.array(
@@ -1052,6 +1084,12 @@ def main() -> None:
     p.add_argument("--events", type=int, default=0, help="Stream length (0: every remaining image once).")
     p.add_argument("--events-per-hour", type=float, default=200.0)
     p.add_argument("--budget", type=float, default=60.0, help="Reviewed labels an hour.")
+    p.add_argument(
+        "--dispute-share",
+        type=float,
+        default=SamplerConfig.dispute_share,
+        help="The loop's review batch share for images a candidate in shadow answers otherwise (0: off).",
+    )
     p.add_argument("--review-delay-s", type=float, default=300.0)
     p.add_argument("--feedback-share", type=float, default=0.05)
     p.add_argument("--feedback-delay-s", type=float, default=1800.0)
@@ -1158,6 +1196,7 @@ def main() -> None:
                 "refused_offline": arm.marks.rejected,
                 "alarms": len(arm.marks.alarms),
                 "reviewed_labels": sum(lb.reviewed for lb in arm.labels),
+                "reviewed_disputes": arm.marks.disputed,
                 "pre_shift_online_accuracy": round(pre, 4),
                 "last_fifth_online_accuracy": round(float(np.mean(tail)), 4),
                 "final_champion_test": {
@@ -1186,6 +1225,7 @@ def main() -> None:
                 "calm_events": len(world.calm),
                 "events_per_hour": args.events_per_hour,
                 "review_budget_per_hour": args.budget,
+                "dispute_share": args.dispute_share,
                 "policy_overrides": overrides,
                 "first_champion_test": {
                     "clean": round(first.test_clean, 4),

@@ -68,6 +68,10 @@ class MonitorMetrics:
             "nicheloop_review_enqueued_after_alarm",
             "Of those, queued from traffic served since a drift alarm that still held",
         )
+        self.review_enqueued_disputed = self._counter(
+            "nicheloop_review_enqueued_disputed",
+            "Of those, queued because a candidate in shadow answered the image otherwise",
+        )
         self.duplicates_suppressed = self._counter(
             "nicheloop_sampling_duplicates_suppressed",
             "Candidates dropped as duplicates of labeled or queued images",

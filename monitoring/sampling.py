@@ -6,6 +6,10 @@ default) against the covered set: a FAISS index of the embeddings already labele
 seeded with the version's reference embeddings, kept up to date from feedback events and
 persisted under ``$NICHELOOP_HOME/sampling``. Batches never overflow the queue's
 ``max_depth``. A new model version brings a new embedding space, hence its own index.
+
+While a candidate runs in shadow, the images it and the champion answer differently come first
+(``dispute_share`` of a batch, above every other item in the queue): only those pairs decide the
+shadow's paired test, and they are the images one of the two models has wrong.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from monitoring.strategies import Context, Pool, strategy
 from nicheloop.contracts import FeedbackEvent, PredictionEvent
 from nicheloop.errors import NotFound
 from nicheloop.review import ReviewQueue
+from nicheloop.review.queue import DISPUTED
 from nicheloop.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ class SamplerConfig:
     near_radius: float = NEAR_RADIUS
     save_every_s: float = 60.0  # the index is also rebuilt from the store at start, so nothing is lost
     alarm_share: float = 0.8  # while a drift alarm holds: the share of a batch from traffic served since
+    dispute_share: float = 1.0  # the share of a batch for images a shadow candidate answered otherwise
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,11 @@ def alarm_split(
     return is_after, min(int(is_after.sum()), round(k * share)), weights
 
 
+def dispute_quota(disputed: int, k: int, share: float) -> int:
+    """How many of a batch of ``k`` go to the ``disputed`` candidates: ``share`` of it, at most all."""
+    return min(disputed, round(k * share))
+
+
 class ActiveSampler:
     """A monitoring stage: ``sampler(topic, event)`` returns how many items it queued (0 mostly).
 
@@ -112,6 +123,9 @@ class ActiveSampler:
         self.index: EmbeddingIndex | None = None
         self.pool: OrderedDict[str, _Candidate] = OrderedDict()
         self.covered_hashes: set[str] = set()
+        self.disputed: set[str] = set()  # pool ids a shadow candidate answered otherwise
+        # shadow answers whose champion twin has not come yet (the topic does not order the two)
+        self.shadow_said: OrderedDict[str, str] = OrderedDict()
         self.seen = 0
         self.saved_at = 0.0
 
@@ -119,10 +133,16 @@ class ActiveSampler:
         if isinstance(event, FeedbackEvent):
             self._on_feedback(event)
             return 0
+        if isinstance(event, PredictionEvent) and event.arm == "shadow" and event.paired_with:
+            self._on_shadow(event.paired_with, event.label)
+            return 0
         if not isinstance(event, PredictionEvent) or event.arm != "champion":
             return 0  # a rollout's candidate is judged by its gates, not queued as the champion's
         if event.model_version != self.version:
             self._switch(event.model_version, len(event.embedding))
+        said = self.shadow_said.pop(event.prediction_id, None)
+        if said is not None and said != event.label:
+            self.disputed.add(event.prediction_id)
         self.pool[event.prediction_id] = _Candidate(
             event.image_sha256,
             event.label,
@@ -131,7 +151,7 @@ class ActiveSampler:
             event.created_at.timestamp(),
         )
         while len(self.pool) > self.config.pool:
-            self.pool.popitem(last=False)
+            self.disputed.discard(self.pool.popitem(last=False)[0])
         self.seen += 1
         return self.select() if self.seen % self.config.every == 0 else 0
 
@@ -141,7 +161,7 @@ class ActiveSampler:
     def _switch(self, version: str, dim: int) -> None:
         """Load (or build) the covered set of ``version``; the pool of the old version is dropped."""
         self.save()
-        self.version, self.pool = version, OrderedDict()
+        self.version, self.pool, self.disputed = version, OrderedDict(), set()
         path = self._index_path(version)
         index = None
         if path.exists():
@@ -172,9 +192,21 @@ class ActiveSampler:
             reference if reference.ndim == 2 and reference.shape[1] == dim else np.zeros((0, dim), np.float32)
         )
 
+    def _on_shadow(self, twin: str, label: str) -> None:
+        """A shadow candidate's answer: its champion twin is disputed if the two differ (kept for the
+        twin if that has not come yet, at most ``pool`` of them)."""
+        cand = self.pool.get(twin)
+        if cand is None:
+            self.shadow_said[twin] = label
+            while len(self.shadow_said) > self.config.pool:
+                self.shadow_said.popitem(last=False)
+        elif label != cand.label:
+            self.disputed.add(twin)
+
     def _on_feedback(self, event: FeedbackEvent) -> None:
         """A labeled prediction joins the covered set (if it was made by the current version)."""
         self.pool.pop(event.prediction_id, None)
+        self.disputed.discard(event.prediction_id)
         if self.index is None or event.prediction_id in self.index:
             return
         try:
@@ -195,31 +227,43 @@ class ActiveSampler:
         done = self.store.labeled_ids(ids) | self.queue.known(ids)
         for pid in done:
             cand = self.pool.pop(pid)
+            self.disputed.discard(pid)
             self.index.add(self.index.prepare(cand.embedding), [pid])
             self.covered_hashes.add(cand.sha)
         k = min(self.config.batch, self.queue.room(), len(self.pool))
         if k == 0:
             return 0
-        alarm = self._alarm()
-        if alarm is None:
-            queued = self._queue_from(list(self.pool), k)
-        else:  # most of the batch from traffic since the alarm, the rest from all that is left
-            cands = list(self.pool.values())
-            is_after, k_after, weights = alarm_split(
-                np.array([c.served_at for c in cands]),
-                np.array([int(c.probs.argmax()) for c in cands], np.int64),
-                alarm,
-                k=k,
-                share=self.config.alarm_share,
-                classes=len(cands[0].probs),
-            )
-            after = [pid for pid, a in zip(self.pool, is_after) if a]
-            since = self._queue_from(after, k_after, weights)
-            self.metrics.review_enqueued_after_alarm.inc(since)
-            queued = since + self._queue_from(list(self.pool), k - since)
+        disputed = [pid for pid in self.pool if pid in self.disputed]
+        first = self._queue_from(
+            disputed, dispute_quota(len(disputed), k, self.config.dispute_share), boost=DISPUTED
+        )
+        self.metrics.review_enqueued_disputed.inc(first)
+        queued = first + self._queue_rest(k - first)
         if time.monotonic() - self.saved_at >= self.config.save_every_s:
             self.save()
         return queued
+
+    def _queue_rest(self, k: int) -> int:
+        """Up to ``k`` from the pool: while an alarm holds, most from traffic since it, the rest from
+        all that is left; how many were queued."""
+        if k <= 0 or not self.pool:
+            return 0
+        alarm = self._alarm()
+        if alarm is None:
+            return self._queue_from(list(self.pool), k)
+        cands = list(self.pool.values())
+        is_after, k_after, weights = alarm_split(
+            np.array([c.served_at for c in cands]),
+            np.array([int(c.probs.argmax()) for c in cands], np.int64),
+            alarm,
+            k=k,
+            share=self.config.alarm_share,
+            classes=len(cands[0].probs),
+        )
+        after = [pid for pid, a in zip(self.pool, is_after) if a]
+        since = self._queue_from(after, k_after, weights)
+        self.metrics.review_enqueued_after_alarm.inc(since)
+        return since + self._queue_from(list(self.pool), k - since)
 
     def _alarm(self) -> float | None:
         """When the served version's oldest holding alarm was raised (None: none holds, or unknown)."""
@@ -231,8 +275,11 @@ class ActiveSampler:
             log.warning("could not read the drift alarms (%s); sampling as if none holds", exc)
             return None
 
-    def _queue_from(self, ids: list[str], k: int, class_weights: list[float] | None = None) -> int:
-        """Select up to ``k`` of the pool's ``ids`` and queue them; how many were queued."""
+    def _queue_from(
+        self, ids: list[str], k: int, class_weights: list[float] | None = None, *, boost: float = 0.0
+    ) -> int:
+        """Select up to ``k`` of the pool's ``ids`` and queue them, ``boost`` added to their
+        priorities; how many were queued."""
         if k <= 0 or not ids:
             return 0
         assert self.index is not None
@@ -254,10 +301,11 @@ class ActiveSampler:
         look_alikes = self._labeled_neighbours(x[chosen]) if chosen else []
         for i, priority, near in zip(chosen, sel.priorities.tolist(), look_alikes):
             pid, cand = ids[i], cands[i]
-            queued += self.queue.enqueue(pid, priority, predicted_label=cand.label, neighbours=near)
+            queued += self.queue.enqueue(pid, priority + boost, predicted_label=cand.label, neighbours=near)
             self.index.add(x[[i]], [pid])
             self.covered_hashes.add(cand.sha)
             self.pool.pop(pid)
+            self.disputed.discard(pid)
         self._count(queued, sel.exact_duplicates, sel.near_duplicates)
         return queued
 

@@ -53,6 +53,9 @@ CANDIDATES = 50  # items a claim looks at to find one the reviewer has not skipp
 MAX_HOLD = 4  # leases a reviewer may hold one task for by renewing
 BUDGETS = ("budget_per_hour", "budget_per_day", "budget_per_reviewer_hour", "budget_per_reviewer_day")
 SHARES = ("gold_share", "overlap_share")
+# added to the sampler's priority (in [0, 1]) of an image two model versions answer differently: a
+# candidate in shadow and the champion; reviewers get those first (their labels decide the shadow)
+DISPUTED = 1.0
 
 
 @dataclass(frozen=True)
@@ -674,7 +677,9 @@ def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
 
 def why_queued(class_names: list[str], probs: list[float], uncertainty: float, priority: float) -> str:
     """What queued an item, in words a reviewer reads at a glance: the model's doubt between its
-    top two classes, or an image unlike those labeled when the model was sure."""
+    top two classes, an image unlike those labeled when the model was sure, or two versions' dispute."""
+    if priority >= DISPUTED:
+        return f"the served model and a candidate on trial answer this differently; priority {priority:.2f}"
     ranked = sorted(zip(probs, class_names, strict=False), reverse=True)
     if len(ranked) >= 2 and ranked[0][0] - ranked[1][0] < 0.3:
         (p1, c1), (p2, c2) = ranked[0], ranked[1]

@@ -2,7 +2,8 @@
 process): a candidate that looks right offline but disagrees with the champion live is rolled back
 in shadow and never answers anyone; an equal candidate survives its controller being killed in
 canary (its share lapses, the restarted controller resumes without a double move) and is promoted;
-an alias moved by hand in MLflow is not served, and the controller puts it back. (The whole loop's
+an alias moved by hand in MLflow is not served, and the controller puts it back; the images a
+candidate in shadow answers otherwise are queued for review ahead of the rest. (The whole loop's
 test promotes a trained candidate through shadow and canary too: tests/integration/test_loop.py.)"""
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
 
-from cli.demo import DEMO_PLAN, drive_rollout, send_labeled, wait_for
+from cli.demo import DEMO_PLAN, drive_rollout, send_labeled, stream, wait_for
 from deploy.local import stack
 from nicheloop.contracts import CHAMPION
 from nicheloop.registry import Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
-from nicheloop.store import Store
+from nicheloop.store import Prediction, ReviewItem, Store
 from nicheloop.synthetic import SyntheticStream, png_bytes
 from rollout.operations import Operations
 from rollout.plan import load_plan
@@ -106,6 +109,49 @@ def test_an_equal_candidate_survives_its_controller_dying_in_canary_and_is_promo
     time.sleep(3 * live.reload_interval_s)
     assert _served(client) == {good.version}
     wait_for("the alias to follow the record", lambda: registry.resolve(CHAMPION).version == good.version)
+
+
+def test_images_the_candidate_in_shadow_answers_otherwise_are_reviewed_first(
+    live: Settings, parts: tuple[Registry, Operations, httpx.Client]
+) -> None:
+    registry, ops, client = parts
+    store = Store(live.db_url)
+    register_candidate(live, registry, trained=False)  # an untrained network: it disagrees often
+    # no labels come, so the plan's paired gates hold and the candidate stays in shadow
+    ops.start(actor="test", plan=load_plan(DEMO_PLAN, ["min_agreement=0"]))
+    images = SyntheticStream(seed=23, size=live.image_size)
+
+    def disputed() -> dict[str, str]:
+        """Queued items that rank above every other, with the label the shadow gave their image."""
+        shadow = aliased(Prediction)
+        with Session(store.engine) as s:
+            rows = s.execute(
+                select(ReviewItem.prediction_id, shadow.label)
+                .join(shadow, shadow.paired_with == ReviewItem.prediction_id)
+                .where(ReviewItem.priority >= 1.0, ReviewItem.status == "queued")
+            ).all()
+        return dict(rows)
+
+    def queued_some() -> bool:
+        stream(client, images.take(live.sampling_every), {})  # unlabeled traffic, mirrored in shadow
+        return len(disputed()) >= 3
+
+    wait_for("the sampler to queue images the shadow disputes", queued_some, timeout=240, every=0.5)
+    assert ops.status()["state"] == "shadow"
+    said = disputed()
+    with Session(store.engine) as s:
+        champion = dict(
+            s.execute(
+                select(Prediction.prediction_id, Prediction.label).where(Prediction.prediction_id.in_(said))
+            ).all()
+        )
+        first = s.scalar(
+            select(ReviewItem.prediction_id)
+            .where(ReviewItem.status == "queued")
+            .order_by(ReviewItem.priority.desc(), ReviewItem.task_id)
+        )
+    assert all(said[pid] != champion[pid] for pid in said)  # each one the two models answered otherwise
+    assert first in said  # the claim order (after any gold item): reviewers get them first
 
 
 def _path(trail: list[dict[str, object]]) -> list[object]:

@@ -249,3 +249,58 @@ def test_class_weights_split_the_quota_toward_the_classes_a_shift_pushed_images_
     assert np.bincount(pool.predicted[even.indices], minlength=3).tolist() == [4, 4, 4]
     with pytest.raises(ValueError, match="class_weights"):
         select_batch(pool, 12, class_weights=[1.0, -1.0, 1.0])
+
+
+def _shadow(twin: PredictionEvent, *, disputes: bool) -> PredictionEvent:
+    """The candidate's shadow answer on ``twin``'s image: another label, or the same."""
+    label = "abc"[("abc".index(twin.label) + 1) % 3] if disputes else twin.label
+    return twin.model_copy(
+        update={"prediction_id": f"s-{twin.prediction_id}", "model_version": "2", "arm": "shadow"}
+        | {"label": label, "paired_with": twin.prediction_id}
+    )
+
+
+@pytest.mark.parametrize("share", [1.0, 0.0])
+def test_images_a_shadow_candidate_answers_otherwise_are_queued_first(
+    parts, tmp_path: Path, share: float
+) -> None:
+    store, _, metrics = parts
+    queue = ReviewQueue(store, QueuePolicy(max_depth=100))
+    s = ActiveSampler(
+        store,
+        queue,
+        tmp_path / "sampling",
+        SamplerConfig(every=10_000, batch=4, dispute_share=share),
+        lambda version: np.random.default_rng(5).normal(size=(30, D)).astype(np.float32),
+        metrics,
+    )
+    rng = np.random.default_rng(4)
+    champion = [event(i, rng) for i in range(40)]
+    disputed = {champion[i].prediction_id for i in (5, 11, 17, 23, 32, 38)}
+    stream: list[PredictionEvent] = []
+    for i, ev in enumerate(champion):
+        shadow = _shadow(ev, disputes=ev.prediction_id in disputed)
+        # the topic does not order a twin and its shadow: two shadows come before their twins
+        stream += [shadow, ev] if i in (5, 23) else [ev, shadow]
+    feed(s, store, stream)
+    assert s.seen == 40  # shadow answers are not queued as the champion's
+
+    def queued() -> dict[str, float]:
+        with Session(store.engine) as session:
+            return dict(session.execute(select(ReviewItem.prediction_id, ReviewItem.priority)).all())
+
+    assert s.select() == 4
+    first = queued()
+    if share == 0.0:  # off: the disputes are picked as any image, and rank as any
+        assert all(p <= 1.0 for p in first.values())
+        assert metrics.registry.get_sample_value("nicheloop_review_enqueued_disputed_total") == 0
+        return
+    assert set(first) < disputed and all(p >= 1.0 for p in first.values())
+    assert s.select() == 4
+    second = {pid: p for pid, p in queued().items() if pid not in first}
+    assert disputed - set(first) < set(second)  # the two disputes left, then two others
+    assert sorted(p >= 1.0 for p in second.values()) == [False, False, True, True]
+    assert metrics.registry.get_sample_value("nicheloop_review_enqueued_disputed_total") == 6
+    # reviewers are offered the disputed images first
+    item = queue.claim("r1")
+    assert item is not None and item.prediction_id in disputed

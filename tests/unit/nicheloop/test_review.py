@@ -98,6 +98,7 @@ def test_why_an_item_was_queued_reads_as_a_sentence() -> None:
     assert "hesitates between b (48%) and a (42%)" in why_queued(["a", "b", "c"], [0.42, 0.48, 0.1], 0.9, 0.7)
     assert "unlike those labeled" in why_queued(["a", "b"], [0.97, 0.03], 0.05, 0.4)
     assert "unsure" in why_queued(["a", "b", "c"], [0.6, 0.2, 0.2], 0.5, 0.4)
+    assert "answer this differently" in why_queued(["a", "b", "c"], [0.42, 0.48, 0.1], 0.9, 1.7)
 
 
 def test_two_reviewers_claiming_at_once_never_get_the_same_item(store: Store) -> None:

@@ -254,8 +254,12 @@ def run_loop(settings: Settings, predictions: int, epochs: int = 6) -> dict[str,
     rollout_began = time.monotonic()
     final = drive_rollout(client, ops, images, shift=DEMO_SHIFT)
     if final["state"] != "baked":
+        m = result.metrics  # what it trained on and how it did offline, beside why it lost live
         raise NicheloopError(
-            f"the candidate was not promoted: {ops.history(final['rollout_id'])[-1]['reason']}"
+            f"the candidate was not promoted: {ops.history(final['rollout_id'])[-1]['reason']}; "
+            f"offline it trained on {m['new_examples']:.0f} new and {m['replayed_examples']:.0f} "
+            f"replayed labels and scored {m['holdout_accuracy']:.3f} on {m['holdout_n']:.0f} held-out "
+            f"images against its parent's {m['parent_holdout_accuracy']:.3f}"
         )
     wait_for(
         "the service to serve the new champion",

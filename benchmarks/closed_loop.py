@@ -649,7 +649,9 @@ class Arm:
         ``alarm_share`` of the rest from traffic since it, class quotas leaning to the classes the
         shift pushed images into."""
         disputed = self._disputed(ids)
-        first = self._choose(disputed, dispute_quota(len(disputed), k, self.sampler.dispute_share), None)
+        first = self._choose(
+            disputed, dispute_quota(len(disputed), k, self.sampler.dispute_share), None, fair=True
+        )
         self.marks.disputed += len(first)
         taken = set(first)
         return first + self._rest([i for i in ids if i not in taken], k - len(first))
@@ -687,7 +689,10 @@ class Arm:
         taken = set(first)
         return first + self._choose([i for i in ids if i not in taken], k - len(first), None)
 
-    def _choose(self, ids: list[int], k: int, weights: list[float] | None) -> list[int]:
+    def _choose(
+        self, ids: list[int], k: int, weights: list[float] | None, *, fair: bool = False
+    ) -> list[int]:
+        """The sampler's selection of ``k`` of ``ids`` (``fair``: at random, no class quota)."""
         if k <= 0 or not ids:
             return []
         assert self.index is not None
@@ -696,11 +701,11 @@ class Arm:
             Pool(np.stack([self.pool[i][1] for i in ids]), x),
             k,
             Context(covered=self.index, seed=len(self.correct)),
-            self.sampler.strategy,
+            "random" if fair else self.sampler.strategy,
             hashes=[self.pool[i][0] for i in ids],
             covered_hashes=frozenset(self.covered),
             near_radius=self.sampler.near_radius,
-            class_quota=self.sampler.class_quota,
+            class_quota=0.0 if fair else self.sampler.class_quota,
             class_weights=weights,
         )
         chosen = [ids[j] for j in sel.indices.tolist()]

@@ -7,9 +7,9 @@ seeded with the version's reference embeddings, kept up to date from feedback ev
 persisted under ``$NICHELOOP_HOME/sampling``. Batches never overflow the queue's
 ``max_depth``. A new model version brings a new embedding space, hence its own index.
 
-While a candidate runs in shadow, the images it and the champion answer differently come first
-(``dispute_share`` of a batch, above every other item in the queue): only those pairs decide the
-shadow's paired test, and they are the images one of the two models has wrong.
+With ``dispute_share`` set, while a candidate runs in shadow the images it and the champion answer
+differently come first (that share of a batch, above every other item in the queue): only those
+pairs decide the shadow's paired test, and they are the images one of the two models has wrong.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ class SamplerConfig:
     near_radius: float = NEAR_RADIUS
     save_every_s: float = 60.0  # the index is also rebuilt from the store at start, so nothing is lost
     alarm_share: float = 0.8  # while a drift alarm holds: the share of a batch from traffic served since
-    dispute_share: float = 1.0  # the share of a batch for images a shadow candidate answered otherwise
+    # the share of a batch for images a shadow candidate answered otherwise (off: docs/loop.md measured
+    # no gain on the closed-loop benchmark, where those labels taught the next version less)
+    dispute_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -234,8 +236,10 @@ class ActiveSampler:
         if k == 0:
             return 0
         disputed = [pid for pid in self.pool if pid in self.disputed]
+        # a fair draw of the disagreements: the hardest ones (the usual strategy's) are where the
+        # candidate is least sure too, and would understate what it wins
         first = self._queue_from(
-            disputed, dispute_quota(len(disputed), k, self.config.dispute_share), boost=DISPUTED
+            disputed, dispute_quota(len(disputed), k, self.config.dispute_share), boost=DISPUTED, fair=True
         )
         self.metrics.review_enqueued_disputed.inc(first)
         queued = first + self._queue_rest(k - first)
@@ -276,10 +280,16 @@ class ActiveSampler:
             return None
 
     def _queue_from(
-        self, ids: list[str], k: int, class_weights: list[float] | None = None, *, boost: float = 0.0
+        self,
+        ids: list[str],
+        k: int,
+        class_weights: list[float] | None = None,
+        *,
+        boost: float = 0.0,
+        fair: bool = False,
     ) -> int:
-        """Select up to ``k`` of the pool's ``ids`` and queue them, ``boost`` added to their
-        priorities; how many were queued."""
+        """Select up to ``k`` of the pool's ``ids`` (``fair``: at random, no class quota) and queue
+        them, ``boost`` added to their priorities; how many were queued."""
         if k <= 0 or not ids:
             return 0
         assert self.index is not None
@@ -289,11 +299,11 @@ class ActiveSampler:
             Pool(np.stack([c.probs for c in cands]), x),
             k,
             Context(covered=self.index, seed=self.seen),
-            self.config.strategy,
+            "random" if fair else self.config.strategy,
             hashes=[c.sha for c in cands],
             covered_hashes=frozenset(self.covered_hashes),
             near_radius=self.config.near_radius,
-            class_quota=self.config.class_quota,
+            class_quota=0.0 if fair else self.config.class_quota,
             class_weights=class_weights,
         )
         queued = 0

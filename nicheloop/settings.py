@@ -292,11 +292,11 @@ class Settings(BaseSettings):
         0.8, ge=0, le=1, description="While a drift alarm holds: a batch's share from traffic since."
     )
     sampling_dispute_share: float = Field(
-        1.0,
+        0.0,
         ge=0,
         le=1,
         description="While a candidate is in shadow: a batch's share for images it and the champion "
-        "answered differently (reviewed first; 0: off).",
+        "answered differently, reviewed first (0: off; docs/sampling.md says when to turn it on).",
     )
 
     @field_validator("ingress_ports")

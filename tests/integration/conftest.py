@@ -52,6 +52,7 @@ def _test_settings(home, backend: str) -> Settings:
         # (p 0.006 image, 1e-4 early features); the shift scores p < 1e-6 on both
         drift_alpha=1e-4,
         policy_every_s=3.0,  # the retraining policy looks within the tests' waits
+        sampling_dispute_share=1.0,  # off by default; test_rollout checks the sampler hears the shadow
         retrain_policy=home / "policy.yaml",  # a test edits it to make the policy act
         retrain_recipe=home / "retrain.yaml",
         policy_rollout_plan=DEMO_PLAN,

@@ -21,8 +21,8 @@ too, and feed the accuracy evidence):
   labels chosen at random.
 - ``loop``: the product: labels chosen by the active sampler (uncertainty x FAISS novelty and
   diversity, most of the budget on post-alarm traffic while an alarm holds, class quotas leaning to
-  the classes the shift touched, and first the images a candidate in shadow answers otherwise) and
-  retraining when the retraining policy says so.
+  the classes the shift touched, and with ``--dispute-share`` first the images a candidate in shadow
+  answers otherwise) and retraining when the retraining policy says so.
 
 What runs is the product's code, in this process: the drift stage and its monitors
 (``monitoring.drift.stage.DriftStage``, fed the prediction and feedback events the gateway would
@@ -659,6 +659,8 @@ class Arm:
     def _disputed(self, ids: list[int]) -> list[int]:
         """The pool's images mirrored to a candidate in shadow since its shadow began that it answers
         otherwise than the champion (the product's sampler hears its shadow events)."""
+        if not self.sampler.dispute_share:  # off: no candidate's answers to compute
+            return []
         if self.stopgap is not None and self.stopgap_passed is None:  # a stopgap mirrors everything
             version, since, share = self.stopgap, self.stopgap_since, 1.0
         elif self.rollout is not None and self.rollout.run.candidate is not None and not self._canary_share():

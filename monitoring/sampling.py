@@ -125,7 +125,7 @@ class ActiveSampler:
         self.index: EmbeddingIndex | None = None
         self.pool: OrderedDict[str, _Candidate] = OrderedDict()
         self.covered_hashes: set[str] = set()
-        self.disputed: set[str] = set()  # pool ids a shadow candidate answered otherwise
+        self.disputed: set[str] = set()  # ids a shadow candidate answered otherwise (pruned to the pool)
         # shadow answers whose champion twin has not come yet (the topic does not order the two)
         self.shadow_said: OrderedDict[str, str] = OrderedDict()
         self.seen = 0
@@ -136,7 +136,8 @@ class ActiveSampler:
             self._on_feedback(event)
             return 0
         if isinstance(event, PredictionEvent) and event.arm == "shadow" and event.paired_with:
-            self._on_shadow(event.paired_with, event.label)
+            if self.config.dispute_share:  # off: nothing to track
+                self._on_shadow(event.paired_with, event.label)
             return 0
         if not isinstance(event, PredictionEvent) or event.arm != "champion":
             return 0  # a rollout's candidate is judged by its gates, not queued as the champion's
@@ -153,7 +154,7 @@ class ActiveSampler:
             event.created_at.timestamp(),
         )
         while len(self.pool) > self.config.pool:
-            self.disputed.discard(self.pool.popitem(last=False)[0])
+            self.pool.popitem(last=False)
         self.seen += 1
         return self.select() if self.seen % self.config.every == 0 else 0
 
@@ -208,7 +209,6 @@ class ActiveSampler:
     def _on_feedback(self, event: FeedbackEvent) -> None:
         """A labeled prediction joins the covered set (if it was made by the current version)."""
         self.pool.pop(event.prediction_id, None)
-        self.disputed.discard(event.prediction_id)
         if self.index is None or event.prediction_id in self.index:
             return
         try:
@@ -229,12 +229,12 @@ class ActiveSampler:
         done = self.store.labeled_ids(ids) | self.queue.known(ids)
         for pid in done:
             cand = self.pool.pop(pid)
-            self.disputed.discard(pid)
             self.index.add(self.index.prepare(cand.embedding), [pid])
             self.covered_hashes.add(cand.sha)
         k = min(self.config.batch, self.queue.room(), len(self.pool))
         if k == 0:
             return 0
+        self.disputed &= self.pool.keys()  # the ones gone from the pool (labeled, queued, aged out) go
         disputed = [pid for pid in self.pool if pid in self.disputed]
         # a fair draw of the disagreements: the hardest ones (the usual strategy's) are where the
         # candidate is least sure too, and would understate what it wins
@@ -315,7 +315,6 @@ class ActiveSampler:
             self.index.add(x[[i]], [pid])
             self.covered_hashes.add(cand.sha)
             self.pool.pop(pid)
-            self.disputed.discard(pid)
         self._count(queued, sel.exact_duplicates, sel.near_duplicates)
         return queued
 

@@ -221,9 +221,13 @@ def record_move(rollouts: Rollouts, registry: AliasRegistry, move: Transition) -
 def sync_champion(registry: AliasRegistry, r: Rollout) -> None:
     """Make the champion alias say what the record ``r`` says (idempotent: repairs a move that a
     crash interrupted between the record and the alias)."""
-    current = registry.resolve(CHAMPION).version
+    try:
+        current: str | None = registry.resolve(CHAMPION).version
+    except NotReady:  # the first version ever adopted: there is no champion to keep as previous
+        current = None
     if r.state in ("promoted", "baked") and current != r.candidate:
-        registry.set_alias(PREVIOUS, r.champion)
+        if current is not None:
+            registry.set_alias(PREVIOUS, r.champion)
         registry.set_alias(CHAMPION, r.candidate)
         log.info("champion is now version %s (was %s), as rollout %s records", r.candidate, current, r.id)
     elif r.state == "rolled_back" and current == r.candidate:

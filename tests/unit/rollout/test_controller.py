@@ -10,12 +10,12 @@ import pytest
 from pydantic import BaseModel
 
 from nicheloop.contracts import ROLLOUTS_TOPIC, RolloutMoved
-from nicheloop.errors import Conflict, GateRefused, NotFound
+from nicheloop.errors import Conflict, GateRefused, NotFound, NotReady
 from nicheloop.keys import Audit
 from nicheloop.latency import bucket
 from nicheloop.registry import STOPGAP_OF, VersionInfo
 from nicheloop.rollouts import ArmCalls, Rollout, RolloutEvent, Rollouts
-from rollout.controller import Controller, kafka_announce, operate, start_rollout, sync_champion
+from rollout.controller import Controller, adopt, kafka_announce, operate, start_rollout, sync_champion
 from rollout.gates import Arm, Inputs, Live, Paired
 from rollout.machine import NotAllowed
 from rollout.plan import RolloutPlan
@@ -59,6 +59,8 @@ class Registry:
         return VersionInfo("m", version, f"run{version}", {"parent_version": parent}, [])
 
     def resolve(self, alias: str) -> VersionInfo:
+        if alias not in self.aliases:  # as MLflow's registry says it
+            raise NotReady(f"no version has alias {alias!r}")
         return self.version(self.aliases[alias])
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
@@ -174,6 +176,15 @@ def test_an_alias_left_behind_by_a_crash_is_repaired_from_the_record(rollouts: R
     assert reg.aliases["champion"] == "2"
     sync_champion(reg, rollouts.live())  # type: ignore[arg-type]
     assert reg.moves.count(("champion", "2")) == 1  # idempotent
+
+
+def test_the_first_version_adopted_becomes_champion_with_no_previous(rollouts: Rollouts) -> None:
+    reg = Registry(aliases={"source": "3"})  # a fresh registry: no version is champion yet
+    stored = adopt(rollouts, reg, now=0.0, actor="benchmark", reason="serve it", version="3")
+    assert (stored.state, stored.candidate) == ("baked", "3")
+    assert reg.moves == [("champion", "3")]
+    adopt(rollouts, reg, now=1.0, actor="benchmark", reason="serve it", version="4")
+    assert reg.moves[1:] == [(PREVIOUS, "3"), ("champion", "4")]
 
 
 def test_a_newer_candidate_aborts_the_live_rollout_and_starts_over(rollouts: Rollouts) -> None:

@@ -84,12 +84,16 @@ def serve_ingress_env(s: Settings) -> dict[str, str]:
     ``s.ingress_ports``, so two stacks on one machine do not meet.
     """
     if s.serve_ingress == "proxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        # the throughput flag would start each replica's own HTTP server (direct ingress) too
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     low, high = s.ingress_ports
     middle = (low + 3 + high) // 2
     folder = haproxy_dir(s)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # Ray's companion of the HAProxy ingress: gateway-to-predictor calls over gRPC, user code
+        # and the router on the replica's own event loop, request logs buffered (docs/serving.md)
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(low),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(low + 1),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(low + 2),

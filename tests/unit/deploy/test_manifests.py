@@ -34,6 +34,7 @@ def test_rayservice_settings_are_real_and_put_autoscaled_predictors_on_gpus(monk
     fields = {f"NICHELOOP_{name.upper()}" for name in Settings.model_fields}
     assert {k for k in plain if k.startswith("NICHELOOP_")} <= fields
     assert plain["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # what NICHELOOP_SERVE_INGRESS sets up locally
+    assert plain["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     for key, value in plain.items():
         monkeypatch.setenv(key, value)
     settings = Settings()

@@ -36,7 +36,7 @@ def test_the_haproxy_ingress_keeps_to_its_ports_and_short_paths(tmp_path: Path) 
 
     s = Settings(home=tmp_path / ("deep" * 30), serve_port=28000, ingress_ports=(28100, 28109))
     env = serve_ingress_env(s)
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     ports = {k: int(v) for k, v in env.items() if k.endswith("_PORT")}
     assert len(set(ports.values())) == len(ports) and all(28100 <= p <= 28109 for p in ports.values())
     http = range(
@@ -60,5 +60,6 @@ def test_the_python_proxy_ingress_turns_haproxy_off_whatever_the_shell_says(tmp_
     from nicheloop.settings import Settings
 
     assert serve_ingress_env(Settings(home=tmp_path, serve_ingress="proxy")) == {
-        "RAY_SERVE_ENABLE_HA_PROXY": "0"
+        "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
     }

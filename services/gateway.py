@@ -6,14 +6,14 @@ import logging
 from typing import Any, Literal
 
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
-from nicheloop.errors import NotReady, Overloaded
+from nicheloop.errors import NicheloopError, NotReady, Overloaded
 from nicheloop.http import gatekeeper_for, install_gatekeeper
 from nicheloop.logs import configure_logging
 from nicheloop.review import QueuePolicy, ReviewQueue
@@ -74,6 +74,10 @@ class ServePredictor:
                 if attempt == PREDICT_ATTEMPTS:
                     raise NotReady(f"predictor replicas failed {attempt} times ({exc}); retry later") from exc
                 log.warning("predictor replica lost mid-request (%s); retrying", exc)
+            except NotReady as exc:  # a replica with no model yet (a replacement loading): another may have
+                if isinstance(exc, Overloaded) or attempt == PREDICT_ATTEMPTS:
+                    raise
+                log.warning("a predictor replica is not ready (%s); retrying", exc)
         raise AssertionError("unreachable")
 
 
@@ -87,6 +91,11 @@ async def _answer(response: DeploymentResponse | DeploymentResponseGenerator) ->
         raise Overloaded(
             f"the predictors' queue is full ({exc}); retry later", retry_after_s=RETRY_AFTER_S
         ) from exc
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, NicheloopError):  # the replica's own words for the caller, not its traceback
+            raise cause from None
+        raise
     except BaseException:
         response.cancel()
         raise

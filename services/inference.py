@@ -230,6 +230,7 @@ class Predictor:
         rollouts = Rollouts(Store(self.settings.db_url))
         target = recorded_champion(rollouts, registry) if arm == "champion" else live_candidate(rollouts)
         self.slot = ModelSlot(registry, target, device=device)
+        self._load_first()  # Serve routes to a replica once this returns: a replacement must not say NotReady
         # one inference thread: torch's OpenMP team belongs to its calling thread, and a new caller
         # thread each batch (asyncio.to_thread) grows a new team of spinning threads
         self.batcher = self._batcher(ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer"))
@@ -238,6 +239,15 @@ class Predictor:
         self._explainer = ThreadPoolExecutor(1, thread_name_prefix="nicheloop-saliency")
         self._watcher = asyncio.get_event_loop().create_task(self._watch())
         self._fault_rng = random.Random()
+
+    def _load_first(self) -> None:
+        """Load the version the arm serves now, if any; the watcher keeps trying after a failure."""
+        try:
+            self.slot.reload_if_changed()
+        except NotReady as exc:
+            log.info("no %s to load yet: %s", self.arm, exc)
+        except Exception:  # the registry may be down a moment; the watcher retries
+            log.exception("loading the %s failed; the watcher retries", self.arm)
 
     async def _watch(self) -> None:
         while True:

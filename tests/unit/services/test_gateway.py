@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from ray._common.serialization import pickle_dumps
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve._private.utils import ensure_serialization_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentResponse
@@ -104,6 +104,35 @@ def test_a_replica_lost_mid_call_costs_one_retry_and_then_says_not_ready() -> No
     assert asyncio.run(main(dies_once)).probs == [7.0] and len(attempts) == 2
     with pytest.raises(NotReady, match="failed 2 times"):
         asyncio.run(main(always_dies))
+
+
+def test_a_replica_without_a_model_yet_costs_a_retry_and_speaks_its_own_words() -> None:
+    """A replacement replica may still be loading: another replica answers; if none can, the caller
+    reads the replica's message, not a remote traceback."""
+    attempts: list[int] = []
+
+    def remote_not_ready() -> RayTaskError:  # what Ray raises in the caller for a replica's NotReady
+        cause = NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
+        error = RayTaskError("predict_many", "Traceback (most recent call last): ...", cause)
+        return error.as_instanceof_cause()
+
+    async def loading_once(items: list[Pixels]) -> list[ModelOutput]:
+        attempts.append(len(items))
+        if len(attempts) == 1:
+            raise remote_not_ready()
+        return [_output(p) for p in items]
+
+    async def never_loaded(items: list[Pixels]) -> list[ModelOutput]:
+        raise remote_not_ready()
+
+    async def main(fn: Callable[[list[Pixels]], Awaitable[list[ModelOutput]]]) -> ModelOutput:
+        port = ServePredictor(FakeHandle(fn), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
+        return await port.predict(_pixels(3))
+
+    assert asyncio.run(main(loading_once)).probs == [3.0] and len(attempts) == 2
+    with pytest.raises(NotReady) as err:
+        asyncio.run(main(never_loaded))
+    assert str(err.value).startswith("no model loaded yet") and "Traceback" not in str(err.value)
 
 
 def test_a_full_predictor_queue_is_overloaded_with_a_retry_hint() -> None:

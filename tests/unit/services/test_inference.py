@@ -106,3 +106,31 @@ def test_the_candidate_slot_follows_the_live_rollout_and_empties_after_it(tmp_pa
     assert slot.reload_if_changed() and slot.state().model_version == "2"
     rollouts.record(live, Rollout("2", "1", state="rolled_back", revision=1), actor="ops", reason="bad")
     assert slot.reload_if_changed() and not slot.state().ready and slot.model is None
+
+
+def test_a_predictor_replica_loads_its_model_before_it_takes_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serve routes to a replica once its constructor returns: a replacement for a killed one must
+    not answer NotReady while its watcher has yet to load the champion."""
+    import asyncio
+
+    import services.inference as inference
+    from nicheloop.settings import Settings
+    from tests.unit.services.fakes import OneVersion
+
+    registry = OneVersion()
+    registry.registered = True
+    monkeypatch.setattr(inference, "Registry", lambda uri, name: registry)
+    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: lambda: "1")
+
+    async def construct() -> ModelState:
+        predictor = inference.Predictor(Settings(home=tmp_path).model_dump(mode="json"))
+        predictor._watcher.cancel()  # nothing awaited: what the constructor did alone
+        return predictor.state()
+
+    state = asyncio.run(construct())
+    assert state.ready and state.model_version == "1"
+    registry.registered = False  # no champion yet: the replica starts, unready, and its watcher waits
+    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: registry.resolve)
+    assert not asyncio.run(construct()).ready

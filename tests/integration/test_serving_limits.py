@@ -1,7 +1,8 @@
 """The request path's bounds on the real stack: a second app beside the loop's, the model in its own
 deployment, with limits small enough to hit: overload is shed with 503 and Retry-After (never a
-500), a predictor slower than its deadline answers 504 naming it, and /readyz still answers; and the
-loop's app serves a compressed (int8 ONNX Runtime) champion."""
+500), a predictor slower than its deadline answers 504 naming it, and /readyz still answers; a
+replacement for a killed predictor replica takes calls only once its model is loaded; and the loop's
+app serves a compressed (int8 ONNX Runtime) champion."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import ray
 from ray import serve
 
 from nicheloop.contracts import CHAMPION
@@ -78,6 +80,31 @@ def test_a_predictor_slower_than_its_deadline_answers_504_naming_it(
             and "NICHELOOP_PREDICT_TIMEOUT_S" in answer.json()["detail"]
         )
         assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("tight", [{}], indirect=True)
+def test_a_replacement_predictor_replica_takes_calls_only_once_its_model_is_loaded(
+    live: Settings, tight: str, png: bytes
+) -> None:
+    """Serve routes to a new replica as soon as it is constructed: one that loaded its model later
+    answered 503 with a remote traceback. While none serves, callers get a 503 or 504 that names
+    the part; then 200s."""
+    with httpx.Client(base_url=tight, timeout=60, headers=role(live, "app")) as client:
+        assert client.post("/v1/predict", content=png).status_code == 200
+        (name,) = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if f"{TIGHT}#predictor#" in a["name"]
+        ]
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        answers: list[httpx.Response] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and [a.status_code for a in answers[-5:]] != [200] * 5:
+            answers.append(client.post("/v1/predict", content=png))
+    codes = [a.status_code for a in answers]
+    assert codes[-5:] == [200] * 5 and set(codes) <= {200, 503, 504}, codes
+    refusals = [a.json()["detail"] for a in answers if a.status_code != 200]
+    assert not [d for d in refusals if "no model loaded" in d or "ray::" in d], refusals
 
 
 def _served_version(client: httpx.Client, png: bytes, want: str, within_s: float = 60) -> httpx.Response:

@@ -230,7 +230,7 @@ class Predictor:
         rollouts = Rollouts(Store(self.settings.db_url))
         target = recorded_champion(rollouts, registry) if arm == "champion" else live_candidate(rollouts)
         self.slot = ModelSlot(registry, target, device=device)
-        self._load_first()  # Serve routes to a replica once this returns: a replacement must not say NotReady
+        self._reload()  # Serve routes to a replica once this returns: a replacement must not say NotReady
         # one inference thread: torch's OpenMP team belongs to its calling thread, and a new caller
         # thread each batch (asyncio.to_thread) grows a new team of spinning threads
         self.batcher = self._batcher(ThreadPoolExecutor(1, thread_name_prefix="nicheloop-infer"))
@@ -240,23 +240,19 @@ class Predictor:
         self._watcher = asyncio.get_event_loop().create_task(self._watch())
         self._fault_rng = random.Random()
 
-    def _load_first(self) -> None:
-        """Load the version the arm serves now, if any; the watcher keeps trying after a failure."""
+    def _reload(self) -> None:
+        """Load the version the arm should serve if it changed; never raises: the current model
+        keeps serving whatever the registry does, and the watcher tries again."""
         try:
             self.slot.reload_if_changed()
         except NotReady as exc:
-            log.info("no %s to load yet: %s", self.arm, exc)
-        except Exception:  # the registry may be down a moment; the watcher retries
-            log.exception("loading the %s failed; the watcher retries", self.arm)
+            log.info("waiting for a %s: %s", self.arm, exc)
+        except Exception:
+            log.exception("%s reload failed; still serving version %s", self.arm, self.slot.version)
 
     async def _watch(self) -> None:
         while True:
-            try:
-                await asyncio.to_thread(self.slot.reload_if_changed)
-            except NotReady as exc:
-                log.info("waiting for a %s: %s", self.arm, exc)
-            except Exception:  # keep serving the current model whatever the registry does
-                log.exception("%s reload failed; still serving version %s", self.arm, self.slot.version)
+            await asyncio.to_thread(self._reload)
             await asyncio.sleep(self.settings.reload_interval_s)
 
     def _batcher(self, executor: ThreadPoolExecutor) -> Batcher[Pixels, ModelOutput]:

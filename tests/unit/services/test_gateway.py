@@ -85,66 +85,68 @@ def test_images_that_arrive_while_calls_are_out_travel_together_in_the_next_call
     assert sum(handle.calls) == 20 and len(handle.calls) < 20 and max(handle.calls) <= 8
 
 
-def test_a_replica_lost_mid_call_costs_one_retry_and_then_says_not_ready() -> None:
+Predict = Callable[[list[Pixels]], Awaitable[list[ModelOutput]]]
+
+
+def _one_call(fn: Predict, i: int) -> ModelOutput:
+    """Image ``i`` through a gateway port whose replicas run ``fn``."""
+
+    async def main() -> ModelOutput:
+        port = ServePredictor(FakeHandle(fn), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
+        return await port.predict(_pixels(i))
+
+    return asyncio.run(main())
+
+
+def _fails_first(error: Callable[[], Exception]) -> tuple[Predict, list[int]]:
+    """A replica call that raises ``error()`` the first time and answers after; and its calls' sizes."""
     attempts: list[int] = []
 
-    async def dies_once(items: list[Pixels]) -> list[ModelOutput]:
+    async def fn(items: list[Pixels]) -> list[ModelOutput]:
         attempts.append(len(items))
         if len(attempts) == 1:
-            raise RayActorError()
+            raise error()
         return [_output(p) for p in items]
 
-    async def always_dies(items: list[Pixels]) -> list[ModelOutput]:
-        raise RayActorError()
+    return fn, attempts
 
-    async def main(fn: Callable[[list[Pixels]], Awaitable[list[ModelOutput]]]) -> ModelOutput:
-        port = ServePredictor(FakeHandle(fn), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
-        return await port.predict(_pixels(7))
 
-    assert asyncio.run(main(dies_once)).probs == [7.0] and len(attempts) == 2
+def _always(error: Callable[[], Exception]) -> Predict:
+    async def fn(items: list[Pixels]) -> list[ModelOutput]:
+        raise error()
+
+    return fn
+
+
+def test_a_replica_lost_mid_call_costs_one_retry_and_then_says_not_ready() -> None:
+    dies_once, attempts = _fails_first(RayActorError)
+    assert _one_call(dies_once, 7).probs == [7.0] and len(attempts) == 2
     with pytest.raises(NotReady, match="failed 2 times"):
-        asyncio.run(main(always_dies))
+        _one_call(_always(RayActorError), 7)
 
 
 def test_a_replica_without_a_model_yet_costs_a_retry_and_speaks_its_own_words() -> None:
     """A replacement replica may still be loading: another replica answers; if none can, the caller
     reads the replica's message, not a remote traceback."""
-    attempts: list[int] = []
 
     def remote_not_ready() -> RayTaskError:  # what Ray raises in the caller for a replica's NotReady
         cause = NotReady("no model loaded yet; register a champion with `nicheloop bootstrap`")
         error = RayTaskError("predict_many", "Traceback (most recent call last): ...", cause)
         return error.as_instanceof_cause()
 
-    async def loading_once(items: list[Pixels]) -> list[ModelOutput]:
-        attempts.append(len(items))
-        if len(attempts) == 1:
-            raise remote_not_ready()
-        return [_output(p) for p in items]
-
-    async def never_loaded(items: list[Pixels]) -> list[ModelOutput]:
-        raise remote_not_ready()
-
-    async def main(fn: Callable[[list[Pixels]], Awaitable[list[ModelOutput]]]) -> ModelOutput:
-        port = ServePredictor(FakeHandle(fn), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
-        return await port.predict(_pixels(3))
-
-    assert asyncio.run(main(loading_once)).probs == [3.0] and len(attempts) == 2
+    loading_once, attempts = _fails_first(remote_not_ready)
+    assert _one_call(loading_once, 3).probs == [3.0] and len(attempts) == 2
     with pytest.raises(NotReady) as err:
-        asyncio.run(main(never_loaded))
+        _one_call(_always(remote_not_ready), 3)
     assert str(err.value).startswith("no model loaded yet") and "Traceback" not in str(err.value)
 
 
 def test_a_full_predictor_queue_is_overloaded_with_a_retry_hint() -> None:
-    async def full(items: list[Pixels]) -> list[ModelOutput]:
-        raise BackPressureError(num_queued_requests=64, max_queued_requests=64)
-
-    async def main() -> ModelOutput:
-        port = ServePredictor(FakeHandle(full), max_batch=4, calls_at_once=1)  # type: ignore[arg-type]
-        return await port.predict(_pixels(1))
+    def full() -> BackPressureError:
+        return BackPressureError(num_queued_requests=64, max_queued_requests=64)
 
     with pytest.raises(Overloaded, match="queue is full") as err:
-        asyncio.run(main())
+        _one_call(_always(full), 1)
     assert err.value.retry_after_s > 0
 
 

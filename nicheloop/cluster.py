@@ -91,8 +91,8 @@ def serve_ingress_env(s: Settings) -> dict[str, str]:
     folder = haproxy_dir(s)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        # Ray's companion of the HAProxy ingress: gateway-to-predictor calls over gRPC, user code
-        # and the router on the replica's own event loop, request logs buffered (docs/serving.md)
+        # Ray's companion of the HAProxy ingress: user code and the router on the replica's own
+        # event loop, request logs buffered, the GC frozen after start (docs/serving.md)
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(low),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(low + 1),

@@ -148,12 +148,12 @@ class BodyLimit:
         self.app, self.streamed = app, streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _route_path(scope) in self.streamed:
+        if scope["type"] != "http" or route_path(scope) in self.streamed:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > MAX_JSON_BODY:
-            await _refuse(send, 413, f"body is {declared} bytes; the limit is {MAX_JSON_BODY}")
+            await refuse(send, 413, f"body is {declared} bytes; the limit is {MAX_JSON_BODY}")
             return
         body = bytearray()
         while True:
@@ -162,12 +162,12 @@ class BodyLimit:
                 return  # the caller went away
             body += message.get("body", b"")
             if len(body) > MAX_JSON_BODY:
-                await _refuse(send, 413, f"body is over the limit of {MAX_JSON_BODY} bytes")
+                await refuse(send, 413, f"body is over the limit of {MAX_JSON_BODY} bytes")
                 return
             if not message.get("more_body", False):
                 break
         if "json" in _header(scope, b"content-type") and json_depth(bytes(body)) > MAX_JSON_DEPTH:
-            await _refuse(send, 400, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+            await refuse(send, 400, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
             return
         await self.app(scope, _replay(bytes(body), receive), send)
 
@@ -191,7 +191,7 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path as the app routes it (Serve mounts an app under its route prefix as root_path)."""
     path, root = scope["path"], scope.get("root_path", "").rstrip("/")
     return path[len(root) :] if root and path.startswith(root + "/") else path
@@ -214,17 +214,26 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _refuse(send: Send, status: int, detail: str) -> None:
+async def refuse(send: Send, status: int, detail: str, *, retry_after_s: float | None = None) -> None:
+    """Answer ``status`` with JSON ``{"detail": detail}`` from ASGI middleware (no route ran), with
+    ``Retry-After`` in whole seconds when ``retry_after_s`` is given, as the domain errors' handler."""
     payload = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", retry_after(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def retry_after(seconds: float) -> str:
+    """``Retry-After``'s value for a wait of ``seconds``: whole seconds, rounded up."""
+    return str(int(seconds + 0.999))
 
 
 def _handler(code: int):  # type: ignore[no-untyped-def]
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         retry = getattr(exc, "retry_after_s", None)
-        headers = {"Retry-After": str(int(retry + 0.999))} if retry is not None else None
+        headers = {"Retry-After": retry_after(retry)} if retry is not None else None
         return JSONResponse(status_code=code, content={"detail": str(exc)}, headers=headers)
 
     return handle

@@ -31,11 +31,12 @@ from services import pages
 from services.deps import GatewayResources, Resources
 from services.explain import explain
 from services.feedback import record_feedback, submit_review
-from services.http import image_bytes, install_guards
+from services.http import AdmitAtTheDoor, image_bytes, install_guards
 from services.predict import predict_image
 
 api = FastAPI(title="nicheloop", version="0.1.0", responses=PROBLEMS)
 install_guards(api, streamed={"/v1/predict"})  # the upload route bounds its own body
+api.add_middleware(AdmitAtTheDoor, paths=frozenset({"/v1/predict"}))  # outermost: refusals cost least
 
 
 @api.get("/healthz")
@@ -99,18 +100,17 @@ async def predict(
 ) -> PredictResponse:
     """Classify one image; the prediction is published as an event and the image kept by its hash.
 
-    Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the body is
-    read. ``Server-Timing`` says where the time went (prepare, model, publish; milliseconds).
+    Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the route
+    runs (:class:`services.http.AdmitAtTheDoor`). ``Server-Timing`` says where the time went
+    (prepare, model, publish; milliseconds).
     """
     res.rates.take(app.name, "predictions")
-    async with res.admission.slot():
-        data = await image_bytes(request, res.settings.max_upload_bytes)
-        timings: dict[str, float] = {}
-        answer = await predict_image(
-            res, data, timings, key=request.headers.get("x-request-key"), owner=app.name
-        )
-        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in timings.items())
-        return answer
+    data = await image_bytes(request, res.settings.max_upload_bytes)
+    timings: dict[str, float] = {}
+    key = request.headers.get("x-request-key")
+    answer = await predict_image(res, data, timings, key=key, owner=app.name)
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in timings.items())
+    return answer
 
 
 def _accepted(event: FeedbackEvent) -> FeedbackAccepted:

@@ -6,10 +6,11 @@ Serve replica installs the real ones at start, tests swap them with ``app.depend
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, cast
 
-from fastapi import Depends
+from fastapi import Depends, FastAPI
 
 from nicheloop.blobs import BlobStore
 from nicheloop.bus import Publisher
@@ -72,6 +73,17 @@ async def get_resources() -> GatewayResources:
     if _installed is None:
         raise NotReady("the gateway is still starting; retry in a moment")
     return _installed
+
+
+async def resources_of(app: FastAPI) -> GatewayResources:
+    """What the routes of ``app`` get as :data:`Resources` (a test's override of
+    :func:`get_resources` included), for middleware that acts before any route.
+
+    Raises:
+        NotReady: the replica has not finished starting.
+    """
+    got = app.dependency_overrides.get(get_resources, get_resources)()
+    return cast(GatewayResources, await got if inspect.isawaitable(got) else got)
 
 
 Resources = Annotated[GatewayResources, Depends(get_resources)]

@@ -1,5 +1,5 @@
-"""HTTP plumbing of the gateway's routes: body limits and the image in a request (domain errors
-become statuses in :mod:`nicheloop.http`)."""
+"""HTTP plumbing of the gateway's routes: admission at the door, body limits and the image in a
+request (domain errors become statuses in :mod:`nicheloop.http`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,54 @@ import json
 
 from fastapi import Request
 
-from nicheloop.errors import InvalidInput, PayloadTooLarge
-from nicheloop.http import install_guards
+from nicheloop.errors import InvalidInput, NotReady, Overloaded, PayloadTooLarge
+from nicheloop.http import ASGIApp, Message, Receive, Scope, Send, install_guards, refuse, route_path
+from services.deps import resources_of
 
-__all__ = ["image_bytes", "install_guards", "read_body"]
+__all__ = ["AdmitAtTheDoor", "image_bytes", "install_guards", "read_body"]
+
+
+class AdmitAtTheDoor:
+    """ASGI middleware: a ``POST`` to one of ``paths`` takes a place of the replica's
+    :class:`~services.limits.Admission` for as long as it runs, and over the bound is answered 503
+    with ``Retry-After`` before routing, the caller's credential or the body: under overload the
+    event loop that refuses is the one serving the accepted, and a refusal here costs it a fraction
+    of a routed one (docs/serving.md)."""
+
+    def __init__(self, app: ASGIApp, *, paths: frozenset[str]) -> None:
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        try:
+            admission = (await resources_of(scope["app"])).admission
+        except NotReady:  # still starting: the route answers that itself
+            await self.app(scope, receive, send)
+            return
+        try:
+            admission.enter()
+        except Overloaded as exc:
+            await refuse(send, 503, str(exc), retry_after_s=exc.retry_after_s)
+            return
+        held = True
+
+        def leave() -> None:
+            nonlocal held
+            if held:
+                held = False
+                admission.leave()
+
+        async def answering(message: Message) -> None:
+            if message["type"] == "http.response.start":  # the work is done: the caller may send the
+                leave()  # next at once, and must find its place free
+            await send(message)
+
+        try:
+            await self.app(scope, receive, answering)
+        finally:
+            leave()
 
 
 async def read_body(request: Request, limit: int) -> bytes:

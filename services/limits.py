@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from nicheloop.errors import BudgetSpent, Overloaded, UpstreamTimeout
@@ -33,9 +32,8 @@ class Admission:
         self.inside = 0
         self.shed = 0
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one place for the body of the ``async with``.
+    def enter(self) -> None:
+        """Take one place; :meth:`leave` gives it back.
 
         Raises:
             Overloaded: all ``limit`` places are taken.
@@ -48,10 +46,9 @@ class Admission:
                 retry_after_s=self.retry_after_s,
             )
         self.inside += 1
-        try:
-            yield
-        finally:
-            self.inside -= 1
+
+    def leave(self) -> None:
+        self.inside -= 1
 
 
 class CallerRates:

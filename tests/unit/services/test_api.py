@@ -198,12 +198,18 @@ def test_a_full_replica_sheds_at_once_with_retry_after(
     answer = client.post("/v1/predict", content=png)
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
     assert "busy" in answer.json()["detail"] and res.admission.shed == 1
+    # refused at the door: before the credential is checked or the body read
+    stranger = client.post("/v1/predict", content=b"not an image", headers={"X-API-Key": "nl_nobody"})
+    assert stranger.status_code == 503 and res.admission.shed == 2
+    assert client.get("/readyz").status_code == 200  # other routes are not admitted
     res.admission.inside = 0
+    assert client.post("/v1/predict", content=b"not an image").status_code == 400
+    assert res.admission.inside == 0  # a refused body gives its place back
     served = client.post("/v1/predict", content=png)
-    assert served.status_code == 200
+    assert served.status_code == 200 and res.admission.inside == 0
     steps = {part.split(";")[0] for part in served.headers["server-timing"].split(", ")}
     assert steps == {"prepare", "model", "publish"}
-    assert "nicheloop_predictions_shed_total 1.0" in client.get("/metrics", headers=as_role["operator"]).text
+    assert "nicheloop_predictions_shed_total 2.0" in client.get("/metrics", headers=as_role["operator"]).text
 
 
 def test_the_resources_dependency_runs_on_the_event_loop() -> None:

@@ -1,7 +1,9 @@
 """The request parsing and error mapping of the gateway, on a bare FastAPI app (no Ray)."""
 
+import asyncio
 import base64
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI, Request
@@ -9,9 +11,21 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from nicheloop.errors import NotReady
-from nicheloop.http import MAX_JSON_BODY, MAX_JSON_DEPTH, RowId, _route_path, json_depth
+from nicheloop.http import (
+    MAX_JSON_BODY,
+    MAX_JSON_DEPTH,
+    Message,
+    Receive,
+    RowId,
+    Scope,
+    Send,
+    json_depth,
+    route_path,
+)
 from nicheloop.images import decode_image
-from services.http import image_bytes, install_guards
+from services.deps import get_resources
+from services.http import AdmitAtTheDoor, image_bytes, install_guards
+from services.limits import Admission
 
 
 class Label(BaseModel):
@@ -123,4 +137,53 @@ def test_json_depth_reads_nesting_outside_strings() -> None:
 @pytest.mark.parametrize("root", ["", "/", "/app"])
 def test_a_streamed_route_is_found_under_any_mount(root: str) -> None:
     scope = {"type": "http", "path": f"{root.rstrip('/')}/img", "root_path": root, "headers": []}
-    assert _route_path(scope) == "/img"
+    assert route_path(scope) == "/img"
+
+
+def test_the_door_frees_a_place_once_the_answer_starts_and_refuses_the_next_until_then() -> None:
+    """A caller that sends its next request as soon as its answer starts finds its place free (with
+    as many callers as places, none is refused), and one over the bound is refused before the app."""
+    admission = Admission(1)
+    app = FastAPI()
+    app.dependency_overrides[get_resources] = lambda: SimpleNamespace(admission=admission)
+    started, finish = asyncio.Event(), asyncio.Event()
+    reached: list[str] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(f"{scope['path']} {admission.inside}")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/v1/predict":
+            started.set()
+            await finish.wait()  # the app still runs (the body, a log line) after the answer started
+        await send({"type": "http.response.body", "body": b""})
+
+    door = AdmitAtTheDoor(inner, paths=frozenset({"/v1/predict"}))
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def scope(path: str) -> Scope:
+        return {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": [], "app": app}
+
+    async def main() -> None:
+        admission.inside = 1  # the bound is reached: the next is refused without reaching the app
+        await door(scope("/v1/predict"), receive, send)
+        assert sent[-1]["body"].startswith(b'{"detail": "busy') and reached == []
+        assert (b"retry-after", b"1") in sent[-2]["headers"]
+        admission.inside = 0
+        first = asyncio.create_task(door(scope("/v1/predict"), receive, send))
+        await started.wait()
+        assert admission.inside == 0  # answered: the place is free while the app finishes
+        admission.inside = 1
+        await door(scope("/v1/other"), receive, send)  # other paths are not admitted at all
+        admission.inside = 0
+        finish.set()
+        await first
+        assert admission.inside == 0 and admission.shed == 1
+        assert reached == ["/v1/predict 1", "/v1/other 1"]  # the prediction held its place while it ran
+
+    asyncio.run(main())

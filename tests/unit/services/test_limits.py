@@ -114,19 +114,16 @@ def test_a_hung_call_is_cancelled_once_its_callers_gave_up_and_the_worker_goes_o
 
 
 def test_admission_sheds_the_one_over_the_limit_and_counts_it() -> None:
-    async def main() -> Admission:
-        gate = Admission(2, retry_after_s=3)
-        async with gate.slot(), gate.slot():
-            with pytest.raises(Overloaded) as refused:
-                async with gate.slot():
-                    pass
-            assert refused.value.retry_after_s == 3 and "2 predictions" in str(refused.value)
-        async with gate.slot():  # places come back
-            assert gate.inside == 1
-        return gate
-
-    gate = asyncio.run(main())
-    assert (gate.inside, gate.shed) == (0, 1)
+    gate = Admission(2, retry_after_s=3)
+    gate.enter()
+    gate.enter()
+    with pytest.raises(Overloaded) as refused:
+        gate.enter()
+    assert refused.value.retry_after_s == 3 and "2 predictions" in str(refused.value)
+    assert (gate.inside, gate.shed) == (2, 1)
+    gate.leave()
+    gate.enter()  # places come back
+    assert gate.inside == 2
     with pytest.raises(ValueError):
         Admission(0)
 

@@ -81,10 +81,12 @@ soak: setup
 bench: setup
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) benchmarks/event_logging.py
 
-# The endpoint against the bare model, under overload and a replica kill; needs wrk (Debian's).
+# The endpoint against the bare model, under overload and a replica kill; needs wrk (Debian's). Then the
+# floor under its added latency: one Ray call between processes that do nothing.
 bench-serving: setup
 	command -v wrk >/dev/null || apt-get install -y -q wrk || { echo "install wrk (apt-get install wrk)"; exit 1; }
 	NICHELOOP_KAFKA_LIBS=$(KAFKA_LIBS) $(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.serving_floor
 
 # Active sampling: labels saved against random (NEU when ../shared/datasets/neu-steel is there), and scale.
 # Training: Ray Train over a plain loop; transfer with few labels (NEU when ../shared/datasets/neu-steel is there).

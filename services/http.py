@@ -18,7 +18,7 @@ __all__ = ["AdmitAtTheDoor", "image_bytes", "install_guards", "read_body"]
 
 class AdmitAtTheDoor:
     """ASGI middleware: a ``POST`` to one of ``paths`` takes a place of the replica's
-    :class:`~services.limits.Admission` for as long as it runs, and over the bound is answered 503
+    :class:`~services.limits.Admission` until its answer starts, and over the bound is answered 503
     with ``Retry-After`` before routing, the caller's credential or the body: under overload the
     event loop that refuses is the one serving the accepted, and a refusal here costs it a fraction
     of a routed one (docs/serving.md)."""

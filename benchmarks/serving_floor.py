@@ -31,24 +31,31 @@ CALLS, WARM_UP = 500, 50
 THROUGHPUT_FLAG = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 
 
-def _answer(items: list[np.ndarray]) -> list[dict[str, Any]]:
-    """What the predictor answers for ``items``, in size: probabilities and an embedding each."""
-    return [{"probs": [1 / 6] * 6, "embedding": np.zeros(1280, np.float32)} for _ in items]
-
-
 def _image() -> list[np.ndarray]:
     return [np.zeros((128, 128, 3), np.uint8)]
 
 
-def _summary(ms: list[float]) -> tuple[float, float]:
+class _Echo:
+    """Answers at once what the predictor answers, in size: probabilities and an embedding an image."""
+
+    async def predict_many(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
+        return [{"probs": [1 / 6] * 6, "embedding": np.zeros(1280, np.float32)} for _ in items]
+
+
+async def _timed_calls(callee: Any, calls: int) -> tuple[float, float]:
+    """p50 and p90 milliseconds of ``calls`` awaited one at a time (a Serve or a Ray actor handle),
+    the first :data:`WARM_UP` left out."""
+    ms = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await callee.predict_many.remote(_image())
+        ms.append((time.perf_counter() - start) * 1000)
     kept = ms[WARM_UP:]
     return statistics.median(kept), statistics.quantiles(kept, n=10)[-1]
 
 
-@serve.deployment(max_ongoing_requests=32)
-class Callee:
-    async def predict_many(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        return _answer(items)
+Callee = serve.deployment(max_ongoing_requests=32)(_Echo)
+PlainCallee = ray.remote(_Echo)
 
 
 @serve.deployment
@@ -57,29 +64,13 @@ class Caller:
         self.callee = callee
 
     async def __call__(self, calls: int) -> tuple[float, float]:
-        ms = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            await self.callee.predict_many.remote(_image())
-            ms.append((time.perf_counter() - start) * 1000)
-        return _summary(ms)
-
-
-@ray.remote
-class PlainCallee:
-    async def predict_many(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        return _answer(items)
+        return await _timed_calls(self.callee, calls)
 
 
 @ray.remote
 class PlainCaller:
     async def run(self, callee: Any, calls: int) -> tuple[float, float]:
-        ms = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            await callee.predict_many.remote(_image())
-            ms.append((time.perf_counter() - start) * 1000)
-        return _summary(ms)
+        return await _timed_calls(callee, calls)
 
 
 def main() -> None:

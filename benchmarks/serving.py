@@ -14,7 +14,8 @@ when present, else generated images; the other 40 % held out), JPEG files posted
   restarted Ray head): requests per second answered 2xx, p50 and p99 latency, non-2xx count, and
   the CPU share the load generator took. ``endpoint_over_bare`` at the best concurrency of the
   default ingress (``proxy_over_bare`` or ``haproxy_over_bare`` the other's);
-  ``added_p50_ms_at_c1`` against the bare model at batch 1. ``cpu_ms_per_request`` splits one
+  ``added_p50_ms_at_c1`` against the bare model at batch 1, and ``steps_p50_ms_at_c1`` where it goes
+  (200 requests one at a time, each's ``Server-Timing``). ``cpu_ms_per_request`` splits one
   request's CPU by process at the best concurrency.
 - Overload: an open-loop generator (benchmarks/_openloop.py, its own process) offers twice the
   measured capacity for 30 s: ``accepted_p99_ms`` against the p99 at capacity, ``shed_fraction``,
@@ -46,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import ray
 import torch
@@ -264,6 +266,32 @@ def _sweep(
     return runs, cpu
 
 
+def _steps_at_c1(url: str, jpegs: list[bytes], key: str, *, requests: int = 200) -> dict[str, float]:
+    """Where one request's milliseconds go at concurrency 1, from its ``Server-Timing`` (p50 of each
+    step; ``hop``: the model call outside the predictor replica; ``http``: what the client waited
+    outside the gateway's steps: ingress, HTTP server, FastAPI, the key)."""
+    steps: dict[str, list[float]] = {"client": [], "hop": [], "http": []}
+    headers = {"X-API-Key": key, "Content-Type": "image/jpeg"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        for i in range(requests):
+            start = time.perf_counter()
+            answer = client.post("/v1/predict", content=jpegs[i % len(jpegs)])
+            client_ms = (time.perf_counter() - start) * 1000
+            answer.raise_for_status()
+            timing = {
+                name: float(dur)
+                for name, _, dur in (
+                    p.strip().partition(";dur=") for p in answer.headers["server-timing"].split(",")
+                )
+            }
+            for name, ms in timing.items():
+                steps.setdefault(name, []).append(ms)
+            steps["client"].append(client_ms)
+            steps["hop"].append(timing["model"] - timing.get("predictor", 0.0))
+            steps["http"].append(client_ms - timing["prepare"] - timing["model"] - timing.get("publish", 0.0))
+    return {name: round(statistics.median(values), 2) for name, values in steps.items()}
+
+
 def _table(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
         str(c): {
@@ -372,6 +400,7 @@ def main() -> None:
             key = demo_keys(base)["app"]  # the stacks below share base's store
             deploy(base)
             _wrk(base.serve_url, script, file_list, 8, 5, key)  # warm-up
+            steps_at_c1 = _steps_at_c1(base.serve_url, jpegs, key)
             sweeps[base.serve_ingress] = _sweep(base.serve_url, script, file_list, settings=base, key=key)
             runs, _ = sweeps[base.serve_ingress]
             best = max(runs, key=lambda c: runs[c]["rps"])
@@ -435,6 +464,7 @@ def main() -> None:
                 "best_concurrency": best,
                 "endpoint_over_bare": round(capacity / bare["img_per_s"], 3),
                 "added_p50_ms_at_c1": round(runs[1]["p50_ms"] - bare["p50_ms_batch1"], 2),
+                "steps_p50_ms_at_c1": steps_at_c1,
                 "p99_ms_at_capacity": runs[best]["p99_ms"],
                 "overload": overload,
                 "accepted_p99_over_capacity_p99": (

@@ -102,7 +102,7 @@ async def predict(
 
     Over ``max_inflight_predictions`` at once, answered 503 with ``Retry-After`` before the route
     runs (:class:`services.http.AdmitAtTheDoor`). ``Server-Timing`` says where the time went
-    (prepare, model, publish; milliseconds).
+    (prepare, model, publish; of model, predictor and forward; milliseconds).
     """
     res.rates.take(app.name, "predictions")
     data = await image_bytes(request, res.settings.max_upload_bytes)

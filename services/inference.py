@@ -4,6 +4,7 @@ serves (the recorded champion, or a rollout's candidate)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -70,6 +71,10 @@ class ModelOutput:
     uncertainty: float
     embedding: list[float]
     early_embedding: list[float]
+    # where a replica's time went, for Server-Timing (None: not measured): this image's batch through
+    # the model, and this image's whole stay in the replica (its wait for the model included)
+    forward_ms: float | None = None
+    predictor_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ class ModelSlot:
             NotReady: no model loaded yet.
             InvalidInput: an array that is not (H, W, 3) uint8.
         """
+        start = time.perf_counter()
         model, version = self._loaded()
         spec = model.input_spec
         arrays = [_fit(item, spec) for item in items]
@@ -185,8 +191,17 @@ class ModelSlot:
         unc = margin_uncertainty(out.probs)
         # 6 decimals keep float32 precision for these magnitudes and halve the events' JSON size
         emb, early = (np.round(a.astype(np.float64), EMBEDDING_DECIMALS) for a in (out.embeddings, out.early))
+        forward_ms = (time.perf_counter() - start) * 1000
         return [
-            ModelOutput(version, model.class_names, p.tolist(), float(u), e.tolist(), x.tolist())
+            ModelOutput(
+                version,
+                model.class_names,
+                p.tolist(),
+                float(u),
+                e.tolist(),
+                x.tolist(),
+                forward_ms=forward_ms,
+            )
             for p, u, e, x in zip(out.probs, unc, emb, early)
         ]
 
@@ -272,7 +287,9 @@ class Predictor:
         Raises:
             NotReady: no model loaded yet. ModelFailed: the version's fault struck this call.
         """
-        return await self._through(self.batcher, pixels)
+        start = time.perf_counter()
+        out = await self._through(self.batcher, pixels)
+        return dataclasses.replace(out, predictor_ms=(time.perf_counter() - start) * 1000)
 
     async def saliency(self, pixels: Pixels) -> Saliency:
         """Grad-CAM of one image by the version loaded here (:meth:`ModelSlot.saliency`)."""

@@ -51,7 +51,9 @@ async def predict_image(
 
     During a rollout, ``key`` (else the image's hash) decides whether the candidate answers, and
     whether it also sees the image in shadow (:mod:`services.routing`). ``timings`` gets the
-    milliseconds of each step (``prepare``, ``model``, ``publish``), for ``Server-Timing``.
+    milliseconds of each step (``prepare``, ``model``, ``publish``; and of ``model``, the part spent
+    in the predictor replica and in its batch's forward pass, ``predictor`` and ``forward``), for
+    ``Server-Timing``.
 
     Raises:
         NotReady: no model serves. Overloaded: the predictor's queue is full.
@@ -83,6 +85,9 @@ async def predict_image(
         ),
     )
     mark = _lap(timings, "model", mark)
+    for step, ms in (("predictor", out.predictor_ms), ("forward", out.forward_ms)):
+        if ms is not None:  # the replica's share of "model": the rest is the hop to it and back
+            timings[step] = ms
     if arm == "champion":
         res.model.seen(out.model_version)
     prediction_id = new_prediction_id(res.key, owner=owner)

@@ -63,7 +63,7 @@ def test_overload_is_shed_with_503_and_retry_after_never_a_500(
         # the gateway's own door (the mounted app's path, not Serve's queue bound) refused some
         assert any("1 predictions in progress" in a.json()["detail"] for a in shed), [a.text for a in shed]
         served = next(a for a in answers if a.status_code == 200)
-        assert {"prepare", "model", "publish"} <= {
+        assert {"prepare", "model", "predictor", "forward", "publish"} <= {
             p.split(";")[0] for p in served.headers["server-timing"].split(", ")
         }
         metrics = client.get("/metrics", headers=role(live, "operator")).text

@@ -134,3 +134,29 @@ def test_a_predictor_replica_loads_its_model_before_it_takes_a_call(
     registry.registered = False  # no champion yet: the replica starts, unready, and its watcher waits
     monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: registry.resolve)
     assert not asyncio.run(construct()).ready
+
+
+def test_a_predictor_says_how_long_an_image_spent_in_the_model_and_in_the_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's Server-Timing splits its wait for the model into the hop and the replica's share."""
+    import asyncio
+
+    import services.inference as inference
+    from nicheloop.settings import Settings
+    from tests.unit.services.fakes import OneVersion
+
+    registry = OneVersion()
+    registry.registered = True
+    monkeypatch.setattr(inference, "Registry", lambda uri, name: registry)
+    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: lambda: "1")
+    image = SyntheticStream(size=40).take(1)[0][0]
+
+    async def predict() -> inference.ModelOutput:
+        predictor = inference.Predictor(Settings(home=tmp_path).model_dump(mode="json"))
+        predictor._watcher.cancel()
+        return await predictor.predict(_pixels(image, registry.model))
+
+    out = asyncio.run(predict())
+    assert out.forward_ms is not None and out.predictor_ms is not None
+    assert 0 < out.forward_ms <= out.predictor_ms

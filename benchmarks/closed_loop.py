@@ -73,7 +73,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -715,9 +715,13 @@ class Arm:
         return chosen
 
     # -- decisions, runs, rollouts
-    def evidence(self) -> Evidence:
+    def _new_labels(self) -> list[Label]:
+        """The labels the champion's snapshot does not name (trained on or held out)."""
         known = {e.image_sha256 for e in (*self.champion.snapshot.train, *self.champion.snapshot.holdout)}
-        new = [lb for lb in self.labels if lb.key not in known]
+        return [lb for lb in self.labels if lb.key not in known]
+
+    def evidence(self) -> Evidence:
+        new = self._new_labels()
         alarm, began = self.alarm_since(), self.alarm_began()
         hits = [ok for at, ok in self.user_hits.get(self.champion.name, []) if at <= self.now]
         return Evidence(
@@ -782,8 +786,15 @@ class Arm:
             return
         self.versions += 1
         name = f"{self.name}-{self.versions}"
+        mix = Counter(lb.label for lb in self._new_labels() if not holdout_side(lb.key))
         log.info(
-            "%s: %s run %s on %d new and %d replayed labels", self.name, rule, name, data.new, data.replayed
+            "%s: %s run %s on %d new and %d replayed labels (new: %s)",
+            self.name,
+            rule,
+            name,
+            data.new,
+            data.replayed,
+            ", ".join(f"{c} {n}" for c, n in sorted(mix.items())),
         )
         world = self._alarm_world()
         cand = trained(

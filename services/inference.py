@@ -72,7 +72,8 @@ class ModelOutput:
     embedding: list[float]
     early_embedding: list[float]
     # where a replica's time went, for Server-Timing (None: not measured): this image's batch through
-    # the model, and this image's whole stay in the replica (its wait for the model included)
+    # the model slot (fitting, normalising, the forward pass, rounding the outputs), and this image's
+    # whole stay in the replica (its wait for the model included)
     forward_ms: float | None = None
     predictor_ms: float | None = None
 

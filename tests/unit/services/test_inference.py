@@ -1,20 +1,26 @@
 """The model slot behind a predictor replica, outside Ray Serve: not ready until a model is loaded,
 then swapped whole when its target moves; the champion's target is the rollout record, not the alias."""
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import services.inference as inference
+from nicheloop.contracts import CHAMPION
 from nicheloop.errors import InvalidInput, NotReady
 from nicheloop.model import NicheModel, build_model
 from nicheloop.pixels import InputSpec, to_pixels
 from nicheloop.registry import LoadedVersion, VersionInfo
 from nicheloop.rollouts import Rollout, Rollouts
+from nicheloop.settings import Settings
 from nicheloop.store import Store
 from nicheloop.synthetic import SyntheticStream
 from services.inference import ModelSlot, ModelState, Pixels, live_candidate, recorded_champion
+from tests.unit.services.fakes import OneVersion
 
 
 class FakeRegistry:
@@ -108,54 +114,51 @@ def test_the_candidate_slot_follows_the_live_rollout_and_empties_after_it(tmp_pa
     assert slot.reload_if_changed() and not slot.state().ready and slot.model is None
 
 
+def _replica_over(
+    registry: OneVersion, target: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[], inference.Predictor]:
+    """What builds a champion predictor replica over ``registry``, serving what ``target`` names
+    (call it on a running event loop); its watcher is cancelled: what the constructor did alone."""
+    monkeypatch.setattr(inference, "Registry", lambda uri, name: registry)
+    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: target)
+
+    def build() -> inference.Predictor:
+        predictor = inference.Predictor(Settings(home=tmp_path).model_dump(mode="json"))
+        predictor._watcher.cancel()
+        return predictor
+
+    return build
+
+
 def test_a_predictor_replica_loads_its_model_before_it_takes_a_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Serve routes to a replica once its constructor returns: a replacement for a killed one must
     not answer NotReady while its watcher has yet to load the champion."""
-    import asyncio
-
-    import services.inference as inference
-    from nicheloop.settings import Settings
-    from tests.unit.services.fakes import OneVersion
-
     registry = OneVersion()
     registry.registered = True
-    monkeypatch.setattr(inference, "Registry", lambda uri, name: registry)
-    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: lambda: "1")
 
-    async def construct() -> ModelState:
-        predictor = inference.Predictor(Settings(home=tmp_path).model_dump(mode="json"))
-        predictor._watcher.cancel()  # nothing awaited: what the constructor did alone
-        return predictor.state()
+    async def state(build: Callable[[], inference.Predictor]) -> ModelState:
+        return build().state()
 
-    state = asyncio.run(construct())
-    assert state.ready and state.model_version == "1"
+    ready = asyncio.run(state(_replica_over(registry, lambda: "1", tmp_path, monkeypatch)))
+    assert ready.ready and ready.model_version == "1"
     registry.registered = False  # no champion yet: the replica starts, unready, and its watcher waits
-    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: registry.resolve)
-    assert not asyncio.run(construct()).ready
+    unready = _replica_over(registry, lambda: registry.resolve(CHAMPION).version, tmp_path, monkeypatch)
+    assert not asyncio.run(state(unready)).ready
 
 
 def test_a_predictor_says_how_long_an_image_spent_in_the_model_and_in_the_replica(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway's Server-Timing splits its wait for the model into the hop and the replica's share."""
-    import asyncio
-
-    import services.inference as inference
-    from nicheloop.settings import Settings
-    from tests.unit.services.fakes import OneVersion
-
     registry = OneVersion()
     registry.registered = True
-    monkeypatch.setattr(inference, "Registry", lambda uri, name: registry)
-    monkeypatch.setattr(inference, "recorded_champion", lambda rollouts, reg: lambda: "1")
+    build = _replica_over(registry, lambda: "1", tmp_path, monkeypatch)
     image = SyntheticStream(size=40).take(1)[0][0]
 
     async def predict() -> inference.ModelOutput:
-        predictor = inference.Predictor(Settings(home=tmp_path).model_dump(mode="json"))
-        predictor._watcher.cancel()
-        return await predictor.predict(_pixels(image, registry.model))
+        return await build().predict(_pixels(image, registry.model))
 
     out = asyncio.run(predict())
     assert out.forward_ms is not None and out.predictor_ms is not None

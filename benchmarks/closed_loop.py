@@ -105,7 +105,7 @@ from training.config import TrainConfig, load_recipe
 from training.data import Example, Snapshot, read_image_folder
 from training.engine import fit_local, local_job
 from training.evaluate import drift_reference, evaluate, predict_all
-from training.finetune import continual_set, training_set
+from training.finetune import NewWorld, continual_set, training_set
 from training.probe import probe_head
 
 log = logging.getLogger("closed_loop")
@@ -245,6 +245,8 @@ class Version:
     created_at: float
     test_clean: float = float("nan")
     test_shifted: float = float("nan")
+    world_since: float | None = None  # when the new world it was trained for began (training.finetune)
+    world_labels: int = 0  # that world's labels in its snapshot
 
 
 class Scores:
@@ -291,10 +293,10 @@ def trained(
     scores: Scores,
     now: float,
     *,
-    alarm_world: frozenset[str] = frozenset(),
+    new_world: NewWorld = NewWorld(),
 ) -> Version:
     """Fine-tune ``model`` in place by the training engine, fit its temperature, evaluate it on the
-    snapshot's held-out labels (its drift reference: those of ``alarm_world`` where enough) and on
+    snapshot's held-out labels (its drift reference: those of ``new_world`` where enough) and on
     the test images."""
     torch.manual_seed(cfg.seed)
     fit_local(local_job(model, world.blobs, data_train, data_val, cfg), cfg)
@@ -304,8 +306,10 @@ def trained(
         preds = predict_all(model, world.blobs, labels)
         model.extra["temperature"] = fit_temperature(preds.logits, preds.y)
     rep, ref = evaluate(model, world.blobs, snap.holdout)
-    ref = drift_reference(ref, snap, model.class_names, world=alarm_world)
-    v = Version(name, model, snap, ref, rep.metrics["accuracy"], now)
+    ref = drift_reference(ref, snap, model.class_names, world=new_world.held_out)
+    snapped = {e.image_sha256 for e in (*snap.train, *snap.holdout)}
+    v = Version(name, model, snap, ref, rep.metrics["accuracy"], now, world_since=new_world.since)
+    v.world_labels = len(new_world.labeled & snapped)
     v.test_clean = scores.accuracy(v, world.test_clean)
     v.test_shifted = scores.accuracy(v, world.test_shifted)
     return v
@@ -739,6 +743,11 @@ class Arm:
             rollout_live=self.rollout is not None,
             last_run_at=self.last_run_at,
             champion_since=self.champion.created_at,
+            world_since=self.champion.world_since,
+            world_labels=self.champion.world_labels,
+            world_new_labels=sum(lb.served_at >= self.champion.world_since for lb in new)
+            if self.champion.world_since is not None
+            else 0,
         )
 
     def _decide(self) -> None:
@@ -796,7 +805,7 @@ class Arm:
             data.replayed,
             ", ".join(f"{c} {n}" for c, n in sorted(mix.items())),
         )
-        world = self._alarm_world()
+        world = self._new_world()
         cand = trained(
             name,
             copy.deepcopy(self.champion.model),
@@ -808,27 +817,32 @@ class Arm:
             self.world,
             self.scores,
             self.now,
-            alarm_world=world,
+            new_world=world,
         )
         parent = self.scores_holdout(snap)
         log.info(
-            "%s: %s watches %d reference rows (%d held-out labels of the alarm's world)",
+            "%s: %s watches %d reference rows (%d held-out labels of the new world; %d of its labels)",
             self.name,
             name,
             len(cand.reference.labels),
-            len(world),
+            len(world.held_out),
+            cand.world_labels,
         )
         took = self.args.train_s or (time.perf_counter() - wall) * self.args.time_scale
         self.run = Run(cand, rule, self.now, self.now + took, parent)
         self.marks.runs.append(self.run)
 
-    def _alarm_world(self) -> frozenset[str]:
-        """The held-out labels served since the window that raised the oldest input alarm holding
-        began (training.finetune.alarm_world)."""
+    def _new_world(self) -> NewWorld:
+        """The labels served since the window that raised the oldest input alarm holding began, else
+        since the new world the champion was trained for began (training.finetune.new_world)."""
         began = self.alarm_began(INPUT_MONITORS)
-        if began is None:
-            return frozenset()
-        return frozenset(lb.key for lb in self.labels if holdout_side(lb.key) and lb.served_at >= began)
+        since = began if began is not None else self.champion.world_since
+        if since is None:
+            return NewWorld()
+        fresh = [lb.key for lb in self.labels if lb.served_at >= since]
+        return NewWorld(
+            since, held_out=frozenset(k for k in fresh if holdout_side(k)), labeled=frozenset(fresh)
+        )
 
     def _input_alarm(self) -> bool:
         """An image or embedding alarm holds on the champion (a prediction alarm alone may be the

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ EXPERIMENT = "nicheloop"
 MANIFEST = "snapshot_manifest.json"
 # the tag of a label-free stopgap (training.adapt): the version whose batch-norm statistics it moved
 STOPGAP_OF = "stopgap_of"
+# a version's tag: when the new world it was trained for began (seconds since the epoch; an input
+# alarm's raising window, carried on to the versions trained from it)
+WORLD_SINCE = "world_since"
 
 
 class _NichePyfunc(PythonModel):
@@ -57,6 +61,14 @@ class VersionInfo:
     tags: dict[str, str]
     aliases: list[str]
     created_at: float | None = None  # when it was registered (seconds since the epoch)
+
+
+def world_since(champion: VersionInfo, version: Callable[[str], VersionInfo]) -> float | None:
+    """When the new world ``champion`` was trained for began (a stopgap's: that of the version it
+    patches, read by ``version``); None: the world its line began in."""
+    patched = champion.tags.get(STOPGAP_OF)
+    since = (version(patched).tags if patched else champion.tags).get(WORLD_SINCE)
+    return float(since) if since else None
 
 
 @dataclass

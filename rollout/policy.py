@@ -2,13 +2,15 @@
 
 Evaluated on the evidence of the moment (:class:`Evidence`: alarms and how long they have held,
 labels since the champion's snapshot, the champion's accuracy on users' labels, the review budget,
-training already running, the last run, the champion's age), :func:`decide` says ``train`` or
-``wait``, by which rule and why, with the figures it used. The thresholds are a YAML file of the
-keys of :class:`RetrainPolicy` (recipes/policies/*.yaml); every key has a default.
+training already running, the last run, the champion's age, the new world it was trained for),
+:func:`decide` says ``train`` or ``wait``, by which rule and why, with the figures it used. The
+thresholds are a YAML file of the keys of :class:`RetrainPolicy` (recipes/policies/*.yaml); every
+key has a default.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +59,16 @@ class RetrainPolicy(BaseModel):
     cooldown_s: float = Field(
         6 * 3600.0, ge=0, description="Least time between the end of one run and the start of the next."
     )
+    recovery_growth: float = Field(
+        1.0,
+        ge=0,
+        description="After a shift, a champion trained for the new world is retrained once the world's "
+        "new labels are this multiple of those it learnt from (1: each run doubles them), and at "
+        "least labels_after_alarm; 0: never.",
+    )
+    recovery_window_s: float = Field(
+        3 * 86_400.0, ge=0, description="... while the new world is younger than this."
+    )
     stopgap_images: int = Field(
         128,
         ge=0,
@@ -87,6 +99,9 @@ class Evidence:
     stopgap: str | None = None  # the stopgap made for the champion (or the champion, if it is one)
     new_by_class: dict[str, int] = field(default_factory=dict)  # new_labels, per class
     after_alarm_by_class: dict[str, int] = field(default_factory=dict)  # labels_after_alarm, per class
+    world_since: float | None = None  # when the new world the champion was trained for began
+    world_labels: int = 0  # labels of that world in the champion's snapshot
+    world_new_labels: int = 0  # new labels of that world (served since it began)
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,7 @@ def decide(ev: Evidence, policy: RetrainPolicy) -> Decision:
             f"the last run ended {_ago(ev.now - ev.last_run_at)} ago; {_ago(left)} of cooldown left",
             figures,
         )
-    for rule in (_drift, _accuracy, _labels, _age):
+    for rule in (_drift, _accuracy, _labels, _recovery, _age):
         fired = rule(ev, policy)
         if fired is not None:
             return Decision("train", fired[0], fired[1], figures)
@@ -170,6 +185,30 @@ def _labels(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
     return "labels", f"{ev.new_labels} labels are new since the champion's snapshot (policy: {p.new_labels})"
 
 
+def recovery_labels(ev: Evidence, p: RetrainPolicy) -> int | None:
+    """The new labels of the new world the ``recovery`` rule wants now (None: it does not apply: no
+    new world, the champion learnt none of it, the world is past the window, or the rule is off)."""
+    if p.recovery_growth == 0 or ev.world_since is None or ev.world_labels == 0:
+        return None
+    if ev.now - ev.world_since > p.recovery_window_s:
+        return None
+    return max(p.labels_after_alarm, math.ceil(p.recovery_growth * ev.world_labels))
+
+
+def _recovery(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
+    # a model learns a new world in steps that double its labels: one run on the alarm's first labels
+    # leaves most of the recovery to the labels that come after it
+    need = recovery_labels(ev, p)
+    if need is None or ev.world_since is None or ev.world_new_labels < need:
+        return None
+    return "recovery", (
+        f"the world that began {_ago(ev.now - ev.world_since)} ago is still new: "
+        f"the champion learnt it from {ev.world_labels} labels and {ev.world_new_labels} more have come "
+        f"(policy: {p.recovery_growth:g}x, at least {p.labels_after_alarm}, within "
+        f"{_ago(p.recovery_window_s)})"
+    )
+
+
 def _age(ev: Evidence, p: RetrainPolicy) -> tuple[str, str] | None:
     if (
         ev.champion_since is None
@@ -205,6 +244,9 @@ def waiting_for(ev: Evidence, p: RetrainPolicy) -> str:
         if ev.labels_after_alarm < p.labels_after_alarm:
             need.append(f"{p.labels_after_alarm - ev.labels_after_alarm} more labels of the alarm's traffic")
         waits.append("a drift alarm confirmed: " + " and ".join(need))
+    recovery = recovery_labels(ev, p)
+    if recovery is not None:
+        waits.append(f"{recovery - ev.world_new_labels} more labels of the new world")
     if ev.champion_since is not None:
         left = p.max_age_s - (ev.now - ev.champion_since)
         waits.append(

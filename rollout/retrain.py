@@ -19,7 +19,7 @@ from nicheloop.contracts import CHAMPION, PolicyDecided
 from nicheloop.driftlog import INPUT_MONITORS, DriftLog
 from nicheloop.errors import Conflict, GateRefused, NicheloopError, NotFound
 from nicheloop.keys import Audit, Caller
-from nicheloop.registry import MANIFEST, STOPGAP_OF, VersionInfo, manifest_images
+from nicheloop.registry import MANIFEST, STOPGAP_OF, VersionInfo, manifest_images, world_since
 from nicheloop.review import ReviewQueue
 from nicheloop.rollouts import Rollouts
 from nicheloop.store import Store
@@ -70,12 +70,11 @@ class PolicyEvidence:
         inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
         stopgap = champion if patched else self.registry.stopgap_of(champion.version)
         live = self.rollouts.live()
-        after_alarm: list[str] = []  # the labels of the alarm's traffic
-        if began is not None and new:
-            served = self.store.served_at([r.prediction_id for r in new])
-            after_alarm = [
-                r.label for r in new if r.prediction_id in served and served[r.prediction_id] >= began
-            ]
+        served = self.store.served_at([r.prediction_id for r in new]) if new else {}
+        # the labels of the alarm's traffic
+        after_alarm = [r.label for r in new if began is not None and _since(served, r.prediction_id, began)]
+        since = world_since(champion, self.registry.version)  # the new world the champion was trained for
+        trained = self.registry.version(patched) if patched else champion
         hits, user_labels = self.store.user_label_hits(champion.version)
         held_out = self.registry.run_metrics(champion.run_id).get("holdout_accuracy")
         drop = (
@@ -105,6 +104,15 @@ class PolicyEvidence:
             stopgap=stopgap.version if stopgap is not None else None,
             new_by_class=dict(sorted(Counter(r.label for r in new).items())),
             after_alarm_by_class=dict(sorted(Counter(after_alarm).items())),
+            world_since=since,
+            world_labels=int(self.registry.run_metrics(trained.run_id).get("world_labels", 0))
+            if since is not None
+            else 0,
+            world_new_labels=sum(
+                _since(served, r.prediction_id, datetime.fromtimestamp(since, UTC)) for r in new
+            )
+            if since is not None
+            else 0,
         )
 
     def explained(
@@ -128,6 +136,11 @@ class PolicyEvidence:
                 )
                 self._snapshots[run_id] = frozenset()
         return self._snapshots[run_id]
+
+
+def _since(served: dict[str, datetime], prediction_id: str, at: datetime) -> bool:
+    """Whether the prediction was served at ``at`` or later (one the store does not know: no)."""
+    return prediction_id in served and served[prediction_id] >= at
 
 
 def switch_policy(

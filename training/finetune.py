@@ -27,7 +27,7 @@ from nicheloop.driftlog import INPUT_MONITORS, DriftLog
 from nicheloop.errors import InvalidInput
 from nicheloop.model import NicheModel, build_model, init_backbone
 from nicheloop.reference import Reference
-from nicheloop.registry import MANIFEST, STOPGAP_OF, Registry, VersionInfo
+from nicheloop.registry import MANIFEST, STOPGAP_OF, WORLD_SINCE, Registry, VersionInfo, world_since
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings
 from nicheloop.store import Store
@@ -148,6 +148,16 @@ def _calibrate(model: NicheModel, blobs: BlobStore, data: TrainingSet, cfg: Trai
 
 
 @dataclass(frozen=True)
+class NewWorld:
+    """The world a version trained now is for, where a shift began one: since when (seconds since the
+    epoch), its held-out labeled images (the drift reference) and all its labeled images."""
+
+    since: float | None = None
+    held_out: frozenset[str] = frozenset()
+    labeled: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Lineage:
     """Where a new version comes from: the version it was trained from, its alias, and what it may
     not forget (the parent and the parent's held-out labels, for continual training)."""
@@ -159,11 +169,13 @@ class Lineage:
     # which of this snapshot's held-out images the parent got right, in their order (the offline
     # gate's paired test)
     parent_correct: np.ndarray | None = None
-    # held-out images of the world an input alarm on the parent saw: the new version's drift reference
-    world: frozenset[str] = frozenset()
+    # the world an input alarm on the parent saw (or the parent was trained for): its held-out images
+    # are the new version's drift reference
+    world: NewWorld = NewWorld()
 
     def tags(self, snap: Snapshot, model: NicheModel, cfg: TrainConfig) -> dict[str, str]:
-        return {
+        world = {WORLD_SINCE: repr(self.world.since)} if self.world.since is not None else {}
+        return world | {
             "snapshot_digest": snap.digest,
             "parent_version": self.parent_version,
             "backbone": model.backbone,
@@ -214,12 +226,15 @@ def _fit_evaluate_register(
     calibration = _calibrate(model, blobs, data, cfg)
     rep, reference = evaluate(model, blobs, snap.holdout, cfg.critical_classes, cfg.target_recall)
     paired = discordant(reference, lineage.parent_correct) if lineage.parent_correct is not None else {}
-    reference = drift_reference(reference, snap, model.class_names, world=lineage.world)
+    reference = drift_reference(reference, snap, model.class_names, world=lineage.world.held_out)
+    snapped = {e.image_sha256 for e in (*snap.train, *snap.holdout)}
     metrics = (
         {f"holdout_{k}": v for k, v in rep.metrics.items()}
         | {
             "reference_rows": float(len(reference.labels)),
-            "reference_world_images": float(len(lineage.world)),
+            "reference_world_images": float(len(lineage.world.held_out)),
+            # the new world's labels it learnt from: the policy's recovery rule waits for as many more
+            "world_labels": float(len(lineage.world.labeled & snapped)),
         }
         | extra_metrics
         | _training_figures(data, history)
@@ -315,17 +330,21 @@ def forgetting(
     }
 
 
-def alarm_world(store: Store, *versions: str) -> frozenset[str]:
-    """The held-out labeled images served since the window that raised the oldest image or
-    embedding alarm still holding on ``versions`` began (empty: none holds): the world a version
-    trained now is for."""
-    since = DriftLog(store).earliest_alarm(versions, INPUT_MONITORS, window_start=True)
+def new_world(store: Store, *versions: str, inherited: float | None = None) -> NewWorld:
+    """The labeled images served since the window that raised the oldest image or embedding alarm
+    still holding on ``versions`` began, else since ``inherited`` (the world the parent was trained
+    for: its successors go on learning it); empty: neither."""
+    began = DriftLog(store).earliest_alarm(versions, INPUT_MONITORS, window_start=True)
+    since = began.timestamp() if began is not None else inherited
     if since is None:
-        return frozenset()
-    held_out = store.labeled_examples(holdout=True)
-    served = store.served_at([r.prediction_id for r in held_out])
-    return frozenset(
-        r.image_sha256 for r in held_out if r.prediction_id in served and served[r.prediction_id] >= since
+        return NewWorld()
+    rows = store.labeled_examples()
+    served = store.served_at([r.prediction_id for r in rows])
+    fresh = [r for r in rows if r.prediction_id in served and served[r.prediction_id].timestamp() >= since]
+    return NewWorld(
+        since,
+        held_out=frozenset(r.image_sha256 for r in fresh if r.holdout),
+        labeled=frozenset(r.image_sha256 for r in fresh),
     )
 
 
@@ -358,17 +377,16 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     champion.model.runtime = None
     champion.model.extra.pop("compression", None)
     champion.model.extra["start_weights"] = continued_from(champion.info.version, before)
+    # a stopgap champion patches its parent: the parent's alarm is the world's too
+    versions = [v for v in (champion.info.version, champion.info.tags.get(STOPGAP_OF)) if v]
+    inherited = world_since(champion.info, registry.version)  # the world the champion was trained for
     lineage = Lineage(
         CANDIDATE,
         parent_version=champion.info.version,
         parent=before,
         old_holdout=parent_snap.holdout if parent_snap else (),
         parent_correct=parent_ref.probs.argmax(axis=1) == parent_ref.labels,
-        # a stopgap champion patches its parent: the parent's alarm is the world's too
-        world=alarm_world(
-            Store(settings.db_url),
-            *(v for v in (champion.info.version, champion.info.tags.get(STOPGAP_OF)) if v),
-        ),
+        world=new_world(Store(settings.db_url), *versions, inherited=inherited),
     )
     return _fit_evaluate_register(
         settings, champion.model, snap, data, cfg, lineage=lineage, extra_metrics=extra

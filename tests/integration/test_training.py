@@ -24,7 +24,7 @@ from nicheloop.images import decode_image
 from nicheloop.model import build_model
 from nicheloop.pixels import to_pixels
 from nicheloop.reference import MIN_ROWS
-from nicheloop.registry import MANIFEST, Registry
+from nicheloop.registry import MANIFEST, WORLD_SINCE, Registry
 from nicheloop.rollouts import Rollouts
 from nicheloop.settings import Settings, settings_env
 from nicheloop.store import Store
@@ -264,6 +264,9 @@ def test_pretrain_then_bootstrap_then_continual_train_with_lineage(
     second = train(settings, TrainConfig(epochs=2, batch_size=8, replay_per_class=3))
     m = second.metrics
     assert world and m["reference_world_images"] == len(world)
+    # it was trained for the world that began with the alarm's window, on that world's labels
+    assert float(second.version.tags[WORLD_SINCE]) == pytest.approx(began.timestamp(), abs=1e-3)
+    assert len(world) <= m["world_labels"] <= len(shifted)
     # fewer than MIN_ROWS of the alarm's world were held out: the reference is not cut to them (the
     # monitors would be blind) but is every held-out row in the snapshot's class mix, which on a
     # hold-out this small may be fewer rows than the world has (the cut itself: unit tests)

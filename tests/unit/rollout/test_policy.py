@@ -66,6 +66,27 @@ def test_many_new_labels_or_an_old_champion_train_and_a_run_or_its_cooldown_wait
     assert calm.action == "wait" and "the periodic floor in 6.0 d" in calm.reason
 
 
+def test_after_a_shift_the_champion_is_retrained_each_time_the_new_worlds_labels_double() -> None:
+    world = Evidence(NOW, new_labels=90, world_since=NOW - 3 * 3600, world_labels=120, world_new_labels=90)
+    waiting = decide(world, POLICY)
+    assert waiting.action == "wait" and "30 more labels of the new world" in waiting.reason
+    doubled = replace(world, new_labels=130, world_new_labels=120)
+    verdict = decide(doubled, POLICY)
+    assert (verdict.action, verdict.rule) == ("train", "recovery")
+    assert "from 120 labels and 120 more" in verdict.reason
+    # at least labels_after_alarm, however few the champion learnt from
+    few = replace(world, world_labels=10, world_new_labels=60)
+    assert "40 more labels of the new world" in decide(few, POLICY).reason
+    assert decide(replace(few, world_new_labels=100), POLICY).rule == "recovery"
+    # labels of the old world do not count, an old world is no longer new, and 0 turns the rule off
+    assert decide(replace(world, new_labels=400), POLICY).action == "wait"
+    assert decide(replace(doubled, now=NOW + 4 * 86_400), POLICY).action == "wait"
+    assert decide(doubled, RetrainPolicy(recovery_growth=0)).action == "wait"
+    assert decide(replace(doubled, world_since=None), POLICY).action == "wait"
+    half = RetrainPolicy(recovery_growth=0.5)  # each run on half as many more
+    assert decide(replace(world, world_labels=300, world_new_labels=150), half).rule == "recovery"
+
+
 def test_the_policy_file_and_overrides_are_checked(tmp_path: Path) -> None:
     shipped = load_policy(Path(__file__).parents[3] / "recipes" / "policies" / "default.yaml")
     assert shipped == RetrainPolicy()  # the file documents the defaults

@@ -22,7 +22,7 @@ from nicheloop.contracts import DECISIONS_TOPIC, FeedbackEvent, PolicyDecided, P
 from nicheloop.driftlog import DriftLog, DriftWindow
 from nicheloop.errors import GateRefused
 from nicheloop.keys import ApiKeys, Audit
-from nicheloop.registry import MANIFEST, STOPGAP_OF, VersionInfo
+from nicheloop.registry import MANIFEST, STOPGAP_OF, WORLD_SINCE, VersionInfo
 from nicheloop.rollouts import Rollout, Rollouts
 from nicheloop.store import Store
 from rollout.operations import Operations
@@ -42,6 +42,7 @@ class Registry:
     def __init__(self, manifest: str | None, newest: float = 86_400, t0: float = T0) -> None:
         self.manifest, self.newest, self.t0, self.reads = manifest, newest, t0, 0
         self.tags: dict[str, dict[str, str]] = {}  # version -> its tags (a stopgap's: stopgap_of)
+        self.metrics: dict[str, dict[str, float]] = {}  # run id -> its metrics beside holdout_accuracy
         self.champion = "1"
 
     def resolve(self, alias: str) -> VersionInfo:
@@ -58,7 +59,7 @@ class Registry:
         return self.version(made[0]) if made else None
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
-        return {"holdout_accuracy": 0.95}
+        return {"holdout_accuracy": 0.95} | self.metrics.get(run_id, {})
 
     def artifact_text(self, run_id: str, name: str) -> str | None:
         assert name == MANIFEST and run_id == f"run{self.champion}"  # a stopgap keeps its parent's
@@ -178,6 +179,27 @@ def test_the_labels_of_the_window_that_raised_the_alarm_confirm_it(any_store: St
     assert ev.labels_after_alarm == 30 + 10  # q10..q19 were served after the prediction window began
     why = explain(ev, RetrainPolicy())["decision"]["reason"]
     assert "60 more labels of the alarm's traffic" in why
+
+
+def test_a_champion_trained_for_a_new_world_counts_that_worlds_labels_for_the_recovery_rule(
+    any_store: Store,
+) -> None:
+    _world(any_store)
+    registry = Registry(_manifest())
+    assert PolicyEvidence(any_store, registry).gather(NOW).world_since is None  # the first world's
+    registry.tags["1"] = {WORLD_SINCE: repr(T0 + 100)}
+    registry.metrics["run1"] = {"world_labels": 25.0}
+    ev = PolicyEvidence(any_store, registry).gather(NOW)
+    # r0..r29 were served since the world began; q*, new too, were served before
+    assert (ev.world_since, ev.world_labels, ev.world_new_labels, ev.new_labels) == (T0 + 100, 25, 30, 50)
+    assert "70 more labels of the new world" in explain(ev, RetrainPolicy())["decision"]["reason"]
+    recovery = explain(ev, RetrainPolicy(labels_after_alarm=20))["decision"]
+    assert (recovery["action"], recovery["rule"]) == ("train", "recovery")
+    # a stopgap champion is its parent's patch: the parent's world and labels stand
+    registry.tags["2"], registry.champion = {STOPGAP_OF: "1"}, "2"
+    registry.manifest = _manifest()
+    patched = PolicyEvidence(any_store, registry).gather(NOW)
+    assert (patched.world_since, patched.world_labels, patched.world_new_labels) == (T0 + 100, 25, 30)
 
 
 def test_a_live_rollout_waits_and_a_champion_without_manifest_counts_every_label_new(

@@ -20,7 +20,15 @@ from training.calibrate import fit_temperature
 from training.config import TrainConfig
 from training.data import Example, Snapshot
 from training.evaluate import predict_all
-from training.finetune import TrainingSet, _calibrate, alarm_world, continual_set, discordant, training_set
+from training.finetune import (
+    NewWorld,
+    TrainingSet,
+    _calibrate,
+    continual_set,
+    discordant,
+    new_world,
+    training_set,
+)
 
 CLASSES = ["crazing", "inclusion", "patches", "scratches"]
 
@@ -93,23 +101,27 @@ def test_discordant_counts_the_images_only_one_model_got_right() -> None:
     assert discordant(ref, np.zeros(4, bool)) == {"holdout_candidate_only": 2.0, "holdout_parent_only": 0.0}
 
 
-def test_the_alarm_world_is_the_held_out_labels_served_since_the_raising_window_began(
+def test_the_new_world_is_the_labels_served_since_the_raising_window_began_or_the_parents_world(
     any_store: Store,
 ) -> None:
     t0 = 1_800_000_000.0
     for i in range(80):
         _served(any_store, f"x{i}", t0 + 10 * i, "a", "a")
-    assert alarm_world(any_store, "1") == frozenset()  # no alarm holds
+    assert new_world(any_store, "1") == NewWorld()  # no alarm holds, and the parent's world is the first
     log = DriftLog(any_store)
     # the class mix alone: not the world's
     log.record([_window("prediction", t0 + 300, alarm=True, change="raised", began=t0 + 100)])
-    assert alarm_world(any_store, "1") == frozenset()
+    assert new_world(any_store, "1") == NewWorld()
     log.record([_window("image", t0 + 700, alarm=True, change="raised", began=t0 + 400)])
-    held_out = {r.image_sha256: r.prediction_id for r in any_store.labeled_examples(holdout=True)}
-    since = {sha for sha, pid in held_out.items() if int(pid[1:]) >= 40}
-    assert held_out and since and alarm_world(any_store, "1", "2") == since  # "2": no alarm of its own
-    assert not {r.image_sha256 for r in any_store.labeled_examples(holdout=False)} & alarm_world(
-        any_store, "1"
-    )
+    rows = {r.image_sha256: r for r in any_store.labeled_examples()}
+    since = {sha for sha, r in rows.items() if int(r.prediction_id[1:]) >= 40}
+    world = new_world(any_store, "1", "2")  # "2": no alarm of its own
+    assert world.since == t0 + 400 and world.labeled == since and len(since) == 40
+    assert world.held_out == {sha for sha in since if rows[sha].holdout} and 0 < len(world.held_out) < 40
+    # an alarm that holds wins over the world the parent was trained for
+    assert new_world(any_store, "1", inherited=t0 + 600).since == t0 + 400
     log.record([_window("image", t0 + 800, alarm=False, change="cleared", began=t0 + 600)])
-    assert alarm_world(any_store, "1") == frozenset()  # it cleared
+    assert new_world(any_store, "1") == NewWorld()  # it cleared
+    # a version trained from one trained for the new world learns that world on
+    inherited = new_world(any_store, "1", inherited=t0 + 600)
+    assert inherited.since == t0 + 600 and len(inherited.labeled) == 20

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -225,17 +226,20 @@ def render_decision(out: dict[str, Any]) -> str:
     if out.get("stopgap_due"):
         lines.append(f"  stopgap due: {out['stopgap_due']}")
     lines += [
-        f"  {key:<22} {_figure(value)}"
+        f"  {key:<22} {_figure(key, value)}"
         for key, value in ev.items()
         if value not in (None, {}) and key != "now"
     ]
     return "\n".join(lines)
 
 
-def _figure(value: Any) -> str:
-    """One evidence figure as a person reads it (per class: "crazing 12, scratches 3")."""
+def _figure(key: str, value: Any) -> str:
+    """One evidence figure as a person reads it (per class: "crazing 12, scratches 3"; a moment, in
+    seconds since the epoch: its UTC time)."""
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
+    if key.endswith(("_since", "_at")) and isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
 

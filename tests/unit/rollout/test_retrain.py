@@ -163,6 +163,7 @@ def test_evidence_counts_new_labels_post_alarm_traffic_and_the_users_verdict(any
     assert drift["decision"]["rule"] == "drift" and drift["evidence"]["labels_after_alarm"] == 30
     assert "confirm it, most of b (30) (policy" in drift["decision"]["reason"]
     assert "  new_by_class           a 10, b 40\n" in render_decision(drift)
+    assert "  alarm_since            2027-01-15 08:01:40 UTC\n" in render_decision(drift)  # T0 + 100
     recent = PolicyEvidence(any_store, Registry(_manifest(), newest=3600)).gather(NOW)
     cooling = explain(recent, RetrainPolicy(alarm_hold_s=600, labels_after_alarm=30))["decision"]
     assert cooling["rule"] == "cooldown" and "ended 1.3 h ago; 4.7 h of cooldown left" in cooling["reason"]

@@ -461,6 +461,14 @@ POLICY_GAUGES = {  # evidence figure -> (metric, help)
         "The champion's held-out accuracy minus its accuracy on users' labels, in points",
     ),
     "user_labels": ("nicheloop_policy_user_labels", "Users' labels of the champion's answers"),
+    "world_labels": (
+        "nicheloop_policy_world_labels",
+        "Labels of the new world the champion was trained for, in its snapshot",
+    ),
+    "world_new_labels": (
+        "nicheloop_policy_world_new_labels",
+        "New labels of the world the champion was trained for (the recovery rule's count)",
+    ),
 }
 
 
@@ -499,6 +507,12 @@ def policy_metrics(registry: CollectorRegistry, explained: dict[str, Any]) -> No
             "How long the oldest drift alarm has held",
             registry=registry,
         ).set(max(0.0, ev["now"] - ev["alarm_since"]))
+    if ev.get("world_since") is not None:
+        Gauge(
+            "nicheloop_policy_world_age_seconds",
+            "How long ago the new world the champion was trained for began",
+            registry=registry,
+        ).set(max(0.0, ev["now"] - ev["world_since"]))
 
 
 def review_metrics(registry: CollectorRegistry, quality: dict[str, Any]) -> None:

@@ -281,6 +281,12 @@ def test_metrics_and_http_show_the_latest_verdict(any_store: Store) -> None:
     assert "nicheloop_policy_new_labels 50.0" in text and "nicheloop_policy_alarm_age_seconds 900.0" in text
     assert 'nicheloop_policy_new_labels_by_class{class="b"} 40.0' in text
     assert 'nicheloop_policy_labels_after_alarm_by_class{class="b"} 30.0' in text
+    assert "nicheloop_policy_world_labels 0.0" in text and "nicheloop_policy_world_age" not in text
+    registry.tags["1"] = {WORLD_SINCE: repr(T0 + 100)}  # the champion was trained for a new world
+    later = PolicyLoop(PolicyEvidence(any_store, registry), RetrainPolicy(), holder="a", model_name="m")
+    text = rollout_metrics(Rollouts(any_store), {"ticks": 1, "errors": 0}, policy=later.step(NOW)).decode()
+    assert "nicheloop_policy_world_new_labels 30.0" in text
+    assert "nicheloop_policy_world_age_seconds 900.0" in text
     keys = ApiKeys(any_store)
     operator = {"Authorization": f"Bearer {keys.create(name='ops', role='operator', created_by='t')[0]}"}
     app = controller_api(Operations(Rollouts(any_store), registry), policy=loop)

@@ -70,10 +70,12 @@ class PolicyEvidence:
         inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
         stopgap = champion if patched else self.registry.stopgap_of(champion.version)
         live = self.rollouts.live()
-        served = self.store.served_at([r.prediction_id for r in new]) if new else {}
+        since = world_since(champion, self.registry.version)  # the new world the champion was trained for
+        # when each new label's image was served: only an alarm's or a new world's count needs it
+        timed = new and (began is not None or since is not None)
+        served = self.store.served_at([r.prediction_id for r in new]) if timed else {}
         # the labels of the alarm's traffic
         after_alarm = [r.label for r in new if began is not None and _since(served, r.prediction_id, began)]
-        since = world_since(champion, self.registry.version)  # the new world the champion was trained for
         trained = self.registry.version(patched) if patched else champion
         hits, user_labels = self.store.user_label_hits(champion.version)
         held_out = self.registry.run_metrics(champion.run_id).get("holdout_accuracy")

@@ -797,10 +797,11 @@ class Arm:
         name = f"{self.name}-{self.versions}"
         mix = Counter(lb.label for lb in self._new_labels() if not holdout_side(lb.key))
         log.info(
-            "%s: %s run %s on %d new and %d replayed labels (new: %s)",
+            "%s: %s run %s at %.2f h on %d new and %d replayed labels (new: %s)",
             self.name,
             rule,
             name,
+            (self.now - T0) / 3600,
             data.new,
             data.replayed,
             ", ".join(f"{c} {n}" for c, n in sorted(mix.items())),
@@ -974,9 +975,10 @@ class Arm:
                 self.scores.forget(old)
             self.marks.promotions.append((self.now, run))
             log.info(
-                "%s: %s promoted (clean test %.3f, shifted test %.3f)",
+                "%s: %s promoted at %.2f h (clean test %.3f, shifted test %.3f)",
                 self.name,
                 run.candidate.name,
+                (self.now - T0) / 3600,
                 run.candidate.test_clean,
                 run.candidate.test_shifted,
             )

@@ -75,8 +75,15 @@ class PolicyEvidence:
         timed = new and (began is not None or since is not None)
         served = self.store.served_at([r.prediction_id for r in new]) if timed else {}
         # the labels of the alarm's traffic
-        after_alarm = [r.label for r in new if began is not None and _since(served, r.prediction_id, began)]
-        trained = self.registry.version(patched) if patched else champion
+        after_alarm = [
+            r.label for r in new if began is not None and _served_since(served, r.prediction_id, began)
+        ]
+        world_labels = world_new = 0
+        if since is not None:  # the recovery rule's counts: a stopgap's are the version it patches'
+            trained = self.registry.version(patched) if patched else champion
+            world_labels = int(self.registry.run_metrics(trained.run_id).get("world_labels", 0))
+            start = datetime.fromtimestamp(since, UTC)
+            world_new = sum(_served_since(served, r.prediction_id, start) for r in new)
         hits, user_labels = self.store.user_label_hits(champion.version)
         held_out = self.registry.run_metrics(champion.run_id).get("holdout_accuracy")
         drop = (
@@ -107,14 +114,8 @@ class PolicyEvidence:
             new_by_class=dict(sorted(Counter(r.label for r in new).items())),
             after_alarm_by_class=dict(sorted(Counter(after_alarm).items())),
             world_since=since,
-            world_labels=int(self.registry.run_metrics(trained.run_id).get("world_labels", 0))
-            if since is not None
-            else 0,
-            world_new_labels=sum(
-                _since(served, r.prediction_id, datetime.fromtimestamp(since, UTC)) for r in new
-            )
-            if since is not None
-            else 0,
+            world_labels=world_labels,
+            world_new_labels=world_new,
         )
 
     def explained(
@@ -140,7 +141,7 @@ class PolicyEvidence:
         return self._snapshots[run_id]
 
 
-def _since(served: dict[str, datetime], prediction_id: str, at: datetime) -> bool:
+def _served_since(served: dict[str, datetime], prediction_id: str, at: datetime) -> bool:
     """Whether the prediction was served at ``at`` or later (one the store does not know: no)."""
     return prediction_id in served and served[prediction_id] >= at
 

@@ -79,6 +79,8 @@ function showPolicy(p) {
       : `${ev.accuracy_drop_points} points under its held-out accuracy (${ev.user_labels} labels)`],
     ["label-free stopgap", ev.stopgap != null ? `version ${ev.stopgap}`
       : p.stopgap_due ?? (ev.input_alarm_since == null ? "none: no image or embedding alarm" : "none yet")],
+    ["new world", ev.world_since == null ? "none: the champion was trained for the world its line began in"
+      : `began ${ago(ev.world_since)}; the champion learnt it from ${ev.world_labels} labels, ${ev.world_new_labels} new since`],
     ["last run", ago(ev.last_run_at)],
     ["champion registered", ago(ev.champion_since)],
   ]);

@@ -262,6 +262,9 @@ def test_an_operator_reads_the_policys_verdict_and_pauses_it_with_a_reason(
         assert "new labels3 (b 2, a 1)" in page.text_content("#policy")  # most first
         assert "acts on its verdicts" in page.text_content("#policy")
         assert "none: no image or embedding alarm" in page.text_content("#policy")  # no stopgap due
+        assert "new worldnone: the champion was trained for the world its line began in" in page.text_content(
+            "#policy"
+        )
         assert page.is_hidden("[data-action=policy-resume]")
         _confirm(page, "policy-pause", "relabeling the scratches")
         assert "done (paused)" in page.text_content("#policy-result")

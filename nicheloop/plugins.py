@@ -26,6 +26,7 @@ class PluginRegistry(Generic[P]):
         self.kind, self.package = kind, package
         self._plugins: dict[str, type[P]] = {}
         self._discovered = False
+        self._modules: list[str] = []  # the package's modules, in discovery order
 
     def register(self, cls: type[P]) -> type[P]:
         """Class decorator: register ``cls`` under ``cls.name``.
@@ -42,10 +43,15 @@ class PluginRegistry(Generic[P]):
         """Every plug-in of the package (its modules imported first) that ``where`` keeps, by name."""
         if not self._discovered:  # once: the drift stage asks on every window
             package = importlib.import_module(self.package)
-            for module in pkgutil.iter_modules(package.__path__):
-                importlib.import_module(f"{self.package}.{module.name}")
+            self._modules = [f"{self.package}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+            for module in self._modules:
+                importlib.import_module(module)
             self._discovered = True
-        return {name: cls for name, cls in self._plugins.items() if where(cls)}
+        # the package's own in the order of its modules, whichever was imported first, then the rest
+        # in registration order: gates run in this order, and it must not depend on import order
+        rank = {module: i for i, module in enumerate(self._modules)}
+        ordered = sorted(self._plugins.items(), key=lambda kv: rank.get(kv[1].__module__, len(rank)))
+        return {name: cls for name, cls in ordered if where(cls)}
 
     def snapshot(self) -> dict[str, type[P]]:
         """The registered classes now (tests restore them with :meth:`restore`)."""

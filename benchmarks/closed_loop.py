@@ -33,9 +33,10 @@ class-balanced replay, ``continual_set``) fine-tuned by the training engine on t
 recipes/continual.yaml recipe (in-process: ``fit_local``, Ray Train's per-worker loop), the
 temperature fit and the held-out evaluation that makes the version's drift reference. Not in the
 path: Kafka, HTTP, the database and the review pages (they carry the same events; their latency is
-not the question), and the rollout's live gates: a candidate that passes the offline gate (held-out
-accuracy not under its parent's on the same labels) goes through shadow and the canary steps of the
-rollout plan, ``--step-s`` each, then becomes champion.
+not the question), and the rollout's live gates: a candidate that passes the product's offline gate
+(``rollout.gates.offline.held_out_verdict``: held-out accuracy not under its parent's on the same
+labels, or under it within chance at the plan's ``alpha``) goes through shadow and the canary steps
+of the rollout plan, ``--step-s`` each, then becomes champion.
 
 The stream never waits for training: a run starts at the event the decision is taken, takes the
 wall time it really takes times ``--time-scale`` on the simulated clock, and its candidate enters
@@ -96,6 +97,7 @@ from nicheloop.errors import InvalidInput
 from nicheloop.images import decode_image, image_statistics
 from nicheloop.model import NicheModel, build_model
 from nicheloop.reference import Reference
+from rollout.gates.offline import held_out_verdict
 from rollout.gates.shadow import not_won
 from rollout.plan import STOPGAP_PLAN, RolloutPlan
 from rollout.policy import Evidence, RetrainPolicy, decide, load_policy
@@ -419,6 +421,7 @@ class Run:
     started_at: float
     ready_at: float
     parent_accuracy: float = float("nan")  # the champion's accuracy on the candidate's held-out labels
+    pairs: tuple[int, int] = (0, 0)  # held-out images only the candidate, only the champion got right
 
 
 @dataclass
@@ -820,7 +823,10 @@ class Arm:
             self.now,
             new_world=world,
         )
-        parent = self.scores_holdout(snap)
+        held_out = [e.image_sha256 for e in snap.holdout]
+        parent = self.scores.accuracy(self.champion, held_out)
+        mine, theirs = self._right(cand, held_out), self._right(self.champion, held_out)
+        pairs = (int((mine & ~theirs).sum()), int((theirs & ~mine).sum()))
         log.info(
             "%s: %s watches %d reference rows (%d held-out labels of the new world; %d of its labels)",
             self.name,
@@ -830,7 +836,7 @@ class Arm:
             cand.world_labels,
         )
         took = self.args.train_s or (time.perf_counter() - wall) * self.args.time_scale
-        self.run = Run(cand, rule, self.now, self.now + took, parent)
+        self.run = Run(cand, rule, self.now, self.now + took, parent, pairs)
         self.marks.runs.append(self.run)
 
     def _new_world(self) -> NewWorld:
@@ -938,9 +944,6 @@ class Arm:
             self.scores.forget(self.stopgap)
             self.stopgap = None
 
-    def scores_holdout(self, snap: Snapshot) -> float:
-        return self.scores.accuracy(self.champion, [e.image_sha256 for e in snap.holdout])
-
     def _canary_share(self) -> float:
         assert self.rollout is not None
         step = int((self.now - self.rollout.started_at) // self.args.step_s)  # 0: shadow
@@ -953,15 +956,20 @@ class Arm:
             run, self.run = self.run, None
             self.last_run_at = run.ready_at
             assert run.candidate is not None
-            if run.candidate.holdout_accuracy >= run.parent_accuracy - self.plan.offline_tolerance:
+            verdict = held_out_verdict(  # the product's offline gate, as `rollout start` calls it
+                run.candidate.holdout_accuracy,
+                run.parent_accuracy,
+                tolerance=self.plan.offline_tolerance,
+                alpha=self.plan.alpha,
+                pairs=run.pairs,
+            )
+            if verdict.passed:
                 self.rollout = Rollout(run, self.now)
+                if verdict.p_value is not None:
+                    log.info("%s: %s starts: %s", self.name, run.candidate.name, verdict.reason)
             else:
                 log.info(
-                    "%s: %s refused by the offline gate (%.3f < %.3f)",
-                    self.name,
-                    run.candidate.name,
-                    run.candidate.holdout_accuracy,
-                    run.parent_accuracy,
+                    "%s: %s refused by the offline gate: %s", self.name, run.candidate.name, verdict.reason
                 )
                 self.marks.rejected += 1
                 self.scores.forget(run.candidate)

@@ -65,3 +65,32 @@ def test_a_registered_gate_that_holds_stops_promotion_and_says_why(
 def test_two_gates_of_one_name_are_refused(with_holding_gate: None) -> None:
     with pytest.raises(ValueError, match="two rollout gates are named 'always_holds'"):
         register_gate(type("Holds", (Holds,), {}))
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "parent", "tolerance", "alpha", "pairs", "passed", "tested"),
+    [
+        (0.90, 0.90, 0.0, 0.05, (3, 3), True, False),  # not worse: no test needed
+        (0.89, 0.90, 0.02, None, None, True, False),  # within the tolerance
+        (0.976, 0.992, 0.0, None, (0, 2), False, False),  # worse, and nothing to test it with
+        (0.976, 0.992, 0.0, 0.05, (0, 2), True, True),  # two images of 125: within chance
+        (0.84, 0.96, 0.0, 0.05, (0, 15), False, True),  # fifteen: beyond it
+    ],
+)
+def test_the_held_out_rule_refuses_a_loss_beyond_the_tolerance_only_when_it_is_beyond_chance(
+    accuracy: float,
+    parent: float,
+    tolerance: float,
+    alpha: float | None,
+    pairs: tuple[int, int] | None,
+    passed: bool,
+    tested: bool,
+) -> None:
+    from rollout.gates.offline import held_out_verdict
+
+    verdict = held_out_verdict(accuracy, parent, tolerance=tolerance, alpha=alpha, pairs=pairs)
+    assert verdict.passed is passed
+    assert (verdict.p_value is not None) is tested
+    assert f"{accuracy:.4f}" in verdict.reason
+    if tested:
+        assert f"{pairs[1]} images only the parent got right" in verdict.reason  # type: ignore[index]

@@ -122,7 +122,7 @@ def test_a_rollout_refuses_a_held_out_loss_only_when_the_paired_test_finds_it(
     if starts:
         assert start_rollout(rollouts, Paired(), RolloutPlan(), now=0.0, actor="t").state == "shadow"
     else:
-        with pytest.raises(GateRefused, match=f"{parent_only} images only the champion got right"):
+        with pytest.raises(GateRefused, match=f"{parent_only} images only the parent got right"):
             start_rollout(rollouts, Paired(), RolloutPlan(), now=0.0, actor="t")
     # promoting on the offline gates alone has no live evidence after it: any loss is refused
     reg = FakeRegistry({"champion": "1", "candidate": "2"}, "1", Paired().run_metrics("r"))

@@ -556,7 +556,7 @@ class Arm:
         self._progress()
         serving, arm = self.champion, "champion"
         if self.rollout is not None and self.rollout.run.candidate is not None:
-            share = self._canary_share()
+            share = self.canary_share()
             if share > 0 and self.rng.random() < share:
                 serving, arm = self.rollout.run.candidate, "candidate"
         else:
@@ -670,7 +670,7 @@ class Arm:
             return []
         if self.stopgap is not None and self.stopgap_passed is None:  # a stopgap mirrors everything
             version, since, share = self.stopgap, self.stopgap_since, 1.0
-        elif self.rollout is not None and self.rollout.run.candidate is not None and not self._canary_share():
+        elif self.rollout is not None and self.rollout.run.candidate is not None and not self.canary_share():
             version, since, share = (
                 self.rollout.run.candidate,
                 self.rollout.started_at,
@@ -944,7 +944,8 @@ class Arm:
             self.scores.forget(self.stopgap)
             self.stopgap = None
 
-    def _canary_share(self) -> float:
+    def canary_share(self) -> float:
+        """The share of traffic the candidate in rollout answers now (0 in shadow)."""
         assert self.rollout is not None
         step = int((self.now - self.rollout.started_at) // self.args.step_s)  # 0: shadow
         return 0.0 if step == 0 else self.plan.steps[min(step, len(self.plan.steps)) - 1]
@@ -1009,6 +1010,28 @@ class Arm:
 
 
 # -- the figures ---------------------------------------------------------------------------------
+
+
+def unfinished(arm: Arm) -> dict[str, Any] | None:
+    """The version the stream ended before it served alone: its run still training, or its rollout
+    in shadow or a canary step (with the share it answered); None when there is none."""
+    if arm.rollout is not None:
+        run, share = arm.rollout.run, arm.canary_share()
+        state = "canary" if share else "shadow"
+    elif arm.run is not None:
+        run, share, state = arm.run, 0.0, "training"
+    else:
+        return None
+    if run.candidate is None:
+        return None
+    return {
+        "version": run.candidate.name,
+        "rule": run.rule,
+        "state": state,
+        "share": share,
+        "test_clean": round(run.candidate.test_clean, 4),
+        "test_shifted": round(run.candidate.test_shifted, 4),
+    }
 
 
 def deficit_area(
@@ -1246,6 +1269,7 @@ def main() -> None:
                     "shifted": round(arm.champion.test_shifted, 4),
                 },
                 "decisions": arm.marks.decisions,
+                "unfinished": unfinished(arm),
             } | ({"stopgaps": arm.marks.stopgaps} if name == "loop_bn" else {})
         if calm is not None:
             out["loop"]["false_triggers"] = sum(

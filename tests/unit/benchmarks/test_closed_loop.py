@@ -21,6 +21,7 @@ from benchmarks.closed_loop import (
     labels_needed,
     recovered_at,
     recovery,
+    unfinished,
 )
 
 
@@ -174,3 +175,27 @@ def test_the_oracle_serves_the_best_curve_version_from_the_shift_on(tmp_path: Pa
     # windows of 0.5 and 1.0, so 50 points for one window of 0.01 h; the first champion's misses
     # after the shift do not count
     assert oracle_deficit(world, scores, first, best, args) == pytest.approx(0.5)
+
+
+def test_a_version_the_stream_ended_before_it_served_is_reported_with_its_state() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.closed_loop import Rollout
+
+    version = SimpleNamespace(name="loop-3", test_clean=0.98, test_shifted=0.93)
+    run = Run(version, "recovery", started_at=T0, ready_at=T0 + 900)  # type: ignore[arg-type]
+    arm = SimpleNamespace(run=None, rollout=None, canary_share=lambda: 0.25)
+    assert unfinished(arm) is None  # type: ignore[arg-type]
+    arm.run = run
+    assert unfinished(arm) == {  # type: ignore[arg-type]
+        "version": "loop-3",
+        "rule": "recovery",
+        "state": "training",
+        "share": 0.0,
+        "test_clean": 0.98,
+        "test_shifted": 0.93,
+    }
+    arm.run, arm.rollout = None, Rollout(run, T0 + 900)
+    assert unfinished(arm)["state"] == "canary" and unfinished(arm)["share"] == 0.25  # type: ignore[arg-type,index]
+    arm.canary_share = lambda: 0.0
+    assert unfinished(arm)["state"] == "shadow"  # type: ignore[arg-type,index]

@@ -483,6 +483,14 @@ POLICY_CLASS_GAUGES = {  # evidence figure per class -> (metric, help)
     ),
 }
 
+POLICY_AGE_GAUGES = {  # evidence moment -> (metric, help): seconds since it, at the evidence's now
+    "alarm_since": ("nicheloop_policy_alarm_age_seconds", "How long the oldest drift alarm has held"),
+    "world_since": (
+        "nicheloop_policy_world_age_seconds",
+        "How long ago the new world the champion was trained for began",
+    ),
+}
+
 
 def policy_metrics(registry: CollectorRegistry, explained: dict[str, Any]) -> None:
     """The retraining policy's verdict (1 for the action and rule of its last look), the age of the
@@ -501,18 +509,9 @@ def policy_metrics(registry: CollectorRegistry, explained: dict[str, Any]) -> No
         gauge = Gauge(name, doc, ["class"], registry=registry)
         for cls, n in (ev.get(key) or {}).items():
             gauge.labels(cls).set(float(n))
-    if ev.get("alarm_since") is not None:
-        Gauge(
-            "nicheloop_policy_alarm_age_seconds",
-            "How long the oldest drift alarm has held",
-            registry=registry,
-        ).set(max(0.0, ev["now"] - ev["alarm_since"]))
-    if ev.get("world_since") is not None:
-        Gauge(
-            "nicheloop_policy_world_age_seconds",
-            "How long ago the new world the champion was trained for began",
-            registry=registry,
-        ).set(max(0.0, ev["now"] - ev["world_since"]))
+    for key, (name, doc) in POLICY_AGE_GAUGES.items():
+        if ev.get(key) is not None:
+            Gauge(name, doc, registry=registry).set(max(0.0, ev["now"] - ev[key]))
 
 
 def review_metrics(registry: CollectorRegistry, quality: dict[str, Any]) -> None:

@@ -70,7 +70,10 @@ class PolicyEvidence:
         inputs = self.drift.alarm_since(champion.version, INPUT_MONITORS)
         stopgap = champion if patched else self.registry.stopgap_of(champion.version)
         live = self.rollouts.live()
-        since = world_since(champion, self.registry.version)  # the new world the champion was trained for
+        # the version whose training the champion is (a stopgap's: the one it patches) and the new
+        # world that training was for
+        trained = self.registry.version(patched) if patched else champion
+        since = world_since(trained, self.registry.version)
         # when each new label's image was served: only an alarm's or a new world's count needs it
         timed = new and (began is not None or since is not None)
         served = self.store.served_at([r.prediction_id for r in new]) if timed else {}
@@ -79,8 +82,7 @@ class PolicyEvidence:
             r.label for r in new if began is not None and _served_since(served, r.prediction_id, began)
         ]
         world_labels = world_new = 0
-        if since is not None:  # the recovery rule's counts: a stopgap's are the version it patches'
-            trained = self.registry.version(patched) if patched else champion
+        if since is not None:  # the recovery rule's counts
             world_labels = int(self.registry.run_metrics(trained.run_id).get("world_labels", 0))
             start = datetime.fromtimestamp(since, UTC)
             world_new = sum(_served_since(served, r.prediction_id, start) for r in new)

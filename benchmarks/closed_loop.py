@@ -824,8 +824,8 @@ class Arm:
             new_world=world,
         )
         held_out = [e.image_sha256 for e in snap.holdout]
-        parent = self.scores.accuracy(self.champion, held_out)
         mine, theirs = self._right(cand, held_out), self._right(self.champion, held_out)
+        parent = float(theirs.mean())
         pairs = (int((mine & ~theirs).sum()), int((theirs & ~mine).sum()))
         log.info(
             "%s: %s watches %d reference rows (%d held-out labels of the new world; %d of its labels)",
